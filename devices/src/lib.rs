@@ -1,0 +1,9 @@
+//! Device models for Basalt guests. Devices are pure state machines: they never
+//! touch hardware, so every one of them is tested on the host.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod bus;
+
+pub use bus::{BusError, PortBus, PortDevice};
