@@ -1,0 +1,38 @@
+//! The boot command line: `key=value` words from the start of the boot image's
+//! ramdisk (the bootloader has no command line of its own). `cargo xtask` writes it.
+
+/// Boot options Basalt understands. Unknown words are reported, not fatal.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options {
+    pub exit: Option<crate::platform_exit::ExitMethod>,
+    /// Run the boot self-checks and end the run with their result.
+    pub selftest: bool,
+    /// Test-configuration only: deliberately misbehave to prove the runner notices.
+    pub inject: Option<Injection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injection {
+    PageFault,
+    Panic,
+    Hang,
+}
+
+pub fn parse(text: &str) -> Options {
+    use crate::platform_exit::ExitMethod;
+    let mut options = Options::default();
+    for word in text.split_whitespace() {
+        let (key, value) = word.split_once('=').unwrap_or((word, ""));
+        match (key, value) {
+            ("exit", "qemu") => options.exit = Some(ExitMethod::QemuDebugExit),
+            ("exit", "bochs") => options.exit = Some(ExitMethod::Bochs),
+            ("exit", "none") => options.exit = Some(ExitMethod::Halt),
+            ("selftest", "") | ("selftest", "1") => options.selftest = true,
+            ("inject", "page-fault") => options.inject = Some(Injection::PageFault),
+            ("inject", "panic") => options.inject = Some(Injection::Panic),
+            ("inject", "hang") => options.inject = Some(Injection::Hang),
+            _ => log::warn!("ignoring unknown boot option '{word}'"),
+        }
+    }
+    options
+}
