@@ -1,1 +1,139 @@
-fn main() {}
+//! `cargo xtask`: builds, runs and tests Basalt. See `cargo xtask help`.
+
+mod cases;
+mod emulator;
+mod images;
+mod qemu_test;
+mod setup;
+
+use emulator::{Emulator, Firmware};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  run         build Basalt and boot it with serial on this terminal
+                --emulator auto|kvm|bochs|qemu   (auto: QEMU+KVM if it offers VMX, else Bochs)
+                --cpus N          (default 2)
+                --memory MIB      (default 512)
+                --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
+  qemu-test   run host unit tests and the integration cases in tests/cases.toml
+                --case NAME       run only cases whose name contains NAME (repeatable)
+                --list            list the cases and exit
+  build       build the kernel and write BIOS and UEFI images to target/basalt/
+  setup       install what the other commands need (Debian packages, rustup parts)
+  help        this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match command.as_str() {
+        "run" => run(rest),
+        "qemu-test" => qemu_test::main(rest),
+        "build" => build(rest),
+        "setup" => setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command '{other}'\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives in boot/).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("boot/ has a parent").to_path_buf()
+}
+
+/// Pulls `--name VALUE` out of `args`.
+pub fn take_value(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
+    let Some(at) = args.iter().position(|a| a == name) else { return Ok(None) };
+    if at + 1 >= args.len() {
+        return Err(format!("{name} needs a value"));
+    }
+    let value = args.remove(at + 1);
+    args.remove(at);
+    Ok(Some(value))
+}
+
+pub fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != name);
+    args.len() != before
+}
+
+fn parse_number(value: Option<String>, name: &str, default: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32, String> {
+    let Some(text) = value else { return Ok(default) };
+    let n: u32 = text.parse().map_err(|_| format!("{name} wants a number, not '{text}'"))?;
+    if !range.contains(&n) {
+        return Err(format!("{name} must be between {} and {}, not {n}", range.start(), range.end()));
+    }
+    Ok(n)
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let mut args = args.to_vec();
+    let emulator = take_value(&mut args, "--emulator")?;
+    let cpus = parse_number(take_value(&mut args, "--cpus")?, "--cpus", 2, 1..=64)?;
+    let memory = parse_number(take_value(&mut args, "--memory")?, "--memory", 512, 64..=16384)?;
+    let firmware = if take_flag(&mut args, "--uefi") { Firmware::Uefi } else { Firmware::Bios };
+    if let Some(unknown) = args.first() {
+        return Err(format!("run: unknown option '{unknown}'\n\n{USAGE}"));
+    }
+    let emulator = match emulator.as_deref().unwrap_or("auto") {
+        "auto" => Emulator::best_for_vmx(),
+        "kvm" => {
+            if !emulator::kvm_offers_vmx() {
+                return Err("--emulator kvm: this host's /dev/kvm offers no VMX (no 'vmx' in /proc/cpuinfo)".into());
+            }
+            Emulator::QemuKvm
+        }
+        "bochs" => Emulator::Bochs,
+        "qemu" => Emulator::QemuTcg,
+        other => return Err(format!("--emulator must be auto, kvm, bochs or qemu, not '{other}'")),
+    };
+    if firmware == Firmware::Uefi && emulator == Emulator::Bochs {
+        return Err("Bochs has no UEFI firmware here; use --emulator qemu or kvm with --uefi".into());
+    }
+    setup::ensure(&setup::Needs::for_emulator(emulator))?;
+    let kernel = images::build_kernel(images::Config::Run)?;
+    let dir = workspace_root().join("target/basalt/run");
+    let image = images::make_image(&kernel, &dir, "", firmware)?;
+    println!(
+        "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows{}",
+        image.display(),
+        emulator.name(),
+        if emulator == Emulator::Bochs { " (Ctrl-C ends the run)" } else { " (Ctrl-A X ends the run)" }
+    );
+    let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory };
+    let status = emulator::run_interactive(&machine, &image, &dir)?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8) })
+}
+
+fn build(args: &[String]) -> Result<ExitCode, String> {
+    if let Some(unknown) = args.first() {
+        return Err(format!("build: unknown option '{unknown}'"));
+    }
+    setup::ensure(&setup::Needs::build_only())?;
+    let kernel = images::build_kernel(images::Config::Run)?;
+    let dir = workspace_root().join("target/basalt");
+    for firmware in [Firmware::Bios, Firmware::Uefi] {
+        let image = images::make_image(&kernel, &dir, "", firmware)?;
+        println!("{}", image.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

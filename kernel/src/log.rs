@@ -56,3 +56,18 @@ pub fn write_crashing(args: core::fmt::Arguments) {
     unsafe { COM1.force_unlock() };
     let _ = COM1.lock().write_fmt(args);
 }
+
+/// Waits (bounded) until COM1 has sent every byte, so an emulator that stops
+/// right after does not cut the last line.
+pub fn drain() {
+    const LINE_STATUS: u16 = 0x3f8 + 5;
+    const TRANSMITTER_EMPTY: u8 = 1 << 6;
+    let mut status = x86_64::instructions::port::PortReadOnly::<u8>::new(LINE_STATUS);
+    for _ in 0..1_000_000 {
+        // SAFETY: reading the line status register has no side effects.
+        if unsafe { status.read() } & TRANSMITTER_EMPTY != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}

@@ -32,6 +32,7 @@ pub enum Status {
 }
 
 pub fn exit(status: Status) -> ! {
+    crate::log::drain();
     // SAFETY: these ports are only written when the runner said which emulator this is.
     unsafe {
         match METHOD.load(Ordering::Relaxed) {

@@ -1,0 +1,204 @@
+//! Declarative integration test cases (tests/cases.toml) and how a run is judged.
+
+use crate::emulator::{Emulator, Ending, Firmware, Machine, RunOutput};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineKind {
+    /// QEMU TCG: everything that does not need VT-x.
+    Qemu,
+    /// A CPU with VT-x: QEMU+KVM where the host offers VMX, else Bochs.
+    Vmx,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Success,
+    Failure,
+    Timeout,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    /// "bios" or "uefi".
+    pub firmware: String,
+    pub cpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    pub machine: MachineKind,
+    /// Boot command line; the runner adds how to exit for the chosen emulator.
+    #[serde(default)]
+    pub cmdline: String,
+    pub expect: Expect,
+    /// Each must appear in the serial output, in this order.
+    #[serde(default)]
+    pub expect_lines: Vec<String>,
+    /// None may appear in the serial output.
+    #[serde(default)]
+    pub forbid_lines: Vec<String>,
+    pub timeout_s: u64,
+}
+
+fn default_memory() -> u32 {
+    256
+}
+
+impl Case {
+    pub fn firmware(&self) -> Firmware {
+        if self.firmware == "uefi" {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        }
+    }
+
+    pub fn machine(&self) -> Machine {
+        let emulator = match self.machine {
+            MachineKind::Qemu => Emulator::QemuTcg,
+            MachineKind::Vmx => Emulator::best_for_vmx(),
+        };
+        Machine { emulator, firmware: self.firmware(), cpus: self.cpus, memory_mib: self.memory_mib }
+    }
+}
+
+/// Parses and checks the case file; errors name the case and field.
+pub fn parse(text: &str) -> Result<Vec<Case>, String> {
+    let file: CaseFile = toml::from_str(text).map_err(|e| format!("tests/cases.toml: {e}"))?;
+    let mut seen = std::collections::HashSet::new();
+    for case in &file.case {
+        let at = |what: &str| format!("tests/cases.toml: case '{}': {what}", case.name);
+        if !seen.insert(case.name.clone()) {
+            return Err(at("the name is used twice"));
+        }
+        if case.firmware != "bios" && case.firmware != "uefi" {
+            return Err(at(&format!("firmware must be \"bios\" or \"uefi\", not \"{}\"", case.firmware)));
+        }
+        if !(1..=64).contains(&case.cpus) {
+            return Err(at("cpus must be 1 to 64"));
+        }
+        if case.timeout_s == 0 || case.timeout_s > 1800 {
+            return Err(at("timeout_s must be 1 to 1800"));
+        }
+        if case.cmdline.split_whitespace().any(|w| w.starts_with("exit=")) {
+            return Err(at("cmdline must not set exit=; the runner picks it for the emulator"));
+        }
+    }
+    Ok(file.case)
+}
+
+/// What is wrong with a run, judged against its case; empty means it passed.
+pub fn judge(case: &Case, run: &RunOutput) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ending_ok = matches!(
+        (case.expect, &run.ending),
+        (Expect::Success, Ending::Success) | (Expect::Failure, Ending::Failure) | (Expect::Timeout, Ending::Timeout)
+    );
+    if !ending_ok {
+        problems.push(format!("expected the run to end in {:?}, it ended in {:?}", case.expect, run.ending));
+    }
+    let mut rest = run.serial.as_str();
+    for line in &case.expect_lines {
+        match rest.find(line.as_str()) {
+            Some(at) => rest = &rest[at + line.len()..],
+            None if run.serial.contains(line.as_str()) => problems.push(format!("serial has '{line}' but out of order")),
+            None => problems.push(format!("serial lacks '{line}'")),
+        }
+    }
+    for line in &case.forbid_lines {
+        if run.serial.contains(line.as_str()) {
+            problems.push(format!("serial has forbidden '{line}'"));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn case(expect: Expect) -> Case {
+        parse(&format!(
+            r#"[[case]]
+name = "t"
+firmware = "bios"
+cpus = 2
+machine = "qemu"
+expect = "{}"
+expect_lines = ["all 2 CPUs online", "selftest: PASS"]
+forbid_lines = ["CRASH"]
+timeout_s = 10
+"#,
+            format!("{expect:?}").to_lowercase()
+        ))
+        .unwrap()
+        .remove(0)
+    }
+
+    fn run(ending: Ending, serial: &str) -> RunOutput {
+        RunOutput { ending, serial: serial.into(), elapsed: Duration::from_secs(1) }
+    }
+
+    const GOOD: &str = "x\nall 2 CPUs online\nselftest: PASS\n";
+
+    #[test]
+    fn a_good_run_passes() {
+        assert!(judge(&case(Expect::Success), &run(Ending::Success, GOOD)).is_empty());
+    }
+
+    #[test]
+    fn a_crash_is_caught_even_with_the_right_lines() {
+        let problems = judge(&case(Expect::Success), &run(Ending::Failure, &format!("{GOOD}BASALT CRASH")));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn timeouts_and_abnormal_ends_fail_a_success_case() {
+        assert!(!judge(&case(Expect::Success), &run(Ending::Timeout, GOOD)).is_empty());
+        assert!(!judge(&case(Expect::Success), &run(Ending::Abnormal("triple fault".into()), GOOD)).is_empty());
+    }
+
+    #[test]
+    fn missing_or_reordered_lines_fail() {
+        let problems = judge(&case(Expect::Success), &run(Ending::Success, "selftest: PASS\nall 2 CPUs online\n"));
+        assert_eq!(problems, vec!["serial has 'selftest: PASS' but out of order".to_string()]);
+        let problems = judge(&case(Expect::Success), &run(Ending::Success, "all 2 CPUs online\n"));
+        assert_eq!(problems, vec!["serial lacks 'selftest: PASS'".to_string()]);
+    }
+
+    #[test]
+    fn an_expected_hang_must_really_time_out() {
+        let mut c = case(Expect::Timeout);
+        c.expect_lines.clear();
+        assert!(judge(&c, &run(Ending::Timeout, "")).is_empty());
+        assert!(!judge(&c, &run(Ending::Success, "")).is_empty());
+    }
+
+    #[test]
+    fn bad_case_files_name_the_problem() {
+        let bad = |body: &str| parse(&format!("[[case]]\nname = \"b\"\n{body}")).unwrap_err();
+        let base = "cpus = 1\nmachine = \"qemu\"\nexpect = \"success\"\ntimeout_s = 5\n";
+        assert!(bad(&format!("firmware = \"efi\"\n{base}")).contains("firmware must be"));
+        assert!(bad(&format!("firmware = \"bios\"\ncmdline = \"exit=qemu\"\n{base}")).contains("exit="));
+        assert!(bad(&format!("firmware = \"bios\"\ncolour = 1\n{base}")).contains("unknown field"));
+    }
+
+    #[test]
+    fn the_shipped_case_file_parses() {
+        let text = std::fs::read_to_string(crate::workspace_root().join("tests/cases.toml")).unwrap();
+        let cases = parse(&text).unwrap();
+        assert!(cases.iter().any(|c| c.machine == MachineKind::Vmx));
+        assert!(cases.iter().any(|c| c.expect == Expect::Timeout));
+        assert!(cases.iter().any(|c| c.expect == Expect::Failure));
+    }
+}

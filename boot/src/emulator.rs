@@ -1,0 +1,270 @@
+//! Starting Basalt in an emulator: QEMU (TCG, or KVM where the host offers VMX)
+//! and Bochs (the one VT-x-capable CPU on machines without hardware VMX).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Emulator {
+    QemuTcg,
+    QemuKvm,
+    Bochs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// True when /dev/kvm is there and the host CPU has VMX to pass on. Some hosts
+/// have a /dev/kvm without VMX (software nested virtualisation); that one is no use.
+pub fn kvm_offers_vmx() -> bool {
+    let cpu_has_vmx = std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|info| info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx")));
+    cpu_has_vmx && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+impl Emulator {
+    /// Where a VMX guest can run: QEMU+KVM when the host offers VMX, else Bochs.
+    pub fn best_for_vmx() -> Emulator {
+        if kvm_offers_vmx() {
+            Emulator::QemuKvm
+        } else {
+            Emulator::Bochs
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Emulator::QemuTcg => "QEMU (TCG)",
+            Emulator::QemuKvm => "QEMU + KVM",
+            Emulator::Bochs => "Bochs",
+        }
+    }
+
+    /// The boot command line word that tells the kernel how to end a run.
+    pub fn exit_option(self) -> &'static str {
+        match self {
+            Emulator::QemuTcg | Emulator::QemuKvm => "exit=qemu",
+            Emulator::Bochs => "exit=bochs",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub emulator: Emulator,
+    pub firmware: Firmware,
+    pub cpus: u32,
+    pub memory_mib: u32,
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How the serial port reaches us.
+enum Serial<'a> {
+    File(&'a Path),
+    Terminal,
+}
+
+fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> Result<Command, String> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-M", "q35", "-display", "none", "-no-reboot"]);
+    c.args(["-m", &format!("{}M", machine.memory_mib), "-smp", &machine.cpus.to_string()]);
+    match machine.emulator {
+        Emulator::QemuKvm => c.args(["-accel", "kvm", "-cpu", "host"]),
+        _ => c.args(["-accel", "tcg"]),
+    };
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+    if machine.firmware == Firmware::Uefi {
+        // OVMF wants a writable copy of its variable store.
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).map_err(|e| format!("cannot copy {OVMF_VARS}: {e} (is ovmf installed?)"))?;
+        c.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    match serial {
+        Serial::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
+        Serial::Terminal => c.args(["-serial", "mon:stdio"]),
+    };
+    Ok(c)
+}
+
+/// Bochs set-up that boots the bootloader crate's BIOS image headless with VT-x.
+/// Facts behind each line are in shared/PLATFORM.md.
+fn bochs_command(machine: &Machine, image: &Path, dir: &Path, serial_file: &Path) -> Result<Command, String> {
+    if machine.firmware == Firmware::Uefi {
+        return Err("Bochs has no UEFI firmware; UEFI cases run in QEMU".into());
+    }
+    let _ = std::fs::remove_file(image.with_extension("img.lock"));
+    let config = format!(
+        "megs: {megs}
+cpu: model=corei7_icelake_u, count={cpus}, ips=10000000, reset_on_triple_fault=0
+clock: sync=none, time0=local
+romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot
+vgaromimage: file=/usr/share/vgabios/vgabios.cirrus.bin
+vga: extension=cirrus
+pci: enabled=1, chipset=i440fx, slot1=cirrus
+ata0-master: type=disk, path={image}, mode=flat
+boot: disk
+com1: enabled=1, mode=file, dev={serial}
+port_e9_hack: enabled=1
+magic_break: enabled=1
+display_library: sdl2
+log: {log}
+panic: action=fatal
+error: action=report
+info: action=ignore
+",
+        megs = machine.memory_mib,
+        cpus = machine.cpus,
+        image = image.display(),
+        serial = serial_file.display(),
+        log = dir.join("bochs.log").display(),
+    );
+    let rc = dir.join("bochsrc");
+    std::fs::write(&rc, config).map_err(|e| e.to_string())?;
+    // Bochs starts in its debugger: continue, and quit when the guest's magic
+    // breakpoint (Basalt's success exit) stops the simulation.
+    let commands = dir.join("bochs-commands");
+    std::fs::write(&commands, "c\nquit\n").map_err(|e| e.to_string())?;
+    let mut c = Command::new("bochs");
+    c.arg("-q").arg("-f").arg(&rc).arg("-rc").arg(&commands);
+    c.env("SDL_VIDEODRIVER", "dummy").env("SDL_AUDIODRIVER", "dummy");
+    Ok(c)
+}
+
+/// How a run ended, before any case expectations are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The kernel reported success through the exit device.
+    Success,
+    /// The kernel reported failure through the exit device.
+    Failure,
+    /// Still running at the deadline; killed.
+    Timeout,
+    /// Anything else: triple fault, emulator error.
+    Abnormal(String),
+}
+
+pub struct RunOutput {
+    pub ending: Ending,
+    pub serial: String,
+    pub elapsed: Duration,
+}
+
+/// Maps an emulator's exit status to an [`Ending`].
+pub fn classify(emulator: Emulator, code: Option<i32>) -> Ending {
+    match (emulator, code) {
+        (Emulator::QemuTcg | Emulator::QemuKvm, Some(33)) => Ending::Success,
+        (Emulator::QemuTcg | Emulator::QemuKvm, Some(35)) => Ending::Failure,
+        (Emulator::QemuTcg | Emulator::QemuKvm, Some(0)) => {
+            Ending::Abnormal("QEMU stopped on its own (a triple fault or reset under -no-reboot)".into())
+        }
+        (Emulator::Bochs, Some(0)) => Ending::Success,
+        (Emulator::Bochs, Some(1)) => Ending::Failure,
+        (_, Some(code)) => Ending::Abnormal(format!("{} exited with status {code}", emulator.name())),
+        (_, None) => Ending::Abnormal(format!("{} was killed by a signal", emulator.name())),
+    }
+}
+
+/// Runs to completion or `timeout`, capturing serial output.
+pub fn run_captured(machine: &Machine, image: &Path, dir: &Path, timeout: Duration) -> Result<RunOutput, String> {
+    let serial_file = dir.join("serial.log");
+    let _ = std::fs::remove_file(&serial_file);
+    std::fs::File::create(&serial_file).map_err(|e| e.to_string())?;
+    let mut command = match machine.emulator {
+        Emulator::Bochs => bochs_command(machine, image, dir, &serial_file)?,
+        _ => qemu_command(machine, image, dir, Serial::File(&serial_file))?,
+    };
+    let emulator_log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
+    command
+        .stdin(Stdio::null())
+        .stdout(emulator_log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(emulator_log);
+    let start = Instant::now();
+    let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", machine.emulator.name()))?;
+    let ending = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break classify(machine.emulator, status.code());
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Ending::Timeout;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let elapsed = start.elapsed();
+    if machine.emulator == Emulator::Bochs {
+        let _ = std::fs::remove_file(image.with_extension("img.lock"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&serial_file).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
+    Ok(RunOutput { ending, serial: String::from_utf8_lossy(&bytes).replace('\0', ""), elapsed })
+}
+
+/// Runs with serial on this terminal until the machine stops or the user quits.
+pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<ExitStatus, String> {
+    match machine.emulator {
+        Emulator::Bochs => {
+            let serial_file: PathBuf = dir.join("serial.log");
+            std::fs::write(&serial_file, b"").map_err(|e| e.to_string())?;
+            let mut command = bochs_command(machine, image, dir, &serial_file)?;
+            let log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
+            command.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
+            let mut child = command.spawn().map_err(|e| format!("cannot start Bochs: {e}"))?;
+            // Bochs writes COM1 to a file; follow it onto the terminal.
+            let mut file = std::fs::File::open(&serial_file).map_err(|e| e.to_string())?;
+            let mut buffer = [0u8; 4096];
+            loop {
+                let n = file.read(&mut buffer).map_err(|e| e.to_string())?;
+                if n > 0 {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buffer[..n]);
+                    let _ = out.flush();
+                    continue;
+                }
+                if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                    let _ = std::fs::remove_file(image.with_extension("img.lock"));
+                    return Ok(status);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        _ => {
+            let mut command = qemu_command(machine, image, dir, Serial::Terminal)?;
+            command.status().map_err(|e| format!("cannot start QEMU: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_endings() {
+        assert_eq!(classify(Emulator::QemuTcg, Some(33)), Ending::Success);
+        assert_eq!(classify(Emulator::QemuKvm, Some(35)), Ending::Failure);
+        assert!(matches!(classify(Emulator::QemuTcg, Some(0)), Ending::Abnormal(_)));
+        assert!(matches!(classify(Emulator::QemuTcg, Some(1)), Ending::Abnormal(_)));
+        assert_eq!(classify(Emulator::Bochs, Some(0)), Ending::Success);
+        assert_eq!(classify(Emulator::Bochs, Some(1)), Ending::Failure);
+        assert!(matches!(classify(Emulator::Bochs, None), Ending::Abnormal(_)));
+    }
+}

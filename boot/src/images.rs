@@ -1,0 +1,99 @@
+//! Building the kernel and wrapping it in bootable disk images.
+
+use crate::emulator::Firmware;
+use crate::setup;
+use crate::workspace_root;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Config {
+    /// What ships: no test hooks.
+    Run,
+    /// With fault injection for the integration tests (`test-hooks` feature).
+    Test,
+}
+
+/// Environment a nested cargo must not inherit from the `cargo xtask` that runs us.
+const CARGO_ENV_LEAKS: &[&str] = &["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR"];
+
+fn cargo(toolchain: Option<&str>) -> Command {
+    let mut command = match toolchain {
+        Some(t) => {
+            let mut c = Command::new("rustup");
+            c.args(["run", t, "cargo"]);
+            c
+        }
+        None => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+    };
+    for var in CARGO_ENV_LEAKS {
+        command.env_remove(var);
+    }
+    command.current_dir(workspace_root());
+    command
+}
+
+fn run(mut command: Command, what: &str) -> Result<(), String> {
+    let status = command.status().map_err(|e| format!("cannot start the {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the {what} failed ({status})"))
+    }
+}
+
+/// Builds the kernel and returns a copy of its ELF that later builds do not overwrite.
+pub fn build_kernel(config: Config) -> Result<PathBuf, String> {
+    let mut command = cargo(None);
+    command.args(["build", "--quiet", "--release", "--package", "basalt-kernel", "--target", setup::KERNEL_TARGET]);
+    if config == Config::Test {
+        command.args(["--features", "test-hooks"]);
+    }
+    run(command, "kernel build")?;
+    let built = workspace_root().join("target").join(setup::KERNEL_TARGET).join("release/basalt");
+    let name = match config {
+        Config::Run => "basalt.elf",
+        Config::Test => "basalt-test.elf",
+    };
+    let kept = workspace_root().join("target/basalt").join(name);
+    std::fs::create_dir_all(kept.parent().unwrap()).map_err(|e| e.to_string())?;
+    std::fs::copy(&built, &kept).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    Ok(kept)
+}
+
+/// Builds (once) the image builder with its pinned nightly.
+fn imager() -> Result<PathBuf, String> {
+    let toolchain = setup::imager_toolchain()?;
+    let target_dir = workspace_root().join("target/imager");
+    let mut command = cargo(Some(&toolchain));
+    command.args(["build", "--quiet", "--release", "--locked", "--manifest-path", "boot/imager/Cargo.toml", "--target-dir"]);
+    command.arg(&target_dir);
+    let binary = target_dir.join("release/basalt-imager");
+    if !binary.exists() {
+        println!("xtask: building the disk-image builder (the first build compiles the bootloader, 2-4 minutes)");
+    }
+    run(command, "disk-image builder build")?;
+    Ok(binary)
+}
+
+/// Writes a disk image of `kernel` for `firmware` into `dir`; `cmdline` becomes the
+/// boot command line (the image's ramdisk). Returns the image path.
+pub fn make_image(kernel: &Path, dir: &Path, cmdline: &str, firmware: Firmware) -> Result<PathBuf, String> {
+    static IMAGER: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let imager = IMAGER.get_or_init(imager).clone()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let image = dir.join(match firmware {
+        Firmware::Bios => "basalt-bios.img",
+        Firmware::Uefi => "basalt-uefi.img",
+    });
+    let mut command = Command::new(&imager);
+    command.arg(firmware.name()).arg(kernel).arg(&image);
+    if !cmdline.is_empty() {
+        let file = dir.join("cmdline");
+        std::fs::write(&file, cmdline).map_err(|e| e.to_string())?;
+        command.arg(file);
+    }
+    command.stdout(std::process::Stdio::null());
+    run(command, "disk-image builder")?;
+    Ok(image)
+}

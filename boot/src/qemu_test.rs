@@ -1,0 +1,140 @@
+//! `cargo xtask qemu-test`: host unit tests, then every case in tests/cases.toml,
+//! then one summary line `N passed, M failed`.
+
+use crate::cases::{self, Case};
+use crate::emulator::{self, Emulator};
+use crate::images::{self, Config};
+use crate::{setup, take_flag, take_value, workspace_root};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+pub fn main(args: &[String]) -> Result<ExitCode, String> {
+    let mut args = args.to_vec();
+    let mut filters = Vec::new();
+    while let Some(f) = take_value(&mut args, "--case")? {
+        filters.push(f);
+    }
+    let list_only = take_flag(&mut args, "--list");
+    if let Some(unknown) = args.first() {
+        return Err(format!("qemu-test: unknown option '{unknown}'"));
+    }
+    let text = std::fs::read_to_string(workspace_root().join("tests/cases.toml"))
+        .map_err(|e| format!("cannot read tests/cases.toml: {e}"))?;
+    let all = cases::parse(&text)?;
+    let selected: Vec<&Case> =
+        all.iter().filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str()))).collect();
+    if list_only {
+        for c in &selected {
+            println!("{:<28} {:?} {} {} CPU(s), expect {:?}", c.name, c.machine, c.firmware, c.cpus, c.expect);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if selected.is_empty() {
+        return Err(format!("no case matches {filters:?}"));
+    }
+
+    setup::ensure(&setup::Needs::everything())?;
+    let started = Instant::now();
+    let mut passed = 0usize;
+    let mut failed = Vec::new();
+
+    if filters.is_empty() {
+        println!("qemu-test: host unit tests (cargo test --workspace)");
+        let (ok, bad) = host_unit_tests()?;
+        passed += ok;
+        if bad > 0 {
+            failed.push(format!("host unit tests ({bad} failed)"));
+        }
+    }
+
+    let kernel = images::build_kernel(Config::Test)?;
+    let vmx_emulator = Emulator::best_for_vmx();
+    println!(
+        "qemu-test: {} case(s); VT-x cases run on {}",
+        selected.len(),
+        vmx_emulator.name()
+    );
+    for case in selected {
+        let started = Instant::now();
+        match run_case(&kernel, case) {
+            Ok((problems, run)) if problems.is_empty() => {
+                passed += 1;
+                println!("  ok      {:<28} {:>6.1} s  ({} in {:.1} s)", case.name, started.elapsed().as_secs_f64(), case.machine().emulator.name(), run.as_secs_f64());
+            }
+            Ok((problems, _)) => {
+                println!("  FAILED  {:<28} {:>6.1} s", case.name, started.elapsed().as_secs_f64());
+                for p in &problems {
+                    println!("          - {p}");
+                }
+                let dir = case_dir(case);
+                println!("          serial: {}", dir.join("serial.log").display());
+                print_tail(&dir.join("serial.log"), 15);
+                failed.push(case.name.clone());
+            }
+            Err(e) => {
+                println!("  FAILED  {:<28} could not run: {e}", case.name);
+                failed.push(case.name.clone());
+            }
+        }
+    }
+    println!("qemu-test: finished in {:.0} s", started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        println!("qemu-test: failed: {}", failed.join(", "));
+    }
+    println!("qemu-test: {passed} passed, {} failed", failed.len());
+    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn case_dir(case: &Case) -> std::path::PathBuf {
+    workspace_root().join("target/basalt/cases").join(&case.name)
+}
+
+fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Duration), String> {
+    let machine = case.machine();
+    let dir = case_dir(case);
+    let _ = std::fs::remove_dir_all(&dir);
+    let cmdline = format!("{} {}", case.cmdline, machine.emulator.exit_option());
+    let image = images::make_image(kernel, &dir, cmdline.trim(), case.firmware())?;
+    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s))?;
+    Ok((cases::judge(case, &run), run.elapsed))
+}
+
+fn print_tail(path: &std::path::Path, lines: usize) {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.starts_with("INFO :")).collect();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        println!("          | {line}");
+    }
+}
+
+/// Runs `cargo test` for the host crates; returns (passed, failed) test counts.
+fn host_unit_tests() -> Result<(usize, usize), String> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--workspace", "--exclude", "basalt-kernel"])
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (mut passed, mut failed) = (0, 0);
+    // "test result: ok. 9 passed; 0 failed; 0 ignored; ..."
+    for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let n = pair[0].parse::<usize>().unwrap_or(0);
+            match pair[1].trim_end_matches(';') {
+                "passed" => passed += n,
+                "failed" => failed += n,
+                _ => {}
+            }
+        }
+    }
+    for line in stdout.lines().filter(|l| l.contains("FAILED") || l.contains("panicked")) {
+        println!("  {line}");
+    }
+    if !out.status.success() && failed == 0 {
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+        return Err("cargo test failed to build or run".into());
+    }
+    println!("  ok      host unit tests: {passed} passed, {failed} failed");
+    Ok((passed, failed))
+}
