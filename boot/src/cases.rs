@@ -110,7 +110,9 @@ pub fn judge(case: &Case, run: &RunOutput) -> Vec<String> {
     for line in &case.expect_lines {
         match rest.find(line.as_str()) {
             Some(at) => rest = &rest[at + line.len()..],
-            None if run.serial.contains(line.as_str()) => problems.push(format!("serial has '{line}' but out of order")),
+            None if run.serial.contains(line.as_str()) => {
+                problems.push(format!("serial has '{line}' but out of order"))
+            }
             None => problems.push(format!("serial lacks '{line}'")),
         }
     }

@@ -192,10 +192,7 @@ pub fn run_captured(machine: &Machine, image: &Path, dir: &Path, timeout: Durati
         _ => qemu_command(machine, image, dir, Serial::File(&serial_file))?,
     };
     let emulator_log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
-    command
-        .stdin(Stdio::null())
-        .stdout(emulator_log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(emulator_log);
+    command.stdin(Stdio::null()).stdout(emulator_log.try_clone().map_err(|e| e.to_string())?).stderr(emulator_log);
     let start = Instant::now();
     let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", machine.emulator.name()))?;
     let ending = loop {

@@ -15,7 +15,8 @@ pub enum Config {
 }
 
 /// Environment a nested cargo must not inherit from the `cargo xtask` that runs us.
-const CARGO_ENV_LEAKS: &[&str] = &["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR"];
+const CARGO_ENV_LEAKS: &[&str] =
+    &["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR"];
 
 fn cargo(toolchain: Option<&str>) -> Command {
     let mut command = match toolchain {
@@ -66,7 +67,15 @@ fn imager() -> Result<PathBuf, String> {
     let toolchain = setup::imager_toolchain()?;
     let target_dir = workspace_root().join("target/imager");
     let mut command = cargo(Some(&toolchain));
-    command.args(["build", "--quiet", "--release", "--locked", "--manifest-path", "boot/imager/Cargo.toml", "--target-dir"]);
+    command.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--locked",
+        "--manifest-path",
+        "boot/imager/Cargo.toml",
+        "--target-dir",
+    ]);
     command.arg(&target_dir);
     let binary = target_dir.join("release/basalt-imager");
     if !binary.exists() {

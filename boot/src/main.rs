@@ -76,7 +76,12 @@ pub fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
     args.len() != before
 }
 
-fn parse_number(value: Option<String>, name: &str, default: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32, String> {
+fn parse_number(
+    value: Option<String>,
+    name: &str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, String> {
     let Some(text) = value else { return Ok(default) };
     let n: u32 = text.parse().map_err(|_| format!("{name} wants a number, not '{text}'"))?;
     if !range.contains(&n) {
@@ -121,7 +126,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     );
     let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory };
     let status = emulator::run_interactive(&machine, &image, &dir)?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8) })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
+    })
 }
 
 fn build(args: &[String]) -> Result<ExitCode, String> {

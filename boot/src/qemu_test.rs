@@ -49,17 +49,19 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
 
     let kernel = images::build_kernel(Config::Test)?;
     let vmx_emulator = Emulator::best_for_vmx();
-    println!(
-        "qemu-test: {} case(s); VT-x cases run on {}",
-        selected.len(),
-        vmx_emulator.name()
-    );
+    println!("qemu-test: {} case(s); VT-x cases run on {}", selected.len(), vmx_emulator.name());
     for case in selected {
         let started = Instant::now();
         match run_case(&kernel, case) {
             Ok((problems, run)) if problems.is_empty() => {
                 passed += 1;
-                println!("  ok      {:<28} {:>6.1} s  ({} in {:.1} s)", case.name, started.elapsed().as_secs_f64(), case.machine().emulator.name(), run.as_secs_f64());
+                println!(
+                    "  ok      {:<28} {:>6.1} s  ({} in {:.1} s)",
+                    case.name,
+                    started.elapsed().as_secs_f64(),
+                    case.machine().emulator.name(),
+                    run.as_secs_f64()
+                );
             }
             Ok((problems, _)) => {
                 println!("  FAILED  {:<28} {:>6.1} s", case.name, started.elapsed().as_secs_f64());

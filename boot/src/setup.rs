@@ -71,7 +71,9 @@ fn missing_packages(wanted: &[&'static str]) -> Result<Vec<&'static str>, String
     Ok(wanted
         .iter()
         .copied()
-        .filter(|p| output("dpkg-query", &["-W", "-f=${Status}", p]).is_none_or(|s| !s.contains("install ok installed")))
+        .filter(|p| {
+            output("dpkg-query", &["-W", "-f=${Status}", p]).is_none_or(|s| !s.contains("install ok installed"))
+        })
         .collect())
 }
 
@@ -121,7 +123,11 @@ fn ensure_component(toolchain: &str, component: &str) -> Result<(), String> {
     if has_component(toolchain, component) {
         return Ok(());
     }
-    run_step(&format!("add {component} to {toolchain}"), "rustup", &["component", "add", "--toolchain", toolchain, component])
+    run_step(
+        &format!("add {component} to {toolchain}"),
+        "rustup",
+        &["component", "add", "--toolchain", toolchain, component],
+    )
 }
 
 fn ensure_kernel_target() -> Result<(), String> {

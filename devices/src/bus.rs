@@ -18,7 +18,10 @@ pub trait PortDevice: Send {
 pub enum BusError {
     EmptyRange,
     /// The range overlaps one already claimed by the named device.
-    Overlap { existing: &'static str, existing_range: Range<u32> },
+    Overlap {
+        existing: &'static str,
+        existing_range: Range<u32>,
+    },
 }
 
 struct Slot {
@@ -102,10 +105,13 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// (read or write, offset, size, value) of each access.
+    type AccessLog = Arc<Mutex<Vec<(char, u16, u8, u32)>>>;
+
     /// Records accesses; reads return offset * 0x11.
     struct Probe {
         name: &'static str,
-        log: Arc<Mutex<Vec<(char, u16, u8, u32)>>>,
+        log: AccessLog,
     }
 
     impl PortDevice for Probe {
@@ -121,7 +127,7 @@ mod tests {
         }
     }
 
-    fn probe(name: &'static str) -> (Box<Probe>, Arc<Mutex<Vec<(char, u16, u8, u32)>>>) {
+    fn probe(name: &'static str) -> (Box<Probe>, AccessLog) {
         let log = Arc::new(Mutex::new(Vec::new()));
         (Box::new(Probe { name, log: log.clone() }), log)
     }

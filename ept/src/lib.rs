@@ -71,6 +71,18 @@ pub enum EptError {
     OutOfRange,
 }
 
+/// A request to map `size` bytes at `guest_phys` to `host_phys` with pages of
+/// `page_size`, each with `perms` and `memory_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub guest_phys: u64,
+    pub host_phys: u64,
+    pub size: u64,
+    pub page_size: PageSize,
+    pub perms: Perms,
+    pub memory_type: MemoryType,
+}
+
 /// What a guest-physical address translates to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Translation {
@@ -106,19 +118,11 @@ impl Ept {
         self.root | (3 << 3) | MemoryType::WriteBack as u64
     }
 
-    /// Maps `size` bytes at `guest_phys` to `host_phys` with pages of `page`.
-    pub fn map(
-        &mut self,
-        mem: &mut impl TableMemory,
-        guest_phys: u64,
-        host_phys: u64,
-        size: u64,
-        page: PageSize,
-        perms: Perms,
-        memory_type: MemoryType,
-    ) -> Result<(), EptError> {
+    /// Adds `mapping`; on error nothing of it is mapped.
+    pub fn map(&mut self, mem: &mut impl TableMemory, mapping: &Mapping) -> Result<(), EptError> {
+        let Mapping { guest_phys, host_phys, size, page_size: page, perms, memory_type } = *mapping;
         let step = page.bytes();
-        if guest_phys % step != 0 || host_phys % step != 0 || size % step != 0 {
+        if !guest_phys.is_multiple_of(step) || !host_phys.is_multiple_of(step) || !size.is_multiple_of(step) {
             return Err(EptError::Misaligned);
         }
         if guest_phys.checked_add(size).is_none_or(|end| end > MAX_GUEST_PHYS) {
@@ -262,6 +266,17 @@ mod tests {
         }
     }
 
+    fn req(
+        guest_phys: u64,
+        host_phys: u64,
+        size: u64,
+        page_size: PageSize,
+        perms: Perms,
+        memory_type: MemoryType,
+    ) -> Mapping {
+        Mapping { guest_phys, host_phys, size, page_size, perms, memory_type }
+    }
+
     fn setup() -> (HeapTables, Ept) {
         let mut mem = HeapTables::default();
         let ept = Ept::new(&mut mem).unwrap();
@@ -277,7 +292,7 @@ mod tests {
             (0x8000_0000, 0x4000_0000, PageSize::Size1G, Perms::READ | Perms::EXECUTE),
         ];
         for (gpa, hpa, size, perms) in cases {
-            ept.map(&mut mem, gpa, hpa, size.bytes(), size, perms, MemoryType::WriteBack).unwrap();
+            ept.map(&mut mem, &req(gpa, hpa, size.bytes(), size, perms, MemoryType::WriteBack)).unwrap();
             let t = ept.translate(&mut mem, gpa + 0x123).unwrap();
             assert_eq!(t.host_phys, hpa + 0x123);
             assert_eq!(t.perms, perms);
@@ -291,25 +306,24 @@ mod tests {
     #[test]
     fn overlapping_map_is_refused_and_leaves_nothing_behind() {
         let (mut mem, mut ept) = setup();
-        ept.map(&mut mem, 0x5000, 0x5000, 0x1000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack)
-            .unwrap();
-        let err = ept.map(&mut mem, 0x3000, 0x9000, 0x4000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack);
+        ept.map(&mut mem, &req(0x5000, 0x5000, 0x1000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack)).unwrap();
+        let err = ept.map(&mut mem, &req(0x3000, 0x9000, 0x4000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack));
         assert_eq!(err, Err(EptError::AlreadyMapped { guest_phys: 0x5000 }));
         assert!(ept.translate(&mut mem, 0x3000).is_none());
         // A large page over the 4K mapping collides at the large page's start.
-        ept.map(&mut mem, 0x80_0000, 0, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::WriteBack).unwrap();
-        let err = ept.map(&mut mem, 0x60_0000, 0, 0x40_0000, PageSize::Size2M, Perms::RWX, MemoryType::WriteBack);
+        ept.map(&mut mem, &req(0x80_0000, 0, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::WriteBack)).unwrap();
+        let err = ept.map(&mut mem, &req(0x60_0000, 0, 0x40_0000, PageSize::Size2M, Perms::RWX, MemoryType::WriteBack));
         assert_eq!(err, Err(EptError::AlreadyMapped { guest_phys: 0x80_0000 }));
         assert!(ept.translate(&mut mem, 0x60_0000).is_none(), "nothing half-mapped");
-        let err = ept.map(&mut mem, 0, 0, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::WriteBack);
+        let err = ept.map(&mut mem, &req(0, 0, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::WriteBack));
         assert_eq!(err, Err(EptError::AlreadyMapped { guest_phys: 0 }));
     }
 
     #[test]
     fn unmap_removes_only_whole_pages_inside_the_range() {
         let (mut mem, mut ept) = setup();
-        ept.map(&mut mem, 0, 0x10_0000, 0x8000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack).unwrap();
-        ept.map(&mut mem, 0x20_0000, 0x20_0000, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::Uncacheable)
+        ept.map(&mut mem, &req(0, 0x10_0000, 0x8000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack)).unwrap();
+        ept.map(&mut mem, &req(0x20_0000, 0x20_0000, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::Uncacheable))
             .unwrap();
         assert_eq!(ept.unmap(&mut mem, 0x2000, 0x2000), 0x2000);
         assert!(ept.translate(&mut mem, 0x2000).is_none());
@@ -325,7 +339,7 @@ mod tests {
     fn bad_arguments_and_exhaustion_are_errors() {
         let (mut mem, mut ept) = setup();
         let m = |ept: &mut Ept, mem: &mut HeapTables, gpa, hpa, size, page| {
-            ept.map(mem, gpa, hpa, size, page, Perms::RWX, MemoryType::WriteBack)
+            ept.map(mem, &req(gpa, hpa, size, page, Perms::RWX, MemoryType::WriteBack))
         };
         assert_eq!(m(&mut ept, &mut mem, 0x1000, 0, 0x20_0000, PageSize::Size2M), Err(EptError::Misaligned));
         assert_eq!(m(&mut ept, &mut mem, 1 << 48, 0, 0x1000, PageSize::Size4K), Err(EptError::OutOfRange));
@@ -351,7 +365,7 @@ mod tests {
             x ^= x << 17;
             let gpa = (x % (1 << 36)) & !0xfff;
             let hpa = (x.rotate_left(17) % (1 << 40)) & !0xfff;
-            if ept.map(&mut mem, gpa, hpa, 0x1000, PageSize::Size4K, Perms::READ, MemoryType::WriteBack).is_ok() {
+            if ept.map(&mut mem, &req(gpa, hpa, 0x1000, PageSize::Size4K, Perms::READ, MemoryType::WriteBack)).is_ok() {
                 mapped.insert(gpa, hpa);
             }
         }

@@ -52,7 +52,9 @@ fn read(reg: u32) -> u32 {
         // SAFETY: x2APIC registers are architectural MSRs once x2APIC is enabled.
         MODE_X2APIC => unsafe { Msr::new(0x800 + (reg >> 4)).read() as u32 },
         // SAFETY: the xAPIC page is mapped through the physical mapping.
-        MODE_XAPIC => unsafe { core::ptr::read_volatile((XAPIC_VIRT.load(Ordering::Relaxed) + reg as u64) as *const u32) },
+        MODE_XAPIC => unsafe {
+            core::ptr::read_volatile((XAPIC_VIRT.load(Ordering::Relaxed) + reg as u64) as *const u32)
+        },
         _ => 0,
     }
 }
@@ -75,7 +77,11 @@ pub fn init_bsp(mmio_phys: u64) -> Mode {
     XAPIC_VIRT.store(phys_to_virt(mmio_phys), Ordering::Relaxed);
     MODE.store(if x2 { MODE_X2APIC } else { MODE_XAPIC }, Ordering::Release);
     enable_this_cpu();
-    if x2 { Mode::X2Apic } else { Mode::XApic }
+    if x2 {
+        Mode::X2Apic
+    } else {
+        Mode::XApic
+    }
 }
 
 /// Enables the calling CPU's local APIC in the mode the BSP chose.

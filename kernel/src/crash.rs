@@ -144,7 +144,7 @@ fn backtrace(rip: u64, mut rbp: u64) {
         write_crashing(format_args!(" {rip:#x}"));
     }
     for _ in 0..16 {
-        let readable = rbp != 0 && rbp % 8 == 0 && memory::is_mapped(rbp) && memory::is_mapped(rbp + 15);
+        let readable = rbp != 0 && rbp.is_multiple_of(8) && memory::is_mapped(rbp) && memory::is_mapped(rbp + 15);
         if !readable {
             break;
         }

@@ -70,8 +70,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         "acpi: {} CPUs, {} I/O APIC(s){}, local APIC at {:#x}, HPET {}, PM timer {}",
         platform.cpus.len(),
         platform.io_apics.len(),
-        platform.io_apics.iter().fold(alloc::string::String::new(), |s, a| s
-            + &alloc::format!(" [id {} at {:#x}, GSI {}+]", a.id, a.address, a.gsi_base)),
+        platform.io_apics.iter().fold(alloc::string::String::new(), |s, a| s + &alloc::format!(
+            " [id {} at {:#x}, GSI {}+]",
+            a.id,
+            a.address,
+            a.gsi_base
+        )),
         platform.local_apic_address,
         if platform.hpet_address.is_some() { "yes" } else { "no" },
         if platform.pm_timer.is_some() { "yes" } else { "no" },

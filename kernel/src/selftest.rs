@@ -6,11 +6,16 @@ use crate::memory::{self, MapSummary};
 use crate::smp::SmpResult;
 use crate::{apic, percpu, time, trap};
 use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
+/// A passing check's detail, or why it failed.
+type CheckResult = Result<String, String>;
+
 pub fn run(map: &MapSummary, smp: &SmpResult) -> bool {
-    let checks: [(&str, &dyn Fn() -> Result<alloc::string::String, alloc::string::String>); 6] = [
+    let checks: [(&str, &dyn Fn() -> CheckResult); 6] = [
         ("cpus", &|| check_cpus(smp)),
         ("memory map", &|| check_memory_map(map)),
         ("frames", &check_frames),
@@ -36,9 +41,6 @@ pub fn run(map: &MapSummary, smp: &SmpResult) -> bool {
     failed == 0
 }
 
-type CheckResult = Result<alloc::string::String, alloc::string::String>;
-use alloc::format;
-
 fn check_cpus(smp: &SmpResult) -> CheckResult {
     let online = percpu::online().count();
     if online != smp.expected {
@@ -60,7 +62,12 @@ fn check_memory_map(map: &MapSummary) -> CheckResult {
     if map.usable_bytes < 32 << 20 {
         return Err(format!("only {} KiB usable", map.usable_bytes >> 10));
     }
-    Ok(format!("{} regions, {} MiB usable, highest usable address {:#x}", map.regions, map.usable_bytes >> 20, map.highest_usable))
+    Ok(format!(
+        "{} regions, {} MiB usable, highest usable address {:#x}",
+        map.regions,
+        map.usable_bytes >> 20,
+        map.highest_usable
+    ))
 }
 
 fn check_frames() -> CheckResult {
@@ -97,7 +104,7 @@ fn check_frames() -> CheckResult {
     if after != before {
         return Err(format!("{before} free frames before, {after} after"));
     }
-    Ok(format!("256 distinct zeroed frames allocated and returned, {} MiB free", after * 4096 >> 20))
+    Ok(format!("256 distinct zeroed frames allocated and returned, {} MiB free", (after * 4096) >> 20))
 }
 
 fn check_heap() -> CheckResult {
@@ -152,7 +159,8 @@ fn check_ipi() -> CheckResult {
         }
         core::hint::spin_loop();
     }
-    let silent: Vec<u32> = others.iter().filter(|c| c.ipis_received.load(Ordering::Acquire) == 0).map(|c| c.index).collect();
+    let silent: Vec<u32> =
+        others.iter().filter(|c| c.ipis_received.load(Ordering::Acquire) == 0).map(|c| c.index).collect();
     Err(format!("CPUs {silent:?} did not take the IPI"))
 }
 

@@ -154,7 +154,8 @@ fn ist_for(vector: u8) -> u16 {
 /// Builds the IDT once and loads it on this CPU.
 pub fn load_idt() {
     let idt = IDT.call_once(|| {
-        let empty = Gate { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+        let empty =
+            Gate { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
         let mut idt = Idt([empty; 256]);
         // SAFETY: the table is defined above in global_asm as (vector, address) pairs.
         let stubs = unsafe {

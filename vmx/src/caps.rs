@@ -85,10 +85,7 @@ impl FixedBits {
     pub const fn for_unrestricted_guest_cr0(self) -> Self {
         const PE: u64 = 1;
         const PG: u64 = 1 << 31;
-        FixedBits {
-            must_be_one: self.must_be_one & !(PE | PG),
-            may_be_one: self.may_be_one,
-        }
+        FixedBits { must_be_one: self.must_be_one & !(PE | PG), may_be_one: self.may_be_one }
     }
 }
 
@@ -172,9 +169,8 @@ impl VmxCapabilities {
     /// since the MSRs do not exist otherwise.
     pub fn read(msrs: &impl MsrReader) -> Self {
         let basic = VmxBasic::decode(msrs.read_msr(msr::IA32_VMX_BASIC));
-        let ctl = |plain, true_| {
-            AllowedControls::from_msr(msrs.read_msr(if basic.true_controls { true_ } else { plain }))
-        };
+        let ctl =
+            |plain, true_| AllowedControls::from_msr(msrs.read_msr(if basic.true_controls { true_ } else { plain }));
         let pin_based = ctl(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS);
         let proc_based = ctl(msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS);
         let exit = ctl(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS);
@@ -294,10 +290,9 @@ mod tests {
     /// A CPU resembling Bochs' Ice Lake model: revision 4, 4 KiB regions, WB, true controls.
     fn icelake_like() -> FakeMsrs {
         let basic = 4 | (4096u64 << 32) | (6u64 << 50) | (1 << 54) | (1 << 55);
-        let secondary_may = (SecondaryControls::ENABLE_EPT
-            | SecondaryControls::ENABLE_VPID
-            | SecondaryControls::UNRESTRICTED_GUEST)
-            .bits() as u64;
+        let secondary_may =
+            (SecondaryControls::ENABLE_EPT | SecondaryControls::ENABLE_VPID | SecondaryControls::UNRESTRICTED_GUEST)
+                .bits() as u64;
         FakeMsrs(HashMap::from([
             (msr::IA32_VMX_BASIC, basic),
             (msr::IA32_VMX_TRUE_PINBASED_CTLS, (0x7fu64 << 32) | 0x16),

@@ -25,20 +25,13 @@ pub struct ControlError {
 
 impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the CPU lacks required {} VM controls (bits {:#010x})",
-            self.word, self.missing
-        )
+        write!(f, "the CPU lacks required {} VM controls (bits {:#010x})", self.word, self.missing)
     }
 }
 
 impl AllowedControls {
     pub const fn from_msr(value: u64) -> Self {
-        AllowedControls {
-            must_be_one: value as u32,
-            may_be_one: (value >> 32) as u32,
-        }
+        AllowedControls { must_be_one: value as u32, may_be_one: (value >> 32) as u32 }
     }
 
     /// True when `bits` may all be set.
@@ -79,10 +72,7 @@ mod tests {
         let c = AllowedControls { must_be_one: 0, may_be_one: 0x0f };
         let err = c.adjust("secondary processor-based", 0x82, 0).unwrap_err();
         assert_eq!(err.missing, 0x80);
-        assert_eq!(
-            err.to_string(),
-            "the CPU lacks required secondary processor-based VM controls (bits 0x00000080)"
-        );
+        assert_eq!(err.to_string(), "the CPU lacks required secondary processor-based VM controls (bits 0x00000080)");
     }
 
     #[test]
