@@ -16,20 +16,19 @@ pub enum Config {
 
 /// Environment a nested cargo must not inherit from the `cargo xtask` that runs us.
 const CARGO_ENV_LEAKS: &[&str] =
-    &["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR"];
+    &["RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR"];
 
-fn cargo(toolchain: Option<&str>) -> Command {
-    let mut command = match toolchain {
-        Some(t) => {
-            let mut c = Command::new("rustup");
-            c.args(["run", t, "cargo"]);
-            c
-        }
-        None => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
-    };
+/// A cargo pinned to `toolchain` for itself and every rustc it starts. Naming it
+/// matters: rustc runs in each dependency's directory, and a dependency that ships
+/// its own rust-toolchain.toml (the `x86_64` crate does) would otherwise pick its
+/// toolchain instead of ours.
+fn cargo(toolchain: &str) -> Command {
+    let mut command = Command::new("rustup");
+    command.args(["run", toolchain, "cargo"]);
     for var in CARGO_ENV_LEAKS {
         command.env_remove(var);
     }
+    command.env("RUSTUP_TOOLCHAIN", toolchain);
     command.current_dir(workspace_root());
     command
 }
@@ -45,7 +44,7 @@ fn run(mut command: Command, what: &str) -> Result<(), String> {
 
 /// Builds the kernel and returns a copy of its ELF that later builds do not overwrite.
 pub fn build_kernel(config: Config) -> Result<PathBuf, String> {
-    let mut command = cargo(None);
+    let mut command = cargo(&setup::workspace_toolchain()?);
     command.args(["build", "--quiet", "--release", "--package", "basalt-kernel", "--target", setup::KERNEL_TARGET]);
     if config == Config::Test {
         command.args(["--features", "test-hooks"]);
@@ -66,7 +65,7 @@ pub fn build_kernel(config: Config) -> Result<PathBuf, String> {
 fn imager() -> Result<PathBuf, String> {
     let toolchain = setup::imager_toolchain()?;
     let target_dir = workspace_root().join("target/imager");
-    let mut command = cargo(Some(&toolchain));
+    let mut command = cargo(&toolchain);
     command.args([
         "build",
         "--quiet",

@@ -94,7 +94,7 @@ fn ensure_packages(wanted: &[&'static str]) -> Result<(), String> {
 }
 
 /// The toolchain the workspace itself uses (rust-toolchain.toml).
-fn workspace_toolchain() -> Result<String, String> {
+pub fn workspace_toolchain() -> Result<String, String> {
     let root = crate::workspace_root();
     let out = Command::new("rustup")
         .args(["show", "active-toolchain"])

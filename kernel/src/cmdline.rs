@@ -9,6 +9,8 @@ pub struct Options {
     pub selftest: bool,
     /// Test-configuration only: deliberately misbehave to prove the runner notices.
     pub inject: Option<Injection>,
+    /// Reference clock for calibration; the best available when not given.
+    pub clock: Option<crate::time::ReferenceKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,10 +18,12 @@ pub enum Injection {
     PageFault,
     Panic,
     Hang,
+    StackOverflow,
 }
 
 pub fn parse(text: &str) -> Options {
     use crate::platform_exit::ExitMethod;
+    use crate::time::ReferenceKind;
     let mut options = Options::default();
     for word in text.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -31,6 +35,10 @@ pub fn parse(text: &str) -> Options {
             ("inject", "page-fault") => options.inject = Some(Injection::PageFault),
             ("inject", "panic") => options.inject = Some(Injection::Panic),
             ("inject", "hang") => options.inject = Some(Injection::Hang),
+            ("inject", "stack-overflow") => options.inject = Some(Injection::StackOverflow),
+            ("clock", "hpet") => options.clock = Some(ReferenceKind::Hpet),
+            ("clock", "pm-timer") => options.clock = Some(ReferenceKind::PmTimer),
+            ("clock", "pit") => options.clock = Some(ReferenceKind::Pit),
             _ => log::warn!("ignoring unknown boot option '{word}'"),
         }
     }

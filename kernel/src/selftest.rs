@@ -176,9 +176,26 @@ pub fn inject(injection: crate::cmdline::Injection) {
             core::ptr::write_volatile(0xdead_b000 as *mut u64, 1);
         },
         Injection::Panic => panic!("injected panic"),
+        Injection::StackOverflow => {
+            log::warn!("recursing until the kernel stack's guard page is hit");
+            recurse(0);
+        }
         Injection::Hang => loop {
             x86_64::instructions::interrupts::disable();
             x86_64::instructions::hlt();
         },
     }
+}
+
+/// Uses stack without end. `black_box` keeps `pad` alive across the call, so the
+/// compiler can neither turn the recursion into a loop nor shrink the frame.
+#[cfg(feature = "test-hooks")]
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let mut pad = [depth; 64];
+    core::hint::black_box(&mut pad);
+    let below = recurse(pad[0] + 1);
+    core::hint::black_box(&pad);
+    below
 }

@@ -76,8 +76,37 @@ pub enum Reference {
     Pit,
 }
 
+/// A reference clock the boot command line can ask for (`clock=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceKind {
+    Hpet,
+    PmTimer,
+    Pit,
+}
+
 impl Reference {
-    pub fn best(platform: &Platform) -> Reference {
+    /// The reference asked for if the platform has it, else the best there is.
+    pub fn choose(platform: &Platform, wanted: Option<ReferenceKind>) -> Reference {
+        let asked = match wanted {
+            Some(ReferenceKind::Hpet) => Self::hpet(platform),
+            Some(ReferenceKind::PmTimer) => Self::pm_timer(platform),
+            Some(ReferenceKind::Pit) => Some(Reference::Pit),
+            None => None,
+        };
+        asked.unwrap_or_else(|| {
+            if let Some(kind) = wanted {
+                log::warn!("clock={kind:?} asked for, but this machine does not have it");
+            }
+            Self::hpet(platform).or_else(|| Self::pm_timer(platform)).unwrap_or(Reference::Pit)
+        })
+    }
+
+    fn pm_timer(platform: &Platform) -> Option<Reference> {
+        let PmTimerPort::Io { port, bits32 } = platform.pm_timer?;
+        Some(Reference::PmTimer { port, bits32 })
+    }
+
+    fn hpet(platform: &Platform) -> Option<Reference> {
         if let Some(phys) = platform.hpet_address {
             let registers = phys_to_virt(phys);
             // SAFETY: the HPET block is MMIO inside the physical mapping (first 4 GiB).
@@ -89,13 +118,10 @@ impl Reference {
                     let config = (registers + 0x10) as *mut u64;
                     core::ptr::write_volatile(config, core::ptr::read_volatile(config) | 1);
                 }
-                return Reference::Hpet { registers, femtos_per_tick };
+                return Some(Reference::Hpet { registers, femtos_per_tick });
             }
         }
-        if let Some(PmTimerPort::Io { port, bits32 }) = platform.pm_timer {
-            return Reference::PmTimer { port, bits32 };
-        }
-        Reference::Pit
+        None
     }
 
     pub fn name(&self) -> &'static str {
