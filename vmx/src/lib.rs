@@ -1,11 +1,19 @@
-//! VT-x as a library. Everything here is pure computation over values read from the
-//! CPU, so the host can test it; the kernel supplies the MSR reads.
+//! VT-x as a library. Decoding and control computation are pure and tested on the
+//! host; the instruction wrappers and the guest entry stub are the only code here
+//! that touches the CPU.
 #![cfg_attr(not(test), no_std)]
 
 pub mod caps;
 pub mod controls;
+pub mod error;
+pub mod exit;
+pub mod instructions;
 pub mod msr;
+pub mod vmcs;
 
-pub use caps::{EptVpidCaps, FixedBits, VmxBasic, VmxCapabilities, VmxMisc};
+pub use caps::{EptVpidCaps, FixedBits, SecondaryControls, VmxBasic, VmxCapabilities, VmxMisc};
 pub use controls::{AllowedControls, ControlError};
+pub use error::{InstructionError, VmFail};
+pub use exit::ExitReason;
+pub use instructions::GuestRegisters;
 pub use msr::MsrReader;
