@@ -5,5 +5,7 @@
 extern crate alloc;
 
 pub mod bus;
+pub mod uart;
 
-pub use bus::{BusError, PortBus, PortDevice};
+pub use bus::{BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed};
+pub use uart::{DebugExit, Uart16550};

@@ -1,0 +1,257 @@
+//! A 16550A UART as the guest sees it at COM1. Output goes to a sink one line at a
+//! time (the VMM prefixes it with the VM's name); input is queued by the host.
+//! Interrupt state is computed (`interrupt_pending`) for the VMM to deliver.
+
+use crate::bus::{PortDevice, Request};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+const IER_RECEIVED_DATA: u8 = 1 << 0;
+const IER_TRANSMIT_EMPTY: u8 = 1 << 1;
+const LCR_DLAB: u8 = 1 << 7;
+const LSR_DATA_READY: u8 = 1 << 0;
+const LSR_THR_EMPTY: u8 = 1 << 5;
+const LSR_TRANSMITTER_EMPTY: u8 = 1 << 6;
+const IIR_NONE: u8 = 0x01;
+const IIR_THR_EMPTY: u8 = 0x02;
+const IIR_RECEIVED_DATA: u8 = 0x04;
+const IIR_FIFO_ENABLED: u8 = 0xc0;
+const MCR_LOOPBACK: u8 = 1 << 4;
+/// A line longer than this is passed on without waiting for its newline.
+const MAX_LINE: usize = 256;
+
+pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
+
+pub struct Uart16550 {
+    ier: u8,
+    lcr: u8,
+    mcr: u8,
+    scratch: u8,
+    divisor: u16,
+    fifo_control: u8,
+    /// The transmit-empty interrupt is raised once per THR write, until IIR is read.
+    thr_empty_pending: bool,
+    input: VecDeque<u8>,
+    line: Vec<u8>,
+    sink: LineSink,
+}
+
+impl Uart16550 {
+    pub fn new(sink: LineSink) -> Self {
+        Uart16550 {
+            ier: 0,
+            lcr: 0x03,
+            mcr: 0,
+            scratch: 0,
+            divisor: 12,
+            fifo_control: 0,
+            thr_empty_pending: false,
+            input: VecDeque::new(),
+            line: Vec::new(),
+            sink,
+        }
+    }
+
+    /// Bytes typed on the host console for the guest.
+    pub fn push_input(&mut self, bytes: &[u8]) {
+        self.input.extend(bytes);
+    }
+
+    /// Whether the UART's interrupt line is asserted.
+    pub fn interrupt_pending(&self) -> bool {
+        self.interrupt_id() != IIR_NONE
+    }
+
+    /// Passes on a partial line (when the VM stops).
+    pub fn flush(&mut self) {
+        if !self.line.is_empty() {
+            (self.sink)(&self.line);
+            self.line.clear();
+        }
+    }
+
+    fn interrupt_id(&self) -> u8 {
+        if self.ier & IER_RECEIVED_DATA != 0 && !self.input.is_empty() {
+            IIR_RECEIVED_DATA
+        } else if self.ier & IER_TRANSMIT_EMPTY != 0 && self.thr_empty_pending {
+            IIR_THR_EMPTY
+        } else {
+            IIR_NONE
+        }
+    }
+
+    fn transmit(&mut self, byte: u8) {
+        if self.mcr & MCR_LOOPBACK != 0 {
+            self.input.push_back(byte);
+        } else if byte == b'\n' || self.line.len() >= MAX_LINE {
+            if byte != b'\n' {
+                self.line.push(byte);
+            }
+            (self.sink)(&self.line);
+            self.line.clear();
+        } else if byte != b'\r' {
+            self.line.push(byte);
+        }
+        self.thr_empty_pending = true;
+    }
+}
+
+impl PortDevice for Uart16550 {
+    fn name(&self) -> &'static str {
+        "uart-16550a"
+    }
+
+    fn read(&mut self, offset: u16, _size: u8) -> u32 {
+        let dlab = self.lcr & LCR_DLAB != 0;
+        (match offset {
+            0 if dlab => self.divisor as u8,
+            0 => self.input.pop_front().unwrap_or(0),
+            1 if dlab => (self.divisor >> 8) as u8,
+            1 => self.ier,
+            2 => {
+                let id = self.interrupt_id();
+                if id == IIR_THR_EMPTY {
+                    self.thr_empty_pending = false;
+                }
+                id | if self.fifo_control & 1 != 0 { IIR_FIFO_ENABLED } else { 0 }
+            }
+            3 => self.lcr,
+            4 => self.mcr,
+            5 => LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY | if self.input.is_empty() { 0 } else { LSR_DATA_READY },
+            // Modem status: in loopback the outputs reflect back; otherwise DCD, DSR and CTS are up.
+            6 if self.mcr & MCR_LOOPBACK != 0 => (self.mcr & 0x0f) << 4,
+            6 => 0xb0,
+            7 => self.scratch,
+            _ => 0xff,
+        }) as u32
+    }
+
+    fn write(&mut self, offset: u16, _size: u8, value: u32) -> Option<Request> {
+        let value = value as u8;
+        let dlab = self.lcr & LCR_DLAB != 0;
+        match offset {
+            0 if dlab => self.divisor = (self.divisor & 0xff00) | value as u16,
+            0 => self.transmit(value),
+            1 if dlab => self.divisor = (self.divisor & 0x00ff) | (value as u16) << 8,
+            1 => {
+                // Enabling the transmit interrupt with THR empty raises it at once.
+                if value & IER_TRANSMIT_EMPTY != 0 && self.ier & IER_TRANSMIT_EMPTY == 0 {
+                    self.thr_empty_pending = true;
+                }
+                self.ier = value & 0x0f;
+            }
+            2 => {
+                self.fifo_control = value;
+                if value & 0x02 != 0 {
+                    self.input.clear();
+                }
+            }
+            3 => self.lcr = value,
+            4 => self.mcr = value & 0x1f,
+            7 => self.scratch = value,
+            _ => {}
+        }
+        None
+    }
+}
+
+/// QEMU's isa-debug-exit: a write of `value` stops the VM with status
+/// `(value << 1) | 1`, so existing test kernels work unmodified.
+pub struct DebugExit;
+
+impl PortDevice for DebugExit {
+    fn name(&self) -> &'static str {
+        "debug-exit"
+    }
+    fn read(&mut self, _offset: u16, _size: u8) -> u32 {
+        0
+    }
+    fn write(&mut self, _offset: u16, _size: u8, value: u32) -> Option<Request> {
+        Some(Request::Stop { status: (value << 1) | 1 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn uart() -> (Uart16550, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let uart = Uart16550::new(Box::new(move |l: &[u8]| sink.lock().unwrap().push(String::from_utf8_lossy(l).into())));
+        (uart, lines)
+    }
+
+    fn say(u: &mut Uart16550, text: &str) {
+        for b in text.bytes() {
+            u.write(0, 1, b as u32);
+        }
+    }
+
+    #[test]
+    fn output_arrives_a_line_at_a_time_without_carriage_returns() {
+        let (mut u, lines) = uart();
+        say(&mut u, "hello\r\nwor");
+        assert_eq!(*lines.lock().unwrap(), vec!["hello"]);
+        say(&mut u, "ld\n");
+        u.flush();
+        assert_eq!(*lines.lock().unwrap(), vec!["hello", "world"]);
+        say(&mut u, "tail");
+        u.flush();
+        assert_eq!(lines.lock().unwrap().last().unwrap(), "tail");
+    }
+
+    #[test]
+    fn line_status_says_transmitter_ready_and_data_ready() {
+        let (mut u, _) = uart();
+        assert_eq!(u.read(5, 1) as u8, LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY);
+        u.push_input(b"ab");
+        assert_eq!(u.read(5, 1) as u8 & LSR_DATA_READY, LSR_DATA_READY);
+        assert_eq!(u.read(0, 1), b'a' as u32);
+        assert_eq!(u.read(0, 1), b'b' as u32);
+        assert_eq!(u.read(5, 1) as u8 & LSR_DATA_READY, 0);
+    }
+
+    #[test]
+    fn divisor_latch_shadows_data_and_ier() {
+        let (mut u, lines) = uart();
+        u.write(3, 1, 0x83);
+        u.write(0, 1, 0x01);
+        u.write(1, 1, 0x00);
+        assert_eq!((u.read(0, 1), u.read(1, 1)), (1, 0));
+        u.write(3, 1, 0x03);
+        u.write(7, 1, 0x5a);
+        assert_eq!(u.read(7, 1), 0x5a);
+        assert!(lines.lock().unwrap().is_empty(), "divisor writes are not output");
+    }
+
+    #[test]
+    fn interrupts_follow_ier_and_clear_on_iir_read() {
+        let (mut u, _) = uart();
+        assert!(!u.interrupt_pending());
+        u.write(1, 1, IER_TRANSMIT_EMPTY as u32);
+        assert!(u.interrupt_pending());
+        assert_eq!(u.read(2, 1) as u8, IIR_THR_EMPTY);
+        assert!(!u.interrupt_pending());
+        u.write(1, 1, (IER_TRANSMIT_EMPTY | IER_RECEIVED_DATA) as u32);
+        u.push_input(b"x");
+        assert_eq!(u.read(2, 1) as u8, IIR_RECEIVED_DATA, "received data outranks THR empty");
+    }
+
+    #[test]
+    fn loopback_reflects_output_into_input() {
+        let (mut u, lines) = uart();
+        u.write(4, 1, MCR_LOOPBACK as u32);
+        u.write(0, 1, 0xae);
+        assert_eq!(u.read(0, 1), 0xae);
+        assert!(lines.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn debug_exit_status_matches_qemu() {
+        assert_eq!(DebugExit.write(0, 4, 0x10), Some(Request::Stop { status: 33 }));
+        assert_eq!(DebugExit.write(0, 1, 0), Some(Request::Stop { status: 1 }));
+    }
+}
