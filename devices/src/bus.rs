@@ -32,7 +32,10 @@ pub trait MmioDevice: Send {
 pub enum BusError {
     EmptyRange,
     /// The range overlaps one already claimed by the named device.
-    Overlap { existing: &'static str, existing_range: Range<u64> },
+    Overlap {
+        existing: &'static str,
+        existing_range: Range<u64>,
+    },
 }
 
 /// Sorted, disjoint ranges, each owning a value.

@@ -180,7 +180,8 @@ mod tests {
     fn uart() -> (Uart16550, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        let uart = Uart16550::new(Box::new(move |l: &[u8]| sink.lock().unwrap().push(String::from_utf8_lossy(l).into())));
+        let uart =
+            Uart16550::new(Box::new(move |l: &[u8]| sink.lock().unwrap().push(String::from_utf8_lossy(l).into())));
         (uart, lines)
     }
 

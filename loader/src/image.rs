@@ -1,0 +1,430 @@
+//! Turning a guest image into a load plan: which bytes go where in guest-physical
+//! memory, where execution starts, in which CPU mode and with which registers.
+//! Nothing here touches guest memory; the VMM carries the plan out after checking
+//! it fits the VM.
+
+use crate::manifest::{Format, Mode, VmSpec};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    Real,
+    /// 32-bit protected mode, flat segments, paging off.
+    Protected,
+    /// 64-bit mode on identity-mapped page tables the VMM builds.
+    Long,
+}
+
+/// Bytes to copy to `guest_phys`, followed by `zero_fill` zero bytes (BSS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub guest_phys: u64,
+    pub data: SegmentData<'a>,
+    pub zero_fill: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentData<'a> {
+    Borrowed(&'a [u8]),
+    /// Built by the loader (e.g. the Multiboot information structure).
+    Owned(Vec<u8>),
+}
+
+impl SegmentData<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            SegmentData::Borrowed(b) => b,
+            SegmentData::Owned(v) => v,
+        }
+    }
+}
+
+impl Segment<'_> {
+    pub fn end(&self) -> u64 {
+        self.guest_phys + self.data.bytes().len() as u64 + self.zero_fill
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadPlan<'a> {
+    pub segments: Vec<Segment<'a>>,
+    pub entry: u64,
+    pub mode: EntryMode,
+    pub rax: u64,
+    pub rbx: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageError {
+    Empty,
+    NotElf,
+    UnsupportedElf(&'static str),
+    Truncated(&'static str),
+    NoMultibootHeader,
+    BadMultibootChecksum,
+    UnsupportedMultiboot(&'static str),
+    /// A segment lies outside the VM's memory.
+    DoesNotFit {
+        start: u64,
+        end: u64,
+        memory: u64,
+    },
+    EntryOutside {
+        entry: u64,
+    },
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::Empty => write!(f, "the image is empty"),
+            ImageError::NotElf => write!(f, "not an ELF file (bad magic)"),
+            ImageError::UnsupportedElf(why) => write!(f, "unsupported ELF: {why}"),
+            ImageError::Truncated(what) => write!(f, "the image is truncated: {what}"),
+            ImageError::NoMultibootHeader => write!(f, "no Multiboot header in the first 8 KiB"),
+            ImageError::BadMultibootChecksum => write!(f, "the Multiboot header's checksum is wrong"),
+            ImageError::UnsupportedMultiboot(why) => write!(f, "unsupported Multiboot kernel: {why}"),
+            ImageError::DoesNotFit { start, end, memory } => {
+                write!(f, "bytes {start:#x}..{end:#x} do not fit in the VM's {memory:#x} bytes of memory")
+            }
+            ImageError::EntryOutside { entry } => write!(f, "entry point {entry:#x} is outside the loaded image"),
+        }
+    }
+}
+
+fn read<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], ImageError> {
+    bytes.get(at..at + N).map(|s| s.try_into().unwrap()).ok_or(ImageError::Truncated(what))
+}
+fn u16_at(b: &[u8], at: usize, what: &'static str) -> Result<u16, ImageError> {
+    read::<2>(b, at, what).map(u16::from_le_bytes)
+}
+fn u32_at(b: &[u8], at: usize, what: &'static str) -> Result<u32, ImageError> {
+    read::<4>(b, at, what).map(u32::from_le_bytes)
+}
+fn u64_at(b: &[u8], at: usize, what: &'static str) -> Result<u64, ImageError> {
+    read::<8>(b, at, what).map(u64::from_le_bytes)
+}
+
+/// Where the Multiboot information structure goes, as QEMU places it: low memory
+/// that kernels leave alone.
+pub const MULTIBOOT_INFO_ADDRESS: u64 = 0x9000;
+const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2bad_b002;
+
+/// Plans loading `image` for `vm` with `memory` bytes of guest RAM.
+pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64) -> Result<LoadPlan<'a>, ImageError> {
+    if image.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let plan = match vm.format {
+        Format::Flat => LoadPlan {
+            segments: vec![Segment { guest_phys: vm.load, data: SegmentData::Borrowed(image), zero_fill: 0 }],
+            entry: vm.entry,
+            mode: match vm.mode {
+                Mode::Real => EntryMode::Real,
+                Mode::Protected => EntryMode::Protected,
+                Mode::Long => EntryMode::Long,
+            },
+            rax: 0,
+            rbx: 0,
+        },
+        Format::Elf => elf(image)?,
+        Format::Multiboot => multiboot(image, memory)?,
+    };
+    for s in &plan.segments {
+        if s.end() > memory || s.end() < s.guest_phys {
+            return Err(ImageError::DoesNotFit { start: s.guest_phys, end: s.end(), memory });
+        }
+    }
+    let loaded = |a: u64| plan.segments.iter().any(|s| (s.guest_phys..s.end()).contains(&a));
+    if !loaded(plan.entry) {
+        return Err(ImageError::EntryOutside { entry: plan.entry });
+    }
+    Ok(plan)
+}
+
+/// ELF64 images start in long mode, ELF32 in protected mode; segments go to
+/// their physical addresses.
+fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
+    if !image.starts_with(b"\x7fELF") {
+        return Err(ImageError::NotElf);
+    }
+    let class = *image.get(4).ok_or(ImageError::Truncated("ELF header"))?;
+    if image.get(5) != Some(&1) {
+        return Err(ImageError::UnsupportedElf("not little-endian"));
+    }
+    let is64 = match class {
+        1 => false,
+        2 => true,
+        _ => return Err(ImageError::UnsupportedElf("unknown class")),
+    };
+    let machine = u16_at(image, 18, "ELF header")?;
+    if (is64 && machine != 62) || (!is64 && machine != 3) {
+        return Err(ImageError::UnsupportedElf("not an x86 executable"));
+    }
+    if u16_at(image, 16, "ELF header")? != 2 {
+        return Err(ImageError::UnsupportedElf("not an executable (ET_EXEC)"));
+    }
+    let (entry, phoff, phentsize, phnum) = if is64 {
+        (
+            u64_at(image, 24, "ELF header")?,
+            u64_at(image, 32, "ELF header")? as usize,
+            u16_at(image, 54, "ELF header")?,
+            u16_at(image, 56, "ELF header")?,
+        )
+    } else {
+        (
+            u32_at(image, 24, "ELF header")? as u64,
+            u32_at(image, 28, "ELF header")? as usize,
+            u16_at(image, 42, "ELF header")?,
+            u16_at(image, 44, "ELF header")?,
+        )
+    };
+    let mut segments = Vec::new();
+    for i in 0..phnum as usize {
+        let at = phoff + i * phentsize as usize;
+        if u32_at(image, at, "program headers")? != 1 {
+            continue; // not PT_LOAD
+        }
+        let (offset, paddr, filesz, memsz) = if is64 {
+            (
+                u64_at(image, at + 8, "program headers")?,
+                u64_at(image, at + 24, "program headers")?,
+                u64_at(image, at + 32, "program headers")?,
+                u64_at(image, at + 40, "program headers")?,
+            )
+        } else {
+            (
+                u32_at(image, at + 4, "program headers")? as u64,
+                u32_at(image, at + 12, "program headers")? as u64,
+                u32_at(image, at + 16, "program headers")? as u64,
+                u32_at(image, at + 20, "program headers")? as u64,
+            )
+        };
+        if memsz < filesz {
+            return Err(ImageError::UnsupportedElf("a segment's memory size is below its file size"));
+        }
+        let data = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(filesz).ok())
+            .and_then(|(o, n)| image.get(o..o.checked_add(n)?))
+            .ok_or(ImageError::Truncated("segment data"))?;
+        segments.push(Segment { guest_phys: paddr, data: SegmentData::Borrowed(data), zero_fill: memsz - filesz });
+    }
+    if segments.is_empty() {
+        return Err(ImageError::UnsupportedElf("no loadable segments"));
+    }
+    Ok(LoadPlan { segments, entry, mode: if is64 { EntryMode::Long } else { EntryMode::Protected }, rax: 0, rbx: 0 })
+}
+
+/// Multiboot v1: the header's address fields when flag 16 is set, else the ELF
+/// program headers; entered in protected mode with EAX = the bootloader magic and
+/// EBX = the information structure.
+fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
+    let search = &image[..image.len().min(8192)];
+    let header = (0..search.len().saturating_sub(11))
+        .step_by(4)
+        .find(|&at| u32_at(search, at, "").ok() == Some(MULTIBOOT_MAGIC))
+        .ok_or(ImageError::NoMultibootHeader)?;
+    let flags = u32_at(image, header + 4, "Multiboot header")?;
+    let checksum = u32_at(image, header + 8, "Multiboot header")?;
+    if MULTIBOOT_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
+        return Err(ImageError::BadMultibootChecksum);
+    }
+    if flags & (1 << 2) != 0 {
+        return Err(ImageError::UnsupportedMultiboot("a video mode is requested (flag 2)"));
+    }
+    let mut plan = if flags & (1 << 16) != 0 {
+        let field = |n: usize| u32_at(image, header + 12 + 4 * n, "Multiboot address fields").map(u64::from);
+        let (header_addr, load_addr, load_end, bss_end, entry) =
+            (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+        if load_addr > header_addr {
+            return Err(ImageError::UnsupportedMultiboot("load_addr lies above header_addr"));
+        }
+        let file_start = header as u64 - (header_addr - load_addr);
+        let file_len = if load_end == 0 { image.len() as u64 - file_start } else { load_end.saturating_sub(load_addr) };
+        let data = image
+            .get(file_start as usize..(file_start + file_len) as usize)
+            .ok_or(ImageError::Truncated("Multiboot load range"))?;
+        let zero_fill = if bss_end > load_addr + file_len { bss_end - load_addr - file_len } else { 0 };
+        LoadPlan {
+            segments: vec![Segment { guest_phys: load_addr, data: SegmentData::Borrowed(data), zero_fill }],
+            entry,
+            mode: EntryMode::Protected,
+            rax: 0,
+            rbx: 0,
+        }
+    } else {
+        let plan = elf(image)?;
+        if plan.mode != EntryMode::Protected {
+            return Err(ImageError::UnsupportedMultiboot("the kernel is ELF64; Multiboot v1 kernels are 32-bit"));
+        }
+        plan
+    };
+    // Information structure: memory sizes (flag 0) and a memory map (flag 6).
+    const INFO_SIZE: usize = 0x58;
+    let mut info = vec![0u8; INFO_SIZE];
+    let mut put = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put(0, 1 | (1 << 6));
+    put(4, 640);
+    put(8, (memory.saturating_sub(0x10_0000) / 1024) as u32);
+    let map_at = MULTIBOOT_INFO_ADDRESS + INFO_SIZE as u64;
+    let mut map = Vec::new();
+    for (base, len, kind) in [(0u64, 0x9f000u64, 1u32), (0x10_0000, memory.saturating_sub(0x10_0000), 1)] {
+        map.extend_from_slice(&20u32.to_le_bytes());
+        map.extend_from_slice(&base.to_le_bytes());
+        map.extend_from_slice(&len.to_le_bytes());
+        map.extend_from_slice(&kind.to_le_bytes());
+    }
+    put(44, map.len() as u32);
+    put(48, map_at as u32);
+    info.extend_from_slice(&map);
+    plan.segments.push(Segment { guest_phys: MULTIBOOT_INFO_ADDRESS, data: SegmentData::Owned(info), zero_fill: 0 });
+    plan.rax = MULTIBOOT_BOOTLOADER_MAGIC;
+    plan.rbx = MULTIBOOT_INFO_ADDRESS;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    fn spec(format: Format) -> VmSpec {
+        crate::manifest::parse_manifest(&alloc::format!(
+            "name=t image=t format={} load=0x1000",
+            match format {
+                Format::Flat => "flat",
+                Format::Elf => "elf",
+                Format::Multiboot => "multiboot",
+            }
+        ))
+        .unwrap()
+        .remove(0)
+    }
+
+    /// A minimal ELF with one PT_LOAD segment of `code` at `paddr` (+ `bss` bytes).
+    fn elf_image(is64: bool, paddr: u64, entry: u64, code: &[u8], bss: u64) -> Vec<u8> {
+        let (ehsize, phsize) = if is64 { (64usize, 56usize) } else { (52, 32) };
+        let mut f = vec![0u8; ehsize + phsize];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = if is64 { 2 } else { 1 };
+        f[5] = 1;
+        f[16..18].copy_from_slice(&2u16.to_le_bytes());
+        f[18..20].copy_from_slice(&(if is64 { 62u16 } else { 3 }).to_le_bytes());
+        let offset = (ehsize + phsize) as u64;
+        let p = ehsize;
+        if is64 {
+            f[24..32].copy_from_slice(&entry.to_le_bytes());
+            f[32..40].copy_from_slice(&(ehsize as u64).to_le_bytes());
+            f[54..56].copy_from_slice(&(phsize as u16).to_le_bytes());
+            f[56..58].copy_from_slice(&1u16.to_le_bytes());
+            f[p..p + 4].copy_from_slice(&1u32.to_le_bytes());
+            f[p + 8..p + 16].copy_from_slice(&offset.to_le_bytes());
+            f[p + 24..p + 32].copy_from_slice(&paddr.to_le_bytes());
+            f[p + 32..p + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+            f[p + 40..p + 48].copy_from_slice(&(code.len() as u64 + bss).to_le_bytes());
+        } else {
+            f[24..28].copy_from_slice(&(entry as u32).to_le_bytes());
+            f[28..32].copy_from_slice(&(ehsize as u32).to_le_bytes());
+            f[42..44].copy_from_slice(&(phsize as u16).to_le_bytes());
+            f[44..46].copy_from_slice(&1u16.to_le_bytes());
+            f[p..p + 4].copy_from_slice(&1u32.to_le_bytes());
+            f[p + 4..p + 8].copy_from_slice(&(offset as u32).to_le_bytes());
+            f[p + 12..p + 16].copy_from_slice(&(paddr as u32).to_le_bytes());
+            f[p + 16..p + 20].copy_from_slice(&(code.len() as u32).to_le_bytes());
+            f[p + 20..p + 24].copy_from_slice(&((code.len() as u64 + bss) as u32).to_le_bytes());
+        }
+        f.extend_from_slice(code);
+        f
+    }
+
+    #[test]
+    fn flat_images_load_where_asked() {
+        let plan = load(&[0xf4; 16], &spec(Format::Flat), 1 << 20).unwrap();
+        assert_eq!((plan.entry, plan.mode, plan.segments[0].guest_phys), (0x1000, EntryMode::Real, 0x1000));
+        assert_eq!(load(&[], &spec(Format::Flat), 1 << 20).unwrap_err(), ImageError::Empty);
+        let err = load(&[0; 16], &spec(Format::Flat), 0x1008).unwrap_err();
+        assert_eq!(err.to_string(), "bytes 0x1000..0x1010 do not fit in the VM's 0x1008 bytes of memory");
+    }
+
+    #[test]
+    fn elf64_enters_long_mode_and_elf32_protected_mode() {
+        let img = elf_image(true, 0x20_0000, 0x20_0004, &[0x90; 8], 0x100);
+        let plan = load(&img, &spec(Format::Elf), 4 << 20).unwrap();
+        assert_eq!((plan.entry, plan.mode), (0x20_0004, EntryMode::Long));
+        assert_eq!(plan.segments[0].data.bytes(), &[0x90; 8]);
+        assert_eq!(plan.segments[0].zero_fill, 0x100);
+        let img = elf_image(false, 0x10_0000, 0x10_0000, &[0xf4], 0);
+        assert_eq!(load(&img, &spec(Format::Elf), 4 << 20).unwrap().mode, EntryMode::Protected);
+    }
+
+    #[test]
+    fn bad_elf_files_say_what_is_wrong() {
+        let e = |img: &[u8]| load(img, &spec(Format::Elf), 4 << 20).unwrap_err();
+        assert_eq!(e(b"MZ\x90\x00"), ImageError::NotElf);
+        let mut img = elf_image(true, 0x1000, 0x1000, &[0x90; 8], 0);
+        img[18] = 40; // ARM
+        assert_eq!(e(&img), ImageError::UnsupportedElf("not an x86 executable"));
+        let img = elf_image(true, 0x1000, 0x1000, &[0x90; 8], 0);
+        assert_eq!(e(&img[..img.len() - 4]), ImageError::Truncated("segment data"));
+        assert_eq!(e(&img[..40]), ImageError::Truncated("ELF header"));
+        let img = elf_image(true, 0x1000, 0x9999, &[0x90; 8], 0);
+        assert_eq!(e(&img), ImageError::EntryOutside { entry: 0x9999 });
+    }
+
+    /// A Multiboot kernel using the address fields (flag 16), as small test kernels do.
+    fn multiboot_aout(load_addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
+        let flags: u32 = (1 << 16) | 1;
+        let mut img = Vec::new();
+        for v in [
+            MULTIBOOT_MAGIC,
+            flags,
+            0u32.wrapping_sub(MULTIBOOT_MAGIC).wrapping_sub(flags),
+            load_addr,                                // header_addr
+            load_addr,                                // load_addr
+            load_addr + 32 + code.len() as u32,       // load_end_addr
+            load_addr + 32 + code.len() as u32 + bss, // bss_end_addr
+            load_addr + 32,                           // entry
+            0,
+        ] {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        img.truncate(32);
+        img.extend_from_slice(code);
+        img
+    }
+
+    #[test]
+    fn multiboot_kernels_load_like_qemu_loads_them() {
+        let img = multiboot_aout(0x10_0000, &[0xf4; 4], 0x40);
+        let plan = load(&img, &spec(Format::Multiboot), 16 << 20).unwrap();
+        assert_eq!((plan.entry, plan.mode), (0x10_0020, EntryMode::Protected));
+        assert_eq!((plan.rax, plan.rbx), (0x2bad_b002, MULTIBOOT_INFO_ADDRESS));
+        assert_eq!(plan.segments[0].guest_phys, 0x10_0000);
+        assert_eq!(plan.segments[0].data.bytes().len(), 36);
+        assert_eq!(plan.segments[0].zero_fill, 0x40);
+        let info = plan.segments[1].data.bytes();
+        assert_eq!(u32::from_le_bytes(info[0..4].try_into().unwrap()) & 1, 1, "memory fields valid");
+        assert_eq!(u32::from_le_bytes(info[8..12].try_into().unwrap()), 15 * 1024, "mem_upper in KiB");
+    }
+
+    #[test]
+    fn multiboot_elf_kernels_and_bad_headers() {
+        let flags: u32 = 0;
+        let mut code = Vec::new();
+        for v in [MULTIBOOT_MAGIC, flags, 0u32.wrapping_sub(MULTIBOOT_MAGIC)] {
+            code.extend_from_slice(&v.to_le_bytes());
+        }
+        code.push(0xf4);
+        let img = elf_image(false, 0x10_0000, 0x10_000c, &code, 0);
+        let plan = load(&img, &spec(Format::Multiboot), 16 << 20).unwrap();
+        assert_eq!(plan.entry, 0x10_000c);
+        assert_eq!(load(&[0x90; 64], &spec(Format::Multiboot), 16 << 20).unwrap_err(), ImageError::NoMultibootHeader);
+        let mut bad = multiboot_aout(0x10_0000, &[0xf4], 0);
+        bad[8] ^= 1;
+        assert_eq!(load(&bad, &spec(Format::Multiboot), 16 << 20).unwrap_err(), ImageError::BadMultibootChecksum);
+    }
+}

@@ -1,0 +1,14 @@
+//! What Basalt boots from and what it boots guests from, as pure code the host
+//! tests: the boot bundle (the image's ramdisk: command line, VM list, guest
+//! images), the VM list format, and loaders for flat, ELF and Multiboot images.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod bundle;
+pub mod image;
+pub mod manifest;
+
+pub use bundle::{Bundle, BundleError};
+pub use image::{load, EntryMode, ImageError, LoadPlan};
+pub use manifest::{parse_manifest, Format, ManifestError, VmSpec};

@@ -1,0 +1,226 @@
+//! The VM list in a bundle (entry `vms`): one VM per line of `key=value` words.
+//! `cargo xtask` writes it from validated configuration; the kernel still checks
+//! everything, since a bundle can be built by other means.
+//!
+//! ```text
+//! name=demo image=demo.bin format=flat mode=real load=0x7c00 entry=0x7c00 memory=16 cpus=1 time-limit-ms=5000
+//! ```
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Raw bytes at `load`, entered at `entry` in `mode`.
+    Flat,
+    /// ELF64 (entered in long mode) or ELF32 (entered in protected mode).
+    Elf,
+    /// A Multiboot (v1) kernel, loaded and entered as QEMU's `-kernel` does.
+    Multiboot,
+}
+
+/// CPU mode a flat image starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Real,
+    Protected,
+    Long,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    pub image: String,
+    pub format: Format,
+    pub mode: Mode,
+    pub load: u64,
+    pub entry: u64,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Wall-clock budget of guest time; the VM is stopped when it runs out.
+    pub time_limit_ms: u64,
+}
+
+pub const MAX_MEMORY_MIB: u32 = 4096;
+pub const MAX_VCPUS: u32 = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    pub line: usize,
+    pub vm: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VM list line {} (vm '{}'): {}", self.line, self.vm, self.message)
+    }
+}
+
+fn number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
+    let mut vms: Vec<VmSpec> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut vm = VmSpec {
+            name: String::new(),
+            image: String::new(),
+            format: Format::Flat,
+            mode: Mode::Real,
+            load: 0x7c00,
+            entry: u64::MAX,
+            memory_mib: 16,
+            cpus: 1,
+            time_limit_ms: 10_000,
+        };
+        let mut seen_format = false;
+        let error = |vm: &VmSpec, message: String| ManifestError { line: index + 1, vm: vm.name.clone(), message };
+        // The name first, so every error can name the VM.
+        if let Some(name) = line.split_whitespace().find_map(|w| w.strip_prefix("name=")) {
+            vm.name = name.to_string();
+        }
+        for word in line.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(error(&vm, alloc::format!("'{word}' is not key=value")));
+            };
+            let num = |vm: &VmSpec| {
+                number(value).ok_or_else(|| ManifestError {
+                    line: index + 1,
+                    vm: vm.name.clone(),
+                    message: alloc::format!("{key}: '{value}' is not a number"),
+                })
+            };
+            match key {
+                "name" => {}
+                "image" => vm.image = value.to_string(),
+                "format" => {
+                    seen_format = true;
+                    vm.format = match value {
+                        "flat" => Format::Flat,
+                        "elf" => Format::Elf,
+                        "multiboot" => Format::Multiboot,
+                        _ => {
+                            return Err(error(
+                                &vm,
+                                alloc::format!("format must be flat, elf or multiboot, not '{value}'"),
+                            ))
+                        }
+                    }
+                }
+                "mode" => {
+                    vm.mode = match value {
+                        "real" => Mode::Real,
+                        "protected" => Mode::Protected,
+                        "long" => Mode::Long,
+                        _ => {
+                            return Err(error(
+                                &vm,
+                                alloc::format!("mode must be real, protected or long, not '{value}'"),
+                            ))
+                        }
+                    }
+                }
+                "load" => vm.load = num(&vm)?,
+                "entry" => vm.entry = num(&vm)?,
+                "memory" => vm.memory_mib = num(&vm)?.try_into().unwrap_or(u32::MAX),
+                "cpus" => vm.cpus = num(&vm)?.try_into().unwrap_or(u32::MAX),
+                "time-limit-ms" => vm.time_limit_ms = num(&vm)?,
+                _ => return Err(error(&vm, alloc::format!("unknown key '{key}'"))),
+            }
+        }
+        if vm.name.is_empty() || !vm.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(error(&vm, "name must be non-empty letters, digits, '-' or '_'".into()));
+        }
+        if vms.iter().any(|v| v.name == vm.name) {
+            return Err(error(&vm, "the name is used twice".into()));
+        }
+        if vm.image.is_empty() {
+            return Err(error(&vm, "image is missing".into()));
+        }
+        if !seen_format {
+            return Err(error(&vm, "format is missing".into()));
+        }
+        if !(1..=MAX_MEMORY_MIB).contains(&vm.memory_mib) {
+            return Err(error(&vm, alloc::format!("memory must be 1 to {MAX_MEMORY_MIB} MiB")));
+        }
+        if !(1..=MAX_VCPUS).contains(&vm.cpus) {
+            return Err(error(&vm, alloc::format!("cpus must be 1 to {MAX_VCPUS}")));
+        }
+        if vm.time_limit_ms == 0 {
+            return Err(error(&vm, "time-limit-ms must be above 0".into()));
+        }
+        if vm.entry == u64::MAX {
+            vm.entry = vm.load;
+        }
+        vms.push(vm);
+    }
+    Ok(vms)
+}
+
+/// The manifest line for `vm` (what `cargo xtask` writes).
+pub fn render(vm: &VmSpec) -> String {
+    let format = match vm.format {
+        Format::Flat => "flat",
+        Format::Elf => "elf",
+        Format::Multiboot => "multiboot",
+    };
+    let mode = match vm.mode {
+        Mode::Real => "real",
+        Mode::Protected => "protected",
+        Mode::Long => "long",
+    };
+    alloc::format!(
+        "name={} image={} format={format} mode={mode} load={:#x} entry={:#x} memory={} cpus={} time-limit-ms={}",
+        vm.name,
+        vm.image,
+        vm.load,
+        vm.entry,
+        vm.memory_mib,
+        vm.cpus,
+        vm.time_limit_ms
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_with_defaults_and_round_trip() {
+        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500\n").unwrap();
+        assert_eq!(vms.len(), 2);
+        assert_eq!((vms[0].load, vms[0].entry, vms[0].mode), (0x1000, 0x1000, Mode::Real));
+        assert_eq!((vms[1].format, vms[1].memory_mib, vms[1].cpus, vms[1].time_limit_ms), (Format::Elf, 64, 2, 500));
+        let again = parse_manifest(&vms.iter().map(render).collect::<Vec<_>>().join("\n")).unwrap();
+        assert_eq!(again, vms);
+    }
+
+    #[test]
+    fn errors_name_the_line_vm_and_problem() {
+        let err = |text: &str| parse_manifest(text).unwrap_err().to_string();
+        assert_eq!(err("name=x image=i format=flat memory=0"), "VM list line 1 (vm 'x'): memory must be 1 to 4096 MiB");
+        assert_eq!(
+            err("name=x image=i format=floppy"),
+            "VM list line 1 (vm 'x'): format must be flat, elf or multiboot, not 'floppy'"
+        );
+        assert_eq!(err("\nname=x format=flat"), "VM list line 2 (vm 'x'): image is missing");
+        assert_eq!(err("name=x image=i format=flat load=12q"), "VM list line 1 (vm 'x'): load: '12q' is not a number");
+        assert_eq!(err("name=x image=i format=flat colour=red"), "VM list line 1 (vm 'x'): unknown key 'colour'");
+        assert_eq!(
+            err("name=x image=i format=flat\nname=x image=j format=flat"),
+            "VM list line 2 (vm 'x'): the name is used twice"
+        );
+        assert!(err("name=a/b image=i format=flat").contains("name must be"));
+        assert!(err("name=x image=i format=flat cpus=99").contains("cpus must be 1 to 16"));
+    }
+}
