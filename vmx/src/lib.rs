@@ -7,6 +7,7 @@ pub mod caps;
 pub mod controls;
 pub mod error;
 pub mod exit;
+pub mod guest_state;
 pub mod instructions;
 pub mod msr;
 pub mod vmcs;
