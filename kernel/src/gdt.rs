@@ -28,6 +28,7 @@ pub struct CpuTables {
 unsafe impl Sync for CpuTables {}
 
 pub const KERNEL_CODE: SegmentSelector = SegmentSelector(8);
+pub const KERNEL_DATA: SegmentSelector = SegmentSelector(0x10);
 
 impl CpuTables {
     pub const fn new() -> Self {

@@ -19,9 +19,10 @@ mod selftest;
 mod smp;
 mod time;
 mod trap;
-mod vmx_host;
+mod vmm;
 
 use ::log::{error, info, warn};
+use alloc::string::ToString;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::BootInfo;
 use platform_exit::Status;
@@ -45,7 +46,21 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     trap::load_idt();
     info!("Basalt {} starting", env!("CARGO_PKG_VERSION"));
 
-    let options = cmdline::parse(boot_command_line(boot_info));
+    let ramdisk = ramdisk(boot_info);
+    let bundle = match ramdisk {
+        Some(bytes) if loader::Bundle::is_bundle(bytes) => match loader::Bundle::parse(bytes) {
+            Ok(b) => Some(b),
+            Err(e) => fail_fmt(format_args!("the boot bundle is damaged: {e}")),
+        },
+        _ => None,
+    };
+    let command_line = match (&bundle, ramdisk) {
+        (Some(b), _) => b.get("cmdline").unwrap_or(&[]),
+        // A ramdisk that is not a bundle is taken as a plain command line.
+        (None, Some(bytes)) => &bytes[..bytes.len().min(4096)],
+        (None, None) => &[],
+    };
+    let options = cmdline::parse(text_of(command_line));
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
     }
@@ -105,7 +120,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         error!("only {} of {} CPUs online; missing APIC ids {:?}", smp.online, smp.expected, smp.failed_apic_ids);
     }
 
-    vmx_host::report_capabilities();
+    vmm::cpu::report_capabilities();
+    let vmx_here = enable_vmx_here();
 
     #[cfg(feature = "test-hooks")]
     if let Some(injection) = options.inject {
@@ -116,21 +132,77 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         warn!("fault injection is only built into the test configuration; ignoring it");
     }
 
-    if options.selftest {
-        let passed = selftest::run(&memory_map, &smp);
-        platform_exit::exit(if passed { Status::Success } else { Status::Failure });
+    if options.selftest && !selftest::run(&memory_map, &smp) {
+        platform_exit::exit(Status::Failure);
     }
-    info!("ready: {} CPUs online; no guests configured yet", smp.online);
+    let vms = match bundle.as_ref().map(guest_list).transpose() {
+        Ok(vms) => vms.unwrap_or_default(),
+        Err(e) => fail_fmt(format_args!("{e}")),
+    };
+    if !vms.is_empty() {
+        if !vmx_here {
+            fail("there are VMs to run but this CPU cannot run guests (see the vmx lines above)");
+        }
+        let online_with_vmx = percpu::online().filter(|c| c.vmx_on.load(core::sync::atomic::Ordering::Acquire)).count();
+        info!("vmm: running {} VM(s) on {} CPU(s)", vms.len(), online_with_vmx);
+        let reports = vmm::run_all(vms);
+        info!("vmm: all {} VM(s) stopped", reports.len());
+    }
+    if options.exit.is_some_and(|m| m != platform_exit::ExitMethod::Halt) {
+        if options.selftest {
+            info!("selftest: PASS");
+        }
+        platform_exit::exit(Status::Success);
+    }
+    info!("ready: {} CPUs online; nothing left to run", smp.online);
     idle()
 }
 
-/// The boot command line is the ramdisk's text, if there is a ramdisk.
-fn boot_command_line(boot_info: &BootInfo) -> &'static str {
-    let Some(addr) = boot_info.ramdisk_addr.into_option() else { return "" };
-    let len = boot_info.ramdisk_len.min(4096) as usize;
+/// Turns VMX on for the calling CPU if it has it; false (and why, logged) if not.
+pub fn enable_vmx_here() -> bool {
+    if !vmm::cpu::cpu_has_vmx() {
+        return false;
+    }
+    match vmm::cpu::enable_on_this_cpu() {
+        Ok(()) => {
+            if let Some(cpu) = percpu::current() {
+                cpu.vmx_on.store(true, core::sync::atomic::Ordering::Release);
+            }
+            true
+        }
+        Err(e) => {
+            error!("vmx: cannot enable on cpu{}: {e}", percpu::current_index());
+            false
+        }
+    }
+}
+
+/// The VMs the bundle lists, each with its image; errors name what is wrong.
+fn guest_list(
+    bundle: &loader::Bundle<'static>,
+) -> Result<alloc::vec::Vec<(loader::VmSpec, &'static [u8])>, alloc::string::String> {
+    let Some(list) = bundle.get("vms") else { return Ok(alloc::vec::Vec::new()) };
+    let text = core::str::from_utf8(list).map_err(|_| "the bundle's VM list is not UTF-8".to_string())?;
+    let specs = loader::parse_manifest(text).map_err(|e| alloc::format!("{e}"))?;
+    specs
+        .into_iter()
+        .map(|spec| match bundle.get(&spec.image) {
+            Some(image) => Ok((spec, image)),
+            None => Err(alloc::format!("VM '{}' names image '{}', which is not in the bundle", spec.name, spec.image)),
+        })
+        .collect()
+}
+
+/// The boot image's ramdisk: a bundle (command line, VM list, guest images), or
+/// for hand-made images a plain command line.
+fn ramdisk(boot_info: &BootInfo) -> Option<&'static [u8]> {
+    let addr = boot_info.ramdisk_addr.into_option()?;
     // SAFETY: the bootloader maps the ramdisk at `addr` for `ramdisk_len` bytes and
     // never unmaps it.
-    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
+    Some(unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) })
+}
+
+fn text_of(bytes: &'static [u8]) -> &'static str {
     let text = bytes.split(|&b| b == 0).next().unwrap_or(&[]);
     core::str::from_utf8(text).unwrap_or_else(|_| {
         warn!("the boot command line is not UTF-8; ignoring it");

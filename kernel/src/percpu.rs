@@ -3,7 +3,7 @@
 
 use crate::gdt::CpuTables;
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
@@ -18,6 +18,8 @@ pub struct PerCpu {
     pub timer_ticks: AtomicU64,
     /// Test IPIs taken.
     pub ipis_received: AtomicU32,
+    /// In VMX root operation, so it can run vCPUs.
+    pub vmx_on: AtomicBool,
 }
 
 static BSP: spin::Once<&'static PerCpu> = spin::Once::new();
@@ -32,6 +34,7 @@ impl PerCpu {
             tables: CpuTables::new(),
             timer_ticks: AtomicU64::new(0),
             ipis_received: AtomicU32::new(0),
+            vmx_on: AtomicBool::new(false),
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn run(map: &MapSummary, smp: &SmpResult) -> bool {
         }
     }
     if failed == 0 {
-        log::info!("selftest: PASS");
+        log::info!("selftest: all checks passed");
     } else {
         log::error!("selftest: FAILED {failed} check(s)");
     }

@@ -248,7 +248,22 @@ extern "C" fn ap_entry(packed: u64) -> ! {
     trap::load_idt();
     let cpu = percpu::init_ap(index, apic_id);
     apic::enable_this_cpu();
-    log::info!("cpu{} online (APIC id {})", cpu.index, apic::id());
+    let vmx = crate::enable_vmx_here();
+    log::info!("cpu{} online (APIC id {}){}", cpu.index, apic::id(), if vmx { ", VMX on" } else { "" });
     READY.fetch_add(1, Ordering::AcqRel);
-    crate::idle()
+    // APs rest here; an IPI wakes them to run whatever VMs are queued.
+    loop {
+        if vmx {
+            crate::vmm::work();
+        }
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+/// Wakes every AP so it looks for work.
+pub fn wake_all_aps() {
+    let me = percpu::current_index();
+    for cpu in percpu::online().filter(|c| c.index != me) {
+        apic::send_fixed(cpu.apic_id, trap::VECTOR_PING);
+    }
 }

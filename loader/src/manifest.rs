@@ -40,6 +40,9 @@ pub struct VmSpec {
     pub cpus: u32,
     /// Wall-clock budget of guest time; the VM is stopped when it runs out.
     pub time_limit_ms: u64,
+    /// Test aid (`corrupt-guest-state=1`): a kernel built with test hooks starts
+    /// this VM with an invalid TR, to prove a bad guest state stops only its VM.
+    pub corrupt_state: bool,
 }
 
 pub const MAX_MEMORY_MIB: u32 = 4096;
@@ -82,6 +85,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             memory_mib: 16,
             cpus: 1,
             time_limit_ms: 10_000,
+            corrupt_state: false,
         };
         let mut seen_format = false;
         let error = |vm: &VmSpec, message: String| ManifestError { line: index + 1, vm: vm.name.clone(), message };
@@ -135,6 +139,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                 "memory" => vm.memory_mib = num(&vm)?.try_into().unwrap_or(u32::MAX),
                 "cpus" => vm.cpus = num(&vm)?.try_into().unwrap_or(u32::MAX),
                 "time-limit-ms" => vm.time_limit_ms = num(&vm)?,
+                "corrupt-guest-state" => vm.corrupt_state = num(&vm)? != 0,
                 _ => return Err(error(&vm, alloc::format!("unknown key '{key}'"))),
             }
         }
@@ -180,14 +185,15 @@ pub fn render(vm: &VmSpec) -> String {
         Mode::Long => "long",
     };
     alloc::format!(
-        "name={} image={} format={format} mode={mode} load={:#x} entry={:#x} memory={} cpus={} time-limit-ms={}",
+        "name={} image={} format={format} mode={mode} load={:#x} entry={:#x} memory={} cpus={} time-limit-ms={}{}",
         vm.name,
         vm.image,
         vm.load,
         vm.entry,
         vm.memory_mib,
         vm.cpus,
-        vm.time_limit_ms
+        vm.time_limit_ms,
+        if vm.corrupt_state { " corrupt-guest-state=1" } else { "" }
     )
 }
 
@@ -197,7 +203,7 @@ mod tests {
 
     #[test]
     fn lines_parse_with_defaults_and_round_trip() {
-        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500\n").unwrap();
+        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\n").unwrap();
         assert_eq!(vms.len(), 2);
         assert_eq!((vms[0].load, vms[0].entry, vms[0].mode), (0x1000, 0x1000, Mode::Real));
         assert_eq!((vms[1].format, vms[1].memory_mib, vms[1].cpus, vms[1].time_limit_ms), (Format::Elf, 64, 2, 500));

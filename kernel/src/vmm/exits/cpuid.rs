@@ -1,0 +1,73 @@
+//! CPUID: the host's answers, edited into a virtual CPU: the hypervisor bit set,
+//! VMX hidden, a Basalt signature at 0x40000000, and the TSC frequency in leaves
+//! 0x15/0x16 (and 0x40000010) so guests need not calibrate against timers.
+
+use super::{skip_instruction, Outcome};
+use crate::time;
+use crate::vmm::vcpu::Vcpu;
+use core::arch::x86_64::__cpuid_count;
+
+/// "BasaltHVisor" as the three signature registers.
+pub const SIGNATURE: [u32; 3] =
+    [u32::from_le_bytes(*b"Basa"), u32::from_le_bytes(*b"ltHV"), u32::from_le_bytes(*b"isor")];
+const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0010;
+/// Leaf 0x15/0x16 are synthesised, so the maximum basic leaf is at least 0x16.
+const MIN_MAX_BASIC_LEAF: u32 = 0x16;
+
+pub fn handle(vcpu: &mut Vcpu) -> Outcome {
+    let leaf = vcpu.regs.rax as u32;
+    let subleaf = vcpu.regs.rcx as u32;
+    let [a, b, c, d] = virtual_cpuid(leaf, subleaf, vcpu.index);
+    vcpu.regs.rax = a as u64;
+    vcpu.regs.rbx = b as u64;
+    vcpu.regs.rcx = c as u64;
+    vcpu.regs.rdx = d as u64;
+    skip_instruction();
+    Outcome::Resume
+}
+
+fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32) -> [u32; 4] {
+    let tsc_hz = time::tsc_hz();
+    match leaf {
+        0x4000_0000 => return [HYPERVISOR_MAX_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
+        // TSC and local APIC timer frequency in kHz (the common hypervisor leaf).
+        0x4000_0010 => return [(tsc_hz / 1000) as u32, (time::apic_timer_hz() / 1000) as u32, 0, 0],
+        0x4000_0001..=0x4000_ffff => return [0; 4],
+        // TSC = crystal * EBX / EAX: report the TSC itself as a 1:1 "crystal".
+        0x15 => return [1, 1, tsc_hz as u32, 0],
+        0x16 => {
+            let mhz = (tsc_hz / 1_000_000) as u32;
+            return [mhz, mhz, 100, 0];
+        }
+        _ => {}
+    }
+    let host = __cpuid_count(leaf, subleaf);
+    let (mut a, mut b, mut c, mut d) = (host.eax, host.ebx, host.ecx, host.edx);
+    match leaf {
+        0 => a = a.max(MIN_MAX_BASIC_LEAF),
+        1 => {
+            const ECX_VMX: u32 = 1 << 5;
+            const ECX_MONITOR: u32 = 1 << 3;
+            const ECX_X2APIC: u32 = 1 << 21;
+            const ECX_TSC_DEADLINE: u32 = 1 << 24;
+            const ECX_HYPERVISOR: u32 = 1 << 31;
+            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE);
+            c |= ECX_HYPERVISOR;
+            // Initial APIC id = vCPU index; one logical processor per package.
+            b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
+        }
+        // No thermal / power management, no performance counters.
+        6 | 0xa => (a, b, c, d) = (0, 0, 0, 0),
+        // Topology: one thread in one core; x2APIC id = vCPU index.
+        0xb | 0x1f => {
+            (a, b, c) = (0, if subleaf == 0 { 1 } else { 0 }, subleaf & 0xff);
+            d = vcpu;
+        }
+        0x8000_0001 => {
+            const ECX_SVM: u32 = 1 << 2;
+            c &= !ECX_SVM;
+        }
+        _ => {}
+    }
+    [a, b, c, d]
+}

@@ -1,0 +1,113 @@
+//! I/O instructions, all of which exit (unconditional I/O exiting): IN/OUT go to
+//! the VM's port bus; INS/OUTS (with or without REP) move data between the port
+//! and guest memory, following the guest's segments and page tables.
+
+use super::{inject_exception, skip_instruction, Outcome, GP};
+use crate::vmm::guest_paging;
+use crate::vmm::vcpu::{read, Vcpu};
+use crate::vmm::vm::{Stop, Vm};
+use devices::Request;
+use vmx::exit::IoQualification;
+use vmx::vmcs;
+
+/// At most this many REP iterations per exit, so a long string does not hold
+/// the CPU; the instruction simply runs again for the rest.
+const MAX_REP_PER_EXIT: u64 = 4096;
+const RFLAGS_DF: u64 = 1 << 10;
+
+pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
+    let q = IoQualification::decode(read(vmcs::EXIT_QUALIFICATION));
+    let mask = match q.size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    };
+    if q.is_string {
+        return string(vm, vcpu, q, mask);
+    }
+    if q.is_in {
+        let value = vm.ports.read(q.port, q.size) as u64 & mask;
+        // A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the upper bits.
+        vcpu.regs.rax = if q.size == 4 { value } else { (vcpu.regs.rax & !mask) | value };
+    } else if let Some(request) = vm.ports.write(q.port, q.size, (vcpu.regs.rax & mask) as u32) {
+        skip_instruction();
+        return stop_for(request);
+    }
+    skip_instruction();
+    Outcome::Resume
+}
+
+pub fn stop_for(request: Request) -> Outcome {
+    match request {
+        Request::Stop { status } => Outcome::Stop(Stop::ExitDevice { status }),
+    }
+}
+
+fn string(vm: &mut Vm, vcpu: &mut Vcpu, q: IoQualification, mask: u64) -> Outcome {
+    // Instruction information: address size in bits 9:7, segment in 17:15 (OUTS).
+    let info = read(vmcs::EXIT_INSTRUCTION_INFO);
+    let address_mask: u64 = match (info >> 7) & 7 {
+        0 => 0xffff,
+        1 => 0xffff_ffff,
+        _ => u64::MAX,
+    };
+    let segment_base = if q.is_in {
+        read(vmcs::GUEST_ES_BASE)
+    } else {
+        let bases = [
+            vmcs::GUEST_ES_BASE,
+            vmcs::GUEST_CS_BASE,
+            vmcs::GUEST_SS_BASE,
+            vmcs::GUEST_DS_BASE,
+            vmcs::GUEST_FS_BASE,
+            vmcs::GUEST_GS_BASE,
+        ];
+        read(bases[((info >> 15) & 7).min(5) as usize])
+    };
+    let step = if read(vmcs::GUEST_RFLAGS) & RFLAGS_DF != 0 { (q.size as u64).wrapping_neg() } else { q.size as u64 };
+    let mut count = if q.has_rep { vcpu.regs.rcx & address_mask } else { 1 };
+    let mut done = 0;
+    while count > 0 && done < MAX_REP_PER_EXIT {
+        let index = if q.is_in { vcpu.regs.rdi } else { vcpu.regs.rsi };
+        let linear = segment_base.wrapping_add(index & address_mask);
+        let Some(physical) = guest_paging::translate(&vm.memory, linear) else {
+            // A real CPU would page-fault; Basalt reports it and keeps the VM running.
+            inject_exception(GP, Some(0));
+            return Outcome::Resume;
+        };
+        let mut bytes = [0u8; 4];
+        let n = q.size as usize;
+        let mut request = None;
+        if q.is_in {
+            let value = vm.ports.read(q.port, q.size) as u64 & mask;
+            bytes[..n].copy_from_slice(&value.to_le_bytes()[..n]);
+            if vm.memory.write(physical, &bytes[..n]).is_err() {
+                return Outcome::Stop(Stop::Unsupported(alloc::format!("INS to non-RAM address {physical:#x}")));
+            }
+        } else {
+            if vm.memory.read(physical, &mut bytes[..n]).is_err() {
+                return Outcome::Stop(Stop::Unsupported(alloc::format!("OUTS from non-RAM address {physical:#x}")));
+            }
+            request = vm.ports.write(q.port, q.size, u32::from_le_bytes(bytes));
+        }
+        let next = (index & !address_mask) | (index.wrapping_add(step) & address_mask);
+        if q.is_in {
+            vcpu.regs.rdi = next;
+        } else {
+            vcpu.regs.rsi = next;
+        }
+        count -= 1;
+        done += 1;
+        if q.has_rep {
+            vcpu.regs.rcx = (vcpu.regs.rcx & !address_mask) | count;
+        }
+        if let Some(request) = request {
+            skip_instruction();
+            return stop_for(request);
+        }
+    }
+    if count == 0 {
+        skip_instruction();
+    }
+    Outcome::Resume
+}

@@ -1,0 +1,93 @@
+//! EPT violations. RAM is mapped in full, so a violation is an access outside it:
+//! a device register (the VM's MMIO bus) or nothing at all. The instruction is
+//! fetched and decoded to learn the access; reads nobody claims return all-ones
+//! and writes nobody claims are dropped (both counted by the bus). Executing from
+//! such an address, or an instruction Basalt cannot emulate there, stops the VM.
+
+use super::io::stop_for;
+use super::Outcome;
+use crate::vmm::guest_paging;
+use crate::vmm::vcpu::{read, Vcpu};
+use crate::vmm::vm::{Stop, Vm};
+use vmx::decode::{self, Access, CodeSize};
+use vmx::exit::EptViolation;
+use vmx::guest_state::EFER_LMA;
+use vmx::vmcs;
+
+pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
+    let violation = EptViolation::decode(read(vmcs::EXIT_QUALIFICATION));
+    let address = read(vmcs::GUEST_PHYSICAL_ADDRESS);
+    let rip = read(vmcs::GUEST_RIP);
+    if violation.fetch {
+        return unsupported(alloc::format!(
+            "instruction fetch from unmapped guest-physical {address:#x} (RIP {rip:#x})"
+        ));
+    }
+    let Some((instruction, fetched)) = fetch_instruction(vm) else {
+        return unsupported(alloc::format!("cannot fetch the instruction at RIP {rip:#x} that accessed {address:#x}"));
+    };
+    let decoded = match decode::decode(&instruction[..fetched], code_size()) {
+        Ok(d) => d,
+        Err(e) => {
+            return unsupported(alloc::format!(
+                "MMIO access to {address:#x} by an instruction Basalt cannot emulate ({e:?}) at RIP {rip:#x}"
+            ));
+        }
+    };
+    let size_mask = if decoded.size == 8 { u64::MAX } else { (1u64 << (8 * decoded.size)) - 1 };
+    let mut request = None;
+    match decoded.access {
+        Access::Read { dest, width } => {
+            let value = vm.mmio.read(address, decoded.size) & size_mask;
+            let old = vcpu.regs.get(dest.index);
+            vcpu.regs.set(dest.index, decode::merge_register(old, value, width, dest.high_byte));
+        }
+        Access::WriteRegister { source } => {
+            let register = vcpu.regs.get(source.index);
+            let value = if source.high_byte { register >> 8 } else { register };
+            request = vm.mmio.write(address, decoded.size, value & size_mask);
+        }
+        Access::WriteImmediate { value } => request = vm.mmio.write(address, decoded.size, value & size_mask),
+    }
+    // The exit's instruction length is undefined for EPT violations: use the decoder's.
+    // SAFETY: the exiting vCPU's VMCS is current.
+    let _ = unsafe { vmx::instructions::vmwrite(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64) };
+    let _ = unsafe { vmx::instructions::vmwrite(vmcs::GUEST_RIP, rip + decoded.length as u64) };
+    match request {
+        Some(r) => stop_for(r),
+        None => Outcome::Resume,
+    }
+}
+
+fn unsupported(what: alloc::string::String) -> Outcome {
+    Outcome::Stop(Stop::Unsupported(what))
+}
+
+fn code_size() -> CodeSize {
+    let cs_rights = read(vmcs::GUEST_CS_ACCESS_RIGHTS);
+    if read(vmcs::GUEST_IA32_EFER) & EFER_LMA != 0 && cs_rights & (1 << 13) != 0 {
+        CodeSize::Bits64
+    } else if read(vmcs::GUEST_CR0) & 1 != 0 && cs_rights & (1 << 14) != 0 {
+        CodeSize::Bits32
+    } else {
+        CodeSize::Bits16
+    }
+}
+
+/// Up to 15 bytes at CS:RIP and how many could be read (fewer at the end of
+/// guest RAM or before an unmapped page; the decoder reports it if it needed more).
+fn fetch_instruction(vm: &Vm) -> Option<([u8; 15], usize)> {
+    let linear = read(vmcs::GUEST_CS_BASE).wrapping_add(read(vmcs::GUEST_RIP));
+    let mut bytes = [0u8; 15];
+    let mut fetched = 0;
+    for byte in bytes.iter_mut() {
+        let Some(physical) = guest_paging::translate(&vm.memory, linear + fetched as u64) else { break };
+        let mut one = [0u8];
+        if vm.memory.read(physical, &mut one).is_err() {
+            break;
+        }
+        *byte = one[0];
+        fetched += 1;
+    }
+    (fetched > 0).then_some((bytes, fetched))
+}

@@ -1,0 +1,100 @@
+//! The VM-exit dispatcher: every exit reason goes to exactly one handler, one
+//! file per reason family. Handlers return what happens next; none of them can
+//! stop anything but their own VM.
+
+mod cpuid;
+mod cr;
+mod fatal;
+mod hlt;
+mod interrupts;
+mod io;
+mod mmio;
+mod msr;
+mod timer;
+mod vmcall;
+mod xsetbv;
+
+use super::vcpu::{read, Vcpu};
+use super::vm::{Stop, Vm};
+use vmx::exit::{interruption_type, reason, InterruptionInfo};
+use vmx::vmcs;
+use vmx::ExitReason;
+
+pub enum Outcome {
+    Resume,
+    Stop(Stop),
+}
+
+pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
+    if exit.is_entry_failure() {
+        return fatal::entry_failure(exit);
+    }
+    match exit.basic() {
+        reason::CPUID => cpuid::handle(vcpu),
+        reason::HLT => hlt::handle(),
+        reason::IO_INSTRUCTION => io::handle(vm, vcpu),
+        reason::EPT_VIOLATION => mmio::handle(vm, vcpu),
+        reason::RDMSR => msr::rdmsr(vcpu),
+        reason::WRMSR => msr::wrmsr(vcpu),
+        reason::CR_ACCESS => cr::handle(vcpu),
+        reason::XSETBV => xsetbv::handle(vcpu),
+        reason::VMCALL => vmcall::handle(vm, vcpu),
+        reason::EXTERNAL_INTERRUPT => interrupts::external(),
+        reason::EXCEPTION_OR_NMI => interrupts::exception_or_nmi(),
+        reason::INTERRUPT_WINDOW | reason::NMI_WINDOW => interrupts::window(exit),
+        reason::PREEMPTION_TIMER => timer::handle(),
+        reason::TRIPLE_FAULT => Outcome::Stop(Stop::TripleFault),
+        reason::VMCLEAR
+        | reason::VMLAUNCH
+        | reason::VMPTRLD
+        | reason::VMPTRST
+        | reason::VMREAD
+        | reason::VMRESUME
+        | reason::VMWRITE
+        | reason::VMXOFF
+        | reason::VMXON
+        | reason::INVEPT
+        | reason::INVVPID
+        | reason::VMFUNC => {
+            // VMX is hidden from guests; its instructions are undefined for them.
+            inject_exception(UD, None);
+            Outcome::Resume
+        }
+        _ => fatal::unhandled(exit),
+    }
+}
+
+pub const UD: u8 = 6;
+pub const GP: u8 = 13;
+
+/// Moves the guest past the instruction that exited.
+pub fn skip_instruction() {
+    let length = read(vmcs::EXIT_INSTRUCTION_LENGTH);
+    let rip = read(vmcs::GUEST_RIP);
+    write(vmcs::GUEST_RIP, rip.wrapping_add(length));
+    // Any STI / MOV SS blocking ends with the instruction.
+    let interruptibility = read(vmcs::GUEST_INTERRUPTIBILITY);
+    if interruptibility & 3 != 0 {
+        write(vmcs::GUEST_INTERRUPTIBILITY, interruptibility & !3);
+    }
+}
+
+/// Delivers a hardware exception to the guest at the next entry (the faulting
+/// instruction is not skipped).
+pub fn inject_exception(vector: u8, error_code: Option<u32>) {
+    let info = InterruptionInfo::inject(vector, interruption_type::HARDWARE_EXCEPTION, error_code.is_some());
+    write(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
+    if let Some(code) = error_code {
+        write(vmcs::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
+    }
+}
+
+fn write(field: vmx::vmcs::Field, value: u64) {
+    // SAFETY: handlers run with the exiting vCPU's VMCS current.
+    let _ = unsafe { vmx::instructions::vmwrite(field, value) };
+}
+
+/// The guest's privilege level (SS.DPL).
+pub fn guest_cpl() -> u8 {
+    ((read(vmcs::GUEST_SS_ACCESS_RIGHTS) >> 5) & 3) as u8
+}

@@ -1,0 +1,129 @@
+//! A VM's RAM: host frames, one per guest page, mapped at guest-physical 0.. in the
+//! VM's own EPT. Everything the VMM reads or writes in a guest goes through the
+//! bounds-checked accessors here.
+
+use crate::memory::{self, FRAME_SIZE};
+use alloc::vec::Vec;
+use ept::{Ept, Mapping, MemoryType, PageSize, Perms, TableMemory};
+
+/// EPT tables in host frames, remembered so they are freed with the VM.
+struct HostTables {
+    frames: Vec<u64>,
+}
+
+impl TableMemory for HostTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let frame = memory::alloc_frame()?;
+        self.frames.push(frame);
+        Some(frame)
+    }
+
+    fn table(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: `phys` is one of our zeroed table frames (the ept crate only asks
+        // for tables it got from alloc_table), reachable through the physical mapping.
+        unsafe { &mut *(memory::phys_to_virt(phys) as *mut [u64; 512]) }
+    }
+}
+
+pub struct GuestMemory {
+    frames: Vec<u64>,
+    tables: HostTables,
+    ept: Ept,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfRange {
+    pub guest_phys: u64,
+}
+
+impl GuestMemory {
+    /// `bytes` of zeroed RAM, or None when the host is out of memory (anything
+    /// already allocated is given back).
+    pub fn new(bytes: u64) -> Option<Self> {
+        let mut tables = HostTables { frames: Vec::new() };
+        let ept = Ept::new(&mut tables).ok()?;
+        let mut memory = GuestMemory { frames: Vec::new(), tables, ept };
+        for page in 0..bytes.div_ceil(FRAME_SIZE) {
+            let frame = memory::alloc_frame()?;
+            memory.frames.push(frame);
+            let mapping = Mapping {
+                guest_phys: page * FRAME_SIZE,
+                host_phys: frame,
+                size: FRAME_SIZE,
+                page_size: PageSize::Size4K,
+                perms: Perms::RWX,
+                memory_type: MemoryType::WriteBack,
+            };
+            memory.ept.map(&mut memory.tables, &mapping).ok()?;
+        }
+        Some(memory)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.frames.len() as u64 * FRAME_SIZE
+    }
+
+    pub fn eptp(&self) -> u64 {
+        self.ept.eptp()
+    }
+
+    /// Host memory used beyond the guest's RAM (EPT tables).
+    pub fn overhead_bytes(&self) -> u64 {
+        self.tables.frames.len() as u64 * FRAME_SIZE
+    }
+
+    pub fn contains(&self, guest_phys: u64, len: u64) -> bool {
+        guest_phys.checked_add(len).is_some_and(|end| end <= self.size())
+    }
+
+    /// Calls `f` on each host-virtual piece of `[guest_phys, guest_phys + len)`.
+    fn pieces(&self, guest_phys: u64, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<(), OutOfRange> {
+        if !self.contains(guest_phys, len as u64) {
+            return Err(OutOfRange { guest_phys });
+        }
+        let mut done = 0;
+        while done < len {
+            let address = guest_phys + done as u64;
+            let in_page = (address % FRAME_SIZE) as usize;
+            let n = (FRAME_SIZE as usize - in_page).min(len - done);
+            let host = memory::phys_to_virt(self.frames[(address / FRAME_SIZE) as usize]) + in_page as u64;
+            f(host as *mut u8, done, n);
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, guest_phys: u64, out: &mut [u8]) -> Result<(), OutOfRange> {
+        let len = out.len();
+        // SAFETY: each piece lies inside one of this VM's frames.
+        self.pieces(guest_phys, len, |host, at, n| unsafe {
+            core::ptr::copy_nonoverlapping(host, out[at..].as_mut_ptr(), n)
+        })
+    }
+
+    pub fn write(&mut self, guest_phys: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        // SAFETY: as in `read`.
+        self.pieces(guest_phys, data.len(), |host, at, n| unsafe {
+            core::ptr::copy_nonoverlapping(data[at..].as_ptr(), host, n)
+        })
+    }
+
+    pub fn fill_zero(&mut self, guest_phys: u64, len: u64) -> Result<(), OutOfRange> {
+        // SAFETY: as in `read`.
+        self.pieces(guest_phys, len as usize, |host, _, n| unsafe { core::ptr::write_bytes(host, 0, n) })
+    }
+
+    pub fn read_u64(&self, guest_phys: u64) -> Result<u64, OutOfRange> {
+        let mut bytes = [0; 8];
+        self.read(guest_phys, &mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        for &frame in self.frames.iter().chain(self.tables.frames.iter()) {
+            memory::free_frame(frame);
+        }
+    }
+}

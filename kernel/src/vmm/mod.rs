@@ -1,0 +1,174 @@
+//! Virtual machines: VT-x on each CPU (`cpu`), VMs and their memory (`vm`,
+//! `guest_memory`), vCPUs and their run loop (`vcpu`), and the VM-exit dispatcher
+//! (`exits`). This file builds VMs from their specs and runs them on the CPUs.
+
+pub mod counters;
+pub mod cpu;
+mod exits;
+mod guest_memory;
+mod guest_paging;
+mod vcpu;
+pub mod vm;
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use loader::image::EntryMode;
+use loader::VmSpec;
+use spin::Mutex;
+use vcpu::Vcpu;
+use vm::{Stop, Vm};
+use vmx::guest_state::{GuestState, Mode, GUEST_GDT};
+
+/// The top 64 KiB of every VM's RAM hold what the VMM sets up for a guest that
+/// starts in protected or long mode: a GDT and identity-mapping page tables.
+const SETUP_AREA: u64 = 64 * 1024;
+
+/// How a VM ended and what it cost, for the log and `cargo xtask bench`.
+pub struct VmReport {
+    pub name: String,
+    pub stop: Stop,
+    pub cpu: u32,
+    pub exits: u64,
+    pub summary: String,
+    pub guest_mib: u32,
+    pub overhead_kib: u64,
+    pub elapsed_us: u64,
+}
+
+/// Builds and runs one VM on this CPU to its end.
+fn run_vm(spec: &VmSpec, image: &[u8]) -> VmReport {
+    let started = crate::time::micros_since_boot();
+    let mut report = VmReport {
+        name: spec.name.clone(),
+        stop: Stop::Halted,
+        cpu: crate::percpu::current_index(),
+        exits: 0,
+        summary: String::new(),
+        guest_mib: spec.memory_mib,
+        overhead_kib: 0,
+        elapsed_us: 0,
+    };
+    match build_and_run(spec, image, &mut report) {
+        Ok(stop) | Err(stop) => report.stop = stop,
+    }
+    report.elapsed_us = crate::time::micros_since_boot() - started;
+    report
+}
+
+fn build_and_run(spec: &VmSpec, image: &[u8], report: &mut VmReport) -> Result<Stop, Stop> {
+    let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
+    let memory = vm.memory.size();
+    let usable = memory - SETUP_AREA;
+    let plan = loader::load(image, spec, usable)
+        .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
+    for segment in &plan.segments {
+        let bytes = segment.data.bytes();
+        vm.memory.write(segment.guest_phys, bytes).map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
+        vm.memory
+            .fill_zero(segment.guest_phys + bytes.len() as u64, segment.zero_fill)
+            .map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
+    }
+    let mode = match plan.mode {
+        EntryMode::Real => Mode::Real,
+        EntryMode::Protected => Mode::Protected,
+        EntryMode::Long => Mode::Long,
+    };
+    let (gdt, page_tables) = write_setup_area(&mut vm, usable);
+    let stack = if mode == Mode::Real { plan.entry.min(0xfffe) & !1 } else { usable };
+    #[allow(unused_mut)]
+    let mut state = GuestState::initial(mode, plan.entry, stack, gdt, page_tables);
+    #[cfg(feature = "test-hooks")]
+    if spec.corrupt_state {
+        log::warn!("vm {}: corrupting TR's access rights as the VM list asks", spec.name);
+        state.tr.access_rights = 0x89;
+    }
+    let mut vcpu = Vcpu::new(0, &state)?;
+    vcpu.setup(&vm, &state)?;
+    vcpu.regs.rax = plan.rax;
+    vcpu.regs.rbx = plan.rbx;
+    let stop = vcpu.run(&mut vm, spec.time_limit_ms);
+    report.exits = vcpu.counters.total();
+    report.summary = vcpu.counters.summary();
+    report.overhead_kib = (vm.memory.overhead_bytes() + 3 * crate::memory::FRAME_SIZE) / 1024;
+    Ok(stop)
+}
+
+/// Writes the GDT and 4 GiB of 2 MiB identity mappings into the setup area;
+/// returns their guest-physical addresses.
+fn write_setup_area(vm: &mut Vm, base: u64) -> (u64, u64) {
+    let gdt = base;
+    let pml4 = base + 0x1000;
+    let pdpt = base + 0x2000;
+    let pds = base + 0x3000;
+    let mut write = |at: u64, value: u64| {
+        let _ = vm.memory.write(at, &value.to_le_bytes());
+    };
+    for (i, entry) in GUEST_GDT.iter().enumerate() {
+        write(gdt + i as u64 * 8, *entry);
+    }
+    const PRESENT_WRITABLE: u64 = 0x3;
+    const LARGE: u64 = 0x80;
+    write(pml4, pdpt | PRESENT_WRITABLE);
+    for gib in 0..4u64 {
+        write(pdpt + gib * 8, (pds + gib * 0x1000) | PRESENT_WRITABLE);
+        for entry in 0..512u64 {
+            let address = (gib << 30) | (entry << 21);
+            write(pds + gib * 0x1000 + entry * 8, address | PRESENT_WRITABLE | LARGE);
+        }
+    }
+    (gdt, pml4)
+}
+
+pub fn log_report(r: &VmReport) {
+    log::info!("vm {} stopped: {}", r.name, r.stop);
+    log::info!(
+        "vm {} ran on cpu{} for {} us: {} exits;{}; {} MiB RAM + {} KiB VMM overhead",
+        r.name,
+        r.cpu,
+        r.elapsed_us,
+        r.exits,
+        r.summary,
+        r.guest_mib,
+        r.overhead_kib
+    );
+}
+
+struct Job {
+    order: usize,
+    spec: VmSpec,
+    image: &'static [u8],
+}
+
+static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
+static REPORTS: Mutex<Vec<(usize, VmReport)>> = Mutex::new(Vec::new());
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs queued VMs on the calling CPU until the queue is empty. Every CPU with
+/// VMX on calls this when woken, so VMs spread over the cores.
+pub fn work() {
+    loop {
+        let Some(job) = JOBS.lock().pop_front() else { return };
+        let report = run_vm(&job.spec, job.image);
+        log_report(&report);
+        REPORTS.lock().push((job.order, report));
+        FINISHED.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs every VM, using all CPUs that have VMX on; returns the reports in the
+/// order the VMs were given.
+pub fn run_all(vms: Vec<(VmSpec, &'static [u8])>) -> Vec<VmReport> {
+    let total = vms.len();
+    FINISHED.store(0, Ordering::Release);
+    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, (spec, image))| Job { order, spec, image }));
+    crate::smp::wake_all_aps();
+    work();
+    while FINISHED.load(Ordering::Acquire) < total {
+        core::hint::spin_loop();
+    }
+    let mut reports = core::mem::take(&mut *REPORTS.lock());
+    reports.sort_by_key(|(order, _)| *order);
+    reports.into_iter().map(|(_, r)| r).collect()
+}

@@ -1,0 +1,331 @@
+//! A virtual CPU: its VMCS, registers, FPU state and counters, and the loop that
+//! enters the guest and hands every exit to the dispatcher.
+
+use super::counters::ExitCounters;
+use super::cpu::{self, ENTRY_IA32E_MODE_GUEST};
+use super::exits::{self, Outcome};
+use super::vm::{Stop, Vm};
+use crate::{memory, time};
+use core::sync::atomic::{AtomicU16, Ordering};
+use vmx::guest_state::GuestState;
+use vmx::instructions::{self as vmxi, GuestRegisters};
+use vmx::vmcs::{self, Field};
+use vmx::ExitReason;
+use x86_64::registers::control::{Cr0, Cr3, Cr4};
+use x86_64::registers::model_specific::{Efer, GsBase, Msr};
+
+const IA32_PAT: u32 = 0x277;
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// MSRs VMX does not switch but a guest may write freely: saved and restored
+/// around each run of a vCPU, so no value leaks between VMs or into the host.
+const SWITCHED_MSRS: [u32; 6] = [0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103];
+/// MSRs the guest reaches directly (the MSR bitmap does not intercept them).
+const PASSTHROUGH_MSRS: [u32; 11] = [
+    0x174,
+    0x175,
+    0x176,
+    IA32_PAT,
+    0xc000_0100,
+    0xc000_0101,
+    0xc000_0081,
+    0xc000_0082,
+    0xc000_0083,
+    0xc000_0084,
+    0xc000_0102,
+];
+
+static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
+
+pub struct Vcpu {
+    pub index: u32,
+    vmcs: u64,
+    msr_bitmap: u64,
+    xsave_area: u64,
+    launched: bool,
+    pub regs: GuestRegisters,
+    pub xcr0: u64,
+    pub ia32e: bool,
+    pub counters: ExitCounters,
+    guest_msrs: [u64; SWITCHED_MSRS.len()],
+}
+
+fn write(field: Field, value: u64) {
+    // SAFETY: called with this vCPU's VMCS current; the values are consistent with
+    // the controls set in `setup`. A failed write is reported by the entry checks.
+    if let Err(e) = unsafe { vmxi::vmwrite(field, value) } {
+        log::error!("VMWRITE {} = {value:#x} failed: {e}", vmcs::name(field));
+    }
+}
+
+pub fn read(field: Field) -> u64 {
+    // SAFETY: called with a current VMCS; unsupported fields read as 0.
+    unsafe { vmxi::vmread(field) }.unwrap_or(0)
+}
+
+fn has_xsave() -> bool {
+    raw_cpuid::CpuId::new().get_feature_info().is_some_and(|f| f.has_xsave())
+}
+
+impl Vcpu {
+    /// A vCPU whose VMCS is set up to start in `state`.
+    pub fn new(index: u32, state: &GuestState) -> Result<Vcpu, Stop> {
+        let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
+        let frame = || memory::alloc_frame().ok_or_else(|| Stop::Unsupported("out of host memory".into()));
+        let vcpu = Vcpu {
+            index,
+            vmcs: frame()?,
+            msr_bitmap: frame()?,
+            xsave_area: frame()?,
+            launched: false,
+            regs: GuestRegisters::default(),
+            xcr0: 1,
+            ia32e: state.ia32e,
+            counters: ExitCounters::new(),
+            guest_msrs: [0; SWITCHED_MSRS.len()],
+        };
+        // SAFETY: fresh frames owned by this vCPU.
+        unsafe {
+            (memory::phys_to_virt(vcpu.vmcs) as *mut u32).write(vmx.caps.basic.revision_id);
+            // Intercept every MSR, then open the pass-through ones.
+            let bitmap = core::slice::from_raw_parts_mut(memory::phys_to_virt(vcpu.msr_bitmap) as *mut u8, 4096);
+            bitmap.fill(0xff);
+            for msr in PASSTHROUGH_MSRS {
+                let (base, bit) = if msr >= 0xc000_0000 { (1024, msr - 0xc000_0000) } else { (0, msr) };
+                for offset in [base, base + 2048] {
+                    bitmap[offset + (bit / 8) as usize] &= !(1 << (bit % 8));
+                }
+            }
+            // XSAVE area: x87 control word and MXCSR at their reset values.
+            let area = memory::phys_to_virt(vcpu.xsave_area) as *mut u8;
+            (area as *mut u16).write(0x37f);
+            (area.add(24) as *mut u32).write(0x1f80);
+        }
+        Ok(vcpu)
+    }
+
+    fn make_current(&self) -> Result<(), Stop> {
+        // SAFETY: the VMCS region is ours with the revision id written.
+        unsafe { vmxi::vmptrld(self.vmcs) }.map_err(|e| Stop::EntryFailed(alloc::format!("VMPTRLD: {e}")))
+    }
+
+    /// Writes the whole VMCS: controls, host state and the guest's initial state.
+    pub fn setup(&mut self, vm: &Vm, state: &GuestState) -> Result<(), Stop> {
+        let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
+        let unrestricted_cr0 = vmx.caps.cr0.for_unrestricted_guest_cr0();
+        let mut fixed = *state;
+        fixed.cr0 = unrestricted_cr0.apply(state.cr0);
+        fixed.cr4 = vmx.caps.cr4.apply(state.cr4);
+        fixed.check(&vmx.caps, true).map_err(|e| Stop::InvalidGuestState(alloc::format!("{e}")))?;
+
+        // SAFETY: the region is ours; VMCLEAR initialises it before first use.
+        unsafe { vmxi::vmclear(self.vmcs) }.map_err(|e| Stop::EntryFailed(alloc::format!("VMCLEAR: {e}")))?;
+        self.make_current()?;
+        self.launched = false;
+
+        let c = vmx.controls;
+        let mut secondary = c.secondary;
+        let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed);
+        if vpid == 0 {
+            secondary &= !vmx::SecondaryControls::ENABLE_VPID.bits();
+        }
+        write(vmcs::PIN_BASED_CONTROLS, c.pin as u64);
+        write(vmcs::PRIMARY_PROCESSOR_CONTROLS, c.primary as u64);
+        write(vmcs::SECONDARY_PROCESSOR_CONTROLS, secondary as u64);
+        write(vmcs::EXIT_CONTROLS, c.exit as u64);
+        write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
+        write(vmcs::VPID, vpid as u64);
+        write(vmcs::EXCEPTION_BITMAP, 0);
+        write(vmcs::CR3_TARGET_COUNT, 0);
+        write(vmcs::MSR_BITMAP, self.msr_bitmap);
+        write(vmcs::EPT_POINTER, vm.memory.eptp());
+        write(vmcs::VMCS_LINK_POINTER, u64::MAX);
+
+        // CR0/CR4 bits VMX pins are owned by Basalt: the guest sees its own value
+        // (the read shadow) and writes to them exit.
+        write(vmcs::CR0_GUEST_HOST_MASK, unrestricted_cr0.must_be_one | !unrestricted_cr0.may_be_one);
+        write(vmcs::CR0_READ_SHADOW, state.cr0);
+        write(vmcs::CR4_GUEST_HOST_MASK, vmx.caps.cr4.must_be_one | !vmx.caps.cr4.may_be_one);
+        write(vmcs::CR4_READ_SHADOW, state.cr4);
+
+        self.write_host_state();
+        self.write_guest_state(&fixed);
+        Ok(())
+    }
+
+    fn write_host_state(&self) {
+        let gdt = x86_64::instructions::tables::sgdt();
+        let idt = x86_64::instructions::tables::sidt();
+        let tr: u16;
+        // SAFETY: STR only reads the task register's selector.
+        unsafe { core::arch::asm!("str {0:x}", out(reg) tr, options(nomem, nostack, preserves_flags)) };
+        // SAFETY: reading the current TSS descriptor out of our own GDT to get its base.
+        let tr_base = unsafe {
+            let descriptor = (gdt.base.as_u64() + (tr & !7) as u64) as *const u64;
+            let low = descriptor.read();
+            let high = descriptor.add(1).read();
+            ((low >> 16) & 0xff_ffff) | ((low >> 32) & 0xff00_0000) | (high << 32)
+        };
+        write(vmcs::HOST_CR0, Cr0::read_raw());
+        write(vmcs::HOST_CR3, Cr3::read_raw().0.start_address().as_u64());
+        write(vmcs::HOST_CR4, Cr4::read_raw());
+        write(vmcs::HOST_CS_SELECTOR, crate::gdt::KERNEL_CODE.0 as u64);
+        for f in [vmcs::HOST_SS_SELECTOR, vmcs::HOST_DS_SELECTOR, vmcs::HOST_ES_SELECTOR] {
+            write(f, crate::gdt::KERNEL_DATA.0 as u64);
+        }
+        write(vmcs::HOST_FS_SELECTOR, 0);
+        write(vmcs::HOST_GS_SELECTOR, 0);
+        write(vmcs::HOST_TR_SELECTOR, tr as u64);
+        write(vmcs::HOST_FS_BASE, 0);
+        write(vmcs::HOST_GS_BASE, GsBase::read().as_u64());
+        write(vmcs::HOST_TR_BASE, tr_base);
+        write(vmcs::HOST_GDTR_BASE, gdt.base.as_u64());
+        write(vmcs::HOST_IDTR_BASE, idt.base.as_u64());
+        write(vmcs::HOST_SYSENTER_CS, 0);
+        write(vmcs::HOST_SYSENTER_ESP, 0);
+        write(vmcs::HOST_SYSENTER_EIP, 0);
+        write(vmcs::HOST_IA32_EFER, Efer::read_raw());
+        // SAFETY: IA32_PAT exists on every x86-64 CPU.
+        write(vmcs::HOST_IA32_PAT, unsafe { Msr::new(IA32_PAT).read() });
+    }
+
+    fn write_guest_state(&self, s: &GuestState) {
+        write(vmcs::GUEST_CR0, s.cr0);
+        write(vmcs::GUEST_CR3, s.cr3);
+        write(vmcs::GUEST_CR4, s.cr4);
+        write(vmcs::GUEST_IA32_EFER, s.efer);
+        write(vmcs::GUEST_IA32_PAT, DEFAULT_PAT);
+        write(vmcs::GUEST_IA32_DEBUGCTL, 0);
+        write(vmcs::GUEST_DR7, 0x400);
+        write(vmcs::GUEST_RIP, s.rip);
+        write(vmcs::GUEST_RSP, s.rsp);
+        write(vmcs::GUEST_RFLAGS, s.rflags);
+        let segments = [
+            (s.es, vmcs::GUEST_ES_SELECTOR, vmcs::GUEST_ES_BASE, vmcs::GUEST_ES_LIMIT, vmcs::GUEST_ES_ACCESS_RIGHTS),
+            (s.cs, vmcs::GUEST_CS_SELECTOR, vmcs::GUEST_CS_BASE, vmcs::GUEST_CS_LIMIT, vmcs::GUEST_CS_ACCESS_RIGHTS),
+            (s.ss, vmcs::GUEST_SS_SELECTOR, vmcs::GUEST_SS_BASE, vmcs::GUEST_SS_LIMIT, vmcs::GUEST_SS_ACCESS_RIGHTS),
+            (s.ds, vmcs::GUEST_DS_SELECTOR, vmcs::GUEST_DS_BASE, vmcs::GUEST_DS_LIMIT, vmcs::GUEST_DS_ACCESS_RIGHTS),
+            (s.fs, vmcs::GUEST_FS_SELECTOR, vmcs::GUEST_FS_BASE, vmcs::GUEST_FS_LIMIT, vmcs::GUEST_FS_ACCESS_RIGHTS),
+            (s.gs, vmcs::GUEST_GS_SELECTOR, vmcs::GUEST_GS_BASE, vmcs::GUEST_GS_LIMIT, vmcs::GUEST_GS_ACCESS_RIGHTS),
+            (s.tr, vmcs::GUEST_TR_SELECTOR, vmcs::GUEST_TR_BASE, vmcs::GUEST_TR_LIMIT, vmcs::GUEST_TR_ACCESS_RIGHTS),
+            (
+                s.ldtr,
+                vmcs::GUEST_LDTR_SELECTOR,
+                vmcs::GUEST_LDTR_BASE,
+                vmcs::GUEST_LDTR_LIMIT,
+                vmcs::GUEST_LDTR_ACCESS_RIGHTS,
+            ),
+        ];
+        for (seg, selector, base, limit, rights) in segments {
+            write(selector, seg.selector as u64);
+            write(base, seg.base);
+            write(limit, seg.limit as u64);
+            write(rights, seg.access_rights as u64);
+        }
+        write(vmcs::GUEST_GDTR_BASE, s.gdtr_base);
+        write(vmcs::GUEST_GDTR_LIMIT, s.gdtr_limit as u64);
+        write(vmcs::GUEST_IDTR_BASE, s.idtr_base);
+        write(vmcs::GUEST_IDTR_LIMIT, s.idtr_limit as u64);
+        write(vmcs::GUEST_ACTIVITY_STATE, 0);
+        write(vmcs::GUEST_INTERRUPTIBILITY, 0);
+        write(vmcs::GUEST_PENDING_DEBUG_EXCEPTIONS, 0);
+        write(vmcs::GUEST_SYSENTER_CS, 0);
+        write(vmcs::GUEST_SYSENTER_ESP, 0);
+        write(vmcs::GUEST_SYSENTER_EIP, 0);
+    }
+
+    /// Runs the guest until it stops, on this CPU, within `time_limit_ms`.
+    pub fn run(&mut self, vm: &mut Vm, time_limit_ms: u64) -> Stop {
+        if let Err(stop) = self.make_current() {
+            return stop;
+        }
+        let vmx = match cpu::vmx() {
+            Ok(v) => v,
+            Err(e) => return Stop::Unsupported(e.into()),
+        };
+        let rate = vmx.caps.misc.preemption_timer_rate;
+        let deadline = time::rdtsc() + time_limit_ms * (time::tsc_hz() / 1000).max(1);
+        x86_64::instructions::interrupts::disable();
+        let host_state = self.switch_in();
+        let stop = loop {
+            let now = time::rdtsc();
+            if now >= deadline {
+                break Stop::TimeLimit { ms: time_limit_ms };
+            }
+            write(vmcs::PREEMPTION_TIMER_VALUE, ((deadline - now) >> rate).min(u32::MAX as u64));
+            // SAFETY: the VMCS is current and fully set up by `setup`.
+            if let Err(e) = unsafe { vmxi::enter(&mut self.regs, self.launched) } {
+                break Stop::EntryFailed(alloc::format!("{e}"));
+            }
+            self.launched = true;
+            let exit_tsc = time::rdtsc();
+            let reason = ExitReason(read(vmcs::EXIT_REASON) as u32);
+            let outcome = exits::dispatch(vm, self, reason);
+            self.counters.record(reason.basic(), time::rdtsc() - exit_tsc);
+            if let Outcome::Stop(stop) = outcome {
+                break stop;
+            }
+        };
+        self.switch_out(host_state);
+        x86_64::instructions::interrupts::enable();
+        stop
+    }
+
+    /// Loads the guest's XCR0, FPU/SIMD state and switched MSRs; returns the host's.
+    fn switch_in(&mut self) -> HostState {
+        let xsave = has_xsave();
+        let host = HostState {
+            // SAFETY: XGETBV needs CR4.OSXSAVE, which cpu::enable_on_this_cpu set.
+            xcr0: if xsave { unsafe { core::arch::x86_64::_xgetbv(0) } } else { 0 },
+            // SAFETY: the switched MSRs exist on every x86-64 CPU.
+            msrs: SWITCHED_MSRS.map(|m| unsafe { Msr::new(m).read() }),
+        };
+        let area = memory::phys_to_virt(self.xsave_area) as *const u8;
+        // SAFETY: the area is this vCPU's 4 KiB frame (64-byte aligned); XCR0 was
+        // validated when the guest set it.
+        unsafe {
+            if xsave {
+                core::arch::x86_64::_xsetbv(0, self.xcr0);
+                core::arch::x86_64::_xrstor64(area, self.xcr0);
+            } else {
+                core::arch::x86_64::_fxrstor64(area);
+            }
+            for (m, v) in SWITCHED_MSRS.iter().zip(self.guest_msrs) {
+                Msr::new(*m).write(v);
+            }
+        }
+        host
+    }
+
+    fn switch_out(&mut self, host: HostState) {
+        let area = memory::phys_to_virt(self.xsave_area) as *mut u8;
+        // SAFETY: as in `switch_in`.
+        unsafe {
+            if has_xsave() {
+                core::arch::x86_64::_xsave64(area, self.xcr0);
+                core::arch::x86_64::_xsetbv(0, host.xcr0);
+            } else {
+                core::arch::x86_64::_fxsave64(area);
+            }
+            for (i, m) in SWITCHED_MSRS.iter().enumerate() {
+                self.guest_msrs[i] = Msr::new(*m).read();
+                Msr::new(*m).write(host.msrs[i]);
+            }
+        }
+    }
+}
+
+struct HostState {
+    xcr0: u64,
+    msrs: [u64; SWITCHED_MSRS.len()],
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // SAFETY: the VMCS is not current on any other CPU (a vCPU runs on one CPU
+        // at a time); VMCLEAR makes the region ordinary memory again.
+        let _ = unsafe { vmxi::vmclear(self.vmcs) };
+        for frame in [self.vmcs, self.msr_bitmap, self.xsave_area] {
+            memory::free_frame(frame);
+        }
+    }
+}

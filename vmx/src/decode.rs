@@ -1,0 +1,292 @@
+//! Decoding the guest instruction behind an MMIO exit. EPT violations say which
+//! address was touched but not how; this finds the access size, direction, the
+//! register or immediate involved and the instruction's length, for the MOV
+//! forms that device drivers use (MOV r/m<->r, MOV r/m,imm, MOVZX, MOV moffs).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeSize {
+    Bits16,
+    Bits32,
+    Bits64,
+}
+
+/// A general register as an instruction names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Register {
+    /// 0 = RAX ... 15 = R15 (the `vmx::GuestRegisters::get` numbering).
+    pub index: u8,
+    /// AH/CH/DH/BH: bits 15:8 of register `index`.
+    pub high_byte: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Load `size` bytes and write them, zero-extended to `width` bytes, to `dest`.
+    Read { dest: Register, width: u8 },
+    /// Store the low `size` bytes of a register.
+    WriteRegister { source: Register },
+    /// Store an immediate.
+    WriteImmediate { value: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioInstruction {
+    pub length: u8,
+    /// Bytes accessed in memory: 1, 2, 4 or 8.
+    pub size: u8,
+    pub access: Access,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Ran out of bytes (the fetch was cut short).
+    Truncated,
+    /// An instruction Basalt does not emulate against MMIO.
+    Unsupported { opcode: u8 },
+    /// The ModRM names a register, not memory, so it cannot be this access.
+    NotMemory,
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn next(&mut self) -> Result<u8, DecodeError> {
+        let b = *self.bytes.get(self.at).ok_or(DecodeError::Truncated)?;
+        self.at += 1;
+        Ok(b)
+    }
+    fn skip(&mut self, n: usize) -> Result<(), DecodeError> {
+        if self.at + n > self.bytes.len() {
+            return Err(DecodeError::Truncated);
+        }
+        self.at += n;
+        Ok(())
+    }
+    fn immediate(&mut self, n: usize) -> Result<u64, DecodeError> {
+        let mut value = 0u64;
+        for i in 0..n {
+            value |= (self.next()? as u64) << (8 * i);
+        }
+        Ok(value)
+    }
+}
+
+pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeError> {
+    let mut c = Cursor { bytes: &bytes[..bytes.len().min(15)], at: 0 };
+    let (mut operand16, mut address_override, mut rex) = (false, false, 0u8);
+    let mut opcode = c.next()?;
+    loop {
+        match opcode {
+            0x66 => operand16 = true,
+            0x67 => address_override = true,
+            0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+            0x40..=0x4f if mode == CodeSize::Bits64 => {
+                rex = opcode;
+                opcode = c.next()?;
+                break;
+            }
+            _ => break,
+        }
+        opcode = c.next()?;
+    }
+    let rex_w = rex & 8 != 0;
+    let operand_size: u8 = match (mode, operand16, rex_w) {
+        (CodeSize::Bits64, _, true) => 8,
+        (CodeSize::Bits16, false, _) | (CodeSize::Bits32 | CodeSize::Bits64, true, _) => 2,
+        _ => 4,
+    };
+    let address_size: u8 = match (mode, address_override) {
+        (CodeSize::Bits16, false) | (CodeSize::Bits32, true) => 2,
+        (CodeSize::Bits64, false) => 8,
+        _ => 4,
+    };
+    let register = |index: u8, byte: bool| {
+        if byte && rex == 0 && (4..8).contains(&index) {
+            Register { index: index - 4, high_byte: true }
+        } else {
+            Register { index, high_byte: false }
+        }
+    };
+
+    // MOV AL/eAX <-> moffs: no ModRM, an address-size offset.
+    if (0xa0..=0xa3).contains(&opcode) {
+        c.skip(address_size as usize)?;
+        let size = if opcode & 1 == 0 { 1 } else { operand_size };
+        let rax = Register { index: 0, high_byte: false };
+        let access =
+            if opcode < 0xa2 { Access::Read { dest: rax, width: size } } else { Access::WriteRegister { source: rax } };
+        return Ok(MmioInstruction { length: c.at as u8, size, access });
+    }
+
+    let two_byte = opcode == 0x0f;
+    if two_byte {
+        opcode = c.next()?;
+    }
+    let supported = if two_byte { matches!(opcode, 0xb6 | 0xb7) } else { matches!(opcode, 0x88..=0x8b | 0xc6 | 0xc7) };
+    if !supported {
+        return Err(DecodeError::Unsupported { opcode });
+    }
+    let modrm = c.next()?;
+    let (md, reg, rm) = (modrm >> 6, ((modrm >> 3) & 7) | ((rex & 4) << 1), modrm & 7);
+    if md == 3 {
+        return Err(DecodeError::NotMemory);
+    }
+    // Skip SIB and displacement.
+    if address_size == 2 {
+        match md {
+            0 if rm == 6 => c.skip(2)?,
+            1 => c.skip(1)?,
+            2 => c.skip(2)?,
+            _ => {}
+        }
+    } else {
+        let mut base = rm;
+        if rm == 4 {
+            base = c.next()? & 7;
+        }
+        match md {
+            0 if base == 5 => c.skip(4)?,
+            1 => c.skip(1)?,
+            2 => c.skip(4)?,
+            _ => {}
+        }
+    }
+    let (size, access) = match (two_byte, opcode) {
+        (false, 0x88) => (1, Access::WriteRegister { source: register(reg, true) }),
+        (false, 0x89) => (operand_size, Access::WriteRegister { source: register(reg, false) }),
+        (false, 0x8a) => (1, Access::Read { dest: register(reg, true), width: 1 }),
+        (false, 0x8b) => (operand_size, Access::Read { dest: register(reg, false), width: operand_size }),
+        (false, 0xc6) => (1, Access::WriteImmediate { value: c.immediate(1)? }),
+        (false, 0xc7) => {
+            let n = operand_size.min(4) as usize;
+            let mut value = c.immediate(n)?;
+            if operand_size == 8 {
+                value = value as i32 as i64 as u64;
+            }
+            (operand_size, Access::WriteImmediate { value })
+        }
+        (true, 0xb6) => (1, Access::Read { dest: register(reg, false), width: operand_size }),
+        (true, _) => (2, Access::Read { dest: register(reg, false), width: operand_size }),
+        _ => unreachable!("checked above"),
+    };
+    Ok(MmioInstruction { length: c.at as u8, size, access })
+}
+
+/// `old` with a value of `width` bytes written the way the CPU writes a register:
+/// 1 and 2 bytes merge, 4 bytes zero-extend, 8 bytes replace.
+pub fn merge_register(old: u64, value: u64, width: u8, high_byte: bool) -> u64 {
+    match (width, high_byte) {
+        (1, true) => (old & !0xff00) | ((value & 0xff) << 8),
+        (1, false) => (old & !0xff) | (value & 0xff),
+        (2, _) => (old & !0xffff) | (value & 0xffff),
+        (4, _) => value & 0xffff_ffff,
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CodeSize::*;
+
+    fn reg(index: u8) -> Register {
+        Register { index, high_byte: false }
+    }
+
+    #[test]
+    fn common_64_bit_forms() {
+        // mov dword [rdi+0x10], eax
+        assert_eq!(
+            decode(&[0x89, 0x47, 0x10], Bits64),
+            Ok(MmioInstruction { length: 3, size: 4, access: Access::WriteRegister { source: reg(0) } })
+        );
+        // mov rcx, qword [rax]
+        assert_eq!(
+            decode(&[0x48, 0x8b, 0x08], Bits64),
+            Ok(MmioInstruction { length: 3, size: 8, access: Access::Read { dest: reg(1), width: 8 } })
+        );
+        // mov r9d, [rip+0x1234]
+        assert_eq!(
+            decode(&[0x44, 0x8b, 0x0d, 0x34, 0x12, 0, 0], Bits64).unwrap(),
+            MmioInstruction { length: 7, size: 4, access: Access::Read { dest: reg(9), width: 4 } }
+        );
+        // mov dword [rbx+rcx*4+0x100], 0xdeadbeef
+        assert_eq!(
+            decode(&[0xc7, 0x84, 0x8b, 0, 1, 0, 0, 0xef, 0xbe, 0xad, 0xde], Bits64),
+            Ok(MmioInstruction { length: 11, size: 4, access: Access::WriteImmediate { value: 0xdead_beef } })
+        );
+        // mov qword [rax], -1 (imm32 sign-extended)
+        assert_eq!(
+            decode(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], Bits64).unwrap().access,
+            Access::WriteImmediate { value: u64::MAX }
+        );
+        // movzx eax, word [rdx]
+        assert_eq!(
+            decode(&[0x0f, 0xb7, 0x02], Bits64),
+            Ok(MmioInstruction { length: 3, size: 2, access: Access::Read { dest: reg(0), width: 4 } })
+        );
+        // mov word [rax], cx
+        assert_eq!(decode(&[0x66, 0x89, 0x08], Bits64).unwrap().size, 2);
+    }
+
+    #[test]
+    fn byte_registers_with_and_without_rex() {
+        // mov [rax], ah
+        assert_eq!(
+            decode(&[0x88, 0x20], Bits64).unwrap().access,
+            Access::WriteRegister { source: Register { index: 0, high_byte: true } }
+        );
+        // mov [rax], spl (REX makes 4 mean SPL, not AH)
+        assert_eq!(decode(&[0x40, 0x88, 0x20], Bits64).unwrap().access, Access::WriteRegister { source: reg(4) });
+        // mov r8b, [rax]
+        assert_eq!(decode(&[0x44, 0x8a, 0x00], Bits64).unwrap().access, Access::Read { dest: reg(8), width: 1 });
+    }
+
+    #[test]
+    fn sixteen_and_thirty_two_bit_addressing() {
+        // real mode: mov [0x1234], ax  (mod 00 rm 110 -> disp16)
+        assert_eq!(
+            decode(&[0x89, 0x06, 0x34, 0x12], Bits16),
+            Ok(MmioInstruction { length: 4, size: 2, access: Access::WriteRegister { source: reg(0) } })
+        );
+        // real mode with 0x66: mov eax, [bx+si+0x10]
+        assert_eq!(
+            decode(&[0x66, 0x8b, 0x40, 0x10], Bits16).unwrap(),
+            MmioInstruction { length: 4, size: 4, access: Access::Read { dest: reg(0), width: 4 } }
+        );
+        // protected mode: mov byte [0xfee000b0], 0
+        assert_eq!(
+            decode(&[0xc6, 0x05, 0xb0, 0x00, 0xe0, 0xfe, 0x00], Bits32).unwrap(),
+            MmioInstruction { length: 7, size: 1, access: Access::WriteImmediate { value: 0 } }
+        );
+        // mov eax, [moffs32]
+        assert_eq!(
+            decode(&[0xa1, 0, 0, 0xc0, 0xfe], Bits32).unwrap(),
+            MmioInstruction { length: 5, size: 4, access: Access::Read { dest: reg(0), width: 4 } }
+        );
+        // 64-bit moffs has an 8-byte offset
+        assert_eq!(decode(&[0xa2, 0, 0, 0, 0, 0, 0, 0, 0], Bits64).unwrap().length, 9);
+    }
+
+    #[test]
+    fn what_is_not_emulated_says_so() {
+        assert_eq!(decode(&[0x0f, 0x01, 0xd9], Bits64), Err(DecodeError::Unsupported { opcode: 0x01 }));
+        assert_eq!(decode(&[0xa5], Bits64), Err(DecodeError::Unsupported { opcode: 0xa5 }));
+        assert_eq!(decode(&[0x89, 0xc0], Bits64), Err(DecodeError::NotMemory));
+        assert_eq!(decode(&[0x89, 0x84, 0x8b], Bits64), Err(DecodeError::Truncated));
+        assert_eq!(decode(&[], Bits64), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn register_writes_follow_cpu_rules() {
+        let old = 0x1122_3344_5566_7788;
+        assert_eq!(merge_register(old, 0xaa, 1, false), 0x1122_3344_5566_77aa);
+        assert_eq!(merge_register(old, 0xaa, 1, true), 0x1122_3344_5566_aa88);
+        assert_eq!(merge_register(old, 0xbbcc, 2, false), 0x1122_3344_5566_bbcc);
+        assert_eq!(merge_register(old, 0xdead_beef, 4, false), 0xdead_beef);
+        assert_eq!(merge_register(old, 7, 8, false), 7);
+    }
+}
