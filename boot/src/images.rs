@@ -84,9 +84,9 @@ fn imager() -> Result<PathBuf, String> {
     Ok(binary)
 }
 
-/// Writes a disk image of `kernel` for `firmware` into `dir`; `cmdline` becomes the
-/// boot command line (the image's ramdisk). Returns the image path.
-pub fn make_image(kernel: &Path, dir: &Path, cmdline: &str, firmware: Firmware) -> Result<PathBuf, String> {
+/// Writes a disk image of `kernel` for `firmware` into `dir`, with `bundle` (see
+/// guests::bundle) as its ramdisk. Returns the image path.
+pub fn make_image(kernel: &Path, dir: &Path, bundle: &[u8], firmware: Firmware) -> Result<PathBuf, String> {
     static IMAGER: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let imager = IMAGER.get_or_init(imager).clone()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -95,12 +95,9 @@ pub fn make_image(kernel: &Path, dir: &Path, cmdline: &str, firmware: Firmware) 
         Firmware::Uefi => "basalt-uefi.img",
     });
     let mut command = Command::new(&imager);
-    command.arg(firmware.name()).arg(kernel).arg(&image);
-    if !cmdline.is_empty() {
-        let file = dir.join("cmdline");
-        std::fs::write(&file, cmdline).map_err(|e| e.to_string())?;
-        command.arg(file);
-    }
+    let file = dir.join("bundle");
+    std::fs::write(&file, bundle).map_err(|e| e.to_string())?;
+    command.arg(firmware.name()).arg(kernel).arg(&image).arg(file);
     command.stdout(std::process::Stdio::null());
     run(command, "disk-image builder")?;
     Ok(image)

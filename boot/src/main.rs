@@ -2,6 +2,7 @@
 
 mod cases;
 mod emulator;
+mod guests;
 mod images;
 mod qemu_test;
 mod setup;
@@ -117,7 +118,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     setup::ensure(&setup::Needs::for_emulator(emulator))?;
     let kernel = images::build_kernel(images::Config::Run)?;
     let dir = workspace_root().join("target/basalt/run");
-    let image = images::make_image(&kernel, &dir, "", firmware)?;
+    let image = images::make_image(&kernel, &dir, &default_bundle("")?, firmware)?;
     println!(
         "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows{}",
         image.display(),
@@ -133,6 +134,20 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     })
 }
 
+/// The built-in default VM: the demo guest, which greets through its UART.
+fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
+    let demo = guests::GuestVm {
+        name: "demo".into(),
+        guest: "demo".into(),
+        format: "elf".into(),
+        mode: None,
+        memory_mib: 16,
+        time_limit_ms: 10_000,
+        corrupt_guest_state: false,
+    };
+    guests::bundle(cmdline, &[demo])
+}
+
 fn build(args: &[String]) -> Result<ExitCode, String> {
     if let Some(unknown) = args.first() {
         return Err(format!("build: unknown option '{unknown}'"));
@@ -140,8 +155,9 @@ fn build(args: &[String]) -> Result<ExitCode, String> {
     setup::ensure(&setup::Needs::build_only())?;
     let kernel = images::build_kernel(images::Config::Run)?;
     let dir = workspace_root().join("target/basalt");
+    let bundle = default_bundle("")?;
     for firmware in [Firmware::Bios, Firmware::Uefi] {
-        let image = images::make_image(&kernel, &dir, "", firmware)?;
+        let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
         println!("{}", image.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -96,7 +96,8 @@ fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Durat
     let dir = case_dir(case);
     let _ = std::fs::remove_dir_all(&dir);
     let cmdline = format!("{} {}", case.cmdline, machine.emulator.exit_option());
-    let image = images::make_image(kernel, &dir, cmdline.trim(), case.firmware())?;
+    let bundle = crate::guests::bundle(cmdline.trim(), &case.vm)?;
+    let image = images::make_image(kernel, &dir, &bundle, case.firmware())?;
     let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s))?;
     Ok((cases::judge(case, &run), run.elapsed))
 }

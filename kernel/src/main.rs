@@ -46,6 +46,19 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     trap::load_idt();
     info!("Basalt {} starting", env!("CARGO_PKG_VERSION"));
 
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        fail("the bootloader did not map physical memory")
+    };
+    let memory_map = memory::init(phys_offset, &boot_info.memory_regions);
+    info!(
+        "memory: {} MiB usable in {} of {} regions, heap {} MiB",
+        memory_map.usable_bytes >> 20,
+        memory_map.usable_regions,
+        memory_map.regions,
+        memory::HEAP_SIZE >> 20
+    );
+
+    // The bundle parser allocates, so this comes after the heap.
     let ramdisk = ramdisk(boot_info);
     let bundle = match ramdisk {
         Some(bytes) if loader::Bundle::is_bundle(bytes) => match loader::Bundle::parse(bytes) {
@@ -64,18 +77,6 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
     }
-
-    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
-        fail("the bootloader did not map physical memory")
-    };
-    let memory_map = memory::init(phys_offset, &boot_info.memory_regions);
-    info!(
-        "memory: {} MiB usable in {} of {} regions, heap {} MiB",
-        memory_map.usable_bytes >> 20,
-        memory_map.usable_regions,
-        memory_map.regions,
-        memory::HEAP_SIZE >> 20
-    );
 
     let platform = match platform::discover(boot_info.rsdp_addr.into_option()) {
         Ok(p) => p,

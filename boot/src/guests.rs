@@ -1,0 +1,176 @@
+//! Guest images: building the test guests in tests/guests, turning an ELF into
+//! a flat image, and packing VMs into the boot bundle the kernel reads.
+
+use crate::setup;
+use crate::workspace_root;
+use loader::manifest::{Format, Mode, VmSpec};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Builds tests/guests (once per xtask run) and returns the directory of its binaries.
+pub fn build() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target_dir = root.join("target/guests");
+            let toolchain = setup::workspace_toolchain()?;
+            // Run from tests/guests so its own .cargo/config.toml (target, static
+            // relocation) applies.
+            let status = Command::new("rustup")
+                .args(["run", &toolchain, "cargo", "build", "--quiet", "--release", "--target-dir"])
+                .arg(&target_dir)
+                .current_dir(root.join("tests/guests"))
+                .env("RUSTUP_TOOLCHAIN", &toolchain)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_TARGET_DIR")
+                .status()
+                .map_err(|e| format!("cannot build the test guests: {e}"))?;
+            if !status.success() {
+                return Err("building the test guests failed".into());
+            }
+            Ok(target_dir.join(setup::KERNEL_TARGET).join("release"))
+        })
+        .clone()
+}
+
+/// The loadable bytes of an ELF as one flat image starting at its lowest
+/// loadable address; returns (image, that address).
+pub fn flatten_elf(elf: &[u8]) -> Result<(Vec<u8>, u64), String> {
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()));
+    let u32_at = |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |at: usize| elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    if !elf.starts_with(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return Err("not an ELF64 file".into());
+    }
+    let bad = || "truncated ELF".to_string();
+    let phoff = u64_at(32).ok_or_else(bad)? as usize;
+    let phentsize = u16_at(54).ok_or_else(bad)? as usize;
+    let phnum = u16_at(56).ok_or_else(bad)? as usize;
+    let mut segments = Vec::new();
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        if u32_at(at).ok_or_else(bad)? != 1 {
+            continue;
+        }
+        let (offset, paddr, filesz) =
+            (u64_at(at + 8).ok_or_else(bad)?, u64_at(at + 24).ok_or_else(bad)?, u64_at(at + 32).ok_or_else(bad)?);
+        if filesz > 0 {
+            segments.push((paddr, &elf[offset as usize..(offset + filesz) as usize]));
+        }
+    }
+    let start = segments.iter().map(|(p, _)| *p).min().ok_or("no loadable segments")?;
+    let end = segments.iter().map(|(p, d)| p + d.len() as u64).max().unwrap();
+    let mut image = vec![0u8; (end - start) as usize];
+    for (paddr, data) in segments {
+        let at = (paddr - start) as usize;
+        image[at..at + data.len()].copy_from_slice(data);
+    }
+    Ok((image, start))
+}
+
+/// A VM as a test case or the run command describes it.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestVm {
+    pub name: String,
+    /// A binary of tests/guests.
+    pub guest: String,
+    /// "elf", "flat" (the ELF's loadable bytes) or "multiboot" (likewise, header inside).
+    pub format: String,
+    /// CPU mode of a flat image: "real", "protected" or "long".
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "default_time_limit")]
+    pub time_limit_ms: u64,
+    #[serde(default)]
+    pub corrupt_guest_state: bool,
+}
+
+fn default_memory() -> u32 {
+    16
+}
+fn default_time_limit() -> u64 {
+    10_000
+}
+
+/// The boot bundle for a command line and VMs: (VM list, image) entries as the
+/// kernel expects them. Errors name the VM and what is wrong.
+pub fn bundle(cmdline: &str, vms: &[GuestVm]) -> Result<Vec<u8>, String> {
+    let mut entries = vec![("cmdline".to_string(), cmdline.as_bytes().to_vec())];
+    if !vms.is_empty() {
+        let dir = build()?;
+        let mut lines = Vec::new();
+        for vm in vms {
+            let elf_path = dir.join(&vm.guest);
+            let elf = std::fs::read(&elf_path)
+                .map_err(|_| format!("VM '{}': there is no test guest '{}' in tests/guests", vm.name, vm.guest))?;
+            let (format, image, load) = match vm.format.as_str() {
+                "elf" => (Format::Elf, elf, 0),
+                "flat" | "multiboot" => {
+                    let (image, load) = flatten_elf(&elf).map_err(|e| format!("VM '{}': {e}", vm.name))?;
+                    (if vm.format == "flat" { Format::Flat } else { Format::Multiboot }, image, load)
+                }
+                other => return Err(format!("VM '{}': format must be elf, flat or multiboot, not '{other}'", vm.name)),
+            };
+            let mode = match vm.mode.as_deref() {
+                None | Some("real") => Mode::Real,
+                Some("protected") => Mode::Protected,
+                Some("long") => Mode::Long,
+                Some(other) => {
+                    return Err(format!("VM '{}': mode must be real, protected or long, not '{other}'", vm.name))
+                }
+            };
+            let image_name = format!("{}.img", vm.name);
+            let spec = VmSpec {
+                name: vm.name.clone(),
+                image: image_name.clone(),
+                format,
+                mode,
+                load,
+                entry: load,
+                memory_mib: vm.memory_mib,
+                cpus: 1,
+                time_limit_ms: vm.time_limit_ms,
+                corrupt_state: vm.corrupt_guest_state,
+            };
+            lines.push(loader::manifest::render(&spec));
+            entries.push((image_name, image));
+        }
+        let list = lines.join("\n");
+        // The kernel parses this again; checking here gives the error at build time.
+        loader::parse_manifest(&list).map_err(|e| e.to_string())?;
+        entries.push(("vms".to_string(), list.into_bytes()));
+    }
+    Ok(loader::bundle::write(&entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattening_lays_segments_out_from_the_lowest_address() {
+        // Two PT_LOAD segments: 2 bytes at 0x1000 and 1 byte at 0x1004.
+        let mut elf = vec![0u8; 64 + 2 * 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let data_at = elf.len() as u64;
+        elf.extend_from_slice(&[0xaa, 0xbb, 0xcc]);
+        for (i, (offset, paddr, size)) in [(data_at, 0x1000u64, 2u64), (data_at + 2, 0x1004, 1)].into_iter().enumerate()
+        {
+            let p = 64 + i * 56;
+            elf[p..p + 4].copy_from_slice(&1u32.to_le_bytes());
+            elf[p + 8..p + 16].copy_from_slice(&offset.to_le_bytes());
+            elf[p + 24..p + 32].copy_from_slice(&paddr.to_le_bytes());
+            elf[p + 32..p + 40].copy_from_slice(&size.to_le_bytes());
+        }
+        assert_eq!(flatten_elf(&elf), Ok((vec![0xaa, 0xbb, 0, 0, 0xcc], 0x1000)));
+        assert!(flatten_elf(b"MZ").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! Exercises every exit handler Basalt has from 64-bit mode and reports each
+//! check on COM1; exits with status 33 when all pass, 35 otherwise.
+#![no_std]
+#![no_main]
+
+use basalt_test_guests::{check, entry, exit, inb, println, vmcall};
+use core::arch::asm;
+use core::arch::x86_64::{__cpuid, __cpuid_count};
+
+entry!(main);
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only MSRs Basalt emulates are read.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) };
+    ((hi as u64) << 32) | lo as u64
+}
+
+fn main() -> ! {
+    println!("long mode guest: hello");
+    let mut ok = true;
+
+    // CPUID: hypervisor present, Basalt's signature, VT-x hidden, TSC leaves.
+    let leaf1 = __cpuid(1);
+    ok &= check("cpuid hypervisor bit", leaf1.ecx & (1 << 31) != 0);
+    ok &= check("cpuid hides vmx", leaf1.ecx & (1 << 5) == 0);
+    let hv = __cpuid(0x4000_0000);
+    let mut signature = [0u8; 12];
+    signature[..4].copy_from_slice(&hv.ebx.to_le_bytes());
+    signature[4..8].copy_from_slice(&hv.ecx.to_le_bytes());
+    signature[8..].copy_from_slice(&hv.edx.to_le_bytes());
+    ok &= check("cpuid signature BasaltHVisor", &signature == b"BasaltHVisor");
+    let tsc = __cpuid_count(0x15, 0);
+    ok &= check("cpuid 0x15 tsc frequency", tsc.ecx != 0 && tsc.eax != 0 && tsc.ebx != 0);
+    println!("tsc {} kHz (cpuid 0x40000010)", __cpuid(0x4000_0010).eax);
+
+    // Hypercalls.
+    ok &= check("vmcall version", vmcall(0, 0, 0) == 0x0001_0000);
+    let message = b"printed by hypercall";
+    ok &= check("vmcall print", vmcall(1, message.as_ptr() as u64, message.len() as u64) == message.len() as u64);
+    ok &= check("vmcall tsc-khz", vmcall(3, 0, 0) > 0);
+
+    // MSRs: EFER says long mode; the APIC base is the default.
+    ok &= check("rdmsr efer long mode", rdmsr(0xc000_0080) & 0x500 == 0x500);
+    ok &= check("rdmsr apic base", rdmsr(0x1b) & !0xfff == 0xfee0_0000);
+
+    // CR0.NE is pinned to 1 by VMX and the guest started seeing 0: setting it
+    // differs from the read shadow, so it exits, and the guest then sees 1.
+    let (before, after): (u64, u64);
+    // SAFETY: CR0.NE only changes how x87 errors are reported.
+    unsafe {
+        asm!("mov {b}, cr0", "mov {t}, {b}", "or {t}, 0x20", "mov cr0, {t}", "mov {a}, cr0",
+             b = out(reg) before, t = out(reg) _, a = out(reg) after);
+    }
+    ok &= check("cr0 write through the shadow", before & 0x20 == 0 && after & 0x20 != 0);
+
+    // XSETBV: turn on SSE state in XCR0 (needs CR4.OSXSAVE first).
+    // SAFETY: enabling OSXSAVE and x87|SSE in XCR0 is what any OS does.
+    let xcr0 = unsafe {
+        asm!("mov {t}, cr4", "or {t}, 0x40000", "mov cr4, {t}", t = out(reg) _);
+        asm!("xsetbv", in("ecx") 0, in("eax") 3, in("edx") 0);
+        core::arch::x86_64::_xgetbv(0)
+    };
+    ok &= check("xsetbv", xcr0 == 3);
+
+    // Port I/O: an unclaimed port floats high; string output with REP.
+    ok &= check("unclaimed port reads 0xff", inb(0x80) == 0xff);
+    let line = b"written with rep outsb\n";
+    // SAFETY: REP OUTSB from our own buffer to COM1.
+    unsafe { asm!("rep outsb", in("dx") 0x3f8u16, inout("rsi") line.as_ptr() => _, inout("rcx") line.len() => _) };
+
+    // MMIO with nothing behind it: reads are all-ones, writes are dropped.
+    let hole = 0xd000_0000 as *mut u32;
+    // SAFETY: Basalt's identity map covers this address; it is not RAM.
+    let value = unsafe {
+        hole.write_volatile(0x1234_5678);
+        hole.read_volatile()
+    };
+    ok &= check("unclaimed mmio reads all-ones", value == 0xffff_ffff);
+    let byte = 0xd000_0010 as *const u8;
+    // SAFETY: as above.
+    ok &= check("unclaimed mmio byte read", unsafe { byte.read_volatile() } == 0xff);
+
+    println!("long mode guest: {}", if ok { "all checks passed" } else { "some checks FAILED" });
+    exit(if ok { 0x10 } else { 0x11 })
+}

@@ -1,0 +1,79 @@
+//! What the long-mode test guests share: COM1 output, Basalt's hypercalls, the
+//! debug-exit port, and an entry stub that calls `guest_main`.
+#![no_std]
+
+use core::arch::asm;
+use core::fmt::{self, Write};
+
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O in a guest; Basalt emulates every port.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) }
+}
+
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as in `outb`.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) }
+    value
+}
+
+pub struct Com1;
+
+impl Write for Com1 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            outb(0x3f8, b);
+        }
+        Ok(())
+    }
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write;
+        let _ = writeln!($crate::Com1, $($arg)*);
+    }};
+}
+
+/// Basalt hypercall: RAX = number, RBX/RCX/RDX = arguments, result in RAX.
+pub fn vmcall(number: u64, a: u64, b: u64) -> u64 {
+    let result: u64;
+    // SAFETY: VMCALL exits to Basalt, which preserves every register but RAX.
+    unsafe {
+        asm!("push rbx", "mov rbx, {a}", "vmcall", "pop rbx", a = in(reg) a, inout("rax") number => result,
+             in("rcx") b, options(nostack))
+    }
+    result
+}
+
+/// Stops the VM through the debug-exit port: status `(code << 1) | 1`.
+pub fn exit(code: u8) -> ! {
+    outb(0xf4, code);
+    loop {
+        // SAFETY: halting with interrupts off; Basalt stops the VM.
+        unsafe { asm!("cli", "hlt") }
+    }
+}
+
+pub fn check(name: &str, ok: bool) -> bool {
+    println!("check {name}: {}", if ok { "ok" } else { "FAILED" });
+    ok
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("guest panic: {info}");
+    exit(0x7f)
+}
+
+/// Entry: a fixed stack is not needed (Basalt sets RSP below its setup area).
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        pub extern "C" fn _start() -> ! {
+            $main()
+        }
+    };
+}
