@@ -1,5 +1,6 @@
 //! `cargo xtask`: builds, runs and tests Basalt. See `cargo xtask help`.
 
+mod bench;
 mod cases;
 mod emulator;
 mod guests;
@@ -23,6 +24,8 @@ commands:
   qemu-test   run host unit tests and the integration cases in tests/cases.toml
                 --case NAME       run only cases whose name contains NAME (repeatable)
                 --list            list the cases and exit
+  bench       boot the test guests on a VT-x machine; print exits and hypervisor
+              cycles by reason per VM, and VMM memory per VM
   build       build the kernel and write BIOS and UEFI images to target/basalt/
   setup       install what the other commands need (Debian packages, rustup parts)
   help        this text
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         "run" => run(rest),
         "qemu-test" => qemu_test::main(rest),
         "build" => build(rest),
+        "bench" => bench::main(rest),
         "setup" => setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -35,6 +35,8 @@ pub struct VmReport {
     pub guest_mib: u32,
     pub overhead_kib: u64,
     pub elapsed_us: u64,
+    /// Accesses no device claimed: (port reads, port writes, MMIO reads, MMIO writes).
+    pub unclaimed: (u64, u64, u64, u64),
 }
 
 /// Builds and runs one VM on this CPU to its end.
@@ -49,6 +51,7 @@ fn run_vm(spec: &VmSpec, image: &[u8]) -> VmReport {
         guest_mib: spec.memory_mib,
         overhead_kib: 0,
         elapsed_us: 0,
+        unclaimed: (0, 0, 0, 0),
     };
     match build_and_run(spec, image, &mut report) {
         Ok(stop) | Err(stop) => report.stop = stop,
@@ -92,6 +95,8 @@ fn build_and_run(spec: &VmSpec, image: &[u8], report: &mut VmReport) -> Result<S
     report.exits = vcpu.counters.total();
     report.summary = vcpu.counters.summary();
     report.overhead_kib = (vm.memory.overhead_bytes() + 3 * crate::memory::FRAME_SIZE) / 1024;
+    let (ports, mmio) = (vm.ports.unclaimed, vm.mmio.unclaimed);
+    report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     Ok(stop)
 }
 
@@ -133,6 +138,10 @@ pub fn log_report(r: &VmReport) {
         r.guest_mib,
         r.overhead_kib
     );
+    let (pr, pw, mr, mw) = r.unclaimed;
+    if pr + pw + mr + mw > 0 {
+        log::info!("vm {} unclaimed accesses: ports {pr} read(s) {pw} write(s), MMIO {mr} read(s) {mw} write(s)", r.name);
+    }
 }
 
 struct Job {
