@@ -57,6 +57,8 @@ pub trait TableMemory {
     fn alloc_table(&mut self) -> Option<u64>;
     /// The table at `phys`, which `alloc_table` returned earlier.
     fn table(&mut self, phys: u64) -> &mut [u64; 512];
+    /// Gives back a table that no longer maps anything.
+    fn free_table(&mut self, phys: u64);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +98,8 @@ const PRESENT_MASK: u64 = Perms::RWX.bits();
 const LARGE_PAGE: u64 = 1 << 7;
 const IGNORE_PAT: u64 = 1 << 6;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Address bits of a leaf at each level (4 KiB, 2 MiB, 1 GiB).
+const ADDRESS_MASK_FOR_LEVEL: [u64; 3] = [ADDR_MASK, ADDR_MASK & !0x1f_ffff, ADDR_MASK & !0x3fff_ffff];
 const MAX_GUEST_PHYS: u64 = 1 << 48;
 
 fn index(gpa: u64, level: usize) -> usize {
@@ -141,32 +145,87 @@ impl Ept {
         for offset in (0..size).step_by(step as usize) {
             let gpa = guest_phys + offset;
             let table = self.walk_create(mem, gpa, page.level())?;
+            let old = mem.table(table)[index(gpa, page.level())];
+            if old & PRESENT_MASK != 0 {
+                // An emptied table of smaller pages (slot_is_free checked it).
+                Self::free_subtree(mem, old & ADDR_MASK, page.level() - 1);
+            }
             mem.table(table)[index(gpa, page.level())] = (host_phys + offset) | leaf_bits;
         }
         Ok(())
     }
 
-    /// Removes leaf mappings in the range; returns how many bytes were mapped.
-    /// A large page only partly inside the range is left in place.
-    pub fn unmap(&mut self, mem: &mut impl TableMemory, guest_phys: u64, size: u64) -> u64 {
+    /// Removes every mapping in `[guest_phys, guest_phys + size)` (4 KiB granular).
+    /// A large page only partly inside the range is split first, so the rest of it
+    /// stays mapped. Returns how many bytes were mapped.
+    pub fn unmap(&mut self, mem: &mut impl TableMemory, guest_phys: u64, size: u64) -> Result<u64, EptError> {
         let mut unmapped = 0;
-        let mut gpa = guest_phys & !0xfff;
-        let end = guest_phys.saturating_add(size);
-        while gpa < end {
-            match self.leaf(mem, gpa) {
-                Some((table, level)) => {
-                    let page = 1u64 << (12 + 9 * level);
-                    let start = gpa & !(page - 1);
-                    if start >= guest_phys && start + page <= end {
-                        mem.table(table)[index(gpa, level)] = 0;
-                        unmapped += page;
-                    }
-                    gpa = start + page;
-                }
-                None => gpa += 0x1000,
-            }
+        self.for_each_leaf(mem, guest_phys, size, |entry, bytes| {
+            *entry = 0;
+            unmapped += bytes;
+        })?;
+        Ok(unmapped)
+    }
+
+    /// Sets the permissions of everything mapped in the range, splitting large
+    /// pages that are only partly inside it. Unmapped holes are left alone.
+    pub fn protect(
+        &mut self,
+        mem: &mut impl TableMemory,
+        guest_phys: u64,
+        size: u64,
+        perms: Perms,
+    ) -> Result<(), EptError> {
+        self.for_each_leaf(mem, guest_phys, size, |entry, _| {
+            *entry = (*entry & !Perms::RWX.bits()) | perms.bits();
+        })
+    }
+
+    /// Calls `f` on every leaf entry inside the range (with the bytes it maps),
+    /// splitting large pages that straddle the range's ends.
+    fn for_each_leaf(
+        &mut self,
+        mem: &mut impl TableMemory,
+        guest_phys: u64,
+        size: u64,
+        mut f: impl FnMut(&mut u64, u64),
+    ) -> Result<(), EptError> {
+        if !guest_phys.is_multiple_of(0x1000) || !size.is_multiple_of(0x1000) {
+            return Err(EptError::Misaligned);
         }
-        unmapped
+        let end = guest_phys.checked_add(size).filter(|&e| e <= MAX_GUEST_PHYS).ok_or(EptError::OutOfRange)?;
+        let mut gpa = guest_phys;
+        while gpa < end {
+            let Some((table, level)) = self.leaf(mem, gpa) else {
+                gpa += 0x1000;
+                continue;
+            };
+            let page = 1u64 << (12 + 9 * level);
+            let start = gpa & !(page - 1);
+            if start < guest_phys || start + page > end {
+                self.split(mem, table, gpa, level)?;
+                continue;
+            }
+            f(&mut mem.table(table)[index(gpa, level)], page);
+            gpa = start + page;
+        }
+        Ok(())
+    }
+
+    /// Replaces the large-page leaf at `level` covering `gpa` with a table of 512
+    /// leaves one level down that map the same memory the same way.
+    fn split(&mut self, mem: &mut impl TableMemory, table: u64, gpa: u64, level: usize) -> Result<(), EptError> {
+        let entry = mem.table(table)[index(gpa, level)];
+        let child = mem.alloc_table().ok_or(EptError::OutOfMemory)?;
+        let child_page = 1u64 << (12 + 9 * (level - 1));
+        let base = entry & ADDRESS_MASK_FOR_LEVEL[level];
+        let attributes = entry & (Perms::RWX.bits() | (7 << 3) | IGNORE_PAT);
+        let large = if level - 1 > 0 { LARGE_PAGE } else { 0 };
+        for (i, slot) in mem.table(child).iter_mut().enumerate() {
+            *slot = (base + i as u64 * child_page) | attributes | large;
+        }
+        mem.table(table)[index(gpa, level)] = child | Perms::RWX.bits();
+        Ok(())
     }
 
     pub fn translate(&self, mem: &mut impl TableMemory, guest_phys: u64) -> Option<Translation> {
@@ -195,12 +254,38 @@ impl Ept {
             if entry & PRESENT_MASK == 0 {
                 return true;
             }
-            if current == level || entry & LARGE_PAGE != 0 {
+            if entry & LARGE_PAGE != 0 || current == 0 {
                 return false;
+            }
+            if current == level {
+                // A table of smaller pages: free if (after unmaps) it maps nothing.
+                return self.subtree_is_empty(mem, entry & ADDR_MASK, level - 1);
             }
             table = entry & ADDR_MASK;
         }
         true
+    }
+
+    /// Whether the table (whose entries are at `level`) maps nothing at all.
+    fn subtree_is_empty(&self, mem: &mut impl TableMemory, table: u64, level: usize) -> bool {
+        (0..512).all(|i| {
+            let entry = mem.table(table)[i];
+            entry & PRESENT_MASK == 0
+                || (level > 0 && entry & LARGE_PAGE == 0 && self.subtree_is_empty(mem, entry & ADDR_MASK, level - 1))
+        })
+    }
+
+    /// Frees a table (entries at `level`) and every table below it.
+    fn free_subtree(mem: &mut impl TableMemory, table: u64, level: usize) {
+        if level > 0 {
+            for i in 0..512 {
+                let entry = mem.table(table)[i];
+                if entry & PRESENT_MASK != 0 && entry & LARGE_PAGE == 0 {
+                    Self::free_subtree(mem, entry & ADDR_MASK, level - 1);
+                }
+            }
+        }
+        mem.free_table(table);
     }
 
     /// The table and level holding the leaf entry for `gpa`, if it is mapped.
@@ -251,6 +336,7 @@ mod tests {
     struct HeapTables {
         tables: Vec<Box<[u64; 512]>>,
         limit: Option<usize>,
+        freed: usize,
     }
 
     impl TableMemory for HeapTables {
@@ -263,6 +349,11 @@ mod tests {
         }
         fn table(&mut self, phys: u64) -> &mut [u64; 512] {
             &mut self.tables[(phys / 4096 - 1) as usize]
+        }
+        fn free_table(&mut self, phys: u64) {
+            // Poison it: a freed table must never be walked again.
+            self.table(phys).fill(0xdead_0000_0000_0007);
+            self.freed += 1;
         }
     }
 
@@ -320,19 +411,53 @@ mod tests {
     }
 
     #[test]
-    fn unmap_removes_only_whole_pages_inside_the_range() {
+    fn unmap_splits_large_pages_and_keeps_the_rest() {
         let (mut mem, mut ept) = setup();
         ept.map(&mut mem, &req(0, 0x10_0000, 0x8000, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack)).unwrap();
         ept.map(&mut mem, &req(0x20_0000, 0x20_0000, 0x20_0000, PageSize::Size2M, Perms::RWX, MemoryType::Uncacheable))
             .unwrap();
-        assert_eq!(ept.unmap(&mut mem, 0x2000, 0x2000), 0x2000);
+        assert_eq!(ept.unmap(&mut mem, 0x2000, 0x2000), Ok(0x2000));
         assert!(ept.translate(&mut mem, 0x2000).is_none());
         assert!(ept.translate(&mut mem, 0x3fff).is_none());
         assert!(ept.translate(&mut mem, 0x4000).is_some());
-        assert_eq!(ept.unmap(&mut mem, 0x20_0000, 0x1000), 0, "half a large page stays");
-        assert_eq!(ept.translate(&mut mem, 0x20_0000).unwrap().memory_type, MemoryType::Uncacheable);
-        assert_eq!(ept.unmap(&mut mem, 0x20_0000, 0x20_0000), 0x20_0000);
+        // One 4K page out of the middle of the 2M page.
+        assert_eq!(ept.unmap(&mut mem, 0x30_0000, 0x1000), Ok(0x1000));
         assert!(ept.translate(&mut mem, 0x30_0000).is_none());
+        let t = ept.translate(&mut mem, 0x30_1234).unwrap();
+        assert_eq!((t.host_phys, t.page_size, t.memory_type), (0x30_1234, PageSize::Size4K, MemoryType::Uncacheable));
+        assert_eq!(ept.translate(&mut mem, 0x20_0000).unwrap().host_phys, 0x20_0000);
+        assert_eq!(ept.unmap(&mut mem, 0x20_0000, 0x20_0000), Ok(0x20_0000 - 0x1000));
+        assert!(ept.translate(&mut mem, 0x3f_f000).is_none());
+    }
+
+    #[test]
+    fn a_large_page_can_replace_an_emptied_table() {
+        let (mut mem, mut ept) = setup();
+        ept.map(&mut mem, &req(0xa0_0000, 0, 0x1000, PageSize::Size4K, Perms::READ, MemoryType::WriteBack)).unwrap();
+        assert_eq!(ept.unmap(&mut mem, 0xa0_0000, 0x1000), Ok(0x1000));
+        ept.map(&mut mem, &req(0xa0_0000, 0, 0x20_0000, PageSize::Size2M, Perms::READ, MemoryType::WriteBack)).unwrap();
+        assert_eq!(mem.freed, 1, "the emptied page table was given back");
+        assert_eq!(ept.translate(&mut mem, 0xbf_ffff).unwrap().page_size, PageSize::Size2M);
+    }
+
+    #[test]
+    fn protect_changes_permissions_and_splits_only_what_it_must() {
+        let (mut mem, mut ept) = setup();
+        ept.map(
+            &mut mem,
+            &req(0x4000_0000, 0x8000_0000, 0x4000_0000, PageSize::Size1G, Perms::RWX, MemoryType::WriteBack),
+        )
+        .unwrap();
+        ept.protect(&mut mem, 0x4020_0000, 0x1000, Perms::READ).unwrap();
+        let changed = ept.translate(&mut mem, 0x4020_0fff).unwrap();
+        assert_eq!((changed.perms, changed.page_size, changed.host_phys), (Perms::READ, PageSize::Size4K, 0x8020_0fff));
+        let neighbour = ept.translate(&mut mem, 0x4020_1000).unwrap();
+        assert_eq!((neighbour.perms, neighbour.page_size), (Perms::RWX, PageSize::Size4K));
+        let far = ept.translate(&mut mem, 0x7000_0000).unwrap();
+        assert_eq!((far.perms, far.page_size, far.host_phys), (Perms::RWX, PageSize::Size2M, 0xb000_0000));
+        ept.protect(&mut mem, 0x4000_0000, 0x4000_0000, Perms::READ | Perms::EXECUTE).unwrap();
+        assert_eq!(ept.translate(&mut mem, 0x4020_0000).unwrap().perms, Perms::READ | Perms::EXECUTE);
+        assert_eq!(ept.protect(&mut mem, 0x123, 0x1000, Perms::READ), Err(EptError::Misaligned));
     }
 
     #[test]
@@ -345,6 +470,11 @@ mod tests {
         assert_eq!(m(&mut ept, &mut mem, 1 << 48, 0, 0x1000, PageSize::Size4K), Err(EptError::OutOfRange));
         mem.limit = Some(2);
         assert_eq!(m(&mut ept, &mut mem, 0, 0, 0x1000, PageSize::Size4K), Err(EptError::OutOfMemory));
+        mem.limit = None;
+        m(&mut ept, &mut mem, 0x20_0000, 0, 0x20_0000, PageSize::Size2M).unwrap();
+        mem.limit = Some(mem.tables.len());
+        assert_eq!(ept.unmap(&mut mem, 0x20_0000, 0x1000), Err(EptError::OutOfMemory), "splitting needs a table");
+        assert!(ept.translate(&mut mem, 0x20_0000).is_some(), "a failed split changes nothing");
     }
 
     #[test]
@@ -353,26 +483,74 @@ mod tests {
         assert_eq!(ept.eptp(), 0x1000 | 0x18 | 6);
     }
 
-    #[test]
-    fn many_random_mappings_translate_back() {
-        // A small deterministic property test: distinct 4K pages map and translate.
-        let (mut mem, mut ept) = setup();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut mapped = std::collections::BTreeMap::new();
-        for _ in 0..500 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let gpa = (x % (1 << 36)) & !0xfff;
-            let hpa = (x.rotate_left(17) % (1 << 40)) & !0xfff;
-            if ept.map(&mut mem, &req(gpa, hpa, 0x1000, PageSize::Size4K, Perms::READ, MemoryType::WriteBack)).is_ok() {
-                mapped.insert(gpa, hpa);
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Map { gpa_2m: u64, large: bool, perms: u8 },
+        Unmap { gpa_4k: u64, pages: u64 },
+        Protect { gpa_4k: u64, pages: u64, perms: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // A 16 MiB window, so operations collide often.
+        prop_oneof![
+            (0..8u64, any::<bool>(), 1..8u8).prop_map(|(gpa_2m, large, perms)| Op::Map { gpa_2m, large, perms }),
+            (0..4096u64, 1..700u64).prop_map(|(gpa_4k, pages)| Op::Unmap { gpa_4k, pages }),
+            (0..4096u64, 1..700u64, 1..8u8).prop_map(|(gpa_4k, pages, perms)| Op::Protect { gpa_4k, pages, perms }),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of 4 KiB pages: translate after map gives the mapping
+        /// back, unmapped stays unmapped, permissions are what was asked.
+        #[test]
+        fn ept_matches_a_page_model(ops in prop::collection::vec(op(), 1..40)) {
+            let (mut mem, mut ept) = setup();
+            let mut model: BTreeMap<u64, (u64, Perms)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Map { gpa_2m, large, perms } => {
+                        let gpa = gpa_2m << 21;
+                        let hpa = 0x1_0000_0000 + gpa;
+                        let perms = Perms::from_bits_truncate(perms as u64);
+                        let (size, page) = if large { (0x20_0000, PageSize::Size2M) } else { (0x1000, PageSize::Size4K) };
+                        let free = (0..size / 0x1000).all(|p| !model.contains_key(&(gpa / 0x1000 + p)));
+                        let result = ept.map(&mut mem, &req(gpa, hpa, size, page, perms, MemoryType::WriteBack));
+                        prop_assert_eq!(result.is_ok(), free, "map of {:#x} ok iff free", gpa);
+                        if free {
+                            for p in 0..size / 0x1000 {
+                                model.insert(gpa / 0x1000 + p, (hpa + p * 0x1000, perms));
+                            }
+                        }
+                    }
+                    Op::Unmap { gpa_4k, pages } => {
+                        let removed = (gpa_4k..gpa_4k + pages).filter(|p| model.remove(p).is_some()).count() as u64;
+                        prop_assert_eq!(ept.unmap(&mut mem, gpa_4k * 0x1000, pages * 0x1000), Ok(removed * 0x1000));
+                    }
+                    Op::Protect { gpa_4k, pages, perms } => {
+                        let perms = Perms::from_bits_truncate(perms as u64);
+                        ept.protect(&mut mem, gpa_4k * 0x1000, pages * 0x1000, perms).unwrap();
+                        for p in gpa_4k..gpa_4k + pages {
+                            if let Some(entry) = model.get_mut(&p) {
+                                entry.1 = perms;
+                            }
+                        }
+                    }
+                }
             }
-        }
-        assert!(mapped.len() > 490);
-        for (gpa, hpa) in &mapped {
-            assert_eq!(ept.translate(&mut mem, gpa + 8).unwrap().host_phys, hpa + 8);
-            assert!(ept.translate(&mut mem, gpa ^ 0x1000).is_none() || mapped.contains_key(&(gpa ^ 0x1000)));
+            for page in 0..4096 + 700 {
+                let t = ept.translate(&mut mem, page * 0x1000 + 0x10);
+                match model.get(&page) {
+                    Some(&(hpa, perms)) => {
+                        let t = t.expect("a mapped page translates");
+                        prop_assert_eq!(t.host_phys, hpa + 0x10);
+                        prop_assert_eq!(t.perms, perms);
+                    }
+                    None => prop_assert!(t.is_none(), "page {:#x} should be unmapped", page),
+                }
+            }
         }
     }
 }

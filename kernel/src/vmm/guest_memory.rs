@@ -23,6 +23,11 @@ impl TableMemory for HostTables {
         // for tables it got from alloc_table), reachable through the physical mapping.
         unsafe { &mut *(memory::phys_to_virt(phys) as *mut [u64; 512]) }
     }
+
+    fn free_table(&mut self, phys: u64) {
+        self.frames.retain(|&f| f != phys);
+        memory::free_frame(phys);
+    }
 }
 
 pub struct GuestMemory {

@@ -140,7 +140,10 @@ pub fn log_report(r: &VmReport) {
     );
     let (pr, pw, mr, mw) = r.unclaimed;
     if pr + pw + mr + mw > 0 {
-        log::info!("vm {} unclaimed accesses: ports {pr} read(s) {pw} write(s), MMIO {mr} read(s) {mw} write(s)", r.name);
+        log::info!(
+            "vm {} unclaimed accesses: ports {pr} read(s) {pw} write(s), MMIO {mr} read(s) {mw} write(s)",
+            r.name
+        );
     }
 }
 
