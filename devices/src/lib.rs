@@ -5,7 +5,9 @@
 extern crate alloc;
 
 pub mod bus;
+pub mod pending;
 pub mod uart;
 
 pub use bus::{BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed};
+pub use pending::PendingEvents;
 pub use uart::{DebugExit, Uart16550};

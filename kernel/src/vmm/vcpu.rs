@@ -7,6 +7,7 @@ use super::exits::{self, Outcome};
 use super::vm::{Stop, Vm};
 use crate::{memory, time};
 use core::sync::atomic::{AtomicU16, Ordering};
+use devices::PendingEvents;
 use vmx::guest_state::GuestState;
 use vmx::instructions::{self as vmxi, GuestRegisters};
 use vmx::vmcs::{self, Field};
@@ -47,6 +48,8 @@ pub struct Vcpu {
     pub ia32e: bool,
     pub counters: ExitCounters,
     guest_msrs: [u64; SWITCHED_MSRS.len()],
+    /// Events waiting to be delivered (exits::interrupts::deliver_pending).
+    pub pending: PendingEvents,
 }
 
 fn write(field: Field, value: u64) {
@@ -82,6 +85,7 @@ impl Vcpu {
             ia32e: state.ia32e,
             counters: ExitCounters::new(),
             guest_msrs: [0; SWITCHED_MSRS.len()],
+            pending: PendingEvents::default(),
         };
         // SAFETY: fresh frames owned by this vCPU.
         unsafe {
@@ -252,6 +256,7 @@ impl Vcpu {
                 break Stop::TimeLimit { ms: time_limit_ms };
             }
             write(vmcs::PREEMPTION_TIMER_VALUE, ((deadline - now) >> rate).min(u32::MAX as u64));
+            exits::deliver_pending(self);
             // SAFETY: the VMCS is current and fully set up by `setup`.
             if let Err(e) = unsafe { vmxi::enter(&mut self.regs, self.launched) } {
                 break Stop::EntryFailed(alloc::format!("{e}"));

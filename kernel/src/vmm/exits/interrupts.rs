@@ -1,7 +1,10 @@
-//! External interrupts, NMIs and exceptions that exit, and interrupt windows.
+//! External interrupts, NMIs and exceptions that exit, and delivering events to
+//! the guest: a pending interrupt or NMI is injected at VM entry when the guest
+//! can take it; otherwise an interrupt- or NMI-window exit is requested, which
+//! comes the moment it can.
 
 use super::Outcome;
-use crate::vmm::vcpu::read;
+use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::Stop;
 use vmx::exit::{interruption_type, InterruptionInfo};
 use vmx::vmcs;
@@ -31,8 +34,69 @@ pub fn exception_or_nmi() -> Outcome {
     Outcome::Stop(Stop::Unsupported(alloc::format!("unexpected exception exit, vector {}", info.vector())))
 }
 
-/// Window exits are only requested when an interrupt is to be injected; Basalt has
-/// no virtual interrupt sources yet, so one arriving is a VMM bug, reported per VM.
-pub fn window(exit: vmx::ExitReason) -> Outcome {
-    Outcome::Stop(Stop::Unsupported(alloc::format!("{} exit without a pending injection", exit.name())))
+const PROC_INTERRUPT_WINDOW_EXITING: u64 = 1 << 2;
+const PROC_NMI_WINDOW_EXITING: u64 = 1 << 22;
+const RFLAGS_IF: u64 = 1 << 9;
+/// Interruptibility: blocking by STI, by MOV SS, by NMI.
+const BLOCKED_BY_STI_OR_MOV_SS: u64 = 3;
+const BLOCKED_BY_NMI: u64 = 1 << 3;
+const ACTIVITY_ACTIVE: u64 = 0;
+
+fn set(field: vmx::vmcs::Field, value: u64) {
+    // SAFETY: runs with the vCPU's VMCS current.
+    let _ = unsafe { vmx::instructions::vmwrite(field, value) };
+}
+
+fn window_exiting(control: u64, on: bool) {
+    let primary = read(vmcs::PRIMARY_PROCESSOR_CONTROLS);
+    set(vmcs::PRIMARY_PROCESSOR_CONTROLS, if on { primary | control } else { primary & !control });
+}
+
+/// Called before every entry: injects one pending event if the guest can take it
+/// now, or asks for the window exit that says when it can.
+pub fn deliver_pending(vcpu: &mut Vcpu) {
+    if !vcpu.pending.nmi && !vcpu.pending.has_interrupt() {
+        return;
+    }
+    // A handler may already be injecting an exception; events wait their turn.
+    if InterruptionInfo(read(vmcs::ENTRY_INTERRUPTION_INFO) as u32).is_valid() {
+        return;
+    }
+    let interruptibility = read(vmcs::GUEST_INTERRUPTIBILITY);
+    if vcpu.pending.nmi {
+        if interruptibility & (BLOCKED_BY_NMI | BLOCKED_BY_STI_OR_MOV_SS) == 0 {
+            vcpu.pending.nmi = false;
+            inject(InterruptionInfo::inject(2, interruption_type::NMI, false));
+            return;
+        }
+        window_exiting(PROC_NMI_WINDOW_EXITING, true);
+    }
+    if vcpu.pending.has_interrupt() {
+        let open = read(vmcs::GUEST_RFLAGS) & RFLAGS_IF != 0 && interruptibility & BLOCKED_BY_STI_OR_MOV_SS == 0;
+        if open {
+            if let Some(vector) = vcpu.pending.take_highest() {
+                inject(InterruptionInfo::inject(vector, interruption_type::EXTERNAL_INTERRUPT, false));
+            }
+        } else {
+            window_exiting(PROC_INTERRUPT_WINDOW_EXITING, true);
+        }
+    }
+}
+
+fn inject(info: InterruptionInfo) {
+    set(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
+    // An event ends a HLT.
+    set(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE);
+}
+
+/// The guest can take interrupts again: stop asking; the next entry injects.
+pub fn interrupt_window() -> Outcome {
+    window_exiting(PROC_INTERRUPT_WINDOW_EXITING, false);
+    Outcome::Resume
+}
+
+/// NMIs are unblocked again (the guest's NMI handler returned).
+pub fn nmi_window() -> Outcome {
+    window_exiting(PROC_NMI_WINDOW_EXITING, false);
+    Outcome::Resume
 }

@@ -20,6 +20,8 @@ use vmx::exit::{interruption_type, reason, InterruptionInfo};
 use vmx::vmcs;
 use vmx::ExitReason;
 
+pub use interrupts::deliver_pending;
+
 pub enum Outcome {
     Resume,
     Stop(Stop),
@@ -41,7 +43,8 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
         reason::VMCALL => vmcall::handle(vm, vcpu),
         reason::EXTERNAL_INTERRUPT => interrupts::external(),
         reason::EXCEPTION_OR_NMI => interrupts::exception_or_nmi(),
-        reason::INTERRUPT_WINDOW | reason::NMI_WINDOW => interrupts::window(exit),
+        reason::INTERRUPT_WINDOW => interrupts::interrupt_window(),
+        reason::NMI_WINDOW => interrupts::nmi_window(),
         reason::PREEMPTION_TIMER => timer::handle(),
         reason::TRIPLE_FAULT => Outcome::Stop(Stop::TripleFault),
         reason::VMCLEAR

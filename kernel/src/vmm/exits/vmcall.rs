@@ -7,6 +7,11 @@
 //! | 1 | print | RBX = guest-physical address, RCX = length (at most 256) | bytes printed |
 //! | 2 | exit | RBX = status | (does not return) |
 //! | 3 | tsc-khz | | TSC frequency in kHz |
+//! | 4 | raise-interrupt | RBX = vector (32-255) | 0, or u64::MAX for a bad vector |
+//! | 5 | raise-nmi | | 0 |
+//!
+//! Calls 4 and 5 queue an event for the calling vCPU, delivered as soon as it
+//! can take it (a self-interrupt; guests use them to test their handlers).
 //!
 //! Any other number stops the VM: a guest that does not know the interface is
 //! stopped rather than left to guess.
@@ -41,6 +46,17 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
             return Outcome::Stop(Stop::ExitHypercall { status: vcpu.regs.rbx });
         }
         3 => crate::time::tsc_hz() / 1000,
+        4 => match u8::try_from(vcpu.regs.rbx) {
+            Ok(vector) if vector >= 32 => {
+                vcpu.pending.raise(vector);
+                0
+            }
+            _ => u64::MAX,
+        },
+        5 => {
+            vcpu.pending.nmi = true;
+            0
+        }
         number => return Outcome::Stop(Stop::UnknownHypercall { number }),
     };
     vcpu.regs.rax = result;

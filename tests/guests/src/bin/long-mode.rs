@@ -9,6 +9,88 @@ use core::arch::x86_64::{__cpuid, __cpuid_count};
 
 entry!(main);
 
+// Interrupt handlers: vector 0x40 counts; the NMI handler counts and, the first
+// time, raises another NMI while NMIs are still blocked by this one, so it can
+// only arrive after IRETQ (through an NMI-window exit).
+core::arch::global_asm!(
+    r#"
+.global interrupt_0x40
+interrupt_0x40:
+    lock inc qword ptr [rip + INTERRUPTS]
+    iretq
+.global nmi_handler
+nmi_handler:
+    lock inc qword ptr [rip + NMIS]
+    cmp qword ptr [rip + NMIS], 1
+    jne 1f
+    push rax
+    mov eax, 5
+    vmcall
+    cmp qword ptr [rip + NMIS], 1
+    jne 2f
+    lock inc qword ptr [rip + NMI_WAITED]
+2:  pop rax
+1:  iretq
+"#
+);
+
+#[no_mangle]
+static mut INTERRUPTS: u64 = 0;
+#[no_mangle]
+static mut NMIS: u64 = 0;
+#[no_mangle]
+static mut NMI_WAITED: u64 = 0;
+
+extern "C" {
+    fn interrupt_0x40();
+    fn nmi_handler();
+}
+
+static mut IDT: [u64; 512] = [0; 512];
+
+fn set_gate(vector: usize, handler: unsafe extern "C" fn()) {
+    let address = handler as usize as u64;
+    let low = (address & 0xffff) | (0x08 << 16) | (0x8e00u64 << 32) | ((address >> 16) & 0xffff) << 48;
+    // SAFETY: the guest is single-threaded and nothing else touches the IDT.
+    unsafe {
+        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        idt[vector * 2] = low;
+        idt[vector * 2 + 1] = address >> 32;
+    }
+}
+
+fn read(counter: *const u64) -> u64 {
+    // SAFETY: counters written only by the handlers above.
+    unsafe { counter.read_volatile() }
+}
+
+/// Self-interrupts through hypercalls 4 and 5 exercise injection and both windows.
+fn interrupts() -> bool {
+    set_gate(0x40, interrupt_0x40);
+    set_gate(2, nmi_handler);
+    #[repr(C, packed)]
+    struct Pointer {
+        limit: u16,
+        base: u64,
+    }
+    let pointer = Pointer { limit: 256 * 16 - 1, base: core::ptr::addr_of!(IDT) as u64 };
+    // SAFETY: loads the IDT built above.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer) };
+    let mut ok = true;
+    // SAFETY: interrupts are off while the interrupt is raised.
+    unsafe { asm!("cli") };
+    vmcall(4, 0x40, 0);
+    ok &= check("interrupt waits while IF=0", read(core::ptr::addr_of!(INTERRUPTS)) == 0);
+    // SAFETY: the handler is installed; STI opens the interrupt window.
+    unsafe { asm!("sti", "nop", "cli") };
+    ok &= check("interrupt delivered through the window", read(core::ptr::addr_of!(INTERRUPTS)) == 1);
+    vmcall(5, 0, 0);
+    ok &= check("nmi delivered, second nmi after iret", read(core::ptr::addr_of!(NMIS)) == 2);
+    ok &= check("nmi held while blocked", read(core::ptr::addr_of!(NMI_WAITED)) == 1);
+    ok &= check("bad vector refused", vmcall(4, 3, 0) == u64::MAX);
+    ok
+}
+
 fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: only MSRs Basalt emulates are read.
@@ -80,6 +162,8 @@ fn main() -> ! {
     let byte = 0xd000_0010 as *const u8;
     // SAFETY: as above.
     ok &= check("unclaimed mmio byte read", unsafe { byte.read_volatile() } == 0xff);
+
+    ok &= interrupts();
 
     println!("long mode guest: {}", if ok { "all checks passed" } else { "some checks FAILED" });
     exit(if ok { 0x10 } else { 0x11 })
