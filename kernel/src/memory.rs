@@ -72,6 +72,25 @@ impl FrameBitmap {
         None
     }
 
+    /// `count` free frames in a row starting at a multiple of `align` frames.
+    fn take_run(&mut self, count: usize, align: usize) -> Option<u64> {
+        let low = (LOW_MEMORY_END / FRAME_SIZE) as usize;
+        let total = self.bits.len() * 64;
+        let mut start = low.next_multiple_of(align);
+        while start + count <= total {
+            match (start..start + count).find(|&f| !self.is_free(f)) {
+                None => {
+                    for f in start..start + count {
+                        self.set(f, false);
+                    }
+                    return Some(start as u64 * FRAME_SIZE);
+                }
+                Some(used) => start = (used + 1).next_multiple_of(align),
+            }
+        }
+        None
+    }
+
     fn alloc(&mut self) -> Option<u64> {
         let low = (LOW_MEMORY_END / FRAME_SIZE) as usize;
         let start = self.next_hint.max(low);
@@ -97,6 +116,16 @@ pub fn alloc_frame_in(min: u64, max: u64) -> Option<u64> {
     let frame = FRAMES.lock().as_mut()?.take_in((min / FRAME_SIZE) as usize, (max / FRAME_SIZE) as usize)?;
     zero_frame(frame);
     Some(frame)
+}
+
+/// 2 MiB of zeroed, physically contiguous, 2 MiB-aligned memory, for guest RAM
+/// that EPT maps with large pages. None when memory is too fragmented.
+pub fn alloc_2m() -> Option<u64> {
+    const RUN: usize = 512;
+    let start = FRAMES.lock().as_mut()?.take_run(RUN, RUN)?;
+    // SAFETY: the run was just taken from the allocator; the physical mapping covers it.
+    unsafe { core::ptr::write_bytes(phys_to_virt(start) as *mut u8, 0, RUN * FRAME_SIZE as usize) };
+    Some(start)
 }
 
 pub fn free_frame(frame: u64) {

@@ -31,7 +31,11 @@ impl TableMemory for HostTables {
 }
 
 pub struct GuestMemory {
+    /// Host frame of each guest page, for the accessors.
     frames: Vec<u64>,
+    /// What was allocated, for freeing: 2 MiB chunks and single frames.
+    large_chunks: Vec<u64>,
+    single_frames: Vec<u64>,
     tables: HostTables,
     ept: Ept,
 }
@@ -43,19 +47,35 @@ pub struct OutOfRange {
 
 impl GuestMemory {
     /// `bytes` of zeroed RAM, or None when the host is out of memory (anything
-    /// already allocated is given back).
+    /// already allocated is given back). Whole 2 MiB pieces come from contiguous
+    /// host memory and are mapped with 2 MiB EPT pages; the rest page by page.
     pub fn new(bytes: u64) -> Option<Self> {
+        const LARGE: u64 = 2 * 1024 * 1024;
         let mut tables = HostTables { frames: Vec::new() };
         let ept = Ept::new(&mut tables).ok()?;
-        let mut memory = GuestMemory { frames: Vec::new(), tables, ept };
-        for page in 0..bytes.div_ceil(FRAME_SIZE) {
-            let frame = memory::alloc_frame()?;
-            memory.frames.push(frame);
+        let mut memory =
+            GuestMemory { frames: Vec::new(), large_chunks: Vec::new(), single_frames: Vec::new(), tables, ept };
+        let pages = bytes.div_ceil(FRAME_SIZE);
+        while (memory.frames.len() as u64) < pages {
+            let guest_phys = memory.frames.len() as u64 * FRAME_SIZE;
+            let whole_chunk_left = guest_phys % LARGE == 0 && pages * FRAME_SIZE - guest_phys >= LARGE;
+            let (host_phys, size, page_size) = match whole_chunk_left.then(memory::alloc_2m).flatten() {
+                Some(chunk) => {
+                    memory.large_chunks.push(chunk);
+                    (chunk, LARGE, PageSize::Size2M)
+                }
+                None => {
+                    let frame = memory::alloc_frame()?;
+                    memory.single_frames.push(frame);
+                    (frame, FRAME_SIZE, PageSize::Size4K)
+                }
+            };
+            memory.frames.extend((0..size / FRAME_SIZE).map(|i| host_phys + i * FRAME_SIZE));
             let mapping = Mapping {
-                guest_phys: page * FRAME_SIZE,
-                host_phys: frame,
-                size: FRAME_SIZE,
-                page_size: PageSize::Size4K,
+                guest_phys,
+                host_phys,
+                size,
+                page_size,
                 perms: Perms::RWX,
                 memory_type: MemoryType::WriteBack,
             };
@@ -127,7 +147,8 @@ impl GuestMemory {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        for &frame in self.frames.iter().chain(self.tables.frames.iter()) {
+        let chunk_frames = self.large_chunks.iter().flat_map(|&c| (0..512).map(move |i| c + i * FRAME_SIZE));
+        for frame in chunk_frames.chain(self.single_frames.iter().copied()).chain(self.tables.frames.iter().copied()) {
             memory::free_frame(frame);
         }
     }
