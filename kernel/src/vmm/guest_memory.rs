@@ -58,7 +58,7 @@ impl GuestMemory {
         let pages = bytes.div_ceil(FRAME_SIZE);
         while (memory.frames.len() as u64) < pages {
             let guest_phys = memory.frames.len() as u64 * FRAME_SIZE;
-            let whole_chunk_left = guest_phys % LARGE == 0 && pages * FRAME_SIZE - guest_phys >= LARGE;
+            let whole_chunk_left = guest_phys.is_multiple_of(LARGE) && pages * FRAME_SIZE - guest_phys >= LARGE;
             let (host_phys, size, page_size) = match whole_chunk_left.then(memory::alloc_2m).flatten() {
                 Some(chunk) => {
                     memory.large_chunks.push(chunk);
