@@ -65,6 +65,35 @@ pub fn read(field: Field) -> u64 {
     unsafe { vmxi::vmread(field) }.unwrap_or(0)
 }
 
+/// The CPU caches guest translations tagged by EPTP and VPID. A new VM's EPT root
+/// may sit in a frame an earlier VM used, and VPIDs wrap, so drop anything cached
+/// under either tag before the first entry.
+fn flush_cached_translations(caps: &vmx::VmxCapabilities, eptp: u64, vpid: u16, secondary: u32) {
+    use vmx::instructions::{invept, invvpid, InvEptType, InvVpidType};
+    use vmx::EptVpidCaps;
+    let ept = if caps.ept_vpid.contains(EptVpidCaps::INVEPT_SINGLE_CONTEXT) {
+        InvEptType::SingleContext
+    } else {
+        InvEptType::AllContexts
+    };
+    // SAFETY: in VMX root operation; INVEPT is required for EPT, which setup requires.
+    if let Err(e) = unsafe { invept(ept, eptp) } {
+        log::warn!("INVEPT failed: {e}");
+    }
+    let vpid_on = secondary & vmx::SecondaryControls::ENABLE_VPID.bits() != 0;
+    if vpid_on && caps.ept_vpid.contains(EptVpidCaps::INVVPID) {
+        let kind = if caps.ept_vpid.contains(EptVpidCaps::INVVPID_SINGLE_CONTEXT) {
+            InvVpidType::SingleContext
+        } else {
+            InvVpidType::AllContexts
+        };
+        // SAFETY: as above; the CPU reports INVVPID support.
+        if let Err(e) = unsafe { invvpid(kind, vpid, 0) } {
+            log::warn!("INVVPID failed: {e}");
+        }
+    }
+}
+
 fn has_xsave() -> bool {
     raw_cpuid::CpuId::new().get_feature_info().is_some_and(|f| f.has_xsave())
 }
@@ -142,6 +171,7 @@ impl Vcpu {
         write(vmcs::CR3_TARGET_COUNT, 0);
         write(vmcs::MSR_BITMAP, self.msr_bitmap);
         write(vmcs::EPT_POINTER, vm.memory.eptp());
+        flush_cached_translations(&vmx.caps, vm.memory.eptp(), vpid, secondary);
         write(vmcs::VMCS_LINK_POINTER, u64::MAX);
 
         // CR0/CR4 bits VMX pins are owned by Basalt: the guest sees its own value
