@@ -157,11 +157,22 @@ static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
 static REPORTS: Mutex<Vec<(usize, VmReport)>> = Mutex::new(Vec::new());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
 
+/// Host tick while VMs run: the host keeps control of every core (external
+/// interrupts exit), and the scheduler to come will switch vCPUs on it.
+const HOST_TICK_HZ: u64 = 100;
+
 /// Runs queued VMs on the calling CPU until the queue is empty. Every CPU with
 /// VMX on calls this when woken, so VMs spread over the cores.
 pub fn work() {
+    if JOBS.lock().is_empty() {
+        return;
+    }
+    crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     loop {
-        let Some(job) = JOBS.lock().pop_front() else { return };
+        let Some(job) = JOBS.lock().pop_front() else {
+            crate::apic::timer_stop();
+            return;
+        };
         let report = run_vm(&job.spec, job.image);
         log_report(&report);
         REPORTS.lock().push((job.order, report));

@@ -8,6 +8,11 @@ entry!(main);
 
 fn main() -> ! {
     println!("runaway guest: spinning");
+    // With interrupts enabled: Bochs 2.7 only turns host interrupts into VM exits
+    // while the guest's IF is set (the SDM says IF does not matter with
+    // external-interrupt exiting), and this guest should see the host's tick.
+    // SAFETY: Basalt injects nothing here, so no interrupt reaches the guest.
+    unsafe { core::arch::asm!("sti") };
     loop {
         core::hint::spin_loop();
     }
