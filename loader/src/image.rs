@@ -54,6 +54,8 @@ pub struct LoadPlan<'a> {
     pub mode: EntryMode,
     pub rax: u64,
     pub rbx: u64,
+    /// Linux's 64-bit entry takes the zero page in RSI.
+    pub rsi: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +76,11 @@ pub enum ImageError {
     EntryOutside {
         entry: u64,
     },
+    NotBzImage(&'static str),
+    CommandLineTooLong {
+        length: usize,
+        max: usize,
+    },
 }
 
 impl fmt::Display for ImageError {
@@ -90,6 +97,10 @@ impl fmt::Display for ImageError {
                 write!(f, "bytes {start:#x}..{end:#x} do not fit in the VM's {memory:#x} bytes of memory")
             }
             ImageError::EntryOutside { entry } => write!(f, "entry point {entry:#x} is outside the loaded image"),
+            ImageError::NotBzImage(why) => write!(f, "not a usable bzImage: {why}"),
+            ImageError::CommandLineTooLong { length, max } => {
+                write!(f, "the command line is {length} bytes; this kernel takes at most {max}")
+            }
         }
     }
 }
@@ -129,6 +140,7 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64) -> Result<LoadPlan<'a
             },
             rax: 0,
             rbx: 0,
+            rsi: 0,
         },
         Format::Elf => elf(image)?,
         Format::Multiboot => multiboot(image, memory)?,
@@ -216,7 +228,14 @@ fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
     if segments.is_empty() {
         return Err(ImageError::UnsupportedElf("no loadable segments"));
     }
-    Ok(LoadPlan { segments, entry, mode: if is64 { EntryMode::Long } else { EntryMode::Protected }, rax: 0, rbx: 0 })
+    Ok(LoadPlan {
+        segments,
+        entry,
+        mode: if is64 { EntryMode::Long } else { EntryMode::Protected },
+        rax: 0,
+        rbx: 0,
+        rsi: 0,
+    })
 }
 
 /// Multiboot v1: the header's address fields when flag 16 is set, else the ELF
@@ -255,6 +274,7 @@ fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
             mode: EntryMode::Protected,
             rax: 0,
             rbx: 0,
+            rsi: 0,
         }
     } else {
         let plan = elf(image)?;

@@ -7,6 +7,7 @@ extern crate alloc;
 
 pub mod bundle;
 pub mod image;
+pub mod linux;
 pub mod manifest;
 
 pub use bundle::{Bundle, BundleError};

@@ -84,9 +84,14 @@ pub const CR4_VMXE: u64 = 1 << 13;
 pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
 
-/// The flat GDT protected- and long-mode guests start with: null, 64-bit code
-/// (0x08), data (0x10), 32-bit code (0x18). The VMM puts it in guest memory.
-pub const GUEST_GDT: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff];
+/// The flat GDT protected- and long-mode guests start with, laid out as Linux's
+/// 64-bit boot protocol requires (__BOOT_CS = 0x10, __BOOT_DS = 0x18): null,
+/// null, 64-bit code (0x10), data (0x18), 32-bit code (0x20). The VMM puts it in
+/// guest memory.
+pub const GUEST_GDT: [u64; 5] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff];
+pub const GUEST_CODE64: u16 = 0x10;
+pub const GUEST_DATA: u16 = 0x18;
+pub const GUEST_CODE32: u16 = 0x20;
 
 impl GuestState {
     /// The state a guest starts in. `gdt` is where the VMM placed [`GUEST_GDT`]
@@ -123,7 +128,7 @@ impl GuestState {
             }
             Mode::Protected | Mode::Long => {
                 let long = mode == Mode::Long;
-                let data = Segment::flat(0x10, 0xc093);
+                let data = Segment::flat(GUEST_DATA, 0xc093);
                 GuestState {
                     cr0: CR0_PE | CR0_ET | if long { CR0_PG } else { 0 },
                     cr3: if long { page_tables } else { 0 },
@@ -132,7 +137,7 @@ impl GuestState {
                     rip: entry,
                     rsp: stack,
                     rflags: 2,
-                    cs: if long { Segment::flat(0x08, 0xa09b) } else { Segment::flat(0x18, 0xc09b) },
+                    cs: if long { Segment::flat(GUEST_CODE64, 0xa09b) } else { Segment::flat(GUEST_CODE32, 0xc09b) },
                     ss: data,
                     ds: data,
                     es: data,

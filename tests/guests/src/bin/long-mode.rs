@@ -50,7 +50,7 @@ static mut IDT: [u64; 512] = [0; 512];
 
 fn set_gate(vector: usize, handler: unsafe extern "C" fn()) {
     let address = handler as usize as u64;
-    let low = (address & 0xffff) | (0x08 << 16) | (0x8e00u64 << 32) | ((address >> 16) & 0xffff) << 48;
+    let low = (address & 0xffff) | (0x10 << 16) | (0x8e00u64 << 32) | ((address >> 16) & 0xffff) << 48;
     // SAFETY: the guest is single-threaded and nothing else touches the IDT.
     unsafe {
         let idt = &mut *core::ptr::addr_of_mut!(IDT);

@@ -1,0 +1,297 @@
+//! Linux's x86 boot protocol (Documentation/arch/x86/boot.rst): checking a bzImage
+//! and planning a 64-bit boot: the protected-mode kernel where it prefers to run,
+//! the zero page (boot_params) with the e820 map, the command line and the
+//! initrd, and the 64-bit entry point with RSI pointing at the zero page.
+
+use crate::image::{EntryMode, ImageError, LoadPlan, Segment, SegmentData};
+use alloc::vec;
+use alloc::vec::Vec;
+
+// Offsets in the image / zero page (the setup header starts at 0x1f1 in both).
+const SETUP_SECTS: usize = 0x1f1;
+const BOOT_FLAG: usize = 0x1fe;
+const JUMP: usize = 0x200;
+const HEADER: usize = 0x202;
+const VERSION: usize = 0x206;
+const TYPE_OF_LOADER: usize = 0x210;
+const LOADFLAGS: usize = 0x211;
+const RAMDISK_IMAGE: usize = 0x218;
+const RAMDISK_SIZE: usize = 0x21c;
+const CMD_LINE_PTR: usize = 0x228;
+const INITRD_ADDR_MAX: usize = 0x22c;
+const KERNEL_ALIGNMENT: usize = 0x230;
+const RELOCATABLE: usize = 0x234;
+const XLOADFLAGS: usize = 0x236;
+const CMDLINE_SIZE: usize = 0x238;
+const PREF_ADDRESS: usize = 0x258;
+const INIT_SIZE: usize = 0x260;
+const ACPI_RSDP_ADDR: usize = 0x070;
+const EXT_RAMDISK_IMAGE: usize = 0x0c0;
+const EXT_RAMDISK_SIZE: usize = 0x0c4;
+const EXT_CMD_LINE_PTR: usize = 0x0c8;
+const E820_ENTRIES: usize = 0x1e8;
+const E820_TABLE: usize = 0x2d0;
+
+const LOADED_HIGH: u8 = 1 << 0;
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// Protocol 2.12 brought xloadflags, which says whether the 64-bit entry exists.
+const MIN_VERSION: u16 = 0x020c;
+
+/// Where the VMM puts the zero page and the command line (low memory Linux
+/// leaves alone until it has read them).
+pub const ZERO_PAGE: u64 = 0x7000;
+pub const COMMAND_LINE: u64 = 0x20000;
+
+pub const E820_RAM: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+pub const E820_ACPI: u32 = 3;
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A checked bzImage.
+#[derive(Debug, Clone, Copy)]
+pub struct BzImage<'a> {
+    image: &'a [u8],
+    /// The 32/64-bit kernel after the real-mode setup sectors.
+    pub kernel: &'a [u8],
+    pub version: u16,
+    pub pref_address: u64,
+    pub init_size: u64,
+    pub alignment: u64,
+    pub relocatable: bool,
+    pub cmdline_max: u32,
+    pub initrd_max: u64,
+}
+
+pub fn parse(image: &[u8]) -> Result<BzImage<'_>, ImageError> {
+    if image.len() < INIT_SIZE + 4 {
+        return Err(ImageError::NotBzImage("shorter than a setup header"));
+    }
+    if u16_at(image, BOOT_FLAG) != 0xaa55 || &image[HEADER..HEADER + 4] != b"HdrS" {
+        return Err(ImageError::NotBzImage("no boot-protocol header (HdrS)"));
+    }
+    let version = u16_at(image, VERSION);
+    if version < MIN_VERSION {
+        return Err(ImageError::NotBzImage("boot protocol older than 2.12 (no 64-bit entry)"));
+    }
+    if image[LOADFLAGS] & LOADED_HIGH == 0 {
+        return Err(ImageError::NotBzImage("a zImage, not a bzImage (not loaded high)"));
+    }
+    if u16_at(image, XLOADFLAGS) & XLF_KERNEL_64 == 0 {
+        return Err(ImageError::NotBzImage("the kernel has no 64-bit entry point"));
+    }
+    let setup_sects = match image[SETUP_SECTS] {
+        0 => 4,
+        n => n as usize,
+    };
+    let kernel_start = (setup_sects + 1) * 512;
+    let kernel = image.get(kernel_start..).filter(|k| !k.is_empty()).ok_or(ImageError::Truncated("bzImage kernel"))?;
+    Ok(BzImage {
+        image,
+        kernel,
+        version,
+        pref_address: u64_at(image, PREF_ADDRESS),
+        init_size: u32_at(image, INIT_SIZE) as u64,
+        alignment: (u32_at(image, KERNEL_ALIGNMENT) as u64).max(0x1000),
+        relocatable: image[RELOCATABLE] != 0,
+        cmdline_max: u32_at(image, CMDLINE_SIZE),
+        initrd_max: u32_at(image, INITRD_ADDR_MAX) as u64,
+    })
+}
+
+/// What the VMM knows about the VM a Linux kernel is booted into.
+pub struct LinuxBoot<'a> {
+    /// Guest RAM the kernel may use, from 0.
+    pub memory: u64,
+    pub cmdline: &'a str,
+    pub initrd: Option<&'a [u8]>,
+    /// Guest-physical address of the ACPI RSDP, if the VM has ACPI tables.
+    pub rsdp: Option<u64>,
+    /// Ranges of RAM to mark ACPI (table memory) in the e820 map.
+    pub acpi_tables: Option<(u64, u64)>,
+}
+
+/// Plans a 64-bit boot of `bz`. The kernel goes to its preferred address (where
+/// it runs without relocating) when that fits, else to the lowest aligned
+/// address above 1 MiB if it can relocate.
+pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, ImageError> {
+    let needs = |load: u64| load + bz.init_size.max(bz.kernel.len() as u64);
+    let preferred = bz.pref_address.max(0x10_0000);
+    let load = if needs(preferred) <= boot.memory {
+        preferred
+    } else if bz.relocatable {
+        0x10_0000u64.next_multiple_of(bz.alignment)
+    } else {
+        preferred
+    };
+    if needs(load) > boot.memory {
+        return Err(ImageError::DoesNotFit { start: load, end: needs(load), memory: boot.memory });
+    }
+    let cmdline = boot.cmdline.as_bytes();
+    if cmdline.len() as u64 >= bz.cmdline_max as u64 {
+        return Err(ImageError::CommandLineTooLong { length: cmdline.len(), max: bz.cmdline_max as usize });
+    }
+    let mut segments = vec![Segment { guest_phys: load, data: SegmentData::Borrowed(bz.kernel), zero_fill: 0 }];
+
+    // The zero page: a copy of the setup header plus what a boot loader fills in.
+    let mut zero_page = vec![0u8; 4096];
+    let header_end = (JUMP + 2 + bz.image[JUMP + 1] as usize).min(4096);
+    zero_page[SETUP_SECTS..header_end].copy_from_slice(&bz.image[SETUP_SECTS..header_end]);
+    zero_page[TYPE_OF_LOADER] = 0xff;
+    put32(&mut zero_page, CMD_LINE_PTR, COMMAND_LINE as u32);
+    put32(&mut zero_page, EXT_CMD_LINE_PTR, (COMMAND_LINE >> 32) as u32);
+    if let Some(initrd) = boot.initrd {
+        // As high as possible below the kernel's limit and the end of RAM, page aligned.
+        let limit = (bz.initrd_max + 1).min(boot.memory);
+        let size = initrd.len() as u64;
+        let start = limit.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= needs(load));
+        let Some(start) = start else {
+            return Err(ImageError::DoesNotFit { start: needs(load), end: needs(load) + size, memory: limit });
+        };
+        put32(&mut zero_page, RAMDISK_IMAGE, start as u32);
+        put32(&mut zero_page, EXT_RAMDISK_IMAGE, (start >> 32) as u32);
+        put32(&mut zero_page, RAMDISK_SIZE, size as u32);
+        put32(&mut zero_page, EXT_RAMDISK_SIZE, (size >> 32) as u32);
+        segments.push(Segment { guest_phys: start, data: SegmentData::Borrowed(initrd), zero_fill: 0 });
+    }
+    if let Some(rsdp) = boot.rsdp {
+        zero_page[ACPI_RSDP_ADDR..ACPI_RSDP_ADDR + 8].copy_from_slice(&rsdp.to_le_bytes());
+    }
+    let map = e820(boot.memory, boot.acpi_tables);
+    zero_page[E820_ENTRIES] = map.len() as u8;
+    for (i, (base, size, kind)) in map.iter().enumerate() {
+        let at = E820_TABLE + i * 20;
+        zero_page[at..at + 8].copy_from_slice(&base.to_le_bytes());
+        zero_page[at + 8..at + 16].copy_from_slice(&size.to_le_bytes());
+        put32(&mut zero_page, at + 16, *kind);
+    }
+    segments.push(Segment { guest_phys: ZERO_PAGE, data: SegmentData::Owned(zero_page), zero_fill: 0 });
+    let mut line = cmdline.to_vec();
+    line.push(0);
+    segments.push(Segment { guest_phys: COMMAND_LINE, data: SegmentData::Owned(line), zero_fill: 0 });
+    Ok(LoadPlan { segments, entry: load + 0x200, mode: EntryMode::Long, rax: 0, rbx: 0, rsi: ZERO_PAGE })
+}
+
+/// The guest's memory map: conventional memory, the legacy BIOS/VGA hole,
+/// extended memory, and ACPI table memory carved out of it.
+pub fn e820(memory: u64, acpi_tables: Option<(u64, u64)>) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![(0, 0x9fc00, E820_RAM), (0x9fc00, 0x400, E820_RESERVED), (0xe0000, 0x20000, E820_RESERVED)];
+    match acpi_tables {
+        Some((start, end)) if start >= 0x10_0000 && end <= memory && start < end => {
+            map.push((0x10_0000, start - 0x10_0000, E820_RAM));
+            map.push((start, end - start, E820_ACPI));
+            if end < memory {
+                map.push((end, memory - end, E820_RAM));
+            }
+        }
+        _ => map.push((0x10_0000, memory.saturating_sub(0x10_0000), E820_RAM)),
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    /// A bzImage-shaped file: 4 setup sectors + `kernel_len` bytes of kernel.
+    fn bzimage(kernel_len: usize) -> Vec<u8> {
+        let mut img = vec![0u8; 5 * 512 + kernel_len];
+        img[SETUP_SECTS] = 4;
+        img[BOOT_FLAG..BOOT_FLAG + 2].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[JUMP] = 0xeb;
+        img[JUMP + 1] = 0x6a; // header ends at 0x26c
+        img[HEADER..HEADER + 4].copy_from_slice(b"HdrS");
+        img[VERSION..VERSION + 2].copy_from_slice(&0x020fu16.to_le_bytes());
+        img[LOADFLAGS] = LOADED_HIGH;
+        put32(&mut img, INITRD_ADDR_MAX, 0x7fff_ffff);
+        put32(&mut img, KERNEL_ALIGNMENT, 0x20_0000);
+        img[RELOCATABLE] = 1;
+        img[XLOADFLAGS..XLOADFLAGS + 2].copy_from_slice(&(XLF_KERNEL_64 | 2).to_le_bytes());
+        put32(&mut img, CMDLINE_SIZE, 2047);
+        img[PREF_ADDRESS..PREF_ADDRESS + 8].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        put32(&mut img, INIT_SIZE, 0x200_0000);
+        if kernel_len > 0 {
+            img[5 * 512] = 0x90;
+        }
+        img
+    }
+
+    fn boot<'a>(memory: u64, cmdline: &'a str, initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
+        LinuxBoot { memory, cmdline, initrd, rsdp: Some(0xe_0000), acpi_tables: None }
+    }
+
+    #[test]
+    fn a_bzimage_loads_at_its_preferred_address_with_a_zero_page() {
+        let img = bzimage(1000);
+        let bz = parse(&img).unwrap();
+        assert_eq!((bz.version, bz.kernel.len(), bz.pref_address), (0x020f, 1000, 0x100_0000));
+        let initrd = vec![7u8; 5000];
+        let plan = plan(&bz, &boot(256 << 20, "console=ttyS0 quiet", Some(&initrd))).unwrap();
+        assert_eq!((plan.entry, plan.mode, plan.rsi), (0x100_0200, EntryMode::Long, ZERO_PAGE));
+        assert_eq!(plan.segments[0].guest_phys, 0x100_0000);
+        let initrd_at = plan.segments[1].guest_phys;
+        assert!(initrd_at.is_multiple_of(4096) && initrd_at + 5000 <= 256 << 20 && initrd_at > 0x300_0000);
+        let zp = plan.segments.iter().find(|s| s.guest_phys == ZERO_PAGE).unwrap().data.bytes();
+        assert_eq!(&zp[HEADER..HEADER + 4], b"HdrS", "setup header copied");
+        assert_eq!(zp[TYPE_OF_LOADER], 0xff);
+        assert_eq!(u32_at(zp, CMD_LINE_PTR) as u64, COMMAND_LINE);
+        assert_eq!((u32_at(zp, RAMDISK_IMAGE) as u64, u32_at(zp, RAMDISK_SIZE)), (initrd_at, 5000));
+        assert_eq!(u64_at(zp, ACPI_RSDP_ADDR), 0xe_0000);
+        assert_eq!(zp[E820_ENTRIES], 4);
+        assert_eq!(u64_at(zp, E820_TABLE + 3 * 20 + 8), (256 << 20) - 0x10_0000, "extended memory size");
+        let line = plan.segments.iter().find(|s| s.guest_phys == COMMAND_LINE).unwrap().data.bytes();
+        assert_eq!(line, b"console=ttyS0 quiet\0");
+    }
+
+    #[test]
+    fn small_vms_relocate_and_too_small_ones_are_refused() {
+        let img = bzimage(1000);
+        let bz = parse(&img).unwrap();
+        // 40 MiB: the preferred 16 MiB + 32 MiB init size does not fit; relocate to 2 MiB.
+        let plan = plan(&bz, &boot(40 << 20, "", None)).unwrap();
+        assert_eq!(plan.segments[0].guest_phys, 0x20_0000);
+        let err = super::plan(&bz, &boot(20 << 20, "", None)).unwrap_err();
+        assert!(matches!(err, ImageError::DoesNotFit { .. }), "{err:?}");
+        let long = "x".repeat(3000);
+        assert_eq!(
+            super::plan(&bz, &boot(256 << 20, &long, None)).unwrap_err().to_string(),
+            "the command line is 3000 bytes; this kernel takes at most 2047"
+        );
+    }
+
+    #[test]
+    fn anything_but_a_usable_bzimage_says_why() {
+        let e = |img: &[u8]| parse(img).unwrap_err().to_string();
+        assert_eq!(e(&[0u8; 100]), "not a usable bzImage: shorter than a setup header");
+        let mut img = bzimage(10);
+        img[HEADER] = b'X';
+        assert_eq!(e(&img), "not a usable bzImage: no boot-protocol header (HdrS)");
+        let mut img = bzimage(10);
+        img[VERSION..VERSION + 2].copy_from_slice(&0x0204u16.to_le_bytes());
+        assert_eq!(e(&img), "not a usable bzImage: boot protocol older than 2.12 (no 64-bit entry)");
+        let mut img = bzimage(10);
+        img[XLOADFLAGS] = 0;
+        assert_eq!(e(&img), "not a usable bzImage: the kernel has no 64-bit entry point");
+        let img = bzimage(0);
+        assert_eq!(e(&img), "the image is truncated: bzImage kernel");
+    }
+
+    #[test]
+    fn e820_carves_out_acpi_tables() {
+        let map = e820(64 << 20, Some((0x3ff_0000, 0x400_0000)));
+        assert_eq!(map.last(), Some(&(0x3ff_0000, 0x1_0000, E820_ACPI)));
+        assert_eq!(map[3], (0x10_0000, 0x3ff_0000 - 0x10_0000, E820_RAM));
+    }
+}
