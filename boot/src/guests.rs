@@ -96,13 +96,51 @@ fn default_time_limit() -> u64 {
     10_000
 }
 
+/// A Linux VM for the bundle: its VM-list spec and the entries it names.
+pub struct LinuxVm {
+    pub name: String,
+    pub kernel: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+    pub append: String,
+    pub memory_mib: u32,
+    pub time_limit_ms: u64,
+}
+
 /// The boot bundle for a command line and VMs: (VM list, image) entries as the
 /// kernel expects them. Errors name the VM and what is wrong.
 pub fn bundle(cmdline: &str, vms: &[GuestVm]) -> Result<Vec<u8>, String> {
+    bundle_with_linux(cmdline, vms, &[])
+}
+
+pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> Result<Vec<u8>, String> {
     let mut entries = vec![("cmdline".to_string(), cmdline.as_bytes().to_vec())];
+    let mut lines = Vec::new();
+    for vm in linux {
+        let spec = VmSpec {
+            name: vm.name.clone(),
+            image: format!("{}.bzimage", vm.name),
+            format: Format::Linux,
+            mode: Mode::Long,
+            load: 0,
+            entry: 0,
+            memory_mib: vm.memory_mib,
+            cpus: 1,
+            time_limit_ms: vm.time_limit_ms,
+            corrupt_state: false,
+            initrd: vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
+            kernel_cmdline: Some(format!("{}.cmdline", vm.name)),
+        };
+        // The kernel checks the image again; refusing a bad one here is quicker.
+        loader::linux::parse(&vm.kernel).map_err(|e| format!("VM '{}': {e}", vm.name))?;
+        lines.push(loader::manifest::render(&spec));
+        entries.push((spec.image.clone(), vm.kernel.clone()));
+        if let (Some(name), Some(initrd)) = (&spec.initrd, &vm.initrd) {
+            entries.push((name.clone(), initrd.clone()));
+        }
+        entries.push((format!("{}.cmdline", vm.name), vm.append.as_bytes().to_vec()));
+    }
     if !vms.is_empty() {
         let dir = build()?;
-        let mut lines = Vec::new();
         for vm in vms {
             let elf_path = dir.join(&vm.guest);
             let elf = std::fs::read(&elf_path)
@@ -135,10 +173,14 @@ pub fn bundle(cmdline: &str, vms: &[GuestVm]) -> Result<Vec<u8>, String> {
                 cpus: 1,
                 time_limit_ms: vm.time_limit_ms,
                 corrupt_state: vm.corrupt_guest_state,
+                initrd: None,
+                kernel_cmdline: None,
             };
             lines.push(loader::manifest::render(&spec));
             entries.push((image_name, image));
         }
+    }
+    if !lines.is_empty() {
         let list = lines.join("\n");
         // The kernel parses this again; checking here gives the error at build time.
         loader::parse_manifest(&list).map_err(|e| e.to_string())?;

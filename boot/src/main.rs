@@ -5,6 +5,7 @@ mod cases;
 mod emulator;
 mod guests;
 mod images;
+mod linux;
 mod qemu_test;
 mod setup;
 
@@ -21,6 +22,11 @@ commands:
                 --cpus N          (default 2)
                 --memory MIB      (default 512)
                 --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
+                --kernel PATH     run this Linux bzImage as the VM instead of the demo
+                                  (`--kernel debian`: Debian's stock kernel, fetched once)
+                --initrd PATH     with --kernel: its initramfs
+                --append TEXT     with --kernel: its command line
+                --vm-memory MIB   with --kernel: the VM's RAM (default 256)
   qemu-test   run host unit tests and the integration cases in tests/cases.toml
                 --case NAME       run only cases whose name contains NAME (repeatable)
                 --list            list the cases and exit
@@ -101,8 +107,15 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let cpus = parse_number(take_value(&mut args, "--cpus")?, "--cpus", 2, 1..=64)?;
     let memory = parse_number(take_value(&mut args, "--memory")?, "--memory", 512, 64..=16384)?;
     let firmware = if take_flag(&mut args, "--uefi") { Firmware::Uefi } else { Firmware::Bios };
+    let kernel_path = take_value(&mut args, "--kernel")?;
+    let initrd_path = take_value(&mut args, "--initrd")?;
+    let append = take_value(&mut args, "--append")?;
+    let vm_memory = parse_number(take_value(&mut args, "--vm-memory")?, "--vm-memory", 256, 32..=4096)?;
     if let Some(unknown) = args.first() {
         return Err(format!("run: unknown option '{unknown}'\n\n{USAGE}"));
+    }
+    if kernel_path.is_none() && (initrd_path.is_some() || append.is_some()) {
+        return Err("--initrd and --append go with --kernel".into());
     }
     let emulator = match emulator.as_deref().unwrap_or("auto") {
         "auto" => Emulator::best_for_vmx(),
@@ -122,7 +135,23 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     setup::ensure(&setup::Needs::for_emulator(emulator))?;
     let kernel = images::build_kernel(images::Config::Run)?;
     let dir = workspace_root().join("target/basalt/run");
-    let image = images::make_image(&kernel, &dir, &default_bundle("")?, firmware)?;
+    let bundle = match kernel_path {
+        Some(path) => {
+            let path = if path == "debian" { linux::debian_kernel()? } else { path.into() };
+            let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+            let linux = guests::LinuxVm {
+                name: "linux".into(),
+                kernel: read(&path)?,
+                initrd: initrd_path.map(|p| read(std::path::Path::new(&p))).transpose()?,
+                append: append.unwrap_or_else(|| "console=ttyS0".into()),
+                memory_mib: vm_memory,
+                time_limit_ms: 24 * 3600 * 1000,
+            };
+            guests::bundle_with_linux("", &[], &[linux])?
+        }
+        None => default_bundle("")?,
+    };
+    let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
     println!(
         "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows{}",
         image.display(),

@@ -178,18 +178,25 @@ pub fn enable_vmx_here() -> bool {
     }
 }
 
-/// The VMs the bundle lists, each with its image; errors name what is wrong.
-fn guest_list(
-    bundle: &loader::Bundle<'static>,
-) -> Result<alloc::vec::Vec<(loader::VmSpec, &'static [u8])>, alloc::string::String> {
+/// The VMs the bundle lists, each with its images; errors name what is wrong.
+fn guest_list(bundle: &loader::Bundle<'static>) -> Result<alloc::vec::Vec<vmm::GuestImages>, alloc::string::String> {
     let Some(list) = bundle.get("vms") else { return Ok(alloc::vec::Vec::new()) };
     let text = core::str::from_utf8(list).map_err(|_| "the bundle's VM list is not UTF-8".to_string())?;
     let specs = loader::parse_manifest(text).map_err(|e| alloc::format!("{e}"))?;
+    let entry = |vm: &str, what: &str, name: &str| {
+        bundle.get(name).ok_or_else(|| alloc::format!("VM '{vm}' names {what} '{name}', which is not in the bundle"))
+    };
     specs
         .into_iter()
-        .map(|spec| match bundle.get(&spec.image) {
-            Some(image) => Ok((spec, image)),
-            None => Err(alloc::format!("VM '{}' names image '{}', which is not in the bundle", spec.name, spec.image)),
+        .map(|spec| {
+            let image = entry(&spec.name, "image", &spec.image)?;
+            let initrd = spec.initrd.as_deref().map(|n| entry(&spec.name, "initrd", n)).transpose()?;
+            let cmdline = match spec.kernel_cmdline.as_deref() {
+                Some(n) => core::str::from_utf8(entry(&spec.name, "kernel command line", n)?)
+                    .map_err(|_| alloc::format!("VM '{}': the kernel command line is not UTF-8", spec.name))?,
+                None => "",
+            };
+            Ok(vmm::GuestImages { spec, image, initrd, cmdline })
         })
         .collect()
 }

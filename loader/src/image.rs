@@ -124,8 +124,16 @@ pub const MULTIBOOT_INFO_ADDRESS: u64 = 0x9000;
 const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2bad_b002;
 
+/// What a Linux boot needs besides the kernel image.
+#[derive(Default, Clone, Copy)]
+pub struct Extras<'a> {
+    pub initrd: Option<&'a [u8]>,
+    pub cmdline: &'a str,
+    pub rsdp: Option<u64>,
+}
+
 /// Plans loading `image` for `vm` with `memory` bytes of guest RAM.
-pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64) -> Result<LoadPlan<'a>, ImageError> {
+pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64, extras: Extras<'a>) -> Result<LoadPlan<'a>, ImageError> {
     if image.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -144,6 +152,17 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64) -> Result<LoadPlan<'a
         },
         Format::Elf => elf(image)?,
         Format::Multiboot => multiboot(image, memory)?,
+        Format::Linux => {
+            let bz = crate::linux::parse(image)?;
+            let boot = crate::linux::LinuxBoot {
+                memory,
+                cmdline: extras.cmdline,
+                initrd: extras.initrd,
+                rsdp: extras.rsdp,
+                acpi_tables: None,
+            };
+            crate::linux::plan(&bz, &boot)?
+        }
     };
     for s in &plan.segments {
         if s.end() > memory || s.end() < s.guest_phys {
@@ -319,6 +338,7 @@ mod tests {
                 Format::Flat => "flat",
                 Format::Elf => "elf",
                 Format::Multiboot => "multiboot",
+                Format::Linux => "linux",
             }
         ))
         .unwrap()
@@ -363,27 +383,27 @@ mod tests {
 
     #[test]
     fn flat_images_load_where_asked() {
-        let plan = load(&[0xf4; 16], &spec(Format::Flat), 1 << 20).unwrap();
+        let plan = load(&[0xf4; 16], &spec(Format::Flat), 1 << 20, Extras::default()).unwrap();
         assert_eq!((plan.entry, plan.mode, plan.segments[0].guest_phys), (0x1000, EntryMode::Real, 0x1000));
-        assert_eq!(load(&[], &spec(Format::Flat), 1 << 20).unwrap_err(), ImageError::Empty);
-        let err = load(&[0; 16], &spec(Format::Flat), 0x1008).unwrap_err();
+        assert_eq!(load(&[], &spec(Format::Flat), 1 << 20, Extras::default()).unwrap_err(), ImageError::Empty);
+        let err = load(&[0; 16], &spec(Format::Flat), 0x1008, Extras::default()).unwrap_err();
         assert_eq!(err.to_string(), "bytes 0x1000..0x1010 do not fit in the VM's 0x1008 bytes of memory");
     }
 
     #[test]
     fn elf64_enters_long_mode_and_elf32_protected_mode() {
         let img = elf_image(true, 0x20_0000, 0x20_0004, &[0x90; 8], 0x100);
-        let plan = load(&img, &spec(Format::Elf), 4 << 20).unwrap();
+        let plan = load(&img, &spec(Format::Elf), 4 << 20, Extras::default()).unwrap();
         assert_eq!((plan.entry, plan.mode), (0x20_0004, EntryMode::Long));
         assert_eq!(plan.segments[0].data.bytes(), &[0x90; 8]);
         assert_eq!(plan.segments[0].zero_fill, 0x100);
         let img = elf_image(false, 0x10_0000, 0x10_0000, &[0xf4], 0);
-        assert_eq!(load(&img, &spec(Format::Elf), 4 << 20).unwrap().mode, EntryMode::Protected);
+        assert_eq!(load(&img, &spec(Format::Elf), 4 << 20, Extras::default()).unwrap().mode, EntryMode::Protected);
     }
 
     #[test]
     fn bad_elf_files_say_what_is_wrong() {
-        let e = |img: &[u8]| load(img, &spec(Format::Elf), 4 << 20).unwrap_err();
+        let e = |img: &[u8]| load(img, &spec(Format::Elf), 4 << 20, Extras::default()).unwrap_err();
         assert_eq!(e(b"MZ\x90\x00"), ImageError::NotElf);
         let mut img = elf_image(true, 0x1000, 0x1000, &[0x90; 8], 0);
         img[18] = 40; // ARM
@@ -420,7 +440,7 @@ mod tests {
     #[test]
     fn multiboot_kernels_load_like_qemu_loads_them() {
         let img = multiboot_aout(0x10_0000, &[0xf4; 4], 0x40);
-        let plan = load(&img, &spec(Format::Multiboot), 16 << 20).unwrap();
+        let plan = load(&img, &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap();
         assert_eq!((plan.entry, plan.mode), (0x10_0020, EntryMode::Protected));
         assert_eq!((plan.rax, plan.rbx), (0x2bad_b002, MULTIBOOT_INFO_ADDRESS));
         assert_eq!(plan.segments[0].guest_phys, 0x10_0000);
@@ -440,11 +460,17 @@ mod tests {
         }
         code.push(0xf4);
         let img = elf_image(false, 0x10_0000, 0x10_000c, &code, 0);
-        let plan = load(&img, &spec(Format::Multiboot), 16 << 20).unwrap();
+        let plan = load(&img, &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap();
         assert_eq!(plan.entry, 0x10_000c);
-        assert_eq!(load(&[0x90; 64], &spec(Format::Multiboot), 16 << 20).unwrap_err(), ImageError::NoMultibootHeader);
+        assert_eq!(
+            load(&[0x90; 64], &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap_err(),
+            ImageError::NoMultibootHeader
+        );
         let mut bad = multiboot_aout(0x10_0000, &[0xf4], 0);
         bad[8] ^= 1;
-        assert_eq!(load(&bad, &spec(Format::Multiboot), 16 << 20).unwrap_err(), ImageError::BadMultibootChecksum);
+        assert_eq!(
+            load(&bad, &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap_err(),
+            ImageError::BadMultibootChecksum
+        );
     }
 }

@@ -18,6 +18,8 @@ pub enum Format {
     Elf,
     /// A Multiboot (v1) kernel, loaded and entered as QEMU's `-kernel` does.
     Multiboot,
+    /// A Linux bzImage, booted through its 64-bit entry.
+    Linux,
 }
 
 /// CPU mode a flat image starts in.
@@ -40,6 +42,9 @@ pub struct VmSpec {
     pub cpus: u32,
     /// Wall-clock budget of guest time; the VM is stopped when it runs out.
     pub time_limit_ms: u64,
+    /// Linux only: bundle entries holding the initrd and the kernel command line.
+    pub initrd: Option<String>,
+    pub kernel_cmdline: Option<String>,
     /// Test aid (`corrupt-guest-state=1`): a kernel built with test hooks starts
     /// this VM with an invalid TR, to prove a bad guest state stops only its VM.
     pub corrupt_state: bool,
@@ -86,6 +91,8 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             cpus: 1,
             time_limit_ms: 10_000,
             corrupt_state: false,
+            initrd: None,
+            kernel_cmdline: None,
         };
         let mut seen_format = false;
         let error = |vm: &VmSpec, message: String| ManifestError { line: index + 1, vm: vm.name.clone(), message };
@@ -113,10 +120,11 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                         "flat" => Format::Flat,
                         "elf" => Format::Elf,
                         "multiboot" => Format::Multiboot,
+                        "linux" => Format::Linux,
                         _ => {
                             return Err(error(
                                 &vm,
-                                alloc::format!("format must be flat, elf or multiboot, not '{value}'"),
+                                alloc::format!("format must be flat, elf, multiboot or linux, not '{value}'"),
                             ))
                         }
                     }
@@ -140,6 +148,8 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                 "cpus" => vm.cpus = num(&vm)?.try_into().unwrap_or(u32::MAX),
                 "time-limit-ms" => vm.time_limit_ms = num(&vm)?,
                 "corrupt-guest-state" => vm.corrupt_state = num(&vm)? != 0,
+                "initrd" => vm.initrd = Some(value.to_string()),
+                "kernel-cmdline" => vm.kernel_cmdline = Some(value.to_string()),
                 _ => return Err(error(&vm, alloc::format!("unknown key '{key}'"))),
             }
         }
@@ -164,6 +174,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
         if vm.time_limit_ms == 0 {
             return Err(error(&vm, "time-limit-ms must be above 0".into()));
         }
+        if vm.format != Format::Linux && (vm.initrd.is_some() || vm.kernel_cmdline.is_some()) {
+            return Err(error(&vm, "initrd and kernel-cmdline are for format=linux only".into()));
+        }
         if vm.entry == u64::MAX {
             vm.entry = vm.load;
         }
@@ -178,6 +191,7 @@ pub fn render(vm: &VmSpec) -> String {
         Format::Flat => "flat",
         Format::Elf => "elf",
         Format::Multiboot => "multiboot",
+        Format::Linux => "linux",
     };
     let mode = match vm.mode {
         Mode::Real => "real",
@@ -194,7 +208,8 @@ pub fn render(vm: &VmSpec) -> String {
         vm.cpus,
         vm.time_limit_ms,
         if vm.corrupt_state { " corrupt-guest-state=1" } else { "" }
-    )
+    ) + &vm.initrd.as_ref().map(|i| alloc::format!(" initrd={i}")).unwrap_or_default()
+        + &vm.kernel_cmdline.as_ref().map(|c| alloc::format!(" kernel-cmdline={c}")).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -203,8 +218,9 @@ mod tests {
 
     #[test]
     fn lines_parse_with_defaults_and_round_trip() {
-        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\n").unwrap();
-        assert_eq!(vms.len(), 2);
+        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline\n").unwrap();
+        assert_eq!(vms.len(), 3);
+        assert_eq!((vms[2].initrd.as_deref(), vms[2].kernel_cmdline.as_deref()), (Some("l.initrd"), Some("l.cmdline")));
         assert_eq!((vms[0].load, vms[0].entry, vms[0].mode), (0x1000, 0x1000, Mode::Real));
         assert_eq!((vms[1].format, vms[1].memory_mib, vms[1].cpus, vms[1].time_limit_ms), (Format::Elf, 64, 2, 500));
         let again = parse_manifest(&vms.iter().map(render).collect::<Vec<_>>().join("\n")).unwrap();
@@ -217,8 +233,9 @@ mod tests {
         assert_eq!(err("name=x image=i format=flat memory=0"), "VM list line 1 (vm 'x'): memory must be 1 to 4096 MiB");
         assert_eq!(
             err("name=x image=i format=floppy"),
-            "VM list line 1 (vm 'x'): format must be flat, elf or multiboot, not 'floppy'"
+            "VM list line 1 (vm 'x'): format must be flat, elf, multiboot or linux, not 'floppy'"
         );
+        assert!(err("name=x image=i format=flat initrd=r").contains("for format=linux only"));
         assert_eq!(err("\nname=x format=flat"), "VM list line 2 (vm 'x'): image is missing");
         assert_eq!(err("name=x image=i format=flat load=12q"), "VM list line 1 (vm 'x'): load: '12q' is not a number");
         assert_eq!(err("name=x image=i format=flat colour=red"), "VM list line 1 (vm 'x'): unknown key 'colour'");

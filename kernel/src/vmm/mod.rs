@@ -39,8 +39,18 @@ pub struct VmReport {
     pub unclaimed: (u64, u64, u64, u64),
 }
 
+/// A VM to run: its spec and the bundle entries it names.
+pub struct GuestImages {
+    pub spec: VmSpec,
+    pub image: &'static [u8],
+    /// Linux only.
+    pub initrd: Option<&'static [u8]>,
+    pub cmdline: &'static str,
+}
+
 /// Builds and runs one VM on this CPU to its end.
-fn run_vm(spec: &VmSpec, image: &[u8]) -> VmReport {
+fn run_vm(guest: &GuestImages) -> VmReport {
+    let spec = &guest.spec;
     let started = crate::time::micros_since_boot();
     let mut report = VmReport {
         name: spec.name.clone(),
@@ -53,18 +63,20 @@ fn run_vm(spec: &VmSpec, image: &[u8]) -> VmReport {
         elapsed_us: 0,
         unclaimed: (0, 0, 0, 0),
     };
-    match build_and_run(spec, image, &mut report) {
+    match build_and_run(guest, &mut report) {
         Ok(stop) | Err(stop) => report.stop = stop,
     }
     report.elapsed_us = crate::time::micros_since_boot() - started;
     report
 }
 
-fn build_and_run(spec: &VmSpec, image: &[u8], report: &mut VmReport) -> Result<Stop, Stop> {
+fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Stop> {
+    let spec = &guest.spec;
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
     let memory = vm.memory.size();
     let usable = memory - SETUP_AREA;
-    let plan = loader::load(image, spec, usable)
+    let extras = loader::Extras { initrd: guest.initrd, cmdline: guest.cmdline, rsdp: None };
+    let plan = loader::load(guest.image, spec, usable, extras)
         .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
     for segment in &plan.segments {
         let bytes = segment.data.bytes();
@@ -91,6 +103,7 @@ fn build_and_run(spec: &VmSpec, image: &[u8], report: &mut VmReport) -> Result<S
     vcpu.setup(&vm, &state)?;
     vcpu.regs.rax = plan.rax;
     vcpu.regs.rbx = plan.rbx;
+    vcpu.regs.rsi = plan.rsi;
     let stop = vcpu.run(&mut vm, spec.time_limit_ms);
     report.exits = vcpu.counters.total();
     report.summary = vcpu.counters.summary();
@@ -149,8 +162,7 @@ pub fn log_report(r: &VmReport) {
 
 struct Job {
     order: usize,
-    spec: VmSpec,
-    image: &'static [u8],
+    guest: GuestImages,
 }
 
 static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
@@ -173,7 +185,7 @@ pub fn work() {
             crate::apic::timer_stop();
             return;
         };
-        let report = run_vm(&job.spec, job.image);
+        let report = run_vm(&job.guest);
         log_report(&report);
         REPORTS.lock().push((job.order, report));
         FINISHED.fetch_add(1, Ordering::AcqRel);
@@ -182,10 +194,10 @@ pub fn work() {
 
 /// Runs every VM, using all CPUs that have VMX on; returns the reports in the
 /// order the VMs were given.
-pub fn run_all(vms: Vec<(VmSpec, &'static [u8])>) -> Vec<VmReport> {
+pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
     let total = vms.len();
     FINISHED.store(0, Ordering::Release);
-    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, (spec, image))| Job { order, spec, image }));
+    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, guest)| Job { order, guest }));
     crate::smp::wake_all_aps();
     work();
     while FINISHED.load(Ordering::Acquire) < total {

@@ -11,6 +11,9 @@ use vmx::vmcs;
 const IA32_TSC: u32 = 0x10;
 const IA32_APIC_BASE: u32 = 0x1b;
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
+/// Microcode revision: written with 0, then CPUID, then read (revision in EDX).
+const IA32_BIOS_SIGN_ID: u32 = 0x8b;
+const MICROCODE_REVISION: u64 = 1 << 32;
 const IA32_MTRRCAP: u32 = 0xfe;
 const IA32_MISC_ENABLE: u32 = 0x1a0;
 const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
@@ -30,6 +33,7 @@ pub fn rdmsr(vcpu: &mut Vcpu) -> Outcome {
         IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | if vcpu.index == 0 { 1 << 8 } else { 0 },
         // Locked with VMX off: guests see no VT-x.
         IA32_FEATURE_CONTROL => 1,
+        IA32_BIOS_SIGN_ID => MICROCODE_REVISION,
         IA32_MTRRCAP => 0,
         IA32_MISC_ENABLE => 1,
         IA32_MTRR_DEF_TYPE => 0x806,
@@ -65,7 +69,7 @@ pub fn wrmsr(vcpu: &mut Vcpu) -> Outcome {
             vcpu.ia32e = lma != 0;
         }
         // Accepted and ignored: timing, MTRRs and APIC relocation are not modelled.
-        IA32_TSC | IA32_APIC_BASE | IA32_MTRR_DEF_TYPE | IA32_MISC_ENABLE => {}
+        IA32_TSC | IA32_APIC_BASE | IA32_MTRR_DEF_TYPE | IA32_MISC_ENABLE | IA32_BIOS_SIGN_ID => {}
         0x200..=0x26f => {}
         _ => {
             inject_exception(GP, Some(0));
