@@ -44,7 +44,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::init();
     percpu::init_bsp(apic::id());
     trap::load_idt();
-    info!("Basalt {} starting", env!("CARGO_PKG_VERSION"));
+    let cr0_found = set_control_registers();
+    info!("Basalt {} starting (CR0 {:#x} as found)", env!("CARGO_PKG_VERSION"), cr0_found);
 
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
         fail("the bootloader did not map physical memory")
@@ -157,6 +158,22 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     info!("ready: {} CPUs online; nothing left to run", smp.online);
     idle()
+}
+
+/// Puts CR0 in the state Basalt runs in, whatever firmware left: caches on
+/// (CD and NW clear; Bochs' BIOS leaves both set), native x87 errors (NE) and
+/// MP. APs copy the BSP's CR0. Returns CR0 as found.
+fn set_control_registers() -> u64 {
+    use x86_64::registers::control::Cr0;
+    const MP: u64 = 1 << 1;
+    const NE: u64 = 1 << 5;
+    const NW: u64 = 1 << 29;
+    const CD: u64 = 1 << 30;
+    let found = Cr0::read_raw();
+    // SAFETY: enabling caching and setting MP/NE does not change the memory the
+    // kernel sees or how its (soft-float) code runs.
+    unsafe { Cr0::write_raw((found & !(CD | NW)) | MP | NE) };
+    found
 }
 
 /// Turns VMX on for the calling CPU if it has it; false (and why, logged) if not.

@@ -16,10 +16,31 @@ use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
 const IA32_PAT: u32 = 0x277;
+pub const CR0_NW: u64 = 1 << 29;
+pub const CR0_CD: u64 = 1 << 30;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// MSRs VMX does not switch but a guest may write freely: saved and restored
 /// around each run of a vCPU, so no value leaks between VMs or into the host.
-const SWITCHED_MSRS: [u32; 6] = [0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103];
+/// IA32_SPEC_CTRL joins them on CPUs that have it (see `has_spec_ctrl`).
+const SWITCHED_MSRS: [u32; 7] =
+    [0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103, IA32_SPEC_CTRL];
+const IA32_SPEC_CTRL: u32 = 0x48;
+/// Speculation-control commands (IBPB, L1D flush): no state, safe to pass through.
+const COMMAND_MSRS: [u32; 2] = [0x49, 0x10b];
+
+/// CPUID.7.EDX[26]: IBRS/IBPB, with IA32_SPEC_CTRL and IA32_PRED_CMD.
+fn has_spec_ctrl() -> bool {
+    core::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 26) != 0
+}
+
+/// The switched MSRs this CPU has.
+fn switched_msrs() -> &'static [u32] {
+    if has_spec_ctrl() {
+        &SWITCHED_MSRS
+    } else {
+        &SWITCHED_MSRS[..SWITCHED_MSRS.len() - 1]
+    }
+}
 /// MSRs the guest reaches directly (the MSR bitmap does not intercept them).
 const PASSTHROUGH_MSRS: [u32; 11] = [
     0x174,
@@ -122,7 +143,9 @@ impl Vcpu {
             // Intercept every MSR, then open the pass-through ones.
             let bitmap = core::slice::from_raw_parts_mut(memory::phys_to_virt(vcpu.msr_bitmap) as *mut u8, 4096);
             bitmap.fill(0xff);
-            for msr in PASSTHROUGH_MSRS {
+            // SPEC_CTRL only where it exists, since it is switched per vCPU.
+            let spec_ctrl: &[u32] = if has_spec_ctrl() { &[IA32_SPEC_CTRL] } else { &[] };
+            for &msr in PASSTHROUGH_MSRS.iter().chain(&COMMAND_MSRS).chain(spec_ctrl) {
                 let (base, bit) = if msr >= 0xc000_0000 { (1024, msr - 0xc000_0000) } else { (0, msr) };
                 for offset in [base, base + 2048] {
                     bitmap[offset + (bit / 8) as usize] &= !(1 << (bit % 8));
@@ -146,7 +169,7 @@ impl Vcpu {
         let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
         let unrestricted_cr0 = vmx.caps.cr0.for_unrestricted_guest_cr0();
         let mut fixed = *state;
-        fixed.cr0 = unrestricted_cr0.apply(state.cr0);
+        fixed.cr0 = unrestricted_cr0.apply(state.cr0) & !(CR0_CD | CR0_NW);
         fixed.cr4 = vmx.caps.cr4.apply(state.cr4);
         fixed.check(&vmx.caps, true).map_err(|e| Stop::InvalidGuestState(alloc::format!("{e}")))?;
 
@@ -176,7 +199,9 @@ impl Vcpu {
 
         // CR0/CR4 bits VMX pins are owned by Basalt: the guest sees its own value
         // (the read shadow) and writes to them exit.
-        write(vmcs::CR0_GUEST_HOST_MASK, unrestricted_cr0.must_be_one | !unrestricted_cr0.may_be_one);
+        // CD and NW too: VM entries and exits do not switch them, so a guest that
+        // set them would disable the host's caches. The guest keeps its view.
+        write(vmcs::CR0_GUEST_HOST_MASK, unrestricted_cr0.must_be_one | !unrestricted_cr0.may_be_one | CR0_CD | CR0_NW);
         write(vmcs::CR0_READ_SHADOW, state.cr0);
         write(vmcs::CR4_GUEST_HOST_MASK, vmx.caps.cr4.must_be_one | !vmx.caps.cr4.may_be_one);
         write(vmcs::CR4_READ_SHADOW, state.cr4);
@@ -312,7 +337,13 @@ impl Vcpu {
             // SAFETY: XGETBV needs CR4.OSXSAVE, which cpu::enable_on_this_cpu set.
             xcr0: if xsave { unsafe { core::arch::x86_64::_xgetbv(0) } } else { 0 },
             // SAFETY: the switched MSRs exist on every x86-64 CPU.
-            msrs: SWITCHED_MSRS.map(|m| unsafe { Msr::new(m).read() }),
+            msrs: {
+                let mut values = [0; SWITCHED_MSRS.len()];
+                for (value, &m) in values.iter_mut().zip(switched_msrs()) {
+                    *value = unsafe { Msr::new(m).read() };
+                }
+                values
+            },
         };
         let area = memory::phys_to_virt(self.xsave_area) as *const u8;
         // SAFETY: the area is this vCPU's 4 KiB frame (64-byte aligned); XCR0 was
@@ -324,7 +355,7 @@ impl Vcpu {
             } else {
                 core::arch::x86_64::_fxrstor64(area);
             }
-            for (m, v) in SWITCHED_MSRS.iter().zip(self.guest_msrs) {
+            for (m, v) in switched_msrs().iter().zip(self.guest_msrs) {
                 Msr::new(*m).write(v);
             }
         }
@@ -341,7 +372,7 @@ impl Vcpu {
             } else {
                 core::arch::x86_64::_fxsave64(area);
             }
-            for (i, m) in SWITCHED_MSRS.iter().enumerate() {
+            for (i, m) in switched_msrs().iter().enumerate() {
                 self.guest_msrs[i] = Msr::new(*m).read();
                 Msr::new(*m).write(host.msrs[i]);
             }

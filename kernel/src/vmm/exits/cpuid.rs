@@ -53,9 +53,15 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32) -> [u32; 4] {
             const ECX_HYPERVISOR: u32 = 1 << 31;
             c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE);
             c |= ECX_HYPERVISOR;
+            // No machine-check architecture: its MSRs are not emulated.
+            const EDX_MCE: u32 = 1 << 7;
+            const EDX_MCA: u32 = 1 << 14;
+            d &= !(EDX_MCE | EDX_MCA);
             // Initial APIC id = vCPU index; one logical processor per package.
             b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
         }
+        // IA32_ARCH_CAPABILITIES is not emulated, so it is not advertised.
+        7 if subleaf == 0 => d &= !(1 << 29),
         // No thermal / power management, no performance counters.
         6 | 0xa => (a, b, c, d) = (0, 0, 0, 0),
         // Topology: one thread in one core; x2APIC id = vCPU index.

@@ -2,9 +2,9 @@
 //! The guest keeps its own view (the read shadow); the real register gets the
 //! pinned bits. Turning paging on with EFER.LME set enters long mode.
 
-use super::{skip_instruction, Outcome};
+use super::{inject_exception, skip_instruction, Outcome, GP};
 use crate::vmm::cpu::{self, ENTRY_IA32E_MODE_GUEST};
-use crate::vmm::vcpu::{read, Vcpu};
+use crate::vmm::vcpu::{read, Vcpu, CR0_CD, CR0_NW};
 use crate::vmm::vm::Stop;
 use vmx::exit::CrAccess;
 use vmx::guest_state::{CR0_PG, EFER_LMA, EFER_LME};
@@ -19,7 +19,15 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
     let Ok(vmx) = cpu::vmx() else { return Outcome::Stop(Stop::Unsupported("no VMX".into())) };
     let gpr = |vcpu: &Vcpu, index: u8| if index == 4 { read(vmcs::GUEST_RSP) } else { vcpu.regs.get(index) };
     match CrAccess::decode(read(vmcs::EXIT_QUALIFICATION)) {
-        CrAccess::MovToCr { cr: 0, gpr: g } => write_cr0(vcpu, gpr(vcpu, g), vmx),
+        CrAccess::MovToCr { cr: 0, gpr: g } => {
+            let value = gpr(vcpu, g);
+            // Architectural: NW without CD, or bits above 31, are #GP.
+            if (value & CR0_NW != 0 && value & CR0_CD == 0) || value >> 32 != 0 {
+                inject_exception(GP, Some(0));
+                return Outcome::Resume;
+            }
+            write_cr0(vcpu, value, vmx);
+        }
         CrAccess::MovToCr { cr: 4, gpr: g } => {
             let value = gpr(vcpu, g);
             set(vmcs::CR4_READ_SHADOW, value);
@@ -46,7 +54,8 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
 fn write_cr0(vcpu: &mut Vcpu, value: u64, vmx: &cpu::Vmx) {
     let was_paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
     set(vmcs::CR0_READ_SHADOW, value);
-    set(vmcs::GUEST_CR0, vmx.caps.cr0.for_unrestricted_guest_cr0().apply(value));
+    // The guest's CD/NW live only in its shadow; the host's caches stay on.
+    set(vmcs::GUEST_CR0, vmx.caps.cr0.for_unrestricted_guest_cr0().apply(value) & !(CR0_CD | CR0_NW));
     let paging = value & CR0_PG != 0;
     if paging != was_paging {
         let efer = read(vmcs::GUEST_IA32_EFER);
