@@ -4,8 +4,9 @@
 
 use super::{skip_instruction, Outcome};
 use crate::time;
-use crate::vmm::vcpu::Vcpu;
+use crate::vmm::vcpu::{read, Vcpu};
 use core::arch::x86_64::__cpuid_count;
+use vmx::vmcs;
 
 /// "BasaltHVisor" as the three signature registers.
 pub const SIGNATURE: [u32; 3] =
@@ -17,7 +18,7 @@ const MIN_MAX_BASIC_LEAF: u32 = 0x16;
 pub fn handle(vcpu: &mut Vcpu) -> Outcome {
     let leaf = vcpu.regs.rax as u32;
     let subleaf = vcpu.regs.rcx as u32;
-    let [a, b, c, d] = virtual_cpuid(leaf, subleaf, vcpu.index);
+    let [a, b, c, d] = virtual_cpuid(leaf, subleaf, vcpu.index, read(vmcs::GUEST_CR4));
     vcpu.regs.rax = a as u64;
     vcpu.regs.rbx = b as u64;
     vcpu.regs.rcx = c as u64;
@@ -26,7 +27,11 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
     Outcome::Resume
 }
 
-fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32) -> [u32; 4] {
+/// CPUID as the guest sees it. Bits that mirror control registers (OSXSAVE,
+/// OSPKE) follow the guest's CR4, not the host's.
+fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4] {
+    const CR4_OSXSAVE: u64 = 1 << 18;
+    const CR4_PKE: u64 = 1 << 22;
     let tsc_hz = time::tsc_hz();
     match leaf {
         0x4000_0000 => return [HYPERVISOR_MAX_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
@@ -51,8 +56,12 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32) -> [u32; 4] {
             const ECX_X2APIC: u32 = 1 << 21;
             const ECX_TSC_DEADLINE: u32 = 1 << 24;
             const ECX_HYPERVISOR: u32 = 1 << 31;
-            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE);
+            const ECX_OSXSAVE: u32 = 1 << 27;
+            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE | ECX_OSXSAVE);
             c |= ECX_HYPERVISOR;
+            if guest_cr4 & CR4_OSXSAVE != 0 {
+                c |= ECX_OSXSAVE;
+            }
             // No machine-check architecture: its MSRs are not emulated.
             const EDX_MCE: u32 = 1 << 7;
             const EDX_MCA: u32 = 1 << 14;
@@ -61,7 +70,14 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32) -> [u32; 4] {
             b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
         }
         // IA32_ARCH_CAPABILITIES is not emulated, so it is not advertised.
-        7 if subleaf == 0 => d &= !(1 << 29),
+        7 if subleaf == 0 => {
+            d &= !(1 << 29);
+            const ECX_OSPKE: u32 = 1 << 4;
+            c &= !ECX_OSPKE;
+            if guest_cr4 & CR4_PKE != 0 {
+                c |= ECX_OSPKE;
+            }
+        }
         // No thermal / power management, no performance counters.
         6 | 0xa => (a, b, c, d) = (0, 0, 0, 0),
         // Topology: one thread in one core; x2APIC id = vCPU index.
