@@ -2,18 +2,13 @@
 //! The guest keeps its own view (the read shadow); the real register gets the
 //! pinned bits. Turning paging on with EFER.LME set enters long mode.
 
-use super::{inject_exception, skip_instruction, Outcome, GP};
+use super::{inject_exception, skip_instruction, write, Outcome, GP};
 use crate::vmm::cpu::{self, ENTRY_IA32E_MODE_GUEST};
 use crate::vmm::vcpu::{read, Vcpu, CR0_CD, CR0_NW};
 use crate::vmm::vm::Stop;
 use vmx::exit::CrAccess;
 use vmx::guest_state::{CR0_PG, EFER_LMA, EFER_LME};
 use vmx::vmcs;
-
-fn set(field: vmx::vmcs::Field, value: u64) {
-    // SAFETY: the exiting vCPU's VMCS is current.
-    let _ = unsafe { vmx::instructions::vmwrite(field, value) };
-}
 
 pub fn handle(vcpu: &mut Vcpu) -> Outcome {
     let Ok(vmx) = cpu::vmx() else { return Outcome::Stop(Stop::Unsupported("no VMX".into())) };
@@ -30,8 +25,8 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
         }
         CrAccess::MovToCr { cr: 4, gpr: g } => {
             let value = gpr(vcpu, g);
-            set(vmcs::CR4_READ_SHADOW, value);
-            set(vmcs::GUEST_CR4, vmx.caps.cr4.apply(value));
+            write(vmcs::CR4_READ_SHADOW, value);
+            write(vmcs::GUEST_CR4, vmx.caps.cr4.apply(value));
         }
         CrAccess::Clts => {
             let shadow = read(vmcs::CR0_READ_SHADOW) & !(1 << 3);
@@ -53,17 +48,17 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
 
 fn write_cr0(vcpu: &mut Vcpu, value: u64, vmx: &cpu::Vmx) {
     let was_paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
-    set(vmcs::CR0_READ_SHADOW, value);
+    write(vmcs::CR0_READ_SHADOW, value);
     // The guest's CD/NW live only in its shadow; the host's caches stay on.
-    set(vmcs::GUEST_CR0, vmx.caps.cr0.for_unrestricted_guest_cr0().apply(value) & !(CR0_CD | CR0_NW));
+    write(vmcs::GUEST_CR0, vmx.caps.cr0.for_unrestricted_guest_cr0().apply(value) & !(CR0_CD | CR0_NW));
     let paging = value & CR0_PG != 0;
     if paging != was_paging {
         let efer = read(vmcs::GUEST_IA32_EFER);
         let long = paging && efer & EFER_LME != 0;
-        set(vmcs::GUEST_IA32_EFER, if long { efer | EFER_LMA } else { efer & !EFER_LMA });
+        write(vmcs::GUEST_IA32_EFER, if long { efer | EFER_LMA } else { efer & !EFER_LMA });
         let entry = read(vmcs::ENTRY_CONTROLS);
         let ia32e = ENTRY_IA32E_MODE_GUEST as u64;
-        set(vmcs::ENTRY_CONTROLS, if long { entry | ia32e } else { entry & !ia32e });
+        write(vmcs::ENTRY_CONTROLS, if long { entry | ia32e } else { entry & !ia32e });
         vcpu.ia32e = long;
     }
 }

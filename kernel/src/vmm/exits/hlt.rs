@@ -2,7 +2,7 @@
 //! interrupt sources yet), so the VM stops; otherwise the vCPU waits in the HLT
 //! activity state until an event or its time limit.
 
-use super::{skip_instruction, Outcome};
+use super::{skip_instruction, write, Outcome};
 use crate::vmm::vcpu::read;
 use crate::vmm::vm::Stop;
 use vmx::vmcs;
@@ -15,7 +15,6 @@ pub fn handle() -> Outcome {
         return Outcome::Stop(Stop::Halted);
     }
     skip_instruction();
-    // SAFETY: the exiting vCPU's VMCS is current; HLT is a legal activity state.
-    let _ = unsafe { vmx::instructions::vmwrite(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_HLT) };
+    write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
     Outcome::Resume
 }

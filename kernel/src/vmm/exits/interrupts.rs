@@ -3,7 +3,7 @@
 //! can take it; otherwise an interrupt- or NMI-window exit is requested, which
 //! comes the moment it can.
 
-use super::Outcome;
+use super::{write, Outcome};
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::Stop;
 use vmx::exit::{interruption_type, InterruptionInfo};
@@ -42,14 +42,9 @@ const BLOCKED_BY_STI_OR_MOV_SS: u64 = 3;
 const BLOCKED_BY_NMI: u64 = 1 << 3;
 const ACTIVITY_ACTIVE: u64 = 0;
 
-fn set(field: vmx::vmcs::Field, value: u64) {
-    // SAFETY: runs with the vCPU's VMCS current.
-    let _ = unsafe { vmx::instructions::vmwrite(field, value) };
-}
-
 fn window_exiting(control: u64, on: bool) {
     let primary = read(vmcs::PRIMARY_PROCESSOR_CONTROLS);
-    set(vmcs::PRIMARY_PROCESSOR_CONTROLS, if on { primary | control } else { primary & !control });
+    write(vmcs::PRIMARY_PROCESSOR_CONTROLS, if on { primary | control } else { primary & !control });
 }
 
 /// Called before every entry: injects one pending event if the guest can take it
@@ -84,9 +79,9 @@ pub fn deliver_pending(vcpu: &mut Vcpu) {
 }
 
 fn inject(info: InterruptionInfo) {
-    set(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
+    write(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
     // An event ends a HLT.
-    set(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE);
+    write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE);
 }
 
 /// The guest can take interrupts again: stop asking; the next entry injects.

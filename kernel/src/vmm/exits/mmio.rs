@@ -5,7 +5,7 @@
 //! such an address, or an instruction Basalt cannot emulate there, stops the VM.
 
 use super::io::stop_for;
-use super::Outcome;
+use super::{write, Outcome};
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
@@ -50,9 +50,8 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         Access::WriteImmediate { value } => request = vm.mmio.write(address, decoded.size, value & size_mask),
     }
     // The exit's instruction length is undefined for EPT violations: use the decoder's.
-    // SAFETY: the exiting vCPU's VMCS is current.
-    let _ = unsafe { vmx::instructions::vmwrite(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64) };
-    let _ = unsafe { vmx::instructions::vmwrite(vmcs::GUEST_RIP, rip + decoded.length as u64) };
+    write(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64);
+    write(vmcs::GUEST_RIP, rip + decoded.length as u64);
     match request {
         Some(r) => stop_for(r),
         None => Outcome::Resume,

@@ -92,7 +92,8 @@ pub fn inject_exception(vector: u8, error_code: Option<u32>) {
     }
 }
 
-fn write(field: vmx::vmcs::Field, value: u64) {
+/// VMWRITE for handlers, which always run with the exiting vCPU's VMCS current.
+pub fn write(field: vmx::vmcs::Field, value: u64) {
     // SAFETY: handlers run with the exiting vCPU's VMCS current.
     let _ = unsafe { vmx::instructions::vmwrite(field, value) };
 }

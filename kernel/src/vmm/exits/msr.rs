@@ -2,7 +2,7 @@
 //! vcpu.rs). A few are emulated; any other access raises #GP in the guest, as a
 //! real CPU does for an MSR it does not have.
 
-use super::{inject_exception, skip_instruction, Outcome, GP};
+use super::{inject_exception, skip_instruction, write, Outcome, GP};
 use crate::vmm::cpu::ENTRY_IA32E_MODE_GUEST;
 use crate::vmm::vcpu::{read, Vcpu};
 use vmx::guest_state::{CR0_PG, EFER_LMA, EFER_LME};
@@ -19,11 +19,6 @@ const IA32_MISC_ENABLE: u32 = 0x1a0;
 const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 const IA32_EFER: u32 = 0xc000_0080;
 const EFER_WRITABLE: u64 = 1 | EFER_LME | (1 << 11); // SCE, LME, NXE
-
-fn set(field: vmx::vmcs::Field, value: u64) {
-    // SAFETY: the exiting vCPU's VMCS is current.
-    let _ = unsafe { vmx::instructions::vmwrite(field, value) };
-}
 
 pub fn rdmsr(vcpu: &mut Vcpu) -> Outcome {
     let msr = vcpu.regs.rcx as u32;
@@ -61,11 +56,11 @@ pub fn wrmsr(vcpu: &mut Vcpu) -> Outcome {
             // LMA follows LME only while paging is on; cr.rs handles the switch.
             let paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
             let lma = if paging { read(vmcs::GUEST_IA32_EFER) & EFER_LMA } else { 0 };
-            set(vmcs::GUEST_IA32_EFER, (value & EFER_WRITABLE) | lma);
+            write(vmcs::GUEST_IA32_EFER, (value & EFER_WRITABLE) | lma);
             let entry = read(vmcs::ENTRY_CONTROLS);
             let entry =
                 if lma != 0 { entry | ENTRY_IA32E_MODE_GUEST as u64 } else { entry & !(ENTRY_IA32E_MODE_GUEST as u64) };
-            set(vmcs::ENTRY_CONTROLS, entry);
+            write(vmcs::ENTRY_CONTROLS, entry);
             vcpu.ia32e = lma != 0;
         }
         // Accepted and ignored: timing, MTRRs and APIC relocation are not modelled.
