@@ -5,7 +5,6 @@ use crate::setup;
 use crate::workspace_root;
 use loader::manifest::{Format, Mode, VmSpec};
 use std::path::PathBuf;
-use std::process::Command;
 
 /// Builds tests/guests (once per xtask run) and returns the directory of its binaries.
 pub fn build() -> Result<PathBuf, String> {
@@ -17,13 +16,10 @@ pub fn build() -> Result<PathBuf, String> {
             let toolchain = setup::workspace_toolchain()?;
             // Run from tests/guests so its own .cargo/config.toml (target, static
             // relocation) applies.
-            let status = Command::new("rustup")
-                .args(["run", &toolchain, "cargo", "build", "--quiet", "--release", "--target-dir"])
+            let status = crate::images::cargo(&toolchain)
+                .args(["build", "--quiet", "--release", "--target-dir"])
                 .arg(&target_dir)
                 .current_dir(root.join("tests/guests"))
-                .env("RUSTUP_TOOLCHAIN", &toolchain)
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_TARGET_DIR")
                 .status()
                 .map_err(|e| format!("cannot build the test guests: {e}"))?;
             if !status.success() {

@@ -22,7 +22,7 @@ const CARGO_ENV_LEAKS: &[&str] =
 /// matters: rustc runs in each dependency's directory, and a dependency that ships
 /// its own rust-toolchain.toml (the `x86_64` crate does) would otherwise pick its
 /// toolchain instead of ours.
-fn cargo(toolchain: &str) -> Command {
+pub fn cargo(toolchain: &str) -> Command {
     let mut command = Command::new("rustup");
     command.args(["run", toolchain, "cargo"]);
     for var in CARGO_ENV_LEAKS {
