@@ -232,7 +232,7 @@ fn copy_top_level_table(to: u64) {
 }
 
 fn wait_ready(before: u32, micros: u64) -> bool {
-    let end = time::rdtsc() + micros * (time::tsc_hz().max(1_000_000) / 1_000_000);
+    let end = time::deadline_after_us(micros);
     while time::rdtsc() < end {
         if READY.load(Ordering::Acquire) != before {
             return true;

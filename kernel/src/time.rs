@@ -44,10 +44,14 @@ pub fn apic_timer_hz() -> u64 {
     APIC_TIMER_HZ.load(Ordering::Relaxed)
 }
 
+/// The TSC value `micros` microseconds from now.
+pub fn deadline_after_us(micros: u64) -> u64 {
+    rdtsc() + micros * (tsc_hz().max(1_000_000) / 1_000_000)
+}
+
 /// Busy-waits `micros` microseconds on the TSC.
 pub fn delay_us(micros: u64) {
-    let hz = tsc_hz().max(1_000_000);
-    let end = rdtsc() + micros * (hz / 1_000_000);
+    let end = deadline_after_us(micros);
     while rdtsc() < end {
         core::hint::spin_loop();
     }

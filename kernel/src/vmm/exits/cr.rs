@@ -54,11 +54,16 @@ fn write_cr0(vcpu: &mut Vcpu, value: u64, vmx: &cpu::Vmx) {
     let paging = value & CR0_PG != 0;
     if paging != was_paging {
         let efer = read(vmcs::GUEST_IA32_EFER);
-        let long = paging && efer & EFER_LME != 0;
-        write(vmcs::GUEST_IA32_EFER, if long { efer | EFER_LMA } else { efer & !EFER_LMA });
-        let entry = read(vmcs::ENTRY_CONTROLS);
-        let ia32e = ENTRY_IA32E_MODE_GUEST as u64;
-        write(vmcs::ENTRY_CONTROLS, if long { entry | ia32e } else { entry & !ia32e });
-        vcpu.ia32e = long;
+        set_long_mode(vcpu, efer, paging && efer & EFER_LME != 0);
     }
+}
+
+/// Writes the guest's EFER with LMA (long mode active) set or clear, and the
+/// "IA-32e mode guest" entry control to match; the only place either changes.
+pub(super) fn set_long_mode(vcpu: &mut Vcpu, efer: u64, active: bool) {
+    write(vmcs::GUEST_IA32_EFER, if active { efer | EFER_LMA } else { efer & !EFER_LMA });
+    let entry = read(vmcs::ENTRY_CONTROLS);
+    let ia32e = ENTRY_IA32E_MODE_GUEST as u64;
+    write(vmcs::ENTRY_CONTROLS, if active { entry | ia32e } else { entry & !ia32e });
+    vcpu.ia32e = active;
 }

@@ -2,8 +2,7 @@
 //! vcpu.rs). A few are emulated; any other access raises #GP in the guest, as a
 //! real CPU does for an MSR it does not have.
 
-use super::{inject_exception, skip_instruction, write, Outcome, GP};
-use crate::vmm::cpu::ENTRY_IA32E_MODE_GUEST;
+use super::{inject_exception, skip_instruction, Outcome, GP};
 use crate::vmm::vcpu::{read, Vcpu};
 use vmx::guest_state::{CR0_PG, EFER_LMA, EFER_LME};
 use vmx::vmcs;
@@ -55,13 +54,8 @@ pub fn wrmsr(vcpu: &mut Vcpu) -> Outcome {
             }
             // LMA follows LME only while paging is on; cr.rs handles the switch.
             let paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
-            let lma = if paging { read(vmcs::GUEST_IA32_EFER) & EFER_LMA } else { 0 };
-            write(vmcs::GUEST_IA32_EFER, (value & EFER_WRITABLE) | lma);
-            let entry = read(vmcs::ENTRY_CONTROLS);
-            let entry =
-                if lma != 0 { entry | ENTRY_IA32E_MODE_GUEST as u64 } else { entry & !(ENTRY_IA32E_MODE_GUEST as u64) };
-            write(vmcs::ENTRY_CONTROLS, entry);
-            vcpu.ia32e = lma != 0;
+            let active = paging && read(vmcs::GUEST_IA32_EFER) & EFER_LMA != 0;
+            super::cr::set_long_mode(vcpu, value & EFER_WRITABLE, active);
         }
         // Accepted and ignored: timing, MTRRs and APIC relocation are not modelled.
         IA32_TSC | IA32_APIC_BASE | IA32_MTRR_DEF_TYPE | IA32_MISC_ENABLE | IA32_BIOS_SIGN_ID => {}
