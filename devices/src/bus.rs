@@ -11,6 +11,10 @@ use core::ops::Range;
 pub enum Request {
     /// Stop the VM with this exit status.
     Stop { status: u32 },
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a platform reset.
+    Reset,
 }
 
 /// A device reachable through I/O ports. `offset` is relative to the start of

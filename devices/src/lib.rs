@@ -1,13 +1,24 @@
 //! Device models for Basalt guests. Devices are pure state machines: they never
-//! touch hardware, so every one of them is tested on the host.
+//! touch hardware, so every one of them is tested on the host. `chipset` wires
+//! the PC devices of one VM together at the addresses `layout` gives them.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod bus;
+pub mod chipset;
+pub mod clock;
+pub mod ioapic;
+pub mod lapic;
+pub mod layout;
 pub mod pending;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
 pub mod uart;
 
 pub use bus::{BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed};
+pub use chipset::{Chipset, ChipsetConfig, StartupSignal};
 pub use pending::PendingEvents;
 pub use uart::{DebugExit, Uart16550};

@@ -17,6 +17,7 @@ const IIR_NONE: u8 = 0x01;
 const IIR_THR_EMPTY: u8 = 0x02;
 const IIR_RECEIVED_DATA: u8 = 0x04;
 const IIR_FIFO_ENABLED: u8 = 0xc0;
+const MCR_OUT2: u8 = 1 << 3;
 const MCR_LOOPBACK: u8 = 1 << 4;
 /// A line longer than this is passed on without waiting for its newline.
 const MAX_LINE: usize = 256;
@@ -61,6 +62,11 @@ impl Uart16550 {
     /// Whether the UART's interrupt line is asserted.
     pub fn interrupt_pending(&self) -> bool {
         self.interrupt_id() != IIR_NONE
+    }
+
+    /// The IRQ line as the PC wires it: the interrupt output gated by MCR OUT2.
+    pub fn irq_line(&self) -> bool {
+        self.mcr & MCR_OUT2 != 0 && self.interrupt_pending()
     }
 
     /// Passes on a partial line (when the VM stops).

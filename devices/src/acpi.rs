@@ -1,0 +1,323 @@
+//! ACPI for a Basalt VM: the tables a guest reads at boot (RSDP, XSDT, RSDT,
+//! FADT, FACS, MADT and a DSDT with \_S5), built per VM from `layout`, and the
+//! fixed-hardware registers the FADT points at (PM1 event and control blocks
+//! and the 32-bit PM timer at 3.579545 MHz). Writing SLP_EN with the S5 sleep
+//! type is the guest's power-off.
+
+use crate::bus::Request;
+use crate::clock;
+use crate::layout;
+use alloc::vec;
+use alloc::vec::Vec;
+
+pub const PM_TIMER_HZ: u64 = 3_579_545;
+const OEM_ID: &[u8; 6] = b"BASALT";
+const OEM_TABLE_ID: &[u8; 8] = b"BASALTVM";
+
+const PM1_CNT_SCI_EN: u16 = 1 << 0;
+const PM1_CNT_SLP_EN: u16 = 1 << 13;
+const PM1_STS_TMR: u16 = 1 << 0;
+const PM1_STS_WAK: u16 = 1 << 15;
+
+/// PM1a status/enable/control and the PM timer.
+pub struct PowerManagement {
+    tsc_hz: u64,
+    status: u16,
+    enable: u16,
+    control: u16,
+}
+
+impl PowerManagement {
+    /// ACPI mode already on (SCI_EN set): there is no SMI command port to switch it.
+    pub fn new(tsc_hz: u64) -> PowerManagement {
+        PowerManagement { tsc_hz, status: 0, enable: 0, control: PM1_CNT_SCI_EN }
+    }
+
+    /// `offset` from `layout::PM_BASE`.
+    pub fn read(&self, offset: u16, size: u8, now: u64) -> u32 {
+        let value = match offset {
+            0 => self.status as u32 | (self.enable as u32) << 16,
+            2 => self.enable as u32,
+            4 => self.control as u32,
+            8 => clock::convert(now, self.tsc_hz, PM_TIMER_HZ) as u32,
+            _ => return u32::MAX,
+        };
+        match size {
+            1 => value & 0xff,
+            2 => value & 0xffff,
+            _ => value,
+        }
+    }
+
+    pub fn write(&mut self, offset: u16, size: u8, value: u32) -> Option<Request> {
+        match (offset, size) {
+            // Status bits clear when written with 1.
+            (0, 4) => {
+                self.status &= !(value as u16);
+                self.enable = (value >> 16) as u16;
+            }
+            (0, _) => self.status &= !(value as u16),
+            (2, _) => self.enable = value as u16 & PM1_STS_TMR,
+            (4, _) => {
+                let value = value as u16;
+                self.control = (value & !PM1_CNT_SLP_EN) | PM1_CNT_SCI_EN;
+                let sleep_type = (value >> 10) & 7;
+                if value & PM1_CNT_SLP_EN != 0 && sleep_type == layout::SLP_TYP_S5 {
+                    return Some(Request::PowerOff);
+                }
+                if value & PM1_CNT_SLP_EN != 0 {
+                    // Other sleep states are not offered; the guest wakes at once.
+                    self.status |= PM1_STS_WAK;
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// The reset control register: writing 0x06 (full reset) or 0x04 restarts the VM.
+pub fn reset_control_write(value: u8) -> Option<Request> {
+    (value & 0x04 != 0).then_some(Request::Reset)
+}
+
+/// A generic address structure for a system I/O register.
+fn io_gas(port: u16, bits: u8, access: u8) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = 1; // system I/O
+    g[1] = bits;
+    g[3] = access;
+    g[4..12].copy_from_slice(&(port as u64).to_le_bytes());
+    g
+}
+
+fn checksum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b)).wrapping_neg()
+}
+
+/// A table: standard header (checksum filled in) followed by `body`.
+fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(36 + body.len());
+    t.extend_from_slice(signature);
+    t.extend_from_slice(&((36 + body.len()) as u32).to_le_bytes());
+    t.push(revision);
+    t.push(0);
+    t.extend_from_slice(OEM_ID);
+    t.extend_from_slice(OEM_TABLE_ID);
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(b"BSLT");
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(body);
+    t[9] = checksum(&t);
+    t
+}
+
+/// DSDT: `Name (_S5, Package () { 5, 5, 0, 0 })`, so the guest knows how to
+/// power off. The legacy devices are found by their fixed addresses.
+fn dsdt() -> Vec<u8> {
+    let s5 = layout::SLP_TYP_S5 as u8;
+    let aml = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00];
+    table(b"DSDT", 2, &aml)
+}
+
+fn facs() -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&64u32.to_le_bytes());
+    f[32] = 2; // version
+    f
+}
+
+fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 276 - 36];
+    let mut put = |offset: usize, bytes: &[u8]| b[offset - 36..offset - 36 + bytes.len()].copy_from_slice(bytes);
+    put(36, &(facs as u32).to_le_bytes());
+    put(40, &(dsdt as u32).to_le_bytes());
+    put(46, &(layout::IRQ_SCI as u16).to_le_bytes());
+    put(56, &(layout::PM1_EVENT as u32).to_le_bytes());
+    put(64, &(layout::PM1_CONTROL as u32).to_le_bytes());
+    put(76, &(layout::PM_TIMER as u32).to_le_bytes());
+    put(88, &[4, 2, 0, 4]); // PM1 event, PM1 control, PM2 control, PM timer lengths
+    put(96, &101u16.to_le_bytes()); // no C2
+    put(98, &1001u16.to_le_bytes()); // no C3
+    put(108, &[crate::rtc::CENTURY as u8]);
+    // Legacy ISA devices present, no VGA, no 8042.
+    put(109, &0x0005u16.to_le_bytes());
+    // WBINVD, C1 on all CPUs, power and sleep buttons absent, 32-bit PM timer,
+    // reset register supported.
+    put(112, &0x0000_0535u32.to_le_bytes());
+    put(116, &io_gas(layout::RESET_CONTROL, 8, 1));
+    put(128, &[0x06]);
+    put(131, &[1]); // FADT minor version (6.1)
+    put(132, &facs.to_le_bytes());
+    put(140, &dsdt.to_le_bytes());
+    put(148, &io_gas(layout::PM1_EVENT, 32, 2));
+    put(172, &io_gas(layout::PM1_CONTROL, 16, 2));
+    put(208, &io_gas(layout::PM_TIMER, 32, 3));
+    put(268, b"Basalt\0\0");
+    table(b"FACP", 6, &b)
+}
+
+fn madt(vcpus: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(layout::LAPIC_BASE as u32).to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes()); // PC-AT compatible: 8259s present
+    for cpu in 0..vcpus {
+        // Processor local APIC: UID, APIC ID, enabled.
+        b.extend_from_slice(&[0, 8, cpu as u8, cpu as u8, 1, 0, 0, 0]);
+    }
+    // I/O APIC: ID = vCPU count (after the local APICs), address, GSI base 0.
+    b.extend_from_slice(&[1, 12, vcpus as u8, 0]);
+    b.extend_from_slice(&(layout::IOAPIC_BASE as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    // IRQ 0 -> GSI 2 (edge, high); SCI: level, active high.
+    b.extend_from_slice(&[2, 10, 0, layout::IRQ_PIT]);
+    b.extend_from_slice(&(layout::GSI_PIT as u32).to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&[2, 10, 0, layout::IRQ_SCI]);
+    b.extend_from_slice(&(layout::IRQ_SCI as u32).to_le_bytes());
+    b.extend_from_slice(&0x000du16.to_le_bytes());
+    // LINT1 of every processor is the NMI input.
+    b.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]);
+    table(b"APIC", 5, &b)
+}
+
+/// All tables for a VM with `vcpus` processors, laid out from guest-physical
+/// `base` (RSDP at `base`). Returns the bytes to copy there.
+pub fn tables(base: u64, vcpus: u32) -> Vec<u8> {
+    let mut blob = vec![0u8; 64];
+    let place = |blob: &mut Vec<u8>, bytes: &[u8]| {
+        let at = blob.len().next_multiple_of(64);
+        blob.resize(at, 0);
+        blob.extend_from_slice(bytes);
+        base + at as u64
+    };
+    let dsdt_at = place(&mut blob, &dsdt());
+    let facs_at = place(&mut blob, &facs());
+    let fadt_at = place(&mut blob, &fadt(facs_at, dsdt_at));
+    let madt_at = place(&mut blob, &madt(vcpus));
+    let mut xsdt_body = Vec::new();
+    let mut rsdt_body = Vec::new();
+    for at in [fadt_at, madt_at] {
+        xsdt_body.extend_from_slice(&at.to_le_bytes());
+        rsdt_body.extend_from_slice(&(at as u32).to_le_bytes());
+    }
+    let xsdt_at = place(&mut blob, &table(b"XSDT", 1, &xsdt_body));
+    let rsdt_at = place(&mut blob, &table(b"RSDT", 1, &rsdt_body));
+    let mut rsdp = [0u8; 36];
+    rsdp[0..8].copy_from_slice(b"RSD PTR ");
+    rsdp[9..15].copy_from_slice(OEM_ID);
+    rsdp[15] = 2;
+    rsdp[16..20].copy_from_slice(&(rsdt_at as u32).to_le_bytes());
+    rsdp[20..24].copy_from_slice(&36u32.to_le_bytes());
+    rsdp[24..32].copy_from_slice(&xsdt_at.to_le_bytes());
+    rsdp[8] = checksum(&rsdp[..20]);
+    rsdp[32] = checksum(&rsdp);
+    blob[..36].copy_from_slice(&rsdp);
+    blob
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = layout::ACPI_TABLES;
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |s, x| s.wrapping_add(*x))
+    }
+    /// The table at guest-physical `at`, checked for a valid checksum.
+    fn table_at<'a>(blob: &'a [u8], at: u64, signature: &[u8; 4]) -> &'a [u8] {
+        let start = (at - BASE) as usize;
+        let len = u32_at(blob, start + 4) as usize;
+        let t = &blob[start..start + len];
+        assert_eq!(&t[..4], signature);
+        assert_eq!(sum(t), 0, "{} checksum", String::from_utf8_lossy(signature));
+        t
+    }
+
+    #[test]
+    fn rsdp_leads_to_every_table_with_valid_checksums() {
+        let blob = tables(BASE, 2);
+        assert!(blob.len() as u64 <= layout::ACPI_TABLES_SIZE);
+        assert_eq!(&blob[..8], b"RSD PTR ");
+        assert_eq!(sum(&blob[..20]), 0);
+        assert_eq!(sum(&blob[..36]), 0);
+        let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
+        let rsdt = table_at(&blob, u32_at(&blob, 16) as u64, b"RSDT");
+        let entries: Vec<u64> = (36..xsdt.len()).step_by(8).map(|i| u64_at(xsdt, i)).collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(u32_at(rsdt, 36) as u64, entries[0]);
+        let fadt = table_at(&blob, entries[0], b"FACP");
+        assert_eq!(fadt.len(), 276);
+        let dsdt = table_at(&blob, u64_at(fadt, 140), b"DSDT");
+        assert_eq!(u32_at(fadt, 40) as u64, u64_at(fadt, 140));
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        let facs_at = (u64_at(fadt, 132) - BASE) as usize;
+        assert_eq!(&blob[facs_at..facs_at + 4], b"FACS");
+        assert_eq!(facs_at % 64, 0, "FACS is 64-byte aligned");
+        table_at(&blob, entries[1], b"APIC");
+    }
+
+    #[test]
+    fn fadt_names_the_pm_blocks_and_reset_register() {
+        let blob = tables(BASE, 1);
+        let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
+        let fadt = table_at(&blob, u64_at(xsdt, 36), b"FACP");
+        assert_eq!(u32_at(fadt, 76), layout::PM_TIMER as u32);
+        assert_eq!(u32_at(fadt, 56), layout::PM1_EVENT as u32);
+        assert_eq!(u32_at(fadt, 64), layout::PM1_CONTROL as u32);
+        assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9);
+        assert_eq!(u64_at(fadt, 120), layout::RESET_CONTROL as u64);
+        assert_eq!(fadt[128], 6);
+        assert_eq!(u32_at(fadt, 112) & (1 << 8), 1 << 8, "32-bit PM timer");
+        assert_eq!(u32_at(fadt, 112) & (1 << 20), 0, "not hardware-reduced");
+    }
+
+    #[test]
+    fn madt_lists_each_vcpu_the_ioapic_and_the_timer_override() {
+        let blob = tables(BASE, 3);
+        let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
+        let madt = table_at(&blob, u64_at(xsdt, 44), b"APIC");
+        assert_eq!(u32_at(madt, 36) as u64, layout::LAPIC_BASE);
+        let mut at = 44;
+        let mut lapic_ids = Vec::new();
+        let mut overrides = Vec::new();
+        let mut ioapic = None;
+        while at < madt.len() {
+            let (kind, len) = (madt[at], madt[at + 1] as usize);
+            match kind {
+                0 => lapic_ids.push(madt[at + 3]),
+                1 => ioapic = Some((madt[at + 2], u32_at(madt, at + 4))),
+                2 => overrides.push((madt[at + 3], u32_at(madt, at + 4))),
+                _ => {}
+            }
+            at += len;
+        }
+        assert_eq!(at, madt.len());
+        assert_eq!(lapic_ids, vec![0, 1, 2]);
+        assert_eq!(ioapic, Some((3, layout::IOAPIC_BASE as u32)));
+        assert_eq!(overrides, vec![(0, 2), (9, 9)]);
+    }
+
+    #[test]
+    fn pm_timer_runs_at_its_frequency_and_s5_powers_off() {
+        let tsc_hz = 2_000_000_000;
+        let mut pm = PowerManagement::new(tsc_hz);
+        assert_eq!(pm.read(8, 4, tsc_hz), PM_TIMER_HZ as u32);
+        assert_eq!(pm.read(4, 2, 0) & 1, 1, "SCI_EN: ACPI mode");
+        assert_eq!(pm.write(4, 2, (1 << 10) | PM1_CNT_SLP_EN as u32), None, "S1 is not offered");
+        assert_ne!(pm.read(0, 2, 0) as u16 & PM1_STS_WAK, 0);
+        pm.write(0, 2, PM1_STS_WAK as u32);
+        assert_eq!(pm.read(0, 2, 0), 0);
+        assert_eq!(pm.write(4, 2, (5 << 10) | PM1_CNT_SLP_EN as u32), Some(Request::PowerOff));
+        assert_eq!(reset_control_write(0x06), Some(Request::Reset));
+        assert_eq!(reset_control_write(0x02), None);
+    }
+}

@@ -1,0 +1,460 @@
+//! The platform of one VM: the PC devices at their `layout` addresses and the
+//! wiring between them. Device models stay pure; this file is the only place
+//! that knows which line goes where:
+//!
+//! ```text
+//! PIT ch0 --IRQ0--> PIC IR0, IOAPIC pin 2      COM1 --IRQ4--> PIC IR4, IOAPIC pin 4
+//! RTC ----IRQ8--> PIC IR8, IOAPIC pin 8        IOAPIC --messages--> local APICs
+//! PIC INTR --> LINT0 of vCPU 0 (ExtINT)        local APIC ICR --IPIs--> local APICs
+//! ```
+//!
+//! The VMM calls in with every port and MMIO access it does not handle itself,
+//! with `poll` before entering a vCPU, and asks what to inject with
+//! `take_interrupt`. `now` is always the guest's TSC.
+
+use crate::acpi::{self, PowerManagement};
+use crate::bus::{MmioBus, PortBus, Request};
+use crate::ioapic::IoApic;
+use crate::lapic::{self, DeliveryMode, Destination, LocalApic, Message};
+use crate::layout;
+use crate::pic::PicPair;
+use crate::pit::Pit;
+use crate::rtc::Rtc;
+use crate::uart::{LineSink, Uart16550};
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+/// INIT and SIPI messages for a vCPU, which only the VMM can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartupSignal {
+    Init,
+    Startup { vector: u8 },
+}
+
+pub struct ChipsetConfig {
+    pub vcpus: u32,
+    pub tsc_hz: u64,
+    /// Wall-clock time for the RTC (seconds since 1970) at TSC `now`.
+    pub unix_time: u64,
+    pub now: u64,
+    pub com1_output: LineSink,
+}
+
+pub struct Chipset {
+    lapics: Vec<LocalApic>,
+    ioapic: IoApic,
+    pic: PicPair,
+    pit: Pit,
+    rtc: Rtc,
+    pm: PowerManagement,
+    com1: Uart16550,
+    com1_line: bool,
+    signals: Vec<VecDeque<StartupSignal>>,
+    /// Further port devices (debug exit, ...).
+    pub ports: PortBus,
+    /// Further MMIO devices (virtio, ...).
+    pub mmio: MmioBus,
+}
+
+impl Chipset {
+    pub fn new(config: ChipsetConfig) -> Chipset {
+        let vcpus = config.vcpus.max(1) as usize;
+        Chipset {
+            lapics: (0..vcpus).map(|id| LocalApic::new(id as u8)).collect(),
+            ioapic: IoApic::new(vcpus as u8),
+            pic: PicPair::new(),
+            pit: Pit::new(config.tsc_hz),
+            rtc: Rtc::new(config.tsc_hz, config.unix_time, config.now),
+            pm: PowerManagement::new(config.tsc_hz),
+            com1: Uart16550::new(config.com1_output),
+            com1_line: false,
+            signals: (0..vcpus).map(|_| VecDeque::new()).collect(),
+            ports: PortBus::new(),
+            mmio: MmioBus::new(),
+        }
+    }
+
+    pub fn vcpus(&self) -> usize {
+        self.lapics.len()
+    }
+
+    pub fn com1(&mut self) -> &mut Uart16550 {
+        &mut self.com1
+    }
+
+    /// Bytes typed for the guest's serial console.
+    pub fn com1_input(&mut self, bytes: &[u8]) {
+        self.com1.push_input(bytes);
+        self.update_com1_line();
+    }
+
+    pub fn port_read(&mut self, port: u16, size: u8, now: u64) -> u32 {
+        use crate::bus::PortDevice;
+        match port {
+            layout::PIC_MASTER | 0x21 => self.pic.read(0, port - layout::PIC_MASTER) as u32,
+            layout::PIC_SLAVE | 0xa1 => self.pic.read(1, port - layout::PIC_SLAVE) as u32,
+            layout::PIC_ELCR | 0x4d1 => self.pic.read_elcr((port - layout::PIC_ELCR) as usize) as u32,
+            0x40..=0x42 => self.pit.read(port - layout::PIT, now) as u32,
+            0x43 => 0xff,
+            layout::SYSTEM_CONTROL => self.pit.read_port61(now) as u32,
+            0x71 => self.rtc.read(now) as u32,
+            0x3f8..=0x3ff => {
+                let value = self.com1.read(port - layout::COM1, size);
+                self.update_com1_line();
+                value
+            }
+            p if (layout::PM_BASE..layout::PM_BASE + layout::PM_SIZE).contains(&p) => {
+                self.pm.read(p - layout::PM_BASE, size, now)
+            }
+            layout::RESET_CONTROL => 0,
+            _ => self.ports.read(port, size),
+        }
+    }
+
+    pub fn port_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Option<Request> {
+        use crate::bus::PortDevice;
+        let byte = value as u8;
+        match port {
+            layout::PIC_MASTER | 0x21 => self.pic.write(0, port - layout::PIC_MASTER, byte),
+            layout::PIC_SLAVE | 0xa1 => self.pic.write(1, port - layout::PIC_SLAVE, byte),
+            layout::PIC_ELCR | 0x4d1 => self.pic.write_elcr((port - layout::PIC_ELCR) as usize, byte),
+            0x40..=0x43 => self.pit.write(port - layout::PIT, byte, now),
+            layout::SYSTEM_CONTROL => self.pit.write_port61(byte, now),
+            layout::RTC => self.rtc.select(byte),
+            0x71 => self.rtc.write(byte, now),
+            0x3f8..=0x3ff => {
+                let request = self.com1.write(port - layout::COM1, size, value);
+                self.update_com1_line();
+                return request;
+            }
+            p if (layout::PM_BASE..layout::PM_BASE + layout::PM_SIZE).contains(&p) => {
+                return self.pm.write(p - layout::PM_BASE, size, value);
+            }
+            layout::RESET_CONTROL => return acpi::reset_control_write(byte),
+            _ => return self.ports.write(port, size, value),
+        }
+        None
+    }
+
+    /// An MMIO read by `vcpu` (the local APIC page is per vCPU).
+    pub fn mmio_read(&mut self, vcpu: usize, address: u64, size: u8, now: u64) -> u64 {
+        if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+            let value = self.lapics[vcpu].read(offset as u32 & !0xf, now) as u64;
+            return value >> (8 * (offset & 3)) & size_mask(size);
+        }
+        if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            return self.ioapic.read(offset & !3) as u64 & size_mask(size);
+        }
+        self.mmio.read(address, size)
+    }
+
+    pub fn mmio_write(&mut self, vcpu: usize, address: u64, size: u8, value: u64, now: u64) -> Option<Request> {
+        if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+            match self.lapics[vcpu].write(offset as u32 & !0xf, value as u32, now) {
+                Some(lapic::Effect::Send(message)) => self.deliver(Some(vcpu), message),
+                Some(lapic::Effect::LevelEoi(vector)) => {
+                    for message in self.ioapic.end_of_interrupt(vector) {
+                        self.deliver(None, message);
+                    }
+                }
+                None => {}
+            }
+            return None;
+        }
+        if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            if let Some(message) = self.ioapic.write(offset & !3, value as u32) {
+                self.deliver(None, message);
+            }
+            return None;
+        }
+        self.mmio.write(address, size, value)
+    }
+
+    pub fn tsc_deadline(&self, vcpu: usize) -> u64 {
+        self.lapics[vcpu].tsc_deadline()
+    }
+
+    pub fn set_tsc_deadline(&mut self, vcpu: usize, deadline: u64) {
+        self.lapics[vcpu].set_tsc_deadline(deadline);
+    }
+
+    /// Runs the clocks up to `now`: timers that expired raise their interrupts.
+    pub fn poll(&mut self, now: u64) {
+        for apic in &mut self.lapics {
+            apic.poll(now);
+        }
+        for _ in 0..self.pit.poll_irq0(now).min(1) {
+            self.pulse_isa_irq(layout::IRQ_PIT);
+        }
+        if self.rtc.poll(now) {
+            self.pulse_isa_irq(layout::IRQ_RTC);
+        }
+    }
+
+    /// The next moment a timer could interrupt `vcpu`: the VMM makes sure it gets
+    /// control back by then.
+    pub fn next_deadline(&self, vcpu: usize) -> Option<u64> {
+        let routed =
+            |irq: u8| self.ioapic.pin_unmasked(layout::gsi_of_isa_irq(irq) as usize) || self.pic.irq_unmasked(irq);
+        let pit = self.pit.next_irq0().filter(|_| routed(layout::IRQ_PIT));
+        let rtc = self.rtc.next_event().filter(|_| routed(layout::IRQ_RTC));
+        [self.lapics[vcpu].next_deadline(), pit, rtc].into_iter().flatten().min()
+    }
+
+    /// Whether `vcpu` has an interrupt to take when it can.
+    pub fn has_interrupt(&self, vcpu: usize) -> bool {
+        self.lapics[vcpu].deliverable().is_some() || self.extint_pending(vcpu)
+    }
+
+    /// The vector to inject into `vcpu` now, acknowledged (it is in service
+    /// from here on, so call this only when the guest can take it).
+    pub fn take_interrupt(&mut self, vcpu: usize) -> Option<u8> {
+        if let Some(vector) = self.lapics[vcpu].deliverable() {
+            self.lapics[vcpu].acknowledge(vector);
+            return Some(vector);
+        }
+        if self.extint_pending(vcpu) {
+            return self.pic.acknowledge();
+        }
+        None
+    }
+
+    fn extint_pending(&self, vcpu: usize) -> bool {
+        vcpu == 0 && self.lapics[0].accepts_extint() && self.pic.interrupt_pending()
+    }
+
+    pub fn take_nmi(&mut self, vcpu: usize) -> bool {
+        core::mem::take(&mut self.lapics[vcpu].nmi_pending)
+    }
+
+    pub fn take_signal(&mut self, vcpu: usize) -> Option<StartupSignal> {
+        self.signals[vcpu].pop_front()
+    }
+
+    /// An INIT resets the vCPU's local APIC as well as the vCPU.
+    pub fn reset_lapic(&mut self, vcpu: usize) {
+        self.lapics[vcpu].init();
+    }
+
+    fn update_com1_line(&mut self) {
+        let line = self.com1.irq_line();
+        if line != self.com1_line {
+            self.com1_line = line;
+            self.set_isa_irq(layout::IRQ_COM1, line);
+        }
+    }
+
+    fn set_isa_irq(&mut self, irq: u8, level: bool) {
+        self.pic.set_line(irq, level);
+        if let Some(message) = self.ioapic.set_line(layout::gsi_of_isa_irq(irq) as usize, level) {
+            self.deliver(None, message);
+        }
+    }
+
+    fn pulse_isa_irq(&mut self, irq: u8) {
+        self.pic.pulse(irq);
+        if let Some(message) = self.ioapic.pulse(layout::gsi_of_isa_irq(irq) as usize) {
+            self.deliver(None, message);
+        }
+    }
+
+    /// Routes an APIC message from `source` (None: the IOAPIC) to its targets.
+    fn deliver(&mut self, source: Option<usize>, message: Message) {
+        let targets: Vec<usize> = (0..self.lapics.len())
+            .filter(|&i| match message.destination {
+                Destination::Physical(0xff) => true,
+                Destination::Physical(id) => self.lapics[i].id() == id,
+                Destination::Logical(mask) => self.lapics[i].matches_logical(mask),
+                Destination::SelfOnly => source == Some(i),
+                Destination::AllIncludingSelf => true,
+                Destination::AllExcludingSelf => source != Some(i),
+            })
+            .collect();
+        // Lowest priority: any one of them will do; take the first.
+        let targets =
+            if message.mode == DeliveryMode::LowestPriority { &targets[..targets.len().min(1)] } else { &targets };
+        for &i in targets {
+            match message.mode {
+                DeliveryMode::Init => {
+                    self.signals[i].push_back(StartupSignal::Init);
+                }
+                DeliveryMode::Startup => self.signals[i].push_back(StartupSignal::Startup { vector: message.vector }),
+                _ => self.lapics[i].receive(&message),
+            }
+        }
+    }
+
+    /// The ACPI tables for this VM, to be copied to `layout::ACPI_TABLES`.
+    pub fn acpi_tables(&self) -> Vec<u8> {
+        acpi::tables(layout::ACPI_TABLES, self.lapics.len() as u32)
+    }
+}
+
+fn offset_in(address: u64, base: u64, size: u64) -> Option<u64> {
+    address.checked_sub(base).filter(|&o| o < size)
+}
+
+fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lapic::reg;
+    use std::sync::{Arc, Mutex};
+
+    const HZ: u64 = 1_000_000_000;
+
+    fn chipset(vcpus: u32) -> (Chipset, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let config = ChipsetConfig {
+            vcpus,
+            tsc_hz: HZ,
+            unix_time: 1_795_355_107,
+            now: 0,
+            com1_output: alloc::boxed::Box::new(move |l: &[u8]| {
+                sink.lock().unwrap().push(String::from_utf8_lossy(l).into())
+            }),
+        };
+        (Chipset::new(config), lines)
+    }
+
+    fn lapic_write(c: &mut Chipset, vcpu: usize, register: u32, value: u32, now: u64) {
+        c.mmio_write(vcpu, layout::LAPIC_BASE + register as u64, 4, value as u64, now);
+    }
+
+    fn ioapic_route(c: &mut Chipset, pin: u32, low: u32, dest: u8) {
+        c.mmio_write(0, layout::IOAPIC_BASE, 4, 0x11 + 2 * pin as u64, 0);
+        c.mmio_write(0, layout::IOAPIC_BASE + 0x10, 4, (dest as u64) << 24, 0);
+        c.mmio_write(0, layout::IOAPIC_BASE, 4, 0x10 + 2 * pin as u64, 0);
+        c.mmio_write(0, layout::IOAPIC_BASE + 0x10, 4, low as u64, 0);
+    }
+
+    fn enable_apic(c: &mut Chipset, vcpu: usize) {
+        lapic_write(c, vcpu, reg::SVR, 0x1ff, 0);
+    }
+
+    #[test]
+    fn com1_transmit_interrupt_reaches_the_cpu_through_the_ioapic() {
+        let (mut c, lines) = chipset(1);
+        enable_apic(&mut c, 0);
+        ioapic_route(&mut c, 4, 0x24, 0);
+        c.port_write(0x3fc, 1, 0x08, 0); // OUT2
+        assert!(!c.has_interrupt(0));
+        c.port_write(0x3f9, 1, 0x02, 0); // IER: THR empty
+        assert_eq!(c.take_interrupt(0), Some(0x24));
+        assert_eq!(c.port_read(0x3fa, 1, 0) & 0x0f, 0x02, "IIR says THR empty");
+        // The driver writes a byte: THR empty again is a new edge once EOI'd.
+        for b in b"hi\n" {
+            c.port_write(0x3f8, 1, *b as u32, 0);
+        }
+        lapic_write(&mut c, 0, reg::EOI, 0, 0);
+        assert_eq!(c.take_interrupt(0), Some(0x24));
+        assert_eq!(*lines.lock().unwrap(), vec!["hi"]);
+    }
+
+    #[test]
+    fn lapic_page_is_per_vcpu_and_ipis_cross() {
+        let (mut c, _) = chipset(2);
+        enable_apic(&mut c, 0);
+        enable_apic(&mut c, 1);
+        assert_eq!(c.mmio_read(1, layout::LAPIC_BASE + 0x20, 4, 0), 1 << 24);
+        assert_eq!(c.mmio_read(0, layout::LAPIC_BASE + 0x20, 4, 0), 0);
+        assert_eq!(c.mmio_read(0, layout::LAPIC_BASE + 0x23, 1, 0), 0, "byte reads of the ID");
+        lapic_write(&mut c, 0, reg::ICR_HIGH, 1 << 24, 0);
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0xfb, 0);
+        assert!(!c.has_interrupt(0));
+        assert_eq!(c.take_interrupt(1), Some(0xfb));
+        // INIT and SIPI are signals for the VMM.
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x4500, 0);
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x4610, 0);
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Init));
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Startup { vector: 0x10 }));
+        assert_eq!(c.take_signal(1), None);
+        // NMI to all others.
+        lapic_write(&mut c, 1, reg::ICR_LOW, 0x000c_0400, 0);
+        assert!(c.take_nmi(0));
+        assert!(!c.take_nmi(1));
+    }
+
+    #[test]
+    fn lapic_timer_deadline_is_reported_and_fires_on_poll() {
+        let (mut c, _) = chipset(1);
+        enable_apic(&mut c, 0);
+        lapic_write(&mut c, 0, reg::LVT_TIMER, (2 << 17) | 0xec, 0);
+        c.set_tsc_deadline(0, 5_000);
+        assert_eq!(c.next_deadline(0), Some(5_000));
+        c.poll(4_999);
+        assert!(!c.has_interrupt(0));
+        c.poll(5_000);
+        assert_eq!(c.take_interrupt(0), Some(0xec));
+        assert_eq!(c.next_deadline(0), None);
+    }
+
+    #[test]
+    fn pit_ticks_through_pic_in_virtual_wire_mode() {
+        let (mut c, _) = chipset(1);
+        // The classic PIC set-up, IRQ0 unmasked; the APIC stays disabled.
+        for (port, value) in [(0x20, 0x11), (0x21, 0x08), (0x21, 4), (0x21, 1), (0x21, 0xfe)] {
+            c.port_write(port, 1, value, 0);
+        }
+        c.port_write(0x43, 1, 0x34, 0);
+        c.port_write(0x40, 1, 0x9c, 0);
+        c.port_write(0x40, 1, 0x2e, 0); // 100 Hz
+        let first = c.next_deadline(0).unwrap();
+        assert!((9_990_000..=10_010_000).contains(&first), "{first}");
+        c.poll(first);
+        assert_eq!(c.take_interrupt(0), Some(0x08));
+        assert_eq!(c.take_interrupt(0), None);
+    }
+
+    #[test]
+    fn masked_sources_do_not_wake_the_vcpu() {
+        let (mut c, _) = chipset(1);
+        c.port_write(0x43, 1, 0x34, 0);
+        c.port_write(0x40, 1, 0x00, 0);
+        c.port_write(0x40, 1, 0x10, 0);
+        c.port_write(0x21, 1, 0xff, 0);
+        assert_eq!(c.next_deadline(0), None, "PIT counting but IRQ0 masked everywhere");
+    }
+
+    #[test]
+    fn level_triggered_ioapic_pin_redelivers_after_eoi() {
+        let (mut c, _) = chipset(1);
+        enable_apic(&mut c, 0);
+        ioapic_route(&mut c, 4, 0x8000 | 0x34, 0); // level-triggered COM1
+        c.port_write(0x3fc, 1, 0x08, 0);
+        c.com1_input(b"ab");
+        c.port_write(0x3f9, 1, 0x01, 0); // IER: received data
+        assert_eq!(c.take_interrupt(0), Some(0x34));
+        c.port_read(0x3f8, 1, 0);
+        lapic_write(&mut c, 0, reg::EOI, 0, 0);
+        assert_eq!(c.take_interrupt(0), Some(0x34), "one byte still waiting");
+        c.port_read(0x3f8, 1, 0);
+        lapic_write(&mut c, 0, reg::EOI, 0, 0);
+        assert_eq!(c.take_interrupt(0), None);
+    }
+
+    #[test]
+    fn power_off_reset_and_other_ports() {
+        let (mut c, _) = chipset(1);
+        assert_eq!(c.port_write(layout::PM1_CONTROL, 2, (5 << 10) | (1 << 13), 0), Some(Request::PowerOff));
+        assert_eq!(c.port_write(layout::RESET_CONTROL, 1, 0x06, 0), Some(Request::Reset));
+        c.port_write(0x70, 1, 0x09, 0);
+        assert_eq!(c.port_read(0x71, 1, 0), 0x26);
+        let t0 = c.port_read(layout::PM_TIMER, 4, 0);
+        let t1 = c.port_read(layout::PM_TIMER, 4, HZ);
+        assert_eq!(t1 - t0, acpi::PM_TIMER_HZ as u32);
+        assert_eq!(c.port_read(0xcfc, 4, 0), u32::MAX, "nothing there");
+        assert_eq!(c.ports.unclaimed.reads, 1);
+        let tables = c.acpi_tables();
+        assert_eq!(&tables[..8], b"RSD PTR ");
+    }
+}

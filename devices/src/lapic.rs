@@ -1,0 +1,635 @@
+//! A local APIC in xAPIC mode (the 4 KiB register page at 0xfee0_0000), one per
+//! vCPU: interrupt acceptance and priority (IRR, ISR, TMR, TPR, PPR), EOI, the
+//! timer in one-shot, periodic and TSC-deadline modes, and the interrupt command
+//! register. IPIs are handed back to the caller (the chipset), which routes them.
+//!
+//! Time is the guest's TSC: the timer counts at the TSC rate before its divider,
+//! which is what CPUID leaf 0x15 tells the guest, so no conversion is needed.
+
+/// Register offsets within the page.
+pub mod reg {
+    pub const ID: u32 = 0x20;
+    pub const VERSION: u32 = 0x30;
+    pub const TPR: u32 = 0x80;
+    pub const APR: u32 = 0x90;
+    pub const PPR: u32 = 0xa0;
+    pub const EOI: u32 = 0xb0;
+    pub const RRD: u32 = 0xc0;
+    pub const LDR: u32 = 0xd0;
+    pub const DFR: u32 = 0xe0;
+    pub const SVR: u32 = 0xf0;
+    pub const ISR: u32 = 0x100;
+    pub const TMR: u32 = 0x180;
+    pub const IRR: u32 = 0x200;
+    pub const ESR: u32 = 0x280;
+    pub const LVT_CMCI: u32 = 0x2f0;
+    pub const ICR_LOW: u32 = 0x300;
+    pub const ICR_HIGH: u32 = 0x310;
+    pub const LVT_TIMER: u32 = 0x320;
+    pub const LVT_THERMAL: u32 = 0x330;
+    pub const LVT_PERF: u32 = 0x340;
+    pub const LVT_LINT0: u32 = 0x350;
+    pub const LVT_LINT1: u32 = 0x360;
+    pub const LVT_ERROR: u32 = 0x370;
+    pub const TIMER_INITIAL: u32 = 0x380;
+    pub const TIMER_CURRENT: u32 = 0x390;
+    pub const TIMER_DIVIDE: u32 = 0x3e0;
+}
+
+/// Version 0x14 (integrated APIC), six LVT entries (max LVT index 5).
+const VERSION: u32 = 0x0005_0014;
+const SVR_ENABLE: u32 = 1 << 8;
+pub const LVT_MASKED: u32 = 1 << 16;
+const LVT_TIMER_MODE_SHIFT: u32 = 17;
+const LVT_DELIVERY_MODE_SHIFT: u32 = 8;
+const LVT_LEVEL: u32 = 1 << 15;
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+const ICR_ASSERT: u32 = 1 << 14;
+
+/// Delivery modes of ICR, LVT and IOAPIC entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryMode {
+    Fixed,
+    LowestPriority,
+    Smi,
+    Nmi,
+    Init,
+    Startup,
+    ExtInt,
+    Reserved,
+}
+
+impl DeliveryMode {
+    pub fn from_bits(bits: u32) -> DeliveryMode {
+        match bits & 7 {
+            0 => DeliveryMode::Fixed,
+            1 => DeliveryMode::LowestPriority,
+            2 => DeliveryMode::Smi,
+            4 => DeliveryMode::Nmi,
+            5 => DeliveryMode::Init,
+            6 => DeliveryMode::Startup,
+            7 => DeliveryMode::ExtInt,
+            _ => DeliveryMode::Reserved,
+        }
+    }
+}
+
+/// Who an interrupt message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// One APIC by ID (0xff: all).
+    Physical(u8),
+    /// APICs whose logical ID matches the mask (flat or cluster model).
+    Logical(u8),
+    SelfOnly,
+    AllIncludingSelf,
+    AllExcludingSelf,
+}
+
+/// An interrupt message between APICs: an IPI from an ICR write, or an IOAPIC
+/// redirection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub vector: u8,
+    pub mode: DeliveryMode,
+    pub destination: Destination,
+    pub level_triggered: bool,
+}
+
+/// What a register write asks of the rest of the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// An IPI to route.
+    Send(Message),
+    /// A level-triggered interrupt ended: IOAPICs clear Remote IRR for this vector.
+    LevelEoi(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerMode {
+    OneShot,
+    Periodic,
+    TscDeadline,
+}
+
+/// A 256-bit vector set (IRR, ISR, TMR), as eight 32-bit registers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct VectorSet([u32; 8]);
+
+impl VectorSet {
+    fn set(&mut self, v: u8) {
+        self.0[v as usize / 32] |= 1 << (v % 32);
+    }
+    fn clear(&mut self, v: u8) {
+        self.0[v as usize / 32] &= !(1 << (v % 32));
+    }
+    fn contains(&self, v: u8) -> bool {
+        self.0[v as usize / 32] & (1 << (v % 32)) != 0
+    }
+    fn highest(&self) -> Option<u8> {
+        let word = (0..8).rev().find(|&w| self.0[w] != 0)?;
+        Some((word * 32 + 31 - self.0[word].leading_zeros() as usize) as u8)
+    }
+}
+
+pub struct LocalApic {
+    id: u8,
+    tpr: u32,
+    ldr: u32,
+    dfr: u32,
+    svr: u32,
+    irr: VectorSet,
+    isr: VectorSet,
+    tmr: VectorSet,
+    esr: u32,
+    icr_low: u32,
+    icr_high: u32,
+    lvt_cmci: u32,
+    lvt_timer: u32,
+    lvt_thermal: u32,
+    lvt_perf: u32,
+    lvt_lint0: u32,
+    lvt_lint1: u32,
+    lvt_error: u32,
+    divide_config: u32,
+    initial_count: u32,
+    /// When the timer next reaches zero (any mode).
+    timer_deadline: Option<u64>,
+    /// TSC-deadline mode: the armed deadline (0 = disarmed).
+    tsc_deadline: u64,
+    /// Set by an NMI message or LINT1 in NMI mode; taken by the VMM.
+    pub nmi_pending: bool,
+}
+
+impl LocalApic {
+    /// An APIC in its power-up state: software-disabled, all LVTs masked.
+    pub fn new(id: u8) -> LocalApic {
+        LocalApic {
+            id,
+            tpr: 0,
+            ldr: 0,
+            dfr: 0xffff_ffff,
+            svr: 0xff,
+            irr: VectorSet::default(),
+            isr: VectorSet::default(),
+            tmr: VectorSet::default(),
+            esr: 0,
+            icr_low: 0,
+            icr_high: 0,
+            lvt_cmci: LVT_MASKED,
+            lvt_timer: LVT_MASKED,
+            lvt_thermal: LVT_MASKED,
+            lvt_perf: LVT_MASKED,
+            lvt_lint0: LVT_MASKED,
+            lvt_lint1: LVT_MASKED,
+            lvt_error: LVT_MASKED,
+            divide_config: 0,
+            initial_count: 0,
+            timer_deadline: None,
+            tsc_deadline: 0,
+            nmi_pending: false,
+        }
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    pub fn software_enabled(&self) -> bool {
+        self.svr & SVR_ENABLE != 0
+    }
+
+    /// Whether LINT0 passes the 8259's INTR through (virtual-wire mode): unmasked
+    /// ExtINT, or the APIC software-disabled (then LINT0 behaves as a plain wire).
+    pub fn accepts_extint(&self) -> bool {
+        !self.software_enabled()
+            || (self.lvt_lint0 & LVT_MASKED == 0
+                && DeliveryMode::from_bits(self.lvt_lint0 >> LVT_DELIVERY_MODE_SHIFT) == DeliveryMode::ExtInt)
+    }
+
+    /// Whether a logical destination mask selects this APIC.
+    pub fn matches_logical(&self, mask: u8) -> bool {
+        let logical = (self.ldr >> 24) as u8;
+        if self.dfr >> 28 == 0xf {
+            logical & mask != 0
+        } else {
+            // Cluster model: high nibble is the cluster, low nibble the members.
+            (mask >> 4 == 0xf || logical >> 4 == mask >> 4) && logical & mask & 0xf != 0
+        }
+    }
+
+    /// Takes an interrupt into IRR. A software-disabled APIC drops fixed
+    /// interrupts, as hardware does.
+    pub fn accept(&mut self, vector: u8, level_triggered: bool) {
+        if !self.software_enabled() || vector < 16 {
+            if vector < 16 {
+                self.esr |= 1 << 6; // received illegal vector
+            }
+            return;
+        }
+        self.irr.set(vector);
+        if level_triggered {
+            self.tmr.set(vector);
+        } else {
+            self.tmr.clear(vector);
+        }
+    }
+
+    fn ppr(&self) -> u32 {
+        let isr_class = self.isr.highest().map_or(0, |v| v as u32 & 0xf0);
+        if (self.tpr & 0xf0) >= isr_class {
+            self.tpr & 0xff
+        } else {
+            isr_class
+        }
+    }
+
+    /// The vector the CPU would take next, if its priority class beats PPR.
+    pub fn deliverable(&self) -> Option<u8> {
+        let vector = self.irr.highest()?;
+        ((vector as u32 & 0xf0) > self.ppr()).then_some(vector)
+    }
+
+    /// The CPU took `vector` (interrupt acknowledge): IRR to ISR.
+    pub fn acknowledge(&mut self, vector: u8) {
+        self.irr.clear(vector);
+        self.isr.set(vector);
+    }
+
+    pub fn has_pending_irr(&self) -> bool {
+        self.irr.highest().is_some()
+    }
+
+    /// Register read at `offset` into the page (32-bit aligned registers).
+    pub fn read(&self, offset: u32, now: u64) -> u32 {
+        let index = |base: u32| ((offset - base) / 0x10) as usize;
+        match offset {
+            reg::ID => (self.id as u32) << 24,
+            reg::VERSION => VERSION,
+            reg::TPR => self.tpr,
+            reg::APR => 0,
+            reg::PPR => self.ppr(),
+            reg::LDR => self.ldr,
+            reg::DFR => self.dfr,
+            reg::SVR => self.svr,
+            0x100..=0x170 => self.isr.0[index(reg::ISR)],
+            0x180..=0x1f0 => self.tmr.0[index(reg::TMR)],
+            0x200..=0x270 => self.irr.0[index(reg::IRR)],
+            reg::ESR => self.esr,
+            reg::LVT_CMCI => self.lvt_cmci,
+            reg::ICR_LOW => self.icr_low,
+            reg::ICR_HIGH => self.icr_high,
+            reg::LVT_TIMER => self.lvt_timer,
+            reg::LVT_THERMAL => self.lvt_thermal,
+            reg::LVT_PERF => self.lvt_perf,
+            reg::LVT_LINT0 => self.lvt_lint0,
+            reg::LVT_LINT1 => self.lvt_lint1,
+            reg::LVT_ERROR => self.lvt_error,
+            reg::TIMER_INITIAL => self.initial_count,
+            reg::TIMER_CURRENT => self.current_count(now),
+            reg::TIMER_DIVIDE => self.divide_config,
+            _ => 0,
+        }
+    }
+
+    /// Register write; returns what the platform must do about it.
+    pub fn write(&mut self, offset: u32, value: u32, now: u64) -> Option<Effect> {
+        // LVT writes while software-disabled keep the mask bit set.
+        let lvt = |value: u32, enabled: bool| if enabled { value } else { value | LVT_MASKED };
+        let enabled = self.software_enabled();
+        match offset {
+            reg::ID => self.id = (value >> 24) as u8,
+            reg::TPR => self.tpr = value & 0xff,
+            reg::EOI => return self.eoi(),
+            reg::LDR => self.ldr = value & 0xff00_0000,
+            reg::DFR => self.dfr = value | 0x0fff_ffff,
+            reg::SVR => {
+                self.svr = value & 0x13ff;
+                if !self.software_enabled() {
+                    for entry in [
+                        &mut self.lvt_cmci,
+                        &mut self.lvt_timer,
+                        &mut self.lvt_thermal,
+                        &mut self.lvt_perf,
+                        &mut self.lvt_lint0,
+                        &mut self.lvt_lint1,
+                        &mut self.lvt_error,
+                    ] {
+                        *entry |= LVT_MASKED;
+                    }
+                }
+            }
+            // Writing ESR latches the errors seen since the last write.
+            reg::ESR => self.esr = 0,
+            reg::LVT_CMCI => self.lvt_cmci = lvt(value & 0x1_07ff, enabled),
+            reg::ICR_HIGH => self.icr_high = value & 0xff00_0000,
+            reg::ICR_LOW => {
+                self.icr_low = value & !ICR_DELIVERY_PENDING & 0x000c_dfff;
+                let message = self.ipi();
+                // INIT level de-assert only synchronises arbitration IDs.
+                let deassert = message.mode == DeliveryMode::Init && self.icr_low & ICR_ASSERT == 0;
+                return (!deassert).then_some(Effect::Send(message));
+            }
+            reg::LVT_TIMER => {
+                let old_mode = self.timer_mode();
+                self.lvt_timer = lvt(value & 0x7_10ff, enabled);
+                if self.timer_mode() != old_mode {
+                    // Switching modes disarms the timer.
+                    self.timer_deadline = None;
+                    self.tsc_deadline = 0;
+                    self.initial_count = 0;
+                }
+            }
+            reg::LVT_THERMAL => self.lvt_thermal = lvt(value & 0x1_07ff, enabled),
+            reg::LVT_PERF => self.lvt_perf = lvt(value & 0x1_07ff, enabled),
+            reg::LVT_LINT0 => self.lvt_lint0 = lvt(value & 0x1_a7ff, enabled),
+            reg::LVT_LINT1 => self.lvt_lint1 = lvt(value & 0x1_a7ff, enabled),
+            reg::LVT_ERROR => self.lvt_error = lvt(value & 0x1_00ff, enabled),
+            // The initial count is ignored in TSC-deadline mode.
+            reg::TIMER_INITIAL if self.timer_mode() != TimerMode::TscDeadline => {
+                self.initial_count = value;
+                self.timer_deadline = (value != 0).then(|| now + self.count_ticks(value));
+            }
+            reg::TIMER_DIVIDE => self.divide_config = value & 0xb,
+            _ => {}
+        }
+        None
+    }
+
+    fn eoi(&mut self) -> Option<Effect> {
+        let vector = self.isr.highest()?;
+        self.isr.clear(vector);
+        self.tmr.contains(vector).then_some(Effect::LevelEoi(vector))
+    }
+
+    fn ipi(&self) -> Message {
+        let shorthand = (self.icr_low >> 18) & 3;
+        let target = (self.icr_high >> 24) as u8;
+        let destination = match shorthand {
+            1 => Destination::SelfOnly,
+            2 => Destination::AllIncludingSelf,
+            3 => Destination::AllExcludingSelf,
+            _ if self.icr_low & (1 << 11) != 0 => Destination::Logical(target),
+            _ => Destination::Physical(target),
+        };
+        Message {
+            vector: self.icr_low as u8,
+            mode: DeliveryMode::from_bits(self.icr_low >> 8),
+            destination,
+            level_triggered: self.icr_low & LVT_LEVEL != 0,
+        }
+    }
+
+    fn timer_mode(&self) -> TimerMode {
+        match (self.lvt_timer >> LVT_TIMER_MODE_SHIFT) & 3 {
+            1 => TimerMode::Periodic,
+            2 => TimerMode::TscDeadline,
+            _ => TimerMode::OneShot,
+        }
+    }
+
+    fn divisor(&self) -> u64 {
+        let code = (self.divide_config & 3) | ((self.divide_config >> 1) & 4);
+        if code == 7 {
+            1
+        } else {
+            2 << code
+        }
+    }
+
+    fn count_ticks(&self, count: u32) -> u64 {
+        count as u64 * self.divisor()
+    }
+
+    fn current_count(&self, now: u64) -> u32 {
+        match self.timer_deadline {
+            Some(deadline) if now < deadline => ((deadline - now) / self.divisor()) as u32,
+            _ => 0,
+        }
+    }
+
+    /// IA32_TSC_DEADLINE read.
+    pub fn tsc_deadline(&self) -> u64 {
+        if self.timer_mode() == TimerMode::TscDeadline {
+            self.tsc_deadline
+        } else {
+            0
+        }
+    }
+
+    /// IA32_TSC_DEADLINE write: ignored outside TSC-deadline mode; 0 disarms.
+    pub fn set_tsc_deadline(&mut self, deadline: u64) {
+        if self.timer_mode() == TimerMode::TscDeadline {
+            self.tsc_deadline = deadline;
+            self.timer_deadline = (deadline != 0).then_some(deadline);
+        }
+    }
+
+    /// When the timer next fires, if it is armed (masked timers still count).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timer_deadline
+    }
+
+    /// Fires the timer if its deadline has passed.
+    pub fn poll(&mut self, now: u64) {
+        let Some(deadline) = self.timer_deadline else { return };
+        if now < deadline {
+            return;
+        }
+        match self.timer_mode() {
+            TimerMode::Periodic if self.initial_count != 0 => {
+                let period = self.count_ticks(self.initial_count);
+                // Catch up without firing once per missed period.
+                let missed = (now - deadline) / period;
+                self.timer_deadline = Some(deadline + (missed + 1) * period);
+            }
+            TimerMode::TscDeadline => {
+                self.tsc_deadline = 0;
+                self.timer_deadline = None;
+            }
+            _ => self.timer_deadline = None,
+        }
+        if self.lvt_timer & LVT_MASKED == 0 {
+            self.accept(self.lvt_timer as u8, false);
+        }
+    }
+
+    /// An edge on LINT1 (wired to NMI on PCs) or LINT0.
+    pub fn local_interrupt(&mut self, lint: usize) {
+        let lvt = if lint == 0 { self.lvt_lint0 } else { self.lvt_lint1 };
+        if lvt & LVT_MASKED != 0 {
+            return;
+        }
+        match DeliveryMode::from_bits(lvt >> LVT_DELIVERY_MODE_SHIFT) {
+            DeliveryMode::Nmi => self.nmi_pending = true,
+            DeliveryMode::Fixed => self.accept(lvt as u8, lvt & LVT_LEVEL != 0),
+            _ => {}
+        }
+    }
+
+    /// Delivery of a message that selected this APIC.
+    pub fn receive(&mut self, message: &Message) {
+        match message.mode {
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority => self.accept(message.vector, message.level_triggered),
+            DeliveryMode::Nmi => self.nmi_pending = true,
+            _ => {}
+        }
+    }
+
+    /// INIT: every register to its power-up value except the ID.
+    pub fn init(&mut self) {
+        *self = LocalApic::new(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(id: u8) -> LocalApic {
+        let mut apic = LocalApic::new(id);
+        apic.write(reg::SVR, SVR_ENABLE | 0xff, 0);
+        apic
+    }
+
+    #[test]
+    fn disabled_apic_drops_interrupts_and_masks_lvts() {
+        let mut apic = LocalApic::new(0);
+        apic.accept(0x40, false);
+        assert_eq!(apic.deliverable(), None);
+        apic.write(reg::LVT_TIMER, 0x30, 0);
+        assert_eq!(apic.read(reg::LVT_TIMER, 0) & LVT_MASKED, LVT_MASKED);
+        assert_eq!(apic.read(reg::VERSION, 0), VERSION);
+        assert_eq!(apic.read(reg::DFR, 0), 0xffff_ffff);
+    }
+
+    #[test]
+    fn priority_isr_and_eoi() {
+        let mut apic = enabled(0);
+        apic.accept(0x31, false);
+        apic.accept(0x52, false);
+        assert_eq!(apic.deliverable(), Some(0x52));
+        apic.acknowledge(0x52);
+        // 0x31 is a lower class than the in-service 0x52.
+        assert_eq!(apic.deliverable(), None);
+        assert_eq!(apic.read(reg::PPR, 0), 0x50);
+        assert_eq!(apic.read(reg::ISR + 0x20, 0), 1 << (0x52 - 0x40));
+        assert_eq!(apic.write(reg::EOI, 0, 0), None);
+        assert_eq!(apic.deliverable(), Some(0x31));
+        // TPR blocks its class and below.
+        apic.write(reg::TPR, 0x30, 0);
+        assert_eq!(apic.deliverable(), None);
+        apic.write(reg::TPR, 0x20, 0);
+        assert_eq!(apic.deliverable(), Some(0x31));
+    }
+
+    #[test]
+    fn level_triggered_eoi_is_reported_for_the_ioapic() {
+        let mut apic = enabled(0);
+        apic.accept(0x61, true);
+        apic.acknowledge(0x61);
+        assert_eq!(apic.write(reg::EOI, 0, 0), Some(Effect::LevelEoi(0x61)));
+    }
+
+    #[test]
+    fn one_shot_timer_counts_down_with_the_divider_and_fires_once() {
+        let mut apic = enabled(0);
+        apic.write(reg::LVT_TIMER, 0xec, 0);
+        apic.write(reg::TIMER_DIVIDE, 0x3, 0); // divide by 16
+        apic.write(reg::TIMER_INITIAL, 1000, 100);
+        assert_eq!(apic.next_deadline(), Some(100 + 16_000));
+        assert_eq!(apic.read(reg::TIMER_CURRENT, 100 + 1600), 900);
+        apic.poll(16_099);
+        assert_eq!(apic.deliverable(), None);
+        apic.poll(16_100);
+        assert_eq!(apic.deliverable(), Some(0xec));
+        assert_eq!(apic.next_deadline(), None);
+        assert_eq!(apic.read(reg::TIMER_CURRENT, 20_000), 0);
+    }
+
+    #[test]
+    fn periodic_timer_rearms_and_skips_missed_periods() {
+        let mut apic = enabled(0);
+        apic.write(reg::LVT_TIMER, (1 << 17) | 0x40, 0);
+        apic.write(reg::TIMER_DIVIDE, 0xb, 0); // divide by 1
+        apic.write(reg::TIMER_INITIAL, 100, 0);
+        apic.poll(350);
+        assert_eq!(apic.next_deadline(), Some(400));
+        assert_eq!(apic.deliverable(), Some(0x40));
+    }
+
+    #[test]
+    fn tsc_deadline_mode_fires_at_the_deadline_and_disarms() {
+        let mut apic = enabled(0);
+        apic.set_tsc_deadline(500);
+        assert_eq!(apic.next_deadline(), None, "ignored outside TSC-deadline mode");
+        apic.write(reg::LVT_TIMER, (2 << 17) | 0xef, 0);
+        apic.write(reg::TIMER_INITIAL, 5, 0);
+        assert_eq!(apic.next_deadline(), None, "initial count is ignored in TSC-deadline mode");
+        apic.set_tsc_deadline(500);
+        assert_eq!(apic.tsc_deadline(), 500);
+        apic.poll(499);
+        assert_eq!(apic.deliverable(), None);
+        apic.poll(600);
+        assert_eq!(apic.deliverable(), Some(0xef));
+        assert_eq!(apic.tsc_deadline(), 0);
+        assert_eq!(apic.next_deadline(), None);
+    }
+
+    #[test]
+    fn masked_timer_expires_silently() {
+        let mut apic = enabled(0);
+        apic.write(reg::LVT_TIMER, LVT_MASKED | 0x40, 0);
+        apic.write(reg::TIMER_INITIAL, 10, 0);
+        apic.poll(1000);
+        assert_eq!(apic.deliverable(), None);
+    }
+
+    #[test]
+    fn icr_write_produces_the_ipi() {
+        let mut apic = enabled(0);
+        apic.write(reg::ICR_HIGH, 1 << 24, 0);
+        // INIT, level assert, physical.
+        assert_eq!(apic.write(reg::ICR_LOW, 0x0000_8500, 0), None, "INIT de-assert is not sent");
+        let effect = apic.write(reg::ICR_LOW, 0x0000_4500, 0);
+        assert_eq!(
+            effect,
+            Some(Effect::Send(Message {
+                vector: 0,
+                mode: DeliveryMode::Init,
+                destination: Destination::Physical(1),
+                level_triggered: false
+            }))
+        );
+        let Some(Effect::Send(sipi)) = apic.write(reg::ICR_LOW, 0x0000_0609, 0) else { panic!() };
+        assert_eq!((sipi.mode, sipi.vector), (DeliveryMode::Startup, 0x09));
+        let Some(Effect::Send(all)) = apic.write(reg::ICR_LOW, 0x000c_00fd, 0) else { panic!() };
+        assert_eq!(all.destination, Destination::AllExcludingSelf);
+        assert_eq!(apic.read(reg::ICR_LOW, 0) & ICR_DELIVERY_PENDING, 0, "delivery is instant");
+    }
+
+    #[test]
+    fn logical_destinations_flat_and_cluster() {
+        let mut apic = enabled(0);
+        apic.write(reg::LDR, 0x0400_0000, 0);
+        assert!(apic.matches_logical(0x06));
+        assert!(!apic.matches_logical(0x01));
+        apic.write(reg::DFR, 0x0fff_ffff, 0);
+        apic.write(reg::LDR, 0x2100_0000, 0);
+        assert!(apic.matches_logical(0x21));
+        assert!(!apic.matches_logical(0x11));
+    }
+
+    #[test]
+    fn lint0_extint_and_lint1_nmi() {
+        let mut apic = LocalApic::new(0);
+        assert!(apic.accepts_extint(), "a disabled APIC passes INTR through");
+        apic.write(reg::SVR, SVR_ENABLE, 0);
+        assert!(!apic.accepts_extint());
+        apic.write(reg::LVT_LINT0, 0x700, 0);
+        assert!(apic.accepts_extint());
+        apic.write(reg::LVT_LINT1, 0x400, 0);
+        apic.local_interrupt(1);
+        assert!(apic.nmi_pending);
+    }
+}
