@@ -237,3 +237,60 @@ pub fn calibrate(reference: Reference) -> Calibration {
     APIC_TIMER_HZ.store(apic_timer_hz, Ordering::Relaxed);
     Calibration { tsc_hz, tsc_from_cpuid, apic_timer_hz, apic_from_cpuid, reference: reference.name() }
 }
+
+/// The host's wall-clock time (seconds since 1970, UTC) from its CMOS RTC,
+/// which guests' RTCs start from. 0 if the RTC reads as nonsense.
+pub fn wall_clock_unix() -> u64 {
+    let read = |index: u8| {
+        // SAFETY: the CMOS index/data ports; the kernel owns the RTC and reads
+        // it only here, with interrupts not touching it.
+        unsafe {
+            Port::<u8>::new(0x70).write(index);
+            Port::<u8>::new(0x71).read()
+        }
+    };
+    // Wait out an update in progress (at most ~2 ms), then read twice until stable.
+    let limit = deadline_after_us(10_000);
+    while read(0x0a) & 0x80 != 0 && rdtsc() < limit {
+        core::hint::spin_loop();
+    }
+    let snapshot = || [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32].map(read);
+    let mut fields = snapshot();
+    for _ in 0..3 {
+        let again = snapshot();
+        if again == fields {
+            break;
+        }
+        fields = again;
+    }
+    let status_b = read(0x0b);
+    let binary = status_b & 0x04 != 0;
+    let value = |v: u8| if binary { v as u32 } else { devices::rtc::from_bcd(v) };
+    let hour = {
+        let raw = fields[2];
+        let h = value(raw & 0x7f);
+        if status_b & 0x02 == 0 {
+            h % 12 + if raw & 0x80 != 0 { 12 } else { 0 }
+        } else {
+            h
+        }
+    };
+    let century = match value(fields[6]) {
+        19..=21 => value(fields[6]),
+        _ => 20,
+    };
+    let date = devices::rtc::DateTime {
+        year: century * 100 + value(fields[5]),
+        month: value(fields[4]),
+        day: value(fields[3]),
+        hour,
+        minute: value(fields[1]),
+        second: value(fields[0]),
+    };
+    let sane = (1..=12).contains(&date.month) && (1..=31).contains(&date.day) && date.hour < 24 && date.year >= 1970;
+    if sane {
+        date.to_unix()
+    } else {
+        0
+    }
+}

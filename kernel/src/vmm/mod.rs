@@ -25,6 +25,9 @@ use vmx::guest_state::{GuestState, Mode, GUEST_GDT};
 /// starts in protected or long mode: a GDT and identity-mapping page tables.
 const SETUP_AREA: u64 = 64 * 1024;
 
+/// Resets a VM may do before it is stopped (its stop reason stays `Reset`).
+const MAX_RESETS: u32 = 3;
+
 /// How a VM ended and what it cost, for the log and `cargo xtask bench`.
 pub struct VmReport {
     pub name: String,
@@ -63,8 +66,18 @@ fn run_vm(guest: &GuestImages) -> VmReport {
         elapsed_us: 0,
         unclaimed: (0, 0, 0, 0),
     };
-    match build_and_run(guest, &mut report) {
-        Ok(stop) | Err(stop) => report.stop = stop,
+    // A reset restarts the VM from its images, as a machine reboots; a guest
+    // that keeps resetting is stopped instead of looping forever.
+    for restart in 0..=MAX_RESETS {
+        match build_and_run(guest, &mut report) {
+            Ok(stop) | Err(stop) => report.stop = stop,
+        }
+        if report.stop != Stop::Reset {
+            break;
+        }
+        if restart < MAX_RESETS {
+            log::info!("vm {}: reset; starting it again", spec.name);
+        }
     }
     report.elapsed_us = crate::time::micros_since_boot() - started;
     report
@@ -75,7 +88,14 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
     let memory = vm.memory.size();
     let usable = memory - SETUP_AREA;
-    let extras = loader::Extras { initrd: guest.initrd, cmdline: guest.cmdline, rsdp: None };
+    // ACPI tables live in the BIOS area below 1 MiB, which no guest image uses
+    // and every memory map reserves.
+    let tables = vm.chipset.acpi_tables();
+    vm.memory
+        .write(devices::layout::ACPI_TABLES, &tables)
+        .map_err(|_| Stop::Unsupported("guest RAM too small for the ACPI tables".into()))?;
+    let rsdp = Some(devices::layout::ACPI_TABLES);
+    let extras = loader::Extras { initrd: guest.initrd, cmdline: guest.cmdline, rsdp };
     let plan = loader::load(guest.image, spec, usable, extras)
         .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
     for segment in &plan.segments {
@@ -108,7 +128,8 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.exits = vcpu.counters.total();
     report.summary = vcpu.counters.summary();
     report.overhead_kib = (vm.memory.overhead_bytes() + 3 * crate::memory::FRAME_SIZE) / 1024;
-    let (ports, mmio) = (vm.ports.unclaimed, vm.mmio.unclaimed);
+    vm.chipset.com1().flush();
+    let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     Ok(stop)
 }

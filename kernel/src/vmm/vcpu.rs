@@ -310,8 +310,12 @@ impl Vcpu {
             if now >= deadline {
                 break Stop::TimeLimit { ms: time_limit_ms };
             }
-            write(vmcs::PREEMPTION_TIMER_VALUE, ((deadline - now) >> rate).min(u32::MAX as u64));
-            exits::deliver_pending(self);
+            // Timers that expired raise their interrupts; the preemption timer
+            // brings the VMM back by the next one (or the time limit).
+            vm.chipset.poll(now);
+            let wake = vm.chipset.next_deadline(self.index as usize).map_or(deadline, |d| d.min(deadline));
+            write(vmcs::PREEMPTION_TIMER_VALUE, (wake.saturating_sub(now) >> rate).min(u32::MAX as u64));
+            exits::deliver_pending(vm, self);
             // SAFETY: the VMCS is current and fully set up by `setup`.
             if let Err(e) = unsafe { vmxi::enter(&mut self.regs, self.launched) } {
                 break Stop::EntryFailed(alloc::format!("{e}"));

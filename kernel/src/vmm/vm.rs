@@ -1,9 +1,10 @@
-//! A virtual machine: its RAM and EPT, its device buses, and why it stopped.
+//! A virtual machine: its RAM and EPT, its platform (the chipset with every
+//! device), and why it stopped.
 
 use super::guest_memory::GuestMemory;
 use alloc::boxed::Box;
 use alloc::string::String;
-use devices::{DebugExit, MmioBus, PortBus, Uart16550};
+use devices::{layout, Chipset, ChipsetConfig, DebugExit};
 use loader::VmSpec;
 
 /// Why a VM stopped. Every way a guest can end is one of these; none of them
@@ -18,6 +19,10 @@ pub enum Stop {
     ExitHypercall {
         status: u64,
     },
+    /// The guest powered off through ACPI (S5).
+    PowerOff,
+    /// The guest reset the platform; the VMM restarts it (see `mod.rs`).
+    Reset,
     /// HLT with interrupts disabled: nothing can wake it.
     Halted,
     /// The VM used up its time limit.
@@ -41,6 +46,8 @@ impl core::fmt::Display for Stop {
         match self {
             Stop::ExitDevice { status } => write!(f, "exit device, status {status}"),
             Stop::ExitHypercall { status } => write!(f, "exit hypercall, status {status}"),
+            Stop::PowerOff => write!(f, "powered off"),
+            Stop::Reset => write!(f, "reset"),
             Stop::Halted => write!(f, "halted with interrupts disabled"),
             Stop::TimeLimit { ms } => write!(f, "time limit of {ms} ms reached"),
             Stop::TripleFault => write!(f, "triple fault"),
@@ -52,31 +59,32 @@ impl core::fmt::Display for Stop {
     }
 }
 
-/// QEMU-compatible debug-exit port.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-pub const COM1_PORT: u16 = 0x3f8;
-
 pub struct Vm {
     pub name: String,
     pub memory: GuestMemory,
-    pub ports: PortBus,
-    pub mmio: MmioBus,
+    pub chipset: Chipset,
 }
 
 impl Vm {
-    /// A VM with RAM and the standard devices: COM1 (output on the host log,
-    /// prefixed with the VM's name) and the debug-exit port.
+    /// A VM with RAM and the PC platform: COM1 (output on the host log,
+    /// prefixed with the VM's name), interrupt controllers, timers, RTC, ACPI,
+    /// and the debug-exit port.
     pub fn new(spec: &VmSpec) -> Result<Vm, String> {
         let bytes = spec.memory_mib as u64 * 1024 * 1024;
         let memory = GuestMemory::new(bytes)
             .ok_or_else(|| alloc::format!("not enough host memory for {} MiB of guest RAM", spec.memory_mib))?;
-        let mut ports = PortBus::new();
         let name = spec.name.clone();
-        let sink = Box::new(move |line: &[u8]| {
+        let com1_output = Box::new(move |line: &[u8]| {
             log::info!("vm {name} | {}", String::from_utf8_lossy(line));
         });
-        ports.register(COM1_PORT, 8, Box::new(Uart16550::new(sink))).map_err(|e| alloc::format!("{e:?}"))?;
-        ports.register(DEBUG_EXIT_PORT, 4, Box::new(DebugExit)).map_err(|e| alloc::format!("{e:?}"))?;
-        Ok(Vm { name: spec.name.clone(), memory, ports, mmio: MmioBus::new() })
+        let mut chipset = Chipset::new(ChipsetConfig {
+            vcpus: 1,
+            tsc_hz: crate::time::tsc_hz(),
+            unix_time: crate::time::wall_clock_unix(),
+            now: crate::time::rdtsc(),
+            com1_output,
+        });
+        chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(DebugExit)).map_err(|e| alloc::format!("{e:?}"))?;
+        Ok(Vm { name: spec.name.clone(), memory, chipset })
     }
 }

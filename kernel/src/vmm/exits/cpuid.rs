@@ -11,6 +11,10 @@ use vmx::vmcs;
 /// "BasaltHVisor" as the three signature registers.
 pub const SIGNATURE: [u32; 3] =
     [u32::from_le_bytes(*b"Basa"), u32::from_le_bytes(*b"ltHV"), u32::from_le_bytes(*b"isor")];
+/// XSAVE components guests do not get: PKRU (bit 9), because Bochs reports no
+/// size or offset for it in leaf 0xD and Linux then warns about a misordered
+/// XSAVE layout; protection keys go with it.
+pub const HIDDEN_XSTATE: u64 = 1 << 9;
 const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0010;
 /// Leaf 0x15/0x16 are synthesised, so the maximum basic leaf is at least 0x16.
 const MIN_MAX_BASIC_LEAF: u32 = 0x16;
@@ -35,8 +39,9 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
     let tsc_hz = time::tsc_hz();
     match leaf {
         0x4000_0000 => return [HYPERVISOR_MAX_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
-        // TSC and local APIC timer frequency in kHz (the common hypervisor leaf).
-        0x4000_0010 => return [(tsc_hz / 1000) as u32, (time::apic_timer_hz() / 1000) as u32, 0, 0],
+        // TSC and local APIC timer frequency in kHz (the common hypervisor leaf);
+        // the virtual APIC timer counts at the TSC rate.
+        0x4000_0010 => return [(tsc_hz / 1000) as u32, (tsc_hz / 1000) as u32, 0, 0],
         0x4000_0001..=0x4000_ffff => return [0; 4],
         // TSC = crystal * EBX / EAX: report the TSC itself as a 1:1 "crystal".
         0x15 => return [1, 1, tsc_hz as u32, 0],
@@ -57,8 +62,9 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             const ECX_TSC_DEADLINE: u32 = 1 << 24;
             const ECX_HYPERVISOR: u32 = 1 << 31;
             const ECX_OSXSAVE: u32 = 1 << 27;
-            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE | ECX_OSXSAVE);
-            c |= ECX_HYPERVISOR;
+            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_OSXSAVE);
+            // The virtual local APIC has the TSC-deadline timer whatever the host has.
+            c |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
             if guest_cr4 & CR4_OSXSAVE != 0 {
                 c |= ECX_OSXSAVE;
             }
@@ -72,14 +78,20 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
         // IA32_ARCH_CAPABILITIES is not emulated, so it is not advertised.
         7 if subleaf == 0 => {
             d &= !(1 << 29);
+            // Protection keys are hidden (see HIDDEN_XSTATE); OSPKE would follow CR4.
+            const ECX_PKU: u32 = 1 << 3;
             const ECX_OSPKE: u32 = 1 << 4;
-            c &= !ECX_OSPKE;
+            c &= !(ECX_PKU | ECX_OSPKE);
             if guest_cr4 & CR4_PKE != 0 {
                 c |= ECX_OSPKE;
             }
         }
-        // No thermal / power management, no performance counters.
-        6 | 0xa => (a, b, c, d) = (0, 0, 0, 0),
+        0xd if subleaf == 0 => a &= !(HIDDEN_XSTATE as u32),
+        // No thermal or power management but an always-running APIC timer (ARAT:
+        // the virtual timer does not stop in deep C-states; there are none).
+        6 => (a, b, c, d) = (1 << 2, 0, 0, 0),
+        // No performance counters.
+        0xa => (a, b, c, d) = (0, 0, 0, 0),
         // Topology: one thread in one core; x2APIC id = vCPU index.
         0xb | 0x1f => {
             (a, b, c) = (0, if subleaf == 0 { 1 } else { 0 }, subleaf & 0xff);

@@ -1,17 +1,20 @@
-//! HLT. With interrupts disabled nothing can wake the guest (Basalt has no virtual
-//! interrupt sources yet), so the VM stops; otherwise the vCPU waits in the HLT
-//! activity state until an event or its time limit.
+//! HLT. With interrupts disabled nothing can wake the guest, so the VM stops;
+//! otherwise the vCPU waits in the HLT activity state. The run loop arms the
+//! preemption timer for the VM's next timer event, and injecting an interrupt
+//! ends the wait.
 
 use super::{skip_instruction, write, Outcome};
-use crate::vmm::vcpu::read;
+use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::Stop;
 use vmx::vmcs;
 
 const RFLAGS_IF: u64 = 1 << 9;
 const ACTIVITY_HLT: u64 = 1;
 
-pub fn handle() -> Outcome {
-    if read(vmcs::GUEST_RFLAGS) & RFLAGS_IF == 0 {
+pub fn handle(vcpu: &mut Vcpu) -> Outcome {
+    // Only an NMI wakes a CPU halted with interrupts off; without one on its way,
+    // the VM is over.
+    if read(vmcs::GUEST_RFLAGS) & RFLAGS_IF == 0 && !vcpu.pending.nmi {
         return Outcome::Stop(Stop::Halted);
     }
     skip_instruction();

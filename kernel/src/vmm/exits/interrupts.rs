@@ -5,7 +5,7 @@
 
 use super::{write, Outcome};
 use crate::vmm::vcpu::{read, Vcpu};
-use crate::vmm::vm::Stop;
+use crate::vmm::vm::{Stop, Vm};
 use vmx::exit::{interruption_type, InterruptionInfo};
 use vmx::vmcs;
 
@@ -48,13 +48,20 @@ fn window_exiting(control: u64, on: bool) {
 }
 
 /// Called before every entry: injects one pending event if the guest can take it
-/// now, or asks for the window exit that says when it can.
-pub fn deliver_pending(vcpu: &mut Vcpu) {
-    if !vcpu.pending.nmi && !vcpu.pending.has_interrupt() {
+/// now, or asks for the window exit that says when it can. Events come from the
+/// VM's interrupt controllers and from the vCPU's own queue (hypercalls).
+pub fn deliver_pending(vm: &mut Vm, vcpu: &mut Vcpu) {
+    let index = vcpu.index as usize;
+    if vm.chipset.take_nmi(index) {
+        vcpu.pending.nmi = true;
+    }
+    let from_chipset = vm.chipset.has_interrupt(index);
+    if !vcpu.pending.nmi && !vcpu.pending.has_interrupt() && !from_chipset {
         return;
     }
-    // A handler may already be injecting an exception; events wait their turn.
+    // A handler may already be injecting an event; the rest wait for the window.
     if InterruptionInfo(read(vmcs::ENTRY_INTERRUPTION_INFO) as u32).is_valid() {
+        window_exiting(PROC_INTERRUPT_WINDOW_EXITING, true);
         return;
     }
     let interruptibility = read(vmcs::GUEST_INTERRUPTIBILITY);
@@ -66,16 +73,32 @@ pub fn deliver_pending(vcpu: &mut Vcpu) {
         }
         window_exiting(PROC_NMI_WINDOW_EXITING, true);
     }
-    if vcpu.pending.has_interrupt() {
+    if vcpu.pending.has_interrupt() || from_chipset {
         let open = read(vmcs::GUEST_RFLAGS) & RFLAGS_IF != 0 && interruptibility & BLOCKED_BY_STI_OR_MOV_SS == 0;
         if open {
-            if let Some(vector) = vcpu.pending.take_highest() {
+            let vector = vm.chipset.take_interrupt(index).or_else(|| vcpu.pending.take_highest());
+            if let Some(vector) = vector {
                 inject(InterruptionInfo::inject(vector, interruption_type::EXTERNAL_INTERRUPT, false));
             }
         } else {
             window_exiting(PROC_INTERRUPT_WINDOW_EXITING, true);
         }
     }
+}
+
+/// An exit that interrupted the delivery of an event (IDT-vectoring information
+/// valid) must not lose it: it is injected again at the next entry.
+pub fn reinject_interrupted_event() {
+    let info = InterruptionInfo(read(vmcs::IDT_VECTORING_INFO) as u32);
+    if !info.is_valid() {
+        return;
+    }
+    // Bit 12 is undefined in vectoring information and reserved at entry.
+    write(vmcs::ENTRY_INTERRUPTION_INFO, (info.0 & !(1 << 12)) as u64);
+    if info.0 & (1 << 11) != 0 {
+        write(vmcs::ENTRY_EXCEPTION_ERROR_CODE, read(vmcs::IDT_VECTORING_ERROR_CODE));
+    }
+    write(vmcs::ENTRY_INSTRUCTION_LENGTH, read(vmcs::EXIT_INSTRUCTION_LENGTH));
 }
 
 fn inject(info: InterruptionInfo) {

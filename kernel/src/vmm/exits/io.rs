@@ -1,8 +1,9 @@
 //! I/O instructions, all of which exit (unconditional I/O exiting): IN/OUT go to
-//! the VM's port bus; INS/OUTS (with or without REP) move data between the port
+//! the VM's chipset; INS/OUTS (with or without REP) move data between the port
 //! and guest memory, following the guest's segments and page tables.
 
 use super::{inject_exception, skip_instruction, Outcome, GP};
+use crate::time;
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
@@ -26,10 +27,10 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         return string(vm, vcpu, q, mask);
     }
     if q.is_in {
-        let value = vm.ports.read(q.port, q.size) as u64 & mask;
+        let value = vm.chipset.port_read(q.port, q.size, time::rdtsc()) as u64 & mask;
         // A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the upper bits.
         vcpu.regs.rax = if q.size == 4 { value } else { (vcpu.regs.rax & !mask) | value };
-    } else if let Some(request) = vm.ports.write(q.port, q.size, (vcpu.regs.rax & mask) as u32) {
+    } else if let Some(request) = vm.chipset.port_write(q.port, q.size, (vcpu.regs.rax & mask) as u32, time::rdtsc()) {
         skip_instruction();
         return stop_for(request);
     }
@@ -40,6 +41,8 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
 pub fn stop_for(request: Request) -> Outcome {
     match request {
         Request::Stop { status } => Outcome::Stop(Stop::ExitDevice { status }),
+        Request::PowerOff => Outcome::Stop(Stop::PowerOff),
+        Request::Reset => Outcome::Stop(Stop::Reset),
     }
 }
 
@@ -79,7 +82,7 @@ fn string(vm: &mut Vm, vcpu: &mut Vcpu, q: IoQualification, mask: u64) -> Outcom
         let n = q.size as usize;
         let mut request = None;
         if q.is_in {
-            let value = vm.ports.read(q.port, q.size) as u64 & mask;
+            let value = vm.chipset.port_read(q.port, q.size, time::rdtsc()) as u64 & mask;
             bytes[..n].copy_from_slice(&value.to_le_bytes()[..n]);
             if vm.memory.write(physical, &bytes[..n]).is_err() {
                 return Outcome::Stop(Stop::Unsupported(alloc::format!("INS to non-RAM address {physical:#x}")));
@@ -88,7 +91,7 @@ fn string(vm: &mut Vm, vcpu: &mut Vcpu, q: IoQualification, mask: u64) -> Outcom
             if vm.memory.read(physical, &mut bytes[..n]).is_err() {
                 return Outcome::Stop(Stop::Unsupported(alloc::format!("OUTS from non-RAM address {physical:#x}")));
             }
-            request = vm.ports.write(q.port, q.size, u32::from_le_bytes(bytes));
+            request = vm.chipset.port_write(q.port, q.size, u32::from_le_bytes(bytes), time::rdtsc());
         }
         let next = (index & !address_mask) | (index.wrapping_add(step) & address_mask);
         if q.is_in {

@@ -1,6 +1,6 @@
 //! EPT violations. RAM is mapped in full, so a violation is an access outside it:
-//! a device register (the VM's MMIO bus) or nothing at all. The instruction is
-//! fetched and decoded to learn the access; reads nobody claims return all-ones
+//! a device register (local APIC, IOAPIC, the chipset's MMIO bus) or nothing at
+//! all. The instruction is fetched and decoded to learn the access; reads nobody claims return all-ones
 //! and writes nobody claims are dropped (both counted by the bus). Executing from
 //! such an address, or an instruction Basalt cannot emulate there, stops the VM.
 
@@ -36,18 +36,21 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     };
     let size_mask = if decoded.size == 8 { u64::MAX } else { (1u64 << (8 * decoded.size)) - 1 };
     let mut request = None;
+    let now = crate::time::rdtsc();
     match decoded.access {
         Access::Read { dest, width } => {
-            let value = vm.mmio.read(address, decoded.size) & size_mask;
+            let value = vm.chipset.mmio_read(vcpu.index as usize, address, decoded.size, now) & size_mask;
             let old = vcpu.regs.get(dest.index);
             vcpu.regs.set(dest.index, decode::merge_register(old, value, width, dest.high_byte));
         }
         Access::WriteRegister { source } => {
             let register = vcpu.regs.get(source.index);
             let value = if source.high_byte { register >> 8 } else { register };
-            request = vm.mmio.write(address, decoded.size, value & size_mask);
+            request = vm.chipset.mmio_write(vcpu.index as usize, address, decoded.size, value & size_mask, now);
         }
-        Access::WriteImmediate { value } => request = vm.mmio.write(address, decoded.size, value & size_mask),
+        Access::WriteImmediate { value } => {
+            request = vm.chipset.mmio_write(vcpu.index as usize, address, decoded.size, value & size_mask, now)
+        }
     }
     // The exit's instruction length is undefined for EPT violations: use the decoder's.
     write(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64);

@@ -31,13 +31,14 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
     if exit.is_entry_failure() {
         return fatal::entry_failure(exit);
     }
+    interrupts::reinject_interrupted_event();
     match exit.basic() {
         reason::CPUID => cpuid::handle(vcpu),
-        reason::HLT => hlt::handle(),
+        reason::HLT => hlt::handle(vcpu),
         reason::IO_INSTRUCTION => io::handle(vm, vcpu),
         reason::EPT_VIOLATION => mmio::handle(vm, vcpu),
-        reason::RDMSR => msr::rdmsr(vcpu),
-        reason::WRMSR => msr::wrmsr(vcpu),
+        reason::RDMSR => msr::rdmsr(vm, vcpu),
+        reason::WRMSR => msr::wrmsr(vm, vcpu),
         reason::CR_ACCESS => cr::handle(vcpu),
         reason::XSETBV => xsetbv::handle(vcpu),
         reason::VMCALL => vmcall::handle(vm, vcpu),

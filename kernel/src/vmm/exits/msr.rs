@@ -4,6 +4,7 @@
 
 use super::{inject_exception, skip_instruction, Outcome, GP};
 use crate::vmm::vcpu::{read, Vcpu};
+use crate::vmm::vm::Vm;
 use vmx::guest_state::{CR0_PG, EFER_LMA, EFER_LME};
 use vmx::vmcs;
 
@@ -16,12 +17,14 @@ const MICROCODE_REVISION: u64 = 1 << 32;
 const IA32_MTRRCAP: u32 = 0xfe;
 const IA32_MISC_ENABLE: u32 = 0x1a0;
 const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
 const IA32_EFER: u32 = 0xc000_0080;
 const EFER_WRITABLE: u64 = 1 | EFER_LME | (1 << 11); // SCE, LME, NXE
 
-pub fn rdmsr(vcpu: &mut Vcpu) -> Outcome {
+pub fn rdmsr(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     let msr = vcpu.regs.rcx as u32;
     let value = match msr {
+        IA32_TSC_DEADLINE => vm.chipset.tsc_deadline(vcpu.index as usize),
         IA32_TSC => crate::time::rdtsc(),
         // Enabled, xAPIC at the default address; the BSP bit for vCPU 0.
         IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | if vcpu.index == 0 { 1 << 8 } else { 0 },
@@ -43,10 +46,11 @@ pub fn rdmsr(vcpu: &mut Vcpu) -> Outcome {
     Outcome::Resume
 }
 
-pub fn wrmsr(vcpu: &mut Vcpu) -> Outcome {
+pub fn wrmsr(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     let msr = vcpu.regs.rcx as u32;
     let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xffff_ffff);
     match msr {
+        IA32_TSC_DEADLINE => vm.chipset.set_tsc_deadline(vcpu.index as usize, value),
         IA32_EFER => {
             if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
                 inject_exception(GP, Some(0));

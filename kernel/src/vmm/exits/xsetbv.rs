@@ -9,7 +9,7 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
     let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xffff_ffff);
     // Leaf 0xD exists when XSAVE does, which an XSETBV exit implies.
     let leaf = __cpuid_count(0xd, 0);
-    let supported = ((leaf.edx as u64) << 32) | leaf.eax as u64;
+    let supported = (((leaf.edx as u64) << 32) | leaf.eax as u64) & !super::cpuid::HIDDEN_XSTATE;
     const X87: u64 = 1;
     const SSE: u64 = 2;
     const AVX: u64 = 4;
