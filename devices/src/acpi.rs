@@ -16,7 +16,9 @@ const OEM_TABLE_ID: &[u8; 8] = b"BASALTVM";
 
 const PM1_CNT_SCI_EN: u16 = 1 << 0;
 const PM1_CNT_SLP_EN: u16 = 1 << 13;
-const PM1_STS_TMR: u16 = 1 << 0;
+/// Enable bits the guest may set: timer, global lock, power and sleep buttons,
+/// RTC alarm. None of these events ever fires, but ACPI checks the bits stick.
+const PM1_ENABLE_BITS: u16 = (1 << 0) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10);
 const PM1_STS_WAK: u16 = 1 << 15;
 
 /// PM1a status/enable/control and the PM timer.
@@ -54,10 +56,10 @@ impl PowerManagement {
             // Status bits clear when written with 1.
             (0, 4) => {
                 self.status &= !(value as u16);
-                self.enable = (value >> 16) as u16;
+                self.enable = (value >> 16) as u16 & PM1_ENABLE_BITS;
             }
             (0, _) => self.status &= !(value as u16),
-            (2, _) => self.enable = value as u16 & PM1_STS_TMR,
+            (2, _) => self.enable = value as u16 & PM1_ENABLE_BITS,
             (4, _) => {
                 let value = value as u16;
                 self.control = (value & !PM1_CNT_SLP_EN) | PM1_CNT_SCI_EN;
@@ -315,6 +317,8 @@ mod tests {
         assert_eq!(pm.write(4, 2, (1 << 10) | PM1_CNT_SLP_EN as u32), None, "S1 is not offered");
         assert_ne!(pm.read(0, 2, 0) as u16 & PM1_STS_WAK, 0);
         pm.write(0, 2, PM1_STS_WAK as u32);
+        pm.write(2, 2, 0xffff);
+        assert_eq!(pm.read(2, 2, 0), PM1_ENABLE_BITS as u32, "enable bits stick");
         assert_eq!(pm.read(0, 2, 0), 0);
         assert_eq!(pm.write(4, 2, (5 << 10) | PM1_CNT_SLP_EN as u32), Some(Request::PowerOff));
         assert_eq!(reset_control_write(0x06), Some(Request::Reset));

@@ -42,7 +42,7 @@ fn switched_msrs() -> &'static [u32] {
     }
 }
 /// MSRs the guest reaches directly (the MSR bitmap does not intercept them).
-const PASSTHROUGH_MSRS: [u32; 11] = [
+const PASSTHROUGH_MSRS: [u32; 12] = [
     0x174,
     0x175,
     0x176,
@@ -54,6 +54,7 @@ const PASSTHROUGH_MSRS: [u32; 11] = [
     0xc000_0083,
     0xc000_0084,
     0xc000_0102,
+    0xc000_0103,
 ];
 
 static NEXT_VPID: AtomicU16 = AtomicU16::new(1);

@@ -75,9 +75,10 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             // Initial APIC id = vCPU index; one logical processor per package.
             b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
         }
-        // IA32_ARCH_CAPABILITIES is not emulated, so it is not advertised.
         7 if subleaf == 0 => {
+            // No IA32_ARCH_CAPABILITIES or IA32_TSC_ADJUST: neither is emulated.
             d &= !(1 << 29);
+            b &= !(1 << 1);
             // Protection keys are hidden (see HIDDEN_XSTATE); OSPKE would follow CR4.
             const ECX_PKU: u32 = 1 << 3;
             const ECX_OSPKE: u32 = 1 << 4;
@@ -87,6 +88,9 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             }
         }
         0xd if subleaf == 0 => a &= !(HIDDEN_XSTATE as u32),
+        // No compacted XSAVE (XSAVEC, XSAVES): Bochs reports the standard-format
+        // size as the compacted one, and supervisor states are not switched.
+        0xd if subleaf == 1 => a &= !((1 << 1) | (1 << 3)),
         // No thermal or power management but an always-running APIC timer (ARAT:
         // the virtual timer does not stop in deep C-states; there are none).
         6 => (a, b, c, d) = (1 << 2, 0, 0, 0),
