@@ -53,6 +53,9 @@ pub struct Case {
     /// VMs to run, in this order (spread over the CPUs).
     #[serde(default)]
     pub vm: Vec<crate::guests::GuestVm>,
+    /// Linux VMs (Debian's kernel with a busybox initramfs), run before `vm`.
+    #[serde(default)]
+    pub linux: Vec<crate::guests::LinuxGuest>,
 }
 
 fn yes() -> bool {
@@ -98,6 +101,11 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
         }
         if case.timeout_s == 0 || case.timeout_s > 1800 {
             return Err(at("timeout_s must be 1 to 1800"));
+        }
+        for linux in &case.linux {
+            if linux.vcpus != 1 {
+                return Err(at(&format!("Linux VM '{}': vcpus must be 1 (SMP guests are not there yet)", linux.name)));
+            }
         }
         if case.cmdline.split_whitespace().any(|w| w.starts_with("exit=")) {
             return Err(at("cmdline must not set exit=; the runner picks it for the emulator"));

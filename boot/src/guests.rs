@@ -92,6 +92,66 @@ fn default_time_limit() -> u64 {
     10_000
 }
 
+/// A Linux guest as a test case describes it: Debian's kernel, a busybox
+/// initramfs running `init` (a script in the repository) with `modules` from
+/// the kernel package, and the kernel command line `append`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinuxGuest {
+    pub name: String,
+    /// Path of the /init script, relative to the repository root.
+    pub init: String,
+    #[serde(default = "default_linux_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    #[serde(default = "default_linux_time_limit")]
+    pub time_limit_ms: u64,
+    #[serde(default = "default_append")]
+    pub append: String,
+    /// Kernel modules to carry, relative to lib/modules/VERSION.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+fn default_linux_memory() -> u32 {
+    128
+}
+fn one() -> u32 {
+    1
+}
+fn default_linux_time_limit() -> u64 {
+    30 * 60 * 1000
+}
+fn default_append() -> String {
+    "console=ttyS0".into()
+}
+
+/// Builds a test case's Linux guest: fetches Debian's kernel and busybox
+/// (cached), packs the initramfs.
+pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
+    let kernel_path = crate::linux::debian_kernel()?;
+    let kernel = std::fs::read(&kernel_path).map_err(|e| format!("cannot read {}: {e}", kernel_path.display()))?;
+    let init_path = crate::workspace_root().join(&guest.init);
+    let init = std::fs::read_to_string(&init_path)
+        .map_err(|e| format!("Linux VM '{}': cannot read its init {}: {e}", guest.name, init_path.display()))?;
+    let wanted: Vec<&str> = guest.modules.iter().map(String::as_str).collect();
+    let modules = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        crate::initramfs::modules(&crate::linux::debian_modules()?, &wanted)?
+    };
+    let initrd = crate::initramfs::busybox_initramfs(&init, modules)?;
+    Ok(LinuxVm {
+        name: guest.name.clone(),
+        kernel,
+        initrd: Some(initrd),
+        append: guest.append.clone(),
+        memory_mib: guest.memory_mib,
+        time_limit_ms: guest.time_limit_ms,
+    })
+}
+
 /// A Linux VM for the bundle: its VM-list spec and the entries it names.
 pub struct LinuxVm {
     pub name: String,

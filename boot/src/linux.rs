@@ -1,11 +1,12 @@
 //! Debian's stock kernel as a guest: found with apt, fetched with
-//! `apt-get download`, unpacked with `dpkg-deb`, cached under target/linux.
+//! `apt-get download`, unpacked with `dpkg-deb`, cached under target/linux;
+//! likewise busybox-static for the test initramfs.
 
 use crate::workspace_root;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<String, String> {
+fn run(program: &str, args: &[&str], dir: &Path) -> Result<String, String> {
     let out =
         Command::new(program).args(args).current_dir(dir).output().map_err(|e| format!("cannot run {program}: {e}"))?;
     if !out.status.success() {
@@ -14,47 +15,102 @@ fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<String, St
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The versioned package `linux-image-amd64` currently points to.
-fn package_name(dir: &std::path::Path) -> Result<String, String> {
-    let depends = |dir| run("apt-cache", &["depends", "linux-image-amd64"], dir);
-    let text = match depends(dir) {
-        Ok(t) if t.contains("Depends:") => t,
+/// What `apt-cache depends` says, after fetching package lists if a fresh
+/// machine has none yet.
+fn depends(package: &str, dir: &Path) -> Result<String, String> {
+    let query = |dir| run("apt-cache", &["depends", package], dir);
+    match query(dir) {
+        Ok(t) if t.contains("Depends:") => Ok(t),
         _ => {
-            // Fresh machines have no package lists yet.
-            run("apt-get", &["update", "-q"], dir)
-                .map_err(|e| format!("{e}\n(as a non-root user, run: sudo apt-get update)"))?;
-            depends(dir)?
+            update_lists(dir)?;
+            query(dir)
         }
-    };
-    text.lines()
+    }
+}
+
+fn update_lists(dir: &Path) -> Result<(), String> {
+    run("apt-get", &["update", "-q"], dir)
+        .map(|_| ())
+        .map_err(|e| format!("{e}\n(as a non-root user, run: sudo apt-get update)"))
+}
+
+/// The versioned package `linux-image-amd64` currently points to.
+fn kernel_package_name(dir: &Path) -> Result<String, String> {
+    depends("linux-image-amd64", dir)?
+        .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
         .map(str::to_owned)
         .ok_or_else(|| "apt names no linux-image-*-amd64 package for linux-image-amd64".into())
 }
 
-/// Path of Debian's current amd64 bzImage, downloading it once.
-pub fn debian_kernel() -> Result<PathBuf, String> {
-    let dir = workspace_root().join("target/linux");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let find = |dir: &std::path::Path| -> Option<PathBuf> {
-        std::fs::read_dir(dir.join("unpacked/boot"))
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-    };
-    if let Some(kernel) = find(&dir) {
-        return Ok(kernel);
+/// Downloads `package` with apt-get and unpacks it into `into` (once; the
+/// caller checks for what it needs first).
+fn unpack_package(package: &str, into: &Path) -> Result<(), String> {
+    let dir = into.parent().ok_or("no parent directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let download = || run("apt-get", &["download", "-q", package], dir);
+    if download().is_err() {
+        update_lists(dir)?;
+        download()?;
     }
-    let package = package_name(&dir)?;
-    println!("xtask: downloading Debian's {package} (about 70 MB, once)");
-    run("apt-get", &["download", "-q", &package], &dir)?;
-    let deb = std::fs::read_dir(&dir)
+    let deb = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or("apt-get download left no .deb")?;
-    run("dpkg-deb", &["-x", &deb.to_string_lossy(), "unpacked"], &dir)?;
+        .find(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
+        })
+        .ok_or_else(|| format!("apt-get download left no {package}_*.deb"))?;
+    let result = run("dpkg-deb", &["-x", &deb.to_string_lossy(), &into.to_string_lossy()], dir);
     let _ = std::fs::remove_file(&deb);
-    find(&dir).ok_or_else(|| format!("{package} holds no boot/vmlinuz-*"))
+    result.map(|_| ())
+}
+
+/// The directory holding Debian's current amd64 kernel package, unpacked
+/// (boot/vmlinuz-*, lib/modules/*), downloading it once.
+fn kernel_package() -> Result<PathBuf, String> {
+    let root = workspace_root().join("target/linux");
+    let unpacked = root.join("unpacked");
+    if find_vmlinuz(&unpacked).is_none() {
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let package = kernel_package_name(&root)?;
+        println!("xtask: downloading Debian's {package} (about 70 MB, once)");
+        unpack_package(&package, &unpacked)?;
+    }
+    Ok(unpacked)
+}
+
+fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(unpacked.join("boot"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+}
+
+/// Path of Debian's current amd64 bzImage, downloading it once.
+pub fn debian_kernel() -> Result<PathBuf, String> {
+    let unpacked = kernel_package()?;
+    find_vmlinuz(&unpacked).ok_or_else(|| format!("{} holds no boot/vmlinuz-*", unpacked.display()))
+}
+
+/// The kernel modules directory (lib/modules/VERSION) of Debian's kernel.
+pub fn debian_modules() -> Result<PathBuf, String> {
+    let unpacked = kernel_package()?;
+    std::fs::read_dir(unpacked.join("lib/modules"))
+        .map_err(|e| format!("Debian's kernel package has no lib/modules: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .ok_or_else(|| "Debian's kernel package has an empty lib/modules".into())
+}
+
+/// Debian's statically linked busybox, downloading busybox-static once.
+pub fn busybox() -> Result<PathBuf, String> {
+    let unpacked = workspace_root().join("target/linux/busybox");
+    let binary = unpacked.join("bin/busybox");
+    if !binary.exists() {
+        println!("xtask: downloading Debian's busybox-static (about 1 MB, once)");
+        unpack_package("busybox-static", &unpacked)?;
+    }
+    binary.exists().then_some(binary).ok_or_else(|| "busybox-static holds no bin/busybox".into())
 }

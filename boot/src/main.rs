@@ -5,6 +5,7 @@ mod cases;
 mod emulator;
 mod guests;
 mod images;
+mod initramfs;
 mod linux;
 mod qemu_test;
 mod setup;

@@ -96,10 +96,37 @@ fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Durat
     let dir = case_dir(case);
     let _ = std::fs::remove_dir_all(&dir);
     let cmdline = format!("{} {}", case.cmdline, machine.emulator.exit_option());
-    let bundle = crate::guests::bundle(cmdline.trim(), &case.vm)?;
+    let linux = case.linux.iter().map(crate::guests::linux_vm).collect::<Result<Vec<_>, _>>()?;
+    let bundle = crate::guests::bundle_with_linux(cmdline.trim(), &case.vm, &linux)?;
     let image = images::make_image(kernel, &dir, &bundle, case.firmware())?;
+    let date_before = utc_date();
     let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s))?;
-    Ok((cases::judge(case, &run), run.elapsed))
+    // "{date}" in an expected line is today's date (UTC); a run that crosses
+    // midnight may show either day.
+    let judged = |date: &str| {
+        let mut dated = case.clone();
+        for line in &mut dated.expect_lines {
+            *line = line.replace("{date}", date);
+        }
+        cases::judge(&dated, &run)
+    };
+    let mut problems = judged(&date_before);
+    if !problems.is_empty() {
+        let after = judged(&utc_date());
+        if after.is_empty() {
+            problems = after;
+        }
+    }
+    Ok((problems, run.elapsed))
+}
+
+/// Today's date in UTC as YYYY-MM-DD.
+fn utc_date() -> String {
+    Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn print_tail(path: &std::path::Path, lines: usize) {

@@ -62,7 +62,9 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             const ECX_TSC_DEADLINE: u32 = 1 << 24;
             const ECX_HYPERVISOR: u32 = 1 << 31;
             const ECX_OSXSAVE: u32 = 1 << 27;
-            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_OSXSAVE);
+            // Debug store, thermal and power management: MSR-backed, not emulated.
+            const ECX_DTES64_DSCPL_EST_TM2_PDCM: u32 = (1 << 2) | (1 << 4) | (1 << 7) | (1 << 8) | (1 << 15);
+            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_OSXSAVE | ECX_DTES64_DSCPL_EST_TM2_PDCM);
             // The virtual local APIC has the TSC-deadline timer whatever the host has.
             c |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
             if guest_cr4 & CR4_OSXSAVE != 0 {
@@ -71,14 +73,16 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             // No machine-check architecture: its MSRs are not emulated.
             const EDX_MCE: u32 = 1 << 7;
             const EDX_MCA: u32 = 1 << 14;
-            d &= !(EDX_MCE | EDX_MCA);
+            const EDX_DS_ACPI_TM_PBE: u32 = (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
+            d &= !(EDX_MCE | EDX_MCA | EDX_DS_ACPI_TM_PBE);
             // Initial APIC id = vCPU index; one logical processor per package.
             b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
         }
         7 if subleaf == 0 => {
-            // No IA32_ARCH_CAPABILITIES or IA32_TSC_ADJUST: neither is emulated.
+            // No IA32_ARCH_CAPABILITIES (not emulated). IA32_TSC_ADJUST is
+            // emulated (msr.rs) and stays: with an invariant TSC it tells Linux
+            // the TSC needs no watchdog.
             d &= !(1 << 29);
-            b &= !(1 << 1);
             // Protection keys are hidden (see HIDDEN_XSTATE); OSPKE would follow CR4.
             const ECX_PKU: u32 = 1 << 3;
             const ECX_OSPKE: u32 = 1 << 4;
@@ -101,6 +105,8 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             (a, b, c) = (0, if subleaf == 0 { 1 } else { 0 }, subleaf & 0xff);
             d = vcpu;
         }
+        // Invariant TSC: the guest's TSC is the host's, constant and never stopped.
+        0x8000_0007 => d |= 1 << 8,
         0x8000_0001 => {
             const ECX_SVM: u32 = 1 << 2;
             c &= !ECX_SVM;

@@ -18,6 +18,7 @@ const IA32_MTRRCAP: u32 = 0xfe;
 const IA32_MISC_ENABLE: u32 = 0x1a0;
 const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 const IA32_TSC_DEADLINE: u32 = 0x6e0;
+const IA32_TSC_ADJUST: u32 = 0x3b;
 const IA32_EFER: u32 = 0xc000_0080;
 const EFER_WRITABLE: u64 = 1 | EFER_LME | (1 << 11); // SCE, LME, NXE
 
@@ -25,6 +26,8 @@ pub fn rdmsr(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     let msr = vcpu.regs.rcx as u32;
     let value = match msr {
         IA32_TSC_DEADLINE => vm.chipset.tsc_deadline(vcpu.index as usize),
+        // The guest's TSC is never adjusted (see wrmsr).
+        IA32_TSC_ADJUST => 0,
         IA32_TSC => crate::time::rdtsc(),
         // Enabled, xAPIC at the default address; the BSP bit for vCPU 0.
         IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | if vcpu.index == 0 { 1 << 8 } else { 0 },
@@ -51,6 +54,9 @@ pub fn wrmsr(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xffff_ffff);
     match msr {
         IA32_TSC_DEADLINE => vm.chipset.set_tsc_deadline(vcpu.index as usize, value),
+        // Guests see the host's TSC unoffset, so only "no adjustment" can be
+        // written; software writes TSC_ADJUST only to undo a nonzero value it read.
+        IA32_TSC_ADJUST if value == 0 => {}
         IA32_EFER => {
             if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
                 inject_exception(GP, Some(0));
