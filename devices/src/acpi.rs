@@ -114,11 +114,67 @@ fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
-/// DSDT: `Name (_S5, Package () { 5, 5, 0, 0 })`, so the guest knows how to
-/// power off. The legacy devices are found by their fixed addresses.
-fn dsdt() -> Vec<u8> {
+/// An AML PkgLength for `content` bytes that follow it.
+fn pkg_length(content: usize) -> Vec<u8> {
+    let total = |k: usize| content + k;
+    if total(1) <= 0x3f {
+        vec![total(1) as u8]
+    } else if total(2) <= 0xfff {
+        let t = total(2);
+        vec![0x40 | (t & 0xf) as u8, (t >> 4) as u8]
+    } else {
+        let t = total(3);
+        vec![0x80 | (t & 0xf) as u8, (t >> 4) as u8, (t >> 12) as u8]
+    }
+}
+
+/// `opcode PkgLength body`.
+fn aml_package(opcode: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = opcode.to_vec();
+    out.extend(pkg_length(body.len()));
+    out.extend_from_slice(body);
+    out
+}
+
+fn aml_name(name: &[u8; 4], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x08];
+    out.extend_from_slice(name);
+    out.extend_from_slice(value);
+    out
+}
+
+/// A virtio-mmio device as Linux's ACPI binding expects: _HID LNRO0005, its
+/// register window and its level-triggered, active-high interrupt.
+fn aml_virtio_device(index: usize) -> Vec<u8> {
+    let (base, gsi) = layout::virtio_slot(index);
+    let mut resources = vec![0x86, 0x09, 0x00, 0x01]; // Memory32Fixed, read-write
+    resources.extend_from_slice(&(base as u32).to_le_bytes());
+    resources.extend_from_slice(&(layout::VIRTIO_SIZE as u32).to_le_bytes());
+    // Extended interrupt: consumer, level, active high, exclusive; one GSI.
+    resources.extend_from_slice(&[0x89, 0x06, 0x00, 0x01, 0x01]);
+    resources.extend_from_slice(&(gsi as u32).to_le_bytes());
+    resources.extend_from_slice(&[0x79, 0x00]); // end tag
+    let mut buffer_body = vec![0x0a, resources.len() as u8];
+    buffer_body.extend_from_slice(&resources);
+    let mut body = alloc::format!("VR{index:02X}").into_bytes();
+    body.extend(aml_name(b"_HID", b"\x0dLNRO0005\x00"));
+    body.extend(aml_name(b"_UID", &[0x0a, index as u8]));
+    body.extend(aml_name(b"_CRS", &aml_package(&[0x11], &buffer_body)));
+    aml_package(&[0x5b, 0x82], &body)
+}
+
+/// DSDT: `\_S5` (how to power off) and the virtio-mmio devices under \_SB.
+/// The legacy devices are found by their fixed addresses.
+fn dsdt(virtio_devices: usize) -> Vec<u8> {
     let s5 = layout::SLP_TYP_S5 as u8;
-    let aml = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00];
+    let mut aml = aml_name(b"_S5_", &[0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00]);
+    if virtio_devices > 0 {
+        let mut scope = b"\\_SB_".to_vec();
+        for i in 0..virtio_devices {
+            scope.extend(aml_virtio_device(i));
+        }
+        aml.extend(aml_package(&[0x10], &scope));
+    }
     table(b"DSDT", 2, &aml)
 }
 
@@ -184,9 +240,10 @@ fn madt(vcpus: u32) -> Vec<u8> {
     table(b"APIC", 5, &b)
 }
 
-/// All tables for a VM with `vcpus` processors, laid out from guest-physical
-/// `base` (RSDP at `base`). Returns the bytes to copy there.
-pub fn tables(base: u64, vcpus: u32) -> Vec<u8> {
+/// All tables for a VM with `vcpus` processors and `virtio_devices` virtio-mmio
+/// slots in use, laid out from guest-physical `base` (RSDP at `base`). Returns
+/// the bytes to copy there.
+pub fn tables(base: u64, vcpus: u32, virtio_devices: usize) -> Vec<u8> {
     let mut blob = vec![0u8; 64];
     let place = |blob: &mut Vec<u8>, bytes: &[u8]| {
         let at = blob.len().next_multiple_of(64);
@@ -194,7 +251,7 @@ pub fn tables(base: u64, vcpus: u32) -> Vec<u8> {
         blob.extend_from_slice(bytes);
         base + at as u64
     };
-    let dsdt_at = place(&mut blob, &dsdt());
+    let dsdt_at = place(&mut blob, &dsdt(virtio_devices));
     let facs_at = place(&mut blob, &facs());
     let fadt_at = place(&mut blob, &fadt(facs_at, dsdt_at));
     let madt_at = place(&mut blob, &madt(vcpus));
@@ -246,7 +303,7 @@ mod tests {
 
     #[test]
     fn rsdp_leads_to_every_table_with_valid_checksums() {
-        let blob = tables(BASE, 2);
+        let blob = tables(BASE, 2, 0);
         assert!(blob.len() as u64 <= layout::ACPI_TABLES_SIZE);
         assert_eq!(&blob[..8], b"RSD PTR ");
         assert_eq!(sum(&blob[..20]), 0);
@@ -269,7 +326,7 @@ mod tests {
 
     #[test]
     fn fadt_names_the_pm_blocks_and_reset_register() {
-        let blob = tables(BASE, 1);
+        let blob = tables(BASE, 1, 0);
         let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
         let fadt = table_at(&blob, u64_at(xsdt, 36), b"FACP");
         assert_eq!(u32_at(fadt, 76), layout::PM_TIMER as u32);
@@ -283,8 +340,35 @@ mod tests {
     }
 
     #[test]
+    fn pkg_length_encodings() {
+        assert_eq!(pkg_length(10), vec![11]);
+        assert_eq!(pkg_length(62), vec![63]);
+        assert_eq!(pkg_length(63), vec![0x41, 0x04], "65 = 0x41: low nibble 1, then 4");
+        assert_eq!(pkg_length(5000), vec![0x8b, 0x38, 0x01]);
+    }
+
+    #[test]
+    fn dsdt_describes_each_virtio_device() {
+        let blob = tables(BASE, 1, 2);
+        let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
+        let fadt = table_at(&blob, u64_at(xsdt, 36), b"FACP");
+        let dsdt = table_at(&blob, u64_at(fadt, 140), b"DSDT");
+        let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"LNRO0005\0"), 2);
+        assert_eq!(count(b"VR00"), 1);
+        assert_eq!(count(b"VR01"), 1);
+        // Slot 1's window and GSI.
+        assert_eq!(count(&0xd000_1000u32.to_le_bytes()), 1);
+        assert_eq!(count(&[0x89, 0x06, 0x00, 0x01, 0x01, 17, 0, 0, 0]), 1);
+        // The scope's PkgLength covers exactly the rest of the table.
+        let scope_at = 36 + dsdt[36..].iter().position(|&b| b == 0x10).unwrap();
+        let len = (dsdt[scope_at + 1] & 0xf) as usize | (dsdt[scope_at + 2] as usize) << 4;
+        assert_eq!(scope_at + 1 + len, dsdt.len());
+    }
+
+    #[test]
     fn madt_lists_each_vcpu_the_ioapic_and_the_timer_override() {
-        let blob = tables(BASE, 3);
+        let blob = tables(BASE, 3, 0);
         let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
         let madt = table_at(&blob, u64_at(xsdt, 44), b"APIC");
         assert_eq!(u32_at(madt, 36) as u64, layout::LAPIC_BASE);

@@ -21,6 +21,8 @@ use crate::pic::PicPair;
 use crate::pit::Pit;
 use crate::rtc::Rtc;
 use crate::uart::{LineSink, Uart16550};
+use crate::virtio::{VirtioDevice, VirtioMmio};
+use crate::GuestRam;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
@@ -52,7 +54,10 @@ pub struct Chipset {
     signals: Vec<VecDeque<StartupSignal>>,
     /// Further port devices (debug exit, ...).
     pub ports: PortBus,
-    /// Further MMIO devices (virtio, ...).
+    /// virtio-mmio devices, slot i at `layout::virtio_slot(i)`, with the level
+    /// of their interrupt line.
+    virtio: Vec<(VirtioMmio, bool)>,
+    /// Further MMIO devices.
     pub mmio: MmioBus,
 }
 
@@ -70,7 +75,66 @@ impl Chipset {
             com1_line: false,
             signals: (0..vcpus).map(|_| VecDeque::new()).collect(),
             ports: PortBus::new(),
+            virtio: Vec::new(),
             mmio: MmioBus::new(),
+        }
+    }
+
+    /// Plugs a virtio device into the next free slot; returns the slot.
+    pub fn add_virtio(&mut self, device: alloc::boxed::Box<dyn VirtioDevice>) -> Result<usize, &'static str> {
+        if self.virtio.len() == layout::VIRTIO_SLOTS {
+            return Err("all virtio slots are in use");
+        }
+        self.virtio.push((VirtioMmio::new(device), false));
+        Ok(self.virtio.len() - 1)
+    }
+
+    /// Host input for the VM's console: the first virtio console if it has one.
+    pub fn console_input(&mut self, bytes: &[u8]) {
+        match self.virtio.iter_mut().find(|(v, _)| v.name() == "virtio-console") {
+            Some((v, _)) => v.device_mut().push_input(bytes),
+            None => self.com1_input(bytes),
+        }
+    }
+
+    /// virtio devices that broke since the last call: (slot, device, why).
+    pub fn take_broken(&mut self) -> Vec<(usize, &'static str, alloc::string::String)> {
+        let mut out = Vec::new();
+        for (slot, (v, _)) in self.virtio.iter_mut().enumerate() {
+            if let Some(why) = v.broken.as_ref() {
+                if !v.broken_reported {
+                    v.broken_reported = true;
+                    out.push((slot, v.name(), why.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Passes on partial output lines (when the VM stops).
+    pub fn flush_output(&mut self) {
+        self.com1.flush();
+        for (v, _) in &mut self.virtio {
+            v.device_mut().flush();
+        }
+    }
+
+    fn virtio_at(&self, address: u64) -> Option<(usize, u64)> {
+        let offset = address.checked_sub(layout::VIRTIO_BASE)?;
+        let slot = (offset / layout::VIRTIO_STRIDE) as usize;
+        let within = offset % layout::VIRTIO_STRIDE;
+        (slot < self.virtio.len() && within < layout::VIRTIO_SIZE).then_some((slot, within))
+    }
+
+    fn update_virtio_line(&mut self, slot: usize) {
+        let (device, line) = &mut self.virtio[slot];
+        let level = device.irq_line();
+        if level != *line {
+            *line = level;
+            let gsi = layout::virtio_slot(slot).1 as usize;
+            if let Some(message) = self.ioapic.set_line(gsi, level) {
+                self.deliver(None, message);
+            }
         }
     }
 
@@ -145,10 +209,22 @@ impl Chipset {
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
             return self.ioapic.read(offset & !3) as u64 & size_mask(size);
         }
+        if let Some((slot, offset)) = self.virtio_at(address) {
+            return self.virtio[slot].0.read(offset, size) as u64 & size_mask(size);
+        }
         self.mmio.read(address, size)
     }
 
-    pub fn mmio_write(&mut self, vcpu: usize, address: u64, size: u8, value: u64, now: u64) -> Option<Request> {
+    /// An MMIO write; `ram` is for devices that move data (virtio).
+    pub fn mmio_write(
+        &mut self,
+        vcpu: usize,
+        address: u64,
+        size: u8,
+        value: u64,
+        now: u64,
+        ram: &mut dyn GuestRam,
+    ) -> Option<Request> {
         if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
             match self.lapics[vcpu].write(offset as u32 & !0xf, value as u32, now) {
                 Some(lapic::Effect::Send(message)) => self.deliver(Some(vcpu), message),
@@ -167,6 +243,11 @@ impl Chipset {
             }
             return None;
         }
+        if let Some((slot, offset)) = self.virtio_at(address) {
+            self.virtio[slot].0.write(offset, value as u32, ram);
+            self.update_virtio_line(slot);
+            return None;
+        }
         self.mmio.write(address, size, value)
     }
 
@@ -178,8 +259,13 @@ impl Chipset {
         self.lapics[vcpu].set_tsc_deadline(deadline);
     }
 
-    /// Runs the clocks up to `now`: timers that expired raise their interrupts.
-    pub fn poll(&mut self, now: u64) {
+    /// Runs the clocks up to `now`: timers that expired raise their interrupts;
+    /// devices with input waiting deliver it.
+    pub fn poll(&mut self, now: u64, ram: &mut dyn GuestRam) {
+        for slot in 0..self.virtio.len() {
+            self.virtio[slot].0.poll(ram);
+            self.update_virtio_line(slot);
+        }
         for apic in &mut self.lapics {
             apic.poll(now);
         }
@@ -286,7 +372,7 @@ impl Chipset {
 
     /// The ACPI tables for this VM, to be copied to `layout::ACPI_TABLES`.
     pub fn acpi_tables(&self) -> Vec<u8> {
-        acpi::tables(layout::ACPI_TABLES, self.lapics.len() as u32)
+        acpi::tables(layout::ACPI_TABLES, self.lapics.len() as u32, self.virtio.len())
     }
 }
 
@@ -309,7 +395,20 @@ mod tests {
     use crate::lapic::reg;
     use std::sync::{Arc, Mutex};
 
+    use crate::NotRam;
+
     const HZ: u64 = 1_000_000_000;
+
+    /// For tests without DMA devices.
+    struct NoRam;
+    impl GuestRam for NoRam {
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), NotRam> {
+            Err(NotRam)
+        }
+        fn write(&mut self, _: u64, _: &[u8]) -> Result<(), NotRam> {
+            Err(NotRam)
+        }
+    }
 
     fn chipset(vcpus: u32) -> (Chipset, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -327,14 +426,14 @@ mod tests {
     }
 
     fn lapic_write(c: &mut Chipset, vcpu: usize, register: u32, value: u32, now: u64) {
-        c.mmio_write(vcpu, layout::LAPIC_BASE + register as u64, 4, value as u64, now);
+        c.mmio_write(vcpu, layout::LAPIC_BASE + register as u64, 4, value as u64, now, &mut NoRam);
     }
 
     fn ioapic_route(c: &mut Chipset, pin: u32, low: u32, dest: u8) {
-        c.mmio_write(0, layout::IOAPIC_BASE, 4, 0x11 + 2 * pin as u64, 0);
-        c.mmio_write(0, layout::IOAPIC_BASE + 0x10, 4, (dest as u64) << 24, 0);
-        c.mmio_write(0, layout::IOAPIC_BASE, 4, 0x10 + 2 * pin as u64, 0);
-        c.mmio_write(0, layout::IOAPIC_BASE + 0x10, 4, low as u64, 0);
+        c.mmio_write(0, layout::IOAPIC_BASE, 4, 0x11 + 2 * pin as u64, 0, &mut NoRam);
+        c.mmio_write(0, layout::IOAPIC_BASE + 0x10, 4, (dest as u64) << 24, 0, &mut NoRam);
+        c.mmio_write(0, layout::IOAPIC_BASE, 4, 0x10 + 2 * pin as u64, 0, &mut NoRam);
+        c.mmio_write(0, layout::IOAPIC_BASE + 0x10, 4, low as u64, 0, &mut NoRam);
     }
 
     fn enable_apic(c: &mut Chipset, vcpu: usize) {
@@ -391,9 +490,9 @@ mod tests {
         lapic_write(&mut c, 0, reg::LVT_TIMER, (2 << 17) | 0xec, 0);
         c.set_tsc_deadline(0, 5_000);
         assert_eq!(c.next_deadline(0), Some(5_000));
-        c.poll(4_999);
+        c.poll(4_999, &mut NoRam);
         assert!(!c.has_interrupt(0));
-        c.poll(5_000);
+        c.poll(5_000, &mut NoRam);
         assert_eq!(c.take_interrupt(0), Some(0xec));
         assert_eq!(c.next_deadline(0), None);
     }
@@ -410,7 +509,7 @@ mod tests {
         c.port_write(0x40, 1, 0x2e, 0); // 100 Hz
         let first = c.next_deadline(0).unwrap();
         assert!((9_990_000..=10_010_000).contains(&first), "{first}");
-        c.poll(first);
+        c.poll(first, &mut NoRam);
         assert_eq!(c.take_interrupt(0), Some(0x08));
         assert_eq!(c.take_interrupt(0), None);
     }
@@ -440,6 +539,20 @@ mod tests {
         c.port_read(0x3f8, 1, 0);
         lapic_write(&mut c, 0, reg::EOI, 0, 0);
         assert_eq!(c.take_interrupt(0), None);
+    }
+
+    #[test]
+    fn virtio_slots_are_mapped_and_described() {
+        let (mut c, _) = chipset(1);
+        let console = crate::virtio::console::Console::new(alloc::boxed::Box::new(|_: &[u8]| {}));
+        assert_eq!(c.add_virtio(alloc::boxed::Box::new(console)), Ok(0));
+        assert_eq!(c.mmio_read(0, layout::VIRTIO_BASE, 4, 0), 0x7472_6976);
+        assert_eq!(c.mmio_read(0, layout::VIRTIO_BASE + 8, 4, 0), 3);
+        assert_eq!(c.mmio_read(0, layout::VIRTIO_BASE + layout::VIRTIO_STRIDE, 4, 0), 0xffff_ffff);
+        assert_eq!(c.mmio.unclaimed.reads, 1, "an empty slot is nobody's");
+        let tables = c.acpi_tables();
+        assert_eq!(tables.windows(8).filter(|w| *w == b"LNRO0005").count(), 1);
+        assert!(c.take_broken().is_empty());
     }
 
     #[test]

@@ -10,6 +10,18 @@ pub const IOAPIC_SIZE: u64 = 0x1000;
 pub const ACPI_TABLES: u64 = 0xe_0000;
 pub const ACPI_TABLES_SIZE: u64 = 0x1_0000;
 
+/// virtio-mmio slots: slot i at VIRTIO_BASE + i * VIRTIO_STRIDE, interrupting
+/// on IOAPIC pin VIRTIO_GSI_BASE + i (level, active high), as the DSDT says.
+pub const VIRTIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_STRIDE: u64 = 0x1000;
+pub const VIRTIO_SIZE: u64 = 0x200;
+pub const VIRTIO_GSI_BASE: u8 = 16;
+pub const VIRTIO_SLOTS: usize = 8;
+
+pub fn virtio_slot(index: usize) -> (u64, u8) {
+    (VIRTIO_BASE + index as u64 * VIRTIO_STRIDE, VIRTIO_GSI_BASE + index as u8)
+}
+
 pub const PIC_MASTER: u16 = 0x20;
 pub const PIC_SLAVE: u16 = 0xa0;
 pub const PIC_ELCR: u16 = 0x4d0;

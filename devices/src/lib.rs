@@ -17,6 +17,17 @@ pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod uart;
+pub mod virtio;
+
+/// An access outside guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotRam;
+
+/// Guest-physical memory as devices that do DMA see it.
+pub trait GuestRam {
+    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), NotRam>;
+    fn write(&mut self, address: u64, data: &[u8]) -> Result<(), NotRam>;
+}
 
 pub use bus::{BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed};
 pub use chipset::{Chipset, ChipsetConfig, StartupSignal};

@@ -1,0 +1,229 @@
+//! virtio-blk: one request queue; reads, writes, flushes and the device ID
+//! against a byte store the VMM provides (the VM's disk image, kept in host
+//! memory, read-write for the VM's life). Requests outside the disk fail with
+//! an I/O error status, as on real hardware; only protocol violations break
+//! the device.
+
+use super::queue::ChainIo;
+use super::{Handled, VirtioDevice};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+const SECTOR: u64 = 512;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+const F_FLUSH: u64 = 1 << 9;
+/// Data moves through the host in pieces of this size.
+const PIECE: usize = 64 * 1024;
+
+/// The bytes behind a disk.
+pub trait BlockStore: Send {
+    fn size(&self) -> u64;
+    fn read_at(&self, offset: u64, buf: &mut [u8]);
+    fn write_at(&mut self, offset: u64, data: &[u8]);
+}
+
+impl BlockStore for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) {
+        buf.copy_from_slice(&self[offset as usize..offset as usize + buf.len()]);
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) {
+        self[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+    }
+}
+
+pub struct Block {
+    store: Box<dyn BlockStore>,
+    /// The serial number GET_ID returns (20 bytes, NUL-padded).
+    id: [u8; 20],
+}
+
+impl Block {
+    pub fn new(store: Box<dyn BlockStore>, serial: &str) -> Block {
+        let mut id = [0u8; 20];
+        let n = serial.len().min(20);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        Block { store, id }
+    }
+
+    fn capacity_sectors(&self) -> u64 {
+        self.store.size() / SECTOR
+    }
+
+    /// Runs one request; its status byte goes after the data.
+    fn serve(&mut self, kind: u32, sector: u64, io: &mut ChainIo) -> Result<u8, String> {
+        let in_len = io.writable_len() - 1;
+        let out_len = io.readable_len() - 16;
+        let span = |len: u64| {
+            let start = sector.checked_mul(SECTOR)?;
+            let end = start.checked_add(len)?;
+            (len.is_multiple_of(SECTOR) && end <= self.capacity_sectors() * SECTOR).then_some(start)
+        };
+        Ok(match kind {
+            T_IN => {
+                let Some(start) = span(in_len) else { return Ok(S_IOERR) };
+                let mut piece = alloc::vec![0u8; PIECE.min(in_len as usize)];
+                let mut done = 0;
+                while done < in_len {
+                    let n = (in_len - done).min(PIECE as u64) as usize;
+                    self.store.read_at(start + done, &mut piece[..n]);
+                    io.write(done, &piece[..n])?;
+                    done += n as u64;
+                }
+                S_OK
+            }
+            T_OUT => {
+                let Some(start) = span(out_len) else { return Ok(S_IOERR) };
+                let mut piece = alloc::vec![0u8; PIECE.min(out_len as usize)];
+                let mut done = 0;
+                while done < out_len {
+                    let n = (out_len - done).min(PIECE as u64) as usize;
+                    io.read(16 + done, &mut piece[..n])?;
+                    self.store.write_at(start + done, &piece[..n]);
+                    done += n as u64;
+                }
+                S_OK
+            }
+            // Writes land in the store at once; there is nothing to flush.
+            T_FLUSH => S_OK,
+            T_GET_ID => {
+                let n = (in_len as usize).min(self.id.len());
+                io.write(0, &self.id[..n])?;
+                S_OK
+            }
+            _ => S_UNSUPP,
+        })
+    }
+}
+
+impl VirtioDevice for Block {
+    fn name(&self) -> &'static str {
+        "virtio-blk"
+    }
+    fn device_id(&self) -> u32 {
+        2
+    }
+    fn features(&self) -> u64 {
+        F_FLUSH
+    }
+    fn queues(&self) -> usize {
+        1
+    }
+    fn config(&self) -> Vec<u8> {
+        // capacity (sectors); the rest of the layout is for features not offered.
+        self.capacity_sectors().to_le_bytes().to_vec()
+    }
+    fn handle(&mut self, _queue: usize, io: &mut ChainIo) -> Result<Handled, String> {
+        if io.readable_len() < 16 || io.writable_len() < 1 {
+            return Err("block request without a header or a status byte".into());
+        }
+        let mut header = [0u8; 16];
+        io.read(0, &mut header)?;
+        let kind = u32::from_le_bytes(header[0..4].try_into().unwrap());
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
+        let status = self.serve(kind, sector, io)?;
+        let status_at = io.writable_len() - 1;
+        io.write(status_at, &[status])?;
+        Ok(Handled::Used(io.written()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{Driver, Ram};
+    use super::super::VirtioMmio;
+    use super::*;
+    use crate::GuestRam;
+
+    fn disk() -> (VirtioMmio, Driver) {
+        let store: Vec<u8> = (0..64 * 1024u32).map(|i| (i / 512) as u8).collect();
+        let mut dev = VirtioMmio::new(Box::new(Block::new(Box::new(store), "basalt-disk0")));
+        let drv = Driver::bring_up(&mut dev, 1);
+        (dev, drv)
+    }
+
+    fn header(ram: &mut Ram, at: u64, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        ram.write(at, &h).unwrap();
+    }
+
+    fn status(ram: &Ram, at: u64) -> u8 {
+        let mut s = [0u8];
+        ram.read(at, &mut s).unwrap();
+        s[0]
+    }
+
+    #[test]
+    fn capacity_is_in_sectors() {
+        let (mut dev, _) = disk();
+        assert_eq!(dev.read(0x100, 4), 128);
+        assert_eq!(dev.read(0x8, 4), 2);
+    }
+
+    #[test]
+    fn write_then_read_back() {
+        let (mut dev, mut drv) = disk();
+        header(&mut drv.ram, 0x8000, T_OUT, 3);
+        drv.ram.write(0x9000, &[0x5a; 1024]).unwrap();
+        drv.post(&mut dev, &[(0x8000, 16, false), (0x9000, 1024, false), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_OK);
+        assert_eq!(drv.used(0).2, 1, "only the status byte was written");
+
+        header(&mut drv.ram, 0x8000, T_IN, 2);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 2048, true), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_OK);
+        assert_eq!(drv.used(0).2, 2049);
+        let mut back = vec![0u8; 2048];
+        drv.ram.read(0xb000, &mut back).unwrap();
+        assert!(back[..512].iter().all(|&b| b == 2), "sector 2 untouched");
+        assert!(back[512..1536].iter().all(|&b| b == 0x5a), "sectors 3-4 written");
+        assert!(back[1536..].iter().all(|&b| b == 5));
+    }
+
+    #[test]
+    fn out_of_range_and_unknown_requests_fail_politely() {
+        let (mut dev, mut drv) = disk();
+        header(&mut drv.ram, 0x8000, T_IN, 127);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 1024, true), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_IOERR);
+        header(&mut drv.ram, 0x8000, 77, 0);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_UNSUPP);
+        header(&mut drv.ram, 0x8000, T_IN, u64::MAX / 2);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 512, true), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_IOERR, "sector overflow");
+        assert!(dev.broken.is_none());
+    }
+
+    #[test]
+    fn get_id_and_flush() {
+        let (mut dev, mut drv) = disk();
+        header(&mut drv.ram, 0x8000, T_GET_ID, 0);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 20, true), (0xa000, 1, true)]);
+        let mut id = [0u8; 12];
+        drv.ram.read(0xb000, &mut id).unwrap();
+        assert_eq!(&id, b"basalt-disk0");
+        header(&mut drv.ram, 0x8000, T_FLUSH, 0);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_OK);
+    }
+
+    #[test]
+    fn a_request_without_status_byte_breaks_the_device() {
+        let (mut dev, mut drv) = disk();
+        header(&mut drv.ram, 0x8000, T_IN, 0);
+        drv.post(&mut dev, &[(0x8000, 16, false)]);
+        assert!(dev.broken.is_some());
+    }
+}

@@ -1,0 +1,449 @@
+//! virtio over MMIO (virtio 1.x, the modern register layout, version 2): the
+//! transport every Basalt virtio device sits behind, and the devices (block,
+//! console). A device only sees whole request chains; the transport owns
+//! feature negotiation, queues and the interrupt status. A malformed queue
+//! marks the device broken for that VM (DEVICE_NEEDS_RESET): it stops
+//! answering until the driver resets it.
+
+pub mod blk;
+pub mod console;
+pub mod queue;
+
+use crate::GuestRam;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use queue::{Chain, ChainIo, Queue};
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x544c_5342; // "BSLT"
+pub const F_VERSION_1: u64 = 1 << 32;
+
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+const INTERRUPT_USED_BUFFER: u32 = 1;
+const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
+/// What a device did with a request chain.
+pub enum Handled {
+    /// Done: the chain goes to the used ring with this many bytes written.
+    Used(u32),
+    /// Not now (a receive buffer with nothing to receive): it stays queued.
+    Later,
+}
+
+/// A virtio device behind the transport.
+pub trait VirtioDevice: Send {
+    fn name(&self) -> &'static str;
+    fn device_id(&self) -> u32;
+    /// Device-specific feature bits (the transport adds VERSION_1).
+    fn features(&self) -> u64;
+    fn queues(&self) -> usize;
+    /// The device-specific configuration space.
+    fn config(&self) -> Vec<u8>;
+    /// Serves one request chain from queue `queue`. An error means the driver
+    /// broke the protocol; the device is then marked broken.
+    fn handle(&mut self, queue: usize, io: &mut ChainIo) -> Result<Handled, String>;
+    /// Queues with work the device can do without a notification (input
+    /// arrived for a receive queue).
+    fn ready_queues(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// Host input for devices that take it (consoles); others ignore it.
+    fn push_input(&mut self, _bytes: &[u8]) {}
+    /// Passes on buffered output (when the VM stops).
+    fn flush(&mut self) {}
+}
+
+pub struct VirtioMmio {
+    device: Box<dyn VirtioDevice>,
+    status: u32,
+    device_features_select: u32,
+    driver_features: u64,
+    driver_features_select: u32,
+    queue_select: u32,
+    queues: Vec<Queue>,
+    interrupt_status: u32,
+    /// Why the device stopped serving, once it is broken.
+    pub broken: Option<String>,
+    /// Whether the VMM has been told (the chipset reports each breakage once).
+    pub broken_reported: bool,
+}
+
+impl VirtioMmio {
+    pub fn new(device: Box<dyn VirtioDevice>) -> VirtioMmio {
+        let queues = alloc::vec![Queue::default(); device.queues()];
+        VirtioMmio {
+            device,
+            status: 0,
+            device_features_select: 0,
+            driver_features: 0,
+            driver_features_select: 0,
+            queue_select: 0,
+            queues,
+            interrupt_status: 0,
+            broken: None,
+            broken_reported: false,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.device.name()
+    }
+
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    fn offered(&self) -> u64 {
+        self.device.features() | F_VERSION_1
+    }
+
+    /// The interrupt line: any interrupt status bit set.
+    pub fn irq_line(&self) -> bool {
+        self.interrupt_status != 0
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    pub fn read(&mut self, offset: u64, size: u8) -> u32 {
+        if offset >= 0x100 {
+            let config = self.device.config();
+            let at = (offset - 0x100) as usize;
+            let mut bytes = [0u8; 4];
+            for (i, b) in bytes.iter_mut().enumerate().take(size as usize) {
+                *b = config.get(at + i).copied().unwrap_or(0);
+            }
+            return u32::from_le_bytes(bytes);
+        }
+        let queue = self.queues.get(self.queue_select as usize).copied();
+        match offset {
+            0x000 => MAGIC,
+            0x004 => VERSION,
+            0x008 => self.device.device_id(),
+            0x00c => VENDOR,
+            0x010 => match self.device_features_select {
+                0 => self.offered() as u32,
+                1 => (self.offered() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 => queue.map_or(0, |_| queue::MAX_SIZE as u32),
+            0x038 => queue.map_or(0, |q| q.size as u32),
+            0x044 => queue.map_or(0, |q| q.ready as u32),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            0x080 => queue.map_or(0, |q| q.desc as u32),
+            0x084 => queue.map_or(0, |q| (q.desc >> 32) as u32),
+            0x090 => queue.map_or(0, |q| q.avail as u32),
+            0x094 => queue.map_or(0, |q| (q.avail >> 32) as u32),
+            0x0a0 => queue.map_or(0, |q| q.used as u32),
+            0x0a4 => queue.map_or(0, |q| (q.used >> 32) as u32),
+            0x0fc => 0, // config generation: the config never changes
+            _ => 0,
+        }
+    }
+
+    pub fn write(&mut self, offset: u64, value: u32, ram: &mut dyn GuestRam) {
+        let set_low = |v: &mut u64| *v = (*v & !0xffff_ffff) | value as u64;
+        let set_high = |v: &mut u64| *v = (*v & 0xffff_ffff) | (value as u64) << 32;
+        match offset {
+            0x014 => self.device_features_select = value,
+            0x020 => match self.driver_features_select {
+                0 => set_low(&mut self.driver_features),
+                1 => set_high(&mut self.driver_features),
+                _ => {}
+            },
+            0x024 => self.driver_features_select = value,
+            0x030 => self.queue_select = value,
+            0x038 => {
+                if let Some(q) = self.queue() {
+                    // Sizes must be powers of two up to the maximum; others are ignored.
+                    if value.is_power_of_two() && value <= queue::MAX_SIZE as u32 {
+                        q.size = value as u16;
+                    }
+                }
+            }
+            0x044 => {
+                if let Some(q) = self.queue() {
+                    q.ready = value & 1 != 0;
+                }
+            }
+            0x050 => self.notify(value as usize, ram),
+            0x064 => self.interrupt_status &= !value,
+            0x070 => self.write_status(value),
+            0x080 => self.queue().into_iter().for_each(|q| set_low(&mut q.desc)),
+            0x084 => self.queue().into_iter().for_each(|q| set_high(&mut q.desc)),
+            0x090 => self.queue().into_iter().for_each(|q| set_low(&mut q.avail)),
+            0x094 => self.queue().into_iter().for_each(|q| set_high(&mut q.avail)),
+            0x0a0 => self.queue().into_iter().for_each(|q| set_low(&mut q.used)),
+            0x0a4 => self.queue().into_iter().for_each(|q| set_high(&mut q.used)),
+            _ => {}
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            // Reset: back to the state at power-on, broken or not.
+            self.status = 0;
+            self.driver_features = 0;
+            self.interrupt_status = 0;
+            self.queues.iter_mut().for_each(Queue::reset);
+            self.broken = None;
+            self.broken_reported = false;
+            return;
+        }
+        let mut value = value | (self.status & STATUS_DEVICE_NEEDS_RESET);
+        if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            // Only features offered, and the modern interface, are acceptable.
+            let acceptable = self.driver_features & !self.offered() == 0 && self.driver_features & F_VERSION_1 != 0;
+            if !acceptable {
+                value &= !STATUS_FEATURES_OK;
+            }
+        }
+        self.status = value;
+    }
+
+    fn notify(&mut self, queue: usize, ram: &mut dyn GuestRam) {
+        if queue < self.queues.len() {
+            self.serve(queue, ram);
+        }
+    }
+
+    /// Serves what `ready_queues` says the device can do now (input arrived).
+    pub fn poll(&mut self, ram: &mut dyn GuestRam) {
+        for queue in self.device.ready_queues() {
+            self.serve(queue, ram);
+        }
+    }
+
+    fn serve(&mut self, index: usize, ram: &mut dyn GuestRam) {
+        if self.broken.is_some() {
+            return;
+        }
+        if let Err(why) = self.serve_chains(index, ram) {
+            self.broken = Some(alloc::format!("queue {index}: {why}"));
+            self.status |= STATUS_DEVICE_NEEDS_RESET;
+            self.interrupt_status |= INTERRUPT_CONFIG_CHANGE;
+        }
+    }
+
+    fn serve_chains(&mut self, index: usize, ram: &mut dyn GuestRam) -> Result<(), String> {
+        loop {
+            let Some(chain): Option<Chain> = self.queues[index].peek(ram)? else { return Ok(()) };
+            let mut io = ChainIo::new(&chain, ram);
+            match self.device.handle(index, &mut io)? {
+                Handled::Later => return Ok(()),
+                Handled::Used(written) => {
+                    self.queues[index].complete(ram, chain.head, written)?;
+                    self.interrupt_status |= INTERRUPT_USED_BUFFER;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::NotRam;
+
+    /// Guest RAM for tests: a flat vector from guest-physical 0.
+    pub struct Ram(pub Vec<u8>);
+
+    impl GuestRam for Ram {
+        fn read(&self, at: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+            let at = at as usize;
+            let src = self.0.get(at..at + buf.len()).ok_or(NotRam)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        fn write(&mut self, at: u64, data: &[u8]) -> Result<(), NotRam> {
+            let at = at as usize;
+            self.0.get_mut(at..at + data.len()).ok_or(NotRam)?.copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    pub const DESC: u64 = 0x1000;
+    pub const AVAIL: u64 = 0x2000;
+    pub const USED: u64 = 0x3000;
+
+    /// A driver's view of one queue, enough to post chains and read completions.
+    pub struct Driver {
+        pub ram: Ram,
+        next_desc: [u16; 4],
+        avail_idx: [u16; 4],
+    }
+
+    impl Driver {
+        /// Negotiates features and sets up queue 0..queues as a driver would.
+        pub fn bring_up(dev: &mut VirtioMmio, queues: u32) -> Driver {
+            let mut ram = Ram(vec![0; 1 << 20]);
+            assert_eq!(dev.read(0, 4), MAGIC);
+            assert_eq!(dev.read(4, 4), 2);
+            dev.write(0x70, 1 | 2, &mut ram);
+            dev.write(0x14, 1, &mut ram);
+            assert_eq!(dev.read(0x10, 4), 1, "VERSION_1 offered");
+            dev.write(0x24, 1, &mut ram);
+            dev.write(0x20, 1, &mut ram);
+            dev.write(0x70, 1 | 2 | 8, &mut ram);
+            assert_eq!(dev.read(0x70, 4) & 8, 8, "FEATURES_OK accepted");
+            for q in 0..queues {
+                let base = q as u64 * 0x10000;
+                dev.write(0x30, q, &mut ram);
+                assert_eq!(dev.read(0x34, 4), 256);
+                dev.write(0x38, 16, &mut ram);
+                dev.write(0x80, (DESC + base) as u32, &mut ram);
+                dev.write(0x90, (AVAIL + base) as u32, &mut ram);
+                dev.write(0xa0, (USED + base) as u32, &mut ram);
+                dev.write(0x44, 1, &mut ram);
+            }
+            dev.write(0x70, 1 | 2 | 8 | 4, &mut ram);
+            Driver { ram, next_desc: [0; 4], avail_idx: [0; 4] }
+        }
+
+        /// Posts a chain of (address, length, writable) on queue 0 and notifies.
+        pub fn post(&mut self, dev: &mut VirtioMmio, buffers: &[(u64, u32, bool)]) -> u16 {
+            self.post_on(dev, 0, buffers)
+        }
+
+        pub fn post_on(&mut self, dev: &mut VirtioMmio, queue: u64, buffers: &[(u64, u32, bool)]) -> u16 {
+            let base = queue * 0x10000;
+            let q = queue as usize;
+            let head = self.next_desc[q];
+            for (i, &(addr, len, writable)) in buffers.iter().enumerate() {
+                let index = self.next_desc[q];
+                self.next_desc[q] = (index + 1) % 16;
+                let mut d = [0u8; 16];
+                d[..8].copy_from_slice(&addr.to_le_bytes());
+                d[8..12].copy_from_slice(&len.to_le_bytes());
+                let flags = if writable { DESC_WRITE_FLAG } else { 0 } | if i + 1 < buffers.len() { 1 } else { 0 };
+                d[12..14].copy_from_slice(&flags.to_le_bytes());
+                d[14..16].copy_from_slice(&self.next_desc[q].to_le_bytes());
+                self.ram.write(DESC + base + 16 * index as u64, &d).unwrap();
+            }
+            let slot = AVAIL + base + 4 + 2 * (self.avail_idx[q] % 16) as u64;
+            self.ram.write(slot, &head.to_le_bytes()).unwrap();
+            self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+            self.ram.write(AVAIL + base + 2, &self.avail_idx[q].to_le_bytes()).unwrap();
+            dev.write(0x50, queue as u32, &mut self.ram);
+            head
+        }
+
+        /// (used index, last used element's id and length) on `queue`.
+        pub fn used(&self, queue: u64) -> (u16, u32, u32) {
+            let base = queue * 0x10000;
+            let r = |at: u64, n: usize| {
+                let mut b = [0u8; 4];
+                self.ram.read(USED + base + at, &mut b[..n]).unwrap();
+                u32::from_le_bytes(b)
+            };
+            let idx = r(2, 2) as u16;
+            let slot = 4 + 8 * (idx.wrapping_sub(1) % 16) as u64;
+            (idx, r(slot, 4), r(slot + 4, 4))
+        }
+    }
+
+    const DESC_WRITE_FLAG: u16 = 2;
+
+    /// A device that echoes its readable bytes into its writable buffer.
+    struct Echo;
+    impl VirtioDevice for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn device_id(&self) -> u32 {
+            0x7f
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn queues(&self) -> usize {
+            1
+        }
+        fn config(&self) -> Vec<u8> {
+            vec![0xaa, 0xbb, 0xcc, 0xdd]
+        }
+        fn handle(&mut self, _queue: usize, io: &mut ChainIo) -> Result<Handled, String> {
+            let mut data = vec![0u8; io.readable_len() as usize];
+            io.read(0, &mut data)?;
+            io.write(0, &data)?;
+            Ok(Handled::Used(io.written()))
+        }
+    }
+
+    #[test]
+    fn a_request_is_served_across_split_buffers_and_interrupts() {
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        let mut drv = Driver::bring_up(&mut dev, 1);
+        drv.ram.write(0x8000, b"hello").unwrap();
+        drv.ram.write(0x8100, b" world").unwrap();
+        let head = drv.post(&mut dev, &[(0x8000, 5, false), (0x8100, 6, false), (0x9000, 4, true), (0x9100, 16, true)]);
+        assert_eq!(drv.used(0), (1, head as u32, 11));
+        let mut out = [0u8; 11];
+        drv.ram.read(0x9000, &mut out[..4]).unwrap();
+        drv.ram.read(0x9100, &mut out[4..]).unwrap();
+        assert_eq!(&out, b"hello world");
+        assert!(dev.irq_line());
+        dev.write(0x64, 1, &mut drv.ram);
+        assert!(!dev.irq_line());
+        assert_eq!(dev.read(0x100, 4), 0xddccbbaa);
+        assert_eq!(dev.read(0x102, 1), 0xcc);
+    }
+
+    #[test]
+    fn features_without_version_1_are_refused() {
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        let mut ram = Ram(vec![0; 4096]);
+        dev.write(0x70, 3, &mut ram);
+        dev.write(0x70, 3 | 8, &mut ram);
+        assert_eq!(dev.read(0x70, 4) & 8, 0);
+        assert_eq!(dev.read(0x8, 4), 0x7f);
+        assert_eq!(dev.read(0xc, 4), VENDOR);
+    }
+
+    #[test]
+    fn malformed_chains_break_the_device_not_the_host() {
+        for bad in [
+            // A buffer past the end of guest RAM.
+            vec![(0xfff_fff0, 64, false)],
+            // Readable after writable.
+            vec![(0x8000, 4, true), (0x8100, 4, false)],
+        ] {
+            let mut dev = VirtioMmio::new(Box::new(Echo));
+            let mut drv = Driver::bring_up(&mut dev, 1);
+            drv.post(&mut dev, &bad);
+            assert!(dev.broken.is_some(), "{bad:?}");
+            assert_eq!(dev.read(0x70, 4) & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
+            assert_eq!(dev.read(0x60, 4) & INTERRUPT_CONFIG_CHANGE, INTERRUPT_CONFIG_CHANGE);
+            assert_eq!(drv.used(0).0, 0, "nothing completed");
+            // A reset makes it usable again.
+            dev.write(0x70, 0, &mut drv.ram);
+            assert!(dev.broken.is_none());
+        }
+    }
+
+    #[test]
+    fn looping_chain_and_runaway_index_are_caught() {
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        let mut drv = Driver::bring_up(&mut dev, 1);
+        // Descriptor 0 chains to itself.
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&0x8000u64.to_le_bytes());
+        d[8..12].copy_from_slice(&4u32.to_le_bytes());
+        d[12..14].copy_from_slice(&1u16.to_le_bytes());
+        drv.ram.write(DESC, &d).unwrap();
+        drv.ram.write(AVAIL + 2, &1u16.to_le_bytes()).unwrap();
+        dev.write(0x50, 0, &mut drv.ram);
+        assert!(dev.broken.as_deref().unwrap().contains("loops"));
+
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        let mut drv = Driver::bring_up(&mut dev, 1);
+        drv.ram.write(AVAIL + 2, &100u16.to_le_bytes()).unwrap();
+        dev.write(0x50, 0, &mut drv.ram);
+        assert!(dev.broken.as_deref().unwrap().contains("ahead"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Split virtqueues (virtio 1.x): the driver's descriptor table and available
+//! ring, the device's used ring. Everything read from guest memory is checked
+//! (indices, chain length, order of readable and writable parts, addresses), and
+//! a violation is an error for the device to report, never a host fault.
+
+use crate::GuestRam;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+const DESC_NEXT: u16 = 1;
+const DESC_WRITE: u16 = 2;
+const DESC_INDIRECT: u16 = 4;
+/// Largest queue Basalt offers.
+pub const MAX_SIZE: u16 = 256;
+/// Largest total length of one chain; more is treated as malformed.
+const MAX_CHAIN_BYTES: u64 = 16 << 20;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Queue {
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    next_avail: u16,
+    next_used: u16,
+}
+
+/// One request: the buffers the device may read, then those it may write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub head: u16,
+    pub readable: Vec<(u64, u32)>,
+    pub writable: Vec<(u64, u32)>,
+}
+
+fn read_u16(ram: &dyn GuestRam, at: u64) -> Result<u16, String> {
+    let mut b = [0u8; 2];
+    ram.read(at, &mut b).map_err(|_| alloc::format!("ring address {at:#x} is outside guest RAM"))?;
+    Ok(u16::from_le_bytes(b))
+}
+
+impl Queue {
+    pub fn reset(&mut self) {
+        *self = Queue::default();
+    }
+
+    /// The next chain the driver made available, without taking it.
+    pub fn peek(&self, ram: &dyn GuestRam) -> Result<Option<Chain>, String> {
+        if !self.ready || self.size == 0 {
+            return Ok(None);
+        }
+        let available = read_u16(ram, self.avail + 2)?;
+        let outstanding = available.wrapping_sub(self.next_avail);
+        if outstanding == 0 {
+            return Ok(None);
+        }
+        if outstanding > self.size {
+            return Err(alloc::format!(
+                "available index {available} runs {outstanding} ahead of a {}-entry queue",
+                self.size
+            ));
+        }
+        let slot = self.avail + 4 + 2 * (self.next_avail % self.size) as u64;
+        let head = read_u16(ram, slot)?;
+        self.walk(ram, head).map(Some)
+    }
+
+    fn walk(&self, ram: &dyn GuestRam, head: u16) -> Result<Chain, String> {
+        let mut chain = Chain { head, ..Chain::default() };
+        let mut index = head;
+        let mut total = 0u64;
+        for _ in 0..self.size {
+            if index >= self.size {
+                return Err(alloc::format!("descriptor index {index} outside a {}-entry table", self.size));
+            }
+            let mut d = [0u8; 16];
+            let at = self.desc + 16 * index as u64;
+            ram.read(at, &mut d).map_err(|_| alloc::format!("descriptor table {at:#x} is outside guest RAM"))?;
+            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
+            let flags = u16::from_le_bytes([d[12], d[13]]);
+            let next = u16::from_le_bytes([d[14], d[15]]);
+            if flags & DESC_INDIRECT != 0 {
+                return Err("indirect descriptor, a feature that was not offered".into());
+            }
+            let end = addr.checked_add(len as u64).ok_or("buffer wraps the address space")?;
+            // Guest RAM is one range from 0, so checking both ends checks it all.
+            if len > 0 && (ram.read(addr, &mut [0]).is_err() || ram.read(end - 1, &mut [0]).is_err()) {
+                return Err(alloc::format!("buffer {addr:#x}+{len:#x} is outside guest RAM"));
+            }
+            total += len as u64;
+            if total > MAX_CHAIN_BYTES {
+                return Err("chain longer than 16 MiB".into());
+            }
+            if flags & DESC_WRITE != 0 {
+                chain.writable.push((addr, len));
+            } else if chain.writable.is_empty() {
+                chain.readable.push((addr, len));
+            } else {
+                return Err("readable buffer after a writable one".into());
+            }
+            if flags & DESC_NEXT == 0 {
+                return Ok(chain);
+            }
+            index = next;
+        }
+        Err(alloc::format!("descriptor chain from {head} loops or is longer than the queue"))
+    }
+
+    /// Takes the chain `peek` returned and reports it used with `written` bytes.
+    pub fn complete(&mut self, ram: &mut dyn GuestRam, head: u16, written: u32) -> Result<(), String> {
+        let slot = self.used + 4 + 8 * (self.next_used % self.size) as u64;
+        let mut element = [0u8; 8];
+        element[..4].copy_from_slice(&(head as u32).to_le_bytes());
+        element[4..].copy_from_slice(&written.to_le_bytes());
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.next_used = self.next_used.wrapping_add(1);
+        ram.write(slot, &element).map_err(|_| alloc::format!("used ring {slot:#x} is outside guest RAM"))?;
+        ram.write(self.used + 2, &self.next_used.to_le_bytes()).map_err(|_| "used ring is outside guest RAM".into())
+    }
+}
+
+/// Reads a chain's readable part and writes its writable part as two byte
+/// streams, across however the driver split them into buffers.
+pub struct ChainIo<'a> {
+    pub chain: &'a Chain,
+    pub ram: &'a mut dyn GuestRam,
+    written: u32,
+}
+
+impl<'a> ChainIo<'a> {
+    pub fn new(chain: &'a Chain, ram: &'a mut dyn GuestRam) -> ChainIo<'a> {
+        ChainIo { chain, ram, written: 0 }
+    }
+
+    pub fn readable_len(&self) -> u64 {
+        self.chain.readable.iter().map(|&(_, l)| l as u64).sum()
+    }
+
+    pub fn writable_len(&self) -> u64 {
+        self.chain.writable.iter().map(|&(_, l)| l as u64).sum()
+    }
+
+    /// `buf.len()` bytes of the readable stream from `offset`.
+    pub fn read(&self, mut offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let mut done = 0;
+        for &(addr, len) in &self.chain.readable {
+            if done == buf.len() {
+                break;
+            }
+            if offset >= len as u64 {
+                offset -= len as u64;
+                continue;
+            }
+            let n = ((len as u64 - offset) as usize).min(buf.len() - done);
+            self.ram.read(addr + offset, &mut buf[done..done + n]).map_err(|_| "buffer outside guest RAM")?;
+            done += n;
+            offset = 0;
+        }
+        if done < buf.len() {
+            return Err("request shorter than its header says".into());
+        }
+        Ok(())
+    }
+
+    /// Writes `data` into the writable stream at `offset`.
+    pub fn write(&mut self, mut offset: u64, data: &[u8]) -> Result<(), String> {
+        let mut done = 0;
+        let end = offset + data.len() as u64;
+        for &(addr, len) in &self.chain.writable {
+            if done == data.len() {
+                break;
+            }
+            if offset >= len as u64 {
+                offset -= len as u64;
+                continue;
+            }
+            let n = ((len as u64 - offset) as usize).min(data.len() - done);
+            self.ram.write(addr + offset, &data[done..done + n]).map_err(|_| "buffer outside guest RAM")?;
+            done += n;
+            offset = 0;
+        }
+        if done < data.len() {
+            return Err("response longer than the driver's buffers".into());
+        }
+        self.written = self.written.max(end as u32);
+        Ok(())
+    }
+
+    /// Bytes written to the driver's buffers (for the used ring).
+    pub fn written(&self) -> u32 {
+        self.written
+    }
+}
