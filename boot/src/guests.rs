@@ -112,6 +112,9 @@ pub struct LinuxGuest {
     /// Kernel modules to carry, relative to lib/modules/VERSION.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Blank (zero-filled) virtio disks to give it, by size in MiB.
+    #[serde(default)]
+    pub blank_disks_mib: Vec<u32>,
 }
 
 fn default_linux_memory() -> u32 {
@@ -149,6 +152,7 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
         append: guest.append.clone(),
         memory_mib: guest.memory_mib,
         time_limit_ms: guest.time_limit_ms,
+        disks: guest.blank_disks_mib.iter().map(|&mib| vec![0u8; (mib as usize) << 20]).collect(),
     })
 }
 
@@ -160,6 +164,8 @@ pub struct LinuxVm {
     pub append: String,
     pub memory_mib: u32,
     pub time_limit_ms: u64,
+    /// Disk images, each a virtio-blk disk.
+    pub disks: Vec<Vec<u8>>,
 }
 
 /// The boot bundle for a command line and VMs: (VM list, image) entries as the
@@ -185,6 +191,7 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
             corrupt_state: false,
             initrd: vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
             kernel_cmdline: Some(format!("{}.cmdline", vm.name)),
+            disks: (0..vm.disks.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
         };
         // The kernel checks the image again; refusing a bad one here is quicker.
         loader::linux::parse(&vm.kernel).map_err(|e| format!("VM '{}': {e}", vm.name))?;
@@ -194,6 +201,12 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
             entries.push((name.clone(), initrd.clone()));
         }
         entries.push((format!("{}.cmdline", vm.name), vm.append.as_bytes().to_vec()));
+        for (name, image) in spec.disks.iter().zip(&vm.disks) {
+            if image.len() < 512 {
+                return Err(format!("VM '{}': disk {name} is smaller than one 512-byte sector", vm.name));
+            }
+            entries.push((name.clone(), image.clone()));
+        }
     }
     if !vms.is_empty() {
         let dir = build()?;
@@ -231,6 +244,7 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 corrupt_state: vm.corrupt_guest_state,
                 initrd: None,
                 kernel_cmdline: None,
+                disks: Vec::new(),
             };
             lines.push(loader::manifest::render(&spec));
             entries.push((image_name, image));

@@ -28,6 +28,9 @@ commands:
                 --initrd PATH     with --kernel: its initramfs
                 --append TEXT     with --kernel: its command line
                 --vm-memory MIB   with --kernel: the VM's RAM (default 256)
+                --disk PATH       with --kernel: a virtio-blk disk image (repeatable;
+                                  the guest's writes last for the run, the file is
+                                  not changed)
   qemu-test   run host unit tests and the integration cases in tests/cases.toml
                 --case NAME       run only cases whose name contains NAME (repeatable)
                 --list            list the cases and exit
@@ -112,11 +115,15 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let initrd_path = take_value(&mut args, "--initrd")?;
     let append = take_value(&mut args, "--append")?;
     let vm_memory = parse_number(take_value(&mut args, "--vm-memory")?, "--vm-memory", 256, 32..=4096)?;
+    let mut disk_paths = Vec::new();
+    while let Some(path) = take_value(&mut args, "--disk")? {
+        disk_paths.push(path);
+    }
     if let Some(unknown) = args.first() {
         return Err(format!("run: unknown option '{unknown}'\n\n{USAGE}"));
     }
-    if kernel_path.is_none() && (initrd_path.is_some() || append.is_some()) {
-        return Err("--initrd and --append go with --kernel".into());
+    if kernel_path.is_none() && (initrd_path.is_some() || append.is_some() || !disk_paths.is_empty()) {
+        return Err("--initrd, --append and --disk go with --kernel".into());
     }
     let emulator = match emulator.as_deref().unwrap_or("auto") {
         "auto" => Emulator::best_for_vmx(),
@@ -147,6 +154,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 append: append.unwrap_or_else(|| "console=ttyS0".into()),
                 memory_mib: vm_memory,
                 time_limit_ms: 24 * 3600 * 1000,
+                disks: disk_paths.iter().map(|p| read(std::path::Path::new(p))).collect::<Result<_, _>>()?,
             };
             guests::bundle_with_linux("", &[], &[linux])?
         }

@@ -213,7 +213,8 @@ fn guest_list(bundle: &loader::Bundle<'static>) -> Result<alloc::vec::Vec<vmm::G
                     .map_err(|_| alloc::format!("VM '{}': the kernel command line is not UTF-8", spec.name))?,
                 None => "",
             };
-            Ok(vmm::GuestImages { spec, image, initrd, cmdline })
+            let disks = spec.disks.iter().map(|n| entry(&spec.name, "disk", n)).collect::<Result<_, _>>()?;
+            Ok(vmm::GuestImages { spec, image, initrd, cmdline, disks })
         })
         .collect()
 }

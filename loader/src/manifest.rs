@@ -45,6 +45,9 @@ pub struct VmSpec {
     /// Linux only: bundle entries holding the initrd and the kernel command line.
     pub initrd: Option<String>,
     pub kernel_cmdline: Option<String>,
+    /// Bundle entries holding disk images, each a virtio-blk disk (read-write
+    /// for the VM's life; the image in the bundle is not changed).
+    pub disks: Vec<String>,
     /// Test aid (`corrupt-guest-state=1`): a kernel built with test hooks starts
     /// this VM with an invalid TR, to prove a bad guest state stops only its VM.
     pub corrupt_state: bool,
@@ -52,6 +55,8 @@ pub struct VmSpec {
 
 pub const MAX_MEMORY_MIB: u32 = 4096;
 pub const MAX_VCPUS: u32 = 16;
+/// virtio slots left after the console.
+pub const MAX_DISKS: usize = 7;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestError {
@@ -93,6 +98,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             corrupt_state: false,
             initrd: None,
             kernel_cmdline: None,
+            disks: Vec::new(),
         };
         let mut seen_format = false;
         let error = |vm: &VmSpec, message: String| ManifestError { line: index + 1, vm: vm.name.clone(), message };
@@ -150,6 +156,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                 "corrupt-guest-state" => vm.corrupt_state = num(&vm)? != 0,
                 "initrd" => vm.initrd = Some(value.to_string()),
                 "kernel-cmdline" => vm.kernel_cmdline = Some(value.to_string()),
+                "disk" => vm.disks.push(value.to_string()),
                 _ => return Err(error(&vm, alloc::format!("unknown key '{key}'"))),
             }
         }
@@ -176,6 +183,12 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
         }
         if vm.format != Format::Linux && (vm.initrd.is_some() || vm.kernel_cmdline.is_some()) {
             return Err(error(&vm, "initrd and kernel-cmdline are for format=linux only".into()));
+        }
+        if vm.format != Format::Linux && !vm.disks.is_empty() {
+            return Err(error(&vm, "disks are for format=linux only (other guests have no virtio driver)".into()));
+        }
+        if vm.disks.len() > MAX_DISKS {
+            return Err(error(&vm, alloc::format!("at most {MAX_DISKS} disks")));
         }
         if vm.entry == u64::MAX {
             vm.entry = vm.load;
@@ -210,6 +223,7 @@ pub fn render(vm: &VmSpec) -> String {
         if vm.corrupt_state { " corrupt-guest-state=1" } else { "" }
     ) + &vm.initrd.as_ref().map(|i| alloc::format!(" initrd={i}")).unwrap_or_default()
         + &vm.kernel_cmdline.as_ref().map(|c| alloc::format!(" kernel-cmdline={c}")).unwrap_or_default()
+        + &vm.disks.iter().map(|d| alloc::format!(" disk={d}")).collect::<String>()
 }
 
 #[cfg(test)]
@@ -218,8 +232,9 @@ mod tests {
 
     #[test]
     fn lines_parse_with_defaults_and_round_trip() {
-        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline\n").unwrap();
+        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1\n").unwrap();
         assert_eq!(vms.len(), 3);
+        assert_eq!(vms[2].disks, vec!["d0".to_string(), "d1".to_string()]);
         assert_eq!((vms[2].initrd.as_deref(), vms[2].kernel_cmdline.as_deref()), (Some("l.initrd"), Some("l.cmdline")));
         assert_eq!((vms[0].load, vms[0].entry, vms[0].mode), (0x1000, 0x1000, Mode::Real));
         assert_eq!((vms[1].format, vms[1].memory_mib, vms[1].cpus, vms[1].time_limit_ms), (Format::Elf, 64, 2, 500));
@@ -236,6 +251,7 @@ mod tests {
             "VM list line 1 (vm 'x'): format must be flat, elf, multiboot or linux, not 'floppy'"
         );
         assert!(err("name=x image=i format=flat initrd=r").contains("for format=linux only"));
+        assert!(err("name=x image=i format=elf disk=d").contains("disks are for format=linux only"));
         assert_eq!(err("\nname=x format=flat"), "VM list line 2 (vm 'x'): image is missing");
         assert_eq!(err("name=x image=i format=flat load=12q"), "VM list line 1 (vm 'x'): load: '12q' is not a number");
         assert_eq!(err("name=x image=i format=flat colour=red"), "VM list line 1 (vm 'x'): unknown key 'colour'");

@@ -10,6 +10,25 @@ $bb echo "basalt-test: cpus $($bb grep -c ^processor /proc/cpuinfo)"
 $bb echo "basalt-test: rtc $($bb cat /sys/class/rtc/rtc0/date)"
 $bb echo "basalt-test: clock $($bb date -u +%F)"
 $bb echo "basalt-test: clocksource $($bb cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
-$bb echo "basalt-test: timer interrupts $($bb grep -c LOC /proc/interrupts)"
+
+# virtio: the modules Debian builds them as, in dependency order.
+m=/lib/modules/$($bb uname -r)/kernel
+for module in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
+    drivers/block/virtio_blk drivers/char/virtio_console lib/crc16 crypto/crc32c_generic fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4; do
+    $bb insmod $m/$module.ko || $bb echo "basalt-test: insmod $module failed"
+done
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    [ -b /dev/vda ] && [ -c /dev/hvc0 ] && break
+    $bb sleep 1
+done
+$bb echo "basalt-test: hvc $(test -c /dev/hvc0 && echo present || echo missing)"
+$bb echo "basalt-test: hello through virtio-console" > /dev/hvc0
+$bb echo "basalt-test: disk $($bb cat /sys/block/vda/size) sectors"
+$bb mke2fs -q /dev/vda && $bb echo "basalt-test: mke2fs ok"
+$bb mount -t ext2 /dev/vda /mnt && $bb echo "basalt-test: mounted"
+$bb echo "written by basalt guest" > /mnt/proof
+$bb umount /mnt && $bb echo 3 > /proc/sys/vm/drop_caches
+$bb mount -t ext2 /dev/vda /mnt && $bb echo "basalt-test: read back: $($bb cat /mnt/proof)"
+$bb umount /mnt
 $bb echo "basalt-test: powering off"
 $bb poweroff -f

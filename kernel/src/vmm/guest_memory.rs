@@ -153,3 +153,12 @@ impl Drop for GuestMemory {
         }
     }
 }
+
+impl devices::GuestRam for GuestMemory {
+    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), devices::NotRam> {
+        GuestMemory::read(self, address, buf).map_err(|_| devices::NotRam)
+    }
+    fn write(&mut self, address: u64, data: &[u8]) -> Result<(), devices::NotRam> {
+        GuestMemory::write(self, address, data).map_err(|_| devices::NotRam)
+    }
+}

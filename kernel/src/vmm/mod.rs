@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod cpu;
+mod disk;
 mod exits;
 mod guest_memory;
 mod guest_paging;
@@ -49,6 +50,8 @@ pub struct GuestImages {
     /// Linux only.
     pub initrd: Option<&'static [u8]>,
     pub cmdline: &'static str,
+    /// Disk images, in the order of the spec's `disks`.
+    pub disks: Vec<&'static [u8]>,
 }
 
 /// Builds and runs one VM on this CPU to its end.
@@ -86,6 +89,9 @@ fn run_vm(guest: &GuestImages) -> VmReport {
 fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Stop> {
     let spec = &guest.spec;
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
+    if spec.format == loader::Format::Linux {
+        vm.add_linux_devices(spec, &guest.disks).map_err(Stop::Unsupported)?;
+    }
     let memory = vm.memory.size();
     let usable = memory - SETUP_AREA;
     // ACPI tables live in the BIOS area below 1 MiB, which no guest image uses
@@ -128,7 +134,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.exits = vcpu.counters.total();
     report.summary = vcpu.counters.summary();
     report.overhead_kib = (vm.memory.overhead_bytes() + 3 * crate::memory::FRAME_SIZE) / 1024;
-    vm.chipset.com1().flush();
+    vm.chipset.flush_output();
     let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     Ok(stop)

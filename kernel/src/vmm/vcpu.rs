@@ -313,7 +313,7 @@ impl Vcpu {
             }
             // Timers that expired raise their interrupts; the preemption timer
             // brings the VMM back by the next one (or the time limit).
-            vm.chipset.poll(now);
+            vm.chipset.poll(now, &mut vm.memory);
             let wake = vm.chipset.next_deadline(self.index as usize).map_or(deadline, |d| d.min(deadline));
             write(vmcs::PREEMPTION_TIMER_VALUE, (wake.saturating_sub(now) >> rate).min(u32::MAX as u64));
             exits::deliver_pending(vm, self);

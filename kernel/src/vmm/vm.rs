@@ -1,9 +1,11 @@
 //! A virtual machine: its RAM and EPT, its platform (the chipset with every
 //! device), and why it stopped.
 
+use super::disk::HostDisk;
 use super::guest_memory::GuestMemory;
 use alloc::boxed::Box;
 use alloc::string::String;
+use devices::virtio::{blk::Block, console::Console};
 use devices::{layout, Chipset, ChipsetConfig, DebugExit};
 use loader::VmSpec;
 
@@ -86,5 +88,22 @@ impl Vm {
         });
         chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(DebugExit)).map_err(|e| alloc::format!("{e:?}"))?;
         Ok(Vm { name: spec.name.clone(), memory, chipset })
+    }
+
+    /// The virtio devices of a Linux VM: a console (output on the host log as
+    /// "vm NAME hvc | ...") and one virtio-blk disk per image.
+    pub fn add_linux_devices(&mut self, spec: &VmSpec, disks: &[&[u8]]) -> Result<(), String> {
+        let name = spec.name.clone();
+        let console = Console::new(Box::new(move |line: &[u8]| {
+            log::info!("vm {name} hvc | {}", String::from_utf8_lossy(line));
+        }));
+        self.chipset.add_virtio(Box::new(console)).map_err(String::from)?;
+        for (index, image) in disks.iter().enumerate() {
+            let disk = HostDisk::from_image(image)
+                .ok_or_else(|| alloc::format!("not enough host memory for disk {index} ({} bytes)", image.len()))?;
+            let serial = alloc::format!("basalt-{}-{index}", spec.name);
+            self.chipset.add_virtio(Box::new(Block::new(Box::new(disk), &serial))).map_err(String::from)?;
+        }
+        Ok(())
     }
 }

@@ -46,11 +46,28 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         Access::WriteRegister { source } => {
             let register = vcpu.regs.get(source.index);
             let value = if source.high_byte { register >> 8 } else { register };
-            request = vm.chipset.mmio_write(vcpu.index as usize, address, decoded.size, value & size_mask, now);
+            request = vm.chipset.mmio_write(
+                vcpu.index as usize,
+                address,
+                decoded.size,
+                value & size_mask,
+                now,
+                &mut vm.memory,
+            );
         }
         Access::WriteImmediate { value } => {
-            request = vm.chipset.mmio_write(vcpu.index as usize, address, decoded.size, value & size_mask, now)
+            request = vm.chipset.mmio_write(
+                vcpu.index as usize,
+                address,
+                decoded.size,
+                value & size_mask,
+                now,
+                &mut vm.memory,
+            )
         }
+    }
+    for (slot, device, why) in vm.chipset.take_broken() {
+        log::warn!("vm {}: {device} in virtio slot {slot} is broken until the guest resets it: {why}", vm.name);
     }
     // The exit's instruction length is undefined for EPT violations: use the decoder's.
     write(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64);
