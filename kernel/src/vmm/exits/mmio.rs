@@ -35,37 +35,23 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         }
     };
     let size_mask = if decoded.size == 8 { u64::MAX } else { (1u64 << (8 * decoded.size)) - 1 };
-    let mut request = None;
     let now = crate::time::rdtsc();
-    match decoded.access {
+    let written = match decoded.access {
         Access::Read { dest, width } => {
             let value = vm.chipset.mmio_read(vcpu.index as usize, address, decoded.size, now) & size_mask;
             let old = vcpu.regs.get(dest.index);
             vcpu.regs.set(dest.index, decode::merge_register(old, value, width, dest.high_byte));
+            None
         }
         Access::WriteRegister { source } => {
             let register = vcpu.regs.get(source.index);
-            let value = if source.high_byte { register >> 8 } else { register };
-            request = vm.chipset.mmio_write(
-                vcpu.index as usize,
-                address,
-                decoded.size,
-                value & size_mask,
-                now,
-                &mut vm.memory,
-            );
+            Some(if source.high_byte { register >> 8 } else { register })
         }
-        Access::WriteImmediate { value } => {
-            request = vm.chipset.mmio_write(
-                vcpu.index as usize,
-                address,
-                decoded.size,
-                value & size_mask,
-                now,
-                &mut vm.memory,
-            )
-        }
-    }
+        Access::WriteImmediate { value } => Some(value),
+    };
+    let request = written.and_then(|value| {
+        vm.chipset.mmio_write(vcpu.index as usize, address, decoded.size, value & size_mask, now, &mut vm.memory)
+    });
     for (slot, device, why) in vm.chipset.take_broken() {
         log::warn!("vm {}: {device} in virtio slot {slot} is broken until the guest resets it: {why}", vm.name);
     }
