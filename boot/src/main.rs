@@ -9,6 +9,7 @@ mod initramfs;
 mod linux;
 mod qemu_test;
 mod setup;
+mod vmconfig;
 
 use emulator::{Emulator, Firmware};
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ commands:
                 --cpus N          (default 2)
                 --memory MIB      (default 512)
                 --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
+                --vm PATH.toml    run the Linux VM this file describes (see
+                                  README.md, 'VM description files')
                 --kernel PATH     run this Linux bzImage as the VM instead of the demo
                                   (`--kernel debian`: Debian's stock kernel, fetched once)
                 --initrd PATH     with --kernel: its initramfs
@@ -111,6 +114,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let cpus = parse_number(take_value(&mut args, "--cpus")?, "--cpus", 2, 1..=64)?;
     let memory = parse_number(take_value(&mut args, "--memory")?, "--memory", 512, 64..=16384)?;
     let firmware = if take_flag(&mut args, "--uefi") { Firmware::Uefi } else { Firmware::Bios };
+    let vm_file = take_value(&mut args, "--vm")?;
     let kernel_path = take_value(&mut args, "--kernel")?;
     let initrd_path = take_value(&mut args, "--initrd")?;
     let append = take_value(&mut args, "--append")?;
@@ -121,6 +125,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     if let Some(unknown) = args.first() {
         return Err(format!("run: unknown option '{unknown}'\n\n{USAGE}"));
+    }
+    if vm_file.is_some() && kernel_path.is_some() {
+        return Err("--vm and --kernel each describe the VM; give one".into());
     }
     if kernel_path.is_none() && (initrd_path.is_some() || append.is_some() || !disk_paths.is_empty()) {
         return Err("--initrd, --append and --disk go with --kernel".into());
@@ -143,8 +150,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     setup::ensure(&setup::Needs::for_emulator(emulator))?;
     let kernel = images::build_kernel(images::Config::Run)?;
     let dir = workspace_root().join("target/basalt/run");
-    let bundle = match kernel_path {
-        Some(path) => {
+    let bundle = match (vm_file, kernel_path) {
+        (Some(file), _) => guests::bundle_with_linux("", &[], &[vmconfig::load(std::path::Path::new(&file))?])?,
+        (None, Some(path)) => {
             let path = if path == "debian" { linux::debian_kernel()? } else { path.into() };
             let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
             let linux = guests::LinuxVm {
@@ -158,7 +166,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             };
             guests::bundle_with_linux("", &[], &[linux])?
         }
-        None => default_bundle("")?,
+        (None, None) => default_bundle("")?,
     };
     let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
     println!(
