@@ -24,6 +24,45 @@ const MAX_LINE: usize = 256;
 
 pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
 
+/// Guest console output collected into lines for a sink: a newline ends a line,
+/// carriage returns are dropped, and a line longer than MAX_LINE is passed on
+/// without waiting for its newline.
+pub struct LineBuffer {
+    line: Vec<u8>,
+    sink: LineSink,
+}
+
+impl LineBuffer {
+    pub fn new(sink: LineSink) -> LineBuffer {
+        LineBuffer { line: Vec::new(), sink }
+    }
+
+    pub fn push(&mut self, byte: u8) {
+        match byte {
+            b'\n' => self.emit(),
+            b'\r' => {}
+            _ => {
+                self.line.push(byte);
+                if self.line.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+    }
+
+    /// Passes on a partial line (when the VM stops).
+    pub fn flush(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        (self.sink)(&self.line);
+        self.line.clear();
+    }
+}
+
 pub struct Uart16550 {
     ier: u8,
     lcr: u8,
@@ -34,8 +73,7 @@ pub struct Uart16550 {
     /// The transmit-empty interrupt is raised once per THR write, until IIR is read.
     thr_empty_pending: bool,
     input: VecDeque<u8>,
-    line: Vec<u8>,
-    sink: LineSink,
+    output: LineBuffer,
 }
 
 impl Uart16550 {
@@ -49,8 +87,7 @@ impl Uart16550 {
             fifo_control: 0,
             thr_empty_pending: false,
             input: VecDeque::new(),
-            line: Vec::new(),
-            sink,
+            output: LineBuffer::new(sink),
         }
     }
 
@@ -71,10 +108,7 @@ impl Uart16550 {
 
     /// Passes on a partial line (when the VM stops).
     pub fn flush(&mut self) {
-        if !self.line.is_empty() {
-            (self.sink)(&self.line);
-            self.line.clear();
-        }
+        self.output.flush();
     }
 
     fn interrupt_id(&self) -> u8 {
@@ -90,14 +124,8 @@ impl Uart16550 {
     fn transmit(&mut self, byte: u8) {
         if self.mcr & MCR_LOOPBACK != 0 {
             self.input.push_back(byte);
-        } else if byte == b'\n' || self.line.len() >= MAX_LINE {
-            if byte != b'\n' {
-                self.line.push(byte);
-            }
-            (self.sink)(&self.line);
-            self.line.clear();
-        } else if byte != b'\r' {
-            self.line.push(byte);
+        } else {
+            self.output.push(byte);
         }
         self.thr_empty_pending = true;
     }

@@ -4,51 +4,22 @@
 
 use super::queue::ChainIo;
 use super::{Handled, VirtioDevice};
-use crate::uart::LineSink;
+use crate::uart::{LineBuffer, LineSink};
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 const RECEIVE: usize = 0;
 const TRANSMIT: usize = 1;
-const MAX_LINE: usize = 256;
 
 pub struct Console {
     input: VecDeque<u8>,
-    line: Vec<u8>,
-    sink: LineSink,
+    output: LineBuffer,
 }
 
 impl Console {
     pub fn new(sink: LineSink) -> Console {
-        Console { input: VecDeque::new(), line: Vec::new(), sink }
-    }
-
-    fn output(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match b {
-                b'\n' => {
-                    (self.sink)(&self.line);
-                    self.line.clear();
-                }
-                b'\r' => {}
-                _ => {
-                    self.line.push(b);
-                    if self.line.len() >= MAX_LINE {
-                        (self.sink)(&self.line);
-                        self.line.clear();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Passes on a partial line (when the VM stops).
-    pub fn flush(&mut self) {
-        if !self.line.is_empty() {
-            (self.sink)(&self.line);
-            self.line.clear();
-        }
+        Console { input: VecDeque::new(), output: LineBuffer::new(sink) }
     }
 }
 
@@ -75,7 +46,7 @@ impl VirtioDevice for Console {
             TRANSMIT => {
                 let mut bytes = alloc::vec![0u8; io.readable_len() as usize];
                 io.read(0, &mut bytes)?;
-                self.output(&bytes);
+                bytes.iter().for_each(|&b| self.output.push(b));
                 Ok(Handled::Used(0))
             }
             RECEIVE if self.input.is_empty() => Ok(Handled::Later),
@@ -92,7 +63,7 @@ impl VirtioDevice for Console {
         self.input.extend(bytes);
     }
     fn flush(&mut self) {
-        Console::flush(self);
+        self.output.flush();
     }
     fn ready_queues(&self) -> Vec<usize> {
         if self.input.is_empty() {
