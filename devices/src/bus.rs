@@ -77,7 +77,8 @@ impl<V> RangeMap<V> {
     }
 }
 
-const fn all_ones(size: u8) -> u64 {
+/// The value bits of a `size`-byte access (also what an unclaimed read returns).
+pub const fn all_ones(size: u8) -> u64 {
     match size {
         1 => 0xff,
         2 => 0xffff,

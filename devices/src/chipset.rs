@@ -13,7 +13,7 @@
 //! `take_interrupt`. `now` is always the guest's TSC.
 
 use crate::acpi::{self, PowerManagement};
-use crate::bus::{MmioBus, PortBus, Request};
+use crate::bus::{all_ones, MmioBus, PortBus, Request};
 use crate::ioapic::IoApic;
 use crate::lapic::{self, DeliveryMode, Destination, LocalApic, Message};
 use crate::layout;
@@ -87,14 +87,6 @@ impl Chipset {
         }
         self.virtio.push((VirtioMmio::new(device), false));
         Ok(self.virtio.len() - 1)
-    }
-
-    /// Host input for the VM's console: the first virtio console if it has one.
-    pub fn console_input(&mut self, bytes: &[u8]) {
-        match self.virtio.iter_mut().find(|(v, _)| v.name() == "virtio-console") {
-            Some((v, _)) => v.device_mut().push_input(bytes),
-            None => self.com1_input(bytes),
-        }
     }
 
     /// virtio devices that broke since the last call: (slot, device, why).
@@ -204,13 +196,13 @@ impl Chipset {
     pub fn mmio_read(&mut self, vcpu: usize, address: u64, size: u8, now: u64) -> u64 {
         if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
             let value = self.lapics[vcpu].read(offset as u32 & !0xf, now) as u64;
-            return value >> (8 * (offset & 3)) & size_mask(size);
+            return value >> (8 * (offset & 3)) & all_ones(size);
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
-            return self.ioapic.read(offset & !3) as u64 & size_mask(size);
+            return self.ioapic.read(offset & !3) as u64 & all_ones(size);
         }
         if let Some((slot, offset)) = self.virtio_at(address) {
-            return self.virtio[slot].0.read(offset, size) as u64 & size_mask(size);
+            return self.virtio[slot].0.read(offset, size) as u64 & all_ones(size);
         }
         self.mmio.read(address, size)
     }
@@ -378,15 +370,6 @@ impl Chipset {
 
 fn offset_in(address: u64, base: u64, size: u64) -> Option<u64> {
     address.checked_sub(base).filter(|&o| o < size)
-}
-
-fn size_mask(size: u8) -> u64 {
-    match size {
-        1 => 0xff,
-        2 => 0xffff,
-        4 => 0xffff_ffff,
-        _ => u64::MAX,
-    }
 }
 
 #[cfg(test)]

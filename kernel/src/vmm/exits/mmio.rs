@@ -34,7 +34,7 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
             ));
         }
     };
-    let size_mask = if decoded.size == 8 { u64::MAX } else { (1u64 << (8 * decoded.size)) - 1 };
+    let size_mask = devices::bus::all_ones(decoded.size);
     let now = crate::time::rdtsc();
     let written = match decoded.access {
         Access::Read { dest, width } => {
