@@ -128,6 +128,42 @@ pub fn alloc_2m() -> Option<u64> {
     Some(start)
 }
 
+/// Memory made of frames, `frames[i]` holding bytes `i * FRAME_SIZE ..` (guest
+/// RAM, disks): the one place that copies in and out of it. A range past the
+/// last frame panics (callers check ranges first).
+fn frame_pieces(frames: &[u64], offset: u64, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
+    let mut done = 0;
+    while done < len {
+        let at = offset + done as u64;
+        let in_frame = (at % FRAME_SIZE) as usize;
+        let n = (FRAME_SIZE as usize - in_frame).min(len - done);
+        let host = phys_to_virt(frames[(at / FRAME_SIZE) as usize]) + in_frame as u64;
+        f(host as *mut u8, done, n);
+        done += n;
+    }
+}
+
+pub fn read_frames(frames: &[u64], offset: u64, out: &mut [u8]) {
+    let len = out.len();
+    // SAFETY: each piece lies inside one frame of the list, which its owner keeps
+    // allocated; the physical mapping covers it.
+    frame_pieces(frames, offset, len, |host, at, n| unsafe {
+        core::ptr::copy_nonoverlapping(host, out[at..].as_mut_ptr(), n)
+    });
+}
+
+pub fn write_frames(frames: &[u64], offset: u64, data: &[u8]) {
+    // SAFETY: as in `read_frames`.
+    frame_pieces(frames, offset, data.len(), |host, at, n| unsafe {
+        core::ptr::copy_nonoverlapping(data[at..].as_ptr(), host, n)
+    });
+}
+
+pub fn zero_frames(frames: &[u64], offset: u64, len: usize) {
+    // SAFETY: as in `read_frames`.
+    frame_pieces(frames, offset, len, |host, _, n| unsafe { core::ptr::write_bytes(host, 0, n) });
+}
+
 pub fn free_frame(frame: u64) {
     if let Some(bitmap) = FRAMES.lock().as_mut() {
         bitmap.set((frame / FRAME_SIZE) as usize, true);

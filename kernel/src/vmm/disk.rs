@@ -24,20 +24,6 @@ impl HostDisk {
         disk.write_at(0, &image[..size as usize]);
         Some(disk)
     }
-
-    /// Calls `f(frame pointer, offset into data, length)` for each piece of
-    /// `offset .. offset + len`, which the caller has bounds-checked.
-    fn pieces(&self, offset: u64, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
-        let mut done = 0;
-        while done < len {
-            let at = offset + done as u64;
-            let within = (at % FRAME_SIZE) as usize;
-            let n = (FRAME_SIZE as usize - within).min(len - done);
-            let frame = self.frames[(at / FRAME_SIZE) as usize];
-            f((memory::phys_to_virt(frame) as *mut u8).wrapping_add(within), done, n);
-            done += n;
-        }
-    }
 }
 
 impl BlockStore for HostDisk {
@@ -47,18 +33,12 @@ impl BlockStore for HostDisk {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) {
         assert!(offset + buf.len() as u64 <= self.size, "virtio-blk checks ranges");
-        // SAFETY: each piece lies inside one of this disk's frames.
-        self.pieces(offset, buf.len(), |host, at, n| unsafe {
-            core::ptr::copy_nonoverlapping(host, buf[at..].as_mut_ptr(), n)
-        });
+        memory::read_frames(&self.frames, offset, buf);
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) {
         assert!(offset + data.len() as u64 <= self.size, "virtio-blk checks ranges");
-        // SAFETY: as in `read_at`.
-        self.pieces(offset, data.len(), |host, at, n| unsafe {
-            core::ptr::copy_nonoverlapping(data[at..].as_ptr(), host, n)
-        });
+        memory::write_frames(&self.frames, offset, data);
     }
 }
 

@@ -101,41 +101,30 @@ impl GuestMemory {
         guest_phys.checked_add(len).is_some_and(|end| end <= self.size())
     }
 
-    /// Calls `f` on each host-virtual piece of `[guest_phys, guest_phys + len)`.
-    fn pieces(&self, guest_phys: u64, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) -> Result<(), OutOfRange> {
-        if !self.contains(guest_phys, len as u64) {
-            return Err(OutOfRange { guest_phys });
+    fn check(&self, guest_phys: u64, len: usize) -> Result<(), OutOfRange> {
+        if self.contains(guest_phys, len as u64) {
+            Ok(())
+        } else {
+            Err(OutOfRange { guest_phys })
         }
-        let mut done = 0;
-        while done < len {
-            let address = guest_phys + done as u64;
-            let in_page = (address % FRAME_SIZE) as usize;
-            let n = (FRAME_SIZE as usize - in_page).min(len - done);
-            let host = memory::phys_to_virt(self.frames[(address / FRAME_SIZE) as usize]) + in_page as u64;
-            f(host as *mut u8, done, n);
-            done += n;
-        }
-        Ok(())
     }
 
     pub fn read(&self, guest_phys: u64, out: &mut [u8]) -> Result<(), OutOfRange> {
-        let len = out.len();
-        // SAFETY: each piece lies inside one of this VM's frames.
-        self.pieces(guest_phys, len, |host, at, n| unsafe {
-            core::ptr::copy_nonoverlapping(host, out[at..].as_mut_ptr(), n)
-        })
+        self.check(guest_phys, out.len())?;
+        memory::read_frames(&self.frames, guest_phys, out);
+        Ok(())
     }
 
     pub fn write(&mut self, guest_phys: u64, data: &[u8]) -> Result<(), OutOfRange> {
-        // SAFETY: as in `read`.
-        self.pieces(guest_phys, data.len(), |host, at, n| unsafe {
-            core::ptr::copy_nonoverlapping(data[at..].as_ptr(), host, n)
-        })
+        self.check(guest_phys, data.len())?;
+        memory::write_frames(&self.frames, guest_phys, data);
+        Ok(())
     }
 
     pub fn fill_zero(&mut self, guest_phys: u64, len: u64) -> Result<(), OutOfRange> {
-        // SAFETY: as in `read`.
-        self.pieces(guest_phys, len as usize, |host, _, n| unsafe { core::ptr::write_bytes(host, 0, n) })
+        self.check(guest_phys, len as usize)?;
+        memory::zero_frames(&self.frames, guest_phys, len as usize);
+        Ok(())
     }
 
     pub fn read_u64(&self, guest_phys: u64) -> Result<u64, OutOfRange> {
