@@ -101,6 +101,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     pic::remap_and_mask();
     let mode = apic::init_bsp(platform.local_apic_address);
     let clock = time::calibrate(time::Reference::choose(&platform, options.clock));
+    time::mark_wall_clock();
     info!(
         "apic: {:?} mode, id {}; TSC {} MHz ({}), APIC timer {} MHz ({})",
         mode,

@@ -238,12 +238,35 @@ pub fn calibrate(reference: Reference) -> Calibration {
     Calibration { tsc_hz, tsc_from_cpuid, apic_timer_hz, apic_from_cpuid, reference: reference.name() }
 }
 
-/// The host's wall-clock time (seconds since 1970, UTC) from its CMOS RTC,
-/// which guests' RTCs start from. 0 if the RTC reads as nonsense.
+/// The host's wall-clock time at `WALL_CLOCK_TSC` (seconds since 1970, UTC).
+static WALL_CLOCK_UNIX: AtomicU64 = AtomicU64::new(0);
+static WALL_CLOCK_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the host's CMOS clock once, on the BSP at boot. The CMOS index/data
+/// port pair cannot be shared: VMs starting on several cores at once would
+/// interleave their reads, so they use `wall_clock_unix` instead.
+pub fn mark_wall_clock() {
+    WALL_CLOCK_TSC.store(rdtsc(), Ordering::Relaxed);
+    WALL_CLOCK_UNIX.store(read_host_rtc(), Ordering::Relaxed);
+}
+
+/// The host's wall-clock time now (seconds since 1970, UTC), which guests'
+/// RTCs start from: the boot reading advanced by the TSC. 0 if the RTC read
+/// as nonsense.
 pub fn wall_clock_unix() -> u64 {
+    let at_boot = WALL_CLOCK_UNIX.load(Ordering::Relaxed);
+    if at_boot == 0 {
+        return 0;
+    }
+    let ticks = rdtsc().saturating_sub(WALL_CLOCK_TSC.load(Ordering::Relaxed));
+    at_boot + ticks / tsc_hz().max(1)
+}
+
+/// The host's CMOS RTC as Unix time; 0 if it reads as nonsense.
+fn read_host_rtc() -> u64 {
     let read = |index: u8| {
         // SAFETY: the CMOS index/data ports; the kernel owns the RTC and reads
-        // it only here, with interrupts not touching it.
+        // it only here, once, on the BSP at boot (`mark_wall_clock`).
         unsafe {
             Port::<u8>::new(0x70).write(index);
             Port::<u8>::new(0x71).read()
