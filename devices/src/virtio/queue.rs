@@ -143,21 +143,10 @@ impl<'a> ChainIo<'a> {
     }
 
     /// `buf.len()` bytes of the readable stream from `offset`.
-    pub fn read(&self, mut offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let mut done = 0;
-        for &(addr, len) in &self.chain.readable {
-            if done == buf.len() {
-                break;
-            }
-            if offset >= len as u64 {
-                offset -= len as u64;
-                continue;
-            }
-            let n = ((len as u64 - offset) as usize).min(buf.len() - done);
-            self.ram.read(addr + offset, &mut buf[done..done + n]).map_err(|_| "buffer outside guest RAM")?;
-            done += n;
-            offset = 0;
-        }
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let done = for_each_span(&self.chain.readable, offset, buf.len(), |addr, at, n| {
+            self.ram.read(addr, &mut buf[at..at + n]).is_ok()
+        })?;
         if done < buf.len() {
             return Err("request shorter than its header says".into());
         }
@@ -165,26 +154,15 @@ impl<'a> ChainIo<'a> {
     }
 
     /// Writes `data` into the writable stream at `offset`.
-    pub fn write(&mut self, mut offset: u64, data: &[u8]) -> Result<(), String> {
-        let mut done = 0;
-        let end = offset + data.len() as u64;
-        for &(addr, len) in &self.chain.writable {
-            if done == data.len() {
-                break;
-            }
-            if offset >= len as u64 {
-                offset -= len as u64;
-                continue;
-            }
-            let n = ((len as u64 - offset) as usize).min(data.len() - done);
-            self.ram.write(addr + offset, &data[done..done + n]).map_err(|_| "buffer outside guest RAM")?;
-            done += n;
-            offset = 0;
-        }
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        let ram = &mut *self.ram;
+        let done = for_each_span(&self.chain.writable, offset, data.len(), |addr, at, n| {
+            ram.write(addr, &data[at..at + n]).is_ok()
+        })?;
         if done < data.len() {
             return Err("response longer than the driver's buffers".into());
         }
-        self.written = self.written.max(end as u32);
+        self.written = self.written.max((offset + data.len() as u64) as u32);
         Ok(())
     }
 
@@ -192,4 +170,33 @@ impl<'a> ChainIo<'a> {
     pub fn written(&self) -> u32 {
         self.written
     }
+}
+
+/// Calls `f(guest address, position in the caller's bytes, length)` for each
+/// piece of `buffers` (one stream of bytes) covering `offset .. offset + len`;
+/// returns how many bytes the buffers held. `f` returns false for an address
+/// outside guest RAM.
+fn for_each_span(
+    buffers: &[(u64, u32)],
+    mut offset: u64,
+    len: usize,
+    mut f: impl FnMut(u64, usize, usize) -> bool,
+) -> Result<usize, String> {
+    let mut done = 0;
+    for &(addr, size) in buffers {
+        if done == len {
+            break;
+        }
+        if offset >= size as u64 {
+            offset -= size as u64;
+            continue;
+        }
+        let n = ((size as u64 - offset) as usize).min(len - done);
+        if !f(addr + offset, done, n) {
+            return Err("buffer outside guest RAM".into());
+        }
+        done += n;
+        offset = 0;
+    }
+    Ok(done)
 }
