@@ -338,26 +338,26 @@ impl Chipset {
 
     /// Routes an APIC message from `source` (None: the IOAPIC) to its targets.
     fn deliver(&mut self, source: Option<usize>, message: Message) {
-        let targets: Vec<usize> = (0..self.lapics.len())
-            .filter(|&i| match message.destination {
+        for i in 0..self.lapics.len() {
+            let selected = match message.destination {
                 Destination::Physical(0xff) => true,
                 Destination::Physical(id) => self.lapics[i].id() == id,
                 Destination::Logical(mask) => self.lapics[i].matches_logical(mask),
                 Destination::SelfOnly => source == Some(i),
                 Destination::AllIncludingSelf => true,
                 Destination::AllExcludingSelf => source != Some(i),
-            })
-            .collect();
-        // Lowest priority: any one of them will do; take the first.
-        let targets =
-            if message.mode == DeliveryMode::LowestPriority { &targets[..targets.len().min(1)] } else { &targets };
-        for &i in targets {
+            };
+            if !selected {
+                continue;
+            }
             match message.mode {
-                DeliveryMode::Init => {
-                    self.signals[i].push_back(StartupSignal::Init);
-                }
+                DeliveryMode::Init => self.signals[i].push_back(StartupSignal::Init),
                 DeliveryMode::Startup => self.signals[i].push_back(StartupSignal::Startup { vector: message.vector }),
                 _ => self.lapics[i].receive(&message),
+            }
+            // Lowest priority: any one of them will do; the first takes it.
+            if message.mode == DeliveryMode::LowestPriority {
+                return;
             }
         }
     }
