@@ -15,6 +15,8 @@ pub enum Request {
     PowerOff,
     /// The guest asked for a platform reset.
     Reset,
+    /// The guest reached a point it wants measured (`BenchMarker`); it runs on.
+    Marker { value: u8 },
 }
 
 /// A device reachable through I/O ports. `offset` is relative to the start of

@@ -40,6 +40,8 @@ pub struct ChipsetConfig {
     pub unix_time: u64,
     pub now: u64,
     pub com1_output: LineSink,
+    /// COM1 output byte by byte instead of in lines (an interactive console).
+    pub com1_unbuffered: bool,
 }
 
 pub struct Chipset {
@@ -52,6 +54,8 @@ pub struct Chipset {
     com1: Uart16550,
     com1_line: bool,
     signals: Vec<VecDeque<StartupSignal>>,
+    /// Per vCPU: something arrived for it (see `take_wakeup`).
+    wakeups: Vec<bool>,
     /// Further port devices (debug exit, ...).
     pub ports: PortBus,
     /// virtio-mmio devices, slot i at `layout::virtio_slot(i)`, with the level
@@ -71,9 +75,14 @@ impl Chipset {
             pit: Pit::new(config.tsc_hz),
             rtc: Rtc::new(config.tsc_hz, config.unix_time, config.now),
             pm: PowerManagement::new(config.tsc_hz),
-            com1: Uart16550::new(config.com1_output),
+            com1: if config.com1_unbuffered {
+                Uart16550::unbuffered(config.com1_output)
+            } else {
+                Uart16550::new(config.com1_output)
+            },
             com1_line: false,
             signals: (0..vcpus).map(|_| VecDeque::new()).collect(),
+            wakeups: alloc::vec![false; vcpus],
             ports: PortBus::new(),
             virtio: Vec::new(),
             mmio: MmioBus::new(),
@@ -301,12 +310,24 @@ impl Chipset {
         vcpu == 0 && self.lapics[0].accepts_extint() && self.pic.interrupt_pending()
     }
 
+    pub fn nmi_pending(&self, vcpu: usize) -> bool {
+        self.lapics[vcpu].nmi_pending
+    }
+
     pub fn take_nmi(&mut self, vcpu: usize) -> bool {
         core::mem::take(&mut self.lapics[vcpu].nmi_pending)
     }
 
     pub fn take_signal(&mut self, vcpu: usize) -> Option<StartupSignal> {
         self.signals[vcpu].pop_front()
+    }
+
+    /// Whether an interrupt, NMI, INIT or SIPI arrived for `vcpu` since the last
+    /// call. A vCPU running on another core only sees it at its next exit, so
+    /// the VMM makes that core exit when this says so. Timer interrupts do not
+    /// count: each vCPU already comes back by its own `next_deadline`.
+    pub fn take_wakeup(&mut self, vcpu: usize) -> bool {
+        core::mem::take(&mut self.wakeups[vcpu])
     }
 
     /// An INIT resets the vCPU's local APIC as well as the vCPU.
@@ -324,6 +345,7 @@ impl Chipset {
 
     fn set_isa_irq(&mut self, irq: u8, level: bool) {
         self.pic.set_line(irq, level);
+        self.wake_pic_target();
         if let Some(message) = self.ioapic.set_line(layout::gsi_of_isa_irq(irq) as usize, level) {
             self.deliver(None, message);
         }
@@ -331,8 +353,16 @@ impl Chipset {
 
     fn pulse_isa_irq(&mut self, irq: u8) {
         self.pic.pulse(irq);
+        self.wake_pic_target();
         if let Some(message) = self.ioapic.pulse(layout::gsi_of_isa_irq(irq) as usize) {
             self.deliver(None, message);
+        }
+    }
+
+    /// The PIC's INTR goes to vCPU 0 only.
+    fn wake_pic_target(&mut self) {
+        if self.extint_pending(0) {
+            self.wakeups[0] = true;
         }
     }
 
@@ -355,6 +385,7 @@ impl Chipset {
                 DeliveryMode::Startup => self.signals[i].push_back(StartupSignal::Startup { vector: message.vector }),
                 _ => self.lapics[i].receive(&message),
             }
+            self.wakeups[i] = true;
             // Lowest priority: any one of them will do; the first takes it.
             if message.mode == DeliveryMode::LowestPriority {
                 return;
@@ -404,6 +435,7 @@ mod tests {
             com1_output: alloc::boxed::Box::new(move |l: &[u8]| {
                 sink.lock().unwrap().push(String::from_utf8_lossy(l).into())
             }),
+            com1_unbuffered: false,
         };
         (Chipset::new(config), lines)
     }
@@ -464,6 +496,35 @@ mod tests {
         lapic_write(&mut c, 1, reg::ICR_LOW, 0x000c_0400, 0);
         assert!(c.take_nmi(0));
         assert!(!c.take_nmi(1));
+    }
+
+    #[test]
+    fn messages_for_a_vcpu_mark_it_for_wakeup_once() {
+        let (mut c, _) = chipset(2);
+        enable_apic(&mut c, 0);
+        enable_apic(&mut c, 1);
+        assert!(!c.take_wakeup(0) && !c.take_wakeup(1));
+        // A fixed IPI from vCPU 0 to vCPU 1 wakes only vCPU 1, and only once.
+        lapic_write(&mut c, 0, reg::ICR_HIGH, 1 << 24, 0);
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0xfb, 0);
+        assert!(!c.take_wakeup(0));
+        assert!(c.take_wakeup(1));
+        assert!(!c.take_wakeup(1));
+        // INIT and SIPI wake their target too.
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x4500, 0);
+        assert!(c.take_wakeup(1));
+        // A device interrupt routed by the IOAPIC to vCPU 1 wakes vCPU 1.
+        ioapic_route(&mut c, 4, 0x24, 1);
+        c.port_write(0x3fc, 1, 0x08, 0); // OUT2
+        c.port_write(0x3f9, 1, 0x02, 0); // IER: THR empty
+        assert!(c.take_wakeup(1));
+        assert!(!c.take_wakeup(0));
+        // A local timer does not: the vCPU comes back by its own deadline.
+        lapic_write(&mut c, 1, reg::LVT_TIMER, 0x30, 0);
+        lapic_write(&mut c, 1, reg::TIMER_INITIAL, 10, 0);
+        c.poll(HZ, &mut NoRam);
+        assert!(c.has_interrupt(1));
+        assert!(!c.take_wakeup(1));
     }
 
     #[test]

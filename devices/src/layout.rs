@@ -39,6 +39,9 @@ pub const PM_SIZE: u16 = 12;
 pub const RESET_CONTROL: u16 = 0xcf9;
 /// QEMU's isa-debug-exit port, which Basalt's test guests use.
 pub const DEBUG_EXIT: u16 = 0xf4;
+/// A guest writes a byte here to mark a moment for `cargo xtask bench` (a Linux
+/// /init can reach it through /dev/port).
+pub const BENCH_MARKER: u16 = 0xf8;
 
 /// ISA IRQs. The PIT's IRQ 0 reaches IOAPIC pin 2 (the MADT says so); the
 /// others keep their numbers.

@@ -32,4 +32,4 @@ pub trait GuestRam {
 pub use bus::{BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed};
 pub use chipset::{Chipset, ChipsetConfig, StartupSignal};
 pub use pending::PendingEvents;
-pub use uart::{DebugExit, Uart16550};
+pub use uart::{BenchMarker, DebugExit, Uart16550};

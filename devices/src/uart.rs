@@ -30,14 +30,25 @@ pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
 pub struct LineBuffer {
     line: Vec<u8>,
     sink: LineSink,
+    /// Every byte goes to the sink as it comes, unchanged (an interactive
+    /// console: prompts have no newline and echo must show at once).
+    unbuffered: bool,
 }
 
 impl LineBuffer {
     pub fn new(sink: LineSink) -> LineBuffer {
-        LineBuffer { line: Vec::new(), sink }
+        LineBuffer { line: Vec::new(), sink, unbuffered: false }
+    }
+
+    pub fn unbuffered(sink: LineSink) -> LineBuffer {
+        LineBuffer { line: Vec::new(), sink, unbuffered: true }
     }
 
     pub fn push(&mut self, byte: u8) {
+        if self.unbuffered {
+            (self.sink)(&[byte]);
+            return;
+        }
         match byte {
             b'\n' => self.emit(),
             b'\r' => {}
@@ -78,6 +89,15 @@ pub struct Uart16550 {
 
 impl Uart16550 {
     pub fn new(sink: LineSink) -> Self {
+        Self::with_output(LineBuffer::new(sink))
+    }
+
+    /// A UART whose output is passed on byte by byte (see `LineBuffer::unbuffered`).
+    pub fn unbuffered(sink: LineSink) -> Self {
+        Self::with_output(LineBuffer::unbuffered(sink))
+    }
+
+    fn with_output(output: LineBuffer) -> Self {
         Uart16550 {
             ier: 0,
             lcr: 0x03,
@@ -87,7 +107,7 @@ impl Uart16550 {
             fifo_control: 0,
             thr_empty_pending: false,
             input: VecDeque::new(),
-            output: LineBuffer::new(sink),
+            output,
         }
     }
 
@@ -206,6 +226,22 @@ impl PortDevice for DebugExit {
     }
 }
 
+/// Marks moments in a guest's run for the bench: a byte written here is passed
+/// to the VMM, which logs the VM's time and exits so far; reads give 0.
+pub struct BenchMarker;
+
+impl PortDevice for BenchMarker {
+    fn name(&self) -> &'static str {
+        "bench-marker"
+    }
+    fn read(&mut self, _offset: u16, _size: u8) -> u32 {
+        0
+    }
+    fn write(&mut self, _offset: u16, _size: u8, value: u32) -> Option<Request> {
+        Some(Request::Marker { value: value as u8 })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +272,17 @@ mod tests {
         say(&mut u, "tail");
         u.flush();
         assert_eq!(lines.lock().unwrap().last().unwrap(), "tail");
+    }
+
+    #[test]
+    fn unbuffered_output_passes_every_byte_at_once() {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let mut u = Uart16550::unbuffered(Box::new(move |b: &[u8]| sink.lock().unwrap().extend_from_slice(b)));
+        say(&mut u, "~ # ");
+        assert_eq!(*bytes.lock().unwrap(), b"~ # ", "a prompt shows without its newline");
+        say(&mut u, "\r\n");
+        assert_eq!(*bytes.lock().unwrap(), b"~ # \r\n", "carriage returns are kept");
     }
 
     #[test]
@@ -288,5 +335,11 @@ mod tests {
     fn debug_exit_status_matches_qemu() {
         assert_eq!(DebugExit.write(0, 4, 0x10), Some(Request::Stop { status: 33 }));
         assert_eq!(DebugExit.write(0, 1, 0), Some(Request::Stop { status: 1 }));
+    }
+
+    #[test]
+    fn bench_marker_passes_the_byte_on() {
+        assert_eq!(BenchMarker.write(0, 1, 0x101), Some(Request::Marker { value: 1 }));
+        assert_eq!(BenchMarker.read(0, 1), 0);
     }
 }

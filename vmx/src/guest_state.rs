@@ -155,6 +155,16 @@ impl GuestState {
         }
     }
 
+    /// An application processor as a start-up IPI leaves it: real mode at
+    /// CS = `vector` << 8, IP 0 (so code at `vector` << 12 runs with offsets
+    /// from its own start), everything else at its INIT value.
+    pub fn after_startup_ipi(vector: u8) -> Self {
+        let mut state = Self::initial(Mode::Real, 0, 0, 0, 0);
+        state.cs = Segment::real_mode((vector as u16) << 8, 0x9b);
+        state.rip = 0;
+        state
+    }
+
     /// Checks the rules a VM entry enforces on this state, naming the first field
     /// that breaks one. `unrestricted` says whether unrestricted guest is on.
     pub fn check(&self, caps: &VmxCapabilities, unrestricted: bool) -> Result<(), InvalidGuestState> {
@@ -296,6 +306,14 @@ mod tests {
     fn real_mode_entry_above_64k_uses_cs_base() {
         let s = GuestState::initial(Mode::Real, 0x1_2345, 0, 0, 0);
         assert_eq!((s.cs.selector, s.cs.base, s.rip), (0x1000, 0x1_0000, 0x2345));
+    }
+
+    #[test]
+    fn startup_ipi_starts_at_the_vectors_page_with_ip_zero() {
+        let s = GuestState::after_startup_ipi(0x9a);
+        assert_eq!((s.cs.selector, s.cs.base, s.rip), (0x9a00, 0x9_a000, 0));
+        assert_eq!(s.cr0 & CR0_PE, 0, "real mode");
+        assert_eq!(fixed(s).check(&caps(), true), Ok(()));
     }
 
     #[test]
