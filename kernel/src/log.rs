@@ -48,6 +48,33 @@ pub fn write_locked(args: core::fmt::Arguments) {
     });
 }
 
+/// Guest console bytes for the host console, as they are (a VM that owns the
+/// host console: see loader's `host_console`).
+pub fn write_raw(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut port = COM1.lock();
+        for &byte in bytes {
+            port.send_raw(byte);
+        }
+    });
+}
+
+/// Bytes typed on the host console since the last call, up to `buffer`'s size.
+pub fn read_input(buffer: &mut [u8]) -> usize {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut port = COM1.lock();
+        let mut n = 0;
+        while n < buffer.len() {
+            match port.try_receive() {
+                Ok(byte) => buffer[n] = byte,
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        n
+    })
+}
+
 /// For the crash path only: the CPU that crashed may hold the lock already, and
 /// every other CPU is being stopped, so take the port regardless.
 pub fn write_crashing(args: core::fmt::Arguments) {

@@ -28,11 +28,15 @@ pub fn mark_boot() {
 
 /// Microseconds since boot; 0 until the TSC frequency is known.
 pub fn micros_since_boot() -> u64 {
+    tsc_to_micros(rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed)))
+}
+
+/// A span of TSC ticks in microseconds; 0 until the TSC frequency is known.
+pub fn tsc_to_micros(ticks: u64) -> u64 {
     let hz = TSC_HZ.load(Ordering::Relaxed);
     if hz == 0 {
         return 0;
     }
-    let ticks = rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed));
     (ticks as u128 * 1_000_000 / hz as u128) as u64
 }
 

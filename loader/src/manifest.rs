@@ -51,6 +51,10 @@ pub struct VmSpec {
     /// Test aid (`corrupt-guest-state=1`): a kernel built with test hooks starts
     /// this VM with an invalid TR, to prove a bad guest state stops only its VM.
     pub corrupt_state: bool,
+    /// `host-console=1`: the VM owns the host's serial console: its COM1 output
+    /// goes there unprefixed and unbuffered, and what is typed there reaches
+    /// its COM1. At most one VM has it.
+    pub host_console: bool,
 }
 
 pub const MAX_MEMORY_MIB: u32 = 4096;
@@ -96,6 +100,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             cpus: 1,
             time_limit_ms: 10_000,
             corrupt_state: false,
+            host_console: false,
             initrd: None,
             kernel_cmdline: None,
             disks: Vec::new(),
@@ -154,6 +159,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                 "cpus" => vm.cpus = num(&vm)?.try_into().unwrap_or(u32::MAX),
                 "time-limit-ms" => vm.time_limit_ms = num(&vm)?,
                 "corrupt-guest-state" => vm.corrupt_state = num(&vm)? != 0,
+                "host-console" => vm.host_console = num(&vm)? != 0,
                 "initrd" => vm.initrd = Some(value.to_string()),
                 "kernel-cmdline" => vm.kernel_cmdline = Some(value.to_string()),
                 "disk" => vm.disks.push(value.to_string()),
@@ -190,6 +196,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
         if vm.disks.len() > MAX_DISKS {
             return Err(error(&vm, alloc::format!("at most {MAX_DISKS} disks")));
         }
+        if vm.host_console && vms.iter().any(|v| v.host_console) {
+            return Err(error(&vm, "host-console: only one VM can own the host console".into()));
+        }
         if vm.entry == u64::MAX {
             vm.entry = vm.load;
         }
@@ -221,7 +230,8 @@ pub fn render(vm: &VmSpec) -> String {
         vm.cpus,
         vm.time_limit_ms,
         if vm.corrupt_state { " corrupt-guest-state=1" } else { "" }
-    ) + &vm.initrd.as_ref().map(|i| alloc::format!(" initrd={i}")).unwrap_or_default()
+    ) + if vm.host_console { " host-console=1" } else { "" }
+        + &vm.initrd.as_ref().map(|i| alloc::format!(" initrd={i}")).unwrap_or_default()
         + &vm.kernel_cmdline.as_ref().map(|c| alloc::format!(" kernel-cmdline={c}")).unwrap_or_default()
         + &vm.disks.iter().map(|d| alloc::format!(" disk={d}")).collect::<String>()
 }
@@ -232,7 +242,8 @@ mod tests {
 
     #[test]
     fn lines_parse_with_defaults_and_round_trip() {
-        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1\n").unwrap();
+        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1 host-console=1\n").unwrap();
+        assert!(vms[2].host_console && !vms[0].host_console);
         assert_eq!(vms.len(), 3);
         assert_eq!(vms[2].disks, vec!["d0".to_string(), "d1".to_string()]);
         assert_eq!((vms[2].initrd.as_deref(), vms[2].kernel_cmdline.as_deref()), (Some("l.initrd"), Some("l.cmdline")));
@@ -261,5 +272,7 @@ mod tests {
         );
         assert!(err("name=a/b image=i format=flat").contains("name must be"));
         assert!(err("name=x image=i format=flat cpus=99").contains("cpus must be 1 to 16"));
+        assert!(err("name=x image=i format=flat host-console=1\nname=y image=j format=flat host-console=1")
+            .contains("only one VM can own the host console"));
     }
 }

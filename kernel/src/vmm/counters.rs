@@ -21,6 +21,16 @@ impl ExitCounters {
         self.cycles[slot] += cycles;
     }
 
+    /// Adds another vCPU's counts, for a VM-wide report.
+    pub fn add(&mut self, other: &ExitCounters) {
+        for (mine, theirs) in self.exits.iter_mut().zip(other.exits) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.cycles.iter_mut().zip(other.cycles) {
+            *mine += theirs;
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.exits.iter().sum()
     }

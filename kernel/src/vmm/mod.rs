@@ -8,17 +8,23 @@ mod disk;
 mod exits;
 mod guest_memory;
 mod guest_paging;
+mod shared;
 mod vcpu;
 pub mod vm;
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use counters::ExitCounters;
+use devices::StartupSignal;
 use loader::image::EntryMode;
 use loader::VmSpec;
+use shared::SharedVm;
 use spin::Mutex;
-use vcpu::Vcpu;
+use vcpu::{RunEnd, Vcpu};
 use vm::{Stop, Vm};
 use vmx::guest_state::{GuestState, Mode, GUEST_GDT};
 
@@ -88,6 +94,13 @@ fn run_vm(guest: &GuestImages) -> VmReport {
 
 fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Stop> {
     let spec = &guest.spec;
+    let vcpus = spec.cpus.max(1) as usize;
+    let vmx_cpus = crate::percpu::online().filter(|c| c.vmx_on.load(Ordering::Acquire)).count();
+    if vcpus > vmx_cpus {
+        return Err(Stop::Unsupported(alloc::format!(
+            "{vcpus} vCPUs asked, but only {vmx_cpus} CPU(s) run VMs (each vCPU needs a CPU of its own)"
+        )));
+    }
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
     if spec.format == loader::Format::Linux {
         vm.add_linux_devices(spec, &guest.disks).map_err(Stop::Unsupported)?;
@@ -125,19 +138,162 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         log::warn!("vm {}: corrupting TR's access rights as the VM list asks", spec.name);
         state.tr.access_rights = 0x89;
     }
+    let eptp = vm.memory.eptp();
     let mut vcpu = Vcpu::new(0, &state)?;
-    vcpu.setup(&vm, &state)?;
+    vcpu.setup(eptp, &state)?;
     vcpu.regs.rax = plan.rax;
     vcpu.regs.rbx = plan.rbx;
     vcpu.regs.rsi = plan.rsi;
-    let stop = vcpu.run(&mut vm, spec.time_limit_ms);
-    report.exits = vcpu.counters.total();
-    report.summary = vcpu.counters.summary();
-    report.overhead_kib = (vm.memory.overhead_bytes() + 3 * crate::memory::FRAME_SIZE) / 1024;
+
+    let shared = Arc::new(SharedVm::new(vm, vcpus, spec.time_limit_ms));
+    shared.place(0, true);
+    if vcpus > 1 {
+        // The application processors wait on other cores for their start-up IPI.
+        let mut jobs = JOBS.lock();
+        for index in (1..vcpus).rev() {
+            jobs.push_front(Job::ApplicationProcessor { vm: shared.clone(), index });
+        }
+        drop(jobs);
+        crate::smp::wake_all_aps();
+    }
+    let end = vcpu.run(&shared);
+    if let RunEnd::Stop(stop) = end {
+        shared.stop(stop);
+    } else {
+        // The bootstrap processor never takes INIT; anything else means stopped.
+        shared.stop(Stop::Unsupported("vCPU 0 left its run loop unexpectedly".into()));
+    }
+    if vcpus > 1 {
+        log_vcpu(&spec.name, 0, &vcpu.counters);
+    }
+    let mut counters = shared.wait_for_aps();
+    counters.add(&vcpu.counters);
+    report.exits = counters.total();
+    report.summary = counters.summary();
+    let mut vm = shared.lock();
+    report.overhead_kib = (vm.memory.overhead_bytes() + 3 * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
     vm.chipset.flush_output();
     let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
-    Ok(stop)
+    drop(vm);
+    Ok(shared.stop_reason().unwrap_or(Stop::Halted))
+}
+
+/// Runs application processor `index` of a VM on this core: it waits for a
+/// start-up IPI, starts in real mode where the IPI says, goes back to waiting
+/// on INIT, and ends when the VM stops. Halting with interrupts off parks it
+/// (a guest parks CPUs that way before powering off), it does not stop the VM.
+fn run_application_processor(shared: &SharedVm, index: usize) {
+    if !shared.claim_ap(index) {
+        return;
+    }
+    shared.place(index, true);
+    let mut counters = ExitCounters::new();
+    while let Some(vector) = wait_for_startup(shared, index) {
+        let state = GuestState::after_startup_ipi(vector);
+        let eptp = shared.lock().memory.eptp();
+        let started = Vcpu::new(index as u32, &state).and_then(|mut vcpu| vcpu.setup(eptp, &state).map(|_| vcpu));
+        let mut vcpu = match started {
+            Ok(vcpu) => vcpu,
+            Err(stop) => {
+                shared.stop(stop);
+                break;
+            }
+        };
+        let end = loop {
+            match vcpu.run(shared) {
+                RunEnd::Parked => match wait_while_parked(shared, index) {
+                    Unpark::Nmi => continue,
+                    Unpark::Init => break RunEnd::Init,
+                    Unpark::VmStopped => break RunEnd::VmStopped,
+                },
+                end => break end,
+            }
+        };
+        counters.add(&vcpu.counters);
+        match end {
+            RunEnd::Init | RunEnd::Parked => shared.lock().chipset.reset_lapic(index),
+            RunEnd::Stop(stop) => {
+                shared.stop(stop);
+                break;
+            }
+            RunEnd::VmStopped => break,
+        }
+    }
+    log_vcpu(&shared.lock().name, index, &counters);
+    shared.finish_ap(index, &counters);
+}
+
+/// One vCPU's share of an SMP VM's exits (the VM's report has the sum).
+fn log_vcpu(vm: &str, index: usize, counters: &ExitCounters) {
+    log::info!("vm {vm} vcpu{index}: {} exits;{}", counters.total(), counters.summary());
+}
+
+enum Unpark {
+    Nmi,
+    Init,
+    VmStopped,
+}
+
+/// A parked application processor waits (halted between looks) for what can
+/// wake a CPU halted with interrupts off: an NMI (it runs on and takes it), an
+/// INIT, or the VM's end.
+fn wait_while_parked(shared: &SharedVm, index: usize) -> Unpark {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        shared.rearm_kick(index);
+        if shared.is_stopping() {
+            x86_64::instructions::interrupts::enable();
+            return Unpark::VmStopped;
+        }
+        let mut vm = shared.lock();
+        vm.chipset.take_wakeup(index);
+        let mut woken = None;
+        while let Some(signal) = vm.chipset.take_signal(index) {
+            if signal == StartupSignal::Init {
+                woken = Some(Unpark::Init);
+                break;
+            }
+        }
+        if woken.is_none() && vm.chipset.nmi_pending(index) {
+            woken = Some(Unpark::Nmi);
+        }
+        drop(vm);
+        if let Some(unpark) = woken {
+            x86_64::instructions::interrupts::enable();
+            return unpark;
+        }
+        // A kick sent since `rearm_kick` is pending and ends the HLT at once.
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+/// Waits in the VMM (halted between looks) until vCPU `index` gets a start-up
+/// IPI; None when the VM stops first. An INIT resets its local APIC.
+fn wait_for_startup(shared: &SharedVm, index: usize) -> Option<u8> {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        shared.rearm_kick(index);
+        if shared.is_stopping() {
+            x86_64::instructions::interrupts::enable();
+            return None;
+        }
+        let mut vm = shared.lock();
+        vm.chipset.take_wakeup(index);
+        while let Some(signal) = vm.chipset.take_signal(index) {
+            match signal {
+                StartupSignal::Init => vm.chipset.reset_lapic(index),
+                StartupSignal::Startup { vector } => {
+                    drop(vm);
+                    x86_64::instructions::interrupts::enable();
+                    return Some(vector);
+                }
+            }
+        }
+        drop(vm);
+        // A kick sent since `rearm_kick` is pending and ends the HLT at once.
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
 }
 
 /// Writes the GDT and 4 GiB of 2 MiB identity mappings into the setup area;
@@ -187,9 +343,11 @@ pub fn log_report(r: &VmReport) {
     }
 }
 
-struct Job {
-    order: usize,
-    guest: GuestImages,
+enum Job {
+    /// A VM to build and run; its vCPU 0 runs on the core that takes the job.
+    Vm { order: usize, guest: Box<GuestImages> },
+    /// Another vCPU of a running VM, queued ahead of new VMs.
+    ApplicationProcessor { vm: Arc<SharedVm>, index: usize },
 }
 
 static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
@@ -212,10 +370,15 @@ pub fn work() {
             crate::apic::timer_stop();
             return;
         };
-        let report = run_vm(&job.guest);
-        log_report(&report);
-        REPORTS.lock().push((job.order, report));
-        FINISHED.fetch_add(1, Ordering::AcqRel);
+        match job {
+            Job::Vm { order, guest } => {
+                let report = run_vm(&guest);
+                log_report(&report);
+                REPORTS.lock().push((order, report));
+                FINISHED.fetch_add(1, Ordering::AcqRel);
+            }
+            Job::ApplicationProcessor { vm, index } => run_application_processor(&vm, index),
+        }
     }
 }
 
@@ -224,10 +387,12 @@ pub fn work() {
 pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
     let total = vms.len();
     FINISHED.store(0, Ordering::Release);
-    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, guest)| Job { order, guest }));
+    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, guest)| Job::Vm { order, guest: Box::new(guest) }));
     crate::smp::wake_all_aps();
-    work();
+    // This core keeps taking work too: a VM started elsewhere may queue its
+    // application processors after the queue first ran dry.
     while FINISHED.load(Ordering::Acquire) < total {
+        work();
         core::hint::spin_loop();
     }
     let mut reports = core::mem::take(&mut *REPORTS.lock());

@@ -4,10 +4,11 @@
 use super::counters::ExitCounters;
 use super::cpu::{self, ENTRY_IA32E_MODE_GUEST};
 use super::exits::{self, Outcome};
+use super::shared::SharedVm;
 use super::vm::{Stop, Vm};
 use crate::{memory, time};
 use core::sync::atomic::{AtomicU16, Ordering};
-use devices::PendingEvents;
+use devices::{PendingEvents, StartupSignal};
 use vmx::guest_state::GuestState;
 use vmx::instructions::{self as vmxi, GuestRegisters};
 use vmx::vmcs::{self, Field};
@@ -120,6 +121,18 @@ fn has_xsave() -> bool {
     raw_cpuid::CpuId::new().get_feature_info().is_some_and(|f| f.has_xsave())
 }
 
+/// Why a vCPU's run loop ended.
+pub enum RunEnd {
+    /// The vCPU stopped the VM, for this reason.
+    Stop(Stop),
+    /// Another vCPU stopped the VM.
+    VmStopped,
+    /// An application processor received an INIT: it waits for a start-up IPI.
+    Init,
+    /// An application processor halted with interrupts off (see exits/hlt.rs).
+    Parked,
+}
+
 impl Vcpu {
     /// A vCPU whose VMCS is set up to start in `state`.
     pub fn new(index: u32, state: &GuestState) -> Result<Vcpu, Stop> {
@@ -166,7 +179,7 @@ impl Vcpu {
     }
 
     /// Writes the whole VMCS: controls, host state and the guest's initial state.
-    pub fn setup(&mut self, vm: &Vm, state: &GuestState) -> Result<(), Stop> {
+    pub fn setup(&mut self, eptp: u64, state: &GuestState) -> Result<(), Stop> {
         let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
         let unrestricted_cr0 = vmx.caps.cr0.for_unrestricted_guest_cr0();
         let mut fixed = *state;
@@ -194,8 +207,8 @@ impl Vcpu {
         write(vmcs::EXCEPTION_BITMAP, 0);
         write(vmcs::CR3_TARGET_COUNT, 0);
         write(vmcs::MSR_BITMAP, self.msr_bitmap);
-        write(vmcs::EPT_POINTER, vm.memory.eptp());
-        flush_cached_translations(&vmx.caps, vm.memory.eptp(), vpid, secondary);
+        write(vmcs::EPT_POINTER, eptp);
+        flush_cached_translations(&vmx.caps, eptp, vpid, secondary);
         write(vmcs::VMCS_LINK_POINTER, u64::MAX);
 
         // CR0/CR4 bits VMX pins are owned by Basalt: the guest sees its own value
@@ -293,46 +306,81 @@ impl Vcpu {
         write(vmcs::GUEST_SYSENTER_EIP, 0);
     }
 
-    /// Runs the guest until it stops, on this CPU, within `time_limit_ms`.
-    pub fn run(&mut self, vm: &mut Vm, time_limit_ms: u64) -> Stop {
+    /// Runs the guest on this CPU until it stops, the VM is stopped, or (an
+    /// application processor) it receives an INIT.
+    pub fn run(&mut self, shared: &SharedVm) -> RunEnd {
         if let Err(stop) = self.make_current() {
-            return stop;
+            return RunEnd::Stop(stop);
         }
         let vmx = match cpu::vmx() {
             Ok(v) => v,
-            Err(e) => return Stop::Unsupported(e.into()),
+            Err(e) => return RunEnd::Stop(Stop::Unsupported(e.into())),
         };
         let rate = vmx.caps.misc.preemption_timer_rate;
-        let deadline = time::rdtsc() + time_limit_ms * (time::tsc_hz() / 1000).max(1);
+        let me = self.index as usize;
         x86_64::instructions::interrupts::disable();
         let host_state = self.switch_in();
-        let stop = loop {
-            let now = time::rdtsc();
-            if now >= deadline {
-                break Stop::TimeLimit { ms: time_limit_ms };
+        let end = loop {
+            if shared.is_stopping() {
+                break RunEnd::VmStopped;
             }
-            // Timers that expired raise their interrupts; the preemption timer
-            // brings the VMM back by the next one (or the time limit).
-            vm.chipset.poll(now, &mut vm.memory);
-            let wake = vm.chipset.next_deadline(self.index as usize).map_or(deadline, |d| d.min(deadline));
-            write(vmcs::PREEMPTION_TIMER_VALUE, (wake.saturating_sub(now) >> rate).min(u32::MAX as u64));
-            exits::deliver_pending(vm, self);
+            let now = time::rdtsc();
+            if now >= shared.deadline {
+                break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
+            }
+            shared.rearm_kick(me);
+            {
+                let mut guard = shared.lock();
+                let vm = &mut *guard;
+                vm.chipset.take_wakeup(me);
+                if self.take_init(vm) {
+                    break RunEnd::Init;
+                }
+                vm.poll_host_console(now);
+                // Timers that expired raise their interrupts; the preemption timer
+                // brings the VMM back by the next one (or the time limit).
+                vm.chipset.poll(now, &mut vm.memory);
+                let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
+                write(vmcs::PREEMPTION_TIMER_VALUE, (wake.saturating_sub(now) >> rate).min(u32::MAX as u64));
+                exits::deliver_pending(vm, self);
+                shared.wake_others(vm, me);
+            }
             // SAFETY: the VMCS is current and fully set up by `setup`.
             if let Err(e) = unsafe { vmxi::enter(&mut self.regs, self.launched) } {
-                break Stop::EntryFailed(alloc::format!("{e}"));
+                break RunEnd::Stop(Stop::EntryFailed(alloc::format!("{e}")));
             }
             self.launched = true;
             let exit_tsc = time::rdtsc();
             let reason = ExitReason(read(vmcs::EXIT_REASON) as u32);
-            let outcome = exits::dispatch(vm, self, reason);
+            let outcome = {
+                let mut vm = shared.lock();
+                let outcome = exits::dispatch(&mut vm, self, reason);
+                shared.wake_others(&mut vm, me);
+                outcome
+            };
             self.counters.record(reason.basic(), time::rdtsc() - exit_tsc);
-            if let Outcome::Stop(stop) = outcome {
-                break stop;
+            match outcome {
+                Outcome::Resume => {}
+                Outcome::Park => break RunEnd::Parked,
+                Outcome::Stop(stop) => break RunEnd::Stop(stop),
             }
         };
         self.switch_out(host_state);
         x86_64::instructions::interrupts::enable();
-        stop
+        end
+    }
+
+    /// Start-up signals for a running vCPU: an INIT sends an application
+    /// processor back to waiting for a start-up IPI; a start-up IPI is ignored
+    /// by a CPU already running, as is an INIT to the bootstrap processor (the
+    /// platform has no INIT-reset path for it).
+    fn take_init(&self, vm: &mut Vm) -> bool {
+        while let Some(signal) = vm.chipset.take_signal(self.index as usize) {
+            if signal == StartupSignal::Init && self.index != 0 {
+                return true;
+            }
+        }
+        false
     }
 
     /// Loads the guest's XCR0, FPU/SIMD state and switched MSRs; returns the host's.

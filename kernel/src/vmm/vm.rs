@@ -6,7 +6,7 @@ use super::guest_memory::GuestMemory;
 use alloc::boxed::Box;
 use alloc::string::String;
 use devices::virtio::{blk::Block, console::Console};
-use devices::{layout, Chipset, ChipsetConfig, DebugExit};
+use devices::{layout, BenchMarker, Chipset, ChipsetConfig, DebugExit};
 use loader::VmSpec;
 
 /// Why a VM stopped. Every way a guest can end is one of these; none of them
@@ -65,6 +65,11 @@ pub struct Vm {
     pub name: String,
     pub memory: GuestMemory,
     pub chipset: Chipset,
+    /// TSC when the VM was built: bench markers measure from here.
+    pub started: u64,
+    /// Owns the host console (see `poll_host_console`).
+    host_console: bool,
+    next_console_poll: u64,
 }
 
 impl Vm {
@@ -76,18 +81,47 @@ impl Vm {
         let memory = GuestMemory::new(bytes)
             .ok_or_else(|| alloc::format!("not enough host memory for {} MiB of guest RAM", spec.memory_mib))?;
         let name = spec.name.clone();
-        let com1_output = Box::new(move |line: &[u8]| {
-            log::info!("vm {name} | {}", String::from_utf8_lossy(line));
-        });
+        let com1_output: devices::uart::LineSink = if spec.host_console {
+            Box::new(crate::log::write_raw)
+        } else {
+            Box::new(move |line: &[u8]| {
+                log::info!("vm {name} | {}", String::from_utf8_lossy(line));
+            })
+        };
         let mut chipset = Chipset::new(ChipsetConfig {
-            vcpus: 1,
+            vcpus: spec.cpus.max(1),
             tsc_hz: crate::time::tsc_hz(),
             unix_time: crate::time::wall_clock_unix(),
             now: crate::time::rdtsc(),
             com1_output,
+            com1_unbuffered: spec.host_console,
         });
         chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(DebugExit)).map_err(|e| alloc::format!("{e:?}"))?;
-        Ok(Vm { name: spec.name.clone(), memory, chipset })
+        chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(BenchMarker)).map_err(|e| alloc::format!("{e:?}"))?;
+        Ok(Vm {
+            name: spec.name.clone(),
+            memory,
+            chipset,
+            started: crate::time::rdtsc(),
+            host_console: spec.host_console,
+            next_console_poll: 0,
+        })
+    }
+
+    /// For the VM that owns the host console: what was typed there goes to its
+    /// COM1. Looked at every few milliseconds, by whichever vCPU passes by (an
+    /// idle vCPU still exits at every host tick).
+    pub fn poll_host_console(&mut self, now: u64) {
+        const POLLS_PER_SECOND: u64 = 200;
+        if !self.host_console || now < self.next_console_poll {
+            return;
+        }
+        self.next_console_poll = now + crate::time::tsc_hz() / POLLS_PER_SECOND;
+        let mut typed = [0u8; 16];
+        let n = crate::log::read_input(&mut typed);
+        if n > 0 {
+            self.chipset.com1_input(&typed[..n]);
+        }
     }
 
     /// The virtio devices of a Linux VM: a console (output on the host log as

@@ -100,6 +100,9 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
         6 => (a, b, c, d) = (1 << 2, 0, 0, 0),
         // No performance counters.
         0xa => (a, b, c, d) = (0, 0, 0, 0),
+        // Caches: each shared by one logical processor, one core per package
+        // (matching leaf 1), whatever the host's topology.
+        4 => a &= 0x3fff,
         // Topology: one thread in one core; x2APIC id = vCPU index.
         0xb | 0x1f => {
             (a, b, c) = (0, if subleaf == 0 { 1 } else { 0 }, subleaf & 0xff);

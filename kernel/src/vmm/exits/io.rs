@@ -32,17 +32,32 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         vcpu.regs.rax = if q.size == 4 { value } else { (vcpu.regs.rax & !mask) | value };
     } else if let Some(request) = vm.chipset.port_write(q.port, q.size, (vcpu.regs.rax & mask) as u32, time::rdtsc()) {
         skip_instruction();
-        return stop_for(request);
+        return act_on(request, vm, vcpu);
     }
     skip_instruction();
     Outcome::Resume
 }
 
-pub fn stop_for(request: Request) -> Outcome {
+/// What a device asked for, once the instruction that asked is done.
+pub fn act_on(request: Request, vm: &Vm, vcpu: &Vcpu) -> Outcome {
     match request {
         Request::Stop { status } => Outcome::Stop(Stop::ExitDevice { status }),
         Request::PowerOff => Outcome::Stop(Stop::PowerOff),
         Request::Reset => Outcome::Stop(Stop::Reset),
+        Request::Marker { value } => {
+            // The bench reads this line: guest time since the VM was built and
+            // this vCPU's exits so far.
+            let micros = time::tsc_to_micros(time::rdtsc().saturating_sub(vm.started));
+            let c = &vcpu.counters;
+            log::info!(
+                "vm {} marker {value} on vcpu{} at {micros} us: {} exits;{}",
+                vm.name,
+                vcpu.index,
+                c.total(),
+                c.summary()
+            );
+            Outcome::Resume
+        }
     }
 }
 
@@ -106,7 +121,7 @@ fn string(vm: &mut Vm, vcpu: &mut Vcpu, q: IoQualification, mask: u64) -> Outcom
         }
         if let Some(request) = request {
             skip_instruction();
-            return stop_for(request);
+            return act_on(request, vm, vcpu);
         }
     }
     if count == 0 {

@@ -4,7 +4,7 @@
 //! and writes nobody claims are dropped (both counted by the bus). Executing from
 //! such an address, or an instruction Basalt cannot emulate there, stops the VM.
 
-use super::io::stop_for;
+use super::io::act_on;
 use super::{write, Outcome};
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
@@ -59,7 +59,7 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     write(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64);
     write(vmcs::GUEST_RIP, rip + decoded.length as u64);
     match request {
-        Some(r) => stop_for(r),
+        Some(r) => act_on(r, vm, vcpu),
         None => Outcome::Resume,
     }
 }

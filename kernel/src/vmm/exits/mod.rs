@@ -24,6 +24,9 @@ pub use interrupts::deliver_pending;
 
 pub enum Outcome {
     Resume,
+    /// An application processor halted with interrupts off: it waits in the
+    /// VMM (not in the guest) for an NMI, INIT or the VM's end.
+    Park,
     Stop(Stop),
 }
 
