@@ -50,6 +50,9 @@ pub struct Case {
     #[serde(default = "yes")]
     pub ordered: bool,
     pub timeout_s: u64,
+    /// Bochs' emulated speed in millions of instructions per second (default 10).
+    #[serde(default)]
+    pub bochs_mips: Option<u64>,
     /// VMs to run, in this order (spread over the CPUs).
     #[serde(default)]
     pub vm: Vec<crate::guests::GuestVm>,
@@ -80,7 +83,13 @@ impl Case {
             MachineKind::Qemu => Emulator::QemuTcg,
             MachineKind::Vmx => Emulator::best_for_vmx(),
         };
-        Machine { emulator, firmware: self.firmware(), cpus: self.cpus, memory_mib: self.memory_mib }
+        Machine {
+            emulator,
+            firmware: self.firmware(),
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            bochs_ips: self.bochs_mips.map_or(crate::emulator::BOCHS_IPS, |m| m * 1_000_000),
+        }
     }
 }
 
@@ -99,12 +108,19 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
         if !(1..=64).contains(&case.cpus) {
             return Err(at("cpus must be 1 to 64"));
         }
+        if case.bochs_mips.is_some_and(|m| !(1..=1000).contains(&m)) {
+            return Err(at("bochs_mips must be 1 to 1000"));
+        }
         if case.timeout_s == 0 || case.timeout_s > 1800 {
             return Err(at("timeout_s must be 1 to 1800"));
         }
         for linux in &case.linux {
-            if linux.vcpus != 1 {
-                return Err(at(&format!("Linux VM '{}': vcpus must be 1 (SMP guests are not there yet)", linux.name)));
+            // Each vCPU runs on a core of its own until the scheduler exists.
+            if linux.vcpus == 0 || linux.vcpus > case.cpus {
+                return Err(at(&format!(
+                    "Linux VM '{}': vcpus must be 1 to the case's cpus ({})",
+                    linux.name, case.cpus
+                )));
             }
         }
         if case.cmdline.split_whitespace().any(|w| w.starts_with("exit=")) {

@@ -2,7 +2,7 @@
 //! and Bochs (the one VT-x-capable CPU on machines without hardware VMX).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,13 @@ pub struct Machine {
     pub firmware: Firmware,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Bochs only: emulated instructions per second of emulated time, per CPU.
+    pub bochs_ips: u64,
 }
+
+/// Bochs' emulated speed unless a case asks otherwise (see PLATFORM.md: a low
+/// figure keeps BIOS waits and UART pacing cheap).
+pub const BOCHS_IPS: u64 = 10_000_000;
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -78,6 +84,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 enum Serial<'a> {
     File(&'a Path),
     Terminal,
+    /// Bochs as a TCP server on localhost at this port (interactive runs).
+    Socket(u16),
 }
 
 fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> Result<Command, String> {
@@ -99,21 +107,26 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
     }
     match serial {
         Serial::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
-        Serial::Terminal => c.args(["-serial", "mon:stdio"]),
+        Serial::Terminal | Serial::Socket(_) => c.args(["-serial", "mon:stdio"]),
     };
     Ok(c)
 }
 
 /// Bochs set-up that boots the bootloader crate's BIOS image headless with VT-x.
 /// Facts behind each line are in shared/PLATFORM.md.
-fn bochs_command(machine: &Machine, image: &Path, dir: &Path, serial_file: &Path) -> Result<Command, String> {
+fn bochs_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> Result<Command, String> {
     if machine.firmware == Firmware::Uefi {
         return Err("Bochs has no UEFI firmware; UEFI cases run in QEMU".into());
     }
     let _ = std::fs::remove_file(image.with_extension("img.lock"));
+    let com1 = match serial {
+        Serial::File(path) => format!("mode=file, dev={}", path.display()),
+        Serial::Socket(port) => format!("mode=socket-server, dev=localhost:{port}"),
+        Serial::Terminal => return Err("Bochs cannot put serial on this terminal; use a socket".into()),
+    };
     let config = format!(
         "megs: {megs}
-cpu: model=corei7_icelake_u, count={cpus}, ips=10000000, reset_on_triple_fault=0
+cpu: model=corei7_icelake_u, count={cpus}, ips={ips}, reset_on_triple_fault=0
 clock: sync=none, time0=local
 romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot
 vgaromimage: file=/usr/share/vgabios/vgabios.cirrus.bin
@@ -121,7 +134,7 @@ vga: extension=cirrus
 pci: enabled=1, chipset=i440fx, slot1=cirrus
 ata0-master: type=disk, path={image}, mode=flat
 boot: disk
-com1: enabled=1, mode=file, dev={serial}
+com1: enabled=1, {com1}
 port_e9_hack: enabled=1
 magic_break: enabled=1
 display_library: sdl2
@@ -132,8 +145,8 @@ info: action=ignore
 ",
         megs = machine.memory_mib,
         cpus = machine.cpus,
+        ips = machine.bochs_ips,
         image = image.display(),
-        serial = serial_file.display(),
         log = dir.join("bochs.log").display(),
     );
     let rc = dir.join("bochsrc");
@@ -188,7 +201,7 @@ pub fn run_captured(machine: &Machine, image: &Path, dir: &Path, timeout: Durati
     let _ = std::fs::remove_file(&serial_file);
     std::fs::File::create(&serial_file).map_err(|e| e.to_string())?;
     let mut command = match machine.emulator {
-        Emulator::Bochs => bochs_command(machine, image, dir, &serial_file)?,
+        Emulator::Bochs => bochs_command(machine, image, dir, Serial::File(&serial_file))?,
         _ => qemu_command(machine, image, dir, Serial::File(&serial_file))?,
     };
     let emulator_log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
@@ -215,37 +228,98 @@ pub fn run_captured(machine: &Machine, image: &Path, dir: &Path, timeout: Durati
     Ok(RunOutput { ending, serial: String::from_utf8_lossy(&bytes).replace('\0', ""), elapsed })
 }
 
-/// Runs with serial on this terminal until the machine stops or the user quits.
+/// Runs with serial on this terminal until the machine stops or the user quits
+/// (Ctrl-A X). Under Bochs, COM1 is a local TCP socket relayed to and from the
+/// terminal, which is switched to raw mode so keys reach the guest as typed.
 pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<ExitStatus, String> {
-    match machine.emulator {
-        Emulator::Bochs => {
-            let serial_file: PathBuf = dir.join("serial.log");
-            std::fs::write(&serial_file, b"").map_err(|e| e.to_string())?;
-            let mut command = bochs_command(machine, image, dir, &serial_file)?;
-            let log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
-            command.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
-            let mut child = command.spawn().map_err(|e| format!("cannot start Bochs: {e}"))?;
-            // Bochs writes COM1 to a file; follow it onto the terminal.
-            let mut file = std::fs::File::open(&serial_file).map_err(|e| e.to_string())?;
-            let mut buffer = [0u8; 4096];
-            loop {
-                let n = file.read(&mut buffer).map_err(|e| e.to_string())?;
-                if n > 0 {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&buffer[..n]);
-                    let _ = out.flush();
-                    continue;
-                }
-                if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                    let _ = std::fs::remove_file(image.with_extension("img.lock"));
-                    return Ok(status);
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    if machine.emulator != Emulator::Bochs {
+        let mut command = qemu_command(machine, image, dir, Serial::Terminal)?;
+        return command.status().map_err(|e| format!("cannot start QEMU: {e}"));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free local TCP port for Bochs' serial port: {e}"))?
+        .port();
+    let mut command = bochs_command(machine, image, dir, Serial::Socket(port))?;
+    let log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
+    command.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
+    let mut child = command.spawn().map_err(|e| format!("cannot start Bochs: {e}"))?;
+    let stream = loop {
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break stream;
+        }
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!(
+                "Bochs ended ({status}) before its serial port opened; see {}/bochs.log",
+                dir.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _raw = RawTerminal::enter();
+    let mut to_guest = stream.try_clone().map_err(|e| e.to_string())?;
+    let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quit_by_key = quit.clone();
+    std::thread::spawn(move || {
+        let mut escape = false;
+        for byte in std::io::stdin().lock().bytes().map_while(Result::ok) {
+            if escape && (byte == b'x' || byte == b'X') {
+                quit_by_key.store(true, std::sync::atomic::Ordering::Release);
+                let _ = to_guest.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            escape = byte == CTRL_A && !escape;
+            if !escape && to_guest.write_all(&[byte]).is_err() {
+                return;
             }
         }
-        _ => {
-            let mut command = qemu_command(machine, image, dir, Serial::Terminal)?;
-            command.status().map_err(|e| format!("cannot start QEMU: {e}"))
+    });
+    let mut from_guest = stream;
+    let mut buffer = [0u8; 4096];
+    loop {
+        match from_guest.read(&mut buffer) {
+            Ok(n) if n > 0 => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buffer[..n]);
+                let _ = out.flush();
+            }
+            _ => break,
+        }
+    }
+    if quit.load(std::sync::atomic::Ordering::Acquire) {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(image.with_extension("img.lock"));
+    Ok(status)
+}
+
+const CTRL_A: u8 = 0x01;
+
+/// The terminal in raw mode (no line editing, no echo, no signals) while it
+/// lives, when stdin is a terminal; restored when dropped.
+struct RawTerminal {
+    saved: Option<String>,
+}
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return RawTerminal { saved: None };
+        }
+        let stty = |args: &[&str]| Command::new("stty").args(args).stdin(Stdio::inherit()).output().ok();
+        let saved =
+            stty(&["-g"]).filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        stty(&["raw", "-echo"]);
+        RawTerminal { saved }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = Command::new("stty").arg(saved).stdin(Stdio::inherit()).status();
         }
     }
 }

@@ -130,6 +130,21 @@ fn default_append() -> String {
     "console=ttyS0".into()
 }
 
+/// Debian's kernel modules for virtio (disk and console) and ext2/3/4, in the
+/// order an /init must load them (the package has no modules.dep).
+pub const VIRTIO_AND_EXT4_MODULES: [&str; 10] = [
+    "kernel/drivers/virtio/virtio_ring.ko",
+    "kernel/drivers/virtio/virtio.ko",
+    "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/block/virtio_blk.ko",
+    "kernel/drivers/char/virtio_console.ko",
+    "kernel/lib/crc16.ko",
+    "kernel/crypto/crc32c_generic.ko",
+    "kernel/fs/mbcache.ko",
+    "kernel/fs/jbd2/jbd2.ko",
+    "kernel/fs/ext4/ext4.ko",
+];
+
 /// Builds a test case's Linux guest: fetches Debian's kernel and busybox
 /// (cached), packs the initramfs.
 pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
@@ -151,7 +166,9 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
         initrd: Some(initrd),
         append: guest.append.clone(),
         memory_mib: guest.memory_mib,
+        vcpus: guest.vcpus,
         time_limit_ms: guest.time_limit_ms,
+        host_console: false,
         disks: guest.blank_disks_mib.iter().map(|&mib| vec![0u8; (mib as usize) << 20]).collect(),
     })
 }
@@ -163,7 +180,10 @@ pub struct LinuxVm {
     pub initrd: Option<Vec<u8>>,
     pub append: String,
     pub memory_mib: u32,
+    pub vcpus: u32,
     pub time_limit_ms: u64,
+    /// Owns the host console (interactive runs; see loader's `host_console`).
+    pub host_console: bool,
     /// Disk images, each a virtio-blk disk.
     pub disks: Vec<Vec<u8>>,
 }
@@ -186,9 +206,10 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
             load: 0,
             entry: 0,
             memory_mib: vm.memory_mib,
-            cpus: 1,
+            cpus: vm.vcpus,
             time_limit_ms: vm.time_limit_ms,
             corrupt_state: false,
+            host_console: vm.host_console,
             initrd: vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
             kernel_cmdline: Some(format!("{}.cmdline", vm.name)),
             disks: (0..vm.disks.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
@@ -242,6 +263,7 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 cpus: 1,
                 time_limit_ms: vm.time_limit_ms,
                 corrupt_state: vm.corrupt_guest_state,
+                host_console: false,
                 initrd: None,
                 kernel_cmdline: None,
                 disks: Vec::new(),

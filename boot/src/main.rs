@@ -26,11 +26,16 @@ commands:
                 --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
                 --vm PATH.toml    run the Linux VM this file describes (see
                                   README.md, 'VM description files')
-                --kernel PATH     run this Linux bzImage as the VM instead of the demo
+                (default VM: Debian's stock Linux with a busybox shell on
+                this terminal; Ctrl-A X ends the run)
+                --demo            run the tiny built-in demo guest instead
+                --kernel PATH     run this Linux bzImage as the VM
                                   (`--kernel debian`: Debian's stock kernel, fetched once)
                 --initrd PATH     with --kernel: its initramfs
                 --append TEXT     with --kernel: its command line
                 --vm-memory MIB   with --kernel: the VM's RAM (default 256)
+                --vcpus N         with --kernel: the VM's vCPUs (default 1; each
+                                  needs a CPU of its own, so at most --cpus)
                 --disk PATH       with --kernel: a virtio-blk disk image (repeatable;
                                   the guest's writes last for the run, the file is
                                   not changed)
@@ -119,6 +124,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let initrd_path = take_value(&mut args, "--initrd")?;
     let append = take_value(&mut args, "--append")?;
     let vm_memory = parse_number(take_value(&mut args, "--vm-memory")?, "--vm-memory", 256, 32..=4096)?;
+    let vcpus = take_value(&mut args, "--vcpus")?;
+    let demo = take_flag(&mut args, "--demo");
     let mut disk_paths = Vec::new();
     while let Some(path) = take_value(&mut args, "--disk")? {
         disk_paths.push(path);
@@ -126,12 +133,17 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     if let Some(unknown) = args.first() {
         return Err(format!("run: unknown option '{unknown}'\n\n{USAGE}"));
     }
+    if demo && (vm_file.is_some() || kernel_path.is_some()) {
+        return Err("--demo runs the built-in demo guest; it does not go with --vm or --kernel".into());
+    }
     if vm_file.is_some() && kernel_path.is_some() {
         return Err("--vm and --kernel each describe the VM; give one".into());
     }
-    if kernel_path.is_none() && (initrd_path.is_some() || append.is_some() || !disk_paths.is_empty()) {
-        return Err("--initrd, --append and --disk go with --kernel".into());
+    if kernel_path.is_none() && (initrd_path.is_some() || append.is_some() || vcpus.is_some() || !disk_paths.is_empty())
+    {
+        return Err("--initrd, --append, --vcpus and --disk go with --kernel".into());
     }
+    let vcpus = parse_number(vcpus, "--vcpus", 1, 1..=loader::manifest::MAX_VCPUS)?;
     let emulator = match emulator.as_deref().unwrap_or("auto") {
         "auto" => Emulator::best_for_vmx(),
         "kvm" => {
@@ -150,8 +162,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     setup::ensure(&setup::Needs::for_emulator(emulator))?;
     let kernel = images::build_kernel(images::Config::Run)?;
     let dir = workspace_root().join("target/basalt/run");
-    let bundle = match (vm_file, kernel_path) {
-        (Some(file), _) => guests::bundle_with_linux("", &[], &[vmconfig::load(std::path::Path::new(&file))?])?,
+    let linux = match (vm_file, kernel_path) {
+        (Some(file), _) => Some(vmconfig::load(std::path::Path::new(&file))?),
         (None, Some(path)) => {
             let path = if path == "debian" { linux::debian_kernel()? } else { path.into() };
             let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
@@ -161,21 +173,36 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 initrd: initrd_path.map(|p| read(std::path::Path::new(&p))).transpose()?,
                 append: append.unwrap_or_else(|| "console=ttyS0".into()),
                 memory_mib: vm_memory,
+                vcpus,
                 time_limit_ms: 24 * 3600 * 1000,
+                host_console: true,
                 disks: disk_paths.iter().map(|p| read(std::path::Path::new(p))).collect::<Result<_, _>>()?,
             };
+            Some(linux)
+        }
+        (None, None) if demo => None,
+        (None, None) => Some(default_linux_vm()?),
+    };
+    let bundle = match linux {
+        Some(linux) => {
+            if linux.vcpus > cpus {
+                return Err(format!(
+                    "VM '{}' has {} vCPUs but the machine only {cpus} CPU(s); each vCPU needs a CPU of its own (--cpus)",
+                    linux.name, linux.vcpus
+                ));
+            }
             guests::bundle_with_linux("", &[], &[linux])?
         }
-        (None, None) => default_bundle("")?,
+        None => default_bundle("")?,
     };
     let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
     println!(
-        "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows{}",
+        "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows (Ctrl-A X ends the run{})",
         image.display(),
         emulator.name(),
-        if emulator == Emulator::Bochs { " (Ctrl-C ends the run)" } else { " (Ctrl-A X ends the run)" }
+        if emulator == Emulator::Bochs { "; Bochs boots Linux to its shell in a few minutes" } else { "" }
     );
-    let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory };
+    let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory, bochs_ips: emulator::BOCHS_IPS };
     let status = emulator::run_interactive(&machine, &image, &dir)?;
     Ok(if status.success() {
         ExitCode::SUCCESS
@@ -184,7 +211,27 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     })
 }
 
-/// The built-in default VM: the demo guest, which greets through its UART.
+/// The built-in default VM: Debian's stock kernel (fetched once, cached) with a
+/// busybox initramfs whose /init loads the virtio drivers and runs a shell on
+/// the serial console, which is this terminal; one vCPU, 256 MiB, a blank
+/// 64 MiB virtio disk.
+fn default_linux_vm() -> Result<guests::LinuxVm, String> {
+    let guest = guests::LinuxGuest {
+        name: "linux".into(),
+        init: "scripts/linux-shell-init.sh".into(),
+        memory_mib: 256,
+        vcpus: 1,
+        time_limit_ms: 24 * 3600 * 1000,
+        append: "console=ttyS0".into(),
+        modules: guests::VIRTIO_AND_EXT4_MODULES.iter().map(|m| m.to_string()).collect(),
+        blank_disks_mib: vec![64],
+    };
+    let mut vm = guests::linux_vm(&guest)?;
+    vm.host_console = true;
+    Ok(vm)
+}
+
+/// `--demo`: the tiny demo guest, which greets through its UART (no downloads).
 fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
     let demo = guests::GuestVm {
         name: "demo".into(),

@@ -58,6 +58,7 @@ fn serial() -> String {
 pub struct VmConfig {
     pub name: String,
     pub memory_mib: u32,
+    pub vcpus: u32,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
@@ -77,8 +78,8 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
             format!("{} is outside 32 to {}", vm.memory_mib, loader::manifest::MAX_MEMORY_MIB),
         ));
     }
-    if vm.vcpus != 1 {
-        return Err(at("vcpus", format!("{} asked, but VMs have one vCPU until SMP guests land", vm.vcpus)));
+    if !(1..=loader::manifest::MAX_VCPUS).contains(&vm.vcpus) {
+        return Err(at("vcpus", format!("{} is outside 1 to {}", vm.vcpus, loader::manifest::MAX_VCPUS)));
     }
     let console = match vm.console.as_str() {
         "serial" => "console=ttyS0",
@@ -111,7 +112,7 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
     } else {
         format!("{console} {}", vm.cmdline).trim().to_owned()
     };
-    Ok(VmConfig { name: vm.name, memory_mib: vm.memory_mib, kernel, initrd, cmdline, disks })
+    Ok(VmConfig { name: vm.name, memory_mib: vm.memory_mib, vcpus: vm.vcpus, kernel, initrd, cmdline, disks })
 }
 
 /// Reads the file and everything it names into a Linux VM for the bundle.
@@ -129,7 +130,9 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
         initrd: config.initrd.as_deref().map(read).transpose()?,
         append: config.cmdline,
         memory_mib: config.memory_mib,
+        vcpus: config.vcpus,
         time_limit_ms: 24 * 3600 * 1000,
+        host_console: true,
         disks: config.disks.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
     })
 }
@@ -154,6 +157,7 @@ mod tests {
         let text = r#"
             name = "web"
             memory_mib = 128
+            vcpus = 2
             kernel = "bzImage"
             initrd = "initrd.cpio"
             cmdline = "quiet"
@@ -166,6 +170,7 @@ mod tests {
         assert_eq!(c.initrd, Some(dir.join("initrd.cpio")));
         assert_eq!(c.disks, vec![dir.join("disk.img")]);
         assert_eq!(c.cmdline, "console=hvc0 quiet");
+        assert_eq!(c.vcpus, 2);
         let debian = parse("name = \"d\"\nkernel = \"debian\"\ncmdline = \"console=ttyS1\"", &file).unwrap();
         assert_eq!((debian.kernel, debian.cmdline.as_str(), debian.memory_mib), (None, "console=ttyS1", 256));
     }
@@ -179,7 +184,7 @@ mod tests {
         assert!(err("name = \"x\"").contains("missing field `kernel`"));
         assert!(err("name = \"a b\"\nkernel = \"k\"").contains("name: 'a b'"));
         assert!(err("name = \"x\"\nkernel = \"k\"\nmemory_mib = 8").contains("memory_mib: 8 is outside"));
-        assert!(err("name = \"x\"\nkernel = \"k\"\nvcpus = 2").contains("vcpus: 2 asked"));
+        assert!(err("name = \"x\"\nkernel = \"k\"\nvcpus = 0").contains("vcpus: 0 is outside"));
         assert!(err("name = \"x\"\nkernel = \"k\"\nconsole = \"vga\"").contains("console: must be"));
         assert!(err("name = \"x\"\nkernel = \"nope\"").contains("kernel: "));
         assert!(err("name = \"x\"\nkernel = \"k\"\n[[disk]]\npath = \"missing.img\"").contains("disk[0].path: "));

@@ -7,6 +7,7 @@ $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
 $bb echo "basalt-test: userspace up"
 $bb echo "basalt-test: cpus $($bb grep -c ^processor /proc/cpuinfo)"
+$bb echo "basalt-test: online $($bb cat /sys/devices/system/cpu/online)"
 $bb echo "basalt-test: rtc $($bb cat /sys/class/rtc/rtc0/date)"
 $bb echo "basalt-test: clock $($bb date -u +%F)"
 $bb echo "basalt-test: clocksource $($bb cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
@@ -30,5 +31,6 @@ $bb echo "written by basalt guest" > /mnt/proof
 $bb umount /mnt && $bb echo 3 > /proc/sys/vm/drop_caches
 $bb mount -t ext2 /dev/vda /mnt && $bb echo "basalt-test: read back: $($bb cat /mnt/proof)"
 $bb umount /mnt
+$bb cat /proc/interrupts
 $bb echo "basalt-test: powering off"
 $bb poweroff -f
