@@ -214,7 +214,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 /// The built-in default VM: Debian's stock kernel (fetched once, cached) with a
 /// busybox initramfs whose /init loads the virtio drivers and runs a shell on
 /// the serial console, which is this terminal; one vCPU, 256 MiB, a blank
-/// 64 MiB virtio disk.
+/// 8 MiB virtio disk (the bundle is loaded through the BIOS, which is slow in
+/// Bochs, so the default image stays small).
 fn default_linux_vm() -> Result<guests::LinuxVm, String> {
     let guest = guests::LinuxGuest {
         name: "linux".into(),
@@ -224,7 +225,7 @@ fn default_linux_vm() -> Result<guests::LinuxVm, String> {
         time_limit_ms: 24 * 3600 * 1000,
         append: "console=ttyS0".into(),
         modules: guests::VIRTIO_AND_EXT4_MODULES.iter().map(|m| m.to_string()).collect(),
-        blank_disks_mib: vec![64],
+        blank_disks_mib: vec![8],
     };
     let mut vm = guests::linux_vm(&guest)?;
     vm.host_console = true;
