@@ -156,12 +156,12 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         drop(jobs);
         crate::smp::wake_all_aps();
     }
-    let end = vcpu.run(&shared);
-    if let RunEnd::Stop(stop) = end {
-        shared.stop(stop);
-    } else {
-        // The bootstrap processor never takes INIT; anything else means stopped.
-        shared.stop(Stop::Unsupported("vCPU 0 left its run loop unexpectedly".into()));
+    match vcpu.run(&shared) {
+        RunEnd::Stop(stop) => shared.stop(stop),
+        // An application processor stopped the VM; its reason stands.
+        RunEnd::VmStopped => {}
+        // vCPU 0 neither takes INIT nor parks (exits/hlt.rs).
+        RunEnd::Init | RunEnd::Parked => shared.stop(Stop::Unsupported("vCPU 0 left its run loop unexpectedly".into())),
     }
     if vcpus > 1 {
         log_vcpu(&spec.name, 0, &vcpu.counters);
@@ -203,9 +203,9 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
         let end = loop {
             match vcpu.run(shared) {
                 RunEnd::Parked => match wait_while_parked(shared, index) {
-                    Unpark::Nmi => continue,
-                    Unpark::Init => break RunEnd::Init,
-                    Unpark::VmStopped => break RunEnd::VmStopped,
+                    Some(Unpark::Nmi) => continue,
+                    Some(Unpark::Init) => break RunEnd::Init,
+                    None => break RunEnd::VmStopped,
                 },
                 end => break end,
             }
@@ -232,67 +232,58 @@ fn log_vcpu(vm: &str, index: usize, counters: &ExitCounters) {
 enum Unpark {
     Nmi,
     Init,
-    VmStopped,
 }
 
-/// A parked application processor waits (halted between looks) for what can
-/// wake a CPU halted with interrupts off: an NMI (it runs on and takes it), an
-/// INIT, or the VM's end.
-fn wait_while_parked(shared: &SharedVm, index: usize) -> Unpark {
-    loop {
-        x86_64::instructions::interrupts::disable();
-        shared.rearm_kick(index);
-        if shared.is_stopping() {
-            x86_64::instructions::interrupts::enable();
-            return Unpark::VmStopped;
-        }
-        let mut vm = shared.lock();
-        vm.chipset.take_wakeup(index);
-        let mut woken = None;
+/// A parked application processor waits for what can wake a CPU halted with
+/// interrupts off: an NMI (it runs on and takes it) or an INIT; None when the
+/// VM stops first.
+fn wait_while_parked(shared: &SharedVm, index: usize) -> Option<Unpark> {
+    wait_in_vmm(shared, index, |vm| {
         while let Some(signal) = vm.chipset.take_signal(index) {
             if signal == StartupSignal::Init {
-                woken = Some(Unpark::Init);
-                break;
+                return Some(Unpark::Init);
             }
         }
-        if woken.is_none() && vm.chipset.nmi_pending(index) {
-            woken = Some(Unpark::Nmi);
-        }
-        drop(vm);
-        if let Some(unpark) = woken {
-            x86_64::instructions::interrupts::enable();
-            return unpark;
-        }
-        // A kick sent since `rearm_kick` is pending and ends the HLT at once.
-        x86_64::instructions::interrupts::enable_and_hlt();
-    }
+        vm.chipset.nmi_pending(index).then_some(Unpark::Nmi)
+    })
 }
 
-/// Waits in the VMM (halted between looks) until vCPU `index` gets a start-up
-/// IPI; None when the VM stops first. An INIT resets its local APIC.
+/// Waits until vCPU `index` gets a start-up IPI; None when the VM stops first.
+/// An INIT resets its local APIC.
 fn wait_for_startup(shared: &SharedVm, index: usize) -> Option<u8> {
-    loop {
-        x86_64::instructions::interrupts::disable();
-        shared.rearm_kick(index);
-        if shared.is_stopping() {
-            x86_64::instructions::interrupts::enable();
-            return None;
-        }
-        let mut vm = shared.lock();
-        vm.chipset.take_wakeup(index);
+    wait_in_vmm(shared, index, |vm| {
         while let Some(signal) = vm.chipset.take_signal(index) {
             match signal {
                 StartupSignal::Init => vm.chipset.reset_lapic(index),
-                StartupSignal::Startup { vector } => {
-                    drop(vm);
-                    x86_64::instructions::interrupts::enable();
-                    return Some(vector);
-                }
+                StartupSignal::Startup { vector } => return Some(vector),
             }
         }
-        drop(vm);
+        None
+    })
+}
+
+/// Waits in the VMM, halted between looks, until `look` finds what vCPU
+/// `index` is waiting for; None when the VM stops first. Kicks end the HLT.
+fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm) -> Option<T>) -> Option<T> {
+    use x86_64::instructions::interrupts;
+    loop {
+        interrupts::disable();
+        shared.rearm_kick(index);
+        if shared.is_stopping() {
+            interrupts::enable();
+            return None;
+        }
+        let found = {
+            let mut vm = shared.lock();
+            vm.chipset.take_wakeup(index);
+            look(&mut vm)
+        };
+        if found.is_some() {
+            interrupts::enable();
+            return found;
+        }
         // A kick sent since `rearm_kick` is pending and ends the HLT at once.
-        x86_64::instructions::interrupts::enable_and_hlt();
+        interrupts::enable_and_hlt();
     }
 }
 
