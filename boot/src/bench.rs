@@ -105,7 +105,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let machine =
         Machine { emulator, firmware: Firmware::Bios, cpus: 1, memory_mib: 256, bochs_ips: emulator::BOCHS_IPS };
     println!("bench: test guests on {}, 1 CPU (emulated time: figures compare runs, not hardware)", emulator.name());
-    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300))?;
+    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
     let figures: Vec<VmFigures> = run.serial.lines().filter_map(parse_line).collect();
     if figures.len() != vms.len() {
         return Err(format!(
@@ -137,6 +137,7 @@ fn linux_boot(emulator: Emulator, kernel: &std::path::Path) -> Result<ExitCode, 
         append: "console=ttyS0".into(),
         modules: Vec::new(),
         blank_disks_mib: Vec::new(),
+        host_console: false,
     };
     let linux = guests::linux_vm(&guest)?;
     let dir = workspace_root().join("target/basalt/bench-linux");
@@ -145,7 +146,7 @@ fn linux_boot(emulator: Emulator, kernel: &std::path::Path) -> Result<ExitCode, 
     let machine =
         Machine { emulator, firmware: Firmware::Bios, cpus: 1, memory_mib: 512, bochs_ips: emulator::BOCHS_IPS };
     println!("\nbench: Debian Linux, 1 vCPU, 128 MiB, to its /init marker and power-off (a few minutes on Bochs)");
-    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(1200))?;
+    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(1200), &[])?;
     let log = dir.join("serial.log");
     let marker = run.serial.lines().find_map(parse_marker).ok_or_else(|| {
         format!("the Linux guest never wrote the bench marker ({:?}); see {}", run.ending, log.display())

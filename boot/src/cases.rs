@@ -59,6 +59,9 @@ pub struct Case {
     /// Linux VMs (Debian's kernel with a busybox initramfs), run before `vm`.
     #[serde(default)]
     pub linux: Vec<crate::guests::LinuxGuest>,
+    /// Keys typed on the serial console, each once its cue has appeared.
+    #[serde(default)]
+    pub console_input: Vec<crate::emulator::ConsoleInput>,
 }
 
 fn yes() -> bool {
@@ -123,6 +126,9 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
                 )));
             }
         }
+        if case.console_input.iter().any(|step| step.after.is_empty() || step.send.is_empty()) {
+            return Err(at("each console_input step needs a non-empty 'after' cue and 'send' keys"));
+        }
         if case.cmdline.split_whitespace().any(|w| w.starts_with("exit=")) {
             return Err(at("cmdline must not set exit=; the runner picks it for the emulator"));
         }
@@ -158,6 +164,9 @@ pub fn judge(case: &Case, run: &RunOutput) -> Vec<String> {
             problems.push(format!("serial has forbidden '{line}'"));
         }
     }
+    if let Some(cue) = &run.cue_never_seen {
+        problems.push(format!("console input never typed: '{cue}' did not appear"));
+    }
     problems
 }
 
@@ -185,7 +194,7 @@ timeout_s = 10
     }
 
     fn run(ending: Ending, serial: &str) -> RunOutput {
-        RunOutput { ending, serial: serial.into(), elapsed: Duration::from_secs(1) }
+        RunOutput { ending, serial: serial.into(), elapsed: Duration::from_secs(1), cue_never_seen: None }
     }
 
     const GOOD: &str = "x\nall 2 CPUs online\nselftest: PASS\n";
@@ -224,6 +233,16 @@ timeout_s = 10
     }
 
     #[test]
+    fn console_input_left_untyped_fails_the_case() {
+        let mut untyped = run(Ending::Success, GOOD);
+        untyped.cue_never_seen = Some("login:".into());
+        assert_eq!(
+            judge(&case(Expect::Success), &untyped),
+            vec!["console input never typed: 'login:' did not appear".to_string()]
+        );
+    }
+
+    #[test]
     fn an_expected_hang_must_really_time_out() {
         let mut c = case(Expect::Timeout);
         c.expect_lines.clear();
@@ -238,6 +257,8 @@ timeout_s = 10
         assert!(bad(&format!("firmware = \"efi\"\n{base}")).contains("firmware must be"));
         assert!(bad(&format!("firmware = \"bios\"\ncmdline = \"exit=qemu\"\n{base}")).contains("exit="));
         assert!(bad(&format!("firmware = \"bios\"\ncolour = 1\n{base}")).contains("unknown field"));
+        let no_cue = format!("firmware = \"bios\"\n{base}[[case.console_input]]\nafter = \"\"\nsend = \"x\"\n");
+        assert!(bad(&no_cue).contains("non-empty 'after'"));
     }
 
     #[test]

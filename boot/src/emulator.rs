@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -84,7 +84,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 enum Serial<'a> {
     File(&'a Path),
     Terminal,
-    /// Bochs as a TCP server on localhost at this port (interactive runs).
+    /// The emulator as a TCP server on localhost at this port (interactive
+    /// runs under Bochs, scripted console input).
     Socket(u16),
 }
 
@@ -107,7 +108,9 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
     }
     match serial {
         Serial::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
-        Serial::Terminal | Serial::Socket(_) => c.args(["-serial", "mon:stdio"]),
+        Serial::Terminal => c.args(["-serial", "mon:stdio"]),
+        // Like Bochs' socket server: QEMU waits for our connection before it starts.
+        Serial::Socket(port) => c.arg("-serial").arg(format!("tcp:127.0.0.1:{port},server=on,wait=on")),
     };
     Ok(c)
 }
@@ -178,6 +181,8 @@ pub struct RunOutput {
     pub ending: Ending,
     pub serial: String,
     pub elapsed: Duration,
+    /// The console-input cue that never appeared, so its keys were never typed.
+    pub cue_never_seen: Option<String>,
 }
 
 /// Maps an emulator's exit status to an [`Ending`].
@@ -195,20 +200,97 @@ pub fn classify(emulator: Emulator, code: Option<i32>) -> Ending {
     }
 }
 
-/// Runs to completion or `timeout`, capturing serial output.
-pub fn run_captured(machine: &Machine, image: &Path, dir: &Path, timeout: Duration) -> Result<RunOutput, String> {
+/// Text typed on the serial console once the output shows a cue.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleInput {
+    /// Typed once this appears in the output, after the previous step's cue.
+    pub after: String,
+    /// The keys, as typed (a newline is Enter).
+    pub send: String,
+}
+
+/// Walks a list of [`ConsoleInput`] steps along the output as it arrives.
+struct ConsoleScript<'a> {
+    steps: &'a [ConsoleInput],
+    /// Output before this offset has been matched already.
+    matched_up_to: usize,
+}
+
+impl<'a> ConsoleScript<'a> {
+    fn new(steps: &'a [ConsoleInput]) -> Self {
+        ConsoleScript { steps, matched_up_to: 0 }
+    }
+
+    /// What to type now, given all output so far. Each cue is looked for only
+    /// after the previous one, so a step cannot fire on stale output.
+    fn due(&mut self, output: &[u8]) -> Vec<&'a str> {
+        let mut typed = Vec::new();
+        while let Some((step, rest)) = self.steps.split_first() {
+            let unseen = &output[self.matched_up_to..];
+            let Some(at) = unseen.windows(step.after.len()).position(|w| w == step.after.as_bytes()) else { break };
+            self.matched_up_to += at + step.after.len();
+            self.steps = rest;
+            typed.push(step.send.as_str());
+        }
+        typed
+    }
+
+    /// The cue still awaited, if any.
+    fn waiting_for(&self) -> Option<&'a str> {
+        self.steps.first().map(|s| s.after.as_str())
+    }
+}
+
+/// Runs to completion or `timeout`, capturing serial output (in `dir`/serial.log
+/// too). With `input`, serial goes through a local socket so the steps can be
+/// typed as their cues appear.
+pub fn run_captured(
+    machine: &Machine,
+    image: &Path,
+    dir: &Path,
+    timeout: Duration,
+    input: &[ConsoleInput],
+) -> Result<RunOutput, String> {
     let serial_file = dir.join("serial.log");
     let _ = std::fs::remove_file(&serial_file);
-    std::fs::File::create(&serial_file).map_err(|e| e.to_string())?;
+    let mut serial_log = std::fs::File::create(&serial_file).map_err(|e| e.to_string())?;
+    let port = if input.is_empty() { None } else { Some(free_local_port()?) };
+    let serial = port.map_or(Serial::File(&serial_file), Serial::Socket);
     let mut command = match machine.emulator {
-        Emulator::Bochs => bochs_command(machine, image, dir, Serial::File(&serial_file))?,
-        _ => qemu_command(machine, image, dir, Serial::File(&serial_file))?,
+        Emulator::Bochs => bochs_command(machine, image, dir, serial)?,
+        _ => qemu_command(machine, image, dir, serial)?,
     };
     let emulator_log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
     command.stdin(Stdio::null()).stdout(emulator_log.try_clone().map_err(|e| e.to_string())?).stderr(emulator_log);
     let start = Instant::now();
     let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", machine.emulator.name()))?;
+    let mut console = match port {
+        Some(port) => {
+            let stream = connect_serial(&mut child, machine.emulator, port, dir)?;
+            stream.set_read_timeout(Some(Duration::from_millis(25))).map_err(|e| e.to_string())?;
+            Some(stream)
+        }
+        None => None,
+    };
+    let mut script = ConsoleScript::new(input);
+    let mut output = Vec::new();
+    let mut buffer = [0u8; 4096];
     let ending = loop {
+        match console.as_mut().map(|stream| stream.read(&mut buffer)) {
+            Some(Ok(n)) if n > 0 => {
+                output.extend_from_slice(&buffer[..n]);
+                serial_log.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
+                for keys in script.due(&output) {
+                    // A failed write shows up as a cue never seen.
+                    let _ = console.as_mut().map(|stream| stream.write_all(keys.as_bytes()));
+                }
+            }
+            Some(Err(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            // The emulator closed the console: it is ending.
+            Some(_) => console = None,
+            None => std::thread::sleep(Duration::from_millis(25)),
+        }
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break classify(machine.emulator, status.code());
         }
@@ -217,45 +299,88 @@ pub fn run_captured(machine: &Machine, image: &Path, dir: &Path, timeout: Durati
             let _ = child.wait();
             break Ending::Timeout;
         }
-        std::thread::sleep(Duration::from_millis(25));
     };
     let elapsed = start.elapsed();
+    if let Some(mut stream) = console {
+        // What the emulator wrote before it closed the socket.
+        while let Ok(n @ 1..) = stream.read(&mut buffer) {
+            output.extend_from_slice(&buffer[..n]);
+            serial_log.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
+        }
+    }
     if machine.emulator == Emulator::Bochs {
         let _ = std::fs::remove_file(image.with_extension("img.lock"));
     }
-    let mut bytes = Vec::new();
-    std::fs::File::open(&serial_file).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
-    Ok(RunOutput { ending, serial: String::from_utf8_lossy(&bytes).replace('\0', ""), elapsed })
+    if port.is_none() {
+        std::fs::File::open(&serial_file).and_then(|mut f| f.read_to_end(&mut output)).map_err(|e| e.to_string())?;
+    }
+    Ok(RunOutput {
+        ending,
+        serial: String::from_utf8_lossy(&output).replace('\0', ""),
+        elapsed,
+        cue_never_seen: script.waiting_for().map(str::to_owned),
+    })
+}
+
+/// A local TCP port nobody listens on now, for an emulator's serial server.
+fn free_local_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free local TCP port for the serial port: {e}"))
+}
+
+/// Connects to the emulator's serial server once it listens.
+fn connect_serial(
+    child: &mut std::process::Child,
+    emulator: Emulator,
+    port: u16,
+    dir: &Path,
+) -> Result<std::net::TcpStream, String> {
+    loop {
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            return Ok(stream);
+        }
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!(
+                "{} ended ({status}) before its serial port opened; see its logs in {}",
+                emulator.name(),
+                dir.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How an interactive run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InteractiveEnd {
+    /// The user quit (Ctrl-A X).
+    Quit,
+    /// The machine ended by itself.
+    Ended(Ending),
 }
 
 /// Runs with serial on this terminal until the machine stops or the user quits
 /// (Ctrl-A X). Under Bochs, COM1 is a local TCP socket relayed to and from the
 /// terminal, which is switched to raw mode so keys reach the guest as typed.
-pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<ExitStatus, String> {
+pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<InteractiveEnd, String> {
     if machine.emulator != Emulator::Bochs {
         let mut command = qemu_command(machine, image, dir, Serial::Terminal)?;
-        return command.status().map_err(|e| format!("cannot start QEMU: {e}"));
+        let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+        // QEMU's own quit (Ctrl-A X on mon:stdio) exits with 0; with -no-reboot
+        // a guest reset does too, and then the log above shows it.
+        return Ok(match status.code() {
+            Some(0) => InteractiveEnd::Quit,
+            code => InteractiveEnd::Ended(classify(machine.emulator, code)),
+        });
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free local TCP port for Bochs' serial port: {e}"))?
-        .port();
+    let port = free_local_port()?;
     let mut command = bochs_command(machine, image, dir, Serial::Socket(port))?;
     let log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
     command.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
     let mut child = command.spawn().map_err(|e| format!("cannot start Bochs: {e}"))?;
-    let stream = loop {
-        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            break stream;
-        }
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!(
-                "Bochs ended ({status}) before its serial port opened; see {}/bochs.log",
-                dir.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let stream = connect_serial(&mut child, Emulator::Bochs, port, dir)?;
     let _raw = RawTerminal::enter();
     let mut to_guest = stream.try_clone().map_err(|e| e.to_string())?;
     let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -286,12 +411,13 @@ pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<Ex
             _ => break,
         }
     }
-    if quit.load(std::sync::atomic::Ordering::Acquire) {
+    let quit = quit.load(std::sync::atomic::Ordering::Acquire);
+    if quit {
         let _ = child.kill();
     }
     let status = child.wait().map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(image.with_extension("img.lock"));
-    Ok(status)
+    Ok(if quit { InteractiveEnd::Quit } else { InteractiveEnd::Ended(classify(Emulator::Bochs, status.code())) })
 }
 
 const CTRL_A: u8 = 0x01;
@@ -337,5 +463,32 @@ mod tests {
         assert_eq!(classify(Emulator::Bochs, Some(0)), Ending::Success);
         assert_eq!(classify(Emulator::Bochs, Some(1)), Ending::Failure);
         assert!(matches!(classify(Emulator::Bochs, None), Ending::Abnormal(_)));
+    }
+
+    fn step(after: &str, send: &str) -> ConsoleInput {
+        ConsoleInput { after: after.into(), send: send.into() }
+    }
+
+    #[test]
+    fn console_steps_are_typed_in_order_once_their_cues_appear() {
+        let steps = [step("login:", "root\n"), step("# ", "echo hi\n"), step("hi\n", "exit\n")];
+        let mut script = ConsoleScript::new(&steps);
+        assert!(script.due(b"booting\nlog").is_empty());
+        assert_eq!(script.waiting_for(), Some("login:"));
+        assert_eq!(script.due(b"booting\nlogin: "), vec!["root\n"]);
+        // Two cues in one chunk: both steps are due, in order.
+        assert_eq!(script.due(b"booting\nlogin: root\n# echo hi\nhi\n"), vec!["echo hi\n", "exit\n"]);
+        assert_eq!(script.waiting_for(), None);
+        assert!(script.due(b"booting\nlogin: root\n# echo hi\nhi\n# ").is_empty());
+    }
+
+    #[test]
+    fn a_cue_is_only_looked_for_after_the_previous_one() {
+        // "ok" was printed before "ready", so it must not count for the second step.
+        let steps = [step("ready", "a"), step("ok", "b")];
+        let mut script = ConsoleScript::new(&steps);
+        assert_eq!(script.due(b"ok ready"), vec!["a"]);
+        assert!(script.due(b"ok ready ...").is_empty());
+        assert_eq!(script.due(b"ok ready ... ok"), vec!["b"]);
     }
 }

@@ -115,6 +115,9 @@ pub struct LinuxGuest {
     /// Blank (zero-filled) virtio disks to give it, by size in MiB.
     #[serde(default)]
     pub blank_disks_mib: Vec<u32>,
+    /// Its COM1 is the host's serial console, input included (as in `run`).
+    #[serde(default)]
+    pub host_console: bool,
 }
 
 fn default_linux_memory() -> u32 {
@@ -168,7 +171,7 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
         memory_mib: guest.memory_mib,
         vcpus: guest.vcpus,
         time_limit_ms: guest.time_limit_ms,
-        host_console: false,
+        host_console: guest.host_console,
         disks: guest.blank_disks_mib.iter().map(|&mib| vec![0u8; (mib as usize) << 20]).collect(),
     })
 }

@@ -11,7 +11,7 @@ mod qemu_test;
 mod setup;
 mod vmconfig;
 
-use emulator::{Emulator, Firmware};
+use emulator::{Emulator, Ending, Firmware, InteractiveEnd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -191,9 +191,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                     linux.name, linux.vcpus
                 ));
             }
-            guests::bundle_with_linux("", &[], &[linux])?
+            guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])?
         }
-        None => default_bundle("")?,
+        None => default_bundle(emulator.exit_option())?,
     };
     let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
     println!(
@@ -203,12 +203,15 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         if emulator == Emulator::Bochs { "; Bochs boots Linux to its shell in a few minutes" } else { "" }
     );
     let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory, bochs_ips: emulator::BOCHS_IPS };
-    let status = emulator::run_interactive(&machine, &image, &dir)?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
-    })
+    // The run ends when Basalt has no VM left (the exit option above) or the user quits.
+    match emulator::run_interactive(&machine, &image, &dir)? {
+        InteractiveEnd::Quit => println!("\r\nxtask: run ended (Ctrl-A X)"),
+        InteractiveEnd::Ended(Ending::Success) => println!("\r\nxtask: run ended: every VM has stopped"),
+        InteractiveEnd::Ended(Ending::Failure) => return Err("Basalt reported a failure; its log is above".into()),
+        InteractiveEnd::Ended(Ending::Abnormal(why)) => return Err(format!("the run ended abnormally: {why}")),
+        InteractiveEnd::Ended(Ending::Timeout) => return Err("the run timed out".into()),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The built-in default VM: Debian's stock kernel (fetched once, cached) with a
@@ -226,10 +229,9 @@ fn default_linux_vm() -> Result<guests::LinuxVm, String> {
         append: "console=ttyS0".into(),
         modules: guests::VIRTIO_AND_EXT4_MODULES.iter().map(|m| m.to_string()).collect(),
         blank_disks_mib: vec![8],
+        host_console: true,
     };
-    let mut vm = guests::linux_vm(&guest)?;
-    vm.host_console = true;
-    Ok(vm)
+    guests::linux_vm(&guest)
 }
 
 /// `--demo`: the tiny demo guest, which greets through its UART (no downloads).

@@ -100,7 +100,7 @@ fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Durat
     let bundle = crate::guests::bundle_with_linux(cmdline.trim(), &case.vm, &linux)?;
     let image = images::make_image(kernel, &dir, &bundle, case.firmware())?;
     let date_before = utc_date();
-    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s))?;
+    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s), &case.console_input)?;
     // "{date}" in an expected line is today's date (UTC); a run that crosses
     // midnight may show either day.
     let judged = |date: &str| {
