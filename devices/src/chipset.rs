@@ -252,6 +252,21 @@ impl Chipset {
         self.mmio.write(address, size, value)
     }
 
+    /// APIC virtualisation: a vCPU's local APIC state into its virtual-APIC page.
+    pub fn mirror_lapic(&self, vcpu: usize, page: &mut lapic::VirtualApicPage) {
+        self.lapics[vcpu].mirror(page);
+    }
+
+    /// APIC virtualisation: what the guest wrote to its page without exiting.
+    pub fn absorb_lapic(&mut self, vcpu: usize, page: &lapic::VirtualApicPage) {
+        self.lapics[vcpu].absorb(page);
+    }
+
+    /// APIC virtualisation: the TPR threshold for a vCPU's next entry.
+    pub fn lapic_tpr_threshold(&self, vcpu: usize) -> u8 {
+        self.lapics[vcpu].tpr_threshold()
+    }
+
     pub fn tsc_deadline(&self, vcpu: usize) -> u64 {
         self.lapics[vcpu].tsc_deadline()
     }

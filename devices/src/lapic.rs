@@ -36,6 +36,59 @@ pub mod reg {
     pub const TIMER_DIVIDE: u32 = 0x3e0;
 }
 
+/// The registers a CPU with APIC-register virtualisation reads straight from
+/// the virtual-APIC page, without an exit (Intel SDM, "Virtualizing Reads from
+/// the APIC-Access Page"). Any other offset still exits; the current count, for
+/// one, is computed at the time of the read.
+pub const VIRTUALIZED_READS: [u32; 43] = [
+    reg::ID,
+    reg::VERSION,
+    reg::TPR,
+    reg::EOI,
+    reg::LDR,
+    reg::DFR,
+    reg::SVR,
+    reg::ISR,
+    reg::ISR + 0x10,
+    reg::ISR + 0x20,
+    reg::ISR + 0x30,
+    reg::ISR + 0x40,
+    reg::ISR + 0x50,
+    reg::ISR + 0x60,
+    reg::ISR + 0x70,
+    reg::TMR,
+    reg::TMR + 0x10,
+    reg::TMR + 0x20,
+    reg::TMR + 0x30,
+    reg::TMR + 0x40,
+    reg::TMR + 0x50,
+    reg::TMR + 0x60,
+    reg::TMR + 0x70,
+    reg::IRR,
+    reg::IRR + 0x10,
+    reg::IRR + 0x20,
+    reg::IRR + 0x30,
+    reg::IRR + 0x40,
+    reg::IRR + 0x50,
+    reg::IRR + 0x60,
+    reg::IRR + 0x70,
+    reg::ESR,
+    reg::ICR_LOW,
+    reg::ICR_HIGH,
+    reg::LVT_TIMER,
+    reg::LVT_THERMAL,
+    reg::LVT_PERF,
+    reg::LVT_LINT0,
+    reg::LVT_LINT1,
+    reg::LVT_ERROR,
+    reg::TIMER_INITIAL,
+    reg::TIMER_DIVIDE,
+    reg::APR,
+];
+
+/// A virtual-APIC page as 32-bit words (register at offset `o` is word `o / 4`).
+pub type VirtualApicPage = [u32; 1024];
+
 /// Version 0x14 (integrated APIC), six LVT entries (max LVT index 5).
 const VERSION: u32 = 0x0005_0014;
 const SVR_ENABLE: u32 = 1 << 8;
@@ -258,6 +311,32 @@ impl LocalApic {
 
     pub fn has_pending_irr(&self) -> bool {
         self.irr.highest().is_some()
+    }
+
+    /// Writes the registers the CPU reads without exiting into the vCPU's
+    /// virtual-APIC page, so what the guest reads there is this model's state.
+    pub fn mirror(&self, page: &mut VirtualApicPage) {
+        for offset in VIRTUALIZED_READS {
+            // None of them depends on the time (the current count is not there).
+            page[offset as usize / 4] = self.read(offset, 0);
+        }
+    }
+
+    /// Takes in what the guest wrote to the virtual-APIC page without an exit:
+    /// TPR (TPR shadowing) and ICR high (only an ICR low write sends the IPI).
+    pub fn absorb(&mut self, page: &VirtualApicPage) {
+        self.tpr = page[reg::TPR as usize / 4] & 0xff;
+        self.icr_high = page[reg::ICR_HIGH as usize / 4] & 0xff00_0000;
+    }
+
+    /// For TPR shadowing: the priority class the guest's TPR must drop below
+    /// before the highest pending interrupt can be taken (the CPU exits then),
+    /// or 0 when no pending interrupt waits on TPR. Never above TPR's class.
+    pub fn tpr_threshold(&self) -> u8 {
+        match self.irr.highest() {
+            Some(vector) if vector as u32 & 0xf0 <= self.tpr & 0xf0 => vector >> 4,
+            _ => 0,
+        }
     }
 
     /// Register read at `offset` into the page (32-bit aligned registers).
@@ -521,6 +600,62 @@ mod tests {
         assert_eq!(apic.deliverable(), None);
         apic.write(reg::TPR, 0x20, 0);
         assert_eq!(apic.deliverable(), Some(0x31));
+    }
+
+    #[test]
+    fn the_virtual_apic_page_mirrors_the_registers_read_without_exits() {
+        let mut apic = enabled(3);
+        apic.write(reg::LDR, 0x0400_0000, 0);
+        apic.write(reg::LVT_TIMER, 0x2_00ef, 0);
+        apic.write(reg::TIMER_INITIAL, 5000, 0);
+        apic.accept(0x41, false);
+        apic.accept(0x62, true);
+        apic.acknowledge(0x62);
+        let mut page: VirtualApicPage = [0xdead_beef; 1024];
+        apic.mirror(&mut page);
+        for offset in VIRTUALIZED_READS {
+            assert_eq!(page[offset as usize / 4], apic.read(offset, 0), "offset {offset:#x}");
+        }
+        assert_eq!(page[reg::ID as usize / 4], 3 << 24);
+        assert_eq!(page[(reg::IRR + 0x20) as usize / 4], 1 << 1);
+        assert_eq!(page[(reg::ISR + 0x30) as usize / 4], 1 << 2);
+        assert_eq!(page[(reg::TMR + 0x30) as usize / 4], 1 << 2);
+        assert_eq!(page[reg::TIMER_INITIAL as usize / 4], 5000);
+        // The current count is computed on each read, so it stays out of the page.
+        assert!(!VIRTUALIZED_READS.contains(&reg::TIMER_CURRENT));
+        assert_eq!(page[reg::TIMER_CURRENT as usize / 4], 0xdead_beef);
+    }
+
+    #[test]
+    fn writes_the_guest_made_in_the_page_are_absorbed() {
+        let mut apic = enabled(0);
+        let mut page: VirtualApicPage = [0; 1024];
+        apic.mirror(&mut page);
+        page[reg::TPR as usize / 4] = 0x20;
+        page[reg::ICR_HIGH as usize / 4] = 0x0200_0000;
+        apic.absorb(&page);
+        assert_eq!(apic.read(reg::TPR, 0), 0x20);
+        assert_eq!(apic.read(reg::ICR_HIGH, 0), 0x0200_0000);
+        // The IPI an ICR low write then sends goes where ICR high says.
+        match apic.write(reg::ICR_LOW, 0x40, 0) {
+            Some(Effect::Send(message)) => assert_eq!(message.destination, Destination::Physical(2)),
+            other => panic!("expected an IPI, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tpr_threshold_is_the_class_of_an_interrupt_tpr_holds_back() {
+        let mut apic = enabled(0);
+        assert_eq!(apic.tpr_threshold(), 0);
+        apic.write(reg::TPR, 0x50, 0);
+        apic.accept(0x41, false);
+        // 0x41 (class 4) waits until TPR drops below class 4.
+        assert_eq!(apic.deliverable(), None);
+        assert_eq!(apic.tpr_threshold(), 4);
+        // A higher class is deliverable now: nothing waits on TPR for it.
+        apic.accept(0x71, false);
+        assert_eq!(apic.deliverable(), Some(0x71));
+        assert_eq!(apic.tpr_threshold(), 0);
     }
 
     #[test]

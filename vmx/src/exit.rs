@@ -213,6 +213,30 @@ impl EptViolation {
     }
 }
 
+/// Exit qualification of an APIC-access exit (an access to the APIC-access page
+/// the CPU did not virtualise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicAccess {
+    /// An instruction read at this page offset (fault-like: not executed yet).
+    Read { offset: u32 },
+    /// An instruction wrote at this page offset (likewise).
+    Write { offset: u32 },
+    /// Anything else: an instruction fetch, or an access during event delivery
+    /// or by a guest-physical address (type in the qualification's bits 15:12).
+    Other { kind: u8, offset: u32 },
+}
+
+impl ApicAccess {
+    pub const fn decode(q: u64) -> Self {
+        let offset = (q & 0xfff) as u32;
+        match (q >> 12) & 0xf {
+            0 => ApicAccess::Read { offset },
+            1 => ApicAccess::Write { offset },
+            kind => ApicAccess::Other { kind: kind as u8, offset },
+        }
+    }
+}
+
 /// VM-exit / IDT-vectoring / VM-entry interruption information.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InterruptionInfo(pub u32);
@@ -283,6 +307,13 @@ mod tests {
         let v = EptViolation::decode(0x2 | 0x80);
         assert!(v.write && !v.read && !v.fetch && v.linear_address_valid && !v.was_mapped());
         assert!(EptViolation::decode(0x1 | 0x8 | 0x20).was_mapped());
+    }
+
+    #[test]
+    fn apic_access_decodes() {
+        assert_eq!(ApicAccess::decode(0x390), ApicAccess::Read { offset: 0x390 });
+        assert_eq!(ApicAccess::decode(0x10b0), ApicAccess::Write { offset: 0xb0 });
+        assert_eq!(ApicAccess::decode(0x3080), ApicAccess::Other { kind: 3, offset: 0x80 });
     }
 
     #[test]
