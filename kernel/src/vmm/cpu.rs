@@ -2,7 +2,7 @@
 //! vCPU uses, computed once from the boot CPU's capabilities.
 
 use crate::memory;
-use vmx::caps::{PIN_VMX_PREEMPTION_TIMER, PROC_ACTIVATE_SECONDARY, PROC_USE_MSR_BITMAPS};
+use vmx::caps::{PIN_VMX_PREEMPTION_TIMER, PROC_ACTIVATE_SECONDARY, PROC_USE_MSR_BITMAPS, PROC_USE_TPR_SHADOW};
 use vmx::{SecondaryControls, VmxCapabilities};
 use x86_64::registers::control::{Cr0, Cr4};
 use x86_64::registers::model_specific::Msr;
@@ -45,7 +45,17 @@ pub struct Controls {
     pub secondary: u32,
     pub exit: u32,
     pub entry: u32,
+    /// APIC virtualisation is on (see `APIC_VIRTUALIZATION`).
+    pub apic_virtualization: bool,
 }
+
+/// APIC virtualisation, used when the CPU has all of it: the guest's xAPIC page
+/// is backed by a per-vCPU virtual-APIC page the VMM keeps current, so register
+/// reads and TPR writes need no exit and other writes exit after the fact with
+/// the register and value known (no instruction decoding). Otherwise every
+/// access to the page is an EPT violation that is decoded and emulated.
+const APIC_VIRTUALIZATION: SecondaryControls =
+    SecondaryControls::VIRTUALIZE_APIC_ACCESSES.union(SecondaryControls::APIC_REGISTER_VIRTUALIZATION);
 
 pub struct Vmx {
     pub caps: VmxCapabilities,
@@ -73,8 +83,9 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
     let wanted2 = SecondaryControls::ENABLE_VPID
         | SecondaryControls::ENABLE_RDTSCP
         | SecondaryControls::ENABLE_INVPCID
-        | SecondaryControls::ENABLE_XSAVES;
-    Ok(Controls {
+        | SecondaryControls::ENABLE_XSAVES
+        | APIC_VIRTUALIZATION;
+    let mut controls = Controls {
         pin: caps
             .pin_based
             .adjust(
@@ -88,7 +99,7 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
             .adjust(
                 "primary processor-based",
                 PROC_HLT_EXITING | PROC_UNCONDITIONAL_IO_EXITING | PROC_USE_MSR_BITMAPS | PROC_ACTIVATE_SECONDARY,
-                0,
+                PROC_USE_TPR_SHADOW,
             )
             .map_err(|e| e.to_string())?,
         secondary: caps
@@ -104,7 +115,18 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
             )
             .map_err(|e| e.to_string())?,
         entry: caps.entry.adjust("VM-entry", ENTRY_LOAD_EFER | ENTRY_LOAD_PAT, 0).map_err(|e| e.to_string())?,
-    })
+        apic_virtualization: false,
+    };
+    // All of it or none: register virtualisation needs the TPR shadow.
+    let has_all = controls.primary & PROC_USE_TPR_SHADOW != 0
+        && controls.secondary & APIC_VIRTUALIZATION.bits() == APIC_VIRTUALIZATION.bits();
+    if has_all {
+        controls.apic_virtualization = true;
+    } else {
+        controls.primary &= !PROC_USE_TPR_SHADOW;
+        controls.secondary &= !APIC_VIRTUALIZATION.bits();
+    }
+    Ok(controls)
 }
 
 /// Enables VMX on the calling CPU and enters VMX root operation.

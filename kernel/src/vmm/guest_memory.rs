@@ -38,6 +38,8 @@ pub struct GuestMemory {
     single_frames: Vec<u64>,
     tables: HostTables,
     ept: Ept,
+    /// APIC virtualisation: the frame mapped where the guest's local APIC is.
+    apic_access_page: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +55,14 @@ impl GuestMemory {
         const LARGE: u64 = 2 * 1024 * 1024;
         let mut tables = HostTables { frames: Vec::new() };
         let ept = Ept::new(&mut tables).ok()?;
-        let mut memory =
-            GuestMemory { frames: Vec::new(), large_chunks: Vec::new(), single_frames: Vec::new(), tables, ept };
+        let mut memory = GuestMemory {
+            frames: Vec::new(),
+            large_chunks: Vec::new(),
+            single_frames: Vec::new(),
+            tables,
+            ept,
+            apic_access_page: None,
+        };
         let pages = bytes.div_ceil(FRAME_SIZE);
         while (memory.frames.len() as u64) < pages {
             let guest_phys = memory.frames.len() as u64 * FRAME_SIZE;
@@ -92,9 +100,37 @@ impl GuestMemory {
         self.ept.eptp()
     }
 
-    /// Host memory used beyond the guest's RAM (EPT tables).
+    /// For APIC virtualisation: maps a frame at the guest's local APIC page
+    /// (`guest_phys`). The CPU never lets the guest reach the frame itself; an
+    /// access there is virtualised or exits. Returns the frame, for the VMCS.
+    pub fn map_apic_access_page(&mut self, guest_phys: u64) -> Option<u64> {
+        if let Some(frame) = self.apic_access_page {
+            return Some(frame);
+        }
+        let frame = memory::alloc_frame()?;
+        let mapping = Mapping {
+            guest_phys,
+            host_phys: frame,
+            size: FRAME_SIZE,
+            page_size: PageSize::Size4K,
+            perms: Perms::READ | Perms::WRITE,
+            memory_type: MemoryType::Uncacheable,
+        };
+        if self.ept.map(&mut self.tables, &mapping).is_err() {
+            memory::free_frame(frame);
+            return None;
+        }
+        self.apic_access_page = Some(frame);
+        Some(frame)
+    }
+
+    pub fn apic_access_page(&self) -> Option<u64> {
+        self.apic_access_page
+    }
+
+    /// Host memory used beyond the guest's RAM (EPT tables, the APIC-access page).
     pub fn overhead_bytes(&self) -> u64 {
-        self.tables.frames.len() as u64 * FRAME_SIZE
+        (self.tables.frames.len() as u64 + self.apic_access_page.is_some() as u64) * FRAME_SIZE
     }
 
     pub fn contains(&self, guest_phys: u64, len: u64) -> bool {
@@ -137,7 +173,8 @@ impl GuestMemory {
 impl Drop for GuestMemory {
     fn drop(&mut self) {
         let chunk_frames = self.large_chunks.iter().flat_map(|&c| (0..512).map(move |i| c + i * FRAME_SIZE));
-        for frame in chunk_frames.chain(self.single_frames.iter().copied()).chain(self.tables.frames.iter().copied()) {
+        let others = self.single_frames.iter().chain(&self.tables.frames).chain(&self.apic_access_page).copied();
+        for frame in chunk_frames.chain(others) {
             memory::free_frame(frame);
         }
     }

@@ -138,9 +138,9 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         log::warn!("vm {}: corrupting TR's access rights as the VM list asks", spec.name);
         state.tr.access_rights = 0x89;
     }
-    let eptp = vm.memory.eptp();
+    let (eptp, apic_access_page) = (vm.memory.eptp(), vm.memory.apic_access_page());
     let mut vcpu = Vcpu::new(0, &state)?;
-    vcpu.setup(eptp, &state)?;
+    vcpu.setup(eptp, apic_access_page, &state)?;
     vcpu.regs.rax = plan.rax;
     vcpu.regs.rbx = plan.rbx;
     vcpu.regs.rsi = plan.rsi;
@@ -171,7 +171,10 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.exits = counters.total();
     report.summary = counters.summary();
     let mut vm = shared.lock();
-    report.overhead_kib = (vm.memory.overhead_bytes() + 3 * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
+    // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation, the virtual-APIC page.
+    let frames_per_vcpu = 3 + vm.memory.apic_access_page().is_some() as u64;
+    report.overhead_kib =
+        (vm.memory.overhead_bytes() + frames_per_vcpu * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
     vm.chipset.flush_output();
     let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
@@ -191,8 +194,12 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
     let mut counters = ExitCounters::new();
     while let Some(vector) = wait_for_startup(shared, index) {
         let state = GuestState::after_startup_ipi(vector);
-        let eptp = shared.lock().memory.eptp();
-        let started = Vcpu::new(index as u32, &state).and_then(|mut vcpu| vcpu.setup(eptp, &state).map(|_| vcpu));
+        let (eptp, apic_access_page) = {
+            let vm = shared.lock();
+            (vm.memory.eptp(), vm.memory.apic_access_page())
+        };
+        let started = Vcpu::new(index as u32, &state)
+            .and_then(|mut vcpu| vcpu.setup(eptp, apic_access_page, &state).map(|_| vcpu));
         let mut vcpu = match started {
             Ok(vcpu) => vcpu,
             Err(stop) => {

@@ -65,6 +65,8 @@ pub struct Vcpu {
     vmcs: u64,
     msr_bitmap: u64,
     xsave_area: u64,
+    /// APIC virtualisation: this vCPU's virtual-APIC page, when the VMCS uses it.
+    virtual_apic: Option<u64>,
     launched: bool,
     pub regs: GuestRegisters,
     pub xcr0: u64,
@@ -143,6 +145,7 @@ impl Vcpu {
             vmcs: frame()?,
             msr_bitmap: frame()?,
             xsave_area: frame()?,
+            virtual_apic: None,
             launched: false,
             regs: GuestRegisters::default(),
             xcr0: 1,
@@ -179,7 +182,9 @@ impl Vcpu {
     }
 
     /// Writes the whole VMCS: controls, host state and the guest's initial state.
-    pub fn setup(&mut self, eptp: u64, state: &GuestState) -> Result<(), Stop> {
+    /// With `apic_access_page` (the VM's, see `GuestMemory::map_apic_access_page`)
+    /// the vCPU gets APIC virtualisation.
+    pub fn setup(&mut self, eptp: u64, apic_access_page: Option<u64>, state: &GuestState) -> Result<(), Stop> {
         let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
         let unrestricted_cr0 = vmx.caps.cr0.for_unrestricted_guest_cr0();
         let mut fixed = *state;
@@ -193,13 +198,33 @@ impl Vcpu {
         self.launched = false;
 
         let c = vmx.controls;
-        let mut secondary = c.secondary;
+        let (mut primary, mut secondary) = (c.primary, c.secondary);
         let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed);
         if vpid == 0 {
             secondary &= !vmx::SecondaryControls::ENABLE_VPID.bits();
         }
+        match apic_access_page.filter(|_| c.apic_virtualization) {
+            Some(page) => {
+                if self.virtual_apic.is_none() {
+                    let frame = memory::alloc_frame().ok_or_else(|| Stop::Unsupported("out of host memory".into()))?;
+                    self.virtual_apic = Some(frame);
+                }
+                write(vmcs::APIC_ACCESS_ADDRESS, page);
+                write(vmcs::VIRTUAL_APIC_ADDRESS, self.virtual_apic.unwrap_or_default());
+                write(vmcs::TPR_THRESHOLD, 0);
+            }
+            None => {
+                primary &= !vmx::caps::PROC_USE_TPR_SHADOW;
+                secondary &= !(vmx::SecondaryControls::VIRTUALIZE_APIC_ACCESSES
+                    | vmx::SecondaryControls::APIC_REGISTER_VIRTUALIZATION)
+                    .bits();
+                if let Some(frame) = self.virtual_apic.take() {
+                    memory::free_frame(frame);
+                }
+            }
+        }
         write(vmcs::PIN_BASED_CONTROLS, c.pin as u64);
-        write(vmcs::PRIMARY_PROCESSOR_CONTROLS, c.primary as u64);
+        write(vmcs::PRIMARY_PROCESSOR_CONTROLS, primary as u64);
         write(vmcs::SECONDARY_PROCESSOR_CONTROLS, secondary as u64);
         write(vmcs::EXIT_CONTROLS, c.exit as u64);
         write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
@@ -343,6 +368,7 @@ impl Vcpu {
                 let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
                 write(vmcs::PREEMPTION_TIMER_VALUE, (wake.saturating_sub(now) >> rate).min(u32::MAX as u64));
                 exits::deliver_pending(vm, self);
+                self.mirror_local_apic(vm);
                 shared.wake_others(vm, me);
             }
             // SAFETY: the VMCS is current and fully set up by `setup`.
@@ -354,6 +380,7 @@ impl Vcpu {
             let reason = ExitReason(read(vmcs::EXIT_REASON) as u32);
             let outcome = {
                 let mut vm = shared.lock();
+                self.absorb_local_apic(&mut vm);
                 let outcome = exits::dispatch(&mut vm, self, reason);
                 shared.wake_others(&mut vm, me);
                 outcome
@@ -368,6 +395,45 @@ impl Vcpu {
         self.switch_out(host_state);
         x86_64::instructions::interrupts::enable();
         end
+    }
+
+    /// This vCPU's virtual-APIC page, when it has one.
+    fn virtual_apic_page(&self) -> Option<&devices::lapic::VirtualApicPage> {
+        // SAFETY: the frame is this vCPU's, 4 KiB, reached through the physical
+        // mapping; the CPU writes it only while this vCPU's guest runs, and then
+        // no reference to it is held.
+        self.virtual_apic
+            .map(|frame| unsafe { &*(memory::phys_to_virt(frame) as *const devices::lapic::VirtualApicPage) })
+    }
+
+    fn virtual_apic_page_mut(&mut self) -> Option<&mut devices::lapic::VirtualApicPage> {
+        // SAFETY: as above, and `&mut self` makes this the only reference.
+        self.virtual_apic
+            .map(|frame| unsafe { &mut *(memory::phys_to_virt(frame) as *mut devices::lapic::VirtualApicPage) })
+    }
+
+    /// A register as the guest left it in the virtual-APIC page (APIC-write exits).
+    pub fn virtual_apic_register(&self, offset: u32) -> Option<u32> {
+        self.virtual_apic_page().map(|page| page[offset as usize / 4])
+    }
+
+    /// After an exit: what the guest wrote to its virtual-APIC page without
+    /// exiting (TPR, ICR high) into the model, before anything looks at it.
+    fn absorb_local_apic(&self, vm: &mut Vm) {
+        if let Some(page) = self.virtual_apic_page() {
+            vm.chipset.absorb_lapic(self.index as usize, page);
+        }
+    }
+
+    /// Before an entry: the model's registers into the virtual-APIC page, and
+    /// the TPR threshold that brings the guest back when lowering its TPR
+    /// unblocks a pending interrupt.
+    fn mirror_local_apic(&mut self, vm: &Vm) {
+        let index = self.index as usize;
+        if let Some(page) = self.virtual_apic_page_mut() {
+            vm.chipset.mirror_lapic(index, page);
+            write(vmcs::TPR_THRESHOLD, vm.chipset.lapic_tpr_threshold(index) as u64);
+        }
     }
 
     /// Start-up signals for a running vCPU: an INIT sends an application
@@ -443,7 +509,7 @@ impl Drop for Vcpu {
         // SAFETY: the VMCS is not current on any other CPU (a vCPU runs on one CPU
         // at a time); VMCLEAR makes the region ordinary memory again.
         let _ = unsafe { vmxi::vmclear(self.vmcs) };
-        for frame in [self.vmcs, self.msr_bitmap, self.xsave_area] {
+        for frame in [self.vmcs, self.msr_bitmap, self.xsave_area].into_iter().chain(self.virtual_apic) {
             memory::free_frame(frame);
         }
     }

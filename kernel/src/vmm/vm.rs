@@ -78,8 +78,14 @@ impl Vm {
     /// and the debug-exit port.
     pub fn new(spec: &VmSpec) -> Result<Vm, String> {
         let bytes = spec.memory_mib as u64 * 1024 * 1024;
-        let memory = GuestMemory::new(bytes)
+        let mut memory = GuestMemory::new(bytes)
             .ok_or_else(|| alloc::format!("not enough host memory for {} MiB of guest RAM", spec.memory_mib))?;
+        if super::cpu::vmx().is_ok_and(|vmx| vmx.controls.apic_virtualization)
+            && memory.map_apic_access_page(layout::LAPIC_BASE).is_none()
+        {
+            // RAM reaching the APIC page, or no frame left: the APIC page is emulated.
+            log::warn!("vm {}: no APIC virtualisation (cannot map the APIC-access page)", spec.name);
+        }
         let name = spec.name.clone();
         let com1_output: devices::uart::LineSink = if spec.host_console {
             Box::new(crate::log::write_raw)

@@ -1,4 +1,5 @@
-//! EPT violations. RAM is mapped in full, so a violation is an access outside it:
+//! EPT violations, and (through `emulate`) local-APIC accesses that APIC
+//! virtualisation leaves to the VMM. RAM is mapped in full, so a violation is an access outside it:
 //! a device register (local APIC, IOAPIC, the chipset's MMIO bus) or nothing at
 //! all. The instruction is fetched and decoded to learn the access; reads nobody claims return all-ones
 //! and writes nobody claims are dropped (both counted by the bus). Executing from
@@ -23,6 +24,13 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
             "instruction fetch from unmapped guest-physical {address:#x} (RIP {rip:#x})"
         ));
     }
+    emulate(vm, vcpu, address)
+}
+
+/// Emulates the instruction at RIP, which accesses device memory at `address`
+/// and has not executed: fetch, decode, do the access on the chipset, step RIP.
+pub fn emulate(vm: &mut Vm, vcpu: &mut Vcpu, address: u64) -> Outcome {
+    let rip = read(vmcs::GUEST_RIP);
     let Some((instruction, fetched)) = fetch_instruction(vm) else {
         return unsupported(alloc::format!("cannot fetch the instruction at RIP {rip:#x} that accessed {address:#x}"));
     };

@@ -2,6 +2,7 @@
 //! file per reason family. Handlers return what happens next; none of them can
 //! stop anything but their own VM.
 
+mod apic;
 mod cpuid;
 mod cr;
 mod fatal;
@@ -40,6 +41,9 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
         reason::HLT => hlt::handle(vcpu),
         reason::IO_INSTRUCTION => io::handle(vm, vcpu),
         reason::EPT_VIOLATION => mmio::handle(vm, vcpu),
+        reason::APIC_ACCESS => apic::access(vm, vcpu),
+        reason::APIC_WRITE => apic::write(vm, vcpu),
+        reason::TPR_BELOW_THRESHOLD => apic::tpr_below_threshold(),
         reason::RDMSR => msr::rdmsr(vm, vcpu),
         reason::WRMSR => msr::wrmsr(vm, vcpu),
         reason::CR_ACCESS => cr::handle(vcpu),
