@@ -85,7 +85,7 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
         | SecondaryControls::ENABLE_INVPCID
         | SecondaryControls::ENABLE_XSAVES
         | APIC_VIRTUALIZATION;
-    let mut controls = Controls {
+    let controls = Controls {
         pin: caps
             .pin_based
             .adjust(
@@ -120,13 +120,24 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
     // All of it or none: register virtualisation needs the TPR shadow.
     let has_all = controls.primary & PROC_USE_TPR_SHADOW != 0
         && controls.secondary & APIC_VIRTUALIZATION.bits() == APIC_VIRTUALIZATION.bits();
-    if has_all {
-        controls.apic_virtualization = true;
+    Ok(if has_all {
+        Controls { apic_virtualization: true, ..controls }
     } else {
-        controls.primary &= !PROC_USE_TPR_SHADOW;
-        controls.secondary &= !APIC_VIRTUALIZATION.bits();
+        controls.without_apic_virtualization()
+    })
+}
+
+impl Controls {
+    /// The same controls with APIC virtualisation off (the CPU lacks part of it,
+    /// or a VM has no APIC-access page).
+    pub fn without_apic_virtualization(self) -> Controls {
+        Controls {
+            primary: self.primary & !PROC_USE_TPR_SHADOW,
+            secondary: self.secondary & !APIC_VIRTUALIZATION.bits(),
+            apic_virtualization: false,
+            ..self
+        }
     }
-    Ok(controls)
 }
 
 /// Enables VMX on the calling CPU and enters VMX root operation.

@@ -197,35 +197,27 @@ impl Vcpu {
         self.make_current()?;
         self.launched = false;
 
-        let c = vmx.controls;
-        let (mut primary, mut secondary) = (c.primary, c.secondary);
+        let mut c = vmx.controls;
         let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed);
         if vpid == 0 {
-            secondary &= !vmx::SecondaryControls::ENABLE_VPID.bits();
+            c.secondary &= !vmx::SecondaryControls::ENABLE_VPID.bits();
         }
         match apic_access_page.filter(|_| c.apic_virtualization) {
             Some(page) => {
-                if self.virtual_apic.is_none() {
-                    let frame = memory::alloc_frame().ok_or_else(|| Stop::Unsupported("out of host memory".into()))?;
-                    self.virtual_apic = Some(frame);
-                }
+                let frame = match self.virtual_apic {
+                    Some(frame) => frame,
+                    None => memory::alloc_frame().ok_or_else(|| Stop::Unsupported("out of host memory".into()))?,
+                };
+                self.virtual_apic = Some(frame);
                 write(vmcs::APIC_ACCESS_ADDRESS, page);
-                write(vmcs::VIRTUAL_APIC_ADDRESS, self.virtual_apic.unwrap_or_default());
+                write(vmcs::VIRTUAL_APIC_ADDRESS, frame);
                 write(vmcs::TPR_THRESHOLD, 0);
             }
-            None => {
-                primary &= !vmx::caps::PROC_USE_TPR_SHADOW;
-                secondary &= !(vmx::SecondaryControls::VIRTUALIZE_APIC_ACCESSES
-                    | vmx::SecondaryControls::APIC_REGISTER_VIRTUALIZATION)
-                    .bits();
-                if let Some(frame) = self.virtual_apic.take() {
-                    memory::free_frame(frame);
-                }
-            }
+            None => c = c.without_apic_virtualization(),
         }
         write(vmcs::PIN_BASED_CONTROLS, c.pin as u64);
-        write(vmcs::PRIMARY_PROCESSOR_CONTROLS, primary as u64);
-        write(vmcs::SECONDARY_PROCESSOR_CONTROLS, secondary as u64);
+        write(vmcs::PRIMARY_PROCESSOR_CONTROLS, c.primary as u64);
+        write(vmcs::SECONDARY_PROCESSOR_CONTROLS, c.secondary as u64);
         write(vmcs::EXIT_CONTROLS, c.exit as u64);
         write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
         write(vmcs::VPID, vpid as u64);
@@ -233,7 +225,7 @@ impl Vcpu {
         write(vmcs::CR3_TARGET_COUNT, 0);
         write(vmcs::MSR_BITMAP, self.msr_bitmap);
         write(vmcs::EPT_POINTER, eptp);
-        flush_cached_translations(&vmx.caps, eptp, vpid, secondary);
+        flush_cached_translations(&vmx.caps, eptp, vpid, c.secondary);
         write(vmcs::VMCS_LINK_POINTER, u64::MAX);
 
         // CR0/CR4 bits VMX pins are owned by Basalt: the guest sees its own value
