@@ -252,9 +252,16 @@ impl Chipset {
         self.mmio.write(address, size, value)
     }
 
-    /// APIC virtualisation: a vCPU's local APIC state into its virtual-APIC page.
-    pub fn mirror_lapic(&self, vcpu: usize, page: &mut lapic::VirtualApicPage) {
-        self.lapics[vcpu].mirror(page);
+    /// APIC virtualisation: a vCPU's local APIC state into its virtual-APIC
+    /// page, when it changed since the last time or the page is `blank`.
+    /// True when the page was written (the TPR threshold may have changed too).
+    pub fn mirror_lapic(&mut self, vcpu: usize, page: &mut lapic::VirtualApicPage, blank: bool) -> bool {
+        let apic = &mut self.lapics[vcpu];
+        if !blank && !apic.mirror_is_stale() {
+            return false;
+        }
+        apic.mirror(page);
+        true
     }
 
     /// APIC virtualisation: what the guest wrote to its page without exiting.

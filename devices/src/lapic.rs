@@ -212,6 +212,8 @@ pub struct LocalApic {
     tsc_deadline: u64,
     /// Set by an NMI message or LINT1 in NMI mode; taken by the VMM.
     pub nmi_pending: bool,
+    /// A register `mirror` writes may have changed since the last mirror.
+    mirror_stale: bool,
 }
 
 impl LocalApic {
@@ -241,6 +243,7 @@ impl LocalApic {
             timer_deadline: None,
             tsc_deadline: 0,
             nmi_pending: false,
+            mirror_stale: true,
         }
     }
 
@@ -274,6 +277,7 @@ impl LocalApic {
     /// Takes an interrupt into IRR. A software-disabled APIC drops fixed
     /// interrupts, as hardware does.
     pub fn accept(&mut self, vector: u8, level_triggered: bool) {
+        self.mirror_stale = true;
         if !self.software_enabled() || vector < 16 {
             if vector < 16 {
                 self.esr |= 1 << 6; // received illegal vector
@@ -305,6 +309,7 @@ impl LocalApic {
 
     /// The CPU took `vector` (interrupt acknowledge): IRR to ISR.
     pub fn acknowledge(&mut self, vector: u8) {
+        self.mirror_stale = true;
         self.irr.clear(vector);
         self.isr.set(vector);
     }
@@ -315,18 +320,29 @@ impl LocalApic {
 
     /// Writes the registers the CPU reads without exiting into the vCPU's
     /// virtual-APIC page, so what the guest reads there is this model's state.
-    pub fn mirror(&self, page: &mut VirtualApicPage) {
+    pub fn mirror(&mut self, page: &mut VirtualApicPage) {
         for offset in VIRTUALIZED_READS {
             // None of them depends on the time (the current count is not there).
             page[offset as usize / 4] = self.read(offset, 0);
         }
+        self.mirror_stale = false;
+    }
+
+    /// Whether a mirrored register (or the TPR threshold) may have changed
+    /// since the last `mirror`: most exits change none, and then the page
+    /// needs no rewriting.
+    pub fn mirror_is_stale(&self) -> bool {
+        self.mirror_stale
     }
 
     /// Takes in what the guest wrote to the virtual-APIC page without an exit:
     /// TPR (TPR shadowing) and ICR high (only an ICR low write sends the IPI).
     pub fn absorb(&mut self, page: &VirtualApicPage) {
-        self.tpr = page[reg::TPR as usize / 4] & 0xff;
-        self.icr_high = page[reg::ICR_HIGH as usize / 4] & 0xff00_0000;
+        let (tpr, icr_high) = (page[reg::TPR as usize / 4] & 0xff, page[reg::ICR_HIGH as usize / 4] & 0xff00_0000);
+        if (tpr, icr_high) != (self.tpr, self.icr_high) {
+            (self.tpr, self.icr_high) = (tpr, icr_high);
+            self.mirror_stale = true;
+        }
     }
 
     /// For TPR shadowing: the priority class the guest's TPR must drop below
@@ -373,6 +389,7 @@ impl LocalApic {
 
     /// Register write; returns what the platform must do about it.
     pub fn write(&mut self, offset: u32, value: u32, now: u64) -> Option<Effect> {
+        self.mirror_stale = true;
         // LVT writes while software-disabled keep the mask bit set.
         let lvt = |value: u32, enabled: bool| if enabled { value } else { value | LVT_MASKED };
         let enabled = self.software_enabled();
@@ -641,6 +658,45 @@ mod tests {
             Some(Effect::Send(message)) => assert_eq!(message.destination, Destination::Physical(2)),
             other => panic!("expected an IPI, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_mirror_goes_stale_exactly_when_a_mirrored_register_may_change() {
+        let mut apic = enabled(0);
+        let mut page: VirtualApicPage = [0; 1024];
+        assert!(apic.mirror_is_stale(), "a new APIC was never mirrored");
+        apic.mirror(&mut page);
+        assert!(!apic.mirror_is_stale());
+        // Taking back what the page already holds changes nothing.
+        apic.absorb(&page);
+        assert!(!apic.mirror_is_stale());
+        // A TPR the guest wrote in the page changes the threshold: stale.
+        page[reg::TPR as usize / 4] = 0x30;
+        apic.absorb(&page);
+        assert!(apic.mirror_is_stale());
+        apic.mirror(&mut page);
+        // Each way an interrupt arrives, is taken or is written about.
+        apic.write(reg::LVT_TIMER, 0x40, 0);
+        assert!(apic.mirror_is_stale());
+        apic.mirror(&mut page);
+        apic.write(reg::TIMER_INITIAL, 1, 0);
+        apic.mirror(&mut page);
+        apic.poll(1 << 20);
+        assert!(apic.mirror_is_stale(), "the timer fired into IRR");
+        apic.mirror(&mut page);
+        apic.acknowledge(0x40);
+        assert!(apic.mirror_is_stale());
+        apic.mirror(&mut page);
+        apic.receive(&Message {
+            vector: 0x51,
+            mode: DeliveryMode::Fixed,
+            destination: Destination::SelfOnly,
+            level_triggered: false,
+        });
+        assert!(apic.mirror_is_stale());
+        apic.mirror(&mut page);
+        apic.init();
+        assert!(apic.mirror_is_stale());
     }
 
     #[test]

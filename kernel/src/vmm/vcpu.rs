@@ -67,6 +67,8 @@ pub struct Vcpu {
     xsave_area: u64,
     /// APIC virtualisation: this vCPU's virtual-APIC page, when the VMCS uses it.
     virtual_apic: Option<u64>,
+    /// The virtual-APIC page has never been written: the next mirror is whole.
+    virtual_apic_blank: bool,
     launched: bool,
     pub regs: GuestRegisters,
     pub xcr0: u64,
@@ -146,6 +148,7 @@ impl Vcpu {
             msr_bitmap: frame()?,
             xsave_area: frame()?,
             virtual_apic: None,
+            virtual_apic_blank: false,
             launched: false,
             regs: GuestRegisters::default(),
             xcr0: 1,
@@ -209,6 +212,7 @@ impl Vcpu {
                     None => memory::alloc_frame().ok_or_else(|| Stop::Unsupported("out of host memory".into()))?,
                 };
                 self.virtual_apic = Some(frame);
+                self.virtual_apic_blank = true;
                 write(vmcs::APIC_ACCESS_ADDRESS, page);
                 write(vmcs::VIRTUAL_APIC_ADDRESS, frame);
                 write(vmcs::TPR_THRESHOLD, 0);
@@ -419,12 +423,14 @@ impl Vcpu {
 
     /// Before an entry: the model's registers into the virtual-APIC page, and
     /// the TPR threshold that brings the guest back when lowering its TPR
-    /// unblocks a pending interrupt.
-    fn mirror_local_apic(&mut self, vm: &Vm) {
+    /// unblocks a pending interrupt; both only when the model changed.
+    fn mirror_local_apic(&mut self, vm: &mut Vm) {
         let index = self.index as usize;
+        let blank = core::mem::take(&mut self.virtual_apic_blank);
         if let Some(page) = self.virtual_apic_page_mut() {
-            vm.chipset.mirror_lapic(index, page);
-            write(vmcs::TPR_THRESHOLD, vm.chipset.lapic_tpr_threshold(index) as u64);
+            if vm.chipset.mirror_lapic(index, page, blank) {
+                write(vmcs::TPR_THRESHOLD, vm.chipset.lapic_tpr_threshold(index) as u64);
+            }
         }
     }
 
