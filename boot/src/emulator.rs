@@ -213,13 +213,14 @@ pub struct ConsoleInput {
 /// Walks a list of [`ConsoleInput`] steps along the output as it arrives.
 struct ConsoleScript<'a> {
     steps: &'a [ConsoleInput],
-    /// Output before this offset has been matched already.
-    matched_up_to: usize,
+    /// Where the search for the next cue starts: past the previous cue, and
+    /// past output already searched (the output arrives in small pieces).
+    search_from: usize,
 }
 
 impl<'a> ConsoleScript<'a> {
     fn new(steps: &'a [ConsoleInput]) -> Self {
-        ConsoleScript { steps, matched_up_to: 0 }
+        ConsoleScript { steps, search_from: 0 }
     }
 
     /// What to type now, given all output so far. Each cue is looked for only
@@ -227,9 +228,14 @@ impl<'a> ConsoleScript<'a> {
     fn due(&mut self, output: &[u8]) -> Vec<&'a str> {
         let mut typed = Vec::new();
         while let Some((step, rest)) = self.steps.split_first() {
-            let unseen = &output[self.matched_up_to..];
-            let Some(at) = unseen.windows(step.after.len()).position(|w| w == step.after.as_bytes()) else { break };
-            self.matched_up_to += at + step.after.len();
+            let cue = step.after.as_bytes();
+            let unseen = &output[self.search_from..];
+            let Some(at) = unseen.windows(cue.len()).position(|w| w == cue) else {
+                // A cue may straddle this piece and the next.
+                self.search_from = output.len().saturating_sub(cue.len() - 1).max(self.search_from);
+                break;
+            };
+            self.search_from += at + cue.len();
             self.steps = rest;
             typed.push(step.send.as_str());
         }
