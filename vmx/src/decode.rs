@@ -39,12 +39,17 @@ pub struct MmioInstruction {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// Ran out of bytes (the fetch was cut short).
+    /// Ran out of bytes: the fetch was cut short, or the instruction would be
+    /// longer than the 15 bytes a CPU accepts.
     Truncated,
     /// An instruction Basalt does not emulate against MMIO.
     Unsupported { opcode: u8 },
     /// The ModRM names a register, not memory, so it cannot be this access.
     NotMemory,
+    /// Bytes the CPU would refuse with #UD (LOCK on a MOV, C6/C7 with ModRM.reg
+    /// other than 0). The exit cannot have come from them as they stand, so
+    /// emulating them would do what the guest's CPU never would.
+    Invalid,
 }
 
 struct Cursor<'a> {
@@ -76,20 +81,24 @@ impl Cursor<'_> {
 
 pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeError> {
     let mut c = Cursor { bytes: &bytes[..bytes.len().min(15)], at: 0 };
-    let (mut operand16, mut address_override, mut rex) = (false, false, 0u8);
+    let (mut operand16, mut address_override, mut lock, mut rex) = (false, false, false, 0u8);
     let mut opcode = c.next()?;
     loop {
         match opcode {
             0x66 => operand16 = true,
             0x67 => address_override = true,
-            0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+            0xf0 => lock = true,
+            0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
             0x40..=0x4f if mode == CodeSize::Bits64 => {
                 rex = opcode;
                 opcode = c.next()?;
-                break;
+                continue;
             }
             _ => break,
         }
+        // A REX counts only right before the opcode; the CPU ignores one that
+        // a legacy prefix follows.
+        rex = 0;
         opcode = c.next()?;
     }
     let rex_w = rex & 8 != 0;
@@ -111,8 +120,25 @@ pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeErr
         }
     };
 
+    let two_byte = opcode == 0x0f;
+    if two_byte {
+        opcode = c.next()?;
+    }
+    let supported = if two_byte {
+        matches!(opcode, 0xb6 | 0xb7)
+    } else {
+        matches!(opcode, 0x88..=0x8b | 0xa0..=0xa3 | 0xc6 | 0xc7)
+    };
+    if !supported {
+        return Err(DecodeError::Unsupported { opcode });
+    }
+    // None of these MOVs can be locked.
+    if lock {
+        return Err(DecodeError::Invalid);
+    }
+
     // MOV AL/eAX <-> moffs: no ModRM, an address-size offset.
-    if (0xa0..=0xa3).contains(&opcode) {
+    if !two_byte && (0xa0..=0xa3).contains(&opcode) {
         c.skip(address_size as usize)?;
         let size = if opcode & 1 == 0 { 1 } else { operand_size };
         let rax = Register { index: 0, high_byte: false };
@@ -121,18 +147,14 @@ pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeErr
         return Ok(MmioInstruction { length: c.at as u8, size, access });
     }
 
-    let two_byte = opcode == 0x0f;
-    if two_byte {
-        opcode = c.next()?;
-    }
-    let supported = if two_byte { matches!(opcode, 0xb6 | 0xb7) } else { matches!(opcode, 0x88..=0x8b | 0xc6 | 0xc7) };
-    if !supported {
-        return Err(DecodeError::Unsupported { opcode });
-    }
     let modrm = c.next()?;
     let (md, reg, rm) = (modrm >> 6, ((modrm >> 3) & 7) | ((rex & 4) << 1), modrm & 7);
     if md == 3 {
         return Err(DecodeError::NotMemory);
+    }
+    // In C6/C7 ModRM.reg is part of the opcode, and only /0 is a MOV.
+    if !two_byte && matches!(opcode, 0xc6 | 0xc7) && modrm & 0x38 != 0 {
+        return Err(DecodeError::Invalid);
     }
     // Skip SIB and displacement.
     if address_size == 2 {
@@ -278,6 +300,34 @@ mod tests {
         assert_eq!(decode(&[0x89, 0xc0], Bits64), Err(DecodeError::NotMemory));
         assert_eq!(decode(&[0x89, 0x84, 0x8b], Bits64), Err(DecodeError::Truncated));
         assert_eq!(decode(&[], Bits64), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn what_the_cpu_refuses_is_refused() {
+        // lock mov [rax], eax; lock mov al, [moffs]; lock movzx eax, byte [rax]
+        assert_eq!(decode(&[0xf0, 0x89, 0x00], Bits64), Err(DecodeError::Invalid));
+        assert_eq!(decode(&[0xf0, 0xa0, 0, 0, 0, 0], Bits32), Err(DecodeError::Invalid));
+        assert_eq!(decode(&[0x66, 0xf0, 0x0f, 0xb6, 0x00], Bits16), Err(DecodeError::Invalid));
+        // C6 /1 and C7 /7 (REX.R does not make /0 out of them, nor they out of /0)
+        assert_eq!(decode(&[0xc6, 0x08, 0x01], Bits64), Err(DecodeError::Invalid));
+        assert_eq!(decode(&[0xc7, 0x38, 1, 0, 0, 0], Bits32), Err(DecodeError::Invalid));
+        assert_eq!(decode(&[0x44, 0xc7, 0x00, 1, 0, 0, 0], Bits64).unwrap().length, 7);
+    }
+
+    #[test]
+    fn a_rex_before_a_legacy_prefix_is_ignored() {
+        // REX.W, 66: mov [rax], ax -- the 66 counts, the REX does not
+        assert_eq!(
+            decode(&[0x48, 0x66, 0x89, 0x00], Bits64),
+            Ok(MmioInstruction { length: 4, size: 2, access: Access::WriteRegister { source: reg(0) } })
+        );
+        // REX, 3E: mov [rax], ah (not SPL)
+        assert_eq!(
+            decode(&[0x40, 0x3e, 0x88, 0x20], Bits64).unwrap().access,
+            Access::WriteRegister { source: Register { index: 0, high_byte: true } }
+        );
+        // Of two REX prefixes the last counts: mov r8, [rax]
+        assert_eq!(decode(&[0x48, 0x4c, 0x8b, 0x00], Bits64).unwrap().access, Access::Read { dest: reg(8), width: 8 });
     }
 
     #[test]
