@@ -20,6 +20,9 @@ pub struct PerCpu {
     pub ipis_received: AtomicU32,
     /// In VMX root operation, so it can run vCPUs.
     pub vmx_on: AtomicBool,
+    /// Id of the VM whose vCPU ran here last (0: none yet), so a change of VM
+    /// on this core gets its isolation barrier (vmm::vcpu).
+    pub last_vm: AtomicU64,
 }
 
 static BSP: spin::Once<&'static PerCpu> = spin::Once::new();
@@ -35,6 +38,7 @@ impl PerCpu {
             timer_ticks: AtomicU64::new(0),
             ipis_received: AtomicU32::new(0),
             vmx_on: AtomicBool::new(false),
+            last_vm: AtomicU64::new(0),
         }
     }
 }

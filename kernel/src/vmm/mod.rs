@@ -11,6 +11,7 @@ mod guest_paging;
 mod shared;
 mod vcpu;
 pub mod vm;
+mod xstate;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;

@@ -9,7 +9,7 @@
 use super::counters::ExitCounters;
 use super::vm::{Stop, Vm};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use spin::{Mutex, MutexGuard};
 
 const NOT_PLACED: u32 = u32::MAX;
@@ -31,7 +31,12 @@ struct Slot {
     job: AtomicU8,
 }
 
+/// VM ids are never reused (a new VM may sit where an old one was freed).
+static NEXT_VM_ID: AtomicU64 = AtomicU64::new(1);
+
 pub struct SharedVm {
+    /// Unique for the host's life: cores compare it to know they changed VM.
+    pub id: u64,
     vm: Mutex<Vm>,
     stop: spin::Once<Stop>,
     stopping: AtomicBool,
@@ -47,6 +52,7 @@ impl SharedVm {
     pub fn new(vm: Vm, vcpus: usize, time_limit_ms: u64) -> SharedVm {
         let tsc_per_ms = (crate::time::tsc_hz() / 1000).max(1);
         SharedVm {
+            id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             vm: Mutex::new(vm),
             stop: spin::Once::new(),
             stopping: AtomicBool::new(false),

@@ -6,6 +6,7 @@ use super::cpu::{self, ENTRY_IA32E_MODE_GUEST};
 use super::exits::{self, Outcome};
 use super::shared::SharedVm;
 use super::vm::{Stop, Vm};
+use super::xstate;
 use crate::{memory, time};
 use core::sync::atomic::{AtomicU16, Ordering};
 use devices::{PendingEvents, StartupSignal};
@@ -75,13 +76,18 @@ pub struct Vcpu {
     pub ia32e: bool,
     pub counters: ExitCounters,
     guest_msrs: [u64; SWITCHED_MSRS.len()],
+    /// Guest state VMX does not switch and the host never uses: loaded when the
+    /// vCPU starts running on a core, saved and cleared when it leaves.
+    debug: DebugState,
     /// Events waiting to be delivered (exits::interrupts::deliver_pending).
     pub pending: PendingEvents,
 }
 
-fn write(field: Field, value: u64) {
-    // SAFETY: called with this vCPU's VMCS current; the values are consistent with
-    // the controls set in `setup`. A failed write is reported by the entry checks.
+/// VMWRITE to the current VMCS. A failure (a read-only field, a field this CPU
+/// lacks) is a Basalt bug: logged, never silently dropped.
+pub fn write(field: Field, value: u64) {
+    // SAFETY: called with this vCPU's VMCS current (setup, the run loop and the
+    // exit handlers); the values are consistent with the controls set in `setup`.
     if let Err(e) = unsafe { vmxi::vmwrite(field, value) } {
         log::error!("VMWRITE {} = {value:#x} failed: {e}", vmcs::name(field));
     }
@@ -121,10 +127,6 @@ fn flush_cached_translations(caps: &vmx::VmxCapabilities, eptp: u64, vpid: u16, 
     }
 }
 
-fn has_xsave() -> bool {
-    raw_cpuid::CpuId::new().get_feature_info().is_some_and(|f| f.has_xsave())
-}
-
 /// Why a vCPU's run loop ended.
 pub enum RunEnd {
     /// The vCPU stopped the VM, for this reason.
@@ -155,6 +157,7 @@ impl Vcpu {
             ia32e: state.ia32e,
             counters: ExitCounters::new(),
             guest_msrs: [0; SWITCHED_MSRS.len()],
+            debug: DebugState::RESET,
             pending: PendingEvents::default(),
         };
         // SAFETY: fresh frames owned by this vCPU.
@@ -340,7 +343,7 @@ impl Vcpu {
         let rate = vmx.caps.misc.preemption_timer_rate;
         let me = self.index as usize;
         x86_64::instructions::interrupts::disable();
-        let host_state = self.switch_in();
+        let host_state = self.switch_in(shared.id);
         let end = loop {
             if shared.is_stopping() {
                 break RunEnd::VmStopped;
@@ -447,9 +450,12 @@ impl Vcpu {
         false
     }
 
-    /// Loads the guest's XCR0, FPU/SIMD state and switched MSRs; returns the host's.
-    fn switch_in(&mut self) -> HostState {
-        let xsave = has_xsave();
+    /// Loads the guest's XCR0, FPU/SIMD state, debug registers and
+    /// switched MSRs; returns the host's. A core that last ran another VM first
+    /// drops what that VM left in the branch predictors and CPU buffers.
+    fn switch_in(&mut self, vm_id: u64) -> HostState {
+        isolation_barrier_on_vm_change(vm_id);
+        let xsave = xstate::has_xsave();
         let host = HostState {
             // SAFETY: XGETBV needs CR4.OSXSAVE, which cpu::enable_on_this_cpu set.
             xcr0: if xsave { unsafe { core::arch::x86_64::_xgetbv(0) } } else { 0 },
@@ -463,28 +469,39 @@ impl Vcpu {
             },
         };
         let area = memory::phys_to_virt(self.xsave_area) as *const u8;
-        // SAFETY: the area is this vCPU's 4 KiB frame (64-byte aligned); XCR0 was
-        // validated when the guest set it.
+        let all = xstate::guest().allowed;
+        // SAFETY: the area is this vCPU's 4 KiB frame (64-byte aligned, zeroed
+        // header at creation) and every component in `all` fits in it
+        // (xstate::guest). XRSTOR with every component a guest may ever enable
+        // loads each one, from the area or, never saved, in its initial state:
+        // nothing another VM left in a register survives, whatever this guest's
+        // XCR0 (SSE registers are usable even when XCR0 leaves them out). Both
+        // XCR0 values were validated (host's own; the guest's by XSETBV).
         unsafe {
             if xsave {
+                core::arch::x86_64::_xsetbv(0, all);
+                core::arch::x86_64::_xrstor64(area, all);
                 core::arch::x86_64::_xsetbv(0, self.xcr0);
-                core::arch::x86_64::_xrstor64(area, self.xcr0);
             } else {
                 core::arch::x86_64::_fxrstor64(area);
             }
             for (m, v) in switched_msrs().iter().zip(self.guest_msrs) {
                 Msr::new(*m).write(v);
             }
+            self.debug.load();
         }
         host
     }
 
     fn switch_out(&mut self, host: HostState) {
         let area = memory::phys_to_virt(self.xsave_area) as *mut u8;
-        // SAFETY: as in `switch_in`.
+        let all = xstate::guest().allowed;
+        // SAFETY: as in `switch_in`; saving every allowed component keeps state
+        // the guest reached without naming it in XCR0 (XMM registers).
         unsafe {
-            if has_xsave() {
-                core::arch::x86_64::_xsave64(area, self.xcr0);
+            if xstate::has_xsave() {
+                core::arch::x86_64::_xsetbv(0, all);
+                core::arch::x86_64::_xsave64(area, all);
                 core::arch::x86_64::_xsetbv(0, host.xcr0);
             } else {
                 core::arch::x86_64::_fxsave64(area);
@@ -493,7 +510,88 @@ impl Vcpu {
                 self.guest_msrs[i] = Msr::new(*m).read();
                 Msr::new(*m).write(host.msrs[i]);
             }
+            self.debug = DebugState::save_and_clear();
         }
+    }
+}
+
+/// DR0-DR3 and DR6: VM entries and exits leave them as they are (DR7 is in the
+/// VMCS; CR2 is switched by the entry stub with the other registers). The host
+/// uses none of them (its DR7 is 0x400 after every exit), so they are switched
+/// only when a vCPU starts or stops running on a core.
+#[derive(Clone, Copy)]
+struct DebugState {
+    dr: [u64; 4],
+    dr6: u64,
+}
+
+impl DebugState {
+    /// The architectural values after reset.
+    const RESET: DebugState = DebugState { dr: [0; 4], dr6: 0xffff_0ff0 };
+
+    /// # Safety
+    /// Only with the host's DR7 disabling every breakpoint (as after a VM exit).
+    unsafe fn load(&self) {
+        // SAFETY: (the caller's) breakpoints are disabled, so addresses in
+        // DR0-DR3 do nothing in the host; DR6 is a status register.
+        unsafe {
+            core::arch::asm!(
+                "mov dr0, {0}", "mov dr1, {1}", "mov dr2, {2}", "mov dr3, {3}", "mov dr6, {4}",
+                in(reg) self.dr[0], in(reg) self.dr[1], in(reg) self.dr[2], in(reg) self.dr[3],
+                in(reg) self.dr6, options(nostack, preserves_flags)
+            );
+        }
+    }
+
+    /// # Safety
+    /// As `load`.
+    unsafe fn save_and_clear() -> DebugState {
+        let (dr0, dr1, dr2, dr3, dr6): (u64, u64, u64, u64, u64);
+        // SAFETY: reading debug registers has no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3", "mov {4}, dr6",
+                out(reg) dr0, out(reg) dr1, out(reg) dr2, out(reg) dr3, out(reg) dr6,
+                options(nostack, preserves_flags)
+            );
+        }
+        let saved = DebugState { dr: [dr0, dr1, dr2, dr3], dr6 };
+        // SAFETY: as `load`; the reset values leave no guest address behind.
+        unsafe { DebugState::RESET.load() };
+        saved
+    }
+}
+
+/// When this core last ran a different VM: IBPB (the previous VM's branch
+/// predictions cannot steer this one), an L1D flush (L1TF) and VERW (MDS
+/// buffers), each where the CPU has it. Runs once per switch of VM on a core,
+/// not per exit.
+fn isolation_barrier_on_vm_change(vm_id: u64) {
+    let Some(cpu) = crate::percpu::current() else { return };
+    if cpu.last_vm.swap(vm_id, Ordering::Relaxed) == vm_id {
+        return;
+    }
+    let edx = core::arch::x86_64::__cpuid_count(7, 0).edx;
+    const MD_CLEAR: u32 = 1 << 10;
+    const IBRS_IBPB: u32 = 1 << 26;
+    const L1D_FLUSH: u32 = 1 << 28;
+    const IA32_PRED_CMD: u32 = 0x49;
+    const IA32_FLUSH_CMD: u32 = 0x10b;
+    // SAFETY: each command MSR exists when its CPUID bit says so; writing 1
+    // is the documented command and changes no other state.
+    unsafe {
+        if edx & IBRS_IBPB != 0 {
+            Msr::new(IA32_PRED_CMD).write(1);
+        }
+        if edx & L1D_FLUSH != 0 {
+            Msr::new(IA32_FLUSH_CMD).write(1);
+        }
+    }
+    if edx & MD_CLEAR != 0 {
+        let selector: u16 = crate::gdt::KERNEL_DATA.0;
+        // SAFETY: VERW with a memory operand only checks the selector (setting
+        // ZF) and, with MD_CLEAR, overwrites the CPU's internal buffers.
+        unsafe { core::arch::asm!("verw word ptr [{0}]", in(reg) &selector, options(nostack, readonly)) };
     }
 }
 

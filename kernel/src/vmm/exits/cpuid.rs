@@ -5,16 +5,13 @@
 use super::{skip_instruction, Outcome};
 use crate::time;
 use crate::vmm::vcpu::{read, Vcpu};
+use crate::vmm::xstate;
 use core::arch::x86_64::__cpuid_count;
 use vmx::vmcs;
 
 /// "BasaltHVisor" as the three signature registers.
 pub const SIGNATURE: [u32; 3] =
     [u32::from_le_bytes(*b"Basa"), u32::from_le_bytes(*b"ltHV"), u32::from_le_bytes(*b"isor")];
-/// XSAVE components guests do not get: PKRU (bit 9), because Bochs reports no
-/// size or offset for it in leaf 0xD and Linux then warns about a misordered
-/// XSAVE layout; protection keys go with it.
-pub const HIDDEN_XSTATE: u64 = 1 << 9;
 const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0010;
 /// Leaf 0x15/0x16 are synthesised, so the maximum basic leaf is at least 0x16.
 const MIN_MAX_BASIC_LEAF: u32 = 0x16;
@@ -52,7 +49,13 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
         _ => {}
     }
     let host = __cpuid_count(leaf, subleaf);
-    let (mut a, mut b, mut c, mut d) = (host.eax, host.ebx, host.ecx, host.edx);
+    let xstate = xstate::guest();
+    let [mut a, mut b, mut c, mut d] = arch::xstate::hide_features_without_state(
+        leaf,
+        subleaf,
+        [host.eax, host.ebx, host.ecx, host.edx],
+        xstate.allowed,
+    );
     match leaf {
         0 => a = a.max(MIN_MAX_BASIC_LEAF),
         1 => {
@@ -83,7 +86,8 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
             // emulated (msr.rs) and stays: with an invariant TSC it tells Linux
             // the TSC needs no watchdog.
             d &= !(1 << 29);
-            // Protection keys are hidden (see HIDDEN_XSTATE); OSPKE would follow CR4.
+            // Protection keys are hidden (PKRU is not a guest XSAVE component,
+            // see arch::xstate::GUEST_COMPONENTS); OSPKE would follow CR4.
             const ECX_PKU: u32 = 1 << 3;
             const ECX_OSPKE: u32 = 1 << 4;
             c &= !(ECX_PKU | ECX_OSPKE);
@@ -91,10 +95,9 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
                 c |= ECX_OSPKE;
             }
         }
-        0xd if subleaf == 0 => a &= !(HIDDEN_XSTATE as u32),
-        // No compacted XSAVE (XSAVEC, XSAVES): Bochs reports the standard-format
-        // size as the compacted one, and supervisor states are not switched.
-        0xd if subleaf == 1 => a &= !((1 << 1) | (1 << 3)),
+        // Only the components guests may enable, in the standard format (Bochs
+        // also misreports the compacted size).
+        0xd => [a, b, c, d] = arch::xstate::cpuid_leaf_0xd(subleaf, [a, b, c, d], xstate.allowed, xstate.area_size),
         // No thermal or power management but an always-running APIC timer (ARAT:
         // the virtual timer does not stop in deep C-states; there are none).
         6 => (a, b, c, d) = (1 << 2, 0, 0, 0),
