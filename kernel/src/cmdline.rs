@@ -11,6 +11,9 @@ pub struct Options {
     pub inject: Option<Injection>,
     /// Reference clock for calibration; the best available when not given.
     pub clock: Option<crate::time::ReferenceKind>,
+    /// `apicv=off`: no APIC virtualisation even where the CPU has it (every
+    /// APIC access is emulated, CR8 exits), to compare or to test that path.
+    pub no_apic_virtualization: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub fn parse(text: &str) -> Options {
             ("clock", "hpet") => options.clock = Some(ReferenceKind::Hpet),
             ("clock", "pm-timer") => options.clock = Some(ReferenceKind::PmTimer),
             ("clock", "pit") => options.clock = Some(ReferenceKind::Pit),
+            ("apicv", "off") => options.no_apic_virtualization = true,
+            ("apicv", "on") => options.no_apic_virtualization = false,
             _ => log::warn!("ignoring unknown boot option '{word}'"),
         }
     }

@@ -75,6 +75,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         (None, None) => &[],
     };
     let options = cmdline::parse(text_of(command_line));
+    if options.no_apic_virtualization {
+        vmm::cpu::forgo_apic_virtualization();
+    }
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
     }

@@ -70,10 +70,18 @@ pub unsafe fn vmread(field: Field) -> Result<u64, VmFail> {
     Ok(value)
 }
 
+/// Writes a VMCS field. Exit-information fields are read-only: a write to
+/// one is refused here with the error the CPU itself reports (13), also on
+/// CPUs that would allow it ("VMWRITE to any field"), so exit information
+/// always says what the CPU said.
+///
 /// # Safety
 /// In VMX operation with a current VMCS; the value must keep the VMCS consistent
 /// with what the caller will run.
 pub unsafe fn vmwrite(field: Field, value: u64) -> Result<(), VmFail> {
+    if field.is_read_only() {
+        return Err(VmFail::Valid(InstructionError(13)));
+    }
     let rflags: u64;
     unsafe { asm!("vmwrite {}, {}", "pushfq", "pop {}", in(reg) field.0 as u64, in(reg) value, lateout(reg) rflags) };
     check(rflags)
@@ -311,6 +319,16 @@ mod tests {
         assert_eq!(r.get(4), 0, "RSP lives in the VMCS");
         assert_eq!((r.rbp, r.rsi, r.rdi, r.r8, r.r15), (0x105, 0x106, 0x107, 0x108, 0x10f));
         assert_eq!(r.get(12), 0x10c);
+    }
+
+    #[test]
+    fn read_only_fields_are_refused_before_any_vmwrite() {
+        // On the host a real VMWRITE would fault: the refusal comes first.
+        for field in [vmcs::EXIT_INSTRUCTION_LENGTH, vmcs::EXIT_REASON, vmcs::GUEST_PHYSICAL_ADDRESS] {
+            // SAFETY: a read-only field never reaches the instruction.
+            let result = unsafe { vmwrite(field, 1) };
+            assert_eq!(result, Err(VmFail::Valid(InstructionError(13))), "{}", vmcs::name(field));
+        }
     }
 
     #[test]

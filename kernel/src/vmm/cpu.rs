@@ -25,6 +25,8 @@ const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 // Primary processor-based controls.
 const PROC_HLT_EXITING: u32 = 1 << 7;
+const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
+const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
 const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
 // Exit controls.
 const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
@@ -63,6 +65,12 @@ pub struct Vmx {
 }
 
 static VMX: spin::Once<Result<Vmx, alloc::string::String>> = spin::Once::new();
+static FORGO_APIC_VIRTUALIZATION: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The boot option `apicv=off`: taken before any CPU turns VMX on.
+pub fn forgo_apic_virtualization() {
+    FORGO_APIC_VIRTUALIZATION.store(true, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// What Basalt needs of VT-x, or why this CPU cannot run guests.
 pub fn vmx() -> Result<&'static Vmx, &'static str> {
@@ -84,6 +92,9 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
         | SecondaryControls::ENABLE_RDTSCP
         | SecondaryControls::ENABLE_INVPCID
         | SecondaryControls::ENABLE_XSAVES
+        // A guest's WBINVD would write back and invalidate every cache of the
+        // core, which other VMs share: it exits and does nothing (exits/cache.rs).
+        | SecondaryControls::WBINVD_EXITING
         | APIC_VIRTUALIZATION;
     let controls = Controls {
         pin: caps
@@ -119,7 +130,8 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
     };
     // All of it or none: register virtualisation needs the TPR shadow.
     let has_all = controls.primary & PROC_USE_TPR_SHADOW != 0
-        && controls.secondary & APIC_VIRTUALIZATION.bits() == APIC_VIRTUALIZATION.bits();
+        && controls.secondary & APIC_VIRTUALIZATION.bits() == APIC_VIRTUALIZATION.bits()
+        && !FORGO_APIC_VIRTUALIZATION.load(core::sync::atomic::Ordering::Relaxed);
     Ok(if has_all {
         Controls { apic_virtualization: true, ..controls }
     } else {
@@ -129,10 +141,12 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
 
 impl Controls {
     /// The same controls with APIC virtualisation off (the CPU lacks part of it,
-    /// or a VM has no APIC-access page).
+    /// or a VM has no APIC-access page). Without the TPR shadow a guest's
+    /// `mov cr8` would reach the core's own TPR and could mask the host's timer
+    /// and wake-up vectors, so CR8 accesses exit and go to the APIC model.
     pub fn without_apic_virtualization(self) -> Controls {
         Controls {
-            primary: self.primary & !PROC_USE_TPR_SHADOW,
+            primary: (self.primary & !PROC_USE_TPR_SHADOW) | PROC_CR8_LOAD_EXITING | PROC_CR8_STORE_EXITING,
             secondary: self.secondary & !APIC_VIRTUALIZATION.bits(),
             apic_virtualization: false,
             ..self

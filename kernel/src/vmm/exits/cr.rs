@@ -1,16 +1,20 @@
-//! Control-register accesses that exit: writes touching CR0/CR4 bits VMX pins.
-//! The guest keeps its own view (the read shadow); the real register gets the
-//! pinned bits. Turning paging on with EFER.LME set enters long mode.
+//! Control-register accesses that exit: writes touching CR0/CR4 bits VMX pins,
+//! and CR8 when there is no TPR shadow. The guest keeps its own view of CR0/CR4
+//! (the read shadow); the real register gets the pinned bits. Turning paging on
+//! with EFER.LME set enters long mode. CR8 is the local APIC model's TPR.
 
 use super::{inject_exception, skip_instruction, write, Outcome, GP};
 use crate::vmm::cpu::{self, ENTRY_IA32E_MODE_GUEST};
 use crate::vmm::vcpu::{read, Vcpu, CR0_CD, CR0_NW};
-use crate::vmm::vm::Stop;
+use crate::vmm::vm::{Stop, Vm};
 use vmx::exit::CrAccess;
 use vmx::guest_state::{CR0_PG, EFER_LMA, EFER_LME};
 use vmx::vmcs;
 
-pub fn handle(vcpu: &mut Vcpu) -> Outcome {
+/// The local APIC's task-priority register, which CR8 mirrors (CR8 = TPR[7:4]).
+const APIC_TPR: u64 = devices::layout::LAPIC_BASE + 0x80;
+
+pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     let Ok(vmx) = cpu::vmx() else { return Outcome::Stop(Stop::Unsupported("no VMX".into())) };
     let gpr = |vcpu: &Vcpu, index: u8| if index == 4 { read(vmcs::GUEST_RSP) } else { vcpu.regs.get(index) };
     match CrAccess::decode(read(vmcs::EXIT_QUALIFICATION)) {
@@ -27,6 +31,26 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
             let value = gpr(vcpu, g);
             write(vmcs::CR4_READ_SHADOW, value);
             write(vmcs::GUEST_CR4, vmx.caps.cr4.apply(value));
+        }
+        CrAccess::MovToCr { cr: 8, gpr: g } => {
+            let value = gpr(vcpu, g);
+            // Bits 63:4 are reserved.
+            if value >> 4 != 0 {
+                inject_exception(GP, Some(0));
+                return Outcome::Resume;
+            }
+            let now = crate::time::rdtsc();
+            vm.chipset.mmio_write(vcpu.index as usize, APIC_TPR, 4, value << 4, now, &mut vm.memory);
+        }
+        CrAccess::MovFromCr { cr: 8, gpr: g } => {
+            let now = crate::time::rdtsc();
+            let tpr = vm.chipset.mmio_read(vcpu.index as usize, APIC_TPR, 4, now);
+            let value = (tpr >> 4) & 0xf;
+            if g == 4 {
+                write(vmcs::GUEST_RSP, value);
+            } else {
+                vcpu.regs.set(g, value);
+            }
         }
         CrAccess::Clts => {
             let shadow = read(vmcs::CR0_READ_SHADOW) & !(1 << 3);

@@ -6,7 +6,7 @@
 //! such an address, or an instruction Basalt cannot emulate there, stops the VM.
 
 use super::io::act_on;
-use super::{write, Outcome};
+use super::{inject_exception, write, Outcome, UD};
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
@@ -36,6 +36,13 @@ pub fn emulate(vm: &mut Vm, vcpu: &mut Vcpu, address: u64) -> Outcome {
     };
     let decoded = match decode::decode(&instruction[..fetched], code_size()) {
         Ok(d) => d,
+        // Bytes the CPU refuses (LOCK MOV, C6/C7 /1-/7) cannot have made this
+        // access as they stand (another vCPU may have rewritten them since):
+        // the guest gets the #UD its CPU would raise.
+        Err(decode::DecodeError::Invalid) => {
+            inject_exception(UD, None);
+            return Outcome::Resume;
+        }
         Err(e) => {
             return unsupported(alloc::format!(
                 "MMIO access to {address:#x} by an instruction Basalt cannot emulate ({e:?}) at RIP {rip:#x}"
@@ -63,9 +70,9 @@ pub fn emulate(vm: &mut Vm, vcpu: &mut Vcpu, address: u64) -> Outcome {
     for (slot, device, why) in vm.chipset.take_broken() {
         log::warn!("vm {}: {device} in virtio slot {slot} is broken until the guest resets it: {why}", vm.name);
     }
-    // The exit's instruction length is undefined for EPT violations: use the decoder's.
-    write(vmcs::EXIT_INSTRUCTION_LENGTH, decoded.length as u64);
-    write(vmcs::GUEST_RIP, rip + decoded.length as u64);
+    // The exit's instruction length is undefined for EPT violations (and
+    // read-only): step RIP by the decoder's length.
+    write(vmcs::GUEST_RIP, rip.wrapping_add(decoded.length as u64));
     match request {
         Some(r) => act_on(r, vm, vcpu),
         None => Outcome::Resume,

@@ -3,6 +3,7 @@
 //! stop anything but their own VM.
 
 mod apic;
+mod cache;
 mod cpuid;
 mod cr;
 mod fatal;
@@ -46,8 +47,9 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
         reason::TPR_BELOW_THRESHOLD => apic::tpr_below_threshold(),
         reason::RDMSR => msr::rdmsr(vm, vcpu),
         reason::WRMSR => msr::wrmsr(vm, vcpu),
-        reason::CR_ACCESS => cr::handle(vcpu),
+        reason::CR_ACCESS => cr::handle(vm, vcpu),
         reason::XSETBV => xsetbv::handle(vcpu),
+        reason::WBINVD => cache::wbinvd(),
         reason::VMCALL => vmcall::handle(vm, vcpu),
         reason::EXTERNAL_INTERRUPT => interrupts::external(),
         reason::EXCEPTION_OR_NMI => interrupts::exception_or_nmi(),
@@ -100,11 +102,9 @@ pub fn inject_exception(vector: u8, error_code: Option<u32>) {
     }
 }
 
-/// VMWRITE for handlers, which always run with the exiting vCPU's VMCS current.
-pub fn write(field: vmx::vmcs::Field, value: u64) {
-    // SAFETY: handlers run with the exiting vCPU's VMCS current.
-    let _ = unsafe { vmx::instructions::vmwrite(field, value) };
-}
+/// VMWRITE for handlers, which always run with the exiting vCPU's VMCS
+/// current; a failure is logged with the field's name (see `vcpu::write`).
+pub use super::vcpu::write;
 
 /// The guest's privilege level (SS.DPL).
 pub fn guest_cpl() -> u8 {
