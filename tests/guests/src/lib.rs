@@ -77,3 +77,25 @@ macro_rules! entry {
         }
     };
 }
+
+/// XSAVE state components the guest can enable.
+pub mod xstate {
+    use core::arch::asm;
+    use core::arch::x86_64::__cpuid_count;
+
+    pub const AVX: u64 = 1 << 2;
+    pub const AVX512: u64 = 0b111 << 5;
+
+    /// Sets CR4.OSFXSR/OSXMMEXCPT/OSXSAVE and XCR0 to every component CPUID
+    /// offers; returns XCR0.
+    pub fn enable_all() -> u64 {
+        let leaf = __cpuid_count(0xd, 0);
+        let offered = ((leaf.edx as u64) << 32) | leaf.eax as u64;
+        // SAFETY: what an OS does to use SIMD state; XCR0 is what CPUID offers.
+        unsafe {
+            asm!("mov {t}, cr4", "or {t}, {bits}", "mov cr4, {t}", t = out(reg) _, bits = in(reg) 0x40600u64);
+            asm!("xsetbv", in("ecx") 0, in("eax") offered as u32, in("edx") (offered >> 32) as u32);
+            core::arch::x86_64::_xgetbv(0)
+        }
+    }
+}
