@@ -1,6 +1,12 @@
 //! A 16550A UART as the guest sees it at COM1. Output goes to a sink one line at a
 //! time (the VMM prefixes it with the VM's name); input is queued by the host.
 //! Interrupt state is computed (`interrupt_pending`) for the VMM to deliver.
+//!
+//! Input is bounded as on hardware, since a guest (loopback) or a fast host
+//! (a paste) could otherwise grow it without end: the receive FIFO holds
+//! RX_FIFO bytes, and host input may wait behind it up to HOST_INPUT bytes in
+//! all. A byte beyond either is dropped, counted (`dropped_input`) and
+//! reported to the guest as an overrun error in the line status.
 
 use crate::bus::{PortDevice, Request};
 use alloc::boxed::Box;
@@ -10,17 +16,25 @@ use alloc::vec::Vec;
 const IER_RECEIVED_DATA: u8 = 1 << 0;
 const IER_TRANSMIT_EMPTY: u8 = 1 << 1;
 const LCR_DLAB: u8 = 1 << 7;
+const IER_LINE_STATUS: u8 = 1 << 2;
 const LSR_DATA_READY: u8 = 1 << 0;
+const LSR_OVERRUN: u8 = 1 << 1;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 const LSR_TRANSMITTER_EMPTY: u8 = 1 << 6;
 const IIR_NONE: u8 = 0x01;
 const IIR_THR_EMPTY: u8 = 0x02;
 const IIR_RECEIVED_DATA: u8 = 0x04;
+const IIR_LINE_STATUS: u8 = 0x06;
 const IIR_FIFO_ENABLED: u8 = 0xc0;
 const MCR_OUT2: u8 = 1 << 3;
 const MCR_LOOPBACK: u8 = 1 << 4;
 /// A line longer than this is passed on without waiting for its newline.
 const MAX_LINE: usize = 256;
+/// The 16550A's receive FIFO: what the guest's own loopback output may fill.
+pub const RX_FIFO: usize = 16;
+/// Received bytes the UART holds in all, counting host input still waiting
+/// behind the FIFO: a paste of a few lines survives a guest that reads slowly.
+pub const HOST_INPUT: usize = 4096;
 
 pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
 
@@ -83,7 +97,12 @@ pub struct Uart16550 {
     fifo_control: u8,
     /// The transmit-empty interrupt is raised once per THR write, until IIR is read.
     thr_empty_pending: bool,
+    /// The receive FIFO, followed by host input waiting to enter it: the guest
+    /// sees one stream, so one queue (never longer than HOST_INPUT).
     input: VecDeque<u8>,
+    /// A received byte was lost since the guest last read the line status.
+    overrun: bool,
+    dropped_input: u64,
     output: LineBuffer,
 }
 
@@ -107,13 +126,33 @@ impl Uart16550 {
             fifo_control: 0,
             thr_empty_pending: false,
             input: VecDeque::new(),
+            overrun: false,
+            dropped_input: 0,
             output,
         }
     }
 
-    /// Bytes typed on the host console for the guest.
+    /// Bytes typed on the host console for the guest; what does not fit in
+    /// HOST_INPUT is dropped (see `dropped_input`).
     pub fn push_input(&mut self, bytes: &[u8]) {
-        self.input.extend(bytes);
+        for &byte in bytes {
+            self.receive(byte, HOST_INPUT);
+        }
+    }
+
+    /// Received bytes dropped because the guest did not read them in time.
+    pub fn dropped_input(&self) -> u64 {
+        self.dropped_input
+    }
+
+    /// A byte arriving at the receiver while `limit` bytes are already held.
+    fn receive(&mut self, byte: u8, limit: usize) {
+        if self.input.len() < limit {
+            self.input.push_back(byte);
+        } else {
+            self.overrun = true;
+            self.dropped_input += 1;
+        }
     }
 
     /// Whether the UART's interrupt line is asserted.
@@ -132,7 +171,9 @@ impl Uart16550 {
     }
 
     fn interrupt_id(&self) -> u8 {
-        if self.ier & IER_RECEIVED_DATA != 0 && !self.input.is_empty() {
+        if self.ier & IER_LINE_STATUS != 0 && self.overrun {
+            IIR_LINE_STATUS
+        } else if self.ier & IER_RECEIVED_DATA != 0 && !self.input.is_empty() {
             IIR_RECEIVED_DATA
         } else if self.ier & IER_TRANSMIT_EMPTY != 0 && self.thr_empty_pending {
             IIR_THR_EMPTY
@@ -143,7 +184,7 @@ impl Uart16550 {
 
     fn transmit(&mut self, byte: u8) {
         if self.mcr & MCR_LOOPBACK != 0 {
-            self.input.push_back(byte);
+            self.receive(byte, RX_FIFO);
         } else {
             self.output.push(byte);
         }
@@ -172,7 +213,12 @@ impl PortDevice for Uart16550 {
             }
             3 => self.lcr,
             4 => self.mcr,
-            5 => LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY | if self.input.is_empty() { 0 } else { LSR_DATA_READY },
+            5 => {
+                // Reading the line status clears its error bits.
+                let overrun = if core::mem::take(&mut self.overrun) { LSR_OVERRUN } else { 0 };
+                let data_ready = if self.input.is_empty() { 0 } else { LSR_DATA_READY };
+                LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY | overrun | data_ready
+            }
             // Modem status: in loopback the outputs reflect back; otherwise DCD, DSR and CTS are up.
             6 if self.mcr & MCR_LOOPBACK != 0 => (self.mcr & 0x0f) << 4,
             6 => 0xb0,
@@ -329,6 +375,53 @@ mod tests {
         u.write(0, 1, 0xae);
         assert_eq!(u.read(0, 1), 0xae);
         assert!(lines.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn loopback_overflows_the_receive_fifo_as_hardware_does() {
+        let (mut u, _) = uart();
+        u.write(4, 1, MCR_LOOPBACK as u32);
+        for byte in 0..RX_FIFO as u32 + 3 {
+            u.write(0, 1, byte);
+        }
+        assert_eq!(u.dropped_input(), 3);
+        assert_eq!(u.read(5, 1) as u8 & (LSR_OVERRUN | LSR_DATA_READY), LSR_OVERRUN | LSR_DATA_READY);
+        assert_eq!(u.read(5, 1) as u8 & LSR_OVERRUN, 0, "reading the line status clears the error");
+        let received: Vec<u32> = (0..RX_FIFO).map(|_| u.read(0, 1)).collect();
+        assert_eq!(received, (0..RX_FIFO as u32).collect::<Vec<_>>(), "the FIFO keeps the first bytes");
+        assert_eq!(u.read(5, 1) as u8 & LSR_DATA_READY, 0);
+    }
+
+    #[test]
+    fn host_input_waits_behind_the_fifo_up_to_a_bound() {
+        let (mut u, _) = uart();
+        u.push_input(&[b'a'; HOST_INPUT]);
+        assert_eq!(u.dropped_input(), 0);
+        assert_eq!(u.read(5, 1) as u8 & LSR_OVERRUN, 0);
+        u.push_input(b"lost");
+        assert_eq!(u.dropped_input(), 4);
+        assert_eq!(u.read(5, 1) as u8 & LSR_OVERRUN, LSR_OVERRUN);
+        // Loopback bytes find the FIFO full of host input.
+        u.write(4, 1, MCR_LOOPBACK as u32);
+        u.write(0, 1, b'x' as u32);
+        assert_eq!(u.dropped_input(), 5);
+        // Reading makes room again.
+        u.read(0, 1);
+        u.push_input(b"b");
+        assert_eq!(u.dropped_input(), 5);
+    }
+
+    #[test]
+    fn an_overrun_raises_the_line_status_interrupt_until_lsr_is_read() {
+        let (mut u, _) = uart();
+        u.write(1, 1, (IER_RECEIVED_DATA | IER_LINE_STATUS) as u32);
+        u.write(4, 1, MCR_LOOPBACK as u32);
+        for _ in 0..=RX_FIFO {
+            u.write(0, 1, b'o' as u32);
+        }
+        assert_eq!(u.read(2, 1) as u8, IIR_LINE_STATUS, "line status outranks received data");
+        u.read(5, 1);
+        assert_eq!(u.read(2, 1) as u8, IIR_RECEIVED_DATA);
     }
 
     #[test]
