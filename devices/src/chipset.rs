@@ -23,7 +23,6 @@ use crate::rtc::Rtc;
 use crate::uart::{LineSink, Uart16550};
 use crate::virtio::{VirtioDevice, VirtioMmio};
 use crate::GuestRam;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 /// INIT and SIPI messages for a vCPU, which only the VMM can act on.
@@ -31,6 +30,44 @@ use alloc::vec::Vec;
 pub enum StartupSignal {
     Init,
     Startup { vector: u8 },
+}
+
+/// The INIT and SIPI a vCPU has yet to act on, latched as a CPU latches them
+/// rather than queued, so that a guest sending them in a loop holds no host
+/// memory: at most one INIT and, after it, one start-up vector. An INIT
+/// supersedes whatever came before it (the CPU resets either way), and a SIPI
+/// while one waits is one a CPU ignores (it is no longer waiting for a SIPI
+/// once it has taken the first). The usual INIT, SIPI, SIPI therefore reads
+/// as INIT, then the first SIPI.
+#[derive(Clone, Copy, Debug, Default)]
+struct StartupLatch {
+    init: bool,
+    startup_vector: Option<u8>,
+}
+
+impl StartupLatch {
+    /// Latches `signal`; false when it changed nothing a vCPU will see.
+    fn latch(&mut self, signal: StartupSignal) -> bool {
+        match signal {
+            StartupSignal::Init => {
+                let superseded = self.init || self.startup_vector.is_some();
+                *self = StartupLatch { init: true, startup_vector: None };
+                !superseded
+            }
+            StartupSignal::Startup { vector } => {
+                let ignored = self.startup_vector.is_some();
+                self.startup_vector.get_or_insert(vector);
+                !ignored
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<StartupSignal> {
+        if core::mem::take(&mut self.init) {
+            return Some(StartupSignal::Init);
+        }
+        self.startup_vector.take().map(|vector| StartupSignal::Startup { vector })
+    }
 }
 
 pub struct ChipsetConfig {
@@ -53,7 +90,9 @@ pub struct Chipset {
     pm: PowerManagement,
     com1: Uart16550,
     com1_line: bool,
-    signals: Vec<VecDeque<StartupSignal>>,
+    signals: Vec<StartupLatch>,
+    /// INITs and SIPIs superseded or ignored in `signals`.
+    dropped_signals: u64,
     /// Per vCPU: something arrived for it (see `take_wakeup`).
     wakeups: Vec<bool>,
     /// Further port devices (debug exit, ...).
@@ -81,7 +120,8 @@ impl Chipset {
                 Uart16550::new(config.com1_output)
             },
             com1_line: false,
-            signals: (0..vcpus).map(|_| VecDeque::new()).collect(),
+            signals: alloc::vec![StartupLatch::default(); vcpus],
+            dropped_signals: 0,
             wakeups: alloc::vec![false; vcpus],
             ports: PortBus::new(),
             virtio: Vec::new(),
@@ -340,8 +380,16 @@ impl Chipset {
         core::mem::take(&mut self.lapics[vcpu].nmi_pending)
     }
 
+    /// The next INIT or SIPI for `vcpu`: an INIT first, then the start-up
+    /// vector that followed it (see `StartupLatch`).
     pub fn take_signal(&mut self, vcpu: usize) -> Option<StartupSignal> {
-        self.signals[vcpu].pop_front()
+        self.signals[vcpu].take()
+    }
+
+    /// INITs and SIPIs that arrived while an earlier one was still latched and
+    /// that changed nothing (superseded by an INIT, or a second SIPI).
+    pub fn dropped_startup_signals(&self) -> u64 {
+        self.dropped_signals
     }
 
     /// Whether an interrupt, NMI, INIT or SIPI arrived for `vcpu` since the last
@@ -402,10 +450,18 @@ impl Chipset {
             if !selected {
                 continue;
             }
-            match message.mode {
-                DeliveryMode::Init => self.signals[i].push_back(StartupSignal::Init),
-                DeliveryMode::Startup => self.signals[i].push_back(StartupSignal::Startup { vector: message.vector }),
-                _ => self.lapics[i].receive(&message),
+            let signal = match message.mode {
+                DeliveryMode::Init => Some(StartupSignal::Init),
+                DeliveryMode::Startup => Some(StartupSignal::Startup { vector: message.vector }),
+                _ => None,
+            };
+            match signal {
+                Some(signal) => {
+                    if !self.signals[i].latch(signal) {
+                        self.dropped_signals += 1;
+                    }
+                }
+                None => self.lapics[i].receive(&message),
             }
             self.wakeups[i] = true;
             // Lowest priority: any one of them will do; the first takes it.
@@ -518,6 +574,38 @@ mod tests {
         lapic_write(&mut c, 1, reg::ICR_LOW, 0x000c_0400, 0);
         assert!(c.take_nmi(0));
         assert!(!c.take_nmi(1));
+    }
+
+    #[test]
+    fn startup_signals_are_latched_not_queued() {
+        let (mut c, _) = chipset(2);
+        enable_apic(&mut c, 0);
+        lapic_write(&mut c, 0, reg::ICR_HIGH, 1 << 24, 0);
+        // The MP start-up sequence: INIT, SIPI, SIPI (the second a retry).
+        for command in [0x4500, 0x4608, 0x4608] {
+            lapic_write(&mut c, 0, reg::ICR_LOW, command, 0);
+        }
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Init));
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Startup { vector: 0x08 }));
+        assert_eq!(c.take_signal(1), None);
+        assert_eq!(c.dropped_startup_signals(), 1);
+        // A SIPI, then an INIT: the INIT resets the CPU whatever came before.
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x4609, 0);
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x4500, 0);
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Init));
+        assert_eq!(c.take_signal(1), None);
+        // A flood keeps the last INIT and the first SIPI after it.
+        for vector in 0x10..0x90 {
+            lapic_write(&mut c, 0, reg::ICR_LOW, 0x4500, 0);
+            lapic_write(&mut c, 0, reg::ICR_LOW, 0x4600 | vector, 0);
+            lapic_write(&mut c, 0, reg::ICR_LOW, 0x4601 | vector, 0);
+        }
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Init));
+        assert_eq!(c.take_signal(1), Some(StartupSignal::Startup { vector: 0x8f }));
+        assert_eq!(c.take_signal(1), None);
+        // Each round's second SIPI is ignored; each INIT but the first
+        // supersedes what the round before latched.
+        assert_eq!(c.dropped_startup_signals(), 2 + 0x80 + 0x7f);
     }
 
     #[test]
