@@ -12,6 +12,7 @@ pub mod clock;
 pub mod ioapic;
 pub mod lapic;
 pub mod layout;
+pub mod output;
 pub mod pending;
 pub mod pic;
 pub mod pit;

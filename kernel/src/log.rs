@@ -1,12 +1,47 @@
-//! The kernel log: `log` records to COM1, each tagged with the time since boot
-//! and the CPU that wrote it.
+//! The kernel log and every VM's console output, on COM1. Lines go into one
+//! bounded queue (`devices::output`: each VM has its own quota, the host may use
+//! the rest) and leave it as fast as the port takes them, sent by whoever passes
+//! by (`pump`: after each line, in every vCPU's run loop outside the VM lock,
+//! and in idle loops) without ever waiting for the port. So a VM that floods
+//! its console loses its own lines and slows nobody, and no CPU spins on the
+//! 38400-baud port with a lock held. Host lines are tagged with the time since
+//! boot and the CPU that wrote them.
 
 use crate::{percpu, time};
+use alloc::sync::Arc;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
+use devices::output::{OutputQueue, Source, HOST};
 use spin::Mutex;
 use uart_16550::SerialPort;
+use x86_64::instructions::interrupts::without_interrupts;
+use x86_64::instructions::port::{Port, PortReadOnly};
 
 static COM1: Mutex<SerialPort> = Mutex::new(unsafe { SerialPort::new(0x3f8) });
+
+/// 128 KiB of lines waiting for the port (34 s of output at 38400 baud).
+const QUEUE_BYTES: usize = 128 * 1024;
+/// The host and up to 63 VMs with a quota of their own; further VMs share one.
+const SOURCES: usize = 64;
+/// Bytes of console output a VM may have waiting for the port; past that its
+/// lines are dropped.
+pub const VM_OUTPUT_QUOTA: usize = 16 * 1024;
+/// Past this backlog a VM's vCPUs wait for the port after each exit (see
+/// `GuestOutput::over_backlog`), as a guest waits for a real UART: its output
+/// is paced, not lost, and no other VM waits with it.
+const VM_OUTPUT_BACKLOG: usize = VM_OUTPUT_QUOTA / 2;
+static QUEUE: Mutex<OutputQueue<QUEUE_BYTES, SOURCES>> = Mutex::new(OutputQueue::new());
+/// Set while the queue may hold lines, so an empty queue costs `pump` one load.
+static WAITING: AtomicBool = AtomicBool::new(false);
+/// The source of VMs that found no slot of their own.
+static SHARED_VM_SOURCE: spin::Once<Option<Source>> = spin::Once::new();
+
+const COM1_DATA: u16 = 0x3f8;
+const COM1_LINE_STATUS: u16 = 0x3f8 + 5;
+const LSR_THR_EMPTY: u8 = 1 << 5;
+const LSR_TRANSMITTER_EMPTY: u8 = 1 << 6;
+/// The 16550A's transmit FIFO (enabled by `SerialPort::init`).
+const TX_FIFO: usize = 16;
 
 struct KernelLog;
 static LOGGER: KernelLog = KernelLog;
@@ -15,6 +50,35 @@ pub fn init() {
     COM1.lock().init();
     log::set_logger(&LOGGER).expect("logger set twice");
     log::set_max_level(log::LevelFilter::Info);
+}
+
+/// A line formatted on the stack; what does not fit is cut.
+struct LineBuf {
+    bytes: [u8; devices::output::MAX_LINE],
+    len: usize,
+}
+
+impl LineBuf {
+    fn new() -> LineBuf {
+        LineBuf { bytes: [0; devices::output::MAX_LINE], len: 0 }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let n = data.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&data[..n]);
+        self.len += n;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
 }
 
 impl log::Log for KernelLog {
@@ -40,23 +104,117 @@ impl log::Log for KernelLog {
     fn flush(&self) {}
 }
 
-/// Writes a whole line under the port lock with interrupts off, so lines from
-/// different CPUs and interrupt handlers never interleave or deadlock.
+/// Queues a host line (whole, so lines from different CPUs never interleave).
 pub fn write_locked(args: core::fmt::Arguments) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let _ = COM1.lock().write_fmt(args);
+    let mut line = LineBuf::new();
+    let _ = line.write_fmt(args);
+    enqueue(HOST, line.as_bytes());
+}
+
+fn enqueue(source: Source, bytes: &[u8]) {
+    without_interrupts(|| {
+        if QUEUE.lock().push(source, bytes) {
+            WAITING.store(true, Ordering::Release);
+        }
+    });
+    pump();
+}
+
+/// Sends queued bytes while the port can take them without waiting; returns
+/// at once if another CPU is sending or nothing waits.
+pub fn pump() {
+    if !WAITING.load(Ordering::Acquire) {
+        return;
+    }
+    without_interrupts(|| {
+        let Some(_port) = COM1.try_lock() else { return };
+        let mut status = PortReadOnly::<u8>::new(COM1_LINE_STATUS);
+        let mut data = Port::<u8>::new(COM1_DATA);
+        loop {
+            // SAFETY: reading the line status register has no side effects.
+            if unsafe { status.read() } & LSR_THR_EMPTY == 0 {
+                return;
+            }
+            let mut chunk = [0u8; TX_FIFO];
+            let n = {
+                let mut queue = QUEUE.lock();
+                let n = queue.take(&mut chunk);
+                if queue.is_empty() {
+                    WAITING.store(false, Ordering::Release);
+                }
+                n
+            };
+            if n == 0 {
+                return;
+            }
+            for &byte in &chunk[..n] {
+                // SAFETY: COM1 is ours (its lock is held) and its transmit FIFO
+                // is empty, so it takes TX_FIFO bytes without overrun.
+                unsafe { data.write(byte) };
+            }
+        }
     });
 }
 
-/// Guest console bytes for the host console, as they are (a VM that owns the
-/// host console: see loader's `host_console`).
-pub fn write_raw(bytes: &[u8]) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut port = COM1.lock();
-        for &byte in bytes {
-            port.send_raw(byte);
+/// Console output of one VM: its own quota in the queue, released when the
+/// VM (and every sink holding this) is gone.
+pub struct GuestOutput {
+    source: Source,
+}
+
+impl GuestOutput {
+    pub fn new() -> Arc<GuestOutput> {
+        let own = without_interrupts(|| QUEUE.lock().register(VM_OUTPUT_QUOTA));
+        let source = own
+            .or_else(|| *SHARED_VM_SOURCE.call_once(|| without_interrupts(|| QUEUE.lock().register(VM_OUTPUT_QUOTA))));
+        Arc::new(GuestOutput { source: source.unwrap_or(HOST) })
+    }
+
+    /// One line of the guest's, after `prefix` and " | ", tagged like host lines.
+    pub fn line(&self, prefix: core::fmt::Arguments, text: &[u8]) {
+        let micros = time::micros_since_boot();
+        let mut line = LineBuf::new();
+        let _ = write!(
+            line,
+            "[{:>4}.{:06} cpu{}] INFO  {prefix} | ",
+            micros / 1_000_000,
+            micros % 1_000_000,
+            percpu::current_index()
+        );
+        for chunk in text.utf8_chunks() {
+            let _ = line.write_str(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                let _ = line.write_str("\u{fffd}");
+            }
         }
-    });
+        line.push(b"\n");
+        enqueue(self.source, line.as_bytes());
+    }
+
+    /// Guest console bytes for the host console, as they are (a VM that owns
+    /// the host console: see loader's `host_console`).
+    pub fn raw(&self, bytes: &[u8]) {
+        enqueue(self.source, bytes);
+    }
+
+    /// Whether this VM has more output waiting than it may before its vCPUs
+    /// wait for the port (cheap while nothing waits at all).
+    pub fn over_backlog(&self) -> bool {
+        WAITING.load(Ordering::Acquire) && without_interrupts(|| QUEUE.lock().queued(self.source)) > VM_OUTPUT_BACKLOG
+    }
+
+    /// Lines and bytes of this VM's output dropped so far.
+    pub fn dropped(&self) -> (u64, u64) {
+        without_interrupts(|| QUEUE.lock().dropped(self.source))
+    }
+}
+
+impl Drop for GuestOutput {
+    fn drop(&mut self) {
+        if Some(self.source) != SHARED_VM_SOURCE.get().copied().flatten() {
+            without_interrupts(|| QUEUE.lock().release(self.source));
+        }
+    }
 }
 
 /// Bytes typed on the host console since the last call, up to `buffer`'s size.
@@ -75,24 +233,36 @@ pub fn read_input(buffer: &mut [u8]) -> usize {
     })
 }
 
-/// For the crash path only: the CPU that crashed may hold the lock already, and
-/// every other CPU is being stopped, so take the port regardless.
+/// For the crash path only: the CPU that crashed may hold the locks already,
+/// and every other CPU is being stopped, so take them regardless. What was
+/// queued goes out first, so the report follows the lines before it.
 pub fn write_crashing(args: core::fmt::Arguments) {
     // SAFETY: called once the other CPUs are told to halt; at worst a line that was
-    // being written when the crash happened is cut short.
-    unsafe { COM1.force_unlock() };
+    // being queued or sent when the crash happened is cut short.
+    unsafe {
+        QUEUE.force_unlock();
+        COM1.force_unlock();
+    }
+    flush_queue();
     let _ = COM1.lock().write_fmt(args);
 }
 
-/// Waits (bounded) until COM1 has sent every byte, so an emulator that stops
-/// right after does not cut the last line.
+/// Sends everything queued, waiting for the port (bounded by the queue's size).
+fn flush_queue() {
+    while WAITING.load(Ordering::Acquire) {
+        pump();
+        core::hint::spin_loop();
+    }
+}
+
+/// Sends everything queued and waits (bounded) until COM1 has sent every byte,
+/// so an emulator that stops right after does not cut the last line.
 pub fn drain() {
-    const LINE_STATUS: u16 = 0x3f8 + 5;
-    const TRANSMITTER_EMPTY: u8 = 1 << 6;
-    let mut status = x86_64::instructions::port::PortReadOnly::<u8>::new(LINE_STATUS);
+    flush_queue();
+    let mut status = PortReadOnly::<u8>::new(COM1_LINE_STATUS);
     for _ in 0..1_000_000 {
         // SAFETY: reading the line status register has no side effects.
-        if unsafe { status.read() } & TRANSMITTER_EMPTY != 0 {
+        if unsafe { status.read() } & LSR_TRANSMITTER_EMPTY != 0 {
             return;
         }
         core::hint::spin_loop();

@@ -244,6 +244,7 @@ fn text_of(bytes: &'static [u8]) -> &'static str {
 pub fn idle() -> ! {
     loop {
         x86_64::instructions::interrupts::enable_and_hlt();
+        crate::log::pump();
     }
 }
 

@@ -257,6 +257,7 @@ extern "C" fn ap_entry(packed: u64) -> ! {
             crate::vmm::work();
         }
         x86_64::instructions::interrupts::enable_and_hlt();
+        crate::log::pump();
     }
 }
 

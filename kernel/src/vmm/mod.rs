@@ -48,6 +48,8 @@ pub struct VmReport {
     pub elapsed_us: u64,
     /// Accesses no device claimed: (port reads, port writes, MMIO reads, MMIO writes).
     pub unclaimed: (u64, u64, u64, u64),
+    /// Console lines and bytes dropped because its output quota was full.
+    pub output_dropped: (u64, u64),
 }
 
 /// A VM to run: its spec and the bundle entries it names.
@@ -75,6 +77,7 @@ fn run_vm(guest: &GuestImages) -> VmReport {
         overhead_kib: 0,
         elapsed_us: 0,
         unclaimed: (0, 0, 0, 0),
+        output_dropped: (0, 0),
     };
     // A reset restarts the VM from its images, as a machine reboots; a guest
     // that keeps resetting is stopped instead of looping forever.
@@ -177,6 +180,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.overhead_kib =
         (vm.memory.overhead_bytes() + frames_per_vcpu * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
     vm.chipset.flush_output();
+    report.output_dropped = vm.output.dropped();
     let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     drop(vm);
@@ -292,6 +296,7 @@ fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm)
         }
         // A kick sent since `rearm_kick` is pending and ends the HLT at once.
         interrupts::enable_and_hlt();
+        crate::log::pump();
     }
 }
 
@@ -337,6 +342,13 @@ pub fn log_report(r: &VmReport) {
     if pr + pw + mr + mw > 0 {
         log::info!(
             "vm {} unclaimed accesses: ports {pr} read(s) {pw} write(s), MMIO {mr} read(s) {mw} write(s)",
+            r.name
+        );
+    }
+    let (lines, bytes) = r.output_dropped;
+    if lines + bytes > 0 {
+        log::info!(
+            "vm {} console output dropped: {lines} line(s), {bytes} byte(s) (more than the host's serial port could take)",
             r.name
         );
     }

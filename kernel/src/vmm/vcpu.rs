@@ -344,6 +344,7 @@ impl Vcpu {
         let me = self.index as usize;
         x86_64::instructions::interrupts::disable();
         let host_state = self.switch_in(shared.id);
+        let output = shared.lock().output.clone();
         let end = loop {
             if shared.is_stopping() {
                 break RunEnd::VmStopped;
@@ -370,6 +371,9 @@ impl Vcpu {
                 self.mirror_local_apic(vm);
                 shared.wake_others(vm, me);
             }
+            // Console lines waiting for the host's port go out as it takes
+            // them, with no VM lock held and without waiting for it.
+            crate::log::pump();
             // SAFETY: the VMCS is current and fully set up by `setup`.
             if let Err(e) = unsafe { vmxi::enter(&mut self.regs, self.launched) } {
                 break RunEnd::Stop(Stop::EntryFailed(alloc::format!("{e}")));
@@ -384,6 +388,12 @@ impl Vcpu {
                 shared.wake_others(&mut vm, me);
                 outcome
             };
+            // A VM writing faster than the host's port waits for it here, with
+            // no lock held: only its own vCPU is slowed.
+            while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
+                crate::log::pump();
+                core::hint::spin_loop();
+            }
             self.counters.record(reason.basic(), time::rdtsc() - exit_tsc);
             match outcome {
                 Outcome::Resume => {}

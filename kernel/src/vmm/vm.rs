@@ -3,8 +3,10 @@
 
 use super::disk::HostDisk;
 use super::guest_memory::GuestMemory;
+use crate::log::GuestOutput;
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use devices::virtio::{blk::Block, console::Console};
 use devices::{layout, BenchMarker, Chipset, ChipsetConfig, DebugExit};
 use loader::VmSpec;
@@ -70,6 +72,9 @@ pub struct Vm {
     /// Owns the host console (see `poll_host_console`).
     host_console: bool,
     next_console_poll: u64,
+    /// Its console output's place in the host's serial queue (COM1, virtio
+    /// console and the print hypercall all write here, within one quota).
+    pub output: Arc<GuestOutput>,
 }
 
 impl Vm {
@@ -87,12 +92,12 @@ impl Vm {
             log::warn!("vm {}: no APIC virtualisation (cannot map the APIC-access page)", spec.name);
         }
         let name = spec.name.clone();
+        let output = GuestOutput::new();
+        let sink = output.clone();
         let com1_output: devices::uart::LineSink = if spec.host_console {
-            Box::new(crate::log::write_raw)
+            Box::new(move |bytes: &[u8]| sink.raw(bytes))
         } else {
-            Box::new(move |line: &[u8]| {
-                log::info!("vm {name} | {}", String::from_utf8_lossy(line));
-            })
+            Box::new(move |line: &[u8]| sink.line(format_args!("vm {name}"), line))
         };
         let mut chipset = Chipset::new(ChipsetConfig {
             vcpus: spec.cpus.max(1),
@@ -111,6 +116,7 @@ impl Vm {
             started: crate::time::rdtsc(),
             host_console: spec.host_console,
             next_console_poll: 0,
+            output,
         })
     }
 
@@ -134,9 +140,8 @@ impl Vm {
     /// "vm NAME hvc | ...") and one virtio-blk disk per image.
     pub fn add_linux_devices(&mut self, spec: &VmSpec, disks: &[&[u8]]) -> Result<(), String> {
         let name = spec.name.clone();
-        let console = Console::new(Box::new(move |line: &[u8]| {
-            log::info!("vm {name} hvc | {}", String::from_utf8_lossy(line));
-        }));
+        let sink = self.output.clone();
+        let console = Console::new(Box::new(move |line: &[u8]| sink.line(format_args!("vm {name} hvc"), line)));
         self.chipset.add_virtio(Box::new(console)).map_err(String::from)?;
         for (index, image) in disks.iter().enumerate() {
             let disk = HostDisk::from_image(image)

@@ -35,7 +35,7 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
             let mut text = [0u8; PRINT_MAX as usize];
             match vm.memory.read(vcpu.regs.rbx, &mut text[..len as usize]) {
                 Ok(()) => {
-                    log::info!("vm {} | {}", vm.name, alloc::string::String::from_utf8_lossy(&text[..len as usize]));
+                    vm.output.line(format_args!("vm {}", vm.name), &text[..len as usize]);
                     len
                 }
                 Err(_) => u64::MAX,
