@@ -99,3 +99,13 @@ pub mod xstate {
         }
     }
 }
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// TSC ticks per millisecond, from Basalt's tsc-khz hypercall.
+pub fn tsc_per_ms() -> u64 {
+    vmcall(3, 0, 0).max(1)
+}
