@@ -341,13 +341,16 @@ impl Chipset {
     }
 
     /// The next moment a timer could interrupt `vcpu`: the VMM makes sure it gets
-    /// control back by then.
+    /// control back by then. 0 (at once) while a virtio device has work left
+    /// over from a call that reached its bound, for the next `poll` to go on
+    /// with.
     pub fn next_deadline(&self, vcpu: usize) -> Option<u64> {
         let routed =
             |irq: u8| self.ioapic.pin_unmasked(layout::gsi_of_isa_irq(irq) as usize) || self.pic.irq_unmasked(irq);
         let pit = self.pit.next_irq0().filter(|_| routed(layout::IRQ_PIT));
         let rtc = self.rtc.next_event().filter(|_| routed(layout::IRQ_RTC));
-        [self.lapics[vcpu].next_deadline(), pit, rtc].into_iter().flatten().min()
+        let device_work = self.virtio.iter().any(|(v, _)| v.has_backlog()).then_some(0);
+        [self.lapics[vcpu].next_deadline(), pit, rtc, device_work].into_iter().flatten().min()
     }
 
     /// Whether `vcpu` has an interrupt to take when it can.
@@ -707,6 +710,43 @@ mod tests {
         let tables = c.acpi_tables();
         assert_eq!(tables.windows(8).filter(|w| *w == b"LNRO0005").count(), 1);
         assert!(c.take_broken().is_empty());
+    }
+
+    #[test]
+    fn virtio_work_left_over_brings_the_vmm_back_at_once() {
+        use crate::virtio::tests::Ram;
+        let (mut c, _) = chipset(1);
+        let console = crate::virtio::console::Console::new(alloc::boxed::Box::new(|_: &[u8]| {}));
+        c.add_virtio(alloc::boxed::Box::new(console)).unwrap();
+        let mut ram = Ram(vec![0; 1 << 20]);
+        let reg = |c: &mut Chipset, offset: u64, value: u32, ram: &mut Ram| {
+            c.mmio_write(0, layout::VIRTIO_BASE + offset, 4, value as u64, 0, ram);
+        };
+        // A driver's set-up of the transmit queue: descriptors at 0x1000, rings after.
+        for (offset, value) in
+            [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11), (0x30, 1), (0x38, 16), (0x80, 0x1000), (0x90, 0x2000)]
+        {
+            reg(&mut c, offset, value, &mut ram);
+        }
+        for (offset, value) in [(0xa0, 0x3000), (0x44, 1), (0x70, 15)] {
+            reg(&mut c, offset, value, &mut ram);
+        }
+        let long = 4 * crate::virtio::console::TRANSMIT_PER_CALL as u32;
+        let mut descriptor = [0u8; 16];
+        descriptor[..8].copy_from_slice(&0x8000u64.to_le_bytes());
+        descriptor[8..12].copy_from_slice(&long.to_le_bytes());
+        ram.write(0x1000, &descriptor).unwrap();
+        ram.write(0x2002, &1u16.to_le_bytes()).unwrap();
+        assert_eq!(c.next_deadline(0), None);
+        reg(&mut c, 0x50, 1, &mut ram);
+        assert_eq!(c.next_deadline(0), Some(0), "a page went out; three wait");
+        for _ in 0..3 {
+            c.poll(0, &mut ram);
+        }
+        assert_eq!(c.next_deadline(0), None);
+        let mut used = [0u8; 2];
+        ram.read(0x3002, &mut used).unwrap();
+        assert_eq!(u16::from_le_bytes(used), 1);
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! memory, read-write for the VM's life). Requests outside the disk fail with
 //! an I/O error status, as on real hardware; only protocol violations break
 //! the device.
+//!
+//! A request moves at most one call's budget of data (`ChainIo::budget`); a
+//! longer one goes on from there in later calls, its status written when the
+//! last of its data has moved.
 
 use super::queue::ChainIo;
 use super::{Handled, VirtioDevice};
@@ -59,8 +63,8 @@ impl Block {
         self.store.size() / SECTOR
     }
 
-    /// Runs one request; its status byte goes after the data.
-    fn serve(&mut self, kind: u32, sector: u64, io: &mut ChainIo) -> Result<u8, String> {
+    /// Runs one request, or this call's part of it.
+    fn serve(&mut self, kind: u32, sector: u64, io: &mut ChainIo) -> Result<Step, String> {
         let in_len = io.writable_len() - 1;
         let out_len = io.readable_len() - 16;
         let span = |len: u64| {
@@ -70,39 +74,60 @@ impl Block {
         };
         Ok(match kind {
             T_IN => {
-                let Some(start) = span(in_len) else { return Ok(S_IOERR) };
-                let mut piece = alloc::vec![0u8; PIECE.min(in_len as usize)];
-                let mut done = 0;
-                while done < in_len {
-                    let n = (in_len - done).min(PIECE as u64) as usize;
-                    self.store.read_at(start + done, &mut piece[..n]);
-                    io.write(done, &piece[..n])?;
-                    done += n as u64;
-                }
-                S_OK
+                let Some(start) = span(in_len) else { return Ok(Step::Done(S_IOERR)) };
+                self.move_data(io, in_len, |store, io, done, piece| {
+                    store.read_at(start + done, piece);
+                    io.write(done, piece)
+                })?
             }
             T_OUT => {
-                let Some(start) = span(out_len) else { return Ok(S_IOERR) };
-                let mut piece = alloc::vec![0u8; PIECE.min(out_len as usize)];
-                let mut done = 0;
-                while done < out_len {
-                    let n = (out_len - done).min(PIECE as u64) as usize;
-                    io.read(16 + done, &mut piece[..n])?;
-                    self.store.write_at(start + done, &piece[..n]);
-                    done += n as u64;
-                }
-                S_OK
+                let Some(start) = span(out_len) else { return Ok(Step::Done(S_IOERR)) };
+                self.move_data(io, out_len, |store, io, done, piece| {
+                    io.read(16 + done, piece)?;
+                    store.write_at(start + done, piece);
+                    Ok(())
+                })?
             }
             // Writes land in the store at once; there is nothing to flush.
-            T_FLUSH => S_OK,
+            T_FLUSH => Step::Done(S_OK),
             T_GET_ID => {
-                let n = (in_len as usize).min(self.id.len());
+                let n = usize::try_from(in_len).unwrap_or(usize::MAX).min(self.id.len());
                 io.write(0, &self.id[..n])?;
-                S_OK
+                Step::Done(S_OK)
             }
-            _ => S_UNSUPP,
+            _ => Step::Done(S_UNSUPP),
         })
     }
+
+    /// Moves the request's `len` data bytes, from where an earlier call left
+    /// off and as far as this call's budget goes, a PIECE at a time:
+    /// `transfer(store, io, offset, piece)` moves `piece.len()` bytes at
+    /// `offset` into the data.
+    fn move_data(
+        &mut self,
+        io: &mut ChainIo,
+        len: u64,
+        mut transfer: impl FnMut(&mut dyn BlockStore, &mut ChainIo, u64, &mut [u8]) -> Result<(), String>,
+    ) -> Result<Step, String> {
+        let mut done = io.progress().min(len);
+        let until = done.saturating_add(io.budget()).min(len);
+        let piece_len = usize::try_from(until - done).unwrap_or(usize::MAX).min(PIECE);
+        let mut piece = alloc::vec![0u8; piece_len];
+        while done < until {
+            let n = usize::try_from(until - done).unwrap_or(usize::MAX).min(PIECE);
+            transfer(self.store.as_mut(), io, done, &mut piece[..n])?;
+            done += n as u64;
+        }
+        Ok(if done < len { Step::Unfinished(done) } else { Step::Done(S_OK) })
+    }
+}
+
+/// Where a request stands after a call.
+enum Step {
+    /// Finished with this status.
+    Done(u8),
+    /// Data moved up to here; the rest is for later calls.
+    Unfinished(u64),
 }
 
 impl VirtioDevice for Block {
@@ -130,10 +155,14 @@ impl VirtioDevice for Block {
         io.read(0, &mut header)?;
         let kind = u32::from_le_bytes(header[0..4].try_into().unwrap());
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
-        let status = self.serve(kind, sector, io)?;
-        let status_at = io.writable_len() - 1;
-        io.write(status_at, &[status])?;
-        Ok(Handled::Used(io.written()))
+        match self.serve(kind, sector, io)? {
+            Step::Unfinished(progress) => Ok(Handled::Unfinished { progress }),
+            Step::Done(status) => {
+                let status_at = io.writable_len() - 1;
+                io.write(status_at, &[status])?;
+                Ok(Handled::Used(io.written()))
+            }
+        }
     }
 }
 
@@ -204,6 +233,38 @@ mod tests {
         drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 512, true), (0xa000, 1, true)]);
         assert_eq!(status(&drv.ram, 0xa000), S_IOERR, "sector overflow");
         assert!(dev.broken.is_none());
+    }
+
+    #[test]
+    fn a_long_request_moves_one_budget_per_call() {
+        let store: Vec<u8> = (0..8 << 20).map(|i: u32| (i / 512) as u8).collect();
+        let mut dev = VirtioMmio::new(Box::new(Block::new(Box::new(store), "big")));
+        let mut drv = Driver::bring_up(&mut dev, 1);
+        let len = 3 * crate::virtio::BYTES_PER_CALL as u32 / 2;
+        drv.ram.0.resize(4 << 20, 0);
+        header(&mut drv.ram, 0x8000, T_IN, 2);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0x10_0000, len, true), (0xa000, 1, true)]);
+        assert!(dev.has_backlog());
+        assert_eq!(drv.used(0).0, 0);
+        dev.poll(&mut drv.ram);
+        assert!(!dev.has_backlog());
+        assert_eq!(drv.used(0), (1, 0, len + 1));
+        assert_eq!(status(&drv.ram, 0xa000), S_OK);
+        let mut back = vec![0u8; len as usize];
+        drv.ram.read(0x10_0000, &mut back).unwrap();
+        assert!(back.iter().enumerate().all(|(i, &b)| b == (i / 512 + 2) as u8));
+        // Written back elsewhere, in two calls too.
+        header(&mut drv.ram, 0x8000, T_OUT, 5000);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0x10_0000, len, false), (0xa000, 1, true)]);
+        assert!(dev.has_backlog());
+        dev.poll(&mut drv.ram);
+        assert_eq!(drv.used(0), (2, 3, 1));
+        header(&mut drv.ram, 0x8000, T_IN, 5000);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0x20_0000, 512, true), (0xa000, 1, true)]);
+        dev.poll(&mut drv.ram);
+        let mut sector = [0u8; 512];
+        drv.ram.read(0x20_0000, &mut sector).unwrap();
+        assert_eq!(sector, [2; 512]);
     }
 
     #[test]

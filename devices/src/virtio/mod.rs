@@ -4,6 +4,12 @@
 //! feature negotiation, queues and the interrupt status. A malformed queue
 //! marks the device broken for that VM (DEVICE_NEEDS_RESET): it stops
 //! answering until the driver resets it.
+//!
+//! The work of one call (a notify, or a `poll`) is bounded, since it runs with
+//! the VM locked and host interrupts off, and a driver can post chains as fast
+//! as the device completes them: at most CHAINS_PER_CALL chains and about
+//! BYTES_PER_CALL bytes moved per queue. What is left (`has_backlog`) is done
+//! by later `poll`s, which the chipset asks the VMM to make at once.
 
 pub mod blk;
 pub mod console;
@@ -24,6 +30,10 @@ const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 const INTERRUPT_USED_BUFFER: u32 = 1;
 const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+/// Bytes a device may move for one queue in one call (`ChainIo::budget`).
+pub const BYTES_PER_CALL: u64 = 1 << 20;
+/// Chains served from one queue in one call, however small.
+pub const CHAINS_PER_CALL: usize = queue::MAX_SIZE as usize;
 
 /// What a device did with a request chain.
 pub enum Handled {
@@ -31,6 +41,10 @@ pub enum Handled {
     Used(u32),
     /// Not now (a receive buffer with nothing to receive): it stays queued.
     Later,
+    /// Served up to `progress` (the device's own measure), and the call's
+    /// budget is spent: the chain stays at the head of its queue, and a later
+    /// call hands `progress` back (`ChainIo::progress`) to go on from there.
+    Unfinished { progress: u64 },
 }
 
 /// A virtio device behind the transport.
@@ -52,8 +66,20 @@ pub trait VirtioDevice: Send {
     }
     /// Host input for devices that take it (consoles); others ignore it.
     fn push_input(&mut self, _bytes: &[u8]) {}
+    /// Host input bytes dropped because the guest did not take them in time.
+    fn dropped_input(&self) -> u64 {
+        0
+    }
     /// Passes on buffered output (when the VM stops).
     fn flush(&mut self) {}
+}
+
+/// How a call to serve a queue ended.
+enum Served {
+    /// Nothing more the device can do until the driver or the host adds some.
+    All,
+    /// The call's budget ran out; there may be more.
+    OutOfBudget,
 }
 
 pub struct VirtioMmio {
@@ -110,12 +136,12 @@ impl VirtioMmio {
     }
 
     pub fn read(&mut self, offset: u64, size: u8) -> u32 {
-        if offset >= 0x100 {
+        if let Some(at) = offset.checked_sub(0x100) {
             let config = self.device.config();
-            let at = (offset - 0x100) as usize;
             let mut bytes = [0u8; 4];
-            for (i, b) in bytes.iter_mut().enumerate().take(size as usize) {
-                *b = config.get(at + i).copied().unwrap_or(0);
+            for (i, b) in (0u64..).zip(bytes.iter_mut().take(size as usize)) {
+                let byte = at.checked_add(i).and_then(|at| usize::try_from(at).ok()).and_then(|at| config.get(at));
+                *b = byte.copied().unwrap_or(0);
             }
             return u32::from_le_bytes(bytes);
         }
@@ -212,36 +238,59 @@ impl VirtioMmio {
         }
     }
 
-    /// Serves what `ready_queues` says the device can do now (input arrived).
+    /// Serves what `ready_queues` says the device can do now (input arrived),
+    /// and goes on with work an earlier call left (`has_backlog`).
     pub fn poll(&mut self, ram: &mut dyn GuestRam) {
-        for queue in self.device.ready_queues() {
-            self.serve(queue, ram);
+        let ready = self.device.ready_queues();
+        for queue in 0..self.queues.len() {
+            if self.queues[queue].backlog || ready.contains(&queue) {
+                self.serve(queue, ram);
+            }
         }
+    }
+
+    /// Whether an earlier call left work for `poll` to go on with.
+    pub fn has_backlog(&self) -> bool {
+        self.broken.is_none() && self.queues.iter().any(|q| q.backlog)
     }
 
     fn serve(&mut self, index: usize, ram: &mut dyn GuestRam) {
         if self.broken.is_some() {
             return;
         }
-        if let Err(why) = self.serve_chains(index, ram) {
+        let served = self.serve_chains(index, ram);
+        self.queues[index].backlog = matches!(served, Ok(Served::OutOfBudget));
+        if let Err(why) = served {
             self.broken = Some(alloc::format!("queue {index}: {why}"));
             self.status |= STATUS_DEVICE_NEEDS_RESET;
             self.interrupt_status |= INTERRUPT_CONFIG_CHANGE;
         }
     }
 
-    fn serve_chains(&mut self, index: usize, ram: &mut dyn GuestRam) -> Result<(), String> {
-        loop {
-            let Some(chain): Option<Chain> = self.queues[index].peek(ram)? else { return Ok(()) };
-            let mut io = ChainIo::new(&chain, ram);
-            match self.device.handle(index, &mut io)? {
-                Handled::Later => return Ok(()),
+    fn serve_chains(&mut self, index: usize, ram: &mut dyn GuestRam) -> Result<Served, String> {
+        let mut moved = 0u64;
+        for _ in 0..CHAINS_PER_CALL {
+            if moved >= BYTES_PER_CALL {
+                break;
+            }
+            let Some(chain): Option<Chain> = self.queues[index].peek(ram)? else { return Ok(Served::All) };
+            let progress = self.queues[index].progress(chain.head);
+            let mut io = ChainIo::resuming(&chain, ram, progress, BYTES_PER_CALL - moved);
+            let handled = self.device.handle(index, &mut io)?;
+            moved = moved.saturating_add(io.moved());
+            match handled {
+                Handled::Later => return Ok(Served::All),
                 Handled::Used(written) => {
                     self.queues[index].complete(ram, chain.head, written)?;
                     self.interrupt_status |= INTERRUPT_USED_BUFFER;
                 }
+                Handled::Unfinished { progress } => {
+                    self.queues[index].pause(chain.head, progress);
+                    break;
+                }
             }
         }
+        Ok(Served::OutOfBudget)
     }
 }
 
@@ -253,16 +302,19 @@ pub(crate) mod tests {
     /// Guest RAM for tests: a flat vector from guest-physical 0.
     pub struct Ram(pub Vec<u8>);
 
+    fn span(at: u64, len: usize) -> Result<core::ops::Range<usize>, NotRam> {
+        let start = usize::try_from(at).map_err(|_| NotRam)?;
+        Ok(start..start.checked_add(len).ok_or(NotRam)?)
+    }
+
     impl GuestRam for Ram {
         fn read(&self, at: u64, buf: &mut [u8]) -> Result<(), NotRam> {
-            let at = at as usize;
-            let src = self.0.get(at..at + buf.len()).ok_or(NotRam)?;
+            let src = self.0.get(span(at, buf.len())?).ok_or(NotRam)?;
             buf.copy_from_slice(src);
             Ok(())
         }
         fn write(&mut self, at: u64, data: &[u8]) -> Result<(), NotRam> {
-            let at = at as usize;
-            self.0.get_mut(at..at + data.len()).ok_or(NotRam)?.copy_from_slice(data);
+            self.0.get_mut(span(at, data.len())?).ok_or(NotRam)?.copy_from_slice(data);
             Ok(())
         }
     }
@@ -424,6 +476,68 @@ pub(crate) mod tests {
             dev.write(0x70, 0, &mut drv.ram);
             assert!(dev.broken.is_none());
         }
+    }
+
+    #[test]
+    fn rings_at_the_top_of_the_address_space_break_the_device_not_the_host() {
+        // Descriptor table, available ring, used ring: (its address
+        // registers, low half) so that its last entries wrap. The head is
+        // descriptor 1, whose place in the table wraps too, an empty buffer
+        // the echo device completes.
+        for (low_register, low) in [(0x80, 0xffff_fff0), (0x90, 0xffff_fffe), (0xa0, 0xffff_fffc)] {
+            let mut dev = VirtioMmio::new(Box::new(Echo));
+            let mut drv = Driver::bring_up(&mut dev, 1);
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&0x8000u64.to_le_bytes());
+            drv.ram.write(DESC + 16, &d).unwrap();
+            drv.ram.write(AVAIL + 4, &1u16.to_le_bytes()).unwrap();
+            drv.ram.write(AVAIL + 2, &1u16.to_le_bytes()).unwrap();
+            dev.write(low_register, low, &mut drv.ram);
+            dev.write(low_register + 4, u32::MAX, &mut drv.ram);
+            dev.write(0x50, 0, &mut drv.ram);
+            assert!(dev.broken.as_deref().unwrap().contains("address space"), "{:?}", dev.broken);
+        }
+    }
+
+    #[test]
+    fn a_buffer_wrapping_the_address_space_is_refused() {
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        let mut drv = Driver::bring_up(&mut dev, 1);
+        drv.post(&mut dev, &[(u64::MAX - 2, 8, false)]);
+        assert!(dev.broken.as_deref().unwrap().contains("wraps"), "{:?}", dev.broken);
+    }
+
+    #[test]
+    fn config_reads_at_any_offset_are_zero_past_the_config() {
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        assert_eq!(dev.read(0x103, 4), 0xdd);
+        assert_eq!(dev.read(u64::MAX, 4), 0);
+        assert_eq!(dev.read(u64::MAX - 1, 8), 0);
+    }
+
+    #[test]
+    fn a_driver_reposting_as_fast_as_chains_complete_gets_bounded_calls() {
+        let mut dev = VirtioMmio::new(Box::new(Echo));
+        let mut drv = Driver::bring_up(&mut dev, 1);
+        // Sixteen chains of 256 KiB each: more than one call may move.
+        let chain = [(0x1_0000u64, 0x4_0000u32, false), (0x1_0000, 0x4_0000, true)];
+        let mut d = [0u8; 16];
+        for (index, &(addr, len, writable)) in chain.iter().enumerate() {
+            d[..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            let flags: u16 = if writable { DESC_WRITE_FLAG } else { 1 };
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&(index as u16 + 1).to_le_bytes());
+            drv.ram.write(DESC + 16 * index as u64, &d).unwrap();
+        }
+        drv.ram.write(AVAIL + 2, &16u16.to_le_bytes()).unwrap();
+        dev.write(0x50, 0, &mut drv.ram);
+        let used_after = |drv: &Driver| drv.used(0).0;
+        // Each chain moves 512 KiB (read, then written back): two per call.
+        assert_eq!(used_after(&drv), 2);
+        assert!(dev.has_backlog());
+        dev.poll(&mut drv.ram);
+        assert_eq!(used_after(&drv), 4);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! ring, the device's used ring. Everything read from guest memory is checked
 //! (indices, chain length, order of readable and writable parts, addresses), and
 //! a violation is an error for the device to report, never a host fault.
+//! Addresses are the guest's to choose, up to u64::MAX, so every sum of an
+//! address and an offset or length is checked.
 
 use crate::GuestRam;
 use alloc::string::String;
@@ -24,6 +26,11 @@ pub struct Queue {
     pub used: u64,
     next_avail: u16,
     next_used: u16,
+    /// A chain the device has partly served: its head and where the device
+    /// left off (see `Handled::Unfinished`).
+    resume: Option<(u16, u64)>,
+    /// The last call ran out of budget with work possibly left on this queue.
+    pub backlog: bool,
 }
 
 /// One request: the buffers the device may read, then those it may write.
@@ -32,6 +39,11 @@ pub struct Chain {
     pub head: u16,
     pub readable: Vec<(u64, u32)>,
     pub writable: Vec<(u64, u32)>,
+}
+
+/// `base + offset` for a ring or table the driver placed at `base`.
+fn ring_address(base: u64, offset: u64) -> Result<u64, String> {
+    base.checked_add(offset).ok_or_else(|| alloc::format!("ring at {base:#x} runs past the end of the address space"))
 }
 
 fn read_u16(ram: &dyn GuestRam, at: u64) -> Result<u16, String> {
@@ -50,7 +62,7 @@ impl Queue {
         if !self.ready || self.size == 0 {
             return Ok(None);
         }
-        let available = read_u16(ram, self.avail + 2)?;
+        let available = read_u16(ram, ring_address(self.avail, 2)?)?;
         let outstanding = available.wrapping_sub(self.next_avail);
         if outstanding == 0 {
             return Ok(None);
@@ -61,7 +73,7 @@ impl Queue {
                 self.size
             ));
         }
-        let slot = self.avail + 4 + 2 * (self.next_avail % self.size) as u64;
+        let slot = ring_address(self.avail, 4 + 2 * (self.next_avail % self.size) as u64)?;
         let head = read_u16(ram, slot)?;
         self.walk(ram, head).map(Some)
     }
@@ -75,7 +87,7 @@ impl Queue {
                 return Err(alloc::format!("descriptor index {index} outside a {}-entry table", self.size));
             }
             let mut d = [0u8; 16];
-            let at = self.desc + 16 * index as u64;
+            let at = ring_address(self.desc, 16 * index as u64)?;
             ram.read(at, &mut d).map_err(|_| alloc::format!("descriptor table {at:#x} is outside guest RAM"))?;
             let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
             let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
@@ -108,16 +120,31 @@ impl Queue {
         Err(alloc::format!("descriptor chain from {head} loops or is longer than the queue"))
     }
 
+    /// Where the device left off on the chain at `head` (0: a new chain).
+    pub fn progress(&self, head: u16) -> u64 {
+        match self.resume {
+            Some((resumed, progress)) if resumed == head => progress,
+            _ => 0,
+        }
+    }
+
+    /// The device served part of the chain at `head`, up to `progress`.
+    pub fn pause(&mut self, head: u16, progress: u64) {
+        self.resume = Some((head, progress));
+    }
+
     /// Takes the chain `peek` returned and reports it used with `written` bytes.
     pub fn complete(&mut self, ram: &mut dyn GuestRam, head: u16, written: u32) -> Result<(), String> {
-        let slot = self.used + 4 + 8 * (self.next_used % self.size) as u64;
+        self.resume = None;
+        let slot = ring_address(self.used, 4 + 8 * (self.next_used % self.size) as u64)?;
         let mut element = [0u8; 8];
         element[..4].copy_from_slice(&(head as u32).to_le_bytes());
         element[4..].copy_from_slice(&written.to_le_bytes());
         self.next_avail = self.next_avail.wrapping_add(1);
         self.next_used = self.next_used.wrapping_add(1);
         ram.write(slot, &element).map_err(|_| alloc::format!("used ring {slot:#x} is outside guest RAM"))?;
-        ram.write(self.used + 2, &self.next_used.to_le_bytes()).map_err(|_| "used ring is outside guest RAM".into())
+        let index_at = ring_address(self.used, 2)?;
+        ram.write(index_at, &self.next_used.to_le_bytes()).map_err(|_| "used ring is outside guest RAM".into())
     }
 }
 
@@ -127,11 +154,38 @@ pub struct ChainIo<'a> {
     pub chain: &'a Chain,
     pub ram: &'a mut dyn GuestRam,
     written: u32,
+    progress: u64,
+    budget: u64,
+    moved: u64,
 }
 
 impl<'a> ChainIo<'a> {
+    /// A chain served from its start, with all of one call's budget.
     pub fn new(chain: &'a Chain, ram: &'a mut dyn GuestRam) -> ChainIo<'a> {
-        ChainIo { chain, ram, written: 0 }
+        Self::resuming(chain, ram, 0, super::BYTES_PER_CALL)
+    }
+
+    /// A chain the device left at `progress` (0 if new), with `budget` bytes
+    /// still to move in this call.
+    pub fn resuming(chain: &'a Chain, ram: &'a mut dyn GuestRam, progress: u64, budget: u64) -> ChainIo<'a> {
+        ChainIo { chain, ram, written: 0, progress, budget, moved: 0 }
+    }
+
+    /// Where the device left off on this chain in an earlier call (what it
+    /// returned in `Handled::Unfinished`), 0 for a chain new to it.
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Bytes the device may still move in this call, never 0: more data than
+    /// that waits for a later call (`Handled::Unfinished`).
+    pub fn budget(&self) -> u64 {
+        self.budget.saturating_sub(self.moved).max(1)
+    }
+
+    /// Bytes read and written through this `ChainIo` so far.
+    pub fn moved(&self) -> u64 {
+        self.moved
     }
 
     pub fn readable_len(&self) -> u64 {
@@ -143,13 +197,15 @@ impl<'a> ChainIo<'a> {
     }
 
     /// `buf.len()` bytes of the readable stream from `offset`.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let ram = &*self.ram;
         let done = for_each_span(&self.chain.readable, offset, buf.len(), |addr, at, n| {
-            self.ram.read(addr, &mut buf[at..at + n]).is_ok()
+            ram.read(addr, &mut buf[at..at + n]).is_ok()
         })?;
         if done < buf.len() {
             return Err("request shorter than its header says".into());
         }
+        self.moved = self.moved.saturating_add(done as u64);
         Ok(())
     }
 
@@ -162,7 +218,9 @@ impl<'a> ChainIo<'a> {
         if done < data.len() {
             return Err("response longer than the driver's buffers".into());
         }
-        self.written = self.written.max((offset + data.len() as u64) as u32);
+        self.moved = self.moved.saturating_add(done as u64);
+        let end = offset.saturating_add(done as u64);
+        self.written = self.written.max(u32::try_from(end).unwrap_or(u32::MAX));
         Ok(())
     }
 
@@ -191,8 +249,9 @@ fn for_each_span(
             offset -= size as u64;
             continue;
         }
-        let n = ((size as u64 - offset) as usize).min(len - done);
-        if !f(addr + offset, done, n) {
+        let n = usize::try_from(size as u64 - offset).unwrap_or(usize::MAX).min(len - done);
+        let at = addr.checked_add(offset).ok_or("buffer wraps the address space")?;
+        if !f(at, done, n) {
             return Err("buffer outside guest RAM".into());
         }
         done += n;
