@@ -1,13 +1,18 @@
 //! Converting between the guest's TSC and the fixed clocks of PC devices.
+//! A result past u64::MAX is u64::MAX: a moment that never comes.
 
 /// `value` ticks of a `from_hz` clock in ticks of a `to_hz` clock, rounded down.
 pub fn convert(value: u64, from_hz: u64, to_hz: u64) -> u64 {
-    (value as u128 * to_hz as u128 / from_hz.max(1) as u128) as u64
+    saturate(value as u128 * to_hz as u128 / from_hz.max(1) as u128)
 }
 
 /// As `convert`, rounded up: the first `to_hz` tick at or after the instant.
 pub fn convert_up(value: u64, from_hz: u64, to_hz: u64) -> u64 {
-    (value as u128 * to_hz as u128).div_ceil(from_hz.max(1) as u128) as u64
+    saturate((value as u128 * to_hz as u128).div_ceil(from_hz.max(1) as u128))
+}
+
+fn saturate(value: u128) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -24,5 +29,7 @@ mod tests {
             convert(u64::MAX / 2, 1_000_000_000, 3_579_545),
             (u64::MAX as u128 / 2 * 3_579_545 / 1_000_000_000) as u64
         );
+        assert_eq!(convert(u64::MAX, 1, 2), u64::MAX);
+        assert_eq!(convert_up(u64::MAX, 1_193_182, 3_000_000_000), u64::MAX);
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Time is the guest's TSC: the timer counts at the TSC rate before its divider,
 //! which is what CPUID leaf 0x15 tells the guest, so no conversion is needed.
+//! A deadline that would fall past u64::MAX never comes: the timer is disarmed.
 
 /// Register offsets within the page.
 pub mod reg {
@@ -444,7 +445,7 @@ impl LocalApic {
             // The initial count is ignored in TSC-deadline mode.
             reg::TIMER_INITIAL if self.timer_mode() != TimerMode::TscDeadline => {
                 self.initial_count = value;
-                self.timer_deadline = (value != 0).then(|| now + self.count_ticks(value));
+                self.timer_deadline = (value != 0).then(|| now.checked_add(self.count_ticks(value))).flatten();
             }
             reg::TIMER_DIVIDE => self.divide_config = value & 0xb,
             _ => {}
@@ -537,7 +538,10 @@ impl LocalApic {
                 let period = self.count_ticks(self.initial_count);
                 // Catch up without firing once per missed period.
                 let missed = (now - deadline) / period;
-                self.timer_deadline = Some(deadline + (missed + 1) * period);
+                self.timer_deadline = missed
+                    .checked_add(1)
+                    .and_then(|periods| periods.checked_mul(period))
+                    .and_then(|after| deadline.checked_add(after));
             }
             TimerMode::TscDeadline => {
                 self.tsc_deadline = 0;
@@ -747,6 +751,21 @@ mod tests {
         apic.poll(350);
         assert_eq!(apic.next_deadline(), Some(400));
         assert_eq!(apic.deliverable(), Some(0x40));
+    }
+
+    #[test]
+    fn timers_armed_near_the_end_of_time_saturate() {
+        let mut apic = enabled(0);
+        apic.write(reg::LVT_TIMER, (1 << 17) | 0x40, 0);
+        apic.write(reg::TIMER_DIVIDE, 0xa, 0); // divide by 128
+        apic.write(reg::TIMER_INITIAL, u32::MAX, u64::MAX - 5);
+        assert_eq!(apic.next_deadline(), None, "a count that ends past u64::MAX never ends");
+        assert_eq!(apic.read(reg::TIMER_CURRENT, u64::MAX - 5), 0);
+        apic.write(reg::TIMER_INITIAL, 1, u64::MAX - 128);
+        assert_eq!(apic.next_deadline(), Some(u64::MAX));
+        apic.poll(u64::MAX);
+        assert_eq!(apic.deliverable(), Some(0x40));
+        assert_eq!(apic.next_deadline(), None, "nor does the next period");
     }
 
     #[test]

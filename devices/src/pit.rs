@@ -85,10 +85,12 @@ impl Channel {
     /// The PIT tick of the next terminal count not yet raised.
     fn next_terminal_count(&self) -> Option<u64> {
         let start = self.start?;
+        // A tick past u64::MAX never comes.
         if self.periodic() {
-            Some(start + (self.irqs_raised + 1) * self.reload as u64)
+            let periods = self.irqs_raised.checked_add(1)?;
+            periods.checked_mul(self.reload as u64).and_then(|after| start.checked_add(after))
         } else {
-            (self.irqs_raised == 0).then_some(start + self.reload as u64)
+            (self.irqs_raised == 0).then(|| start.checked_add(self.reload as u64)).flatten()
         }
     }
 }
@@ -284,6 +286,20 @@ mod tests {
         let a = pit.read_port61(0) & 0x10;
         let b = pit.read_port61(15_000) & 0x10;
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_count_that_ends_past_the_end_of_time_never_fires() {
+        let mut pit = Pit::new(PIT_HZ);
+        pit.write(3, 0x34, u64::MAX - 10); // ch0, lo/hi, mode 2
+        pit.write(0, 0, u64::MAX - 10);
+        pit.write(0, 0, u64::MAX - 10); // 65536 ticks
+        assert_eq!(pit.next_irq0(), None);
+        assert_eq!(pit.poll_irq0(u64::MAX), 0);
+        pit.write(3, 0x30, u64::MAX - 10); // mode 0: one-shot
+        pit.write(0, 0, u64::MAX - 10);
+        pit.write(0, 0, u64::MAX - 10);
+        assert_eq!(pit.next_irq0(), None);
     }
 
     #[test]

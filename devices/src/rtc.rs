@@ -5,7 +5,10 @@
 //! 128 bytes as plain CMOS RAM.
 //!
 //! The clock starts at the Unix time the VMM gives it and runs with the guest's
-//! TSC; a guest that sets the time moves its own clock only.
+//! TSC; a guest that sets the time moves its own clock only. A guest can write
+//! any byte to any time register (an invalid BCD digit, century 0 or 0xff):
+//! whatever date that makes is brought into FIRST_YEAR..=LAST_YEAR, and the
+//! calendar arithmetic is total, so no value written can upset the host.
 
 use crate::clock;
 
@@ -32,6 +35,10 @@ const C_IRQF: u8 = 1 << 7;
 const C_PF: u8 = 1 << 6;
 const C_UF: u8 = 1 << 4;
 const D_VALID: u8 = 1 << 7;
+/// The clock counts from the Unix epoch, so it cannot show an earlier year.
+pub const FIRST_YEAR: u32 = 1970;
+/// The last year a BCD century and year can show.
+pub const LAST_YEAR: u32 = 9999;
 
 /// A calendar date and time (UTC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,16 +51,18 @@ pub struct DateTime {
     pub second: u32,
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (years from 1970 on).
+/// Days since 1970-01-01 of a proleptic Gregorian date. A month or day out of
+/// range counts as the nearest valid one (day 31 of a shorter month runs into
+/// the next), and a date before 1970 as 1970-01-01.
 fn days_from_civil(year: u32, month: u32, day: u32) -> u64 {
+    let (month, day) = (i64::from(month.clamp(1, 12)), i64::from(day.clamp(1, 31)));
     // Count years from March so the leap day ends the year.
-    let y = if month <= 2 { year - 1 } else { year } as u64;
-    let era = y / 400;
-    let year_of_era = y - era * 400;
-    let m = month as u64;
-    let day_of_year = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as u64 - 1;
+    let y = i64::from(year) - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let year_of_era = y.rem_euclid(400);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    (era * 146_097 + day_of_era - 719_468).max(0) as u64
 }
 
 impl DateTime {
@@ -68,7 +77,7 @@ impl DateTime {
         let mp = (5 * day_of_year + 2) / 153;
         let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = (year_of_era + era * 400) as u32 + (month <= 2) as u32;
+        let year = (year_of_era + era * 400 + u64::from(month <= 2)).min(u32::MAX.into()) as u32;
         DateTime {
             year,
             month,
@@ -122,7 +131,7 @@ impl Rtc {
     }
 
     fn unix(&self, now: u64) -> u64 {
-        (self.base_unix + (now / self.tsc_hz.max(1)) as i128).max(0) as u64
+        (self.base_unix + (now / self.tsc_hz.max(1)) as i128).clamp(0, u64::MAX.into()) as u64
     }
 
     pub fn date_time(&self, now: u64) -> DateTime {
@@ -219,6 +228,7 @@ impl Rtc {
             i => self.ram[i] = value,
         }
         if matches!(index, SECONDS | MINUTES | HOURS | DAY | MONTH | YEAR | CENTURY) {
+            t.year = t.year.clamp(FIRST_YEAR, LAST_YEAR);
             let into_second = (now / self.tsc_hz.max(1)) as i128;
             self.base_unix = t.to_unix() as i128 - into_second;
         }
@@ -270,18 +280,11 @@ impl Rtc {
             return None; // waiting for the guest to read register C
         }
         let b = self.ram[REG_B];
-        let after = self.flags_checked + 1;
-        let mut next = None;
-        if b & B_UIE != 0 {
-            next = Some(after.div_ceil(self.tsc_hz.max(1)) * self.tsc_hz.max(1));
-        }
-        if b & B_PIE != 0 {
-            if let Some(period) = self.periodic_period() {
-                let p = after.div_ceil(period) * period;
-                next = Some(next.map_or(p, |n: u64| n.min(p)));
-            }
-        }
-        next
+        // The first multiple of `period` after the last check, if time gets there.
+        let after = |period: u64| self.flags_checked.checked_add(1)?.div_ceil(period).checked_mul(period);
+        let update = (b & B_UIE != 0).then(|| after(self.tsc_hz.max(1))).flatten();
+        let periodic = (b & B_PIE != 0).then(|| after(self.periodic_period()?)).flatten();
+        update.into_iter().chain(periodic).min()
     }
 }
 
@@ -357,6 +360,58 @@ mod tests {
         assert!(!rtc.poll(2 * HZ), "IRQF stays set until register C is read");
         assert_eq!(read(&mut rtc, 0x0c, 2 * HZ), C_IRQF | C_UF);
         assert_eq!(read(&mut rtc, 0x0c, 2 * HZ), 0);
+    }
+
+    #[test]
+    fn nonsense_centuries_and_years_give_a_date_in_range() {
+        for (register_b, century, year, expected) in [
+            (0, 0x00, 0x69, FIRST_YEAR),
+            (0, 0x19, 0x69, FIRST_YEAR),
+            (0, 0xff, 0xff, LAST_YEAR),
+            (0, 0x1f, 0x26, 2526),
+            (B_BINARY, 0, 0, FIRST_YEAR),
+            (B_BINARY, 255, 255, LAST_YEAR),
+            (B_BINARY, 21, 5, 2105),
+        ] {
+            let mut rtc = Rtc::new(HZ, NOW, 0);
+            rtc.select(0x0b);
+            rtc.write(B_24H | register_b, 0);
+            // Before 1970 for a moment: the century first, then the year.
+            for (index, value) in [(0x32, century), (9, year), (0x32, century)] {
+                rtc.select(index);
+                rtc.write(value, 0);
+            }
+            assert_eq!(rtc.date_time(0).year, expected, "century {century:#x}, year {year:#x}");
+            read(&mut rtc, 0x32, 0);
+            read(&mut rtc, 9, 0);
+        }
+    }
+
+    #[test]
+    fn the_calendar_is_total() {
+        assert_eq!(days_from_civil(0, 1, 1), 0, "before the epoch is the epoch");
+        assert_eq!(days_from_civil(1969, 12, 31), 0);
+        assert_eq!(days_from_civil(2026, 0, 0), days_from_civil(2026, 1, 1));
+        assert_eq!(days_from_civil(2026, 2, 31), days_from_civil(2026, 3, 3));
+        let far = DateTime { year: u32::MAX, month: 99, day: 99, hour: u32::MAX, minute: u32::MAX, second: u32::MAX };
+        far.to_unix();
+        far.weekday();
+        assert_eq!(DateTime::from_unix(u64::MAX).year, u32::MAX, "years past u32 saturate");
+    }
+
+    #[test]
+    fn timer_events_near_the_end_of_time_do_not_overflow() {
+        let mut rtc = Rtc::new(HZ, NOW, 0);
+        rtc.select(0x0b);
+        rtc.write(B_24H | B_UIE | B_PIE, 0);
+        assert!(rtc.poll(u64::MAX - 1));
+        read(&mut rtc, 0x0c, u64::MAX);
+        assert_eq!(rtc.next_event(), None, "no second and no period ends after u64::MAX");
+        rtc.date_time(u64::MAX);
+        let mut slow = Rtc::new(1, NOW, 0);
+        slow.select(0);
+        slow.write(0x30, u64::MAX);
+        slow.read(u64::MAX);
     }
 
     #[test]

@@ -232,6 +232,10 @@ mod tests {
         header(&mut drv.ram, 0x8000, T_IN, u64::MAX / 2);
         drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 512, true), (0xa000, 1, true)]);
         assert_eq!(status(&drv.ram, 0xa000), S_IOERR, "sector overflow");
+        // The first byte's offset fits in a u64, the last one's does not.
+        header(&mut drv.ram, 0x8000, T_OUT, u64::MAX / SECTOR);
+        drv.post(&mut dev, &[(0x8000, 16, false), (0xb000, 1024, false), (0xa000, 1, true)]);
+        assert_eq!(status(&drv.ram, 0xa000), S_IOERR, "end overflow");
         assert!(dev.broken.is_none());
     }
 
