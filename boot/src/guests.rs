@@ -33,34 +33,25 @@ pub fn build() -> Result<PathBuf, String> {
 /// The loadable bytes of an ELF as one flat image starting at its lowest
 /// loadable address; returns (image, that address).
 pub fn flatten_elf(elf: &[u8]) -> Result<(Vec<u8>, u64), String> {
-    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()));
-    let u32_at = |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |at: usize| elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    if !elf.starts_with(b"\x7fELF") || elf.get(4) != Some(&2) {
-        return Err("not an ELF64 file".into());
+    let parsed = loader::image::parse_elf(elf).map_err(|e| e.to_string())?;
+    // Only file bytes go into a flat image (pure-BSS segments add none); the
+    // loader ensures paddr + data length cannot wrap.
+    let segments: Vec<_> = parsed.segments.iter().filter(|s| !s.data.is_empty()).collect();
+    let start = segments.iter().map(|s| s.paddr).min().ok_or("the ELF has no loadable bytes")?;
+    let end = segments.iter().map(|s| s.paddr + s.data.len() as u64).max().unwrap_or(start);
+    // A flat image this large could never be loaded into a VM; refuse it before
+    // allocating it.
+    let max = u64::from(loader::manifest::MAX_MEMORY_MIB) << 20;
+    let size = end - start;
+    if size > max {
+        return Err(format!(
+            "the loadable bytes span {size:#x} bytes ({start:#x}..{end:#x}), more than a VM's {max:#x}"
+        ));
     }
-    let bad = || "truncated ELF".to_string();
-    let phoff = u64_at(32).ok_or_else(bad)? as usize;
-    let phentsize = u16_at(54).ok_or_else(bad)? as usize;
-    let phnum = u16_at(56).ok_or_else(bad)? as usize;
-    let mut segments = Vec::new();
-    for i in 0..phnum {
-        let at = phoff + i * phentsize;
-        if u32_at(at).ok_or_else(bad)? != 1 {
-            continue;
-        }
-        let (offset, paddr, filesz) =
-            (u64_at(at + 8).ok_or_else(bad)?, u64_at(at + 24).ok_or_else(bad)?, u64_at(at + 32).ok_or_else(bad)?);
-        if filesz > 0 {
-            segments.push((paddr, &elf[offset as usize..(offset + filesz) as usize]));
-        }
-    }
-    let start = segments.iter().map(|(p, _)| *p).min().ok_or("no loadable segments")?;
-    let end = segments.iter().map(|(p, d)| p + d.len() as u64).max().unwrap();
-    let mut image = vec![0u8; (end - start) as usize];
-    for (paddr, data) in segments {
-        let at = (paddr - start) as usize;
-        image[at..at + data.len()].copy_from_slice(data);
+    let mut image = vec![0u8; size as usize];
+    for segment in segments {
+        let at = (segment.paddr - start) as usize;
+        image[at..at + segment.data.len()].copy_from_slice(segment.data);
     }
     Ok((image, start))
 }
@@ -288,26 +279,76 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
 mod tests {
     use super::*;
 
-    #[test]
-    fn flattening_lays_segments_out_from_the_lowest_address() {
-        // Two PT_LOAD segments: 2 bytes at 0x1000 and 1 byte at 0x1004.
-        let mut elf = vec![0u8; 64 + 2 * 56];
+    /// An x86-64 executable with one PT_LOAD segment per (file offset, paddr,
+    /// size), the given bytes following the program headers.
+    fn elf64(segments: &[(u64, u64, u64)], bytes: &[u8]) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + segments.len() * 56];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 2;
+        elf[5] = 1;
+        elf[6] = 1;
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
         elf[32..40].copy_from_slice(&64u64.to_le_bytes());
         elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-        elf[56..58].copy_from_slice(&2u16.to_le_bytes());
-        let data_at = elf.len() as u64;
-        elf.extend_from_slice(&[0xaa, 0xbb, 0xcc]);
-        for (i, (offset, paddr, size)) in [(data_at, 0x1000u64, 2u64), (data_at + 2, 0x1004, 1)].into_iter().enumerate()
-        {
+        elf[56..58].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+        for (i, &(offset, paddr, size)) in segments.iter().enumerate() {
             let p = 64 + i * 56;
             elf[p..p + 4].copy_from_slice(&1u32.to_le_bytes());
             elf[p + 8..p + 16].copy_from_slice(&offset.to_le_bytes());
             elf[p + 24..p + 32].copy_from_slice(&paddr.to_le_bytes());
             elf[p + 32..p + 40].copy_from_slice(&size.to_le_bytes());
+            elf[p + 40..p + 48].copy_from_slice(&size.to_le_bytes());
         }
+        elf.extend_from_slice(bytes);
+        elf
+    }
+
+    #[test]
+    fn flattening_lays_segments_out_from_the_lowest_address() {
+        // Two PT_LOAD segments: 2 bytes at 0x1000 and 1 byte at 0x1004.
+        let data_at = 64 + 2 * 56;
+        let elf = elf64(&[(data_at, 0x1000, 2), (data_at + 2, 0x1004, 1)], &[0xaa, 0xbb, 0xcc]);
         assert_eq!(flatten_elf(&elf), Ok((vec![0xaa, 0xbb, 0, 0, 0xcc], 0x1000)));
-        assert!(flatten_elf(b"MZ").is_err());
+        assert_eq!(flatten_elf(b"MZ"), Err("not an ELF file (bad magic)".into()));
+    }
+
+    #[test]
+    fn segment_data_past_the_end_of_the_file_is_an_error() {
+        let data_at = 64 + 56;
+        for (offset, size) in [(data_at, 4), (u64::MAX - 1, 4), (data_at, 1 << 40)] {
+            let elf = elf64(&[(offset, 0x1000, size)], &[0x90; 3]);
+            assert_eq!(
+                flatten_elf(&elf),
+                Err("the image is truncated: a segment's data (p_offset, p_filesz) lies past its end".into()),
+                "p_offset {offset:#x}, p_filesz {size:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn program_headers_near_the_top_of_the_address_space_are_an_error() {
+        let mut elf = elf64(&[(64 + 56, 0x1000, 1)], &[0x90]);
+        elf[32..40].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        assert_eq!(
+            flatten_elf(&elf),
+            Err("the image is truncated: the program headers (e_phoff, e_phnum) lie past its end".into())
+        );
+    }
+
+    #[test]
+    fn a_segment_wrapping_past_2_64_is_an_error() {
+        let elf = elf64(&[(64 + 56, u64::MAX - 1, 4)], &[0x90; 4]);
+        assert_eq!(flatten_elf(&elf), Err("unsupported ELF: a segment runs past the top of the address space".into()));
+    }
+
+    #[test]
+    fn segments_further_apart_than_a_vm_is_large_are_an_error() {
+        let data_at = 64 + 2 * 56;
+        for high in [0x1_0000_0000u64, u64::MAX - 0x1000] {
+            let elf = elf64(&[(data_at, 0, 1), (data_at + 1, high, 1)], &[0x90, 0x90]);
+            let err = flatten_elf(&elf).unwrap_err();
+            assert!(err.starts_with("the loadable bytes span"), "{err}");
+        }
     }
 }

@@ -7,6 +7,10 @@ use crate::manifest::{Format, Mode, VmSpec};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use elf::endian::LittleEndian;
+use elf::file::{Class, FileHeader};
+use elf::parse::{ParseAt, ParseError};
+use elf::segment::{ProgramHeader, SegmentTable};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryMode {
@@ -108,14 +112,8 @@ impl fmt::Display for ImageError {
 fn read<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], ImageError> {
     bytes.get(at..at + N).map(|s| s.try_into().unwrap()).ok_or(ImageError::Truncated(what))
 }
-fn u16_at(b: &[u8], at: usize, what: &'static str) -> Result<u16, ImageError> {
-    read::<2>(b, at, what).map(u16::from_le_bytes)
-}
 fn u32_at(b: &[u8], at: usize, what: &'static str) -> Result<u32, ImageError> {
     read::<4>(b, at, what).map(u32::from_le_bytes)
-}
-fn u64_at(b: &[u8], at: usize, what: &'static str) -> Result<u64, ImageError> {
-    read::<8>(b, at, what).map(u64::from_le_bytes)
 }
 
 /// Where the Multiboot information structure goes, as QEMU places it: low memory
@@ -176,81 +174,126 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64, extras: Extras<'a>) -
     Ok(plan)
 }
 
-/// ELF64 images start in long mode, ELF32 in protected mode; segments go to
-/// their physical addresses.
-fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
-    if !image.starts_with(b"\x7fELF") {
+/// An ELF file's word size, which decides the CPU mode it is entered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElfClass {
+    Elf32,
+    Elf64,
+}
+
+/// A PT_LOAD segment: `data` (inside the file) goes to `paddr`, followed by
+/// zeros up to `memsz` bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElfSegment<'a> {
+    pub paddr: u64,
+    pub data: &'a [u8],
+    pub memsz: u64,
+}
+
+/// What loading an ELF executable needs from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElfImage<'a> {
+    pub class: ElfClass,
+    pub entry: u64,
+    /// In program-header order; never empty. Each has `memsz >= data.len()`
+    /// and `paddr + memsz` below 2^64.
+    pub segments: Vec<ElfSegment<'a>>,
+}
+
+/// Reads the loadable segments of a little-endian x86 (ELF32) or x86-64 (ELF64)
+/// executable. Only the ELF header and program headers are read: section
+/// headers do not matter for loading, so damage there is no reason to refuse.
+pub fn parse_elf(image: &[u8]) -> Result<ElfImage<'_>, ImageError> {
+    use elf::abi;
+    if !image.starts_with(&abi::ELFMAGIC) {
         return Err(ImageError::NotElf);
     }
-    let class = *image.get(4).ok_or(ImageError::Truncated("ELF header"))?;
-    if image.get(5) != Some(&1) {
-        return Err(ImageError::UnsupportedElf("not little-endian"));
-    }
-    let is64 = match class {
-        1 => false,
-        2 => true,
-        _ => return Err(ImageError::UnsupportedElf("unknown class")),
+    let header_error = |e| elf_error(e, "ELF header");
+    let ident = image.get(..abi::EI_NIDENT).ok_or(ImageError::Truncated("ELF header"))?;
+    let ident = elf::file::parse_ident::<LittleEndian>(ident).map_err(header_error)?;
+    let (class, machine, tail) = match ident.1 {
+        Class::ELF32 => (ElfClass::Elf32, abi::EM_386, elf::file::ELF32_EHDR_TAILSIZE),
+        Class::ELF64 => (ElfClass::Elf64, abi::EM_X86_64, elf::file::ELF64_EHDR_TAILSIZE),
     };
-    let machine = u16_at(image, 18, "ELF header")?;
-    if (is64 && machine != 62) || (!is64 && machine != 3) {
+    let tail = image.get(abi::EI_NIDENT..abi::EI_NIDENT + tail).ok_or(ImageError::Truncated("ELF header"))?;
+    let header = FileHeader::parse_tail(ident, tail).map_err(header_error)?;
+    if header.e_machine != machine {
         return Err(ImageError::UnsupportedElf("not an x86 executable"));
     }
-    if u16_at(image, 16, "ELF header")? != 2 {
+    if header.e_type != abi::ET_EXEC {
         return Err(ImageError::UnsupportedElf("not an executable (ET_EXEC)"));
     }
-    let (entry, phoff, phentsize, phnum) = if is64 {
-        (
-            u64_at(image, 24, "ELF header")?,
-            u64_at(image, 32, "ELF header")? as usize,
-            u16_at(image, 54, "ELF header")?,
-            u16_at(image, 56, "ELF header")?,
-        )
-    } else {
-        (
-            u32_at(image, 24, "ELF header")? as u64,
-            u32_at(image, 28, "ELF header")? as usize,
-            u16_at(image, 42, "ELF header")?,
-            u16_at(image, 44, "ELF header")?,
-        )
-    };
+    if header.e_phnum == 0 {
+        return Err(ImageError::UnsupportedElf("no loadable segments"));
+    }
+    if header.e_phnum == abi::PN_XNUM {
+        // The real count would be in a section header; no kernel has that many.
+        return Err(ImageError::UnsupportedElf("more than 65534 program headers (e_phnum is PN_XNUM)"));
+    }
+    let entry_size = ProgramHeader::validate_entsize(header.class, header.e_phentsize.into())
+        .map_err(|e| elf_error(e, "program headers"))?;
+    let table_size = entry_size * usize::from(header.e_phnum);
+    let table = usize::try_from(header.e_phoff)
+        .ok()
+        .and_then(|start| image.get(start..start.checked_add(table_size)?))
+        .ok_or(ImageError::Truncated("the program headers (e_phoff, e_phnum) lie past its end"))?;
     let mut segments = Vec::new();
-    for i in 0..phnum as usize {
-        let at = phoff + i * phentsize as usize;
-        if u32_at(image, at, "program headers")? != 1 {
-            continue; // not PT_LOAD
+    for phdr in SegmentTable::new(LittleEndian, header.class, table).iter() {
+        if phdr.p_type != abi::PT_LOAD {
+            continue;
         }
-        let (offset, paddr, filesz, memsz) = if is64 {
-            (
-                u64_at(image, at + 8, "program headers")?,
-                u64_at(image, at + 24, "program headers")?,
-                u64_at(image, at + 32, "program headers")?,
-                u64_at(image, at + 40, "program headers")?,
-            )
-        } else {
-            (
-                u32_at(image, at + 4, "program headers")? as u64,
-                u32_at(image, at + 12, "program headers")? as u64,
-                u32_at(image, at + 16, "program headers")? as u64,
-                u32_at(image, at + 20, "program headers")? as u64,
-            )
-        };
-        if memsz < filesz {
+        if phdr.p_memsz < phdr.p_filesz {
             return Err(ImageError::UnsupportedElf("a segment's memory size is below its file size"));
         }
-        let data = usize::try_from(offset)
+        if phdr.p_paddr.checked_add(phdr.p_memsz).is_none() {
+            return Err(ImageError::UnsupportedElf("a segment runs past the top of the address space"));
+        }
+        let data = usize::try_from(phdr.p_offset)
             .ok()
-            .zip(usize::try_from(filesz).ok())
-            .and_then(|(o, n)| image.get(o..o.checked_add(n)?))
-            .ok_or(ImageError::Truncated("segment data"))?;
-        segments.push(Segment { guest_phys: paddr, data: SegmentData::Borrowed(data), zero_fill: memsz - filesz });
+            .zip(usize::try_from(phdr.p_filesz).ok())
+            .and_then(|(start, size)| image.get(start..start.checked_add(size)?))
+            .ok_or(ImageError::Truncated("a segment's data (p_offset, p_filesz) lies past its end"))?;
+        segments.push(ElfSegment { paddr: phdr.p_paddr, data, memsz: phdr.p_memsz });
     }
     if segments.is_empty() {
         return Err(ImageError::UnsupportedElf("no loadable segments"));
     }
+    Ok(ElfImage { class, entry: header.e_entry, segments })
+}
+
+fn elf_error(error: ParseError, reading: &'static str) -> ImageError {
+    match error {
+        ParseError::BadMagic(_) => ImageError::NotElf,
+        ParseError::UnsupportedElfClass(_) => ImageError::UnsupportedElf("unknown class"),
+        ParseError::UnsupportedElfEndianness(_) => ImageError::UnsupportedElf("not little-endian"),
+        ParseError::UnsupportedVersion(_) => ImageError::UnsupportedElf("unknown ELF version (EI_VERSION is not 1)"),
+        ParseError::BadEntsize(_) => {
+            ImageError::UnsupportedElf("program headers of a size other than the standard one")
+        }
+        _ => ImageError::Truncated(reading),
+    }
+}
+
+/// ELF64 images start in long mode, ELF32 in protected mode; segments go to
+/// their physical addresses.
+fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
+    let parsed = parse_elf(image)?;
+    let segments = parsed
+        .segments
+        .iter()
+        .map(|s| Segment {
+            guest_phys: s.paddr,
+            data: SegmentData::Borrowed(s.data),
+            zero_fill: s.memsz.saturating_sub(s.data.len() as u64),
+        })
+        .collect();
     Ok(LoadPlan {
         segments,
-        entry,
-        mode: if is64 { EntryMode::Long } else { EntryMode::Protected },
+        entry: parsed.entry,
+        mode: match parsed.class {
+            ElfClass::Elf32 => EntryMode::Protected,
+            ElfClass::Elf64 => EntryMode::Long,
+        },
         rax: 0,
         rbx: 0,
         rsi: 0,
@@ -352,6 +395,7 @@ mod tests {
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = if is64 { 2 } else { 1 };
         f[5] = 1;
+        f[6] = 1;
         f[16..18].copy_from_slice(&2u16.to_le_bytes());
         f[18..20].copy_from_slice(&(if is64 { 62u16 } else { 3 }).to_le_bytes());
         let offset = (ehsize + phsize) as u64;
@@ -409,7 +453,10 @@ mod tests {
         img[18] = 40; // ARM
         assert_eq!(e(&img), ImageError::UnsupportedElf("not an x86 executable"));
         let img = elf_image(true, 0x1000, 0x1000, &[0x90; 8], 0);
-        assert_eq!(e(&img[..img.len() - 4]), ImageError::Truncated("segment data"));
+        assert_eq!(
+            e(&img[..img.len() - 4]).to_string(),
+            "the image is truncated: a segment's data (p_offset, p_filesz) lies past its end"
+        );
         assert_eq!(e(&img[..40]), ImageError::Truncated("ELF header"));
         let img = elf_image(true, 0x1000, 0x9999, &[0x90; 8], 0);
         assert_eq!(e(&img), ImageError::EntryOutside { entry: 0x9999 });

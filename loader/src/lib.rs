@@ -11,5 +11,5 @@ pub mod linux;
 pub mod manifest;
 
 pub use bundle::{Bundle, BundleError};
-pub use image::{load, EntryMode, Extras, ImageError, LoadPlan};
+pub use image::{load, parse_elf, ElfClass, ElfImage, ElfSegment, EntryMode, Extras, ImageError, LoadPlan};
 pub use manifest::{parse_manifest, Format, ManifestError, VmSpec};
