@@ -36,12 +36,15 @@ pub struct Bundle<'a> {
 }
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if bytes.len() < n {
-        return None;
-    }
-    let (head, tail) = bytes.split_at(n);
+    let (head, tail) = bytes.split_at_checked(n)?;
     *bytes = tail;
     Some(head)
+}
+
+fn take_array<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, tail) = bytes.split_first_chunk::<N>()?;
+    *bytes = tail;
+    Some(*head)
 }
 
 impl<'a> Bundle<'a> {
@@ -53,19 +56,21 @@ impl<'a> Bundle<'a> {
         if take(&mut bytes, 8) != Some(MAGIC.as_slice()) {
             return Err(BundleError::NotABundle);
         }
-        let u32_at = |b: &mut &'a [u8]| take(b, 4).map(|x| u32::from_le_bytes(x.try_into().unwrap()));
+        let u32_at = |b: &mut &'a [u8]| take_array(b).map(u32::from_le_bytes);
         let version = u32_at(&mut bytes).ok_or(BundleError::NotABundle)?;
         if version != VERSION {
             return Err(BundleError::Version(version));
         }
+        // Each entry takes at least 12 bytes, so a huge count fails quickly
+        // instead of allocating for it.
         let count = u32_at(&mut bytes).ok_or(BundleError::NotABundle)? as usize;
         let mut entries = Vec::new();
         for entry in 0..count {
             let truncated = BundleError::Truncated { entry };
             let name_len = u32_at(&mut bytes).ok_or(truncated.clone())? as usize;
-            let data_len =
-                take(&mut bytes, 8).map(|x| u64::from_le_bytes(x.try_into().unwrap())).ok_or(truncated.clone())?;
+            let data_len = take_array(&mut bytes).map(u64::from_le_bytes).ok_or(truncated.clone())?;
             let name = take(&mut bytes, name_len).ok_or(truncated.clone())?;
+            // A length past the address space is as truncated as one past the ramdisk.
             let data = usize::try_from(data_len).ok().and_then(|n| take(&mut bytes, n)).ok_or(truncated)?;
             let name = core::str::from_utf8(name).map_err(|_| BundleError::BadName { entry })?;
             entries.push((name, data));

@@ -2,6 +2,10 @@
 //! memory, where execution starts, in which CPU mode and with which registers.
 //! Nothing here touches guest memory; the VMM carries the plan out after checking
 //! it fits the VM.
+//!
+//! Every address and length here comes from the guest image, so all arithmetic
+//! on them is checked: a field that would wrap or point outside the image or
+//! the VM's memory is an error, never a panic.
 
 use crate::manifest::{Format, Mode, VmSpec};
 use alloc::vec;
@@ -46,8 +50,15 @@ impl SegmentData<'_> {
 }
 
 impl Segment<'_> {
+    /// The address after the segment, or `None` if the segment runs past 2^64.
+    pub fn checked_end(&self) -> Option<u64> {
+        self.guest_phys.checked_add(self.data.bytes().len() as u64)?.checked_add(self.zero_fill)
+    }
+
+    /// Saturates instead of wrapping, so a segment running past 2^64 never
+    /// looks like one that fits; `load` refuses such segments.
     pub fn end(&self) -> u64 {
-        self.guest_phys + self.data.bytes().len() as u64 + self.zero_fill
+        self.checked_end().unwrap_or(u64::MAX)
     }
 }
 
@@ -67,15 +78,23 @@ pub enum ImageError {
     Empty,
     NotElf,
     UnsupportedElf(&'static str),
+    /// Something runs past the end of the image: a header, or what a header
+    /// field points at (the text names the field).
     Truncated(&'static str),
     NoMultibootHeader,
     BadMultibootChecksum,
     UnsupportedMultiboot(&'static str),
-    /// A segment lies outside the VM's memory.
+    /// A segment lies outside the VM's memory (`end` is `u64::MAX` when it
+    /// would run past 2^64).
     DoesNotFit {
         start: u64,
         end: u64,
         memory: u64,
+    },
+    /// Two segments would be written over each other.
+    Overlap {
+        first: (u64, u64),
+        second: (u64, u64),
     },
     EntryOutside {
         entry: u64,
@@ -100,6 +119,9 @@ impl fmt::Display for ImageError {
             ImageError::DoesNotFit { start, end, memory } => {
                 write!(f, "bytes {start:#x}..{end:#x} do not fit in the VM's {memory:#x} bytes of memory")
             }
+            ImageError::Overlap { first: (a, b), second: (c, d) } => {
+                write!(f, "bytes {a:#x}..{b:#x} and {c:#x}..{d:#x} would overlap in guest memory")
+            }
             ImageError::EntryOutside { entry } => write!(f, "entry point {entry:#x} is outside the loaded image"),
             ImageError::NotBzImage(why) => write!(f, "not a usable bzImage: {why}"),
             ImageError::CommandLineTooLong { length, max } => {
@@ -109,11 +131,12 @@ impl fmt::Display for ImageError {
     }
 }
 
-fn read<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], ImageError> {
-    bytes.get(at..at + N).map(|s| s.try_into().unwrap()).ok_or(ImageError::Truncated(what))
+/// `N` bytes at `at`; no arithmetic on `at`, so any offset is safe to ask for.
+pub(crate) fn bytes_at<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes.get(at..).and_then(<[u8]>::first_chunk).copied()
 }
 fn u32_at(b: &[u8], at: usize, what: &'static str) -> Result<u32, ImageError> {
-    read::<4>(b, at, what).map(u32::from_le_bytes)
+    bytes_at(b, at).map(u32::from_le_bytes).ok_or(ImageError::Truncated(what))
 }
 
 /// Where the Multiboot information structure goes, as QEMU places it: low memory
@@ -121,6 +144,8 @@ fn u32_at(b: &[u8], at: usize, what: &'static str) -> Result<u32, ImageError> {
 pub const MULTIBOOT_INFO_ADDRESS: u64 = 0x9000;
 const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2bad_b002;
+/// The Multiboot header must lie in this many bytes at the start of the file.
+const MULTIBOOT_SEARCH: usize = 8192;
 
 /// What a Linux boot needs besides the kernel image.
 #[derive(Default, Clone, Copy)]
@@ -130,7 +155,9 @@ pub struct Extras<'a> {
     pub rsdp: Option<u64>,
 }
 
-/// Plans loading `image` for `vm` with `memory` bytes of guest RAM.
+/// Plans loading `image` for `vm` with `memory` bytes of guest RAM. An `Ok` plan's
+/// segments all lie inside `memory`, none overlaps another, and the entry point
+/// lies in one of them.
 pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64, extras: Extras<'a>) -> Result<LoadPlan<'a>, ImageError> {
     if image.is_empty() {
         return Err(ImageError::Empty);
@@ -162,13 +189,20 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64, extras: Extras<'a>) -
             crate::linux::plan(&bz, &boot)?
         }
     };
+    let mut ranges = Vec::with_capacity(plan.segments.len());
     for s in &plan.segments {
-        if s.end() > memory || s.end() < s.guest_phys {
-            return Err(ImageError::DoesNotFit { start: s.guest_phys, end: s.end(), memory });
+        let end = s.checked_end().filter(|&end| end <= memory);
+        let end = end.ok_or(ImageError::DoesNotFit { start: s.guest_phys, end: s.end(), memory })?;
+        if end > s.guest_phys {
+            ranges.push((s.guest_phys, end));
         }
     }
-    let loaded = |a: u64| plan.segments.iter().any(|s| (s.guest_phys..s.end()).contains(&a));
-    if !loaded(plan.entry) {
+    // Sorted by start, a range overlapping any later one overlaps its neighbour.
+    ranges.sort_unstable();
+    if let Some(pair) = ranges.windows(2).find(|pair| pair[1].0 < pair[0].1) {
+        return Err(ImageError::Overlap { first: pair[0], second: pair[1] });
+    }
+    if !ranges.iter().any(|&(start, end)| (start..end).contains(&plan.entry)) {
         return Err(ImageError::EntryOutside { entry: plan.entry });
     }
     Ok(plan)
@@ -304,10 +338,11 @@ fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
 /// program headers; entered in protected mode with EAX = the bootloader magic and
 /// EBX = the information structure.
 fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
-    let search = &image[..image.len().min(8192)];
+    let search = &image[..image.len().min(MULTIBOOT_SEARCH)];
+    // The magic, flags and checksum must all lie in the searched bytes.
     let header = (0..search.len().saturating_sub(11))
         .step_by(4)
-        .find(|&at| u32_at(search, at, "").ok() == Some(MULTIBOOT_MAGIC))
+        .find(|&at| bytes_at(search, at).map(u32::from_le_bytes) == Some(MULTIBOOT_MAGIC))
         .ok_or(ImageError::NoMultibootHeader)?;
     let flags = u32_at(image, header + 4, "Multiboot header")?;
     let checksum = u32_at(image, header + 8, "Multiboot header")?;
@@ -324,12 +359,31 @@ fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
         if load_addr > header_addr {
             return Err(ImageError::UnsupportedMultiboot("load_addr lies above header_addr"));
         }
-        let file_start = header as u64 - (header_addr - load_addr);
-        let file_len = if load_end == 0 { image.len() as u64 - file_start } else { load_end.saturating_sub(load_addr) };
-        let data = image
-            .get(file_start as usize..(file_start + file_len) as usize)
-            .ok_or(ImageError::Truncated("Multiboot load range"))?;
-        let zero_fill = if bss_end > load_addr + file_len { bss_end - load_addr - file_len } else { 0 };
+        // header_addr is where the header's file offset lands, which fixes
+        // the file offset that goes to load_addr.
+        let file_start = (header as u64)
+            .checked_sub(header_addr - load_addr)
+            .ok_or(ImageError::UnsupportedMultiboot("load_addr lies before the start of the file (header_addr)"))?;
+        let file_end = match load_end {
+            0 => image.len() as u64,
+            _ if load_end < load_addr => {
+                return Err(ImageError::UnsupportedMultiboot("load_end_addr lies below load_addr"))
+            }
+            _ => file_start + (load_end - load_addr),
+        };
+        let data = usize::try_from(file_start)
+            .ok()
+            .zip(usize::try_from(file_end).ok())
+            .and_then(|(start, end)| image.get(start..end))
+            .ok_or(ImageError::Truncated("the Multiboot load range (load_end_addr) lies past its end"))?;
+        let data_end = load_addr + data.len() as u64;
+        let zero_fill = match bss_end {
+            0 => 0,
+            _ if bss_end < data_end => {
+                return Err(ImageError::UnsupportedMultiboot("bss_end_addr lies below load_end_addr"))
+            }
+            _ => bss_end - data_end,
+        };
         LoadPlan {
             segments: vec![Segment { guest_phys: load_addr, data: SegmentData::Borrowed(data), zero_fill }],
             entry,
@@ -351,7 +405,7 @@ fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
     let mut put = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
     put(0, 1 | (1 << 6));
     put(4, 640);
-    put(8, (memory.saturating_sub(0x10_0000) / 1024) as u32);
+    put(8, u32::try_from(memory.saturating_sub(0x10_0000) / 1024).unwrap_or(u32::MAX));
     let map_at = MULTIBOOT_INFO_ADDRESS + INFO_SIZE as u64;
     let mut map = Vec::new();
     for (base, len, kind) in [(0u64, 0x9f000u64, 1u32), (0x10_0000, memory.saturating_sub(0x10_0000), 1)] {
@@ -370,11 +424,11 @@ fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::string::ToString;
 
-    fn spec(format: Format) -> VmSpec {
+    pub(crate) fn spec(format: Format) -> VmSpec {
         crate::manifest::parse_manifest(&alloc::format!(
             "name=t image=t format={} load=0x1000",
             match format {
@@ -389,7 +443,7 @@ mod tests {
     }
 
     /// A minimal ELF with one PT_LOAD segment of `code` at `paddr` (+ `bss` bytes).
-    fn elf_image(is64: bool, paddr: u64, entry: u64, code: &[u8], bss: u64) -> Vec<u8> {
+    pub(crate) fn elf_image(is64: bool, paddr: u64, entry: u64, code: &[u8], bss: u64) -> Vec<u8> {
         let (ehsize, phsize) = if is64 { (64usize, 56usize) } else { (52, 32) };
         let mut f = vec![0u8; ehsize + phsize];
         f[..4].copy_from_slice(b"\x7fELF");
@@ -463,7 +517,7 @@ mod tests {
     }
 
     /// A Multiboot kernel using the address fields (flag 16), as small test kernels do.
-    fn multiboot_aout(load_addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
+    pub(crate) fn multiboot_aout(load_addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
         let flags: u32 = (1 << 16) | 1;
         let mut img = Vec::new();
         for v in [

@@ -1,11 +1,16 @@
 //! What Basalt boots from and what it boots guests from, as pure code the host
 //! tests: the boot bundle (the image's ramdisk: command line, VM list, guest
-//! images), the VM list format, and loaders for flat, ELF and Multiboot images.
+//! images), the VM list format, and loaders for flat, ELF, Multiboot and Linux
+//! (bzImage) images.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
 pub mod bundle;
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod hostile;
 pub mod image;
 pub mod linux;
 pub mod manifest;

@@ -2,13 +2,18 @@
 //! and planning a 64-bit boot: the protected-mode kernel where it prefers to run,
 //! the zero page (boot_params) with the e820 map, the command line and the
 //! initrd, and the 64-bit entry point with RSI pointing at the zero page.
+//!
+//! The setup header comes from the guest image, so arithmetic on its fields is
+//! checked: a field that would wrap or point outside the image or the VM's
+//! memory is an error, never a panic.
 
-use crate::image::{EntryMode, ImageError, LoadPlan, Segment, SegmentData};
+use crate::image::{bytes_at, EntryMode, ImageError, LoadPlan, Segment, SegmentData};
 use alloc::vec;
 use alloc::vec::Vec;
 
 // Offsets in the image / zero page (the setup header starts at 0x1f1 in both).
 const SETUP_SECTS: usize = 0x1f1;
+const SYSSIZE: usize = 0x1f4;
 const BOOT_FLAG: usize = 0x1fe;
 const JUMP: usize = 0x200;
 const HEADER: usize = 0x202;
@@ -36,27 +41,42 @@ const LOADED_HIGH: u8 = 1 << 0;
 const XLF_KERNEL_64: u16 = 1 << 0;
 /// Protocol 2.12 brought xloadflags, which says whether the 64-bit entry exists.
 const MIN_VERSION: u16 = 0x020c;
+/// The 64-bit entry point's offset in the protected-mode kernel.
+const ENTRY_64: u64 = 0x200;
+/// Where a kernel goes at the lowest: below is the BIOS and legacy area.
+const LOWEST_LOAD: u64 = 0x10_0000;
 
 /// Where the VMM puts the zero page and the command line (low memory Linux
 /// leaves alone until it has read them).
 pub const ZERO_PAGE: u64 = 0x7000;
 pub const COMMAND_LINE: u64 = 0x20000;
+const ZERO_PAGE_SIZE: usize = 4096;
 
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
 pub const E820_ACPI: u32 = 3;
 
+// Offsets up to INIT_SIZE + 4 are in every image `parse` accepts and in the
+// zero page; these return 0 past the end rather than panic.
+fn u8_at(b: &[u8], at: usize) -> u8 {
+    b.get(at).copied().unwrap_or(0)
+}
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+    bytes_at(b, at).map_or(0, u16::from_le_bytes)
 }
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    bytes_at(b, at).map_or(0, u32::from_le_bytes)
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    bytes_at(b, at).map_or(0, u64::from_le_bytes)
 }
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+fn put32(b: &mut [u8; ZERO_PAGE_SIZE], at: usize, v: u32) {
+    put(b, at, &v.to_le_bytes());
+}
+fn put(b: &mut [u8; ZERO_PAGE_SIZE], at: usize, bytes: &[u8]) {
+    if let Some(to) = b.get_mut(at..).and_then(|rest| rest.get_mut(..bytes.len())) {
+        to.copy_from_slice(bytes);
+    }
 }
 
 /// A checked bzImage.
@@ -78,35 +98,42 @@ pub fn parse(image: &[u8]) -> Result<BzImage<'_>, ImageError> {
     if image.len() < INIT_SIZE + 4 {
         return Err(ImageError::NotBzImage("shorter than a setup header"));
     }
-    if u16_at(image, BOOT_FLAG) != 0xaa55 || &image[HEADER..HEADER + 4] != b"HdrS" {
+    if u16_at(image, BOOT_FLAG) != 0xaa55 || image.get(HEADER..HEADER + 4) != Some(b"HdrS") {
         return Err(ImageError::NotBzImage("no boot-protocol header (HdrS)"));
     }
     let version = u16_at(image, VERSION);
     if version < MIN_VERSION {
         return Err(ImageError::NotBzImage("boot protocol older than 2.12 (no 64-bit entry)"));
     }
-    if image[LOADFLAGS] & LOADED_HIGH == 0 {
+    if u8_at(image, LOADFLAGS) & LOADED_HIGH == 0 {
         return Err(ImageError::NotBzImage("a zImage, not a bzImage (not loaded high)"));
     }
     if u16_at(image, XLOADFLAGS) & XLF_KERNEL_64 == 0 {
         return Err(ImageError::NotBzImage("the kernel has no 64-bit entry point"));
     }
-    let setup_sects = match image[SETUP_SECTS] {
+    let setup_sects = match u8_at(image, SETUP_SECTS) {
         0 => 4,
-        n => n as usize,
+        n => usize::from(n),
     };
     let kernel_start = (setup_sects + 1) * 512;
-    let kernel = image.get(kernel_start..).filter(|k| !k.is_empty()).ok_or(ImageError::Truncated("bzImage kernel"))?;
+    let kernel = image
+        .get(kernel_start..)
+        .filter(|k| !k.is_empty())
+        .ok_or(ImageError::Truncated("the bzImage kernel (setup_sects) lies past its end"))?;
+    // The file may carry more (a signature), never less.
+    if u64::from(u32_at(image, SYSSIZE)) * 16 > kernel.len() as u64 {
+        return Err(ImageError::Truncated("the bzImage kernel (syssize) runs past its end"));
+    }
     Ok(BzImage {
         image,
         kernel,
         version,
         pref_address: u64_at(image, PREF_ADDRESS),
-        init_size: u32_at(image, INIT_SIZE) as u64,
-        alignment: (u32_at(image, KERNEL_ALIGNMENT) as u64).max(0x1000),
-        relocatable: image[RELOCATABLE] != 0,
+        init_size: u32_at(image, INIT_SIZE).into(),
+        alignment: u64::from(u32_at(image, KERNEL_ALIGNMENT)).max(0x1000),
+        relocatable: u8_at(image, RELOCATABLE) != 0,
         cmdline_max: u32_at(image, CMDLINE_SIZE),
-        initrd_max: u32_at(image, INITRD_ADDR_MAX) as u64,
+        initrd_max: u32_at(image, INITRD_ADDR_MAX).into(),
     })
 }
 
@@ -126,38 +153,46 @@ pub struct LinuxBoot<'a> {
 /// it runs without relocating) when that fits, else to the lowest aligned
 /// address above 1 MiB if it can relocate.
 pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, ImageError> {
-    let needs = |load: u64| load + bz.init_size.max(bz.kernel.len() as u64);
-    let preferred = bz.pref_address.max(0x10_0000);
-    let load = if needs(preferred) <= boot.memory {
-        preferred
-    } else if bz.relocatable {
-        0x10_0000u64.next_multiple_of(bz.alignment)
-    } else {
-        preferred
+    // The kernel decompresses in place and needs init_size bytes from where it is loaded.
+    let footprint = bz.init_size.max(bz.kernel.len() as u64);
+    let kernel_end = |load: u64| load.checked_add(footprint).filter(|&end| end <= boot.memory);
+    let preferred = bz.pref_address.max(LOWEST_LOAD);
+    let load = match kernel_end(preferred) {
+        None if bz.relocatable => LOWEST_LOAD.checked_next_multiple_of(bz.alignment).unwrap_or(u64::MAX),
+        _ => preferred,
     };
-    if needs(load) > boot.memory {
-        return Err(ImageError::DoesNotFit { start: load, end: needs(load), memory: boot.memory });
-    }
+    let kernel_end = kernel_end(load).ok_or(ImageError::DoesNotFit {
+        start: load,
+        end: load.saturating_add(footprint),
+        memory: boot.memory,
+    })?;
     let cmdline = boot.cmdline.as_bytes();
-    if cmdline.len() as u64 >= bz.cmdline_max as u64 {
+    if cmdline.len() as u64 >= u64::from(bz.cmdline_max) {
         return Err(ImageError::CommandLineTooLong { length: cmdline.len(), max: bz.cmdline_max as usize });
     }
+    let entry = load.checked_add(ENTRY_64).ok_or(ImageError::EntryOutside { entry: u64::MAX })?;
     let mut segments = vec![Segment { guest_phys: load, data: SegmentData::Borrowed(bz.kernel), zero_fill: 0 }];
 
     // The zero page: a copy of the setup header plus what a boot loader fills in.
-    let mut zero_page = vec![0u8; 4096];
-    let header_end = (JUMP + 2 + bz.image[JUMP + 1] as usize).min(4096);
-    zero_page[SETUP_SECTS..header_end].copy_from_slice(&bz.image[SETUP_SECTS..header_end]);
+    let mut zero_page = [0u8; ZERO_PAGE_SIZE];
+    // The jump at 0x200 skips the rest of the setup header, so it gives its length.
+    let header_end = (HEADER + usize::from(u8_at(bz.image, JUMP + 1))).min(ZERO_PAGE_SIZE);
+    let header = bz.image.get(SETUP_SECTS..header_end).ok_or(ImageError::Truncated("the setup header"))?;
+    put(&mut zero_page, SETUP_SECTS, header);
     zero_page[TYPE_OF_LOADER] = 0xff;
     put32(&mut zero_page, CMD_LINE_PTR, COMMAND_LINE as u32);
     put32(&mut zero_page, EXT_CMD_LINE_PTR, (COMMAND_LINE >> 32) as u32);
     if let Some(initrd) = boot.initrd {
         // As high as possible below the kernel's limit and the end of RAM, page aligned.
-        let limit = (bz.initrd_max + 1).min(boot.memory);
+        let limit = bz.initrd_max.saturating_add(1).min(boot.memory);
         let size = initrd.len() as u64;
-        let start = limit.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= needs(load));
+        let start = limit.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= kernel_end);
         let Some(start) = start else {
-            return Err(ImageError::DoesNotFit { start: needs(load), end: needs(load) + size, memory: limit });
+            return Err(ImageError::DoesNotFit {
+                start: kernel_end,
+                end: kernel_end.saturating_add(size),
+                memory: limit,
+            });
         };
         put32(&mut zero_page, RAMDISK_IMAGE, start as u32);
         put32(&mut zero_page, EXT_RAMDISK_IMAGE, (start >> 32) as u32);
@@ -166,21 +201,21 @@ pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, 
         segments.push(Segment { guest_phys: start, data: SegmentData::Borrowed(initrd), zero_fill: 0 });
     }
     if let Some(rsdp) = boot.rsdp {
-        zero_page[ACPI_RSDP_ADDR..ACPI_RSDP_ADDR + 8].copy_from_slice(&rsdp.to_le_bytes());
+        put(&mut zero_page, ACPI_RSDP_ADDR, &rsdp.to_le_bytes());
     }
     let map = e820(boot.memory, boot.acpi_tables);
     zero_page[E820_ENTRIES] = map.len() as u8;
     for (i, (base, size, kind)) in map.iter().enumerate() {
         let at = E820_TABLE + i * 20;
-        zero_page[at..at + 8].copy_from_slice(&base.to_le_bytes());
-        zero_page[at + 8..at + 16].copy_from_slice(&size.to_le_bytes());
+        put(&mut zero_page, at, &base.to_le_bytes());
+        put(&mut zero_page, at + 8, &size.to_le_bytes());
         put32(&mut zero_page, at + 16, *kind);
     }
-    segments.push(Segment { guest_phys: ZERO_PAGE, data: SegmentData::Owned(zero_page), zero_fill: 0 });
+    segments.push(Segment { guest_phys: ZERO_PAGE, data: SegmentData::Owned(zero_page.to_vec()), zero_fill: 0 });
     let mut line = cmdline.to_vec();
     line.push(0);
     segments.push(Segment { guest_phys: COMMAND_LINE, data: SegmentData::Owned(line), zero_fill: 0 });
-    Ok(LoadPlan { segments, entry: load + 0x200, mode: EntryMode::Long, rax: 0, rbx: 0, rsi: ZERO_PAGE })
+    Ok(LoadPlan { segments, entry, mode: EntryMode::Long, rax: 0, rbx: 0, rsi: ZERO_PAGE })
 }
 
 /// The guest's memory map: conventional memory, the legacy BIOS/VGA hole,
@@ -201,34 +236,39 @@ pub fn e820(memory: u64, acpi_tables: Option<(u64, u64)>) -> Vec<(u64, u64, u32)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::string::ToString;
 
     /// A bzImage-shaped file: 4 setup sectors + `kernel_len` bytes of kernel.
-    fn bzimage(kernel_len: usize) -> Vec<u8> {
+    pub(crate) fn set32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub(crate) fn bzimage(kernel_len: usize) -> Vec<u8> {
         let mut img = vec![0u8; 5 * 512 + kernel_len];
         img[SETUP_SECTS] = 4;
+        set32(&mut img, SYSSIZE, (kernel_len / 16) as u32);
         img[BOOT_FLAG..BOOT_FLAG + 2].copy_from_slice(&0xaa55u16.to_le_bytes());
         img[JUMP] = 0xeb;
         img[JUMP + 1] = 0x6a; // header ends at 0x26c
         img[HEADER..HEADER + 4].copy_from_slice(b"HdrS");
         img[VERSION..VERSION + 2].copy_from_slice(&0x020fu16.to_le_bytes());
         img[LOADFLAGS] = LOADED_HIGH;
-        put32(&mut img, INITRD_ADDR_MAX, 0x7fff_ffff);
-        put32(&mut img, KERNEL_ALIGNMENT, 0x20_0000);
+        set32(&mut img, INITRD_ADDR_MAX, 0x7fff_ffff);
+        set32(&mut img, KERNEL_ALIGNMENT, 0x20_0000);
         img[RELOCATABLE] = 1;
         img[XLOADFLAGS..XLOADFLAGS + 2].copy_from_slice(&(XLF_KERNEL_64 | 2).to_le_bytes());
-        put32(&mut img, CMDLINE_SIZE, 2047);
+        set32(&mut img, CMDLINE_SIZE, 2047);
         img[PREF_ADDRESS..PREF_ADDRESS + 8].copy_from_slice(&0x100_0000u64.to_le_bytes());
-        put32(&mut img, INIT_SIZE, 0x200_0000);
+        set32(&mut img, INIT_SIZE, 0x200_0000);
         if kernel_len > 0 {
             img[5 * 512] = 0x90;
         }
         img
     }
 
-    fn boot<'a>(memory: u64, cmdline: &'a str, initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
+    pub(crate) fn boot<'a>(memory: u64, cmdline: &'a str, initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
         LinuxBoot { memory, cmdline, initrd, rsdp: Some(0xe_0000), acpi_tables: None }
     }
 
@@ -285,7 +325,7 @@ mod tests {
         img[XLOADFLAGS] = 0;
         assert_eq!(e(&img), "not a usable bzImage: the kernel has no 64-bit entry point");
         let img = bzimage(0);
-        assert_eq!(e(&img), "the image is truncated: bzImage kernel");
+        assert_eq!(e(&img), "the image is truncated: the bzImage kernel (setup_sects) lies past its end");
     }
 
     #[test]
