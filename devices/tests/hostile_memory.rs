@@ -12,6 +12,7 @@
 //! Scenarios run one at a time (`ONE_AT_A_TIME`) because the allocator counts
 //! every thread of this test binary.
 
+use basalt_fuzz::Rng;
 use devices::bus::PortDevice;
 use devices::uart::LineSink;
 use devices::virtio::blk::Block;
@@ -100,27 +101,6 @@ fn assert_bounded<S>(name: &str, setup: impl FnOnce() -> S, scenario: impl FnOnc
     eprintln!("{name}: peak {peak} bytes in {:.2?}", started.elapsed());
     assert!(peak < PEAK_LIMIT, "{name}: peak of {peak} bytes of host memory (limit {PEAK_LIMIT})");
     state
-}
-
-/// splitmix64: a seeded, reproducible stream of guest choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
 }
 
 /// Guest RAM: a vector from guest-physical 0.
@@ -218,7 +198,7 @@ fn uart_output_without_newlines() {
 fn uart_random_register_sequences() {
     assert_bounded(
         "uart random registers",
-        || (Uart16550::new(discard()), Rng(17)),
+        || (Uart16550::new(discard()), Rng::new(17)),
         |(uart, rng)| {
             for _ in 0..10_000_000 {
                 let offset = rng.below(10) as u16;
@@ -226,7 +206,7 @@ fn uart_random_register_sequences() {
                 if rng.chance(2) {
                     uart.read(offset, size);
                 } else {
-                    uart.write(offset, size, rng.next() as u32);
+                    uart.write(offset, size, rng.next_u64() as u32);
                 }
                 if rng.chance(64) {
                     uart.push_input(&[b'r'; 40]);
@@ -240,7 +220,7 @@ fn uart_random_register_sequences() {
 fn pending_events_flood() {
     assert_bounded(
         "pending events flood",
-        || (PendingEvents::default(), Rng(7)),
+        || (PendingEvents::default(), Rng::new(7)),
         |(events, rng)| {
             for _ in 0..10_000_000 {
                 match rng.below(4) {
@@ -248,7 +228,7 @@ fn pending_events_flood() {
                         let _ = events.take_highest();
                     }
                     1 => events.nmi = !events.nmi,
-                    _ => events.raise(rng.next() as u8),
+                    _ => events.raise(rng.next_u64() as u8),
                 }
             }
         },
@@ -283,14 +263,14 @@ fn chipset_init_and_sipi_flood() {
     let lapic = |register: u64| layout::LAPIC_BASE + register;
     let (mut c, ..) = assert_bounded(
         "chipset INIT/SIPI flood",
-        || (chipset(4), Ram(Vec::new()), Rng(11)),
+        || (chipset(4), Ram(Vec::new()), Rng::new(11)),
         |(c, ram, rng)| {
             for vcpu in 0..4 {
                 c.mmio_write(vcpu, lapic(SVR), 4, 0x1ff, 0, ram);
             }
             c.mmio_write(0, lapic(ICR_HIGH), 4, 1 << 24, 0, ram);
             for i in 0..10_000_000u64 {
-                let vector = rng.next() & 0xff;
+                let vector = rng.next_u64() & 0xff;
                 let command = match i % 4 {
                     0 => ICR_INIT,
                     1 => ICR_STARTUP | vector,
@@ -436,7 +416,7 @@ fn hostile_chain(rng: &mut Rng, max_buffers: u64, writable_from: Option<usize>) 
 fn virtio_console_transmit_flood() {
     assert_bounded(
         "virtio-console transmit flood",
-        || (VirtioMmio::new(Box::new(Console::new(discard()))), Driver::new(), Rng(3)),
+        || (VirtioMmio::new(Box::new(Console::new(discard()))), Driver::new(), Rng::new(3)),
         |(dev, drv, rng)| {
             drv.bring_up(dev, 2);
             for _ in 0..20_000 {
@@ -458,7 +438,7 @@ fn virtio_console_transmit_flood() {
 fn virtio_console_receive_flood() {
     let (mut dev, ..) = assert_bounded(
         "virtio-console receive flood",
-        || (VirtioMmio::new(Box::new(Console::new(discard()))), Driver::new(), Rng(5)),
+        || (VirtioMmio::new(Box::new(Console::new(discard()))), Driver::new(), Rng::new(5)),
         |(dev, drv, rng)| {
             drv.bring_up(dev, 2);
             let typed = [b'z'; 64];
@@ -489,7 +469,7 @@ fn virtio_blk_hostile_requests() {
     let disk = || Box::new(vec![0u8; 128 * 1024]);
     assert_bounded(
         "virtio-blk hostile requests",
-        || (VirtioMmio::new(Box::new(Block::new(disk(), "hostile"))), Driver::new(), Rng(9)),
+        || (VirtioMmio::new(Box::new(Block::new(disk(), "hostile"))), Driver::new(), Rng::new(9)),
         |(dev, drv, rng)| {
             drv.bring_up(dev, 1);
             let header = DATA - 0x100;
@@ -499,12 +479,12 @@ fn virtio_blk_hostile_requests() {
                     1 => blk_request::OUT,
                     2 => blk_request::FLUSH,
                     3 => blk_request::GET_ID,
-                    _ => rng.next() as u32,
+                    _ => rng.next_u64() as u32,
                 };
                 let sector = match rng.below(6) {
                     0 => u64::MAX - rng.below(8),
                     1 => u64::MAX / 512 - rng.below(8),
-                    2 => rng.next(),
+                    2 => rng.next_u64(),
                     _ => rng.below(300),
                 };
                 let mut h = [0u8; 16];
@@ -526,18 +506,18 @@ fn virtio_blk_hostile_requests() {
 fn virtio_register_pokes() {
     assert_bounded(
         "virtio register pokes",
-        || (VirtioMmio::new(Box::new(Console::new(discard()))), Ram(vec![0; 64 * 1024]), Rng(13)),
+        || (VirtioMmio::new(Box::new(Console::new(discard()))), Ram(vec![0; 64 * 1024]), Rng::new(13)),
         |(dev, ram, rng)| {
             for _ in 0..10_000_000 {
                 let offset = match rng.below(4) {
                     0 => rng.below(0x200),
-                    1 => rng.next(),
+                    1 => rng.next_u64(),
                     _ => rng.below(0x2a) * 4,
                 };
                 let value = match rng.below(4) {
                     0 => u32::MAX - rng.below(64) as u32,
                     1 => rng.below(4) as u32,
-                    _ => rng.next() as u32,
+                    _ => rng.next_u64() as u32,
                 };
                 if rng.chance(2) {
                     dev.read(offset, 1 << rng.below(3));
@@ -572,7 +552,7 @@ fn mmio_address(rng: &mut Rng) -> u64 {
             in_window(rng, layout::virtio_slot(slot as usize).0, 0x100, 4)
         }
         5 => u64::MAX - rng.below(64),
-        _ => rng.next(),
+        _ => rng.next_u64(),
     }
 }
 
@@ -585,7 +565,7 @@ fn register_value(rng: &mut Rng) -> u64 {
         3 => u64::MAX - rng.below(16),
         4 => 1 << rng.below(10),
         5 => 1 << rng.below(64),
-        _ => rng.next(),
+        _ => rng.next_u64(),
     }
 }
 
@@ -630,9 +610,9 @@ fn chipset_random_sequences(seed: u64, operations: u64, start: u64) {
         c.add_virtio(Box::new(Console::new(discard()))).unwrap();
         c.add_virtio(Box::new(Block::new(Box::new(vec![0u8; 16 * 1024]), "random"))).unwrap();
         let mut ram = Ram(vec![0; CHIPSET_RAM]);
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         for byte in ram.0.iter_mut() {
-            *byte = rng.next() as u8;
+            *byte = rng.next_u64() as u8;
         }
         (c, ram, rng, start)
     };
@@ -641,10 +621,10 @@ fn chipset_random_sequences(seed: u64, operations: u64, start: u64) {
             let size = 1 << rng.below(3);
             match rng.below(16) {
                 0..=3 => {
-                    let _ = c.port_read(rng.next() as u16, size, *now);
+                    let _ = c.port_read(rng.next_u64() as u16, size, *now);
                 }
                 4..=7 => {
-                    let _ = c.port_write(rng.next() as u16, size, register_value(rng) as u32, *now);
+                    let _ = c.port_write(rng.next_u64() as u16, size, register_value(rng) as u32, *now);
                 }
                 8..=9 => {
                     let _ = c.mmio_read(rng.below(2) as usize, mmio_address(rng), size << rng.below(2), *now);
@@ -661,7 +641,7 @@ fn chipset_random_sequences(seed: u64, operations: u64, start: u64) {
                 }
                 14 => {
                     *now = match rng.below(8) {
-                        0 => now.saturating_add(rng.next() >> rng.below(64)),
+                        0 => now.saturating_add(rng.next_u64() >> rng.below(64)),
                         _ => now.saturating_add(rng.below(1 << 24)),
                     };
                     c.poll(*now, ram);

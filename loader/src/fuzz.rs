@@ -1,103 +1,12 @@
-//! Support for the hostile-input tests: a seeded generator, mutations aimed at
-//! the places where address and length arithmetic goes wrong, and the checks
-//! every accepted load plan must pass. Seeded, so a failure repeats exactly.
+//! Support for the hostile-input tests: the checks every accepted load plan
+//! must pass, and a runner over every prefix and seeded mutants of an image
+//! (the generator and mutations are `basalt_fuzz`'s). Seeded, so a failure
+//! repeats exactly.
 
 use crate::image::{LoadPlan, SegmentData};
 use alloc::vec::Vec;
+use basalt_fuzz::{mutate, Field, Rng};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-/// splitmix64: tiny, and spreads even consecutive seeds well.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Below `n`, which must not be 0; the modulo bias does not matter here.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len())]
-    }
-}
-
-/// A header field: its offset and width in bytes (1, 2, 4 or 8).
-pub type Field = (usize, usize);
-
-/// A value where arithmetic wraps or a bounds check is off by one: zero, the
-/// tops of the integer types, and values near the image's length.
-pub fn edge_value(rng: &mut Rng, len: usize) -> u64 {
-    let small = rng.below(4097) as u64;
-    match rng.below(12) {
-        0 => 0,
-        1 => 1,
-        2 => u64::MAX,
-        3 => u64::MAX - small,
-        4 => u32::MAX.into(),
-        5 => u64::from(u32::MAX) - small,
-        6 => 1 << 63,
-        7 => 0x8000_0000,
-        8 => (len as u64).wrapping_add(small).wrapping_sub(2048),
-        9 => small,
-        10 => u64::from(u16::MAX) - small.min(0xffff),
-        _ => rng.next(),
-    }
-}
-
-/// Writes the low `width` bytes of `value` at `at`, if they fit.
-pub fn put(bytes: &mut [u8], (at, width): Field, value: u64) {
-    if let Some(to) = bytes.get_mut(at..).and_then(|b| b.get_mut(..width)) {
-        to.copy_from_slice(&value.to_le_bytes()[..width]);
-    }
-}
-
-/// One to four mutations: bit flips, random bytes, edge values in `fields` or
-/// anywhere, truncation and extension.
-pub fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, fields: &[Field]) {
-    for _ in 0..1 + rng.below(4) {
-        let len = bytes.len();
-        if len == 0 {
-            return;
-        }
-        match rng.below(8) {
-            0 => {
-                let at = rng.below(len);
-                bytes[at] ^= 1 << rng.below(8);
-            }
-            1 => {
-                let at = rng.below(len);
-                bytes[at] = rng.next() as u8;
-            }
-            // Named fields most often: that is where the arithmetic is.
-            2..=4 => {
-                let field = rng.pick(fields);
-                let value = edge_value(rng, len);
-                put(bytes, field, value);
-            }
-            5 => {
-                let field = (rng.below(len), rng.pick(&[1, 2, 4, 8]));
-                let value = edge_value(rng, len);
-                put(bytes, field, value);
-            }
-            6 => bytes.truncate(rng.below(len)),
-            _ => {
-                let more = rng.below(64);
-                bytes.extend((0..more).map(|_| rng.next() as u8));
-            }
-        }
-    }
-}
 
 /// Whether `part` is a piece of `whole` (an empty slice is anywhere).
 pub fn inside(part: &[u8], whole: &[u8]) -> bool {

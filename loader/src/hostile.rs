@@ -5,7 +5,7 @@
 //! were already handled from regressing.
 
 use crate::bundle::{self, Bundle, BundleError};
-use crate::fuzz::{check_plan, fuzz, inside, put, Field, Rng};
+use crate::fuzz::{check_plan, fuzz, inside};
 use crate::image::tests::{elf_image, multiboot_aout, spec};
 use crate::image::{load, parse_elf, ElfClass, EntryMode, Extras, ImageError, LoadPlan, MULTIBOOT_BOOTLOADER_MAGIC};
 use crate::linux::tests::{boot, bzimage, set32};
@@ -14,6 +14,7 @@ use crate::manifest::{self, parse_manifest, Format, MAX_DISKS, MAX_MEMORY_MIB, M
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
+use basalt_fuzz::{edge_value, put, Field, Rng};
 
 const ITERATIONS: usize = 100_000;
 const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
@@ -90,7 +91,7 @@ fn set_multiboot_field(img: &mut [u8], header: usize, n: usize, value: u32) {
 
 /// Most mutants get a correct checksum, so they reach the field checks.
 fn fix_multiboot_checksum(rng: &mut Rng, bytes: &mut [u8], header: usize) {
-    if rng.below(4) != 0 {
+    if rng.index(4) != 0 {
         if let Some(flags) = bytes.get(header + 4..header + 8) {
             let flags = u32::from_le_bytes(flags.try_into().unwrap());
             put(bytes, (header + 8, 4), 0u32.wrapping_sub(MULTIBOOT_MAGIC).wrapping_sub(flags).into());
@@ -351,7 +352,7 @@ mod bzimage {
         let images = [bzimage(1000), bzimage(16)];
         fuzz(6, ITERATIONS, &images, &FIELDS, |rng, bytes| {
             let memory = rng.pick(&[64 << 20, 256 << 20, 1 << 32, u64::MAX]);
-            let initrd = [None, Some(&initrd_bytes[..rng.below(0x3000)])][rng.below(2)];
+            let initrd = [None, Some(&initrd_bytes[..rng.index(0x3000)])][rng.index(2)];
             let cmdline = rng.pick(&["", "console=ttyS0", &long_line]);
             let extras = Extras { initrd, cmdline, rsdp: Some(0xe_0000) };
             if let Ok(plan) = load(bytes, &vm, memory, extras) {
@@ -371,16 +372,16 @@ mod bzimage {
         for _ in 0..ITERATIONS {
             let mut bz = linux::parse(&img).unwrap();
             let len = img.len();
-            match rng.below(6) {
-                0 => bz.pref_address = crate::fuzz::edge_value(&mut rng, len),
-                1 => bz.init_size = crate::fuzz::edge_value(&mut rng, len),
-                2 => bz.alignment = crate::fuzz::edge_value(&mut rng, len),
-                3 => bz.initrd_max = crate::fuzz::edge_value(&mut rng, len),
-                4 => bz.cmdline_max = crate::fuzz::edge_value(&mut rng, len) as u32,
-                _ => bz.kernel = &bz.kernel[..rng.below(bz.kernel.len() + 1)],
+            match rng.index(6) {
+                0 => bz.pref_address = edge_value(&mut rng, len),
+                1 => bz.init_size = edge_value(&mut rng, len),
+                2 => bz.alignment = edge_value(&mut rng, len),
+                3 => bz.initrd_max = edge_value(&mut rng, len),
+                4 => bz.cmdline_max = edge_value(&mut rng, len) as u32,
+                _ => bz.kernel = &bz.kernel[..rng.index(bz.kernel.len() + 1)],
             }
-            bz.relocatable = rng.below(2) == 0;
-            let odd_memory = crate::fuzz::edge_value(&mut rng, len);
+            bz.relocatable = rng.index(2) == 0;
+            let odd_memory = edge_value(&mut rng, len);
             let memory = rng.pick(&[64 << 20, 1 << 32, u64::MAX, odd_memory]);
             let Ok(plan) = linux::plan(&bz, &boot(memory, "console=ttyS0", Some(&initrd))) else { continue };
             // The kernel and the initrd are placed inside memory, apart; load()
@@ -563,21 +564,21 @@ mod vm_list {
     ];
 
     fn mutate_text(rng: &mut Rng, text: &mut Vec<u8>) {
-        for _ in 0..1 + rng.below(4) {
-            let at = rng.below(text.len() + 1);
-            match rng.below(6) {
+        for _ in 0..1 + rng.index(4) {
+            let at = rng.index(text.len() + 1);
+            match rng.index(6) {
                 0 | 1 => {
                     let token = rng.pick(&TOKENS);
                     text.splice(at..at, token.bytes());
                 }
                 2 => {
-                    let end = (at + rng.below(12)).min(text.len());
+                    let end = (at + rng.index(12)).min(text.len());
                     text.drain(at..end);
                 }
-                3 if at < text.len() => text[at] = rng.next() as u8,
+                3 if at < text.len() => text[at] = rng.next_u64() as u8,
                 // A line again: repeated names and host consoles.
                 4 => {
-                    let line = text.split(|&b| b == b'\n').nth(rng.below(5)).unwrap_or_default().to_vec();
+                    let line = text.split(|&b| b == b'\n').nth(rng.index(5)).unwrap_or_default().to_vec();
                     text.push(b'\n');
                     text.extend(line);
                 }

@@ -7,27 +7,9 @@
 //! Whenever iced decodes one of the forms Basalt claims, Basalt must accept it;
 //! anything else it may reject. `BASALT_DIFF_CASES` raises the number of cases.
 
+use basalt_fuzz::Rng;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register as Reg};
 use vmx::decode::{decode, Access, CodeSize, MmioInstruction, Register};
-
-/// splitmix64: deterministic, so a failure reproduces from its case number.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len() as u64) as usize]
-    }
-}
 
 const MODES: [(CodeSize, u32); 3] = [(CodeSize::Bits16, 16), (CodeSize::Bits32, 32), (CodeSize::Bits64, 64)];
 
@@ -103,7 +85,7 @@ const CLAIMED_CODES: [Code; 26] = [
 fn encoding(rng: &mut Rng, bits: u32) -> ([u8; 16], usize) {
     let mut bytes = [0u8; 16];
     for b in bytes.iter_mut() {
-        *b = rng.next() as u8;
+        *b = rng.next_u64() as u8;
     }
     let rex = |rng: &mut Rng| 0x40 | rng.below(16) as u8;
     let mut n = 0;
@@ -205,7 +187,7 @@ fn cases(default: u64) -> u64 {
 #[test]
 fn agrees_with_iced() {
     let total = cases(3_000_000);
-    let mut rng = Rng(0x0ba5_a17d_ec0d_e000);
+    let mut rng = Rng::new(0x0ba5_a17d_ec0d_e000);
     // Each kind of disagreement once, with its first example, not a flood.
     let mut disagreements: std::collections::BTreeMap<String, (u64, String)> = Default::default();
     let mut accepted = 0;
@@ -232,11 +214,11 @@ fn agrees_with_iced() {
 /// no panic (overflow checks are on), and never a length beyond the bytes.
 #[test]
 fn random_bytes_never_panic() {
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     let mut bytes = [0u8; 20];
     for _ in 0..cases(3_000_000) / 20 {
         for b in bytes.iter_mut() {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
         for len in 0..=bytes.len() {
             for (mode, _) in MODES {
