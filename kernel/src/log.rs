@@ -63,6 +63,15 @@ impl LineBuf {
         LineBuf { bytes: [0; devices::output::MAX_LINE], len: 0 }
     }
 
+    /// A log line's start: time since boot, the CPU writing it, the level.
+    fn with_prefix(level: log::Level) -> LineBuf {
+        let mut line = LineBuf::new();
+        let micros = time::micros_since_boot();
+        let cpu = percpu::current_index();
+        let _ = write!(line, "[{:>4}.{:06} cpu{cpu}] {level:<5} ", micros / 1_000_000, micros % 1_000_000);
+        line
+    }
+
     fn push(&mut self, data: &[u8]) {
         let n = data.len().min(self.bytes.len() - self.len);
         self.bytes[self.len..self.len + n].copy_from_slice(&data[..n]);
@@ -90,15 +99,9 @@ impl log::Log for KernelLog {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let micros = time::micros_since_boot();
-        write_locked(format_args!(
-            "[{:>4}.{:06} cpu{}] {:<5} {}\n",
-            micros / 1_000_000,
-            micros % 1_000_000,
-            percpu::current_index(),
-            record.level(),
-            record.args()
-        ));
+        let mut line = LineBuf::with_prefix(record.level());
+        let _ = writeln!(line, "{}", record.args());
+        enqueue(HOST, line.as_bytes());
     }
 
     fn flush(&self) {}
@@ -172,15 +175,8 @@ impl GuestOutput {
 
     /// One line of the guest's, after `prefix` and " | ", tagged like host lines.
     pub fn line(&self, prefix: core::fmt::Arguments, text: &[u8]) {
-        let micros = time::micros_since_boot();
-        let mut line = LineBuf::new();
-        let _ = write!(
-            line,
-            "[{:>4}.{:06} cpu{}] INFO  {prefix} | ",
-            micros / 1_000_000,
-            micros % 1_000_000,
-            percpu::current_index()
-        );
+        let mut line = LineBuf::with_prefix(log::Level::Info);
+        let _ = write!(line, "{prefix} | ");
         for chunk in text.utf8_chunks() {
             let _ = line.write_str(chunk.valid());
             if !chunk.invalid().is_empty() {

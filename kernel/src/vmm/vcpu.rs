@@ -388,13 +388,14 @@ impl Vcpu {
                 shared.wake_others(&mut vm, me);
                 outcome
             };
+            self.counters.record(reason.basic(), time::rdtsc() - exit_tsc);
             // A VM writing faster than the host's port waits for it here, with
-            // no lock held: only its own vCPU is slowed.
+            // no lock held: only its own vCPU is slowed. (Not counted as the
+            // exit's VMM time: the guest is paced, the VMM does no work.)
             while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
                 crate::log::pump();
                 core::hint::spin_loop();
             }
-            self.counters.record(reason.basic(), time::rdtsc() - exit_tsc);
             match outcome {
                 Outcome::Resume => {}
                 Outcome::Park => break RunEnd::Parked,
