@@ -3,7 +3,7 @@
 //! (the read shadow); the real register gets the pinned bits. Turning paging on
 //! with EFER.LME set enters long mode. CR8 is the local APIC model's TPR.
 
-use super::{inject_exception, skip_instruction, write, Outcome, GP};
+use super::{gpr, inject_exception, set_gpr, skip_instruction, write, Outcome, GP};
 use crate::vmm::cpu::{self, ENTRY_IA32E_MODE_GUEST};
 use crate::vmm::vcpu::{read, Vcpu, CR0_CD, CR0_NW};
 use crate::vmm::vm::{Stop, Vm};
@@ -16,7 +16,6 @@ const APIC_TPR: u64 = devices::layout::LAPIC_BASE + 0x80;
 
 pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     let Ok(vmx) = cpu::vmx() else { return Outcome::Stop(Stop::Unsupported("no VMX".into())) };
-    let gpr = |vcpu: &Vcpu, index: u8| if index == 4 { read(vmcs::GUEST_RSP) } else { vcpu.regs.get(index) };
     match CrAccess::decode(read(vmcs::EXIT_QUALIFICATION)) {
         CrAccess::MovToCr { cr: 0, gpr: g } => {
             let value = gpr(vcpu, g);
@@ -46,11 +45,7 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
             let now = crate::time::rdtsc();
             let tpr = vm.chipset.mmio_read(vcpu.index as usize, APIC_TPR, 4, now);
             let value = (tpr >> 4) & 0xf;
-            if g == 4 {
-                write(vmcs::GUEST_RSP, value);
-            } else {
-                vcpu.regs.set(g, value);
-            }
+            set_gpr(vcpu, g, value);
         }
         CrAccess::Clts => {
             let shadow = read(vmcs::CR0_READ_SHADOW) & !(1 << 3);

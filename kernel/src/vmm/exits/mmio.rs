@@ -6,7 +6,7 @@
 //! such an address, or an instruction Basalt cannot emulate there, stops the VM.
 
 use super::io::act_on;
-use super::{inject_exception, write, Outcome, UD};
+use super::{gpr, inject_exception, set_gpr, write, Outcome, UD};
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
@@ -54,12 +54,12 @@ pub fn emulate(vm: &mut Vm, vcpu: &mut Vcpu, address: u64) -> Outcome {
     let written = match decoded.access {
         Access::Read { dest, width } => {
             let value = vm.chipset.mmio_read(vcpu.index as usize, address, decoded.size, now) & size_mask;
-            let old = vcpu.regs.get(dest.index);
-            vcpu.regs.set(dest.index, decode::merge_register(old, value, width, dest.high_byte));
+            let old = gpr(vcpu, dest.index);
+            set_gpr(vcpu, dest.index, decode::merge_register(old, value, width, dest.high_byte));
             None
         }
         Access::WriteRegister { source } => {
-            let register = vcpu.regs.get(source.index);
+            let register = gpr(vcpu, source.index);
             Some(if source.high_byte { register >> 8 } else { register })
         }
         Access::WriteImmediate { value } => Some(value),

@@ -106,6 +106,24 @@ pub fn inject_exception(vector: u8, error_code: Option<u32>) {
 /// current; a failure is logged with the field's name (see `vcpu::write`).
 pub use super::vcpu::write;
 
+/// A guest register by its instruction encoding (0 = RAX … 15 = R15). RSP
+/// (4) lives in the VMCS, the others in the registers the exit stub saved.
+pub fn gpr(vcpu: &Vcpu, index: u8) -> u64 {
+    if index & 15 == 4 {
+        read(vmcs::GUEST_RSP)
+    } else {
+        vcpu.regs.get(index)
+    }
+}
+
+pub fn set_gpr(vcpu: &mut Vcpu, index: u8, value: u64) {
+    if index & 15 == 4 {
+        write(vmcs::GUEST_RSP, value);
+    } else {
+        vcpu.regs.set(index, value);
+    }
+}
+
 /// The guest's privilege level (SS.DPL).
 pub fn guest_cpl() -> u8 {
     ((read(vmcs::GUEST_SS_ACCESS_RIGHTS) >> 5) & 3) as u8
