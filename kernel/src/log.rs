@@ -163,6 +163,9 @@ pub fn pump() {
 /// VM (and every sink holding this) is gone.
 pub struct GuestOutput {
     source: Source,
+    /// The VM wrote since its vCPUs last looked at its backlog: only then can
+    /// the backlog have grown, so only then is the queue's lock worth taking.
+    wrote: AtomicBool,
 }
 
 impl GuestOutput {
@@ -170,7 +173,7 @@ impl GuestOutput {
         let own = without_interrupts(|| QUEUE.lock().register(VM_OUTPUT_QUOTA));
         let source = own
             .or_else(|| *SHARED_VM_SOURCE.call_once(|| without_interrupts(|| QUEUE.lock().register(VM_OUTPUT_QUOTA))));
-        Arc::new(GuestOutput { source: source.unwrap_or(HOST) })
+        Arc::new(GuestOutput { source: source.unwrap_or(HOST), wrote: AtomicBool::new(false) })
     }
 
     /// One line of the guest's, after `prefix` and " | ", tagged like host lines.
@@ -184,13 +187,25 @@ impl GuestOutput {
             }
         }
         line.push(b"\n");
+        self.wrote.store(true, Ordering::Relaxed);
         enqueue(self.source, line.as_bytes());
     }
 
     /// Guest console bytes for the host console, as they are (a VM that owns
     /// the host console: see loader's `host_console`).
     pub fn raw(&self, bytes: &[u8]) {
+        self.wrote.store(true, Ordering::Relaxed);
         enqueue(self.source, bytes);
+    }
+
+    /// After an exit: whether the VM wrote and now has more output waiting
+    /// than it may before its vCPUs wait for the port. One load on the exit
+    /// path when it wrote nothing.
+    pub fn must_wait(&self) -> bool {
+        self.wrote.load(Ordering::Relaxed) && {
+            self.wrote.store(false, Ordering::Relaxed);
+            self.over_backlog()
+        }
     }
 
     /// Whether this VM has more output waiting than it may before its vCPUs

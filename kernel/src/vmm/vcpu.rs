@@ -392,9 +392,11 @@ impl Vcpu {
             // A VM writing faster than the host's port waits for it here, with
             // no lock held: only its own vCPU is slowed. (Not counted as the
             // exit's VMM time: the guest is paced, the VMM does no work.)
-            while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
-                crate::log::pump();
-                core::hint::spin_loop();
+            if output.must_wait() {
+                while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
+                    crate::log::pump();
+                    core::hint::spin_loop();
+                }
             }
             match outcome {
                 Outcome::Resume => {}
