@@ -190,9 +190,6 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
         if vm.format != Format::Linux && (vm.initrd.is_some() || vm.kernel_cmdline.is_some()) {
             return Err(error(&vm, "initrd and kernel-cmdline are for format=linux only".into()));
         }
-        if vm.format != Format::Linux && !vm.disks.is_empty() {
-            return Err(error(&vm, "disks are for format=linux only (other guests have no virtio driver)".into()));
-        }
         if vm.disks.len() > MAX_DISKS {
             return Err(error(&vm, alloc::format!("at most {MAX_DISKS} disks")));
         }
@@ -262,7 +259,7 @@ mod tests {
             "VM list line 1 (vm 'x'): format must be flat, elf, multiboot or linux, not 'floppy'"
         );
         assert!(err("name=x image=i format=flat initrd=r").contains("for format=linux only"));
-        assert!(err("name=x image=i format=elf disk=d").contains("disks are for format=linux only"));
+        assert_eq!(parse_manifest("name=x image=i format=elf disk=d").unwrap()[0].disks, vec!["d".to_string()]);
         assert_eq!(err("\nname=x format=flat"), "VM list line 2 (vm 'x'): image is missing");
         assert_eq!(err("name=x image=i format=flat load=12q"), "VM list line 1 (vm 'x'): load: '12q' is not a number");
         assert_eq!(err("name=x image=i format=flat colour=red"), "VM list line 1 (vm 'x'): unknown key 'colour'");

@@ -106,9 +106,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         )));
     }
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
-    if spec.format == loader::Format::Linux {
-        vm.add_linux_devices(spec, &guest.disks).map_err(Stop::Unsupported)?;
-    }
+    vm.add_virtio_devices(spec, &guest.disks).map_err(Stop::Unsupported)?;
     let memory = vm.memory.size();
     let usable = memory - SETUP_AREA;
     // ACPI tables live in the BIOS area below 1 MiB, which no guest image uses

@@ -136,9 +136,11 @@ impl Vm {
         }
     }
 
-    /// The virtio devices of a Linux VM: a console (output on the host log as
-    /// "vm NAME hvc | ...") and one virtio-blk disk per image.
-    pub fn add_linux_devices(&mut self, spec: &VmSpec, disks: &[&[u8]]) -> Result<(), String> {
+    /// The virtio devices every VM has: a console (output on the host log as
+    /// "vm NAME hvc | ...") and one virtio-blk disk per image. A guest without a
+    /// virtio driver never touches them; a hostile one can, so every VM's
+    /// devices face the same guests.
+    pub fn add_virtio_devices(&mut self, spec: &VmSpec, disks: &[&[u8]]) -> Result<(), String> {
         let name = spec.name.clone();
         let sink = self.output.clone();
         let console = Console::new(Box::new(move |line: &[u8]| sink.line(format_args!("vm {name} hvc"), line)));
