@@ -61,13 +61,15 @@ fn virtual_cpuid(leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4]
         1 => {
             const ECX_VMX: u32 = 1 << 5;
             const ECX_MONITOR: u32 = 1 << 3;
+            // GETSEC exits unconditionally and gets #UD (see exits/mod.rs).
+            const ECX_SMX: u32 = 1 << 6;
             const ECX_X2APIC: u32 = 1 << 21;
             const ECX_TSC_DEADLINE: u32 = 1 << 24;
             const ECX_HYPERVISOR: u32 = 1 << 31;
             const ECX_OSXSAVE: u32 = 1 << 27;
             // Debug store, thermal and power management: MSR-backed, not emulated.
             const ECX_DTES64_DSCPL_EST_TM2_PDCM: u32 = (1 << 2) | (1 << 4) | (1 << 7) | (1 << 8) | (1 << 15);
-            c &= !(ECX_VMX | ECX_MONITOR | ECX_X2APIC | ECX_OSXSAVE | ECX_DTES64_DSCPL_EST_TM2_PDCM);
+            c &= !(ECX_VMX | ECX_MONITOR | ECX_SMX | ECX_X2APIC | ECX_OSXSAVE | ECX_DTES64_DSCPL_EST_TM2_PDCM);
             // The virtual local APIC has the TSC-deadline timer whatever the host has.
             c |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
             if guest_cr4 & CR4_OSXSAVE != 0 {

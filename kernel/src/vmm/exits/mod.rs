@@ -50,6 +50,7 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
         reason::CR_ACCESS => cr::handle(vm, vcpu),
         reason::XSETBV => xsetbv::handle(vcpu),
         reason::WBINVD => cache::wbinvd(),
+        reason::INVD => cache::invd(),
         reason::VMCALL => vmcall::handle(vm, vcpu),
         reason::EXTERNAL_INTERRUPT => interrupts::external(),
         reason::EXCEPTION_OR_NMI => interrupts::exception_or_nmi(),
@@ -68,8 +69,10 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
         | reason::VMXON
         | reason::INVEPT
         | reason::INVVPID
-        | reason::VMFUNC => {
-            // VMX is hidden from guests; its instructions are undefined for them.
+        | reason::VMFUNC
+        | reason::GETSEC => {
+            // VMX and SMX are hidden from guests; their instructions are
+            // undefined for them.
             inject_exception(UD, None);
             Outcome::Resume
         }
