@@ -147,6 +147,23 @@ impl<const BYTES: usize, const SOURCES: usize> OutputQueue<BYTES, SOURCES> {
     }
 }
 
+/// A guest's console text as it may appear in the host's log: valid UTF-8
+/// stays, anything else (bytes that are not UTF-8, and control characters but
+/// tab — line breaks, carriage returns, escape sequences) becomes U+FFFD. A
+/// guest line then stays one line behind its VM's prefix: it cannot forge
+/// another VM's or the host's lines, move the cursor, or clear the screen.
+pub fn write_printable(text: &[u8], out: &mut impl core::fmt::Write) -> core::fmt::Result {
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            out.write_char(if c.is_control() && c != '\t' { '\u{fffd}' } else { c })?;
+        }
+        if !chunk.invalid().is_empty() {
+            out.write_char('\u{fffd}')?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +251,13 @@ mod tests {
         assert!(!q.push(7, b"no such source"));
         q.release(HOST);
         assert!(q.push(HOST, b"the host never goes away"));
+    }
+
+    #[test]
+    fn guest_text_cannot_break_or_escape_its_line() {
+        let mut out = alloc::string::String::new();
+        write_printable(b"ok\tfine \xc3\xa9\nbasalt: PASS\r\x1b[2J\xff\x7f\xc2\x9b", &mut out).unwrap();
+        assert_eq!(out, "ok\tfine \u{e9}\u{fffd}basalt: PASS\u{fffd}\u{fffd}[2J\u{fffd}\u{fffd}\u{fffd}");
+        assert!(!out.contains('\n') && !out.contains('\r') && !out.contains('\x1b'));
     }
 }

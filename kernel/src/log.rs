@@ -180,12 +180,7 @@ impl GuestOutput {
     pub fn line(&self, prefix: core::fmt::Arguments, text: &[u8]) {
         let mut line = LineBuf::with_prefix(log::Level::Info);
         let _ = write!(line, "{prefix} | ");
-        for chunk in text.utf8_chunks() {
-            let _ = line.write_str(chunk.valid());
-            if !chunk.invalid().is_empty() {
-                let _ = line.write_str("\u{fffd}");
-            }
-        }
+        let _ = devices::output::write_printable(text, &mut line);
         line.push(b"\n");
         self.wrote.store(true, Ordering::Relaxed);
         enqueue(self.source, line.as_bytes());
