@@ -7,7 +7,9 @@
 use crate::bundle::{self, Bundle, BundleError};
 use crate::fuzz::{check_plan, fuzz, inside};
 use crate::image::tests::{elf_image, multiboot_aout, spec};
-use crate::image::{load, parse_elf, ElfClass, EntryMode, Extras, ImageError, LoadPlan, MULTIBOOT_BOOTLOADER_MAGIC};
+use crate::image::{
+    load, parse_elf, ElfClass, EntryMode, Extras, GuestRam, ImageError, LoadPlan, MULTIBOOT_BOOTLOADER_MAGIC,
+};
 use crate::linux::tests::{boot, bzimage, set32};
 use crate::linux::{self, COMMAND_LINE, ZERO_PAGE};
 use crate::manifest::{self, parse_manifest, Format, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS};
@@ -100,11 +102,11 @@ fn fix_multiboot_checksum(rng: &mut Rng, bytes: &mut [u8], header: usize) {
 }
 
 fn load_elf(img: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
-    load(img, &spec(Format::Elf), memory, Extras::default())
+    load(img, &spec(Format::Elf), GuestRam::low(memory), Extras::default())
 }
 
 fn load_multiboot(img: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
-    load(img, &spec(Format::Multiboot), memory, Extras::default())
+    load(img, &spec(Format::Multiboot), GuestRam::low(memory), Extras::default())
 }
 
 mod elf {
@@ -120,7 +122,7 @@ mod elf {
             }
         }
         let memory = rng.pick(&MEMORIES);
-        if let Ok(plan) = load(bytes, vm, memory, Extras::default()) {
+        if let Ok(plan) = load(bytes, vm, GuestRam::low(memory), Extras::default()) {
             check_plan(&plan, memory, &[bytes]);
             let class = parse_elf(bytes).unwrap().class;
             assert_eq!(plan.mode, if class == ElfClass::Elf64 { EntryMode::Long } else { EntryMode::Protected });
@@ -220,7 +222,7 @@ mod multiboot {
     fn check_multiboot(rng: &mut Rng, bytes: &mut [u8], header: usize, vm: &manifest::VmSpec) {
         fix_multiboot_checksum(rng, bytes, header);
         let memory = rng.pick(&MEMORIES);
-        if let Ok(plan) = load(bytes, vm, memory, Extras::default()) {
+        if let Ok(plan) = load(bytes, vm, GuestRam::low(memory), Extras::default()) {
             check_plan(&plan, memory, &[bytes]);
             assert_eq!((plan.mode, plan.rax), (EntryMode::Protected, MULTIBOOT_BOOTLOADER_MAGIC));
         }
@@ -355,7 +357,7 @@ mod bzimage {
             let initrd = [None, Some(&initrd_bytes[..rng.index(0x3000)])][rng.index(2)];
             let cmdline = rng.pick(&["", "console=ttyS0", &long_line]);
             let extras = Extras { initrd, cmdline, rsdp: Some(0xe_0000) };
-            if let Ok(plan) = load(bytes, &vm, memory, extras) {
+            if let Ok(plan) = load(bytes, &vm, GuestRam::low(memory), extras) {
                 check_plan(&plan, memory, &[bytes, &initrd_bytes]);
                 assert!(bytes.ends_with(plan.segments[0].data.bytes()), "the kernel is the image's tail");
                 assert_eq!((plan.mode, plan.rsi), (EntryMode::Long, ZERO_PAGE));
@@ -398,11 +400,11 @@ mod bzimage {
         let mut img = bzimage(1000);
         img[0x258..0x260].copy_from_slice(&(u64::MAX - 0x1000).to_le_bytes());
         img[0x234] = 0; // not relocatable
-        let err = load(&img, &spec(Format::Linux), 256 << 20, Extras::default()).unwrap_err();
+        let err = load(&img, &spec(Format::Linux), GuestRam::low(256 << 20), Extras::default()).unwrap_err();
         assert_eq!(err, ImageError::DoesNotFit { start: u64::MAX - 0x1000, end: u64::MAX, memory: 256 << 20 });
         // Relocatable, it goes to the lowest aligned address instead.
         img[0x234] = 1;
-        let plan = load(&img, &spec(Format::Linux), 256 << 20, Extras::default()).unwrap();
+        let plan = load(&img, &spec(Format::Linux), GuestRam::low(256 << 20), Extras::default()).unwrap();
         assert_eq!(plan.segments[0].guest_phys, 0x20_0000);
     }
 
@@ -430,7 +432,7 @@ mod bzimage {
     fn init_size_of_u32_max_does_not_fit() {
         let mut img = bzimage(1000);
         set32(&mut img, 0x260, u32::MAX);
-        let err = load(&img, &spec(Format::Linux), 256 << 20, Extras::default()).unwrap_err();
+        let err = load(&img, &spec(Format::Linux), GuestRam::low(256 << 20), Extras::default()).unwrap_err();
         assert!(matches!(err, ImageError::DoesNotFit { .. }), "{err:?}");
     }
 
@@ -460,7 +462,7 @@ mod bzimage {
         img[0x258..0x260].copy_from_slice(&0x10_0000u64.to_le_bytes());
         let line = "x".repeat(0x10_0000 - COMMAND_LINE as usize);
         let extras = Extras { cmdline: &line, ..Extras::default() };
-        let err = load(&img, &spec(Format::Linux), 256 << 20, extras).unwrap_err();
+        let err = load(&img, &spec(Format::Linux), GuestRam::low(256 << 20), extras).unwrap_err();
         assert!(matches!(err, ImageError::Overlap { .. }), "{err:?}");
     }
 }
@@ -471,7 +473,7 @@ mod flat {
     #[test]
     fn a_flat_image_at_the_top_of_the_address_space_is_an_error() {
         let vm = parse_manifest("name=t image=t format=flat load=0xfffffffffffffff8").unwrap().remove(0);
-        let err = load(&[0xf4; 16], &vm, u64::MAX, Extras::default()).unwrap_err();
+        let err = load(&[0xf4; 16], &vm, GuestRam::low(u64::MAX), Extras::default()).unwrap_err();
         assert_eq!(err, ImageError::DoesNotFit { start: 0xffff_ffff_ffff_fff8, end: u64::MAX, memory: u64::MAX });
     }
 }

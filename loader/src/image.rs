@@ -11,6 +11,7 @@ use crate::manifest::{Format, Mode, VmSpec};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use devices::layout::RamMap;
 use elf::endian::LittleEndian;
 use elf::file::{Class, FileHeader};
 use elf::parse::{ParseAt, ParseError};
@@ -84,8 +85,8 @@ pub enum ImageError {
     NoMultibootHeader,
     BadMultibootChecksum,
     UnsupportedMultiboot(&'static str),
-    /// A segment lies outside the VM's memory (`end` is `u64::MAX` when it
-    /// would run past 2^64).
+    /// A segment does not end at or below `memory`, where the RAM a loader may
+    /// use ends (`end` is `u64::MAX` when it would run past 2^64).
     DoesNotFit {
         start: u64,
         end: u64,
@@ -117,7 +118,7 @@ impl fmt::Display for ImageError {
             ImageError::BadMultibootChecksum => write!(f, "the Multiboot header's checksum is wrong"),
             ImageError::UnsupportedMultiboot(why) => write!(f, "unsupported Multiboot kernel: {why}"),
             ImageError::DoesNotFit { start, end, memory } => {
-                write!(f, "bytes {start:#x}..{end:#x} do not fit in the VM's {memory:#x} bytes of memory")
+                write!(f, "bytes {start:#x}..{end:#x} do not fit in the VM's memory (loadable up to {memory:#x})")
             }
             ImageError::Overlap { first: (a, b), second: (c, d) } => {
                 write!(f, "bytes {a:#x}..{b:#x} and {c:#x}..{d:#x} would overlap in guest memory")
@@ -155,10 +156,37 @@ pub struct Extras<'a> {
     pub rsdp: Option<u64>,
 }
 
-/// Plans loading `image` for `vm` with `memory` bytes of guest RAM. An `Ok` plan's
-/// segments all lie inside `memory`, none overlaps another, and the entry point
-/// lies in one of them.
-pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64, extras: Extras<'a>) -> Result<LoadPlan<'a>, ImageError> {
+/// The VM's RAM as a loader sees it: it places everything below `low_ram_end`,
+/// and the memory maps it hands the guest report RAM up to there and `high`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestRam {
+    /// Where the low RAM loaders may use ends: below the MMIO hole (so below
+    /// 4 GiB, where 32-bit boot protocols can point) and below what the VMM
+    /// keeps at the top of low RAM for itself.
+    pub low_ram_end: u64,
+    /// RAM above the hole, as (start, bytes): reported, never loaded into.
+    pub high: Option<(u64, u64)>,
+}
+
+impl GuestRam {
+    /// The RAM of `map` less `vmm_reserved` bytes at the top of low RAM; None
+    /// when low RAM is smaller than that.
+    pub fn new(map: &RamMap, vmm_reserved: u64) -> Option<GuestRam> {
+        let low_ram_end = map.low_end().checked_sub(vmm_reserved)?;
+        Some(GuestRam { low_ram_end, high: map.high().map(|r| (r.guest_phys, r.size)) })
+    }
+
+    /// Low RAM only, ending at `low_ram_end`.
+    pub fn low(low_ram_end: u64) -> GuestRam {
+        GuestRam { low_ram_end, high: None }
+    }
+}
+
+/// Plans loading `image` for `vm` into `ram`. An `Ok` plan's segments all lie
+/// below `ram.low_ram_end`, none overlaps another, and the entry point lies in
+/// one of them.
+pub fn load<'a>(image: &'a [u8], vm: &VmSpec, ram: GuestRam, extras: Extras<'a>) -> Result<LoadPlan<'a>, ImageError> {
+    let memory = ram.low_ram_end;
     if image.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -176,11 +204,11 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, memory: u64, extras: Extras<'a>) -
             rsi: 0,
         },
         Format::Elf => elf(image)?,
-        Format::Multiboot => multiboot(image, memory)?,
+        Format::Multiboot => multiboot(image, &ram)?,
         Format::Linux => {
             let bz = crate::linux::parse(image)?;
             let boot = crate::linux::LinuxBoot {
-                memory,
+                ram,
                 cmdline: extras.cmdline,
                 initrd: extras.initrd,
                 rsdp: extras.rsdp,
@@ -337,7 +365,7 @@ fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
 /// Multiboot v1: the header's address fields when flag 16 is set, else the ELF
 /// program headers; entered in protected mode with EAX = the bootloader magic and
 /// EBX = the information structure.
-fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
+fn multiboot<'a>(image: &'a [u8], ram: &GuestRam) -> Result<LoadPlan<'a>, ImageError> {
     let search = &image[..image.len().min(MULTIBOOT_SEARCH)];
     // The magic, flags and checksum must all lie in the searched bytes.
     let header = (0..search.len().saturating_sub(11))
@@ -400,15 +428,19 @@ fn multiboot(image: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
         plan
     };
     // Information structure: memory sizes (flag 0) and a memory map (flag 6).
+    // mem_upper is RAM from 1 MiB up to the first hole, so only low RAM; the map
+    // also lists RAM above the hole.
     const INFO_SIZE: usize = 0x58;
     let mut info = vec![0u8; INFO_SIZE];
     let mut put = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
     put(0, 1 | (1 << 6));
     put(4, 640);
-    put(8, u32::try_from(memory.saturating_sub(0x10_0000) / 1024).unwrap_or(u32::MAX));
+    let extended = ram.low_ram_end.saturating_sub(0x10_0000);
+    put(8, u32::try_from(extended / 1024).unwrap_or(u32::MAX));
     let map_at = MULTIBOOT_INFO_ADDRESS + INFO_SIZE as u64;
     let mut map = Vec::new();
-    for (base, len, kind) in [(0u64, 0x9f000u64, 1u32), (0x10_0000, memory.saturating_sub(0x10_0000), 1)] {
+    let low = [(0u64, 0x9f000u64, 1u32), (0x10_0000, extended, 1)];
+    for (base, len, kind) in low.into_iter().chain(ram.high.map(|(base, len)| (base, len, 1))) {
         map.extend_from_slice(&20u32.to_le_bytes());
         map.extend_from_slice(&base.to_le_bytes());
         map.extend_from_slice(&len.to_le_bytes());
@@ -481,27 +513,33 @@ pub(crate) mod tests {
 
     #[test]
     fn flat_images_load_where_asked() {
-        let plan = load(&[0xf4; 16], &spec(Format::Flat), 1 << 20, Extras::default()).unwrap();
+        let plan = load(&[0xf4; 16], &spec(Format::Flat), GuestRam::low(1 << 20), Extras::default()).unwrap();
         assert_eq!((plan.entry, plan.mode, plan.segments[0].guest_phys), (0x1000, EntryMode::Real, 0x1000));
-        assert_eq!(load(&[], &spec(Format::Flat), 1 << 20, Extras::default()).unwrap_err(), ImageError::Empty);
-        let err = load(&[0; 16], &spec(Format::Flat), 0x1008, Extras::default()).unwrap_err();
-        assert_eq!(err.to_string(), "bytes 0x1000..0x1010 do not fit in the VM's 0x1008 bytes of memory");
+        assert_eq!(
+            load(&[], &spec(Format::Flat), GuestRam::low(1 << 20), Extras::default()).unwrap_err(),
+            ImageError::Empty
+        );
+        let err = load(&[0; 16], &spec(Format::Flat), GuestRam::low(0x1008), Extras::default()).unwrap_err();
+        assert_eq!(err.to_string(), "bytes 0x1000..0x1010 do not fit in the VM's memory (loadable up to 0x1008)");
     }
 
     #[test]
     fn elf64_enters_long_mode_and_elf32_protected_mode() {
         let img = elf_image(true, 0x20_0000, 0x20_0004, &[0x90; 8], 0x100);
-        let plan = load(&img, &spec(Format::Elf), 4 << 20, Extras::default()).unwrap();
+        let plan = load(&img, &spec(Format::Elf), GuestRam::low(4 << 20), Extras::default()).unwrap();
         assert_eq!((plan.entry, plan.mode), (0x20_0004, EntryMode::Long));
         assert_eq!(plan.segments[0].data.bytes(), &[0x90; 8]);
         assert_eq!(plan.segments[0].zero_fill, 0x100);
         let img = elf_image(false, 0x10_0000, 0x10_0000, &[0xf4], 0);
-        assert_eq!(load(&img, &spec(Format::Elf), 4 << 20, Extras::default()).unwrap().mode, EntryMode::Protected);
+        assert_eq!(
+            load(&img, &spec(Format::Elf), GuestRam::low(4 << 20), Extras::default()).unwrap().mode,
+            EntryMode::Protected
+        );
     }
 
     #[test]
     fn bad_elf_files_say_what_is_wrong() {
-        let e = |img: &[u8]| load(img, &spec(Format::Elf), 4 << 20, Extras::default()).unwrap_err();
+        let e = |img: &[u8]| load(img, &spec(Format::Elf), GuestRam::low(4 << 20), Extras::default()).unwrap_err();
         assert_eq!(e(b"MZ\x90\x00"), ImageError::NotElf);
         let mut img = elf_image(true, 0x1000, 0x1000, &[0x90; 8], 0);
         img[18] = 40; // ARM
@@ -541,7 +579,7 @@ pub(crate) mod tests {
     #[test]
     fn multiboot_kernels_load_like_qemu_loads_them() {
         let img = multiboot_aout(0x10_0000, &[0xf4; 4], 0x40);
-        let plan = load(&img, &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap();
+        let plan = load(&img, &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap();
         assert_eq!((plan.entry, plan.mode), (0x10_0020, EntryMode::Protected));
         assert_eq!((plan.rax, plan.rbx), (0x2bad_b002, MULTIBOOT_INFO_ADDRESS));
         assert_eq!(plan.segments[0].guest_phys, 0x10_0000);
@@ -553,6 +591,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn multiboot_memory_info_leaves_out_the_mmio_hole() {
+        use devices::layout::{RamMap, HIGH_RAM_BASE, RAM_HOLE_START};
+        let img = multiboot_aout(0x10_0000, &[0xf4; 4], 0);
+        let ram = GuestRam::new(&RamMap::new(4096 << 20).unwrap(), 0x1_0000).unwrap();
+        let plan = load(&img, &spec(Format::Multiboot), ram, Extras::default()).unwrap();
+        let info = plan.segments[1].data.bytes();
+        let u32_at = |at: usize| u32::from_le_bytes(info[at..at + 4].try_into().unwrap());
+        let u64_at = |at: usize| u64::from_le_bytes(info[at..at + 8].try_into().unwrap());
+        let low_ram_end = RAM_HOLE_START - 0x1_0000;
+        assert_eq!(u64::from(u32_at(8)), (low_ram_end - 0x10_0000) / 1024, "mem_upper: 1 MiB up to the hole");
+        let (length, at) = (u32_at(44) as usize, u32_at(48) as u64 - MULTIBOOT_INFO_ADDRESS);
+        assert_eq!(length, 3 * 24);
+        let entries: Vec<_> = (0..3).map(|i| at as usize + i * 24).map(|e| (u64_at(e + 4), u64_at(e + 12))).collect();
+        assert_eq!(entries, [(0, 0x9f000), (0x10_0000, low_ram_end - 0x10_0000), (HIGH_RAM_BASE, 1 << 30)]);
+    }
+
+    #[test]
     fn multiboot_elf_kernels_and_bad_headers() {
         let flags: u32 = 0;
         let mut code = Vec::new();
@@ -561,16 +616,16 @@ pub(crate) mod tests {
         }
         code.push(0xf4);
         let img = elf_image(false, 0x10_0000, 0x10_000c, &code, 0);
-        let plan = load(&img, &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap();
+        let plan = load(&img, &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap();
         assert_eq!(plan.entry, 0x10_000c);
         assert_eq!(
-            load(&[0x90; 64], &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap_err(),
+            load(&[0x90; 64], &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap_err(),
             ImageError::NoMultibootHeader
         );
         let mut bad = multiboot_aout(0x10_0000, &[0xf4], 0);
         bad[8] ^= 1;
         assert_eq!(
-            load(&bad, &spec(Format::Multiboot), 16 << 20, Extras::default()).unwrap_err(),
+            load(&bad, &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap_err(),
             ImageError::BadMultibootChecksum
         );
     }

@@ -16,5 +16,5 @@ pub mod linux;
 pub mod manifest;
 
 pub use bundle::{Bundle, BundleError};
-pub use image::{load, parse_elf, ElfClass, ElfImage, ElfSegment, EntryMode, Extras, ImageError, LoadPlan};
+pub use image::{load, parse_elf, ElfClass, ElfImage, ElfSegment, EntryMode, Extras, GuestRam, ImageError, LoadPlan};
 pub use manifest::{parse_manifest, Format, ManifestError, VmSpec};

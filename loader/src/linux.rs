@@ -7,7 +7,7 @@
 //! checked: a field that would wrap or point outside the image or the VM's
 //! memory is an error, never a panic.
 
-use crate::image::{bytes_at, EntryMode, ImageError, LoadPlan, Segment, SegmentData};
+use crate::image::{bytes_at, EntryMode, GuestRam, ImageError, LoadPlan, Segment, SegmentData};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -139,8 +139,9 @@ pub fn parse(image: &[u8]) -> Result<BzImage<'_>, ImageError> {
 
 /// What the VMM knows about the VM a Linux kernel is booted into.
 pub struct LinuxBoot<'a> {
-    /// Guest RAM the kernel may use, from 0.
-    pub memory: u64,
+    /// The kernel, initrd and boot data go below `ram.low_ram_end`; the e820
+    /// map reports all of it.
+    pub ram: GuestRam,
     pub cmdline: &'a str,
     pub initrd: Option<&'a [u8]>,
     /// Guest-physical address of the ACPI RSDP, if the VM has ACPI tables.
@@ -155,17 +156,15 @@ pub struct LinuxBoot<'a> {
 pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, ImageError> {
     // The kernel decompresses in place and needs init_size bytes from where it is loaded.
     let footprint = bz.init_size.max(bz.kernel.len() as u64);
-    let kernel_end = |load: u64| load.checked_add(footprint).filter(|&end| end <= boot.memory);
+    let memory = boot.ram.low_ram_end;
+    let kernel_end = |load: u64| load.checked_add(footprint).filter(|&end| end <= memory);
     let preferred = bz.pref_address.max(LOWEST_LOAD);
     let load = match kernel_end(preferred) {
         None if bz.relocatable => LOWEST_LOAD.checked_next_multiple_of(bz.alignment).unwrap_or(u64::MAX),
         _ => preferred,
     };
-    let kernel_end = kernel_end(load).ok_or(ImageError::DoesNotFit {
-        start: load,
-        end: load.saturating_add(footprint),
-        memory: boot.memory,
-    })?;
+    let kernel_end =
+        kernel_end(load).ok_or(ImageError::DoesNotFit { start: load, end: load.saturating_add(footprint), memory })?;
     let cmdline = boot.cmdline.as_bytes();
     if cmdline.len() as u64 >= u64::from(bz.cmdline_max) {
         return Err(ImageError::CommandLineTooLong { length: cmdline.len(), max: bz.cmdline_max as usize });
@@ -184,7 +183,7 @@ pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, 
     put32(&mut zero_page, EXT_CMD_LINE_PTR, (COMMAND_LINE >> 32) as u32);
     if let Some(initrd) = boot.initrd {
         // As high as possible below the kernel's limit and the end of RAM, page aligned.
-        let limit = bz.initrd_max.saturating_add(1).min(boot.memory);
+        let limit = bz.initrd_max.saturating_add(1).min(memory);
         let size = initrd.len() as u64;
         let start = limit.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= kernel_end);
         let Some(start) = start else {
@@ -203,7 +202,7 @@ pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, 
     if let Some(rsdp) = boot.rsdp {
         put(&mut zero_page, ACPI_RSDP_ADDR, &rsdp.to_le_bytes());
     }
-    let map = e820(boot.memory, boot.acpi_tables);
+    let map = e820(&boot.ram, boot.acpi_tables);
     zero_page[E820_ENTRIES] = map.len() as u8;
     for (i, (base, size, kind)) in map.iter().enumerate() {
         let at = E820_TABLE + i * 20;
@@ -219,8 +218,11 @@ pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, 
 }
 
 /// The guest's memory map: conventional memory, the legacy BIOS/VGA hole,
-/// extended memory, and ACPI table memory carved out of it.
-pub fn e820(memory: u64, acpi_tables: Option<(u64, u64)>) -> Vec<(u64, u64, u32)> {
+/// extended memory up to the end of usable low RAM with ACPI table memory carved
+/// out of it, and the RAM above the MMIO hole. What lies between is left out, so
+/// the guest takes it for neither RAM nor anything it may claim.
+pub fn e820(ram: &GuestRam, acpi_tables: Option<(u64, u64)>) -> Vec<(u64, u64, u32)> {
+    let memory = ram.low_ram_end;
     let mut map = vec![(0, 0x9fc00, E820_RAM), (0x9fc00, 0x400, E820_RESERVED), (0xe0000, 0x20000, E820_RESERVED)];
     match acpi_tables {
         Some((start, end)) if start >= 0x10_0000 && end <= memory && start < end => {
@@ -232,6 +234,7 @@ pub fn e820(memory: u64, acpi_tables: Option<(u64, u64)>) -> Vec<(u64, u64, u32)
         }
         _ => map.push((0x10_0000, memory.saturating_sub(0x10_0000), E820_RAM)),
     }
+    map.extend(ram.high.map(|(base, size)| (base, size, E820_RAM)));
     map
 }
 
@@ -269,7 +272,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn boot<'a>(memory: u64, cmdline: &'a str, initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
-        LinuxBoot { memory, cmdline, initrd, rsdp: Some(0xe_0000), acpi_tables: None }
+        LinuxBoot { ram: GuestRam::low(memory), cmdline, initrd, rsdp: Some(0xe_0000), acpi_tables: None }
     }
 
     #[test]
@@ -330,8 +333,61 @@ pub(crate) mod tests {
 
     #[test]
     fn e820_carves_out_acpi_tables() {
-        let map = e820(64 << 20, Some((0x3ff_0000, 0x400_0000)));
+        let map = e820(&GuestRam::low(64 << 20), Some((0x3ff_0000, 0x400_0000)));
         assert_eq!(map.last(), Some(&(0x3ff_0000, 0x1_0000, E820_ACPI)));
         assert_eq!(map[3], (0x10_0000, 0x3ff_0000 - 0x10_0000, E820_RAM));
+    }
+
+    /// The e820 map of a VM of `mib` MiB whose top 64 KiB of low RAM the VMM keeps.
+    fn e820_of(mib: u64) -> Vec<(u64, u64, u32)> {
+        let map = devices::layout::RamMap::new(mib << 20).unwrap();
+        e820(&GuestRam::new(&map, 0x1_0000).unwrap(), None)
+    }
+
+    #[test]
+    fn e820_keeps_ram_out_of_the_mmio_hole_and_reports_ram_above_4_gib() {
+        use devices::layout::{HIGH_RAM_BASE, RAM_HOLE_START};
+        let map = e820_of(4096);
+        for &(base, size, kind) in &map {
+            let end = base + size;
+            assert!(end <= RAM_HOLE_START || base >= HIGH_RAM_BASE, "{base:#x}..{end:#x} ({kind}) in the hole");
+        }
+        assert_eq!(map.iter().filter(|e| e.2 == E820_RAM && e.0 >= HIGH_RAM_BASE).count(), 1);
+        assert_eq!(map.last(), Some(&(HIGH_RAM_BASE, 1 << 30, E820_RAM)), "1 GiB at 4 GiB");
+        assert_eq!(map[3], (0x10_0000, RAM_HOLE_START - 0x1_0000 - 0x10_0000, E820_RAM), "low RAM up to the hole");
+        // All but the VMM's 64 KiB and the legacy area below 1 MiB is RAM.
+        let ram: u64 = map.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
+        assert_eq!(ram, (4096 << 20) - 0x1_0000 - (0x10_0000 - 0x9fc00));
+    }
+
+    #[test]
+    fn e820_of_a_vm_below_the_hole_is_as_it_always_was() {
+        assert_eq!(
+            e820_of(256),
+            [
+                (0, 0x9fc00, E820_RAM),
+                (0x9fc00, 0x400, E820_RESERVED),
+                (0xe0000, 0x20000, E820_RESERVED),
+                (0x10_0000, (256 << 20) - 0x1_0000 - 0x10_0000, E820_RAM)
+            ]
+        );
+        assert_eq!(e820_of(3072).len(), 4, "exactly up to the hole: nothing above 4 GiB");
+    }
+
+    #[test]
+    fn a_4_gib_vm_boots_with_everything_below_the_hole() {
+        let img = bzimage(1000);
+        let bz = parse(&img).unwrap();
+        let initrd = vec![7u8; 5000];
+        let ram = GuestRam::new(&devices::layout::RamMap::new(4096 << 20).unwrap(), 0x1_0000).unwrap();
+        let boot = LinuxBoot { ram, cmdline: "", initrd: Some(&initrd), rsdp: None, acpi_tables: None };
+        let plan = plan(&bz, &boot).unwrap();
+        for s in &plan.segments {
+            assert!(s.checked_end().unwrap() <= devices::layout::RAM_HOLE_START - 0x1_0000, "{:#x}", s.guest_phys);
+        }
+        let zp = plan.segments.iter().find(|s| s.guest_phys == ZERO_PAGE).unwrap().data.bytes();
+        assert_eq!(zp[E820_ENTRIES], 5);
+        assert_eq!(u64_at(zp, E820_TABLE + 4 * 20), 1 << 32, "the high RAM entry in the zero page");
+        assert_eq!(u64_at(zp, E820_TABLE + 4 * 20 + 8), 1 << 30);
     }
 }

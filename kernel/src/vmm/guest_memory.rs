@@ -1,9 +1,11 @@
-//! A VM's RAM: host frames, one per guest page, mapped at guest-physical 0.. in the
-//! VM's own EPT. Everything the VMM reads or writes in a guest goes through the
-//! bounds-checked accessors here.
+//! A VM's RAM: host frames, one per guest page, mapped in the VM's own EPT where
+//! `devices::layout::RamMap` puts RAM (below the MMIO hole, the rest from 4 GiB).
+//! Everything the VMM reads or writes in a guest goes through the bounds-checked
+//! accessors here, which translate guest-physical addresses through that map.
 
 use crate::memory::{self, FRAME_SIZE};
 use alloc::vec::Vec;
+use devices::layout::RamMap;
 use ept::{Ept, Mapping, MemoryType, PageSize, Perms, TableMemory};
 
 /// EPT tables in host frames, remembered so they are freed with the VM.
@@ -31,7 +33,8 @@ impl TableMemory for HostTables {
 }
 
 pub struct GuestMemory {
-    /// Host frame of each guest page, for the accessors.
+    map: RamMap,
+    /// Host frame of each page of RAM, by offset in RAM (low RAM, then high).
     frames: Vec<u64>,
     /// What was allocated, for freeing: 2 MiB chunks and single frames.
     large_chunks: Vec<u64>,
@@ -48,14 +51,16 @@ pub struct OutOfRange {
 }
 
 impl GuestMemory {
-    /// `bytes` of zeroed RAM, or None when the host is out of memory (anything
-    /// already allocated is given back). Whole 2 MiB pieces come from contiguous
-    /// host memory and are mapped with 2 MiB EPT pages; the rest page by page.
+    /// `bytes` of zeroed RAM where the memory map puts it, or None when the host
+    /// is out of memory (anything already allocated is given back). Whole 2 MiB
+    /// pieces come from contiguous host memory and are mapped with 2 MiB EPT
+    /// pages; the rest page by page.
     pub fn new(bytes: u64) -> Option<Self> {
-        const LARGE: u64 = 2 * 1024 * 1024;
+        let map = RamMap::new(bytes.checked_next_multiple_of(FRAME_SIZE)?)?;
         let mut tables = HostTables { frames: Vec::new() };
         let ept = Ept::new(&mut tables).ok()?;
         let mut memory = GuestMemory {
+            map,
             frames: Vec::new(),
             large_chunks: Vec::new(),
             single_frames: Vec::new(),
@@ -63,37 +68,49 @@ impl GuestMemory {
             ept,
             apic_access_page: None,
         };
-        let pages = bytes.div_ceil(FRAME_SIZE);
-        while (memory.frames.len() as u64) < pages {
-            let guest_phys = memory.frames.len() as u64 * FRAME_SIZE;
-            let whole_chunk_left = guest_phys.is_multiple_of(LARGE) && pages * FRAME_SIZE - guest_phys >= LARGE;
-            let (host_phys, size, page_size) = match whole_chunk_left.then(memory::alloc_2m).flatten() {
-                Some(chunk) => {
-                    memory.large_chunks.push(chunk);
-                    (chunk, LARGE, PageSize::Size2M)
-                }
-                None => {
-                    let frame = memory::alloc_frame()?;
-                    memory.single_frames.push(frame);
-                    (frame, FRAME_SIZE, PageSize::Size4K)
-                }
-            };
-            memory.frames.extend((0..size / FRAME_SIZE).map(|i| host_phys + i * FRAME_SIZE));
-            let mapping = Mapping {
-                guest_phys,
-                host_phys,
-                size,
-                page_size,
-                perms: Perms::RWX,
-                memory_type: MemoryType::WriteBack,
-            };
-            memory.ept.map(&mut memory.tables, &mapping).ok()?;
+        for range in map.ranges() {
+            memory.add_ram(range.guest_phys, range.size)?;
         }
         Some(memory)
     }
 
-    pub fn size(&self) -> u64 {
-        self.frames.len() as u64 * FRAME_SIZE
+    /// Backs and maps `size` bytes from `start`, appending their frames (the
+    /// map's ranges come in RAM-offset order and are whole pages).
+    fn add_ram(&mut self, start: u64, size: u64) -> Option<()> {
+        const LARGE: u64 = 2 * 1024 * 1024;
+        let mut done = 0;
+        while done < size {
+            let guest_phys = start + done;
+            let whole_chunk_left = guest_phys.is_multiple_of(LARGE) && size - done >= LARGE;
+            let (host_phys, chunk, page_size) = match whole_chunk_left.then(memory::alloc_2m).flatten() {
+                Some(host) => {
+                    self.large_chunks.push(host);
+                    (host, LARGE, PageSize::Size2M)
+                }
+                None => {
+                    let frame = memory::alloc_frame()?;
+                    self.single_frames.push(frame);
+                    (frame, FRAME_SIZE, PageSize::Size4K)
+                }
+            };
+            self.frames.extend((0..chunk / FRAME_SIZE).map(|i| host_phys + i * FRAME_SIZE));
+            let mapping = Mapping {
+                guest_phys,
+                host_phys,
+                size: chunk,
+                page_size,
+                perms: Perms::RWX,
+                memory_type: MemoryType::WriteBack,
+            };
+            self.ept.map(&mut self.tables, &mapping).ok()?;
+            done += chunk;
+        }
+        Some(())
+    }
+
+    /// Where the RAM lies in guest-physical space (and how much there is).
+    pub fn map(&self) -> &RamMap {
+        &self.map
     }
 
     pub fn eptp(&self) -> u64 {
@@ -133,33 +150,28 @@ impl GuestMemory {
         (self.tables.frames.len() as u64 + self.apic_access_page.is_some() as u64) * FRAME_SIZE
     }
 
-    pub fn contains(&self, guest_phys: u64, len: u64) -> bool {
-        guest_phys.checked_add(len).is_some_and(|end| end <= self.size())
-    }
-
-    fn check(&self, guest_phys: u64, len: usize) -> Result<(), OutOfRange> {
-        if self.contains(guest_phys, len as u64) {
-            Ok(())
-        } else {
-            Err(OutOfRange { guest_phys })
-        }
+    /// The offset in RAM of the `len` bytes at `guest_phys`: an access touching
+    /// the MMIO hole or anything past RAM fails whole, nothing is done in part.
+    fn offset(&self, guest_phys: u64, len: usize) -> Result<u64, OutOfRange> {
+        self.map.offset_of(guest_phys, len as u64).ok_or(OutOfRange { guest_phys })
     }
 
     pub fn read(&self, guest_phys: u64, out: &mut [u8]) -> Result<(), OutOfRange> {
-        self.check(guest_phys, out.len())?;
-        memory::read_frames(&self.frames, guest_phys, out);
+        let offset = self.offset(guest_phys, out.len())?;
+        memory::read_frames(&self.frames, offset, out);
         Ok(())
     }
 
     pub fn write(&mut self, guest_phys: u64, data: &[u8]) -> Result<(), OutOfRange> {
-        self.check(guest_phys, data.len())?;
-        memory::write_frames(&self.frames, guest_phys, data);
+        let offset = self.offset(guest_phys, data.len())?;
+        memory::write_frames(&self.frames, offset, data);
         Ok(())
     }
 
     pub fn fill_zero(&mut self, guest_phys: u64, len: u64) -> Result<(), OutOfRange> {
-        self.check(guest_phys, len as usize)?;
-        memory::zero_frames(&self.frames, guest_phys, len as usize);
+        let len = usize::try_from(len).map_err(|_| OutOfRange { guest_phys })?;
+        let offset = self.offset(guest_phys, len)?;
+        memory::zero_frames(&self.frames, offset, len);
         Ok(())
     }
 

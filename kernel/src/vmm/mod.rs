@@ -29,8 +29,9 @@ use vcpu::{RunEnd, Vcpu};
 use vm::{Stop, Vm};
 use vmx::guest_state::{GuestState, Mode, GUEST_GDT};
 
-/// The top 64 KiB of every VM's RAM hold what the VMM sets up for a guest that
-/// starts in protected or long mode: a GDT and identity-mapping page tables.
+/// The top 64 KiB of every VM's low RAM (below the MMIO hole, so below 4 GiB
+/// where a 32-bit CR3 reaches) hold what the VMM sets up for a guest that starts
+/// in protected or long mode: a GDT and identity-mapping page tables.
 const SETUP_AREA: u64 = 64 * 1024;
 
 /// Resets a VM may do before it is stopped (its stop reason stays `Reset`).
@@ -107,8 +108,11 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     }
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
     vm.add_virtio_devices(spec, &guest.disks).map_err(Stop::Unsupported)?;
-    let memory = vm.memory.size();
-    let usable = memory - SETUP_AREA;
+    // Loaders use low RAM only, up to the setup area; RAM above the hole is
+    // reported to the guest but nothing is placed there.
+    let ram = loader::GuestRam::new(vm.memory.map(), SETUP_AREA)
+        .ok_or_else(|| Stop::Unsupported("guest RAM too small for the VMM's setup area".into()))?;
+    let low_ram_end = ram.low_ram_end;
     // ACPI tables live in the BIOS area below 1 MiB, which no guest image uses
     // and every memory map reserves.
     let tables = vm.chipset.acpi_tables();
@@ -117,7 +121,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         .map_err(|_| Stop::Unsupported("guest RAM too small for the ACPI tables".into()))?;
     let rsdp = Some(devices::layout::ACPI_TABLES);
     let extras = loader::Extras { initrd: guest.initrd, cmdline: guest.cmdline, rsdp };
-    let plan = loader::load(guest.image, spec, usable, extras)
+    let plan = loader::load(guest.image, spec, ram, extras)
         .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
     for segment in &plan.segments {
         let bytes = segment.data.bytes();
@@ -131,8 +135,8 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         EntryMode::Protected => Mode::Protected,
         EntryMode::Long => Mode::Long,
     };
-    let (gdt, page_tables) = write_setup_area(&mut vm, usable);
-    let stack = if mode == Mode::Real { plan.entry.min(0xfffe) & !1 } else { usable };
+    let (gdt, page_tables) = write_setup_area(&mut vm, low_ram_end);
+    let stack = if mode == Mode::Real { plan.entry.min(0xfffe) & !1 } else { low_ram_end };
     #[allow(unused_mut)]
     let mut state = GuestState::initial(mode, plan.entry, stack, gdt, page_tables);
     #[cfg(feature = "test-hooks")]

@@ -88,7 +88,8 @@ impl Vm {
         if super::cpu::vmx().is_ok_and(|vmx| vmx.controls.apic_virtualization)
             && memory.map_apic_access_page(layout::LAPIC_BASE).is_none()
         {
-            // RAM reaching the APIC page, or no frame left: the APIC page is emulated.
+            // No frame or EPT table left: the APIC page is emulated. (RAM never
+            // reaches it: the APIC page is in the MMIO hole of the memory map.)
             log::warn!("vm {}: no APIC virtualisation (cannot map the APIC-access page)", spec.name);
         }
         let name = spec.name.clone();
