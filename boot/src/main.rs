@@ -123,7 +123,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let kernel_path = take_value(&mut args, "--kernel")?;
     let initrd_path = take_value(&mut args, "--initrd")?;
     let append = take_value(&mut args, "--append")?;
-    let vm_memory = parse_number(take_value(&mut args, "--vm-memory")?, "--vm-memory", 256, 32..=4096)?;
+    let vm_memory_mib = loader::manifest::MIN_MEMORY_MIB..=loader::manifest::MAX_MEMORY_MIB;
+    let vm_memory = parse_number(take_value(&mut args, "--vm-memory")?, "--vm-memory", 256, vm_memory_mib)?;
     let vcpus = take_value(&mut args, "--vcpus")?;
     let demo = take_flag(&mut args, "--demo");
     let mut disk_paths = Vec::new();

@@ -72,11 +72,9 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
     if vm.name.is_empty() || !vm.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(at("name", format!("'{}' must be letters, digits, '-' or '_'", vm.name)));
     }
-    if !(32..=loader::manifest::MAX_MEMORY_MIB).contains(&vm.memory_mib) {
-        return Err(at(
-            "memory_mib",
-            format!("{} is outside 32 to {}", vm.memory_mib, loader::manifest::MAX_MEMORY_MIB),
-        ));
+    let (min, max) = (loader::manifest::MIN_MEMORY_MIB, loader::manifest::MAX_MEMORY_MIB);
+    if !(min..=max).contains(&vm.memory_mib) {
+        return Err(at("memory_mib", format!("{} is outside {min} to {max} (MiB)", vm.memory_mib)));
     }
     if !(1..=loader::manifest::MAX_VCPUS).contains(&vm.vcpus) {
         return Err(at("vcpus", format!("{} is outside 1 to {}", vm.vcpus, loader::manifest::MAX_VCPUS)));
@@ -183,11 +181,26 @@ mod tests {
         assert!(err("name = \"x\"\nkernel = \"k\"\ncolour = 1").contains("unknown field `colour`"));
         assert!(err("name = \"x\"").contains("missing field `kernel`"));
         assert!(err("name = \"a b\"\nkernel = \"k\"").contains("name: 'a b'"));
-        assert!(err("name = \"x\"\nkernel = \"k\"\nmemory_mib = 8").contains("memory_mib: 8 is outside"));
+        assert!(
+            err("name = \"x\"\nkernel = \"k\"\nmemory_mib = 8").contains("memory_mib: 8 is outside 16 to 4096 (MiB)")
+        );
+        assert!(err("name = \"x\"\nkernel = \"k\"\nmemory_mib = 4097").contains("memory_mib: 4097 is outside"));
         assert!(err("name = \"x\"\nkernel = \"k\"\nvcpus = 0").contains("vcpus: 0 is outside"));
         assert!(err("name = \"x\"\nkernel = \"k\"\nconsole = \"vga\"").contains("console: must be"));
         assert!(err("name = \"x\"\nkernel = \"nope\"").contains("kernel: "));
         assert!(err("name = \"x\"\nkernel = \"k\"\n[[disk]]\npath = \"missing.img\"").contains("disk[0].path: "));
         assert!(err("name = \"x\"\nkernel = \"k\"\nmemory_mib = \"lots\"").contains("vm.toml"));
+    }
+
+    #[test]
+    fn memory_limits_are_the_vm_lists() {
+        let dir = dir_with(&["k"]);
+        let file = dir.join("vm.toml");
+        for mib in [loader::manifest::MIN_MEMORY_MIB, loader::manifest::MAX_MEMORY_MIB] {
+            let config = parse(&format!("name = \"x\"\nkernel = \"k\"\nmemory_mib = {mib}"), &file).unwrap();
+            assert_eq!(config.memory_mib, mib);
+        }
+        let below = loader::manifest::MIN_MEMORY_MIB - 1;
+        assert!(parse(&format!("name = \"x\"\nkernel = \"k\"\nmemory_mib = {below}"), &file).is_err());
     }
 }

@@ -12,7 +12,7 @@ use crate::image::{
 };
 use crate::linux::tests::{boot, bzimage, set32};
 use crate::linux::{self, COMMAND_LINE, ZERO_PAGE};
-use crate::manifest::{self, parse_manifest, Format, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS};
+use crate::manifest::{self, parse_manifest, Format, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -534,7 +534,7 @@ mod vm_list {
         name=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1 host-console=1\n";
 
     /// Pieces of VM-list syntax and numbers at the limits, to splice in.
-    const TOKENS: [&str; 28] = [
+    const TOKENS: [&str; 29] = [
         " ",
         "=",
         "\n",
@@ -550,6 +550,7 @@ mod vm_list {
         "name=z",
         "memory=",
         "memory=0",
+        "memory=15",
         "memory=4097",
         "cpus=0",
         "cpus=17",
@@ -603,7 +604,7 @@ mod vm_list {
             for (i, vm) in vms.iter().enumerate() {
                 let named = |what: &str| alloc::format!("case {case}, vm {}: {what} in {text:?}", vm.name);
                 assert!(!vm.name.is_empty() && !vm.image.is_empty(), "{}", named("empty name or image"));
-                assert!((1..=MAX_MEMORY_MIB).contains(&vm.memory_mib), "{}", named("memory"));
+                assert!((MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&vm.memory_mib), "{}", named("memory"));
                 assert!((1..=MAX_VCPUS).contains(&vm.cpus), "{}", named("cpus"));
                 assert!(vm.time_limit_ms > 0 && vm.disks.len() <= MAX_DISKS, "{}", named("limits"));
                 assert!(vms[..i].iter().all(|v| v.name != vm.name), "{}", named("a repeated name"));
@@ -619,6 +620,6 @@ mod vm_list {
         let err = parse_manifest("name=x image=i format=flat load=0x10000000000000000").unwrap_err();
         assert_eq!(err.to_string(), "VM list line 1 (vm 'x'): load: '0x10000000000000000' is not a number");
         let err = parse_manifest("name=x image=i format=flat memory=4294967312").unwrap_err();
-        assert!(err.to_string().contains("memory must be 1 to 4096 MiB"), "{err}");
+        assert!(err.to_string().contains("memory must be 16 to 4096 MiB"), "{err}");
     }
 }
