@@ -25,6 +25,9 @@ const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 // Primary processor-based controls.
 const PROC_HLT_EXITING: u32 = 1 << 7;
+const PROC_MWAIT_EXITING: u32 = 1 << 10;
+const PROC_RDPMC_EXITING: u32 = 1 << 11;
+const PROC_MONITOR_EXITING: u32 = 1 << 29;
 const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
 const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
 const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
@@ -109,7 +112,15 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
             .proc_based
             .adjust(
                 "primary processor-based",
-                PROC_HLT_EXITING | PROC_UNCONDITIONAL_IO_EXITING | PROC_USE_MSR_BITMAPS | PROC_ACTIVATE_SECONDARY,
+                // MONITOR/MWAIT would park the core in a C-state the guest
+                // chooses; RDPMC would read the host's performance counters.
+                PROC_HLT_EXITING
+                    | PROC_MWAIT_EXITING
+                    | PROC_RDPMC_EXITING
+                    | PROC_MONITOR_EXITING
+                    | PROC_UNCONDITIONAL_IO_EXITING
+                    | PROC_USE_MSR_BITMAPS
+                    | PROC_ACTIVATE_SECONDARY,
                 PROC_USE_TPR_SHADOW,
             )
             .map_err(|e| e.to_string())?,

@@ -70,10 +70,17 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
         | reason::INVEPT
         | reason::INVVPID
         | reason::VMFUNC
-        | reason::GETSEC => {
-            // VMX and SMX are hidden from guests; their instructions are
-            // undefined for them.
+        | reason::GETSEC
+        | reason::MONITOR
+        | reason::MWAIT => {
+            // VMX, SMX and MONITOR/MWAIT are hidden from guests (CPUID); their
+            // instructions are undefined for them.
             inject_exception(UD, None);
+            Outcome::Resume
+        }
+        reason::RDPMC => {
+            // No performance counters are offered (CPUID leaf 0xA is empty).
+            inject_exception(GP, Some(0));
             Outcome::Resume
         }
         _ => fatal::unhandled(exit),
