@@ -27,6 +27,7 @@ fn check(rflags: u64) -> Result<(), VmFail> {
 /// physical page holding the VMCS revision id, owned for the whole VMX operation.
 pub unsafe fn vmxon(region: u64) -> Result<(), VmFail> {
     let rflags: u64;
+    // SAFETY: the caller upholds this function's contract (above).
     unsafe { asm!("vmxon [{}]", "pushfq", "pop {}", in(reg) &region, lateout(reg) rflags) };
     check(rflags)
 }
@@ -35,6 +36,7 @@ pub unsafe fn vmxon(region: u64) -> Result<(), VmFail> {
 /// In VMX operation; nothing may use VMX on this CPU afterwards.
 pub unsafe fn vmxoff() -> Result<(), VmFail> {
     let rflags: u64;
+    // SAFETY: as for vmxon.
     unsafe { asm!("vmxoff", "pushfq", "pop {}", lateout(reg) rflags) };
     check(rflags)
 }
@@ -43,6 +45,7 @@ pub unsafe fn vmxoff() -> Result<(), VmFail> {
 /// In VMX operation; `vmcs` is a VMCS region this code owns.
 pub unsafe fn vmclear(vmcs: u64) -> Result<(), VmFail> {
     let rflags: u64;
+    // SAFETY: as for vmxon.
     unsafe { asm!("vmclear [{}]", "pushfq", "pop {}", in(reg) &vmcs, lateout(reg) rflags) };
     check(rflags)
 }
@@ -51,6 +54,7 @@ pub unsafe fn vmclear(vmcs: u64) -> Result<(), VmFail> {
 /// In VMX operation; `vmcs` is a VMCS region (revision id set) this code owns.
 pub unsafe fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
     let rflags: u64;
+    // SAFETY: as for vmxon.
     unsafe { asm!("vmptrld [{}]", "pushfq", "pop {}", in(reg) &vmcs, lateout(reg) rflags) };
     check(rflags)
 }
@@ -60,6 +64,7 @@ pub unsafe fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
 pub unsafe fn vmread(field: Field) -> Result<u64, VmFail> {
     let value: u64;
     let rflags: u64;
+    // SAFETY: as for vmxon; VMREAD only reads.
     unsafe {
         asm!("vmread {}, {}", "pushfq", "pop {}", lateout(reg) value, in(reg) field.0 as u64, lateout(reg) rflags)
     };
@@ -83,6 +88,7 @@ pub unsafe fn vmwrite(field: Field, value: u64) -> Result<(), VmFail> {
         return Err(VmFail::Valid(InstructionError(13)));
     }
     let rflags: u64;
+    // SAFETY: as for vmxon; read-only fields were refused above.
     unsafe { asm!("vmwrite {}, {}", "pushfq", "pop {}", in(reg) field.0 as u64, in(reg) value, lateout(reg) rflags) };
     check(rflags)
 }
@@ -99,6 +105,7 @@ pub enum InvEptType {
 pub unsafe fn invept(kind: InvEptType, eptp: u64) -> Result<(), VmFail> {
     let descriptor: [u64; 2] = [eptp, 0];
     let rflags: u64;
+    // SAFETY: as for vmxon; the descriptor lives on this stack.
     unsafe {
         asm!("invept {}, [{}]", "pushfq", "pop {}", in(reg) kind as u64, in(reg) &descriptor, lateout(reg) rflags)
     };
@@ -118,6 +125,7 @@ pub enum InvVpidType {
 pub unsafe fn invvpid(kind: InvVpidType, vpid: u16, address: u64) -> Result<(), VmFail> {
     let descriptor: [u64; 2] = [vpid as u64, address];
     let rflags: u64;
+    // SAFETY: as for vmxon; the descriptor lives on this stack.
     unsafe {
         asm!("invvpid {}, [{}]", "pushfq", "pop {}", in(reg) kind as u64, in(reg) &descriptor, lateout(reg) rflags)
     };
@@ -297,6 +305,8 @@ extern "C" {
 /// this kernel (HOST_RSP and HOST_RIP are set here). `launched` must say whether
 /// this VMCS was launched since its last VMCLEAR. Interrupts should be off.
 pub unsafe fn enter(regs: &mut GuestRegisters, launched: bool) -> Result<(), VmFail> {
+    // SAFETY: the caller upholds this function's contract (above); the stub
+    // saves and restores the host's callee-saved registers.
     let rflags = unsafe { basalt_vmx_enter(regs, launched as u64) };
     if rflags == 0 {
         Ok(())
