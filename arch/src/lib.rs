@@ -1,7 +1,9 @@
 //! Architectural rules of x86-64 that do not depend on the virtualisation
 //! vendor: which XSAVE state components a guest may enable, how large their
 //! save area is, which XCR0 values are valid, and the CPUID bits that must agree
-//! with them. Pure functions of their inputs, so the host tests them.
+//! with them; the guest's own page walk and the access rights it enforces.
+//! Pure functions of their inputs, so the host tests them.
 #![no_std]
 
+pub mod paging;
 pub mod xstate;
