@@ -1,63 +1,64 @@
-//! Guest linear → guest physical, for the few places the VMM must follow a guest
-//! pointer (string I/O, instruction fetch for MMIO decoding). Walks the guest's own
-//! page tables in its memory: paging off, 32-bit, PAE and 4-level.
+//! The VMX side of the guest page walk (the walk itself and its access rights
+//! are `arch::paging`): the current vCPU's paging registers, privilege level
+//! and RFLAGS.AC from its VMCS, and its RAM as the memory the tables live in.
 
 use super::guest_memory::GuestMemory;
 use super::vcpu::read;
-use vmx::guest_state::{CR0_PG, CR4_PAE, EFER_LMA};
+use arch::paging::{self, Access, AccessKind, Paging, PhysicalMemory, Pieces, WalkError};
+use core::arch::x86_64::__cpuid;
 use vmx::vmcs;
 
-const PRESENT: u64 = 1;
-const LARGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+const RFLAGS_AC: u64 = 1 << 18;
 
-/// The guest-physical address of `linear`, or None if the guest has not mapped it.
-pub fn translate(memory: &GuestMemory, linear: u64) -> Option<u64> {
-    let cr0 = read(vmcs::GUEST_CR0);
-    if cr0 & CR0_PG == 0 {
-        return Some(linear & 0xffff_ffff);
+impl PhysicalMemory for GuestMemory {
+    fn read_u32(&self, physical: u64) -> Option<u32> {
+        let mut bytes = [0; 4];
+        self.read(physical, &mut bytes).ok()?;
+        Some(u32::from_le_bytes(bytes))
     }
-    let cr3 = read(vmcs::GUEST_CR3);
-    let cr4 = read(vmcs::GUEST_CR4);
-    let efer = read(vmcs::GUEST_IA32_EFER);
-    if efer & EFER_LMA != 0 {
-        walk(memory, cr3 & ADDRESS, linear, &[39, 30, 21, 12])
-    } else if cr4 & CR4_PAE != 0 {
-        let pdpte = memory.read_u64((cr3 & 0xffff_ffe0) + ((linear >> 30) & 3) * 8).ok()?;
-        if pdpte & PRESENT == 0 {
-            return None;
-        }
-        walk(memory, pdpte & ADDRESS, linear, &[21, 12])
-    } else {
-        // 32-bit paging: 4-byte entries, 4 MiB pages when PSE.
-        let mut bytes = [0u8; 4];
-        memory.read((cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4, &mut bytes).ok()?;
-        let pde = u32::from_le_bytes(bytes) as u64;
-        if pde & PRESENT == 0 {
-            return None;
-        }
-        if pde & LARGE != 0 {
-            return Some((pde & 0xffc0_0000) | (linear & 0x3f_ffff));
-        }
-        memory.read((pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4, &mut bytes).ok()?;
-        let pte = u32::from_le_bytes(bytes) as u64;
-        (pte & PRESENT != 0).then_some((pte & 0xffff_f000) | (linear & 0xfff))
+
+    fn read_u64(&self, physical: u64) -> Option<u64> {
+        GuestMemory::read_u64(self, physical).ok()
     }
 }
 
-/// Walks 8-byte-entry tables, one level per shift in `shifts`.
-fn walk(memory: &GuestMemory, mut table: u64, linear: u64, shifts: &[u32]) -> Option<u64> {
-    for (level, &shift) in shifts.iter().enumerate() {
-        let entry = memory.read_u64(table + ((linear >> shift) & 0x1ff) * 8).ok()?;
-        if entry & PRESENT == 0 {
-            return None;
-        }
-        let last = level + 1 == shifts.len();
-        if last || (entry & LARGE != 0 && shift <= 30) {
-            let page_mask = (1u64 << shift) - 1;
-            return Some((entry & ADDRESS & !page_mask) | (linear & page_mask));
-        }
-        table = entry & ADDRESS;
+/// How the current vCPU translates. CR0 and CR4 are the values the CPU uses
+/// (not the guest's read shadows: the bits they differ in are VMX's fixed
+/// bits, none of which affect paging).
+fn registers() -> Paging {
+    Paging {
+        cr0: read(vmcs::GUEST_CR0),
+        cr3: read(vmcs::GUEST_CR3),
+        cr4: read(vmcs::GUEST_CR4),
+        efer: read(vmcs::GUEST_IA32_EFER),
+        // With EPT the CPU keeps PAE paging's PDPTEs in the VMCS across exits.
+        pdptes: Some([
+            read(vmcs::GUEST_PDPTE0),
+            read(vmcs::GUEST_PDPTE1),
+            read(vmcs::GUEST_PDPTE2),
+            read(vmcs::GUEST_PDPTE3),
+        ]),
+        max_phys_bits: max_phys_bits(),
     }
-    None
+}
+
+/// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through).
+fn max_phys_bits() -> u8 {
+    if __cpuid(0x8000_0000).eax >= 0x8000_0008 {
+        __cpuid(0x8000_0008).eax as u8
+    } else {
+        36
+    }
+}
+
+/// An access made for the guest at its current privilege level (SS.DPL).
+fn access(kind: AccessKind) -> Access {
+    let cpl = (read(vmcs::GUEST_SS_ACCESS_RIGHTS) >> 5) & 3;
+    Access::new(kind, cpl == 3, read(vmcs::GUEST_RFLAGS) & RFLAGS_AC != 0)
+}
+
+/// The guest-physical pieces of `len` bytes at `linear` (at most
+/// `paging::MAX_RANGE`), as the guest's CPU would check them for `kind`.
+pub fn translate_range(memory: &GuestMemory, kind: AccessKind, linear: u64, len: usize) -> Result<Pieces, WalkError> {
+    paging::translate_range(memory, &registers(), access(kind), linear, len)
 }

@@ -1,12 +1,14 @@
 //! I/O instructions, all of which exit (unconditional I/O exiting): IN/OUT go to
 //! the VM's chipset; INS/OUTS (with or without REP) move data between the port
-//! and guest memory, following the guest's segments and page tables.
+//! and guest memory, following the guest's segments and page tables with the
+//! access rights its CPU enforces (a denied element is the guest's #PF).
 
-use super::{inject_exception, skip_instruction, Outcome, GP};
+use super::{skip_instruction, translation_failed, Outcome};
 use crate::time;
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
+use arch::paging::AccessKind;
 use devices::Request;
 use vmx::exit::IoQualification;
 use vmx::vmcs;
@@ -85,27 +87,44 @@ fn string(vm: &mut Vm, vcpu: &mut Vcpu, q: IoQualification, mask: u64) -> Outcom
     let step = if read(vmcs::GUEST_RFLAGS) & RFLAGS_DF != 0 { (q.size as u64).wrapping_neg() } else { q.size as u64 };
     let mut count = if q.has_rep { vcpu.regs.rcx & address_mask } else { 1 };
     let mut done = 0;
+    let n = q.size as usize;
+    // INS stores to memory, OUTS loads from it.
+    let kind = if q.is_in { AccessKind::Write } else { AccessKind::Read };
     while count > 0 && done < MAX_REP_PER_EXIT {
         let index = if q.is_in { vcpu.regs.rdi } else { vcpu.regs.rsi };
         let linear = segment_base.wrapping_add(index & address_mask);
-        let Some(physical) = guest_paging::translate(&vm.memory, linear) else {
-            // A real CPU would page-fault; Basalt reports it and keeps the VM running.
-            inject_exception(GP, Some(0));
-            return Outcome::Resume;
+        // Every byte of the element is checked before the port is touched; a
+        // fault leaves RSI/RDI/RCX at this element and the instruction
+        // unfinished, so the guest's handler can fix the page and resume it.
+        let pieces = match guest_paging::translate_range(&vm.memory, kind, linear, n) {
+            Ok(pieces) => pieces,
+            Err(e) => return translation_failed(vcpu, e),
         };
+        // Reading the element first (OUTS's data; for INS only a check) makes
+        // memory that is not RAM stop the VM before the port is touched.
         let mut bytes = [0u8; 4];
-        let n = q.size as usize;
+        let mut at = 0;
+        for p in pieces.as_slice() {
+            if vm.memory.read(p.physical, &mut bytes[at..at + p.len]).is_err() {
+                let (verb, direction) = if q.is_in { ("INS", "to") } else { ("OUTS", "from") };
+                return Outcome::Stop(Stop::Unsupported(alloc::format!(
+                    "{verb} {direction} non-RAM address {:#x}",
+                    p.physical
+                )));
+            }
+            at += p.len;
+        }
         let mut request = None;
         if q.is_in {
             let value = vm.chipset.port_read(q.port, q.size, time::rdtsc()) as u64 & mask;
             bytes[..n].copy_from_slice(&value.to_le_bytes()[..n]);
-            if vm.memory.write(physical, &bytes[..n]).is_err() {
-                return Outcome::Stop(Stop::Unsupported(alloc::format!("INS to non-RAM address {physical:#x}")));
+            let mut from = 0;
+            for p in pieces.as_slice() {
+                // RAM: read above.
+                let _ = vm.memory.write(p.physical, &bytes[from..from + p.len]);
+                from += p.len;
             }
         } else {
-            if vm.memory.read(physical, &mut bytes[..n]).is_err() {
-                return Outcome::Stop(Stop::Unsupported(alloc::format!("OUTS from non-RAM address {physical:#x}")));
-            }
             request = vm.chipset.port_write(q.port, q.size, u32::from_le_bytes(bytes), time::rdtsc());
         }
         let next = (index & !address_mask) | (index.wrapping_add(step) & address_mask);

@@ -4,12 +4,15 @@
 //! all. The instruction is fetched and decoded to learn the access; reads nobody claims return all-ones
 //! and writes nobody claims are dropped (both counted by the bus). Executing from
 //! such an address, or an instruction Basalt cannot emulate there, stops the VM.
+//! The fetch follows the guest's page tables with its CPU's rules: bytes it
+//! could not fetch (another vCPU changed the tables) are the guest's #PF.
 
 use super::io::act_on;
-use super::{gpr, inject_exception, set_gpr, write, Outcome, UD};
+use super::{gpr, inject_exception, set_gpr, translation_failed, write, Outcome, UD};
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
+use arch::paging::{AccessKind, WalkError};
 use vmx::decode::{self, Access, CodeSize};
 use vmx::exit::EptViolation;
 use vmx::guest_state::EFER_LMA;
@@ -31,19 +34,27 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
 /// and has not executed: fetch, decode, do the access on the chipset, step RIP.
 pub fn emulate(vm: &mut Vm, vcpu: &mut Vcpu, address: u64) -> Outcome {
     let rip = read(vmcs::GUEST_RIP);
-    let Some((instruction, fetched)) = fetch_instruction(vm) else {
-        return unsupported(alloc::format!("cannot fetch the instruction at RIP {rip:#x} that accessed {address:#x}"));
+    let fetched = match fetch_instruction(vm) {
+        Ok(f) if f.len > 0 => f,
+        Ok(_) => {
+            return unsupported(alloc::format!(
+                "cannot fetch the instruction at RIP {rip:#x} that accessed {address:#x}"
+            ))
+        }
+        Err(e) => return translation_failed(vcpu, e),
     };
-    let decoded = match decode::decode(&instruction[..fetched], code_size()) {
-        Ok(d) => d,
+    let decoded = match (decode::decode(&fetched.bytes[..fetched.len], code_size()), fetched.beyond) {
+        (Ok(d), _) => d,
+        // The instruction runs on into a page the guest's CPU cannot fetch from.
+        (Err(decode::DecodeError::Truncated), Some(e)) => return translation_failed(vcpu, e),
         // Bytes the CPU refuses (LOCK MOV, C6/C7 /1-/7) cannot have made this
         // access as they stand (another vCPU may have rewritten them since):
         // the guest gets the #UD its CPU would raise.
-        Err(decode::DecodeError::Invalid) => {
+        (Err(decode::DecodeError::Invalid), _) => {
             inject_exception(UD, None);
             return Outcome::Resume;
         }
-        Err(e) => {
+        (Err(e), _) => {
             return unsupported(alloc::format!(
                 "MMIO access to {address:#x} by an instruction Basalt cannot emulate ({e:?}) at RIP {rip:#x}"
             ));
@@ -94,20 +105,38 @@ fn code_size() -> CodeSize {
     }
 }
 
-/// Up to 15 bytes at CS:RIP and how many could be read (fewer at the end of
-/// guest RAM or before an unmapped page; the decoder reports it if it needed more).
-fn fetch_instruction(vm: &Vm) -> Option<([u8; 15], usize)> {
+/// The bytes at CS:RIP, fetched as the guest's CPU would fetch them.
+struct Fetched {
+    bytes: [u8; 15],
+    /// How many of `bytes` were read: fewer than 15 at the end of guest RAM or
+    /// before a page the guest cannot execute from.
+    len: usize,
+    /// Why the bytes after `len` could not be fetched, when the guest's CPU
+    /// would fault there: only if the instruction turns out to need them.
+    beyond: Option<WalkError>,
+}
+
+/// An execute access at the guest's privilege level. A failure on the first
+/// byte means the guest's tables no longer map the instruction that just ran
+/// (another vCPU changed them): the caller raises what the CPU would.
+fn fetch_instruction(vm: &Vm) -> Result<Fetched, WalkError> {
+    const MAX: usize = 15;
     let linear = read(vmcs::GUEST_CS_BASE).wrapping_add(read(vmcs::GUEST_RIP));
-    let mut bytes = [0u8; 15];
-    let mut fetched = 0;
-    for byte in bytes.iter_mut() {
-        let Some(physical) = guest_paging::translate(&vm.memory, linear + fetched as u64) else { break };
-        let mut one = [0u8];
-        if vm.memory.read(physical, &mut one).is_err() {
+    let in_first_page = (0x1000 - (linear & 0xfff) as usize).min(MAX);
+    let (pieces, beyond) = match guest_paging::translate_range(&vm.memory, AccessKind::Execute, linear, MAX) {
+        Ok(pieces) => (pieces, None),
+        // The instruction may end before the page that failed.
+        Err(e) => (guest_paging::translate_range(&vm.memory, AccessKind::Execute, linear, in_first_page)?, Some(e)),
+    };
+    let mut fetched = Fetched { bytes: [0; MAX], len: 0, beyond };
+    for piece in pieces.as_slice() {
+        let to = &mut fetched.bytes[fetched.len..fetched.len + piece.len];
+        if vm.memory.read(piece.physical, to).is_err() {
+            // Not RAM: what is there is not fetched (below, "cannot emulate").
+            fetched.beyond = None;
             break;
         }
-        *byte = one[0];
-        fetched += 1;
+        fetched.len += piece.len;
     }
-    (fetched > 0).then_some((bytes, fetched))
+    Ok(fetched)
 }

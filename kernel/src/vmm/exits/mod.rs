@@ -18,6 +18,7 @@ mod xsetbv;
 
 use super::vcpu::{read, Vcpu};
 use super::vm::{Stop, Vm};
+use arch::paging::{PageFault, WalkError};
 use vmx::exit::{interruption_type, reason, InterruptionInfo};
 use vmx::vmcs;
 use vmx::ExitReason;
@@ -89,6 +90,7 @@ pub fn dispatch(vm: &mut Vm, vcpu: &mut Vcpu, exit: ExitReason) -> Outcome {
 
 pub const UD: u8 = 6;
 pub const GP: u8 = 13;
+pub const PF: u8 = 14;
 
 /// Moves the guest past the instruction that exited.
 pub fn skip_instruction() {
@@ -110,6 +112,35 @@ pub fn inject_exception(vector: u8, error_code: Option<u32>) {
     if let Some(code) = error_code {
         write(vmcs::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
     }
+}
+
+/// A page fault at `fault.linear`, as the guest's CPU raises it: CR2 holds the
+/// address (the entry stub loads it from the saved registers), the error code
+/// says why. The faulting instruction is not skipped.
+pub fn inject_page_fault(vcpu: &mut Vcpu, fault: PageFault) {
+    vcpu.regs.cr2 = fault.linear;
+    inject_exception(PF, Some(fault.error_code));
+}
+
+/// What the guest gets when the VMM cannot follow one of its linear addresses:
+/// the #PF or #GP its CPU would raise, or, for page tables outside its RAM
+/// (where the CPU would take an EPT violation on the table itself), a stop.
+pub fn translation_failed(vcpu: &mut Vcpu, error: WalkError) -> Outcome {
+    match error {
+        WalkError::PageFault(fault) => inject_page_fault(vcpu, fault),
+        WalkError::NonCanonical { .. } => inject_exception(GP, Some(0)),
+        WalkError::TableNotInMemory { physical } => {
+            return Outcome::Stop(Stop::Unsupported(alloc::format!(
+                "guest page-table entry at non-RAM guest-physical {physical:#x}"
+            )));
+        }
+        WalkError::RangeTooLong { len } => {
+            return Outcome::Stop(Stop::Unsupported(alloc::format!(
+                "Basalt asked to translate {len} guest bytes at once (a Basalt bug)"
+            )));
+        }
+    }
+    Outcome::Resume
 }
 
 /// VMWRITE for handlers, which always run with the exiting vCPU's VMCS
