@@ -68,6 +68,11 @@ impl GuestMemory {
             ept,
             apic_access_page: None,
         };
+        // One entry per page (8 MiB for 4 GiB, half the kernel heap): reserved
+        // exactly and up front, so a large VM fails cleanly here instead of the
+        // heap running out while the list grows.
+        let pages = usize::try_from(map.size() / FRAME_SIZE).ok()?;
+        memory.frames.try_reserve_exact(pages).ok()?;
         for range in map.ranges() {
             memory.add_ram(range.guest_phys, range.size)?;
         }
