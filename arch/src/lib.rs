@@ -5,5 +5,6 @@
 //! Pure functions of their inputs, so the host tests them.
 #![no_std]
 
+pub mod control;
 pub mod paging;
 pub mod xstate;

@@ -241,7 +241,10 @@ impl Vcpu {
         // set them would disable the host's caches. The guest keeps its view.
         write(vmcs::CR0_GUEST_HOST_MASK, unrestricted_cr0.must_be_one | !unrestricted_cr0.may_be_one | CR0_CD | CR0_NW);
         write(vmcs::CR0_READ_SHADOW, state.cr0);
-        write(vmcs::CR4_GUEST_HOST_MASK, vmx.caps.cr4.must_be_one | !vmx.caps.cr4.may_be_one);
+        // So are the CR4 bits of features guests do not see: the CPU would
+        // accept them, so cr.rs must refuse them.
+        let hidden_cr4 = !super::exits::cpuid::guest_cr4_allowed();
+        write(vmcs::CR4_GUEST_HOST_MASK, vmx.caps.cr4.must_be_one | !vmx.caps.cr4.may_be_one | hidden_cr4);
         write(vmcs::CR4_READ_SHADOW, state.cr4);
 
         self.write_host_state();

@@ -19,15 +19,16 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
     match CrAccess::decode(read(vmcs::EXIT_QUALIFICATION)) {
         CrAccess::MovToCr { cr: 0, gpr: g } => {
             let value = gpr(vcpu, g);
-            // Architectural: NW without CD, or bits above 31, are #GP.
-            if (value & CR0_NW != 0 && value & CR0_CD == 0) || value >> 32 != 0 {
-                inject_exception(GP, Some(0));
-                return Outcome::Resume;
+            if let Err(why) = arch::control::check_cr0(value, context()) {
+                return refuse(why);
             }
             write_cr0(vcpu, value, vmx);
         }
         CrAccess::MovToCr { cr: 4, gpr: g } => {
             let value = gpr(vcpu, g);
+            if let Err(why) = arch::control::check_cr4(value, super::cpuid::guest_cr4_allowed(), context()) {
+                return refuse(why);
+            }
             write(vmcs::CR4_READ_SHADOW, value);
             write(vmcs::GUEST_CR4, vmx.caps.cr4.apply(value));
         }
@@ -62,6 +63,31 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         }
     }
     skip_instruction();
+    Outcome::Resume
+}
+
+/// The guest's control registers as it sees them (its CR0/CR4 read shadows
+/// for the bits Basalt owns), for the architectural checks of a write.
+fn context() -> arch::control::Context {
+    let visible = |actual, shadow, mask| {
+        let mask = read(mask);
+        (read(actual) & !mask) | (read(shadow) & mask)
+    };
+    let efer = read(vmcs::GUEST_IA32_EFER);
+    const CS_LONG: u64 = 1 << 13;
+    arch::control::Context {
+        cr0: visible(vmcs::GUEST_CR0, vmcs::CR0_READ_SHADOW, vmcs::CR0_GUEST_HOST_MASK),
+        cr3: read(vmcs::GUEST_CR3),
+        cr4: visible(vmcs::GUEST_CR4, vmcs::CR4_READ_SHADOW, vmcs::CR4_GUEST_HOST_MASK),
+        long_mode_enabled: efer & EFER_LME != 0,
+        long_mode_active: efer & EFER_LMA != 0,
+        code_64: read(vmcs::GUEST_CS_ACCESS_RIGHTS) & CS_LONG != 0,
+    }
+}
+
+/// A write the CPU would refuse: #GP(0), as it would raise, and nothing changes.
+fn refuse(_why: arch::control::Refused) -> Outcome {
+    inject_exception(GP, Some(0));
     Outcome::Resume
 }
 

@@ -4,7 +4,7 @@
 
 mod apic;
 mod cache;
-mod cpuid;
+pub(super) mod cpuid;
 mod cr;
 mod fatal;
 mod hlt;
