@@ -20,6 +20,7 @@ fn vm(name: &str, guest: &str, format: &str, mode: Option<&str>) -> GuestVm {
         memory_mib: 16,
         time_limit_ms: 10_000,
         corrupt_guest_state: false,
+        blank_disks_mib: Vec::new(),
     }
 }
 

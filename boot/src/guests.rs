@@ -74,6 +74,10 @@ pub struct GuestVm {
     pub time_limit_ms: u64,
     #[serde(default)]
     pub corrupt_guest_state: bool,
+    /// Blank (zero-filled) virtio disks to give it, by size in MiB (a test
+    /// guest drives them through the virtio-mmio registers itself).
+    #[serde(default)]
+    pub blank_disks_mib: Vec<u32>,
 }
 
 fn default_memory() -> u32 {
@@ -260,10 +264,16 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 host_console: false,
                 initrd: None,
                 kernel_cmdline: None,
-                disks: Vec::new(),
+                disks: (0..vm.blank_disks_mib.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
             };
             lines.push(loader::manifest::render(&spec));
             entries.push((image_name, image));
+            for (name, &mib) in spec.disks.iter().zip(&vm.blank_disks_mib) {
+                if mib == 0 {
+                    return Err(format!("VM '{}': a blank disk needs at least 1 MiB", vm.name));
+                }
+                entries.push((name.clone(), vec![0u8; (mib as usize) << 20]));
+            }
         }
     }
     if !lines.is_empty() {

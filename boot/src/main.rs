@@ -245,6 +245,7 @@ fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
         memory_mib: 16,
         time_limit_ms: 10_000,
         corrupt_guest_state: false,
+        blank_disks_mib: Vec::new(),
     };
     guests::bundle(cmdline, &[demo])
 }
