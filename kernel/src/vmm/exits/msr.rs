@@ -63,8 +63,15 @@ pub fn wrmsr(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
                 return Outcome::Resume;
             }
             // LMA follows LME only while paging is on; cr.rs handles the switch.
+            // So LME cannot change while paging is on (#GP, as on a CPU); LMA
+            // itself is read-only and what the guest writes there is ignored.
             let paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
-            let active = paging && read(vmcs::GUEST_IA32_EFER) & EFER_LMA != 0;
+            let current = read(vmcs::GUEST_IA32_EFER);
+            if paging && (value ^ current) & EFER_LME != 0 {
+                inject_exception(GP, Some(0));
+                return Outcome::Resume;
+            }
+            let active = paging && current & EFER_LMA != 0;
             super::cr::set_long_mode(vcpu, value & EFER_WRITABLE, active);
         }
         // Accepted and ignored: timing, MTRRs and APIC relocation are not modelled.
