@@ -1,9 +1,18 @@
 //! What the hostile-input tests of every crate share: a seeded generator (a
 //! failure repeats exactly from its seed and case number) and mutations aimed
-//! at the places where address and length arithmetic goes wrong.
-#![no_std]
+//! at the places where address and length arithmetic goes wrong. With the
+//! `std` feature, also the in-process fuzzing engine behind `cargo xtask fuzz`
+//! (`engine`), and `Reader`, which turns a fuzzer's bytes into the choices of
+//! a structured input.
+#![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
+
+#[cfg(feature = "std")]
+pub mod engine;
+mod reader;
+
+pub use reader::Reader;
 
 use alloc::vec::Vec;
 
