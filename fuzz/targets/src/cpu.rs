@@ -1,0 +1,315 @@
+//! Targets for pure CPU rules: the MMIO instruction decoder and XCR0.
+
+use crate::feature;
+use arch::xstate::{self, ComponentLayout};
+use basalt_fuzz::Reader;
+use vmx::decode::{decode as decode_mmio, merge_register, Access, CodeSize, MmioInstruction, Register};
+
+const MODES: [CodeSize; 3] = [CodeSize::Bits16, CodeSize::Bits32, CodeSize::Bits64];
+
+/// Input: a mode byte, then the bytes fetched at the guest's RIP (any number:
+/// the decoder must look at 15 at most).
+pub fn decode(data: &[u8]) -> u64 {
+    let mut r = Reader::new(data);
+    let mode = r.pick(&MODES);
+    let bytes = r.rest();
+    let result = decode_mmio(bytes, mode);
+    let mut signal = 0;
+    feature(&mut signal, mode as u64);
+    match result {
+        Err(e) => feature(&mut signal, 0x100 | error_kind(e) as u64),
+        Ok(i) => {
+            check_instruction(&i, bytes, mode);
+            let kind = match i.access {
+                Access::Read { width, .. } => 0x200 | width as u64,
+                Access::WriteRegister { .. } => 0x300,
+                Access::WriteImmediate { .. } => 0x400,
+            };
+            feature(&mut signal, kind | (i.size as u64) << 4);
+            feature(&mut signal, 0x1000 | i.length as u64);
+        }
+    }
+    // Merging a loaded value into a register, with the input's values.
+    let mut tail = Reader::new(bytes);
+    let (old, value) = (tail.u64(), tail.u64());
+    let width = tail.pick(&[1u8, 2, 4, 8]);
+    check_merge(old, value, width, tail.bool());
+    signal
+}
+
+fn error_kind(e: vmx::decode::DecodeError) -> u8 {
+    use vmx::decode::DecodeError::*;
+    match e {
+        Truncated => 0,
+        Unsupported { .. } => 1,
+        NotMemory => 2,
+        Invalid => 3,
+    }
+}
+
+fn check_register(reg: Register, mode: CodeSize) {
+    // Without REX (only in 64-bit mode) only the first eight exist, and
+    // AH..BH are bits 15:8 of the first four.
+    let limit = if mode == CodeSize::Bits64 { 16 } else { 8 };
+    assert!(reg.index < limit, "register {reg:?} in {mode:?}");
+    assert!(!reg.high_byte || reg.index < 4, "high byte of {reg:?}");
+}
+
+fn check_instruction(i: &MmioInstruction, bytes: &[u8], mode: CodeSize) {
+    let length = i.length as usize;
+    assert!((1..=15).contains(&length) && length <= bytes.len(), "length {length} of {} bytes", bytes.len());
+    assert!(matches!(i.size, 1 | 2 | 4 | 8), "access size {}", i.size);
+    assert!(i.size < 8 || mode == CodeSize::Bits64, "an 8-byte access outside 64-bit mode");
+    match i.access {
+        Access::Read { dest, width } => {
+            check_register(dest, mode);
+            assert!(matches!(width, 1 | 2 | 4 | 8) && width >= i.size, "read of {} into {width} bytes", i.size);
+            assert!(!dest.high_byte || width == 1, "a high-byte register written {width} bytes wide");
+        }
+        Access::WriteRegister { source } => {
+            check_register(source, mode);
+            assert!(!source.high_byte || i.size == 1, "a high-byte register stored {} bytes wide", i.size);
+        }
+        Access::WriteImmediate { value } => {
+            // An immediate is at most 32 bits, sign-extended for 8-byte stores.
+            let fits = match i.size {
+                8 => value as i64 as i32 as i64 as u64 == value,
+                size => value >> (8 * size) == 0,
+            };
+            assert!(fits, "immediate {value:#x} for a {}-byte store", i.size);
+        }
+    }
+    // An instruction ends where its length says: the bytes after it change
+    // nothing, and without them it decodes the same.
+    assert_eq!(decode_mmio(&bytes[..length], mode), Ok(*i), "cut to its length");
+    let mut longer = bytes[..length].to_vec();
+    longer.extend_from_slice(&[0x0f; 16]);
+    assert_eq!(decode_mmio(&longer, mode), Ok(*i), "with other bytes after it");
+}
+
+/// `merge_register` changes exactly the bytes the CPU writes: 1 or 2 merge
+/// (AH..BH at bits 15:8), 4 zero-extends, 8 replaces.
+fn check_merge(old: u64, value: u64, width: u8, high_byte: bool) {
+    let merged = merge_register(old, value, width, high_byte);
+    let (mask, shift) = match (width, high_byte) {
+        (1, true) => (0xff00, 8),
+        (1, false) => (0xff, 0),
+        (2, _) => (0xffff, 0),
+        _ => (u64::MAX, 0),
+    };
+    let kept = if width == 4 { 0 } else { old & !mask };
+    let written = if width == 4 { value & 0xffff_ffff } else { (value << shift) & mask };
+    assert_eq!(merged, kept | written, "merge of {value:#x} into {old:#x}, {width} bytes, high {high_byte}");
+}
+
+/// The XCR0 rules written out again, as the SDM states them (Vol. 1 13.3),
+/// component by component rather than with group masks.
+fn xcr0_valid_by_the_book(value: u64, allowed: u64) -> bool {
+    let bit = |n: u32| value >> n & 1 == 1;
+    let x87 = bit(0);
+    let sse = bit(1);
+    let avx = bit(2);
+    let (bndregs, bndcsr) = (bit(3), bit(4));
+    let (opmask, zmm_hi256, hi16_zmm) = (bit(5), bit(6), bit(7));
+    let (tilecfg, tiledata) = (bit(17), bit(18));
+    let avx512_any = opmask || zmm_hi256 || hi16_zmm;
+    let avx512_all = opmask && zmm_hi256 && hi16_zmm;
+    let only_allowed = (0..64).all(|n| !bit(n) || allowed >> n & 1 == 1);
+    x87 && only_allowed
+        && (!avx || sse)
+        && (!avx512_any || (avx512_all && avx))
+        && bndregs == bndcsr
+        && tilecfg == tiledata
+}
+
+/// Input: a host's XSAVE components, a save area size, a component layout,
+/// then XCR0 values to try.
+pub fn xcr0(data: &[u8]) -> u64 {
+    let mut r = Reader::new(data);
+    let host = match r.u8() % 4 {
+        0 => xstate::X87 | xstate::SSE | xstate::AVX | xstate::AVX512 | xstate::PKRU | xstate::AMX,
+        1 => xstate::X87 | xstate::SSE | xstate::AVX | xstate::MPX,
+        _ => r.u64(),
+    };
+    let area = match r.u8() % 4 {
+        0 => 4096,
+        1 => 576 + r.u16() as u32,
+        _ => r.u32(),
+    };
+    let mut table = [ComponentLayout { offset: 0, size: 0 }; 64];
+    let realistic = r.bool();
+    for (bit, entry) in table.iter_mut().enumerate().skip(2) {
+        *entry = if realistic {
+            // Components one after another from the end of the header.
+            let offset = 576 + 256 * (bit as u32 - 2);
+            ComponentLayout { offset, size: 64 << (bit % 4) }
+        } else {
+            ComponentLayout { offset: r.edge() as u32, size: r.edge() as u32 }
+        };
+    }
+    let layout = |bit: u32| table[bit as usize];
+    let allowed = xstate::guest_components(host, area, layout);
+    let base = xstate::X87 | xstate::SSE;
+    assert_eq!(allowed & base, base, "x87 and SSE always remain");
+    assert_eq!(allowed & !(xstate::GUEST_COMPONENTS | base), 0, "{allowed:#x} beyond Basalt's list");
+    assert_eq!(allowed & !(host | base), 0, "{allowed:#x} beyond the host's {host:#x}");
+    let area_needed = xstate::standard_area_size(allowed, layout);
+    assert!(area_needed <= area || allowed == base, "{allowed:#x} needs {area_needed} of {area} bytes");
+    let mut signal = 0;
+    feature(&mut signal, allowed);
+    for _ in 0..8 {
+        let value = match r.u8() % 4 {
+            0 => r.u64(),
+            1 => allowed & r.u64(),
+            2 => r.u8().into(),
+            _ => allowed,
+        } | if r.bool() { xstate::X87 } else { 0 };
+        let valid = xstate::xcr0_valid(value, allowed);
+        assert_eq!(valid, xcr0_valid_by_the_book(value, allowed), "XCR0 {value:#x}, allowed {allowed:#x}");
+        if valid {
+            assert_eq!(value & !allowed, 0);
+            // What a guest can enable fits in the area it was sized for.
+            assert!(xstate::standard_area_size(value, layout) <= area_needed);
+        }
+        // Which rules the value meets, not the value itself: that is what
+        // tells one case from another.
+        let groups = [xstate::AVX512, xstate::MPX, xstate::AMX].map(|g| match value & g {
+            0 => 0,
+            v if v == g => 1,
+            _ => 2,
+        });
+        let rules =
+            [value & xstate::X87 != 0, value & !allowed == 0, value & xstate::AVX == 0 || value & xstate::SSE != 0];
+        let mut case = valid as u64;
+        for (i, met) in rules.iter().enumerate() {
+            case |= (*met as u64) << (1 + i);
+        }
+        for (i, state) in groups.iter().enumerate() {
+            case |= state << (4 + 2 * i);
+        }
+        feature(&mut signal, case);
+    }
+    // CPUID leaf 0xD agrees: sub-leaf 0 reports exactly `allowed`, and a
+    // component's own sub-leaf is blank unless it is allowed.
+    let [eax, _, ecx, edx] = xstate::cpuid_leaf_0xd(0, [u32::MAX; 4], allowed, area_needed);
+    assert_eq!((u64::from(edx) << 32 | u64::from(eax), ecx), (allowed, area_needed));
+    for sub in 2..64 {
+        if allowed & (1 << sub) == 0 {
+            assert_eq!(xstate::cpuid_leaf_0xd(sub, [u32::MAX; 4], allowed, area_needed), [0; 4]);
+        }
+    }
+    // Hiding features only ever clears bits.
+    let (leaf, subleaf) = r.pick(&[(1, 0), (7, 0), (7, 1), (0x1d, 0), (0x1e, 0), (0xd, 0)]);
+    let regs = [r.u32(), r.u32(), r.u32(), r.u32()];
+    let shown = xstate::hide_features_without_state(leaf, subleaf, regs, allowed);
+    for (after, before) in shown.iter().zip(regs) {
+        assert_eq!(after & !before, 0, "leaf {leaf:#x}.{subleaf} set bits");
+    }
+    signal
+}
+
+/// A control-register bit or a value where the checks meet: a few bits set
+/// on a realistic base, or anything.
+fn control_value(r: &mut Reader, base: u64) -> u64 {
+    match r.u8() % 4 {
+        0 => base ^ (1 << r.below(64)),
+        1 => base ^ r.u32() as u64,
+        2 => base,
+        _ => r.u64(),
+    }
+}
+
+/// Input: the guest's features (CPUID words), its control registers and
+/// mode, then a MOV to CR0 and one to CR4. The checks must accept exactly
+/// the writes the SDM's rules (stated again here, one per #GP condition of
+/// MOV to CR0/CR4) accept, and a refusal must name a rule the write breaks.
+pub fn cr(data: &[u8]) -> u64 {
+    use arch::control::{check_cr0, check_cr4, cr0, cr4, cr4_allowed, Context, Cr4Features, Refused};
+    let mut r = Reader::new(data);
+    let features = if r.bool() {
+        Cr4Features { leaf1_ecx: r.u32(), leaf1_edx: r.u32(), leaf7_ebx: r.u32(), leaf7_ecx: r.u32() }
+    } else {
+        Cr4Features { leaf1_ecx: u32::MAX, leaf1_edx: u32::MAX, leaf7_ebx: u32::MAX, leaf7_ecx: u32::MAX }
+    };
+    let allowed = cr4_allowed(features);
+    // Only architectural bits the guest's CPUID names, and never control
+    // bits of state Basalt does not switch: CET, key locker, PKS, UINTR, LAM.
+    let never = cr4::CET | 1 << 19 | 1 << 24 | 1 << 25 | 1 << 28 | !0xffff_ffff;
+    assert_eq!(allowed & never, 0, "CR4 bits {:#x} allowed", allowed & never);
+    let feature_bit = |word: u32, bit: u32| word >> bit & 1 == 1;
+    for (cr4_bit, present) in [
+        (cr4::PAE, feature_bit(features.leaf1_edx, 6)),
+        (cr4::OSXSAVE, feature_bit(features.leaf1_ecx, 26)),
+        (cr4::PCIDE, feature_bit(features.leaf1_ecx, 17)),
+        (cr4::SMEP, feature_bit(features.leaf7_ebx, 7)),
+        (cr4::SMAP, feature_bit(features.leaf7_ebx, 20)),
+        (cr4::PKE, feature_bit(features.leaf7_ecx, 3)),
+        (cr4::LA57, feature_bit(features.leaf7_ecx, 16)),
+    ] {
+        assert!(allowed & cr4_bit == 0 || present, "CR4 {cr4_bit:#x} allowed without its CPUID bit");
+    }
+
+    let long_base = cr0::PE | cr0::PG | cr0::WP | 1 << 4;
+    let now = Context {
+        cr0: control_value(&mut r, long_base),
+        cr3: if r.bool() { r.u64() } else { 0x1000 | r.below(2) },
+        cr4: control_value(&mut r, cr4::PAE | cr4::OSFXSR),
+        long_mode_enabled: r.bool(),
+        long_mode_active: r.bool(),
+        code_64: r.bool(),
+    };
+    let is = |value: u64, bit: u64| value & bit != 0;
+    let mut signal = 0;
+
+    let value = control_value(&mut r, now.cr0);
+    let broken: [(Refused, bool); 6] = [
+        (Refused::ReservedBits, value > u32::MAX as u64),
+        (Refused::PagingWithoutProtection, is(value, cr0::PG) && !is(value, cr0::PE)),
+        (Refused::NotWriteThroughWithoutCacheDisable, is(value, cr0::NW) && !is(value, cr0::CD)),
+        (
+            Refused::LongModePagingWithoutPae,
+            !is(now.cr0, cr0::PG) && is(value, cr0::PG) && now.long_mode_enabled && !is(now.cr4, cr4::PAE),
+        ),
+        (
+            Refused::PagingOffIn64BitCode,
+            is(now.cr0, cr0::PG) && !is(value, cr0::PG) && now.long_mode_active && now.code_64,
+        ),
+        (Refused::WriteProtectOffWithCet, !is(value, cr0::WP) && is(now.cr4, cr4::CET)),
+    ];
+    check_verdict("CR0", value, check_cr0(value, now), &broken, &mut signal);
+
+    let value = control_value(&mut r, now.cr4);
+    let enabling_pcid = is(value, cr4::PCIDE) && !is(now.cr4, cr4::PCIDE);
+    let broken: [(Refused, bool); 6] = [
+        (Refused::ReservedBits, value & !allowed != 0),
+        (Refused::PaeOffInLongMode, now.long_mode_active && !is(value, cr4::PAE)),
+        (Refused::La57ChangedInLongMode, now.long_mode_active && is(value ^ now.cr4, cr4::LA57)),
+        (Refused::PcidOutsideLongMode, enabling_pcid && !now.long_mode_active),
+        (Refused::PcidWithNonzeroCr3Pcid, enabling_pcid && now.cr3 & 0xfff != 0),
+        (Refused::CetWithoutWriteProtect, is(value, cr4::CET) && !is(now.cr0, cr0::WP)),
+    ];
+    let verdict = check_cr4(value, allowed, now);
+    if verdict.is_ok() {
+        assert_eq!(value & !allowed, 0);
+    }
+    check_verdict("CR4", value, verdict, &broken, &mut signal);
+    signal
+}
+
+/// A write is refused exactly when it breaks a rule, and for one it breaks.
+fn check_verdict<R: Copy + PartialEq + core::fmt::Debug>(
+    register: &str,
+    value: u64,
+    verdict: Result<(), R>,
+    rules: &[(R, bool)],
+    signal: &mut u64,
+) {
+    let broken: Vec<R> = rules.iter().filter(|(_, broken)| *broken).map(|(why, _)| *why).collect();
+    match verdict {
+        Ok(()) => assert!(broken.is_empty(), "{register} {value:#x} accepted, but it breaks {broken:?}"),
+        Err(why) => {
+            assert!(broken.contains(&why), "{register} {value:#x} refused for {why:?}, but it breaks {broken:?}")
+        }
+    }
+    feature(signal, crate::kind_of(&format!("{register} {verdict:?}")));
+}

@@ -1,0 +1,563 @@
+//! The seed corpus: a few inputs per target that reach the interesting
+//! states at once (a valid ELF, a device brought up with a chain posted, a
+//! PIC and timer programmed), so mutation starts from there rather than
+//! from noise. `cargo xtask fuzz --seed-corpus` writes them to
+//! `fuzz/corpus/<target>/seed-*`; inputs kept for regressions sit beside them
+//! under other names.
+//!
+//! Device inputs are written with `Script`, which encodes each choice the
+//! way the target's `Reader` reads it, in the same order.
+
+/// A target input built choice by choice (`basalt_fuzz::Reader` in reverse).
+#[derive(Default)]
+struct Script(Vec<u8>);
+
+impl Script {
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    /// `v` as `Reader::below(n)` reads it (in as many bytes as `n` needs).
+    fn below(&mut self, n: u64, v: u64) -> &mut Self {
+        assert!(v < n);
+        match n {
+            0..=0x100 => self.u8(v as u8),
+            0x101..=0x1_0000 => self.u16(v as u16),
+            0x1_0001..=0x1_0000_0000 => self.u32(v as u32),
+            _ => self.u64(v),
+        }
+    }
+    /// `Reader::edge` giving `v`, through its u64 case.
+    fn edge(&mut self, v: u64) -> &mut Self {
+        self.u8(9).u64(v)
+    }
+    fn done(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// `ram::Ram::from_input`: 64 KiB of low RAM, no high RAM (so no place
+/// for it either).
+fn low_ram_only(s: &mut Script) -> &mut Script {
+    s.u8(15).u8(0)
+}
+
+/// `Ram::address` giving `at` in the low range (of 64 KiB).
+fn low(s: &mut Script, at: u16) -> &mut Script {
+    s.u8(0).below(0x1_0000, at.into())
+}
+
+/// The seeds of target `name`, as (file name, bytes).
+pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
+    let named = |inputs: Vec<Vec<u8>>| {
+        inputs.into_iter().enumerate().map(|(i, bytes)| (format!("seed-{i:02}"), bytes)).collect::<Vec<_>>()
+    };
+    named(match name {
+        "decode" => decode(),
+        "xcr0" => xcr0(),
+        "cr" => cr(),
+        "virtio-queue" => virtio_queue(),
+        "virtio-console" => virtio_device(false),
+        "virtio-blk" => virtio_device(true).into_iter().map(|input| [&[3u8][..], &input].concat()).collect(),
+        "chipset" => chipset(),
+        "elf" => elf(),
+        "multiboot" => multiboot(),
+        "bzimage" => bzimage(),
+        "bundle" => bundle(),
+        "manifest" => manifest(),
+        _ => Vec::new(),
+    })
+}
+
+fn decode() -> Vec<Vec<u8>> {
+    // Mode (0: 16-bit, 1: 32-bit, 2: 64-bit), then the bytes at RIP.
+    let forms: [(u8, &[u8]); 24] = [
+        (2, &[0x89, 0x47, 0x10]),                               // mov [rdi+0x10], eax
+        (2, &[0x48, 0x8b, 0x08]),                               // mov rcx, [rax]
+        (2, &[0xc7, 0x00, 0x78, 0x56, 0x34, 0x12]),             // mov dword [rax], imm32
+        (2, &[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff]),       // mov qword [rax], -1
+        (2, &[0x66, 0xc7, 0x40, 0x04, 0x34, 0x12]),             // mov word [rax+4], imm16
+        (2, &[0x0f, 0xb6, 0x07]),                               // movzx eax, byte [rdi]
+        (2, &[0x48, 0x0f, 0xb7, 0x47, 0x02]),                   // movzx rax, word [rdi+2]
+        (2, &[0x48, 0xa1, 0, 0, 0xe0, 0xfe, 0, 0, 0, 0]),       // mov rax, [moffs64]
+        (2, &[0x44, 0x89, 0x04, 0x25, 0x00, 0x00, 0xe0, 0xfe]), // mov [abs], r8d (SIB)
+        (2, &[0x41, 0x88, 0x20]),                               // mov [r8], spl
+        (2, &[0x88, 0x20]),                                     // mov [rax], ah
+        (2, &[0xc6, 0x05, 0x10, 0x00, 0x00, 0x00, 0x01]),       // mov byte [rip+16], 1
+        (2, &[0x8b, 0x84, 0x88, 0x00, 0x01, 0x00, 0x00]),       // mov eax, [rax+rcx*4+0x100]
+        (2, &[0x66, 0x2e, 0x67, 0x89, 0x07]),                   // prefixes
+        (2, &[0xf0, 0x89, 0x07]),                               // lock mov: invalid
+        (2, &[0x8b, 0xc0]),                                     // mov eax, eax: not memory
+        (2, &[0x26, 0x48, 0x66, 0x89, 0x07]),                   // REX before a legacy prefix
+        (1, &[0x89, 0x03]),                                     // mov [ebx], eax
+        (1, &[0x8b, 0x05, 0x00, 0x00, 0xc0, 0xfe]),             // mov eax, [abs]
+        (1, &[0xa3, 0x00, 0x00, 0xc0, 0xfe]),                   // mov [moffs32], eax
+        (1, &[0x67, 0x89, 0x07]),                               // 16-bit addressing
+        (0, &[0x89, 0x07]),                                     // mov [bx], ax
+        (0, &[0x8b, 0x46, 0x02]),                               // mov ax, [bp+2]
+        (0, &[0x66, 0xa1, 0x34, 0x12]),                         // mov eax, [moffs16]
+    ];
+    forms.iter().map(|(mode, bytes)| [&[*mode][..], bytes].concat()).collect()
+}
+
+fn xcr0() -> Vec<Vec<u8>> {
+    let mut s = Script::default();
+    let mut out = Vec::new();
+    // Host kind, area kind, realistic layout; then eight XCR0 values (kind,
+    // value, whether to add x87); then a CPUID leaf and its registers.
+    for (host, area) in [(0u8, 0u8), (1, 0), (0, 1)] {
+        s.u8(host).u8(area);
+        if area == 1 {
+            s.u16(2112);
+        }
+        s.u8(1);
+        for value in [0x7u64, 0xe7, 0x1f, 0x60003, 0x3, 0x207, 0x27, 0xb] {
+            s.u8(0).u64(value).u8(0);
+        }
+        s.u8(1).u32(u32::MAX).u32(u32::MAX).u32(u32::MAX).u32(u32::MAX);
+        out.push(s.done());
+    }
+    out
+}
+
+fn cr() -> Vec<Vec<u8>> {
+    let mut s = Script::default();
+    // Features (all, or these CPUID words), CR0, CR3, CR4 (as a base with one
+    // bit flipped: choice 0, the bit), EFER.LME, EFER.LMA, CS.L; then the
+    // CR0 write and the CR4 write, each as a flipped bit of the current value.
+    // 64-bit code turning paging off, then enabling PCIDs.
+    s.u8(0).u8(2).u8(0).u8(0).u8(2).u8(1).u8(1).u8(1).u8(0).u8(31).u8(0).u8(17);
+    let long_mode = s.done();
+    // Paging on with LME but no PAE; PCIDs outside long mode.
+    s.u8(0).u8(0).u8(31).u8(0).u8(0).u8(0).u8(5).u8(1).u8(0).u8(0).u8(0).u8(31).u8(0).u8(17);
+    let legacy = s.done();
+    // A CPU with SMEP and SMAP but no LA57 or PKE, in long mode; CR4 gains LA57.
+    s.u8(1).u32(1 << 17 | 1 << 26).u32(0x0789_fbff).u32(1 << 7 | 1 << 20).u32(0);
+    s.u8(2).u8(0).u8(0).u8(2).u8(1).u8(1).u8(1).u8(0).u8(16).u8(0).u8(12);
+    vec![long_mode, legacy, s.done()]
+}
+
+/// Writes descriptor `index` for the virtio-queue target (operation 0).
+fn queue_descriptor(s: &mut Script, size: u64, index: u64, at: u16, len: u16, flags: u8, next: u64) {
+    s.u8(0).below(size + 1, index);
+    low(s, at);
+    s.u8(2).below(0x1001, len.into()).u8(flags).below(size + 2, next);
+}
+
+fn virtio_queue() -> Vec<Vec<u8>> {
+    let mut s = Script::default();
+    let mut out = Vec::new();
+    for with_io in [false, true] {
+        // 64 KiB of RAM; a 16-entry queue with its rings at 0x1000, 0x2000, 0x3000.
+        low_ram_only(&mut s).u8(5);
+        low(low(low(&mut s, 0x1000), 0x2000), 0x3000);
+        // A readable buffer then a writable one (flags choice 0: NEXT; 2: WRITE).
+        queue_descriptor(&mut s, 16, 0, 0x8000, 0x100, 0, 1);
+        queue_descriptor(&mut s, 16, 1, 0x9000, 0x200, 2, 0);
+        // Publish head 0 (operation 1, the next index).
+        s.u8(1).below(17, 0).u8(1);
+        if with_io {
+            // Take it (operation 4) with the whole budget, read 64 bytes from
+            // its start, write 32 at 8, report what was written.
+            s.u8(4).edge(1 << 20).u8(1).below(4097, 64).u8(1).u8(0).u8(0);
+            s.below(4097, 32).u8(0).u8(0).u8(8).u8(0x41).u8(1);
+        } else {
+            s.u8(3).u8(5).edge(0x1234);
+        }
+        out.push(s.done());
+    }
+    out
+}
+
+/// A device brought up with each queue's rings in low RAM, then chains posted.
+fn virtio_device(block: bool) -> Vec<Vec<u8>> {
+    let queues = if block { 1 } else { 2 };
+    let mut s = Script::default();
+    let mut out = Vec::new();
+    for variant in 0..3 {
+        low_ram_only(&mut s);
+        // Bring-up (operation 2): per queue its size (16) and rings.
+        s.u8(2);
+        for q in 0..queues {
+            let base = 0x1000 + 0x4000 * q as u16;
+            s.u8(4);
+            low(low(low(&mut s, base), base + 0x1000), base + 0x2000);
+        }
+        // Post (operation 3) on the queue that takes requests: console's
+        // transmit queue 1, blk's queue 0; descriptors from index 0.
+        let queue = if block { 0 } else { 1 };
+        let parts: &[(u16, u16, bool)] = match (block, variant) {
+            (false, 0) => &[(0x8000, 13, false)],
+            (false, 1) => &[(0x8000, 0x400, false), (0x9000, 0x800, false)],
+            (false, _) => &[(0x8000, 0x1000, false)],
+            (true, 0) => &[(0x8000, 16, false), (0x9000, 512, true), (0xa000, 1, true)],
+            (true, 1) => &[(0x8000, 16, false), (0x9000, 1024, false), (0xa000, 1, true)],
+            (true, _) => &[(0x8000, 16, false), (0x9000, 20, true), (0xa000, 1, true)],
+        };
+        s.u8(3).below(queues + 1, queue).below(6, parts.len() as u64 - 1).below(16, 0);
+        for (i, &(at, len, writable)) in parts.iter().enumerate() {
+            low(&mut s, at);
+            s.u8(2).below(0x1001, len.into());
+            let last = i + 1 == parts.len();
+            // Console: a coin; blk: "writable" is a one-in-eight choice, and
+            // the status byte (last) is always writable without one.
+            if !block {
+                s.u8(writable as u8);
+            } else if !last {
+                s.u8(if writable { 0 } else { 1 });
+            }
+            s.u8(1).u8(1);
+            if block && i == 0 {
+                // Kind (IN, OUT, GET_ID) and sector.
+                let kind = [0u8, 1, 3][variant];
+                s.u8(1).u8(kind).u8(1).u8(1);
+            }
+        }
+        s.u8(1);
+        if !block {
+            // Host input, then a receive buffer for it on queue 0.
+            s.u8(6).u8(5).bytes(b"hello").u8(0);
+            s.u8(3).below(3, 0).below(6, 0).below(16, 0);
+            low(&mut s, 0xc000).u8(2).below(0x1001, 64).u8(1).u8(1).u8(1).u8(1);
+        }
+        // Acknowledge the interrupt, poll.
+        s.u8(8).u32(3).u8(5);
+        out.push(s.done());
+    }
+    out
+}
+
+/// `chipset::port`: port `p` from its list (or raw when it is not there).
+fn port(s: &mut Script, p: u16) -> &mut Script {
+    const PORTS: [u16; 34] = [
+        0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x70, 0x71, 0x3f8, 0x3f9, 0x3fa, 0x3fb,
+        0x3fc, 0x3fd, 0x3fe, 0x3ff, 0x600, 0x602, 0x604, 0x608, 0x60b, 0x60c, 0xcf9, 0xf4, 0xf5, 0xf7, 0xf8, 0xf9,
+        0x80,
+    ];
+    match PORTS.iter().position(|&x| x == p) {
+        Some(i) => s.u8(1).u8(i as u8),
+        None => s.u8(0).u16(p),
+    }
+}
+
+/// A chipset port write (operation 2): port, size, value.
+fn out(s: &mut Script, p: u16, size: u8, value: u32) -> &mut Script {
+    s.u8(2).u8(0);
+    port(s, p).u8([1, 2, 4].iter().position(|&x| x == size).unwrap() as u8);
+    s.u8(3).u8(8).u32(value)
+}
+
+/// A chipset port read (operation 0).
+fn inp(s: &mut Script, p: u16, size: u8) -> &mut Script {
+    s.u8(0).u8(0);
+    port(s, p).u8([1, 2, 4].iter().position(|&x| x == size).unwrap() as u8)
+}
+
+/// A chipset MMIO write of 4 bytes (operation 5) by vCPU 0 to a LAPIC
+/// (`ioapic` false) or IOAPIC register.
+fn mmio(s: &mut Script, ioapic: bool, register: u64, value: u32) -> &mut Script {
+    s.u8(5).u8(0);
+    if ioapic {
+        s.u8(2).u8(1).below(2, register / 16);
+    } else {
+        s.u8(0).u8(1).below(256, register / 16);
+    }
+    s.u8(2).u8(3).u8(8).u32(value)
+}
+
+/// Time passes (operation 6) by `ticks`, and the chipset is polled.
+fn later(s: &mut Script, ticks: u32) -> &mut Script {
+    s.u8(6).u8(0).u8(1).below(1 << 32, ticks.into())
+}
+
+fn chipset() -> Vec<Vec<u8>> {
+    let mut s = Script::default();
+    let mut out_ = Vec::new();
+    let header = |s: &mut Script| {
+        // Two vCPUs at 1 GHz, the usual date, TSC from 0, buffered COM1; RAM.
+        s.u8(1).u8(1).u8(0).u8(1).u8(1).below(1 << 40, 0).u8(0);
+        low_ram_only(s);
+    };
+    // PIC initialised and unmasked, PIT channel 0 at 100 Hz, time passes,
+    // the VMM takes interrupts.
+    header(&mut s);
+    for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1)] {
+        out(&mut s, p, 1, v);
+    }
+    out(&mut s, 0x21, 1, 0);
+    out(&mut s, 0x43, 1, 0x34);
+    out(&mut s, 0x40, 1, 0x9c);
+    out(&mut s, 0x40, 1, 0x2e);
+    for _ in 0..4 {
+        later(&mut s, 20_000_000);
+        s.u8(7).u8(0);
+    }
+    inp(&mut s, 0x61, 1);
+    out_.push(s.done());
+    // Local APIC on, its timer periodic; IOAPIC pin 4 to vector 0x30; COM1
+    // interrupts on and input typed; the RTC and PM timer read.
+    header(&mut s);
+    mmio(&mut s, false, 0xf0, 0x1ff);
+    mmio(&mut s, false, 0x3e0, 0xb);
+    mmio(&mut s, false, 0x320, 0x2_0040);
+    mmio(&mut s, false, 0x380, 0x1000);
+    mmio(&mut s, true, 0, 0x18);
+    mmio(&mut s, true, 0x10, 0x30);
+    out(&mut s, 0x3f9, 1, 1);
+    out(&mut s, 0x3fc, 1, 8);
+    s.u8(9).u8(0).u8(6).bytes(b"typed\n");
+    for _ in 0..3 {
+        later(&mut s, 1_000_000);
+        s.u8(7).u8(0).u8(7).u8(1);
+    }
+    for register in [0, 2, 4, 9, 10, 11] {
+        out(&mut s, 0x70, 1, register);
+        inp(&mut s, 0x71, 1);
+    }
+    inp(&mut s, 0x608, 4);
+    mmio(&mut s, false, 0xb0, 0);
+    out_.push(s.done());
+    // INIT and SIPI to vCPU 1; the debug exit, a marker, S5 and a reset.
+    header(&mut s);
+    mmio(&mut s, false, 0xf0, 0x1ff);
+    mmio(&mut s, false, 0x310, 1 << 24);
+    mmio(&mut s, false, 0x300, 0x4500);
+    mmio(&mut s, false, 0x300, 0x4608);
+    s.u8(7).u8(1);
+    out(&mut s, 0xf8, 1, 1);
+    out(&mut s, 0xf4, 4, 0x10);
+    out(&mut s, 0x604, 2, 5 << 10 | 1 << 13);
+    out(&mut s, 0xcf9, 1, 6);
+    out_.push(s.done());
+    out_
+}
+
+/// An ELF executable: class, machine, entry, and PT_LOAD segments of
+/// (physical address, bytes, memory size).
+fn elf_file(is64: bool, entry: u64, segments: &[(u64, &[u8], u64)]) -> Vec<u8> {
+    let (header_size, entry_size) = if is64 { (64usize, 56usize) } else { (52, 32) };
+    let mut f = vec![0u8; header_size];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = if is64 { 2 } else { 1 };
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&if is64 { 62u16 } else { 3 }.to_le_bytes());
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    let mut offset = (header_size + entry_size * segments.len()) as u64;
+    let mut table = Vec::new();
+    for &(paddr, bytes, memsz) in segments {
+        let mut ph = vec![0u8; entry_size];
+        ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        if is64 {
+            ph[4..8].copy_from_slice(&7u32.to_le_bytes());
+            ph[8..16].copy_from_slice(&offset.to_le_bytes());
+            ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+            ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+            ph[32..40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+            ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        } else {
+            ph[4..8].copy_from_slice(&(offset as u32).to_le_bytes());
+            ph[8..12].copy_from_slice(&(paddr as u32).to_le_bytes());
+            ph[12..16].copy_from_slice(&(paddr as u32).to_le_bytes());
+            ph[16..20].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            ph[20..24].copy_from_slice(&(memsz as u32).to_le_bytes());
+            ph[24..28].copy_from_slice(&7u32.to_le_bytes());
+        }
+        table.extend(ph);
+        offset += bytes.len() as u64;
+    }
+    if is64 {
+        f[24..32].copy_from_slice(&entry.to_le_bytes());
+        f[32..40].copy_from_slice(&(header_size as u64).to_le_bytes());
+        f[52..54].copy_from_slice(&(header_size as u16).to_le_bytes());
+        f[54..56].copy_from_slice(&(entry_size as u16).to_le_bytes());
+        f[56..58].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+    } else {
+        f[24..28].copy_from_slice(&(entry as u32).to_le_bytes());
+        f[28..32].copy_from_slice(&(header_size as u32).to_le_bytes());
+        f[40..42].copy_from_slice(&(header_size as u16).to_le_bytes());
+        f[42..44].copy_from_slice(&(entry_size as u16).to_le_bytes());
+        f[44..46].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+    }
+    f.extend(table);
+    for (_, bytes, _) in segments {
+        f.extend_from_slice(bytes);
+    }
+    f
+}
+
+/// `loaders::guest_ram`: low RAM of 16 MiB.
+const RAM_16_MIB: [u8; 2] = [0, 1];
+
+fn elf() -> Vec<Vec<u8>> {
+    let code = [0x90u8; 32];
+    [
+        elf_file(true, 0x20_0000, &[(0x20_0000, &code, 0x1000)]),
+        elf_file(true, 0x1000, &[(0x1000, &code, 0x800), (0x3000, &[0xcc; 8], 8), (0x8000, &[], 0x2000)]),
+        elf_file(false, 0x10_0000, &[(0x10_0000, &code, 0x40)]),
+    ]
+    .into_iter()
+    .map(|image| [&RAM_16_MIB[..], &image].concat())
+    .collect()
+}
+
+fn multiboot_header(flags: u32, fields: &[u32]) -> Vec<u8> {
+    let magic = 0x1bad_b002u32;
+    let mut h = Vec::new();
+    for v in [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags)].iter().chain(fields) {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h
+}
+
+fn multiboot() -> Vec<Vec<u8>> {
+    // The a.out kludge: header_addr, load_addr, load_end_addr, bss_end_addr, entry.
+    let load = 0x10_0000u32;
+    let mut aout = multiboot_header(1 << 16, &[load, load, load + 0x60, load + 0x100, load + 0x20]);
+    aout.resize(0x60, 0xf4);
+    let mut inside_elf = multiboot_header(0, &[]);
+    inside_elf.extend_from_slice(&[0xf4; 20]);
+    let elf = elf_file(false, 0x10_000c, &[(0x10_0000, &inside_elf, 0x100)]);
+    // Fix the checksum (choice 1), then the file.
+    [aout, elf].into_iter().map(|image| [&RAM_16_MIB[..], &[1], &image].concat()).collect()
+}
+
+/// A bzImage-shaped file: four setup sectors with a boot-protocol 2.15
+/// header, then `kernel_len` bytes of kernel.
+fn bzimage_file(kernel_len: usize, relocatable: bool) -> Vec<u8> {
+    let mut img = vec![0u8; 5 * 512 + kernel_len];
+    let put32 = |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    img[0x1f1] = 4; // setup_sects
+    put32(&mut img, 0x1f4, (kernel_len / 16) as u32); // syssize
+    img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    img[0x200] = 0xeb;
+    img[0x201] = 0x6a; // the header ends at 0x26c
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    img[0x211] = 1; // loaded high
+    put32(&mut img, 0x22c, 0x7fff_ffff); // initrd_addr_max
+    put32(&mut img, 0x230, 0x20_0000); // kernel_alignment
+    img[0x234] = relocatable as u8;
+    img[0x236..0x238].copy_from_slice(&3u16.to_le_bytes()); // 64-bit entry, above 4 GiB
+    put32(&mut img, 0x238, 2047); // cmdline_size
+    img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+    put32(&mut img, 0x260, 0x200_0000); // init_size
+    img[5 * 512..].fill(0x90);
+    img
+}
+
+fn bzimage() -> Vec<Vec<u8>> {
+    // RAM (256 MiB, or a map of 64 MiB less 2 MiB kept), initrd choice,
+    // command line length and choice, no RSDP or ACPI placement, the file.
+    let mut s = Script::default();
+    let mut out = Vec::new();
+    for (ram, initrd, cmdline, relocatable) in [(0, 1, 1, true), (1, 0, 0, false), (2, 2, 2, true)] {
+        match ram {
+            0 => s.u8(0).u8(3),
+            1 => s.u8(2).u8(1).below(8192, 63).u8(1),
+            _ => s.u8(0).u8(2),
+        };
+        s.u8(initrd);
+        if initrd == 2 {
+            s.below(0x3001, 0x1000);
+        }
+        s.below(5000, 100).u8(cmdline).u8(0).u8(0);
+        out.push([s.done(), bzimage_file(64, relocatable)].concat());
+    }
+    out
+}
+
+fn bundle() -> Vec<Vec<u8>> {
+    let entry = |name: &str, data: &[u8]| (name.to_string(), data.to_vec());
+    vec![
+        loader::bundle::write(&[
+            entry("cmdline", b"selftest"),
+            entry("vms", b"name=a image=a.img format=flat"),
+            entry("a.img", &[0xf4; 64]),
+        ]),
+        loader::bundle::write(&[entry("", b""), entry("x", &[1, 2, 3]), entry("x", &[4])]),
+        loader::bundle::write(&[]),
+    ]
+}
+
+fn manifest() -> Vec<Vec<u8>> {
+    [
+        "# VMs\nname=a image=a.bin format=flat mode=real load=0x7c00 entry=0x7c00 memory=16\n",
+        "name=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\n",
+        "name=m image=m.img format=multiboot memory=4096 cpus=16\nname=n image=n.img format=elf\n",
+        "name=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1 host-console=1\n",
+        "name=p image=p.bin format=flat mode=protected load=0x100000 entry=0x100000\r\n\n# end\n",
+    ]
+    .iter()
+    .map(|text| text.as_bytes().to_vec())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{feature, kind_of, target};
+
+    /// Whether seed `index` of `name` shows `value` among its features.
+    fn shows(name: &str, index: usize, value: u64) -> bool {
+        let mut wanted = 0;
+        feature(&mut wanted, value);
+        let signal = (target(name).unwrap().run)(&seeds(name)[index].1);
+        signal & wanted != 0
+    }
+
+    /// Each seed gets as far as it was written to: a chain taken and
+    /// completed, a device that used a buffer and interrupted, timers that
+    /// reached the VMM as interrupts, images that load.
+    #[test]
+    fn seeds_reach_what_they_are_for() {
+        assert!(shows("virtio-queue", 1, 0x300 | 1 << 4 | 1), "a chain of one readable and one writable buffer");
+        assert!(shows("virtio-queue", 1, 0x401), "completed into the used ring");
+        for i in 0..3 {
+            assert!(shows("virtio-console", i, 0x201), "console seed {i}: used-buffer interrupt");
+            assert!(shows("virtio-blk", i, 0x201), "blk seed {i}: used-buffer interrupt");
+        }
+        assert!(shows("chipset", 0, 0x200 | (1 + (0x20 >> 4))), "PIT interrupt at vector 0x20");
+        for request in ["Stop { status: }", "Marker { value: }", "PowerOff", "Reset"] {
+            assert!(shows("chipset", 2, kind_of(request)), "{request}");
+        }
+        for (name, count) in [("elf", 3), ("multiboot", 2), ("bzimage", 3), ("bundle", 3), ("manifest", 5)] {
+            for i in 0..count {
+                assert!(shows(name, i, 0), "{name} seed {i} is accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn every_target_has_small_seeds() {
+        for target in crate::TARGETS {
+            let seeds = seeds(target.name);
+            assert!(!seeds.is_empty(), "{} has no seeds", target.name);
+            for (name, bytes) in seeds {
+                assert!(
+                    bytes.len() < 4096 && bytes.len() <= target.max_len,
+                    "{} {name}: {} bytes",
+                    target.name,
+                    bytes.len()
+                );
+            }
+        }
+    }
+}
