@@ -3,6 +3,7 @@
 mod bench;
 mod cases;
 mod emulator;
+mod fuzz;
 mod guests;
 mod images;
 mod initramfs;
@@ -40,8 +41,15 @@ commands:
                                   the guest's writes last for the run, the file is
                                   not changed)
   qemu-test   run host unit tests and the integration cases in tests/cases.toml
+              (with CI=true also every fuzz target, 10 s each)
                 --case NAME       run only cases whose name contains NAME (repeatable)
+                --host-only       host unit tests (and the fuzz step) only, no cases
                 --list            list the cases and exit
+  fuzz        run the fuzz targets from their corpus (fuzz/corpus/); see
+              `cargo xtask fuzz --help`
+                [TARGET...]       only these (default: all)
+                --seconds N       per target (default 60)
+                --replay FILE     with one TARGET: run FILE through it once
   bench       boot the test guests on a VT-x machine; print exits and hypervisor
               cycles by reason per VM, and VMM memory per VM
   build       build the kernel and write BIOS and UEFI images to target/basalt/
@@ -59,6 +67,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "run" => run(rest),
         "qemu-test" => qemu_test::main(rest),
+        "fuzz" => fuzz::main(rest),
         "build" => build(rest),
         "bench" => bench::main(rest),
         "setup" => setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS),

@@ -1,5 +1,6 @@
-//! `cargo xtask qemu-test`: host unit tests, then every case in tests/cases.toml,
-//! then one summary line `N passed, M failed`.
+//! `cargo xtask qemu-test`: host unit tests, in CI the fuzz targets for a few
+//! seconds each, then every case in tests/cases.toml, then one summary line
+//! `N passed, M failed`.
 
 use crate::cases::{self, Case};
 use crate::emulator::{self, Emulator};
@@ -15,6 +16,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         filters.push(f);
     }
     let list_only = take_flag(&mut args, "--list");
+    let host_only = take_flag(&mut args, "--host-only");
     if let Some(unknown) = args.first() {
         return Err(format!("qemu-test: unknown option '{unknown}'"));
     }
@@ -32,6 +34,9 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     if selected.is_empty() {
         return Err(format!("no case matches {filters:?}"));
     }
+    if host_only && !filters.is_empty() {
+        return Err("--host-only runs no cases; it does not go with --case".into());
+    }
 
     setup::ensure(&setup::Needs::everything())?;
     let started = Instant::now();
@@ -45,37 +50,63 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         if bad > 0 {
             failed.push(format!("host unit tests ({bad} failed)"));
         }
-    }
-
-    let kernel = images::build_kernel(Config::Test)?;
-    let vmx_emulator = Emulator::best_for_vmx();
-    println!("qemu-test: {} case(s); VT-x cases run on {}", selected.len(), vmx_emulator.name());
-    for case in selected {
-        let started = Instant::now();
-        match run_case(&kernel, case) {
-            Ok((problems, run)) if problems.is_empty() => {
-                passed += 1;
-                println!(
-                    "  ok      {:<28} {:>6.1} s  ({} in {:.1} s)",
-                    case.name,
-                    started.elapsed().as_secs_f64(),
-                    case.machine().emulator.name(),
-                    run.as_secs_f64()
-                );
-            }
-            Ok((problems, _)) => {
-                println!("  FAILED  {:<28} {:>6.1} s", case.name, started.elapsed().as_secs_f64());
-                for p in &problems {
-                    println!("          - {p}");
+        // In CI only: a developer's run stays as it was, and `cargo xtask
+        // fuzz` fuzzes for longer when wanted.
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            let started = Instant::now();
+            match crate::fuzz::ci_step(crate::fuzz::CI_SECONDS) {
+                Ok(results) => {
+                    for (name, ok) in results {
+                        if ok {
+                            passed += 1;
+                        } else {
+                            failed.push(format!("fuzz {name}"));
+                        }
+                    }
                 }
-                let dir = case_dir(case);
-                println!("          serial: {}", dir.join("serial.log").display());
-                print_tail(&dir.join("serial.log"), 15);
-                failed.push(case.name.clone());
+                Err(e) => {
+                    println!("  FAILED  {:<28} could not run: {e}", "fuzz targets");
+                    failed.push("fuzz targets".into());
+                }
             }
-            Err(e) => {
-                println!("  FAILED  {:<28} could not run: {e}", case.name);
-                failed.push(case.name.clone());
+            println!("qemu-test: fuzz step took {:.0} s", started.elapsed().as_secs_f64());
+        } else {
+            println!("qemu-test: fuzz targets skipped (CI=true runs them; `cargo xtask fuzz` runs them longer)");
+        }
+    }
+    if host_only {
+        println!("qemu-test: --host-only: no cases run");
+    } else {
+        let kernel = images::build_kernel(Config::Test)?;
+        let vmx_emulator = Emulator::best_for_vmx();
+        println!("qemu-test: {} case(s); VT-x cases run on {}", selected.len(), vmx_emulator.name());
+        for case in selected {
+            let started = Instant::now();
+            match run_case(&kernel, case) {
+                Ok((problems, run)) if problems.is_empty() => {
+                    passed += 1;
+                    println!(
+                        "  ok      {:<28} {:>6.1} s  ({} in {:.1} s)",
+                        case.name,
+                        started.elapsed().as_secs_f64(),
+                        case.machine().emulator.name(),
+                        run.as_secs_f64()
+                    );
+                }
+                Ok((problems, _)) => {
+                    println!("  FAILED  {:<28} {:>6.1} s", case.name, started.elapsed().as_secs_f64());
+                    for p in &problems {
+                        println!("          - {p}");
+                    }
+                    let dir = case_dir(case);
+                    println!("          serial: {}", dir.join("serial.log").display());
+                    print_tail(&dir.join("serial.log"), 15);
+                    failed.push(case.name.clone());
+                }
+                Err(e) => {
+                    println!("  FAILED  {:<28} could not run: {e}", case.name);
+                    failed.push(case.name.clone());
+                }
             }
         }
     }
