@@ -19,21 +19,29 @@ impl Ram {
     }
 
     /// Sizes and place from the input: up to 64 KiB below, and up to 16 KiB
-    /// right after it, at 4 GiB, at the top of the address space or anywhere.
+    /// above a hole (as narrow as a hole may be, as at 4 GiB, or anywhere), at
+    /// 4 GiB, at the top of the address space.
+    ///
+    /// A VM's hole is 1 GiB (layout::RAM_HOLE_START to HIGH_RAM_BASE), and
+    /// virtqueues rely on holes being no narrower than the longest chain they
+    /// take (16 MiB): then a buffer whose first and last bytes are RAM is RAM
+    /// throughout. So the hole here is never narrower than that.
     pub fn from_input(r: &mut Reader) -> Ram {
+        const NARROWEST_HOLE: u64 = 16 << 20;
         let low = 0x1000 * (1 + r.index(16));
         let high = 0x400 * r.index(17);
         if high == 0 {
             return Ram::new(low, low as u64, 0);
         }
+        let first_start = low as u64 + NARROWEST_HOLE;
         // The last place `high` bytes fit below 2^64.
         let last_start = u64::MAX - high as u64 + 1;
         let high_base = match r.u8() % 5 {
-            0 => low as u64,
-            1 => low as u64 + 0x1000,
+            0 => first_start,
+            1 => first_start + 0x1000 * r.below(16),
             2 => 1 << 32,
             3 => last_start,
-            _ => r.u64().clamp(low as u64, last_start),
+            _ => r.u64().clamp(first_start, last_start),
         };
         Ram::new(low, high_base, high)
     }

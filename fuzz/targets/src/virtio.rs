@@ -228,7 +228,15 @@ pub fn queue(data: &[u8]) -> u64 {
                 let result = q.complete(&mut ram, chain.head, written);
                 used = used.wrapping_add(1);
                 feature(&mut signal, 0x400 | result.is_ok() as u64);
-                if result.is_ok() {
+                if result.is_err() {
+                    // The transport marks the device broken: nothing more
+                    // happens on the queue until the driver resets it.
+                    let (desc, avail, used_ring) = (q.desc, q.avail, q.used);
+                    q.reset();
+                    used = 0;
+                    (q.size, q.ready) = (size, true);
+                    (q.desc, q.avail, q.used) = (desc, avail, used_ring);
+                } else {
                     // The element is at the slot of the used index before it.
                     let slot = 4 + 8 * (used.wrapping_sub(1) % size) as u64;
                     let mut element = [0u8; 8];
