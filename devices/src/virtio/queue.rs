@@ -219,8 +219,12 @@ impl<'a> ChainIo<'a> {
             return Err("response longer than the driver's buffers".into());
         }
         self.moved = self.moved.saturating_add(done as u64);
-        let end = offset.saturating_add(done as u64);
-        self.written = self.written.max(u32::try_from(end).unwrap_or(u32::MAX));
+        // Only bytes that reached the driver count: an empty write anywhere,
+        // past the buffers too, must not make the used length claim more.
+        if done > 0 {
+            let end = offset.saturating_add(done as u64);
+            self.written = self.written.max(u32::try_from(end).unwrap_or(u32::MAX));
+        }
         Ok(())
     }
 
@@ -258,4 +262,24 @@ fn for_each_span(
         offset = 0;
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::tests::Ram;
+
+    #[test]
+    fn an_empty_write_claims_no_bytes() {
+        let chain = Chain { head: 0, readable: Vec::new(), writable: alloc::vec![(0x100, 16)] };
+        let mut ram = Ram(alloc::vec![0; 0x1000]);
+        let mut io = ChainIo::new(&chain, &mut ram);
+        // Past the end of the buffers (found by the virtio-queue fuzz target).
+        io.write(512, &[]).unwrap();
+        io.write(8, &[]).unwrap();
+        assert_eq!(io.written(), 0);
+        io.write(4, &[1, 2]).unwrap();
+        io.write(15, &[]).unwrap();
+        assert_eq!(io.written(), 6);
+    }
 }
