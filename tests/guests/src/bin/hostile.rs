@@ -17,48 +17,27 @@
 #![no_std]
 #![no_main]
 
-use basalt_test_guests::{entry, exit, vmcall, xstate};
+use basalt_test_guests::{entry, exit, say, vmcall, xstate};
 use core::arch::{asm, global_asm};
-use core::fmt::Write;
 use core::ptr::{addr_of, addr_of_mut};
 
 entry!(main);
 
 const OPERATIONS: u64 = 50_000;
-/// HOSTILE_TRACE=1 at build time prints every operation before it runs (to
-/// find the one a replayed run stops at).
-const TRACE: bool = option_env!("HOSTILE_TRACE").is_some();
+/// HOSTILE_TRACE=N at build time prints every operation from the Nth on
+/// before it runs (to find the one a replayed run stops at; printing is slow,
+/// so start near the last progress line).
+const TRACE_FROM: Option<u64> = match option_env!("HOSTILE_TRACE") {
+    Some(text) => Some(parse_seed(text.as_bytes())),
+    None => None,
+};
 const DEFAULT_SEED: u64 = 0xba5a_17c0_ffee_0001;
 const SEED: u64 = match option_env!("HOSTILE_SEED") {
     Some(text) => parse_seed(text.as_bytes()),
     None => DEFAULT_SEED,
 };
 
-/// Its own lines go out through the print hypercall: the random port writes
-/// reprogram COM1 (a divisor latch left open would swallow them).
-struct Line {
-    bytes: [u8; 256],
-    len: usize,
-}
-
-impl Write for Line {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let n = s.len().min(self.bytes.len() - self.len);
-        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut line = Line { bytes: [0; 256], len: 0 };
-        let _ = write!(line, $($arg)*);
-        vmcall(1, line.bytes.as_ptr() as u64, line.len as u64);
-    }};
-}
-
-/// Decimal or 0x-hex, at compile time (a bad value fails the build).
+/// A number in decimal or 0x-hex, at compile time (a bad value fails the build).
 const fn parse_seed(text: &[u8]) -> u64 {
     let (mut i, radix) = if text.len() > 2 && text[0] == b'0' && text[1] == b'x' { (2, 16) } else { (0, 10) };
     let mut value: u64 = 0;
@@ -71,7 +50,7 @@ const fn parse_seed(text: &[u8]) -> u64 {
                 i += 1;
                 continue;
             }
-            _ => panic!("HOSTILE_SEED must be a decimal or 0x-hex number"),
+            _ => panic!("HOSTILE_SEED and HOSTILE_TRACE must be decimal or 0x-hex numbers"),
         };
         value = value.wrapping_mul(radix).wrapping_add(digit as u64);
         i += 1;
@@ -118,7 +97,10 @@ impl Rng {
 
 // Exceptions and interrupts. Every vector has a 16-byte stub that pushes its
 // number; the common part finds the return frame (past the error code for the
-// vectors that push one), counts the vector, sends external interrupts an EOI,
+// vectors that push one), counts the vector, sends external interrupts an EOI
+// and returns from them with IF clear (one interrupt per window: a level
+// interrupt nobody acknowledges, or a timer programmed to fire every tick,
+// would otherwise keep the guest in its handler for good),
 // and for an exception (other than NMI) sends the return to `hostile_recover`,
 // which abandons the operation that faulted (and disarms what it may have left
 // armed: DF, DR7).
@@ -158,6 +140,7 @@ hostile_interrupt:
     jmp 3f
 2:  mov eax, 0xfee000b0
     mov dword ptr [rax], 0
+    and qword ptr [rcx + 16], -0x201
 3:  mov [rsp + 16], rcx
     pop rcx
     pop rax
@@ -292,20 +275,37 @@ extern "C" fn port_in(op: &Op) {
     }
 }
 
-/// Memory the string instructions and virtio buffers may use.
+/// The only RAM the devices (and string input) may write: descriptors send
+/// buffers only here, so the guest cannot have its own code or stack
+/// overwritten and can run to the end.
 #[repr(align(4096))]
-struct Scratch([u8; 8 * 4096]);
-static mut SCRATCH: Scratch = Scratch([0; 8 * 4096]);
+struct Pages<const N: usize>([[u8; 4096]; N]);
+const BUFFER_PAGES: usize = 4;
+static mut BUFFERS: Pages<BUFFER_PAGES> = Pages([[0; 4096]; BUFFER_PAGES]);
+const BUFFER_BYTES: u64 = BUFFER_PAGES as u64 * 4096;
 
-fn scratch() -> u64 {
-    addr_of!(SCRATCH) as u64
+fn buffers() -> u64 {
+    addr_of!(BUFFERS) as u64
+}
+
+/// Virtio rings: for each device slot and queue, a page for the descriptor
+/// table, one for the available ring and one for the used ring (which only
+/// the device writes). Random bytes land in the available rings and in the
+/// length/flags/next half of descriptors, never in a descriptor's address.
+const QUEUES: usize = 2;
+const RING_PAGES: usize = VIRTIO_SLOTS as usize * QUEUES * 3;
+static mut RINGS: Pages<RING_PAGES> = Pages([[0; 4096]; RING_PAGES]);
+
+fn ring_page(slot: u64, queue: u64, which: u64) -> u64 {
+    addr_of!(RINGS) as u64 + ((slot * QUEUES as u64 + queue) * 3 + which) * 4096
 }
 
 extern "C" fn string_io(op: &Op) {
     let port = op.a as u16;
     let count = op.c % 64;
-    let at = scratch() + op.d % (8 * 4096 - 256);
-    // SAFETY: the string stays inside SCRATCH (count * 4 <= 256 bytes past `at`);
+    // At least 256 bytes from either end: with DF set the string runs down.
+    let at = buffers() + 256 + op.d % (BUFFER_BYTES - 512);
+    // SAFETY: the string stays inside BUFFERS (count * 4 < 256 bytes from `at`);
     // DF is cleared again before returning.
     unsafe {
         if op.b & 8 != 0 {
@@ -479,9 +479,9 @@ extern "C" fn hypercall(op: &Op) {
 
 /// Instructions that exit (or should) which a guest has no business using.
 extern "C" fn odd_instruction(op: &Op) {
-    let memory = scratch();
+    let memory = buffers();
     // SAFETY: each either faults (#UD, #GP), which abandons the operation, or
-    // does nothing the guest relies on; the memory operand is SCRATCH.
+    // does nothing the guest relies on; the memory operand is BUFFERS.
     unsafe {
         match op.a % 16 {
             0 => asm!("vmxon [{}]", in(reg) memory),
@@ -519,13 +519,24 @@ fn virtio_write(slot: u64, offset: u64, value: u32) {
     unsafe { (address as *mut u32).write_volatile(value) };
 }
 
-/// A queue of the device in `slot` at random places: in SCRATCH mostly, in
-/// the rest of RAM, past it, or at the edge of the address space.
-fn random_ring_address(rng: &mut Rng) -> u64 {
+/// Where a ring goes: mostly its own page (sometimes misaligned in it),
+/// else somewhere that is not RAM: past 4 GiB, in the device hole, or at the
+/// edge of the address space.
+fn random_ring_address(rng: &mut Rng, own_page: u64) -> u64 {
+    match rng.below(8) {
+        0..=4 => own_page,
+        5 => own_page + rng.below(64),
+        6 => 0xd000_0000 + rng.below(0x2000_0000),
+        _ => rng.edge() | 1 << 32,
+    }
+}
+
+/// A buffer address for a descriptor: in BUFFERS, or not RAM at all.
+fn random_buffer_address(rng: &mut Rng) -> u64 {
     match rng.below(4) {
-        0 | 1 => scratch() + rng.below(8) * 4096,
-        2 => scratch() + rng.below(8 * 4096),
-        _ => rng.edge(),
+        0 | 1 => buffers() + rng.below(BUFFER_BYTES),
+        2 => rng.edge() | 1 << 32,
+        _ => 0xd000_0000 + rng.below(0x3000_0000),
     }
 }
 
@@ -543,12 +554,13 @@ extern "C" fn virtio_setup(op: &Op) {
     virtio_write(slot, 0x24, 0);
     virtio_write(slot, 0x20, rng.next() as u32);
     virtio_write(slot, 0x70, 0xb);
-    for queue in 0..2 + rng.below(2) {
-        virtio_write(slot, 0x30, queue as u32);
+    for queue in 0..QUEUES as u64 {
+        // Sometimes a queue the device does not have.
+        let select = if rng.chance(8) { rng.next() as u32 } else { queue as u32 };
+        virtio_write(slot, 0x30, select);
         virtio_write(slot, 0x38, if rng.chance(4) { rng.next() as u32 } else { 1 << rng.below(9) });
-        for (register, address) in
-            [(0x80, random_ring_address(rng)), (0x90, random_ring_address(rng)), (0xa0, random_ring_address(rng))]
-        {
+        for (which, register) in [0x80, 0x90, 0xa0].into_iter().enumerate() {
+            let address = random_ring_address(rng, ring_page(slot, queue, which as u64));
             virtio_write(slot, register, address as u32);
             virtio_write(slot, register + 4, (address >> 32) as u32);
         }
@@ -557,35 +569,38 @@ extern "C" fn virtio_setup(op: &Op) {
     virtio_write(slot, 0x70, if rng.chance(8) { rng.next() as u32 } else { 0xf });
 }
 
-/// Fills SCRATCH with descriptors, rings and buffers of random content (the
-/// device may write only where a descriptor points: SCRATCH or outside RAM),
-/// then notifies a random queue.
+/// Fills one queue's descriptor table and available ring with random
+/// content (buffers in BUFFERS or outside RAM), then notifies a random queue.
 extern "C" fn virtio_storm(op: &Op) {
     let rng = &mut Rng(op.a);
-    // SAFETY: single-threaded; SCRATCH is the guest's own memory.
-    let bytes = unsafe { &mut (*addr_of_mut!(SCRATCH)).0 };
+    let (slot, queue) = (rng.below(VIRTIO_SLOTS), rng.below(QUEUES as u64));
+    // SAFETY: single-threaded; the ring pages are the guest's own memory.
+    let rings = unsafe { &mut (*addr_of_mut!(RINGS)).0 };
+    let page = |which: u64| ((slot * QUEUES as u64 + queue) * 3 + which) as usize;
+    let table = &mut rings[page(0)];
     for _ in 0..rng.below(64) {
-        let at = (rng.below(bytes.len() as u64 / 16) * 16) as usize;
-        let address = match rng.below(4) {
-            0 | 1 => scratch() + rng.below(bytes.len() as u64),
-            2 => rng.edge() | 0x1_0000_0000,
-            _ => rng.edge(),
-        };
-        let address = if address < 0x1_0000_0000 && !(scratch()..scratch() + bytes.len() as u64).contains(&address) {
-            scratch()
-        } else {
-            address
-        };
-        bytes[at..at + 8].copy_from_slice(&address.to_le_bytes());
-        bytes[at + 8..at + 12].copy_from_slice(&(rng.edge() as u32).to_le_bytes());
-        bytes[at + 12..at + 14].copy_from_slice(&(rng.next() as u16 & 7).to_le_bytes());
-        bytes[at + 14..at + 16].copy_from_slice(&(rng.below(300) as u16).to_le_bytes());
+        let at = (rng.below(256) * 16) as usize;
+        table[at..at + 8].copy_from_slice(&random_buffer_address(rng).to_le_bytes());
+        table[at + 8..at + 12].copy_from_slice(&(rng.edge() as u32).to_le_bytes());
+        table[at + 12..at + 14].copy_from_slice(&(rng.next() as u16 & 7).to_le_bytes());
+        table[at + 14..at + 16].copy_from_slice(&(rng.below(300) as u16).to_le_bytes());
     }
-    for _ in 0..rng.below(16) {
-        let at = rng.below(bytes.len() as u64 - 2) as usize;
-        bytes[at..at + 2].copy_from_slice(&(rng.next() as u16).to_le_bytes());
+    for _ in 0..rng.below(8) {
+        // Length, flags or next of some descriptor.
+        let at = (rng.below(256) * 16 + 8 + rng.below(4) * 2) as usize;
+        table[at..at + 2].copy_from_slice(&(rng.next() as u16).to_le_bytes());
     }
-    virtio_write(rng.below(VIRTIO_SLOTS), 0x50, rng.below(3) as u32);
+    let available = &mut rings[page(1)];
+    for _ in 0..rng.below(32) {
+        let at = rng.below(4094) as usize;
+        available[at..at + 2].copy_from_slice(&(rng.next() as u16).to_le_bytes());
+    }
+    if rng.chance(2) {
+        // Publish a few entries the usual way too.
+        let index = u16::from_le_bytes([available[2], available[3]]);
+        available[2..4].copy_from_slice(&index.wrapping_add(rng.below(8) as u16).to_le_bytes());
+    }
+    virtio_write(slot, 0x50, if rng.chance(8) { rng.next() as u32 } else { queue as u32 });
 }
 
 fn main() -> ! {
@@ -595,7 +610,7 @@ fn main() -> ! {
     let mut rng = Rng(SEED);
     let mut abandoned = 0u64;
     for done in 0..OPERATIONS {
-        if done > 0 && done % 5000 == 0 {
+        if done > 0 && done % 1000 == 0 {
             say!("hostile: {done} operations, {abandoned} abandoned by a fault");
         }
         let mut op = Op { a: rng.next(), b: rng.next(), c: rng.next(), d: rng.next() };
@@ -666,7 +681,7 @@ fn main() -> ! {
             18 => virtio_setup,
             _ => virtio_storm,
         };
-        if TRACE {
+        if TRACE_FROM.is_some_and(|from| done >= from) {
             say!("hostile: op {done} kind {kind} {:#x} {:#x} {:#x} {:#x}", op.a, op.b, op.c, op.d);
         }
         // SAFETY: the operations are written for `hostile_try`.
