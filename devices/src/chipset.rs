@@ -160,6 +160,13 @@ impl Chipset {
         }
     }
 
+    /// Host input bytes (typed at the console) that the guest did not take in
+    /// time, over COM1 and its virtio consoles.
+    pub fn dropped_input(&self) -> u64 {
+        let virtio = self.virtio.iter().map(|(v, _)| v.device().dropped_input());
+        virtio.fold(self.com1.dropped_input(), u64::saturating_add)
+    }
+
     fn virtio_at(&self, address: u64) -> Option<(usize, u64)> {
         let offset = address.checked_sub(layout::VIRTIO_BASE)?;
         let slot = (offset / layout::VIRTIO_STRIDE) as usize;
@@ -710,6 +717,18 @@ mod tests {
         let tables = c.acpi_tables();
         assert_eq!(tables.windows(8).filter(|w| *w == b"LNRO0005").count(), 1);
         assert!(c.take_broken().is_empty());
+    }
+
+    #[test]
+    fn input_nobody_takes_is_counted_over_com1_and_virtio_consoles() {
+        let (mut c, _) = chipset(1);
+        let console = crate::virtio::console::Console::new(alloc::boxed::Box::new(|_: &[u8]| {}));
+        c.add_virtio(alloc::boxed::Box::new(console)).unwrap();
+        assert_eq!(c.dropped_input(), 0);
+        c.com1_input(&[b'x'; crate::uart::HOST_INPUT + 3]);
+        assert_eq!(c.dropped_input(), 3);
+        c.virtio[0].0.device_mut().push_input(&[b'y'; crate::virtio::console::INPUT_LIMIT + 5]);
+        assert_eq!(c.dropped_input(), 8);
     }
 
     #[test]

@@ -118,6 +118,10 @@ impl VirtioMmio {
         self.device.name()
     }
 
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
     }

@@ -51,6 +51,10 @@ pub struct VmReport {
     pub unclaimed: (u64, u64, u64, u64),
     /// Console lines and bytes dropped because its output quota was full.
     pub output_dropped: (u64, u64),
+    /// Host input bytes the guest did not take in time, and INIT/SIPIs that
+    /// arrived while an earlier one was still pending (both dropped).
+    pub input_dropped: u64,
+    pub signals_dropped: u64,
 }
 
 /// A VM to run: its spec and the bundle entries it names.
@@ -79,6 +83,8 @@ fn run_vm(guest: &GuestImages) -> VmReport {
         elapsed_us: 0,
         unclaimed: (0, 0, 0, 0),
         output_dropped: (0, 0),
+        input_dropped: 0,
+        signals_dropped: 0,
     };
     // A reset restarts the VM from its images, as a machine reboots; a guest
     // that keeps resetting is stopped instead of looping forever.
@@ -183,6 +189,8 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         (vm.memory.overhead_bytes() + frames_per_vcpu * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
     vm.chipset.flush_output();
     report.output_dropped = vm.output.dropped();
+    report.input_dropped = vm.chipset.dropped_input();
+    report.signals_dropped = vm.chipset.dropped_startup_signals();
     let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     drop(vm);
@@ -353,6 +361,12 @@ pub fn log_report(r: &VmReport) {
             "vm {} console output dropped: {lines} line(s), {bytes} byte(s) (more than the host's serial port could take)",
             r.name
         );
+    }
+    if r.input_dropped > 0 {
+        log::info!("vm {} console input dropped: {} byte(s) (typed faster than it read)", r.name, r.input_dropped);
+    }
+    if r.signals_dropped > 0 {
+        log::info!("vm {} INIT/SIPI dropped: {} (sent while an earlier one was pending)", r.name, r.signals_dropped);
     }
 }
 
