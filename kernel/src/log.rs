@@ -17,6 +17,8 @@ use uart_16550::SerialPort;
 use x86_64::instructions::interrupts::without_interrupts;
 use x86_64::instructions::port::{Port, PortReadOnly};
 
+// SAFETY: 0x3f8 is COM1 on every PC Basalt boots on, and this is the only
+// code that drives it.
 static COM1: Mutex<SerialPort> = Mutex::new(unsafe { SerialPort::new(0x3f8) });
 
 /// 128 KiB of lines waiting for the port (34 s of output at 38400 baud).

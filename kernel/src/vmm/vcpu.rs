@@ -475,10 +475,11 @@ impl Vcpu {
         let host = HostState {
             // SAFETY: XGETBV needs CR4.OSXSAVE, which cpu::enable_on_this_cpu set.
             xcr0: if xsave { unsafe { core::arch::x86_64::_xgetbv(0) } } else { 0 },
-            // SAFETY: the switched MSRs exist on every x86-64 CPU.
             msrs: {
                 let mut values = [0; SWITCHED_MSRS.len()];
                 for (value, &m) in values.iter_mut().zip(switched_msrs()) {
+                    // SAFETY: the switched MSRs exist on every x86-64 CPU
+                    // (SPEC_CTRL only where CPUID says so, see switched_msrs).
                     *value = unsafe { Msr::new(m).read() };
                 }
                 values
