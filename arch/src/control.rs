@@ -4,6 +4,9 @@
 //! reaches the guest-state area: there it would fail the next VM entry (the
 //! whole VM stops) or enable a feature whose state nobody switches.
 
+// Every value here comes from a hostile guest: no arithmetic may wrap or panic.
+#![deny(clippy::arithmetic_side_effects)]
+
 /// CR0 bits by name.
 pub mod cr0 {
     pub const PE: u64 = 1 << 0;

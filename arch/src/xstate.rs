@@ -7,6 +7,9 @@
 //! the host CPU would reject makes the host take #GP, and a component the area
 //! cannot hold makes XSAVE write past the frame.
 
+// Every value here comes from a hostile guest: no arithmetic may wrap or panic.
+#![deny(clippy::arithmetic_side_effects)]
+
 pub const X87: u64 = 1 << 0;
 pub const SSE: u64 = 1 << 1;
 pub const AVX: u64 = 1 << 2;

@@ -3,6 +3,9 @@
 //! register or immediate involved and the instruction's length, for the MOV
 //! forms that device drivers use (MOV r/m<->r, MOV r/m,imm, MOVZX, MOV moffs).
 
+// Every value here comes from a hostile guest: no arithmetic may wrap or panic.
+#![deny(clippy::arithmetic_side_effects)]
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeSize {
     Bits16,
@@ -60,22 +63,24 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn next(&mut self) -> Result<u8, DecodeError> {
         let b = *self.bytes.get(self.at).ok_or(DecodeError::Truncated)?;
-        self.at += 1;
+        self.at = self.at.saturating_add(1);
         Ok(b)
     }
     fn skip(&mut self, n: usize) -> Result<(), DecodeError> {
-        if self.at + n > self.bytes.len() {
-            return Err(DecodeError::Truncated);
+        match self.at.checked_add(n) {
+            Some(end) if end <= self.bytes.len() => {
+                self.at = end;
+                Ok(())
+            }
+            _ => Err(DecodeError::Truncated),
         }
-        self.at += n;
-        Ok(())
     }
     fn immediate(&mut self, n: usize) -> Result<u64, DecodeError> {
-        let mut value = 0u64;
-        for i in 0..n {
-            value |= (self.next()? as u64) << (8 * i);
+        let mut bytes = [0u8; 8];
+        for byte in bytes.iter_mut().take(n) {
+            *byte = self.next()?;
         }
-        Ok(value)
+        Ok(u64::from_le_bytes(bytes))
     }
 }
 
@@ -114,7 +119,7 @@ pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeErr
     };
     let register = |index: u8, byte: bool| {
         if byte && rex == 0 && (4..8).contains(&index) {
-            Register { index: index - 4, high_byte: true }
+            Register { index: index & 3, high_byte: true }
         } else {
             Register { index, high_byte: false }
         }

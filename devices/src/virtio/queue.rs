@@ -5,6 +5,9 @@
 //! Addresses are the guest's to choose, up to u64::MAX, so every sum of an
 //! address and an offset or length is checked.
 
+// Every value here comes from a hostile guest: no arithmetic may wrap or panic.
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::GuestRam;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -46,6 +49,14 @@ fn ring_address(base: u64, offset: u64) -> Result<u64, String> {
     base.checked_add(offset).ok_or_else(|| alloc::format!("ring at {base:#x} runs past the end of the address space"))
 }
 
+/// Entry `index` (modulo the queue size) of a ring of `entry_size`-byte
+/// entries after a `header`-byte header.
+fn ring_entry(base: u64, header: u64, entry_size: u64, index: u16, size: u16) -> Result<u64, String> {
+    let slot = index.checked_rem(size).ok_or("queue of size 0")?;
+    let offset = u64::from(slot).checked_mul(entry_size).and_then(|o| o.checked_add(header));
+    ring_address(base, offset.ok_or("ring offset overflows")?)
+}
+
 fn read_u16(ram: &dyn GuestRam, at: u64) -> Result<u16, String> {
     let mut b = [0u8; 2];
     ram.read(at, &mut b).map_err(|_| alloc::format!("ring address {at:#x} is outside guest RAM"))?;
@@ -73,7 +84,7 @@ impl Queue {
                 self.size
             ));
         }
-        let slot = ring_address(self.avail, 4 + 2 * (self.next_avail % self.size) as u64)?;
+        let slot = ring_entry(self.avail, 4, 2, self.next_avail, self.size)?;
         let head = read_u16(ram, slot)?;
         self.walk(ram, head).map(Some)
     }
@@ -87,7 +98,7 @@ impl Queue {
                 return Err(alloc::format!("descriptor index {index} outside a {}-entry table", self.size));
             }
             let mut d = [0u8; 16];
-            let at = ring_address(self.desc, 16 * index as u64)?;
+            let at = ring_entry(self.desc, 0, 16, index, self.size)?;
             ram.read(at, &mut d).map_err(|_| alloc::format!("descriptor table {at:#x} is outside guest RAM"))?;
             let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
             let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
@@ -97,11 +108,13 @@ impl Queue {
                 return Err("indirect descriptor, a feature that was not offered".into());
             }
             let end = addr.checked_add(len as u64).ok_or("buffer wraps the address space")?;
-            // Guest RAM is one range from 0, so checking both ends checks it all.
-            if len > 0 && (ram.read(addr, &mut [0]).is_err() || ram.read(end - 1, &mut [0]).is_err()) {
+            // Both ends in RAM: a buffer whose middle crosses the hole below
+            // 4 GiB still passes here, but every access to it then fails (guest
+            // memory refuses an access that leaves its RAM range).
+            if len > 0 && (ram.read(addr, &mut [0]).is_err() || ram.read(end.saturating_sub(1), &mut [0]).is_err()) {
                 return Err(alloc::format!("buffer {addr:#x}+{len:#x} is outside guest RAM"));
             }
-            total += len as u64;
+            total = total.saturating_add(u64::from(len));
             if total > MAX_CHAIN_BYTES {
                 return Err("chain longer than 16 MiB".into());
             }
@@ -136,7 +149,7 @@ impl Queue {
     /// Takes the chain `peek` returned and reports it used with `written` bytes.
     pub fn complete(&mut self, ram: &mut dyn GuestRam, head: u16, written: u32) -> Result<(), String> {
         self.resume = None;
-        let slot = ring_address(self.used, 4 + 8 * (self.next_used % self.size) as u64)?;
+        let slot = ring_entry(self.used, 4, 8, self.next_used, self.size)?;
         let mut element = [0u8; 8];
         element[..4].copy_from_slice(&(head as u32).to_le_bytes());
         element[4..].copy_from_slice(&written.to_le_bytes());
@@ -200,7 +213,7 @@ impl<'a> ChainIo<'a> {
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         let ram = &*self.ram;
         let done = for_each_span(&self.chain.readable, offset, buf.len(), |addr, at, n| {
-            ram.read(addr, &mut buf[at..at + n]).is_ok()
+            ram.read(addr, &mut buf[at..][..n]).is_ok()
         })?;
         if done < buf.len() {
             return Err("request shorter than its header says".into());
@@ -213,7 +226,7 @@ impl<'a> ChainIo<'a> {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
         let ram = &mut *self.ram;
         let done = for_each_span(&self.chain.writable, offset, data.len(), |addr, at, n| {
-            ram.write(addr, &data[at..at + n]).is_ok()
+            ram.write(addr, &data[at..][..n]).is_ok()
         })?;
         if done < data.len() {
             return Err("response longer than the driver's buffers".into());
@@ -249,16 +262,17 @@ fn for_each_span(
         if done == len {
             break;
         }
-        if offset >= size as u64 {
-            offset -= size as u64;
+        if let Some(rest) = offset.checked_sub(u64::from(size)) {
+            offset = rest;
             continue;
         }
-        let n = usize::try_from(size as u64 - offset).unwrap_or(usize::MAX).min(len - done);
+        let n =
+            usize::try_from(u64::from(size).saturating_sub(offset)).unwrap_or(usize::MAX).min(len.saturating_sub(done));
         let at = addr.checked_add(offset).ok_or("buffer wraps the address space")?;
         if !f(at, done, n) {
             return Err("buffer outside guest RAM".into());
         }
-        done += n;
+        done = done.saturating_add(n);
         offset = 0;
     }
     Ok(done)
