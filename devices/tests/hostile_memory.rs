@@ -12,77 +12,21 @@
 //! Scenarios run one at a time (`ONE_AT_A_TIME`) because the allocator counts
 //! every thread of this test binary.
 
-use basalt_fuzz::Rng;
+use basalt_fuzz::{heap, Rng};
 use devices::bus::PortDevice;
 use devices::uart::LineSink;
 use devices::virtio::blk::Block;
 use devices::virtio::console::Console;
 use devices::virtio::VirtioMmio;
 use devices::{layout, Chipset, ChipsetConfig, GuestRam, NotRam, PendingEvents, StartupSignal, Uart16550};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 /// The most a device may hold while a hostile guest drives it.
 const PEAK_LIMIT: usize = 256 * 1024;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-/// `System` with a running count of the bytes allocated and the peak of it.
-struct CountingAllocator;
-
-fn count_allocated(bytes: usize) {
-    let now = CURRENT.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-fn count_freed(bytes: usize) {
-    CURRENT.fetch_sub(bytes, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the counters on the side are atomics, never
-// allocate, and do not touch the memory handed out.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's guarantees for `layout` are passed on as they are.
-        let block = unsafe { System.alloc(layout) };
-        if !block.is_null() {
-            count_allocated(layout.size());
-        }
-        block
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let block = unsafe { System.alloc_zeroed(layout) };
-        if !block.is_null() {
-            count_allocated(layout.size());
-        }
-        block
-    }
-
-    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        // SAFETY: `block` came from this allocator, so from `System`, with `layout`.
-        unsafe { System.dealloc(block, layout) };
-        count_freed(layout.size());
-    }
-
-    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `block` came from `System` with `layout`; the caller vouches for `new_size`.
-        let moved = unsafe { System.realloc(block, layout, new_size) };
-        if !moved.is_null() {
-            count_freed(layout.size());
-            count_allocated(new_size);
-        }
-        moved
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+static ALLOCATOR: heap::Counting = heap::Counting;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -93,11 +37,10 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn assert_bounded<S>(name: &str, setup: impl FnOnce() -> S, scenario: impl FnOnce(&mut S)) -> S {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut state = setup();
-    let before = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = heap::mark();
     let started = Instant::now();
     scenario(&mut state);
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+    let peak = heap::peak_since(before);
     eprintln!("{name}: peak {peak} bytes in {:.2?}", started.elapsed());
     assert!(peak < PEAK_LIMIT, "{name}: peak of {peak} bytes of host memory (limit {PEAK_LIMIT})");
     state

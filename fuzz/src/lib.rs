@@ -10,6 +10,8 @@ extern crate alloc;
 
 #[cfg(feature = "std")]
 pub mod engine;
+#[cfg(feature = "std")]
+pub mod heap;
 mod reader;
 
 pub use reader::Reader;

@@ -5,7 +5,7 @@
 //! were already handled from regressing.
 
 use crate::bundle::{self, Bundle, BundleError};
-use crate::fuzz::{check_plan, fuzz, inside};
+use crate::fuzz::fuzz;
 use crate::image::tests::{elf_image, multiboot_aout, spec};
 use crate::image::{
     load, parse_elf, ElfClass, EntryMode, Extras, GuestRam, ImageError, LoadPlan, MULTIBOOT_BOOTLOADER_MAGIC,
@@ -13,6 +13,7 @@ use crate::image::{
 use crate::linux::tests::{boot, bzimage, set32};
 use crate::linux::{self, COMMAND_LINE, ZERO_PAGE};
 use crate::manifest::{self, parse_manifest, Format, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::plan_check::{check_plan, inside};
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;

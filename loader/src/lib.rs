@@ -14,6 +14,8 @@ mod hostile;
 pub mod image;
 pub mod linux;
 pub mod manifest;
+#[cfg(any(test, feature = "plan-check"))]
+pub mod plan_check;
 
 pub use bundle::{Bundle, BundleError};
 pub use image::{load, parse_elf, ElfClass, ElfImage, ElfSegment, EntryMode, Extras, GuestRam, ImageError, LoadPlan};

@@ -108,9 +108,10 @@ impl Queue {
                 return Err("indirect descriptor, a feature that was not offered".into());
             }
             let end = addr.checked_add(len as u64).ok_or("buffer wraps the address space")?;
-            // Both ends in RAM: a buffer whose middle crosses the hole below
-            // 4 GiB still passes here, but every access to it then fails (guest
-            // memory refuses an access that leaves its RAM range).
+            // Both ends in RAM means all of it is: a buffer across the RAM hole
+            // below 4 GiB (1 GiB wide) would be longer than a whole chain may
+            // be (MAX_CHAIN_BYTES, checked next), and guest memory refuses any
+            // access that leaves a RAM range anyway.
             if len > 0 && (ram.read(addr, &mut [0]).is_err() || ram.read(end.saturating_sub(1), &mut [0]).is_err()) {
                 return Err(alloc::format!("buffer {addr:#x}+{len:#x} is outside guest RAM"));
             }

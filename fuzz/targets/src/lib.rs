@@ -12,7 +12,7 @@
 
 pub mod chipset;
 pub mod cpu;
-pub mod heap;
+pub use basalt_fuzz::heap;
 pub mod loaders;
 pub mod ram;
 pub mod seeds;

@@ -7,7 +7,8 @@ use devices::layout::{RamMap, RAM_HOLE_START};
 use loader::image::{SegmentData, MULTIBOOT_BOOTLOADER_MAGIC, MULTIBOOT_INFO_ADDRESS};
 use loader::linux::{self, LinuxBoot, ZERO_PAGE};
 use loader::manifest::{self, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
-use loader::{load, parse_elf, parse_manifest, Bundle, ElfClass, EntryMode, Extras, GuestRam, LoadPlan, VmSpec};
+use loader::plan_check::{check_plan, inside};
+use loader::{load, parse_elf, parse_manifest, Bundle, ElfClass, EntryMode, Extras, GuestRam, VmSpec};
 
 /// The first input bytes pick the VM's RAM: low RAM of a typical, tight,
 /// odd or unbounded size, or the map a VM of some size gets (RAM below the
@@ -25,40 +26,6 @@ fn guest_ram(r: &mut Reader) -> GuestRam {
             ram
         }
     }
-}
-
-/// Whether `part` is a piece of `whole`.
-fn inside(part: &[u8], whole: &[u8]) -> bool {
-    let (p, w) = (part.as_ptr_range(), whole.as_ptr_range());
-    part.is_empty() || (w.start <= p.start && p.end <= w.end)
-}
-
-/// What an accepted plan promises, checked again here: each segment inside
-/// low RAM without wrapping, its bytes from the inputs, no two overlapping,
-/// the entry point in one of them.
-fn check_plan(plan: &LoadPlan, ram: &GuestRam, inputs: &[&[u8]]) {
-    let mut ranges = Vec::new();
-    for s in &plan.segments {
-        let len = s.data.bytes().len() as u64;
-        let end = s.guest_phys.checked_add(len).and_then(|end| end.checked_add(s.zero_fill));
-        let end = end.unwrap_or_else(|| panic!("segment at {:#x} wraps", s.guest_phys));
-        assert!(end <= ram.low_ram_end, "segment {:#x}..{end:#x} past low RAM {:#x}", s.guest_phys, ram.low_ram_end);
-        if let SegmentData::Borrowed(data) = &s.data {
-            assert!(
-                inputs.iter().any(|input| inside(data, input)),
-                "segment at {:#x} not from the inputs",
-                s.guest_phys
-            );
-        }
-        if end > s.guest_phys {
-            ranges.push((s.guest_phys, end));
-        }
-    }
-    ranges.sort_unstable();
-    for pair in ranges.windows(2) {
-        assert!(pair[0].1 <= pair[1].0, "segments {:x?} and {:x?} overlap", pair[0], pair[1]);
-    }
-    assert!(ranges.iter().any(|r| (r.0..r.1).contains(&plan.entry)), "entry {:#x} outside the segments", plan.entry);
 }
 
 fn spec(format: &str) -> VmSpec {
@@ -93,7 +60,7 @@ pub fn elf(data: &[u8]) -> u64 {
     let plan = load(image, &spec("elf"), ram, Extras::default());
     outcome(&mut signal, &plan);
     if let Ok(plan) = plan {
-        check_plan(&plan, &ram, &[image]);
+        check_plan(&plan, ram.low_ram_end, &[image]);
         let parsed = parsed.expect("a loaded ELF parses");
         let mode = if parsed.class == ElfClass::Elf64 { EntryMode::Long } else { EntryMode::Protected };
         assert_eq!((plan.mode, plan.entry), (mode, parsed.entry));
@@ -129,7 +96,7 @@ pub fn multiboot(data: &[u8]) -> u64 {
     let plan = load(&image, &spec("multiboot"), ram, Extras::default());
     outcome(&mut signal, &plan);
     if let Ok(plan) = plan {
-        check_plan(&plan, &ram, &[&image]);
+        check_plan(&plan, ram.low_ram_end, &[&image]);
         assert_eq!(
             (plan.mode, plan.rax, plan.rbx),
             (EntryMode::Protected, MULTIBOOT_BOOTLOADER_MAGIC, MULTIBOOT_INFO_ADDRESS)
@@ -187,7 +154,7 @@ pub fn bzimage(data: &[u8]) -> u64 {
     outcome(&mut signal, &plan);
     if let Ok(plan) = plan {
         let inputs: [&[u8]; 2] = [image, &initrd_bytes];
-        check_plan(&plan, &ram, &inputs);
+        check_plan(&plan, ram.low_ram_end, &inputs);
         assert_eq!((plan.mode, plan.rsi), (EntryMode::Long, ZERO_PAGE));
         assert_eq!(plan.entry, plan.segments[0].guest_phys + 0x200, "the 64-bit entry");
     }

@@ -1,10 +1,10 @@
-//! Host memory held by a target, measured cheaply: a global allocator that
-//! counts bytes in use and their peak. The runner binary and the corpus test
-//! install it (`#[global_allocator]`); without it the counts stay 0 and every
-//! bound holds trivially, so the targets need not know which is the case.
+//! Host memory held by the code under test, measured cheaply: a global
+//! allocator that counts bytes in use and their peak. A test binary or the
+//! fuzz runner installs it (`#[global_allocator]`); without it the counts stay
+//! 0 and every bound holds trivially, so code that measures need not know
+//! which is the case.
 //!
-//! The counts are for the whole process: the runner runs one target on one
-//! thread, and the corpus test is one test function.
+//! The counts are for the whole process: measure one thing at a time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
