@@ -108,7 +108,10 @@ impl Chipset {
     pub fn new(config: ChipsetConfig) -> Chipset {
         let vcpus = config.vcpus.max(1) as usize;
         Chipset {
-            lapics: (0..vcpus).map(|id| LocalApic::new(id as u8)).collect(),
+            // Periodic local APIC timers: at most 10 000 interrupts a second.
+            lapics: (0..vcpus)
+                .map(|id| LocalApic::new(id as u8).with_min_timer_period(config.tsc_hz / 10_000))
+                .collect(),
             ioapic: IoApic::new(vcpus as u8),
             pic: PicPair::new(),
             pit: Pit::new(config.tsc_hz),
@@ -274,7 +277,13 @@ impl Chipset {
         ram: &mut dyn GuestRam,
     ) -> Option<Request> {
         if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
-            match self.lapics[vcpu].write(offset as u32 & !0xf, value as u32, now) {
+            // Registers are written whole, by aligned 32-bit stores; anything
+            // else is model-specific on hardware and ignored here (a byte
+            // written into a register's padding must not become a write of it).
+            if size != 4 || offset & 0xf != 0 {
+                return None;
+            }
+            match self.lapics[vcpu].write(offset as u32, value as u32, now) {
                 Some(lapic::Effect::Send(message)) => self.deliver(Some(vcpu), message),
                 Some(lapic::Effect::LevelEoi(vector)) => {
                     for message in self.ioapic.end_of_interrupt(vector) {
@@ -717,6 +726,19 @@ mod tests {
         let tables = c.acpi_tables();
         assert_eq!(tables.windows(8).filter(|w| *w == b"LNRO0005").count(), 1);
         assert!(c.take_broken().is_empty());
+    }
+
+    #[test]
+    fn local_apic_takes_only_aligned_32_bit_writes() {
+        let (mut c, _) = chipset(1);
+        enable_apic(&mut c, 0);
+        lapic_write(&mut c, 0, reg::LVT_TIMER, (1 << 17) | 0x40, 0);
+        // A byte into the padding after the initial count, and a 16-bit write of it.
+        c.mmio_write(0, layout::LAPIC_BASE + reg::TIMER_INITIAL as u64 + 8, 1, 1, 0, &mut NoRam);
+        c.mmio_write(0, layout::LAPIC_BASE + reg::TIMER_INITIAL as u64, 2, 1, 0, &mut NoRam);
+        assert_eq!(c.lapics[0].next_deadline(), None, "neither armed the timer");
+        lapic_write(&mut c, 0, reg::TIMER_INITIAL, 1, 0);
+        assert_eq!(c.lapics[0].next_deadline(), Some(HZ / 10_000), "periodic timers stop at 10 kHz");
     }
 
     #[test]

@@ -213,6 +213,10 @@ pub struct LocalApic {
     tsc_deadline: u64,
     /// Set by an NMI message or LINT1 in NMI mode; taken by the VMM.
     pub nmi_pending: bool,
+    /// The shortest period the periodic timer runs at, in TSC ticks: a guest
+    /// asking for a period of one tick would otherwise make its vCPU exit
+    /// after every few instructions (see `with_min_timer_period`).
+    min_timer_period: u64,
     /// A register `mirror` writes may have changed since the last mirror.
     mirror_stale: bool,
 }
@@ -245,7 +249,14 @@ impl LocalApic {
             tsc_deadline: 0,
             nmi_pending: false,
             mirror_stale: true,
+            min_timer_period: 0,
         }
+    }
+
+    /// The same APIC whose periodic timer never fires more often than every
+    /// `ticks` TSC ticks (as KVM bounds it too; guests ask for 1 ms or more).
+    pub fn with_min_timer_period(self, ticks: u64) -> LocalApic {
+        LocalApic { min_timer_period: ticks, ..self }
     }
 
     pub fn id(&self) -> u8 {
@@ -445,7 +456,7 @@ impl LocalApic {
             // The initial count is ignored in TSC-deadline mode.
             reg::TIMER_INITIAL if self.timer_mode() != TimerMode::TscDeadline => {
                 self.initial_count = value;
-                self.timer_deadline = (value != 0).then(|| now.checked_add(self.count_ticks(value))).flatten();
+                self.timer_deadline = (value != 0).then(|| now.checked_add(self.timer_ticks(value))).flatten();
             }
             reg::TIMER_DIVIDE => self.divide_config = value & 0xb,
             _ => {}
@@ -494,13 +505,22 @@ impl LocalApic {
         }
     }
 
-    fn count_ticks(&self, count: u32) -> u64 {
-        count as u64 * self.divisor()
+    /// TSC ticks until a count of `count` runs out (a periodic timer's at
+    /// least its minimum period).
+    fn timer_ticks(&self, count: u32) -> u64 {
+        let ticks = count as u64 * self.divisor();
+        if self.timer_mode() == TimerMode::Periodic {
+            ticks.max(self.min_timer_period)
+        } else {
+            ticks
+        }
     }
 
     fn current_count(&self, now: u64) -> u32 {
         match self.timer_deadline {
-            Some(deadline) if now < deadline => ((deadline - now) / self.divisor()) as u32,
+            Some(deadline) if now < deadline => {
+                ((deadline - now) / self.divisor()).min(self.initial_count as u64) as u32
+            }
             _ => 0,
         }
     }
@@ -535,7 +555,7 @@ impl LocalApic {
         }
         match self.timer_mode() {
             TimerMode::Periodic if self.initial_count != 0 => {
-                let period = self.count_ticks(self.initial_count);
+                let period = self.timer_ticks(self.initial_count);
                 // Catch up without firing once per missed period.
                 let missed = (now - deadline) / period;
                 self.timer_deadline = missed
@@ -578,7 +598,7 @@ impl LocalApic {
 
     /// INIT: every register to its power-up value except the ID.
     pub fn init(&mut self) {
-        *self = LocalApic::new(self.id);
+        *self = LocalApic::new(self.id).with_min_timer_period(self.min_timer_period);
     }
 }
 
@@ -751,6 +771,27 @@ mod tests {
         apic.poll(350);
         assert_eq!(apic.next_deadline(), Some(400));
         assert_eq!(apic.deliverable(), Some(0x40));
+    }
+
+    #[test]
+    fn periodic_timer_never_runs_faster_than_its_minimum_period() {
+        let mut apic = LocalApic::new(0).with_min_timer_period(1000);
+        apic.write(reg::SVR, SVR_ENABLE | 0xff, 0);
+        apic.write(reg::LVT_TIMER, (1 << 17) | 0x40, 0);
+        apic.write(reg::TIMER_DIVIDE, 0xb, 0); // divide by 1
+        apic.write(reg::TIMER_INITIAL, 1, 0);
+        assert_eq!(apic.next_deadline(), Some(1000), "a one-tick period is stretched");
+        assert_eq!(apic.read(reg::TIMER_CURRENT, 10), 1, "the count read never exceeds the initial count");
+        apic.poll(1000);
+        assert_eq!(apic.next_deadline(), Some(2000));
+        apic.init();
+        apic.write(reg::SVR, SVR_ENABLE | 0xff, 0);
+        apic.write(reg::TIMER_DIVIDE, 0xb, 0);
+        apic.write(reg::TIMER_INITIAL, 1, 0);
+        assert_eq!(apic.next_deadline(), Some(1), "one-shot counts are not stretched");
+        apic.write(reg::LVT_TIMER, 1 << 17, 0);
+        apic.write(reg::TIMER_INITIAL, 1, 0);
+        assert_eq!(apic.next_deadline(), Some(1000), "the minimum survives INIT");
     }
 
     #[test]
