@@ -97,8 +97,10 @@ impl Rng {
 
 // Exceptions and interrupts. Every vector has a 16-byte stub that pushes its
 // number; the common part finds the return frame (past the error code for the
-// vectors that push one), counts the vector, sends external interrupts an EOI
-// and returns from them with IF clear (one interrupt per window: a level
+// vectors that push one), counts the vector, sends external interrupts (any
+// vector from 32, and any vector taken inside `hostile_window`, the only place
+// IF is set: random PIC programming can put them below 32) an EOI at the local
+// APIC and both PICs, and returns from them with IF clear (one interrupt per window: a level
 // interrupt nobody acknowledges, or a timer programmed to fire every tick,
 // would otherwise keep the guest in its handler for good),
 // and for an exception (other than NMI) sends the return to `hostile_recover`,
@@ -121,31 +123,56 @@ hostile_stubs:
 hostile_interrupt:
     push rax
     push rcx
-    mov rax, [rsp + 16]
+    push rdx
+    mov rax, [rsp + 24]
     lea rcx, [rip + HOSTILE_VECTORS]
     lock inc qword ptr [rcx + rax * 8]
-    lea rcx, [rsp + 24]
+    lea rcx, [rsp + 32]
     cmp rax, 32
     jae 2f
-    mov ecx, 0x60227d00
-    bt ecx, eax
-    lea rcx, [rsp + 24]
-    jnc 1f
-    add rcx, 8
-1:  cmp rax, 2
+    cmp rax, 2
     je 3f
-    mov [rip + HOSTILE_LAST_VECTOR], rax
+    // Below 32 but taken inside the interrupt window: an external interrupt
+    // on a vector the guest's random PIC programming chose (no error code).
+    mov rdx, [rcx]
+    lea rax, [rip + hostile_window]
+    cmp rdx, rax
+    jb 1f
+    lea rax, [rip + hostile_window_end]
+    cmp rdx, rax
+    jbe 2f
+1:  mov rax, [rsp + 24]
+    mov edx, 0x60227d00
+    bt edx, eax
+    jnc 5f
+    add rcx, 8
+5:  mov [rip + HOSTILE_LAST_VECTOR], rax
     lea rax, [rip + hostile_recover]
     mov [rcx], rax
     jmp 3f
 2:  mov eax, 0xfee000b0
     mov dword ptr [rax], 0
+    mov al, 0x20
+    out 0xa0, al
+    out 0x20, al
     and qword ptr [rcx + 16], -0x201
-3:  mov [rsp + 16], rcx
+3:  mov [rsp + 24], rcx
+    pop rdx
     pop rcx
     pop rax
     pop rsp
     iretq
+
+// The only place interrupts are enabled.
+.global hostile_window
+hostile_window:
+    sti
+    nop
+    nop
+    nop
+    cli
+hostile_window_end:
+    ret
 
 .global hostile_try
 hostile_try:
@@ -165,6 +192,7 @@ hostile_try:
 .global hostile_recover
 hostile_recover:
     mov rsp, [rip + HOSTILE_SAVED_RSP]
+    cli
     cld
     xor ecx, ecx
     mov dr7, rcx
@@ -193,6 +221,8 @@ extern "C" {
     /// Runs `op(args)`; returns 0, or 1 + the vector of the exception that
     /// abandoned it.
     fn hostile_try(op: extern "C" fn(&Op), args: &Op) -> u64;
+    /// STI, three NOPs, CLI: where interrupts are taken (see the handler).
+    fn hostile_window();
 }
 
 static mut IDT: [u64; 512] = [0; 512];
@@ -291,7 +321,8 @@ fn buffers() -> u64 {
 /// Virtio rings: for each device slot and queue, a page for the descriptor
 /// table, one for the available ring and one for the used ring (which only
 /// the device writes). Random bytes land in the available rings and in the
-/// length/flags/next half of descriptors, never in a descriptor's address.
+/// flags and next fields of descriptors, never in a descriptor's address or
+/// length.
 const QUEUES: usize = 2;
 const RING_PAGES: usize = VIRTIO_SLOTS as usize * QUEUES * 3;
 static mut RINGS: Pages<RING_PAGES> = Pages([[0; 4096]; RING_PAGES]);
@@ -507,8 +538,8 @@ extern "C" fn odd_instruction(op: &Op) {
 /// Lets queued interrupts in for a moment (raise-interrupt hypercalls,
 /// timers the guest programmed at random).
 extern "C" fn interrupt_window(_: &Op) {
-    // SAFETY: every vector has a handler.
-    unsafe { asm!("sti", "nop", "nop", "nop", "cli") };
+    // SAFETY: every vector has a handler; the window re-disables interrupts.
+    unsafe { hostile_window() };
 }
 
 const VIRTIO_SLOTS: u64 = 2;
@@ -580,14 +611,22 @@ extern "C" fn virtio_storm(op: &Op) {
     let table = &mut rings[page(0)];
     for _ in 0..rng.below(64) {
         let at = (rng.below(256) * 16) as usize;
-        table[at..at + 8].copy_from_slice(&random_buffer_address(rng).to_le_bytes());
-        table[at + 8..at + 12].copy_from_slice(&(rng.edge() as u32).to_le_bytes());
+        let address = random_buffer_address(rng);
+        let length = rng.edge() as u32;
+        // Inside BUFFERS a buffer is short and ends with it: the device may
+        // write there, and a console may print it (a few KiB of random bytes
+        // take the host's serial port seconds, and the guest waits for it).
+        // Outside RAM any length goes: the device must refuse it.
+        let room = (buffers() + BUFFER_BYTES).checked_sub(address).filter(|_| address >= buffers());
+        let length = room.map_or(length, |room| length.min(room as u32).min(64));
+        table[at..at + 8].copy_from_slice(&address.to_le_bytes());
+        table[at + 8..at + 12].copy_from_slice(&length.to_le_bytes());
         table[at + 12..at + 14].copy_from_slice(&(rng.next() as u16 & 7).to_le_bytes());
         table[at + 14..at + 16].copy_from_slice(&(rng.below(300) as u16).to_le_bytes());
     }
     for _ in 0..rng.below(8) {
-        // Length, flags or next of some descriptor.
-        let at = (rng.below(256) * 16 + 8 + rng.below(4) * 2) as usize;
+        // Flags or next of some descriptor (not its length: see above).
+        let at = (rng.below(256) * 16 + 12 + rng.below(2) * 2) as usize;
         table[at..at + 2].copy_from_slice(&(rng.next() as u16).to_le_bytes());
     }
     let available = &mut rings[page(1)];
