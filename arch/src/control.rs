@@ -42,6 +42,14 @@ pub mod cr4 {
     pub const CET: u64 = 1 << 23;
 }
 
+/// IA32_EFER bits by name.
+pub mod efer {
+    pub const SCE: u64 = 1 << 0;
+    pub const LME: u64 = 1 << 8;
+    pub const LMA: u64 = 1 << 10;
+    pub const NXE: u64 = 1 << 11;
+}
+
 /// The CPUID words CR4's reserved bits depend on, as the guest sees them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cr4Features {
@@ -114,6 +122,7 @@ pub enum Refused {
     PcidOutsideLongMode,
     PcidWithNonzeroCr3Pcid,
     CetWithoutWriteProtect,
+    LongModeEnableChangedUnderPaging,
 }
 
 /// MOV to CR0 of `value` (the full 64-bit operand).
@@ -164,6 +173,20 @@ pub fn check_cr4(value: u64, allowed: u64, now: Context) -> Result<(), Refused> 
     }
     if set(cr4::CET) && now.cr0 & cr0::WP == 0 {
         return Err(Refused::CetWithoutWriteProtect);
+    }
+    Ok(())
+}
+
+/// WRMSR to IA32_EFER of `value`, for a guest that may set the bits in
+/// `allowed` (LMA is read-only: what is written there is ignored, never
+/// refused). LME cannot change while paging is on: long mode is entered and
+/// left only by turning paging on or off.
+pub fn check_efer(value: u64, allowed: u64, now: Context) -> Result<(), Refused> {
+    if value & !(allowed | efer::LMA) != 0 {
+        return Err(Refused::ReservedBits);
+    }
+    if now.cr0 & cr0::PG != 0 && (value & efer::LME != 0) != now.long_mode_enabled {
+        return Err(Refused::LongModeEnableChangedUnderPaging);
     }
     Ok(())
 }
@@ -231,6 +254,21 @@ mod tests {
         let everything = cr4_allowed(Cr4Features { leaf7_ecx: 1 << 7, ..features() }) | cr4::CET;
         let no_wp = Context { cr0: now.cr0 & !cr0::WP, ..now };
         assert_eq!(check_cr4(ok | cr4::CET, everything, no_wp), Err(Refused::CetWithoutWriteProtect));
+    }
+
+    #[test]
+    fn efer_writes_as_the_sdm_lists_them() {
+        let allowed = efer::SCE | efer::LME | efer::NXE;
+        let now = long_mode();
+        let current = efer::LME | efer::LMA;
+        assert_eq!(check_efer(current | efer::NXE | efer::SCE, allowed, now), Ok(()));
+        assert_eq!(check_efer(efer::LME, allowed, now), Ok(()), "LMA written as 0 is ignored");
+        assert_eq!(check_efer(efer::SCE | efer::LMA, allowed, now), Err(Refused::LongModeEnableChangedUnderPaging));
+        assert_eq!(check_efer(current | 1 << 9, allowed, now), Err(Refused::ReservedBits));
+        assert_eq!(check_efer(u64::MAX, allowed, now), Err(Refused::ReservedBits));
+        let no_paging = Context { cr0: cr0::PE, long_mode_enabled: false, long_mode_active: false, ..now };
+        assert_eq!(check_efer(efer::LME, allowed, no_paging), Ok(()), "LME set before paging is on");
+        assert_eq!(check_efer(efer::NXE, efer::SCE | efer::LME, no_paging), Err(Refused::ReservedBits));
     }
 
     #[test]

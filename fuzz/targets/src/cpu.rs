@@ -293,6 +293,20 @@ pub fn cr(data: &[u8]) -> u64 {
         assert_eq!(value & !allowed, 0);
     }
     check_verdict("CR4", value, verdict, &broken, &mut signal);
+
+    // WRMSR to EFER: only SCE, LME, NXE (and the ignored LMA); LME fixed under paging.
+    use arch::control::{check_efer, efer};
+    let allowed =
+        if r.bool() { r.u64() & (efer::SCE | efer::LME | efer::NXE) } else { efer::SCE | efer::LME | efer::NXE };
+    let value = if r.bool() { r.u64() } else { r.u64() & 0xfff };
+    let broken: [(Refused, bool); 2] = [
+        (Refused::ReservedBits, value & !(allowed | efer::LMA) != 0),
+        (
+            Refused::LongModeEnableChangedUnderPaging,
+            is(now.cr0, cr0::PG) && is(value, efer::LME) != now.long_mode_enabled,
+        ),
+    ];
+    check_verdict("EFER", value, check_efer(value, allowed, now), &broken, &mut signal);
     signal
 }
 

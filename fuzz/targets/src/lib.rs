@@ -37,7 +37,7 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "cr",
         about:
-            "MOV to CR0/CR4 checks against the SDM's #GP conditions stated again; CR4 bits only with their CPUID bits",
+            "MOV to CR0/CR4 and WRMSR to EFER checks against the SDM's #GP conditions stated again; CR4 bits only with their CPUID bits",
         run: cpu::cr,
         max_len: 128,
     },

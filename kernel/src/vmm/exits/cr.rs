@@ -68,7 +68,7 @@ pub fn handle(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
 
 /// The guest's control registers as it sees them (its CR0/CR4 read shadows
 /// for the bits Basalt owns), for the architectural checks of a write.
-fn context() -> arch::control::Context {
+pub(super) fn context() -> arch::control::Context {
     let visible = |actual, shadow, mask| {
         let mask = read(mask);
         (read(actual) & !mask) | (read(shadow) & mask)

@@ -58,20 +58,13 @@ pub fn wrmsr(vm: &mut Vm, vcpu: &mut Vcpu) -> Outcome {
         // written; software writes TSC_ADJUST only to undo a nonzero value it read.
         IA32_TSC_ADJUST if value == 0 => {}
         IA32_EFER => {
-            if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
-                inject_exception(GP, Some(0));
-                return Outcome::Resume;
-            }
             // LMA follows LME only while paging is on; cr.rs handles the switch.
-            // So LME cannot change while paging is on (#GP, as on a CPU); LMA
-            // itself is read-only and what the guest writes there is ignored.
-            let paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
-            let current = read(vmcs::GUEST_IA32_EFER);
-            if paging && (value ^ current) & EFER_LME != 0 {
+            if arch::control::check_efer(value, EFER_WRITABLE, super::cr::context()).is_err() {
                 inject_exception(GP, Some(0));
                 return Outcome::Resume;
             }
-            let active = paging && current & EFER_LMA != 0;
+            let paging = read(vmcs::GUEST_CR0) & CR0_PG != 0;
+            let active = paging && read(vmcs::GUEST_IA32_EFER) & EFER_LMA != 0;
             super::cr::set_long_mode(vcpu, value & EFER_WRITABLE, active);
         }
         // Accepted and ignored: timing, MTRRs and APIC relocation are not modelled.
