@@ -1,0 +1,8 @@
+//! AMD SVM as a library: the data formats of AMD64 APM vol. 2, chapter 15 and
+//! appendix B, as plain types that the host tests. Nothing here touches the CPU;
+//! the VMRUN path, MSR writes and CPUID reads belong to the kernel's SVM back end.
+#![cfg_attr(not(test), no_std)]
+
+pub mod vmcb;
+
+pub use vmcb::{ControlArea, SaveArea, Segment, Vmcb};
