@@ -3,6 +3,8 @@
 //! the VMRUN path, MSR writes and CPUID reads belong to the kernel's SVM back end.
 #![cfg_attr(not(test), no_std)]
 
+pub mod exit;
 pub mod vmcb;
 
+pub use exit::{Event, EventType, ExitCode};
 pub use vmcb::{ControlArea, SaveArea, Segment, Vmcb};
