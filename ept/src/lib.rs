@@ -4,6 +4,7 @@
 //! [`SecondLevel`]; what an entry's bits mean is a [`Format`]:
 //!
 //! - [`EptFormat`] / [`Ept`]: Intel's extended page tables, for VT-x.
+//! - [`NptFormat`] / [`Npt`]: AMD's nested page tables, for SVM.
 //!
 //! The crate is still called `ept` because the kernel depends on it by that
 //! name; it covers both vendors. The tree is reached through [`TableMemory`],
@@ -15,12 +16,14 @@ use bitflags::bitflags;
 
 mod ept;
 mod format;
+mod npt;
 mod tables;
 #[cfg(test)]
 mod tests;
 
 pub use ept::{Ept, EptFormat};
 pub use format::Format;
+pub use npt::{Npt, NptFormat};
 pub use tables::SecondLevel;
 
 bitflags! {

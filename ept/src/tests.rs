@@ -57,6 +57,12 @@ macro_rules! for_each_format {
                 super::$scenario::<crate::EptFormat>()
             })*
         }
+        mod npt {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario::<crate::NptFormat>()
+            })*
+        }
     };
 }
 
@@ -246,5 +252,10 @@ proptest! {
     #[test]
     fn ept_matches_a_page_model(ops in prop::collection::vec(op(), 1..40)) {
         matches_a_page_model::<EptFormat>(ops)?;
+    }
+
+    #[test]
+    fn npt_matches_a_page_model(ops in prop::collection::vec(op(), 1..40)) {
+        matches_a_page_model::<NptFormat>(ops)?;
     }
 }
