@@ -58,8 +58,11 @@ impl Format for EptFormat {
         }
     }
 
-    fn supports(_perms: Perms) -> bool {
-        true
+    /// Write without read is an EPT misconfiguration (an exit on every access,
+    /// not a fault the guest could be given). Execute-only is left to the
+    /// caller, who knows whether the CPU offers it.
+    fn supports(perms: Perms) -> bool {
+        !perms.contains(Perms::WRITE) || perms.contains(Perms::READ)
     }
 
     /// The root, walked with write-back caching, four levels deep.
@@ -77,12 +80,53 @@ impl Ept {
 
 #[cfg(test)]
 mod tests {
-    use crate::tests::setup;
+    use crate::tests::{req, setup, HeapTables};
     use crate::*;
 
     #[test]
     fn eptp_names_root_walk_length_and_memory_type() {
         let (_, ept) = setup::<EptFormat>();
         assert_eq!(ept.eptp(), 0x1000 | 0x18 | 6);
+    }
+
+    /// The entries from the root down to the leaf for `gpa`, by address bits alone.
+    fn entries(mem: &mut HeapTables, root: u64, gpa: u64, leaf_shift: u64) -> Vec<u64> {
+        let mut table = root;
+        let mut path = Vec::new();
+        for shift in (leaf_shift..=39).rev().step_by(9) {
+            let entry = mem.table(table)[((gpa >> shift) & 0x1ff) as usize];
+            path.push(entry);
+            table = entry & 0x000f_ffff_ffff_f000;
+        }
+        path
+    }
+
+    #[test]
+    fn entries_have_exactly_the_sdm_bits_for_every_size() {
+        let (mut mem, mut ept) = setup::<EptFormat>();
+        let (read, write, execute, ignore_pat, large) = (1, 2, 4, 1 << 6, 1 << 7);
+        let (wb, uc) = (6 << 3, 0);
+        let cases = [
+            (0x1000, 0x20_0000, PageSize::Size4K, Perms::READ | Perms::WRITE, MemoryType::WriteBack, read | write | wb),
+            (0x40_0000, 0x80_0000, PageSize::Size2M, Perms::RWX, MemoryType::Uncacheable, 7 | uc | large),
+            (0x8000_0000, 0x4000_0000, PageSize::Size1G, Perms::EXECUTE, MemoryType::WriteBack, execute | wb | large),
+        ];
+        for (gpa, hpa, page, perms, ty, bits) in cases {
+            ept.map(&mut mem, &req(gpa, hpa, page.bytes(), page, perms, ty)).unwrap();
+            let shift = 12 + 9 * page.level() as u64;
+            let path = entries(&mut mem, ept.eptp() & !0xfff, gpa, shift);
+            let (leaf, tables) = path.split_last().unwrap();
+            assert_eq!(*leaf, hpa | bits | ignore_pat, "leaf for {gpa:#x}");
+            assert!(tables.iter().all(|t| t & 0xfff == 7 && t >> 52 == 0), "tables grant RWX only: {tables:x?}");
+        }
+    }
+
+    #[test]
+    fn write_without_read_is_refused() {
+        let (mut mem, mut ept) = setup::<EptFormat>();
+        for perms in [Perms::WRITE, Perms::WRITE | Perms::EXECUTE] {
+            let m = req(0, 0, 0x1000, PageSize::Size4K, perms, MemoryType::WriteBack);
+            assert_eq!(ept.map(&mut mem, &m), Err(EptError::UnsupportedPerms), "{perms:?}");
+        }
     }
 }
