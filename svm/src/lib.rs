@@ -4,7 +4,9 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod exit;
+pub mod intercepts;
 pub mod vmcb;
 
 pub use exit::{Event, EventType, ExitCode};
+pub use intercepts::{Intercepts, Wants};
 pub use vmcb::{ControlArea, SaveArea, Segment, Vmcb};
