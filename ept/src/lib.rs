@@ -90,7 +90,8 @@ pub enum EptError {
     AlreadyMapped { guest_phys: u64 },
     /// No memory left for another table.
     OutOfMemory,
-    /// The address is beyond what a 4-level tree can translate (48 bits).
+    /// The guest address is beyond what a 4-level tree can translate (48 bits),
+    /// or the host address beyond what an entry can hold (52 bits).
     OutOfRange,
     /// The format cannot grant exactly these rights (see [`Format::supports`]).
     UnsupportedPerms,

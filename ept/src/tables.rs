@@ -6,6 +6,9 @@ use crate::{EptError, Format, Mapping, PageSize, Perms, TableMemory, Translation
 
 /// Four levels of 512 entries translate 48 bits.
 const MAX_GUEST_PHYS: u64 = 1 << 48;
+/// Both formats keep the address in bits 51:12; anything above would land in
+/// other fields (NPT's bit 63 is no-execute, EPT's is suppress-#VE).
+const MAX_HOST_PHYS: u64 = 1 << 52;
 
 fn index(gpa: u64, level: usize) -> usize {
     ((gpa >> (12 + 9 * level)) & 0x1ff) as usize
@@ -41,7 +44,8 @@ impl<F: Format> SecondLevel<F> {
         if !guest_phys.is_multiple_of(step) || !host_phys.is_multiple_of(step) || !size.is_multiple_of(step) {
             return Err(EptError::Misaligned);
         }
-        if guest_phys.checked_add(size).is_none_or(|end| end > MAX_GUEST_PHYS) {
+        let beyond = |start: u64, max| start.checked_add(size).is_none_or(|end| end > max);
+        if beyond(guest_phys, MAX_GUEST_PHYS) || beyond(host_phys, MAX_HOST_PHYS) {
             return Err(EptError::OutOfRange);
         }
         if !F::supports(perms) {

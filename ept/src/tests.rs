@@ -73,6 +73,7 @@ for_each_format!(
     a_large_page_can_replace_an_emptied_table,
     protect_changes_permissions_and_splits_only_what_it_must,
     bad_arguments_and_exhaustion_are_errors,
+    host_addresses_beyond_52_bits_are_refused,
 );
 
 fn translate_after_map_gives_the_mapping_back_for_every_size<F: Format>() {
@@ -170,6 +171,22 @@ fn bad_arguments_and_exhaustion_are_errors<F: Format>() {
     mem.limit = Some(mem.tables.len());
     assert_eq!(tree.unmap(&mut mem, 0x20_0000, 0x1000), Err(EptError::OutOfMemory), "splitting needs a table");
     assert!(tree.translate(&mut mem, 0x20_0000).is_some(), "a failed split changes nothing");
+}
+
+fn host_addresses_beyond_52_bits_are_refused<F: Format>() {
+    let (mut mem, mut tree) = setup::<F>();
+    let top = 1u64 << 52;
+    let m = |tree: &mut SecondLevel<F>, mem: &mut HeapTables, hpa, size| {
+        tree.map(mem, &req(0, hpa, size, PageSize::Size4K, Perms::RWX, MemoryType::WriteBack))
+    };
+    assert_eq!(m(&mut tree, &mut mem, top, 0x1000), Err(EptError::OutOfRange));
+    assert_eq!(m(&mut tree, &mut mem, 1 << 63, 0x1000), Err(EptError::OutOfRange));
+    assert_eq!(m(&mut tree, &mut mem, top - 0x1000, 0x2000), Err(EptError::OutOfRange), "the end counts too");
+    assert_eq!(m(&mut tree, &mut mem, !0xfff, 0x2000), Err(EptError::OutOfRange), "no wrap");
+    assert!(tree.translate(&mut mem, 0).is_none());
+    m(&mut tree, &mut mem, top - 0x1000, 0x1000).unwrap();
+    let t = tree.translate(&mut mem, 0xabc).unwrap();
+    assert_eq!((t.host_phys, t.perms), (top - 0x1000 + 0xabc, Perms::RWX));
 }
 
 #[derive(Debug, Clone)]
