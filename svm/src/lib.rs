@@ -5,6 +5,7 @@
 
 pub mod exit;
 pub mod intercepts;
+pub mod maps;
 pub mod vmcb;
 
 pub use exit::{Event, EventType, ExitCode};
