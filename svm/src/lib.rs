@@ -3,11 +3,13 @@
 //! the VMRUN path, MSR writes and CPUID reads belong to the kernel's SVM back end.
 #![cfg_attr(not(test), no_std)]
 
+pub mod caps;
 pub mod exit;
 pub mod intercepts;
 pub mod maps;
 pub mod vmcb;
 
+pub use caps::{SvmCapabilities, SvmError, SvmFeatures};
 pub use exit::{Event, EventType, ExitCode};
 pub use intercepts::{Intercepts, Wants};
 pub use vmcb::{ControlArea, SaveArea, Segment, Vmcb};
