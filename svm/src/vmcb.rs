@@ -350,7 +350,8 @@ pub struct SaveArea {
     /// VMLOAD/VMSAVE.
     pub tr: Segment,
     _reserved_0a0: [u8; 0x2b],
-    /// 0x0cb: must agree with SS.DPL; VMRUN does not derive it.
+    /// 0x0cb: outside real and virtual-8086 mode VMRUN takes the CPL from here,
+    /// not from SS.DPL, so the VMM keeps the two equal.
     pub cpl: u8,
     _reserved_0cc: u32,
     /// 0x0d0: SVME must be set here or VMRUN fails.
