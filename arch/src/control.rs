@@ -191,6 +191,18 @@ pub fn check_efer(value: u64, allowed: u64, now: Context) -> Result<(), Refused>
     Ok(())
 }
 
+/// DR6 after a #DB whose conditions are `pending` (in DR6's layout: B0-B3,
+/// BD, BS, and RTM which is active-low): what the CPU would have written had
+/// the exception not exited to the hypervisor. B0-B3 describe only this #DB;
+/// the other bits accumulate until the guest clears them.
+pub fn dr6_after_debug_exception(dr6: u64, pending: u64) -> u64 {
+    const BREAKPOINTS: u64 = 0xf;
+    const RTM: u64 = 1 << 16;
+    const CONDITIONS: u64 = BREAKPOINTS | (1 << 13) | (1 << 14) | RTM;
+    let pending = pending & CONDITIONS;
+    ((dr6 & !BREAKPOINTS) | pending) ^ (pending & RTM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +266,17 @@ mod tests {
         let everything = cr4_allowed(Cr4Features { leaf7_ecx: 1 << 7, ..features() }) | cr4::CET;
         let no_wp = Context { cr0: now.cr0 & !cr0::WP, ..now };
         assert_eq!(check_cr4(ok | cr4::CET, everything, no_wp), Err(Refused::CetWithoutWriteProtect));
+    }
+
+    #[test]
+    fn dr6_gets_what_the_cpu_would_have_written() {
+        const RESET: u64 = 0xffff_0ff0;
+        assert_eq!(dr6_after_debug_exception(RESET, 0b0100), RESET | 0b0100, "breakpoint 2 hit");
+        assert_eq!(dr6_after_debug_exception(RESET | 0b0001, 0b1000), RESET | 0b1000, "B0-B3 describe this #DB only");
+        assert_eq!(dr6_after_debug_exception(RESET, 1 << 14), RESET | 1 << 14, "single step");
+        assert_eq!(dr6_after_debug_exception(RESET | 1 << 14, 1 << 13), RESET | 1 << 14 | 1 << 13, "BS stays set");
+        assert_eq!(dr6_after_debug_exception(RESET, 1 << 16), RESET & !(1 << 16), "RTM is active-low");
+        assert_eq!(dr6_after_debug_exception(RESET, u64::MAX), (RESET | 0x600f) & !(1 << 16), "only DR6's conditions");
     }
 
     #[test]

@@ -43,6 +43,9 @@ fn switched_msrs() -> &'static [u32] {
         &SWITCHED_MSRS[..SWITCHED_MSRS.len() - 1]
     }
 }
+const EXCEPTION_DB: u64 = 1 << 1;
+const EXCEPTION_AC: u64 = 1 << 17;
+
 /// MSRs the guest reaches directly (the MSR bitmap does not intercept them).
 const PASSTHROUGH_MSRS: [u32; 12] = [
     0x174,
@@ -228,7 +231,11 @@ impl Vcpu {
         write(vmcs::EXIT_CONTROLS, c.exit as u64);
         write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
         write(vmcs::VPID, vpid as u64);
-        write(vmcs::EXCEPTION_BITMAP, 0);
+        // #DB and #AC exit (and are passed back, exits/interrupts.rs): a guest
+        // can make either recur forever during its own delivery (a breakpoint
+        // on the #DB handler's stack, a misaligned #AC stack), and a CPU
+        // caught in that loop never exits, hanging the core for every VM.
+        write(vmcs::EXCEPTION_BITMAP, EXCEPTION_DB | EXCEPTION_AC);
         write(vmcs::CR3_TARGET_COUNT, 0);
         write(vmcs::MSR_BITMAP, self.msr_bitmap);
         write(vmcs::EPT_POINTER, eptp);

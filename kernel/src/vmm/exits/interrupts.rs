@@ -31,7 +31,60 @@ pub fn exception_or_nmi() -> Outcome {
         log::warn!("NMI while a guest ran; ignored");
         return Outcome::Resume;
     }
-    Outcome::Stop(Stop::Unsupported(alloc::format!("unexpected exception exit, vector {}", info.vector())))
+    match info.vector() {
+        DB => pass_back_debug_exception(info),
+        AC => {
+            // #AC's error code is always 0.
+            pass_back(info, Some(0));
+        }
+        vector => {
+            return Outcome::Stop(Stop::Unsupported(alloc::format!("unexpected exception exit, vector {vector}")));
+        }
+    }
+    Outcome::Resume
+}
+
+const DB: u8 = 1;
+const AC: u8 = 17;
+
+/// Delivers an intercepted exception to the guest as the CPU would have. An
+/// event whose delivery it interrupted (re-injected by the dispatcher) gives
+/// way: #DB and #AC are benign, so the CPU would deliver them first and the
+/// interrupted instruction raises its event again when it is retried.
+fn pass_back(info: InterruptionInfo, error_code: Option<u32>) {
+    // ICEBP's #DB is a privileged software exception: it needs its length.
+    let software = info.kind() == interruption_type::PRIVILEGED_SOFTWARE_EXCEPTION;
+    let kind =
+        if software { interruption_type::PRIVILEGED_SOFTWARE_EXCEPTION } else { interruption_type::HARDWARE_EXCEPTION };
+    inject(InterruptionInfo::inject(info.vector(), kind, error_code.is_some()));
+    if let Some(code) = error_code {
+        write(vmcs::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
+    }
+    if software {
+        write(vmcs::ENTRY_INSTRUCTION_LENGTH, read(vmcs::EXIT_INSTRUCTION_LENGTH));
+    }
+    // The exception hit an IRET that had unblocked NMIs: the IRET did not
+    // complete, so NMIs stay blocked, as they were.
+    const NMI_UNBLOCKED_BY_IRET: u32 = 1 << 12;
+    if info.0 & NMI_UNBLOCKED_BY_IRET != 0 {
+        let state = read(vmcs::GUEST_INTERRUPTIBILITY);
+        write(vmcs::GUEST_INTERRUPTIBILITY, state | BLOCKED_BY_NMI);
+    }
+}
+
+/// A #DB that exited has not updated DR6 (the exit qualification holds what
+/// it would have set); DR6 is the guest's while its vCPU is on the core.
+fn pass_back_debug_exception(info: InterruptionInfo) {
+    let pending = read(vmcs::EXIT_QUALIFICATION);
+    let dr6: u64;
+    // SAFETY: DR6 is a status register; the guest's value is in it while its
+    // vCPU runs on this core (see vcpu::DebugState), and only the guest reads it.
+    unsafe {
+        core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack, preserves_flags));
+        let dr6 = arch::control::dr6_after_debug_exception(dr6, pending);
+        core::arch::asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
+    }
+    pass_back(info, None);
 }
 
 const PROC_INTERRUPT_WINDOW_EXITING: u64 = 1 << 2;
