@@ -194,8 +194,11 @@ impl Intercepts {
         Intercepts {
             cr: CrIntercepts::from_bits_retain(cr),
             dr: 0,
-            // As on VMX: exceptions stay in the guest.
-            exceptions: 0,
+            // As on VMX: exceptions stay in the guest, but for #DB and #AC,
+            // which a guest can make recur during their own delivery; a CPU in
+            // that loop never exits and the core hangs (CVE-2015-8104,
+            // CVE-2015-5307). The back end passes them back.
+            exceptions: exception(1) | exception(17),
             misc1: Misc1::from_bits_retain(misc1),
             misc2: Misc2::from_bits_retain(misc2),
             misc3: Misc3::empty(),
@@ -309,7 +312,7 @@ mod tests {
                 // With nested paging, CR3 and page faults stay in the guest;
                 // a full CR0 write intercept would shadow the selective one.
                 assert!(!set.cr.intersects(CrIntercepts::READ_CR3 | CrIntercepts::WRITE_CR3 | CrIntercepts::WRITE_CR0));
-                assert_eq!(set.exceptions & exception(14), 0);
+                assert_eq!(set.exceptions, exception(1) | exception(17), "only #DB and #AC");
                 assert!(set.misc3.is_empty());
             }
         }
