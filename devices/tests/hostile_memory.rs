@@ -17,7 +17,7 @@ use devices::bus::PortDevice;
 use devices::uart::LineSink;
 use devices::virtio::blk::Block;
 use devices::virtio::console::Console;
-use devices::virtio::VirtioMmio;
+use devices::virtio::{reg, VirtioMmio};
 use devices::{layout, Chipset, ChipsetConfig, GuestRam, NotRam, PendingEvents, StartupSignal, Uart16550};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -232,23 +232,6 @@ fn chipset_init_and_sipi_flood() {
     assert_eq!(c.take_signal(1), None);
 }
 
-/// The virtio-mmio registers a driver uses.
-mod virtio_regs {
-    pub const DEVICE_FEATURES_SELECT: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SELECT: u64 = 0x024;
-    pub const QUEUE_SELECT: u64 = 0x030;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC: u64 = 0x080;
-    pub const QUEUE_AVAIL: u64 = 0x090;
-    pub const QUEUE_USED: u64 = 0x0a0;
-    pub const NEEDS_RESET: u32 = 0x40;
-}
-
 const QUEUE_SIZE: u16 = 256;
 const DESC_NEXT: u16 = 1;
 const DESC_WRITE: u16 = 2;
@@ -275,7 +258,7 @@ impl Driver {
     }
 
     fn bring_up(&mut self, dev: &mut VirtioMmio, queues: u32) {
-        use virtio_regs::*;
+        use reg::*;
         let ram = &mut self.ram;
         dev.write(STATUS, 0, ram);
         dev.write(STATUS, 1 | 2, ram);
@@ -321,16 +304,16 @@ impl Driver {
         self.ram.write(slot, &head.to_le_bytes()).unwrap();
         self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
         self.ram.write(avail + 2, &self.avail_idx[q].to_le_bytes()).unwrap();
-        dev.write(virtio_regs::QUEUE_NOTIFY, queue, &mut self.ram);
+        dev.write(reg::QUEUE_NOTIFY, queue, &mut self.ram);
     }
 
     /// A broken device is reset and set up again, as a driver would.
     fn recover(&mut self, dev: &mut VirtioMmio, queues: u32) -> bool {
-        let broken = dev.read(virtio_regs::STATUS, 4) & virtio_regs::NEEDS_RESET != 0;
+        let broken = dev.read(reg::STATUS, 4) & reg::NEEDS_RESET != 0;
         if broken {
             self.bring_up(dev, queues);
         }
-        dev.write(virtio_regs::INTERRUPT_ACK, 3, &mut self.ram);
+        dev.write(reg::INTERRUPT_ACK, 3, &mut self.ram);
         broken
     }
 }
@@ -515,7 +498,7 @@ fn register_value(rng: &mut Rng) -> u64 {
 /// A write a virtio driver could make: a real register and a value that makes
 /// sense for some register (a queue index or size, a flag, an address in RAM).
 fn virtio_driver_write(c: &mut Chipset, rng: &mut Rng, now: u64, ram: &mut Ram) {
-    use virtio_regs::*;
+    use reg::*;
     const REGISTERS: [u64; 14] = [
         DEVICE_FEATURES_SELECT,
         DRIVER_FEATURES,
@@ -530,7 +513,7 @@ fn virtio_driver_write(c: &mut Chipset, rng: &mut Rng, now: u64, ram: &mut Ram) 
         QUEUE_DESC,
         QUEUE_AVAIL,
         QUEUE_USED,
-        QUEUE_USED + 4,
+        QUEUE_USED_HIGH,
     ];
     let register = REGISTERS[rng.below(REGISTERS.len() as u64) as usize];
     let value = match rng.below(4) {

@@ -26,8 +26,40 @@ const VERSION: u32 = 2;
 const VENDOR: u32 = 0x544c_5342; // "BSLT"
 pub const F_VERSION_1: u64 = 1 << 32;
 
+/// The virtio-mmio (version 2) register offsets: one table for the device,
+/// the hostile-input tests and the fuzz targets.
+pub mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SELECT: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SELECT: u64 = 0x024;
+    pub const QUEUE_SELECT: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    /// Ring addresses: the low half, then the high half 4 bytes on.
+    pub const QUEUE_DESC: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_AVAIL: u64 = 0x090;
+    pub const QUEUE_AVAIL_HIGH: u64 = 0x094;
+    pub const QUEUE_USED: u64 = 0x0a0;
+    pub const QUEUE_USED_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+    /// In STATUS: the device hit an error and waits for a reset.
+    pub const NEEDS_RESET: u32 = 0x40;
+}
+
 const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+const STATUS_DEVICE_NEEDS_RESET: u32 = reg::NEEDS_RESET;
 const INTERRUPT_USED_BUFFER: u32 = 1;
 const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 /// Bytes a device may move for one queue in one call (`ChainIo::budget`).
@@ -140,7 +172,7 @@ impl VirtioMmio {
     }
 
     pub fn read(&mut self, offset: u64, size: u8) -> u32 {
-        if let Some(at) = offset.checked_sub(0x100) {
+        if let Some(at) = offset.checked_sub(reg::CONFIG) {
             let config = self.device.config();
             let mut bytes = [0u8; 4];
             for (i, b) in (0u64..).zip(bytes.iter_mut().take(size as usize)) {
@@ -151,27 +183,27 @@ impl VirtioMmio {
         }
         let queue = self.queues.get(self.queue_select as usize).copied();
         match offset {
-            0x000 => MAGIC,
-            0x004 => VERSION,
-            0x008 => self.device.device_id(),
-            0x00c => VENDOR,
-            0x010 => match self.device_features_select {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device.device_id(),
+            reg::VENDOR => VENDOR,
+            reg::DEVICE_FEATURES => match self.device_features_select {
                 0 => self.offered() as u32,
                 1 => (self.offered() >> 32) as u32,
                 _ => 0,
             },
-            0x034 => queue.map_or(0, |_| queue::MAX_SIZE as u32),
-            0x038 => queue.map_or(0, |q| q.size as u32),
-            0x044 => queue.map_or(0, |q| q.ready as u32),
-            0x060 => self.interrupt_status,
-            0x070 => self.status,
-            0x080 => queue.map_or(0, |q| q.desc as u32),
-            0x084 => queue.map_or(0, |q| (q.desc >> 32) as u32),
-            0x090 => queue.map_or(0, |q| q.avail as u32),
-            0x094 => queue.map_or(0, |q| (q.avail >> 32) as u32),
-            0x0a0 => queue.map_or(0, |q| q.used as u32),
-            0x0a4 => queue.map_or(0, |q| (q.used >> 32) as u32),
-            0x0fc => 0, // config generation: the config never changes
+            reg::QUEUE_NUM_MAX => queue.map_or(0, |_| queue::MAX_SIZE as u32),
+            reg::QUEUE_NUM => queue.map_or(0, |q| q.size as u32),
+            reg::QUEUE_READY => queue.map_or(0, |q| q.ready as u32),
+            reg::INTERRUPT_STATUS => self.interrupt_status,
+            reg::STATUS => self.status,
+            reg::QUEUE_DESC => queue.map_or(0, |q| q.desc as u32),
+            reg::QUEUE_DESC_HIGH => queue.map_or(0, |q| (q.desc >> 32) as u32),
+            reg::QUEUE_AVAIL => queue.map_or(0, |q| q.avail as u32),
+            reg::QUEUE_AVAIL_HIGH => queue.map_or(0, |q| (q.avail >> 32) as u32),
+            reg::QUEUE_USED => queue.map_or(0, |q| q.used as u32),
+            reg::QUEUE_USED_HIGH => queue.map_or(0, |q| (q.used >> 32) as u32),
+            reg::CONFIG_GENERATION => 0, // the config never changes
             _ => 0,
         }
     }
@@ -180,15 +212,15 @@ impl VirtioMmio {
         let set_low = |v: &mut u64| *v = (*v & !0xffff_ffff) | value as u64;
         let set_high = |v: &mut u64| *v = (*v & 0xffff_ffff) | (value as u64) << 32;
         match offset {
-            0x014 => self.device_features_select = value,
-            0x020 => match self.driver_features_select {
+            reg::DEVICE_FEATURES_SELECT => self.device_features_select = value,
+            reg::DRIVER_FEATURES => match self.driver_features_select {
                 0 => set_low(&mut self.driver_features),
                 1 => set_high(&mut self.driver_features),
                 _ => {}
             },
-            0x024 => self.driver_features_select = value,
-            0x030 => self.queue_select = value,
-            0x038 => {
+            reg::DRIVER_FEATURES_SELECT => self.driver_features_select = value,
+            reg::QUEUE_SELECT => self.queue_select = value,
+            reg::QUEUE_NUM => {
                 if let Some(q) = self.queue() {
                     // Sizes must be powers of two up to the maximum; others are ignored.
                     if value.is_power_of_two() && value <= queue::MAX_SIZE as u32 {
@@ -196,20 +228,20 @@ impl VirtioMmio {
                     }
                 }
             }
-            0x044 => {
+            reg::QUEUE_READY => {
                 if let Some(q) = self.queue() {
                     q.ready = value & 1 != 0;
                 }
             }
-            0x050 => self.notify(value as usize, ram),
-            0x064 => self.interrupt_status &= !value,
-            0x070 => self.write_status(value),
-            0x080 => self.queue().into_iter().for_each(|q| set_low(&mut q.desc)),
-            0x084 => self.queue().into_iter().for_each(|q| set_high(&mut q.desc)),
-            0x090 => self.queue().into_iter().for_each(|q| set_low(&mut q.avail)),
-            0x094 => self.queue().into_iter().for_each(|q| set_high(&mut q.avail)),
-            0x0a0 => self.queue().into_iter().for_each(|q| set_low(&mut q.used)),
-            0x0a4 => self.queue().into_iter().for_each(|q| set_high(&mut q.used)),
+            reg::QUEUE_NOTIFY => self.notify(value as usize, ram),
+            reg::INTERRUPT_ACK => self.interrupt_status &= !value,
+            reg::STATUS => self.write_status(value),
+            reg::QUEUE_DESC => self.queue().into_iter().for_each(|q| set_low(&mut q.desc)),
+            reg::QUEUE_DESC_HIGH => self.queue().into_iter().for_each(|q| set_high(&mut q.desc)),
+            reg::QUEUE_AVAIL => self.queue().into_iter().for_each(|q| set_low(&mut q.avail)),
+            reg::QUEUE_AVAIL_HIGH => self.queue().into_iter().for_each(|q| set_high(&mut q.avail)),
+            reg::QUEUE_USED => self.queue().into_iter().for_each(|q| set_low(&mut q.used)),
+            reg::QUEUE_USED_HIGH => self.queue().into_iter().for_each(|q| set_high(&mut q.used)),
             _ => {}
         }
     }

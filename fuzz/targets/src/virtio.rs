@@ -266,27 +266,9 @@ pub fn queue(data: &[u8]) -> u64 {
     signal
 }
 
-/// The virtio-mmio registers a driver writes.
+/// The virtio-mmio registers, and those a driver writes.
 mod regs {
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR: u64 = 0x00c;
-    pub const DEVICE_FEATURES_SELECT: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SELECT: u64 = 0x024;
-    pub const QUEUE_SELECT: u64 = 0x030;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC: u64 = 0x080;
-    pub const QUEUE_AVAIL: u64 = 0x090;
-    pub const QUEUE_USED: u64 = 0x0a0;
-    pub const CONFIG: u64 = 0x100;
-    pub const NEEDS_RESET: u32 = 0x40;
+    pub use devices::virtio::reg::*;
     pub const ALL: [u64; 18] = [
         DEVICE_FEATURES_SELECT,
         DRIVER_FEATURES,
@@ -298,13 +280,13 @@ mod regs {
         INTERRUPT_ACK,
         STATUS,
         QUEUE_DESC,
-        QUEUE_DESC + 4,
+        QUEUE_DESC_HIGH,
         QUEUE_AVAIL,
-        QUEUE_AVAIL + 4,
+        QUEUE_AVAIL_HIGH,
         QUEUE_USED,
-        QUEUE_USED + 4,
+        QUEUE_USED_HIGH,
         CONFIG,
-        0x0fc,
+        CONFIG_GENERATION,
         0x1fc,
     ];
 }
