@@ -42,13 +42,11 @@ fn registers() -> Paging {
     }
 }
 
-/// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through).
+/// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through), asked
+/// of the CPU once.
 fn max_phys_bits() -> u8 {
-    if __cpuid(0x8000_0000).eax >= 0x8000_0008 {
-        __cpuid(0x8000_0008).eax as u8
-    } else {
-        36
-    }
+    static BITS: spin::Once<u8> = spin::Once::new();
+    *BITS.call_once(|| if __cpuid(0x8000_0000).eax >= 0x8000_0008 { __cpuid(0x8000_0008).eax as u8 } else { 36 })
 }
 
 /// An access made for the guest at its current privilege level (SS.DPL).
@@ -57,8 +55,22 @@ fn access(kind: AccessKind) -> Access {
     Access::new(kind, cpl == 3, read(vmcs::GUEST_RFLAGS) & RFLAGS_AC != 0)
 }
 
-/// The guest-physical pieces of `len` bytes at `linear` (at most
-/// `paging::MAX_RANGE`), as the guest's CPU would check them for `kind`.
-pub fn translate_range(memory: &GuestMemory, kind: AccessKind, linear: u64, len: usize) -> Result<Pieces, WalkError> {
-    paging::translate_range(memory, &registers(), access(kind), linear, len)
+/// How the current vCPU translates for one kind of access, read from its
+/// VMCS once: a REP string instruction translates up to thousands of
+/// elements with it in one exit.
+pub struct Translation {
+    paging: Paging,
+    access: Access,
+}
+
+impl Translation {
+    pub fn current(kind: AccessKind) -> Translation {
+        Translation { paging: registers(), access: access(kind) }
+    }
+
+    /// The guest-physical pieces of `len` bytes at `linear` (at most
+    /// `paging::MAX_RANGE`), as the guest's CPU would check them.
+    pub fn range(&self, memory: &GuestMemory, linear: u64, len: usize) -> Result<Pieces, WalkError> {
+        paging::translate_range(memory, &self.paging, self.access, linear, len)
+    }
 }

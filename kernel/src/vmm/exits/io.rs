@@ -89,14 +89,14 @@ fn string(vm: &mut Vm, vcpu: &mut Vcpu, q: IoQualification, mask: u64) -> Outcom
     let mut done = 0;
     let n = q.size as usize;
     // INS stores to memory, OUTS loads from it.
-    let kind = if q.is_in { AccessKind::Write } else { AccessKind::Read };
+    let translation = guest_paging::Translation::current(if q.is_in { AccessKind::Write } else { AccessKind::Read });
     while count > 0 && done < MAX_REP_PER_EXIT {
         let index = if q.is_in { vcpu.regs.rdi } else { vcpu.regs.rsi };
         let linear = segment_base.wrapping_add(index & address_mask);
         // Every byte of the element is checked before the port is touched; a
         // fault leaves RSI/RDI/RCX at this element and the instruction
         // unfinished, so the guest's handler can fix the page and resume it.
-        let pieces = match guest_paging::translate_range(&vm.memory, kind, linear, n) {
+        let pieces = match translation.range(&vm.memory, linear, n) {
             Ok(pieces) => pieces,
             Err(e) => return translation_failed(vcpu, e),
         };

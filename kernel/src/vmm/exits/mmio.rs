@@ -123,10 +123,11 @@ fn fetch_instruction(vm: &Vm) -> Result<Fetched, WalkError> {
     const MAX: usize = 15;
     let linear = read(vmcs::GUEST_CS_BASE).wrapping_add(read(vmcs::GUEST_RIP));
     let in_first_page = (0x1000 - (linear & 0xfff) as usize).min(MAX);
-    let (pieces, beyond) = match guest_paging::translate_range(&vm.memory, AccessKind::Execute, linear, MAX) {
+    let translation = guest_paging::Translation::current(AccessKind::Execute);
+    let (pieces, beyond) = match translation.range(&vm.memory, linear, MAX) {
         Ok(pieces) => (pieces, None),
         // The instruction may end before the page that failed.
-        Err(e) => (guest_paging::translate_range(&vm.memory, AccessKind::Execute, linear, in_first_page)?, Some(e)),
+        Err(e) => (translation.range(&vm.memory, linear, in_first_page)?, Some(e)),
     };
     let mut fetched = Fetched { bytes: [0; MAX], len: 0, beyond };
     for piece in pieces.as_slice() {
