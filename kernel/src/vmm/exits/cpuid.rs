@@ -30,10 +30,14 @@ pub fn handle(vcpu: &mut Vcpu) -> Outcome {
 
 /// The CR4 bits guests may set: those whose CPUID feature they see (MOV to
 /// CR4 with any other bit is #GP, see arch::control).
+/// The same for every guest on this host: worked out once.
 pub fn guest_cr4_allowed() -> u64 {
-    let [_, _, leaf1_ecx, leaf1_edx] = virtual_cpuid(1, 0, 0, 0);
-    let [_, leaf7_ebx, leaf7_ecx, _] = virtual_cpuid(7, 0, 0, 0);
-    arch::control::cr4_allowed(arch::control::Cr4Features { leaf1_ecx, leaf1_edx, leaf7_ebx, leaf7_ecx })
+    static ALLOWED: spin::Once<u64> = spin::Once::new();
+    *ALLOWED.call_once(|| {
+        let [_, _, leaf1_ecx, leaf1_edx] = virtual_cpuid(1, 0, 0, 0);
+        let [_, leaf7_ebx, leaf7_ecx, _] = virtual_cpuid(7, 0, 0, 0);
+        arch::control::cr4_allowed(arch::control::Cr4Features { leaf1_ecx, leaf1_edx, leaf7_ebx, leaf7_ecx })
+    })
 }
 
 /// CPUID as the guest sees it. Bits that mirror control registers (OSXSAVE,
