@@ -6,5 +6,6 @@
 #![no_std]
 
 pub mod control;
+pub mod decode;
 pub mod paging;
 pub mod xstate;

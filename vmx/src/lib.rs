@@ -5,7 +5,6 @@
 
 pub mod caps;
 pub mod controls;
-pub mod decode;
 pub mod error;
 pub mod exit;
 pub mod guest_state;

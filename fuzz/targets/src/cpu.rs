@@ -1,9 +1,9 @@
 //! Targets for pure CPU rules: the MMIO instruction decoder and XCR0.
 
 use crate::feature;
+use arch::decode::{decode as decode_mmio, merge_register, Access, CodeSize, MmioInstruction, Register};
 use arch::xstate::{self, ComponentLayout};
 use basalt_fuzz::Reader;
-use vmx::decode::{decode as decode_mmio, merge_register, Access, CodeSize, MmioInstruction, Register};
 
 const MODES: [CodeSize; 3] = [CodeSize::Bits16, CodeSize::Bits32, CodeSize::Bits64];
 
@@ -37,8 +37,8 @@ pub fn decode(data: &[u8]) -> u64 {
     signal
 }
 
-fn error_kind(e: vmx::decode::DecodeError) -> u8 {
-    use vmx::decode::DecodeError::*;
+fn error_kind(e: arch::decode::DecodeError) -> u8 {
+    use arch::decode::DecodeError::*;
     match e {
         Truncated => 0,
         Unsupported { .. } => 1,

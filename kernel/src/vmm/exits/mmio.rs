@@ -12,8 +12,8 @@ use super::{gpr, inject_exception, set_gpr, translation_failed, write, Outcome, 
 use crate::vmm::guest_paging;
 use crate::vmm::vcpu::{read, Vcpu};
 use crate::vmm::vm::{Stop, Vm};
+use arch::decode::{self, Access, CodeSize};
 use arch::paging::{AccessKind, WalkError};
-use vmx::decode::{self, Access, CodeSize};
 use vmx::exit::EptViolation;
 use vmx::guest_state::EFER_LMA;
 use vmx::vmcs;

@@ -1,4 +1,4 @@
-//! Decoding the guest instruction behind an MMIO exit. EPT violations say which
+//! Decoding the guest instruction behind an MMIO exit. EPT violations and nested page faults say which
 //! address was touched but not how; this finds the access size, direction, the
 //! register or immediate involved and the instruction's length, for the MOV
 //! forms that device drivers use (MOV r/m<->r, MOV r/m,imm, MOVZX, MOV moffs).

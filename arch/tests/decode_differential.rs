@@ -7,9 +7,9 @@
 //! Whenever iced decodes one of the forms Basalt claims, Basalt must accept it;
 //! anything else it may reject. `BASALT_DIFF_CASES` raises the number of cases.
 
+use arch::decode::{decode, Access, CodeSize, MmioInstruction, Register};
 use basalt_fuzz::Rng;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register as Reg};
-use vmx::decode::{decode, Access, CodeSize, MmioInstruction, Register};
 
 const MODES: [(CodeSize, u32); 3] = [(CodeSize::Bits16, 16), (CodeSize::Bits32, 32), (CodeSize::Bits64, 64)];
 
