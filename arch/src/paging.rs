@@ -187,7 +187,12 @@ enum Stop {
 }
 
 /// The guest-physical address of `linear` for `access`, or why there is none.
-pub fn translate(memory: &impl PhysicalMemory, paging: &Paging, access: Access, linear: u64) -> Result<u64, WalkError> {
+pub fn translate(
+    memory: &(impl PhysicalMemory + ?Sized),
+    paging: &Paging,
+    access: Access,
+    linear: u64,
+) -> Result<u64, WalkError> {
     if !paging.canonical(linear) {
         return Err(WalkError::NonCanonical { linear });
     }
@@ -248,7 +253,7 @@ fn allowed(paging: &Paging, access: Access, rights: &Rights) -> bool {
 /// 8-byte-entry tables from `table` down, `levels` of them (1 = the page
 /// table), 9 bits of the address per level.
 fn walk_wide(
-    memory: &impl PhysicalMemory,
+    memory: &(impl PhysicalMemory + ?Sized),
     paging: &Paging,
     mut table: u64,
     linear: u64,
@@ -286,7 +291,7 @@ fn walk_wide(
     Err(Stop::NotPresent)
 }
 
-fn walk_pae(memory: &impl PhysicalMemory, paging: &Paging, linear: u64) -> Result<(u64, Rights), Stop> {
+fn walk_pae(memory: &(impl PhysicalMemory + ?Sized), paging: &Paging, linear: u64) -> Result<(u64, Rights), Stop> {
     let index = ((linear >> 30) & 3) as usize;
     let pdpte = match paging.pdptes {
         Some(pdptes) => pdptes[index],
@@ -306,7 +311,7 @@ fn walk_pae(memory: &impl PhysicalMemory, paging: &Paging, linear: u64) -> Resul
     walk_wide(memory, paging, pdpte & paging.address_mask(), linear, 2)
 }
 
-fn walk_32(memory: &impl PhysicalMemory, paging: &Paging, linear: u64) -> Result<(u64, Rights), Stop> {
+fn walk_32(memory: &(impl PhysicalMemory + ?Sized), paging: &Paging, linear: u64) -> Result<(u64, Rights), Stop> {
     let mut rights = Rights::ALL;
     let at = (paging.cr3 & 0xffff_f000) | (((linear >> 22) & 0x3ff) * 4);
     let pde = u64::from(memory.read_u32(at).ok_or(Stop::Table(at))?);
@@ -371,7 +376,7 @@ impl Pieces {
 /// translated for `access` before any is touched. A fault names the first
 /// byte of the page that faulted (`linear` itself for the first page).
 pub fn translate_range(
-    memory: &impl PhysicalMemory,
+    memory: &(impl PhysicalMemory + ?Sized),
     paging: &Paging,
     access: Access,
     linear: u64,

@@ -1,0 +1,140 @@
+//! CPUID: the host's answers, edited into a virtual CPU: the hypervisor bit set,
+//! the host's virtualisation extensions (VMX, SVM) hidden, a Basalt signature
+//! at 0x40000000, the TSC frequency in leaves 0x15/0x16 (and 0x40000010) so
+//! guests need not calibrate against timers, and a topology of one thread per
+//! package whichever vendor's leaves describe it.
+
+use crate::{Host, Outcome, Vcpu};
+
+/// "BasaltHVisor" as the three signature registers.
+pub const SIGNATURE: [u32; 3] =
+    [u32::from_le_bytes(*b"Basa"), u32::from_le_bytes(*b"ltHV"), u32::from_le_bytes(*b"isor")];
+const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0010;
+/// Leaf 0x15/0x16 are synthesised, so the maximum basic leaf is at least 0x16.
+const MIN_MAX_BASIC_LEAF: u32 = 0x16;
+
+pub fn handle(vcpu: &mut dyn Vcpu, host: &dyn Host) -> Outcome {
+    let leaf = vcpu.gpr(RAX) as u32;
+    let subleaf = vcpu.gpr(RCX) as u32;
+    let index = u32::try_from(vcpu.index()).unwrap_or(u32::MAX);
+    let regs = virtual_cpuid(host, leaf, subleaf, index, vcpu.control().cr4);
+    for (gpr, value) in [RAX, RBX, RCX, RDX].into_iter().zip(regs) {
+        vcpu.set_gpr(gpr, value as u64);
+    }
+    vcpu.skip_instruction();
+    Outcome::Resume
+}
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RDX: u8 = 2;
+const RBX: u8 = 3;
+
+/// The CR4 bits guests may set: those whose CPUID feature they see (MOV to
+/// CR4 with any other bit is #GP, see arch::control).
+/// The same for every guest on a host, so hosts may work it out once (see
+/// `Host::guest_cr4_allowed`).
+pub fn guest_cr4_allowed<H: Host + ?Sized>(host: &H) -> u64 {
+    let [_, _, leaf1_ecx, leaf1_edx] = virtual_cpuid(host, 1, 0, 0, 0);
+    let [_, leaf7_ebx, leaf7_ecx, _] = virtual_cpuid(host, 7, 0, 0, 0);
+    arch::control::cr4_allowed(arch::control::Cr4Features { leaf1_ecx, leaf1_edx, leaf7_ebx, leaf7_ecx })
+}
+
+/// CPUID as the guest sees it. Bits that mirror control registers (OSXSAVE,
+/// OSPKE) follow the guest's CR4, not the host's.
+pub fn virtual_cpuid<H: Host + ?Sized>(host: &H, leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4] {
+    const CR4_OSXSAVE: u64 = 1 << 18;
+    const CR4_PKE: u64 = 1 << 22;
+    let tsc_hz = host.tsc_hz();
+    match leaf {
+        0x4000_0000 => return [HYPERVISOR_MAX_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
+        // TSC and local APIC timer frequency in kHz (the common hypervisor leaf);
+        // the virtual APIC timer counts at the TSC rate.
+        0x4000_0010 => return [(tsc_hz / 1000) as u32, (tsc_hz / 1000) as u32, 0, 0],
+        0x4000_0001..=0x4000_ffff => return [0; 4],
+        // TSC = crystal * EBX / EAX: report the TSC itself as a 1:1 "crystal".
+        0x15 => return [1, 1, tsc_hz as u32, 0],
+        0x16 => {
+            let mhz = (tsc_hz / 1_000_000) as u32;
+            return [mhz, mhz, 100, 0];
+        }
+        _ => {}
+    }
+    let xstate = host.guest_xstate();
+    let [mut a, mut b, mut c, mut d] =
+        arch::xstate::hide_features_without_state(leaf, subleaf, host.cpuid(leaf, subleaf), xstate.allowed);
+    match leaf {
+        0 => a = a.max(MIN_MAX_BASIC_LEAF),
+        1 => {
+            const ECX_VMX: u32 = 1 << 5;
+            const ECX_MONITOR: u32 = 1 << 3;
+            // GETSEC exits unconditionally and gets #UD (see exits/mod.rs).
+            const ECX_SMX: u32 = 1 << 6;
+            const ECX_X2APIC: u32 = 1 << 21;
+            const ECX_TSC_DEADLINE: u32 = 1 << 24;
+            const ECX_HYPERVISOR: u32 = 1 << 31;
+            const ECX_OSXSAVE: u32 = 1 << 27;
+            // Debug store, thermal and power management: MSR-backed, not emulated.
+            const ECX_DTES64_DSCPL_EST_TM2_PDCM: u32 = (1 << 2) | (1 << 4) | (1 << 7) | (1 << 8) | (1 << 15);
+            c &= !(ECX_VMX | ECX_MONITOR | ECX_SMX | ECX_X2APIC | ECX_OSXSAVE | ECX_DTES64_DSCPL_EST_TM2_PDCM);
+            // The virtual local APIC has the TSC-deadline timer whatever the host has.
+            c |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
+            if guest_cr4 & CR4_OSXSAVE != 0 {
+                c |= ECX_OSXSAVE;
+            }
+            // No machine-check architecture: its MSRs are not emulated.
+            const EDX_MCE: u32 = 1 << 7;
+            const EDX_MCA: u32 = 1 << 14;
+            const EDX_DS_ACPI_TM_PBE: u32 = (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
+            d &= !(EDX_MCE | EDX_MCA | EDX_DS_ACPI_TM_PBE);
+            // Initial APIC id = vCPU index; one logical processor per package.
+            b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
+        }
+        7 if subleaf == 0 => {
+            // No IA32_ARCH_CAPABILITIES (not emulated). IA32_TSC_ADJUST is
+            // emulated (msr.rs) and stays: with an invariant TSC it tells Linux
+            // the TSC needs no watchdog.
+            d &= !(1 << 29);
+            // Protection keys are hidden (PKRU is not a guest XSAVE component,
+            // see arch::xstate::GUEST_COMPONENTS); OSPKE would follow CR4.
+            const ECX_PKU: u32 = 1 << 3;
+            const ECX_OSPKE: u32 = 1 << 4;
+            c &= !(ECX_PKU | ECX_OSPKE);
+            if guest_cr4 & CR4_PKE != 0 {
+                c |= ECX_OSPKE;
+            }
+        }
+        // Only the components guests may enable, in the standard format (Bochs
+        // also misreports the compacted size).
+        0xd => [a, b, c, d] = arch::xstate::cpuid_leaf_0xd(subleaf, [a, b, c, d], xstate.allowed, xstate.area_size),
+        // No thermal or power management but an always-running APIC timer (ARAT:
+        // the virtual timer does not stop in deep C-states; there are none).
+        6 => (a, b, c, d) = (1 << 2, 0, 0, 0),
+        // No performance counters.
+        0xa => (a, b, c, d) = (0, 0, 0, 0),
+        // Caches: each shared by one logical processor, one core per package
+        // (matching leaf 1), whatever the host's topology.
+        4 => a &= 0x3fff,
+        // Topology: one thread in one core; x2APIC id = vCPU index.
+        0xb | 0x1f => {
+            (a, b, c) = (0, if subleaf == 0 { 1 } else { 0 }, subleaf & 0xff);
+            d = vcpu;
+        }
+        // Invariant TSC: the guest's TSC is the host's, constant and never stopped.
+        0x8000_0007 => d |= 1 << 8,
+        0x8000_0001 => {
+            // AMD: no SVM; no multi-core or topology-extension leaves (one
+            // thread per package, as leaf 1 says).
+            const ECX_CMP_LEGACY: u32 = 1 << 1;
+            const ECX_SVM: u32 = 1 << 2;
+            const ECX_TOPOLOGY_EXTENSIONS: u32 = 1 << 22;
+            c &= !(ECX_CMP_LEGACY | ECX_SVM | ECX_TOPOLOGY_EXTENSIONS);
+        }
+        // AMD: one core per package (NC = 0, APIC-id size left to default).
+        0x8000_0008 => c &= !0xf0ff,
+        // AMD's SVM features: none for guests.
+        0x8000_000a => (a, b, c, d) = (0, 0, 0, 0),
+        _ => {}
+    }
+    [a, b, c, d]
+}

@@ -1,0 +1,25 @@
+//! HLT. The vCPU waits in the halted state: the run loop arms its timer for the
+//! VM's next timer event, and injecting an interrupt ends the wait. With
+//! interrupts disabled only an NMI (or, for an application processor, an INIT)
+//! can wake it: on vCPU 0 that ends the VM; an application processor is parked
+//! in the VMM, as guests park CPUs before powering off. (Parked outside the
+//! guest because Bochs does not let external interrupts end a guest's HLT while
+//! its IF is clear, so the VMM could not reach it.)
+
+use crate::vcpu::RFLAGS_IF;
+use crate::{Outcome, Stop, Vcpu};
+
+pub fn handle(vcpu: &mut dyn Vcpu) -> Outcome {
+    // Only an NMI wakes a CPU halted with interrupts off; without one on its way,
+    // a VM whose bootstrap processor does that is over.
+    if vcpu.rflags() & RFLAGS_IF == 0 && !vcpu.pending().nmi {
+        if vcpu.index() == 0 {
+            return Outcome::Stop(Stop::Halted);
+        }
+        vcpu.skip_instruction();
+        return Outcome::Park;
+    }
+    vcpu.skip_instruction();
+    vcpu.halt();
+    Outcome::Resume
+}

@@ -1,0 +1,134 @@
+//! Port I/O: IN/OUT go to the VM's chipset; INS/OUTS (with or without REP)
+//! move data between the port and guest memory, following the guest's
+//! segments and page tables with the access rights its CPU enforces (a denied
+//! element is the guest's #PF).
+
+use crate::exit::{PortIo, SegmentRegister, StringIo};
+use crate::vcpu::RFLAGS_DF;
+use crate::{access_rights, translation_failed, Host, Machine, Outcome, Stop, Vcpu};
+use arch::paging::{self, AccessKind};
+use devices::Request;
+
+/// At most this many REP iterations per exit, so a long string does not hold
+/// the CPU; the instruction simply runs again for the rest.
+pub const MAX_REP_PER_EXIT: u64 = 4096;
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+
+pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: PortIo) -> Outcome {
+    let size = match access.size {
+        1 | 2 | 4 => access.size,
+        other => return Outcome::Stop(Stop::Unsupported(alloc::format!("port access of {other} bytes"))),
+    };
+    let mask = devices::bus::all_ones(size);
+    if let Some(string) = access.string {
+        return self::string(vcpu, vm, host, access, string, mask);
+    }
+    let rax = vcpu.gpr(RAX);
+    if access.is_in {
+        let value = vm.chipset.port_read(access.port, size, host.now()) as u64 & mask;
+        // A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the upper bits.
+        vcpu.set_gpr(RAX, if size == 4 { value } else { (rax & !mask) | value });
+    } else if let Some(request) = vm.chipset.port_write(access.port, size, (rax & mask) as u32, host.now()) {
+        vcpu.skip_instruction();
+        return act_on(request);
+    }
+    vcpu.skip_instruction();
+    Outcome::Resume
+}
+
+/// What a device asked for, once the instruction that asked is done.
+pub fn act_on(request: Request) -> Outcome {
+    match request {
+        Request::Stop { status } => Outcome::Stop(Stop::ExitDevice { status }),
+        Request::PowerOff => Outcome::Stop(Stop::PowerOff),
+        Request::Reset => Outcome::Stop(Stop::Reset),
+        Request::Marker { value } => Outcome::Marker(value),
+    }
+}
+
+fn string(
+    vcpu: &mut dyn Vcpu,
+    vm: &mut Machine,
+    host: &dyn Host,
+    access: PortIo,
+    string: StringIo,
+    mask: u64,
+) -> Outcome {
+    let address_mask: u64 = match string.address_size {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    };
+    // INS stores through ES whatever the prefixes; OUTS loads through its segment.
+    let segment = if access.is_in { SegmentRegister::Es } else { string.segment };
+    let segment_base = vcpu.segment_base(segment);
+    let size = access.size as u64;
+    let step = if vcpu.rflags() & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
+    let index_register = if access.is_in { RDI } else { RSI };
+    let mut count = if string.rep { vcpu.gpr(RCX) & address_mask } else { 1 };
+    let mut done = 0;
+    let n = access.size as usize;
+    // INS stores to memory, OUTS loads from it. The paging state is read once
+    // for all the elements of this exit.
+    let paging = vcpu.paging();
+    let kind = if access.is_in { AccessKind::Write } else { AccessKind::Read };
+    let rights = access_rights(vcpu, kind);
+    while count > 0 && done < MAX_REP_PER_EXIT {
+        let index = vcpu.gpr(index_register);
+        let linear = segment_base.wrapping_add(index & address_mask);
+        // Every byte of the element is checked before the port is touched; a
+        // fault leaves RSI/RDI/RCX at this element and the instruction
+        // unfinished, so the guest's handler can fix the page and resume it.
+        let pieces = match paging::translate_range(&*vm.memory, &paging, rights, linear, n) {
+            Ok(pieces) => pieces,
+            Err(e) => return translation_failed(vcpu, e),
+        };
+        // Reading the element first (OUTS's data; for INS only a check) makes
+        // memory that is not RAM stop the VM before the port is touched.
+        let mut bytes = [0u8; 4];
+        let mut at = 0;
+        for p in pieces.as_slice() {
+            if vm.memory.read(p.physical, &mut bytes[at..at + p.len]).is_err() {
+                let (verb, direction) = if access.is_in { ("INS", "to") } else { ("OUTS", "from") };
+                return Outcome::Stop(Stop::Unsupported(alloc::format!(
+                    "{verb} {direction} non-RAM address {:#x}",
+                    p.physical
+                )));
+            }
+            at += p.len;
+        }
+        let mut request = None;
+        if access.is_in {
+            let value = vm.chipset.port_read(access.port, access.size, host.now()) as u64 & mask;
+            bytes[..n].copy_from_slice(&value.to_le_bytes()[..n]);
+            let mut from = 0;
+            for p in pieces.as_slice() {
+                // RAM: read above.
+                let _ = vm.memory.write(p.physical, &bytes[from..from + p.len]);
+                from += p.len;
+            }
+        } else {
+            request = vm.chipset.port_write(access.port, access.size, u32::from_le_bytes(bytes), host.now());
+        }
+        let next = (index & !address_mask) | (index.wrapping_add(step) & address_mask);
+        vcpu.set_gpr(index_register, next);
+        count -= 1;
+        done += 1;
+        if string.rep {
+            let rcx = vcpu.gpr(RCX);
+            vcpu.set_gpr(RCX, (rcx & !address_mask) | count);
+        }
+        if let Some(request) = request {
+            vcpu.skip_instruction();
+            return act_on(request);
+        }
+    }
+    if count == 0 {
+        vcpu.skip_instruction();
+    }
+    Outcome::Resume
+}

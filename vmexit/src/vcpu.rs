@@ -1,0 +1,81 @@
+//! The vCPU as handlers see it, whichever vendor runs it. A back end implements
+//! this over its VMCS or VMCB; `fake::FakeVcpu` implements it for tests.
+//!
+//! Only what a handler may change can be written: there is no way to write an
+//! exit's information (instruction length, qualification), which the CPU
+//! reports read-only.
+
+use arch::control::Context;
+use arch::decode::CodeSize;
+use arch::paging::Paging;
+use devices::PendingEvents;
+
+use crate::exit::SegmentRegister;
+
+pub const RFLAGS_IF: u64 = 1 << 9;
+pub const RFLAGS_DF: u64 = 1 << 10;
+
+pub trait Vcpu {
+    /// Its index in the VM (also its APIC id).
+    fn index(&self) -> usize;
+
+    /// A general-purpose register by its instruction encoding (0 = RAX …
+    /// 15 = R15; only the low four bits count).
+    fn gpr(&self, index: u8) -> u64;
+    fn set_gpr(&mut self, index: u8, value: u64);
+    fn rip(&self) -> u64;
+    /// Moves RIP to `rip` (after an instruction the VMM emulated, whose length
+    /// it decoded itself) and ends any STI / MOV SS interrupt shadow.
+    fn set_rip(&mut self, rip: u64);
+    /// Moves the guest past the instruction that exited, whose length the back
+    /// end knows, and ends any STI / MOV SS interrupt shadow.
+    fn skip_instruction(&mut self);
+    fn rflags(&self) -> u64;
+    /// The current privilege level (SS.DPL).
+    fn cpl(&self) -> u8;
+    fn segment_base(&self, segment: SegmentRegister) -> u64;
+    /// The default operand and address size of the code running (CS.L, CS.D,
+    /// CR0.PE, EFER.LMA).
+    fn code_size(&self) -> CodeSize;
+
+    /// The control registers as the guest sees them (its own values, not the
+    /// bits a back end forces in the real ones).
+    fn control(&self) -> Context;
+    /// EFER as the guest sees it, LMA included.
+    fn efer(&self) -> u64;
+    /// How the CPU translates the guest's linear addresses now.
+    fn paging(&self) -> Paging;
+    /// Sets the guest's CR0 (already checked); the back end adds what its CPU
+    /// requires of the real register and keeps the guest's view.
+    fn set_cr0(&mut self, value: u64);
+    fn set_cr4(&mut self, value: u64);
+    /// Sets the guest's EFER, LMA included (the handlers decide long mode).
+    fn set_efer(&mut self, value: u64);
+    fn set_cr2(&mut self, value: u64);
+    /// The guest's XCR0, loaded on the core while this vCPU runs.
+    fn xcr0(&self) -> u64;
+    /// Sets XCR0 to a value already checked against what guests may enable.
+    fn set_xcr0(&mut self, value: u64);
+
+    /// Events raised for this vCPU (hypercalls) and not yet delivered.
+    fn pending(&mut self) -> &mut PendingEvents;
+    /// Delivers a hardware exception at the next entry (the faulting
+    /// instruction is not skipped).
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Delivers an exception the back end intercepted (#DB, #AC) as the CPU
+    /// would have, with what that takes on this vendor (DR6, its kind).
+    fn reflect_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// An event is already set up for the next entry.
+    fn injection_pending(&self) -> bool;
+    /// STI or MOV SS blocks interrupts for one instruction.
+    fn interrupt_shadow(&self) -> bool;
+    fn nmi_blocked(&self) -> bool;
+    /// Injects an NMI / external interrupt at the next entry; either ends HLT.
+    fn inject_nmi(&mut self);
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for an exit as soon as the guest can take an interrupt (an NMI).
+    fn request_interrupt_window(&mut self, on: bool);
+    fn request_nmi_window(&mut self, on: bool);
+    /// The vCPU waits in the halted state until an event is injected.
+    fn halt(&mut self);
+}

@@ -1,0 +1,68 @@
+//! VMCALL (Intel) / VMMCALL (AMD): Basalt's hypercall interface. RAX holds the call number, arguments go
+//! in RBX, RCX, RDX; the result comes back in RAX. Only ring 0 may call.
+//!
+//! | RAX | call | arguments | result |
+//! | --- | --- | --- | --- |
+//! | 0 | version | | 0x0001_0000 (major.minor in 16-bit halves) |
+//! | 1 | print | RBX = guest-physical address, RCX = length (at most 256) | bytes printed |
+//! | 2 | exit | RBX = status | (does not return) |
+//! | 3 | tsc-khz | | TSC frequency in kHz |
+//! | 4 | raise-interrupt | RBX = vector (32-255) | 0, or u64::MAX for a bad vector |
+//! | 5 | raise-nmi | | 0 |
+//!
+//! Calls 4 and 5 queue an event for the calling vCPU, delivered as soon as it
+//! can take it (a self-interrupt; guests use them to test their handlers).
+//!
+//! Any other number stops the VM: a guest that does not know the interface is
+//! stopped rather than left to guess.
+
+use crate::{Host, Machine, Outcome, Stop, Vcpu, UD};
+
+pub const VERSION: u64 = 0x0001_0000;
+const PRINT_MAX: u64 = 256;
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RBX: u8 = 3;
+
+pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
+    if vcpu.cpl() != 0 {
+        vcpu.inject_exception(UD, None);
+        return Outcome::Resume;
+    }
+    let rbx = vcpu.gpr(RBX);
+    let result = match vcpu.gpr(RAX) {
+        0 => VERSION,
+        1 => {
+            let len = vcpu.gpr(RCX).min(PRINT_MAX);
+            let mut text = [0u8; PRINT_MAX as usize];
+            match vm.memory.read(rbx, &mut text[..len as usize]) {
+                Ok(()) => {
+                    (vm.console)(&text[..len as usize]);
+                    len
+                }
+                Err(_) => u64::MAX,
+            }
+        }
+        2 => {
+            vcpu.skip_instruction();
+            return Outcome::Stop(Stop::ExitHypercall { status: rbx });
+        }
+        3 => host.tsc_hz() / 1000,
+        4 => match u8::try_from(rbx) {
+            Ok(vector) if vector >= 32 => {
+                vcpu.pending().raise(vector);
+                0
+            }
+            _ => u64::MAX,
+        },
+        5 => {
+            vcpu.pending().nmi = true;
+            0
+        }
+        number => return Outcome::Stop(Stop::UnknownHypercall { number }),
+    };
+    vcpu.set_gpr(RAX, result);
+    vcpu.skip_instruction();
+    Outcome::Resume
+}
