@@ -76,7 +76,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     };
     let options = cmdline::parse(text_of(command_line));
     if options.no_apic_virtualization {
-        vmm::cpu::forgo_apic_virtualization();
+        vmm::intel::cpu::forgo_apic_virtualization();
     }
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
@@ -126,7 +126,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         error!("only {} of {} CPUs online; missing APIC ids {:?}", smp.online, smp.expected, smp.failed_apic_ids);
     }
 
-    vmm::cpu::report_capabilities();
+    vmm::intel::cpu::report_capabilities();
     let vmx_here = enable_vmx_here();
 
     #[cfg(feature = "test-hooks")]
@@ -182,10 +182,10 @@ fn set_control_registers() -> u64 {
 
 /// Turns VMX on for the calling CPU if it has it; false (and why, logged) if not.
 pub fn enable_vmx_here() -> bool {
-    if !vmm::cpu::cpu_has_vmx() {
+    if !vmm::intel::cpu::cpu_has_vmx() {
         return false;
     }
-    match vmm::cpu::enable_on_this_cpu() {
+    match vmm::intel::cpu::enable_on_this_cpu() {
         Ok(()) => {
             if let Some(cpu) = percpu::current() {
                 cpu.vmx_on.store(true, core::sync::atomic::Ordering::Release);

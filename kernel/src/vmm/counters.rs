@@ -1,22 +1,24 @@
-//! Per-vCPU exit counters: how many exits of each reason, and TSC cycles spent in
-//! the hypervisor handling them (from the exit to the next entry).
+//! Per-vCPU exit counters: how many exits of each kind (the names both
+//! vendors share, `vmexit::Exit::KIND_NAMES`), and TSC cycles spent in the
+//! hypervisor handling them (from the exit to the next entry).
 
 use alloc::string::String;
 use core::fmt::Write;
-use vmx::exit::{reason, reason_name};
+use vmexit::Exit;
 
 pub struct ExitCounters {
-    pub exits: [u64; reason::COUNT],
-    pub cycles: [u64; reason::COUNT],
+    pub exits: [u64; Exit::KINDS],
+    pub cycles: [u64; Exit::KINDS],
 }
 
 impl ExitCounters {
     pub const fn new() -> Self {
-        ExitCounters { exits: [0; reason::COUNT], cycles: [0; reason::COUNT] }
+        ExitCounters { exits: [0; Exit::KINDS], cycles: [0; Exit::KINDS] }
     }
 
-    pub fn record(&mut self, basic_reason: u16, cycles: u64) {
-        let slot = (basic_reason as usize).min(reason::COUNT - 1);
+    /// One exit of `kind` (`Exit::kind`).
+    pub fn record(&mut self, kind: usize, cycles: u64) {
+        let slot = kind.min(Exit::KINDS - 1);
         self.exits[slot] += 1;
         self.cycles[slot] += cycles;
     }
@@ -35,12 +37,12 @@ impl ExitCounters {
         self.exits.iter().sum()
     }
 
-    /// `reason=count/cycles-per-exit` for every reason seen, for the log and bench.
+    /// `kind=count/cycles-per-exit` for every kind seen, for the log and bench.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        for (r, (&n, &c)) in self.exits.iter().zip(self.cycles.iter()).enumerate() {
-            if n > 0 {
-                let _ = write!(out, " {}={}/{}", reason_name(r as u16), n, c / n);
+        for (name, (&n, &c)) in Exit::KIND_NAMES.iter().zip(self.exits.iter().zip(self.cycles.iter())) {
+            if let Some(per_exit) = c.checked_div(n) {
+                let _ = write!(out, " {name}={n}/{per_exit}");
             }
         }
         out

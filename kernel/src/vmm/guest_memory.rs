@@ -205,3 +205,16 @@ impl devices::GuestRam for GuestMemory {
         GuestMemory::write(self, address, data).map_err(|_| devices::NotRam)
     }
 }
+
+/// The guest's page tables are read from its RAM (`arch::paging` walks them).
+impl arch::paging::PhysicalMemory for GuestMemory {
+    fn read_u32(&self, physical: u64) -> Option<u32> {
+        let mut bytes = [0; 4];
+        self.read(physical, &mut bytes).ok()?;
+        Some(u32::from_le_bytes(bytes))
+    }
+
+    fn read_u64(&self, physical: u64) -> Option<u64> {
+        GuestMemory::read_u64(self, physical).ok()
+    }
+}

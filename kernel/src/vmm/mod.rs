@@ -1,17 +1,20 @@
-//! Virtual machines: VT-x on each CPU (`cpu`), VMs and their memory (`vm`,
-//! `guest_memory`), vCPUs and their run loop (`vcpu`), and the VM-exit dispatcher
-//! (`exits`). This file builds VMs from their specs and runs them on the CPUs.
+//! Virtual machines: VMs and their memory (`vm`, `guest_memory`), the vendor
+//! back ends (`intel` for VT-x; each implements `backend::Backend`), the run loop every
+//! vCPU runs (`run`), which hands each exit to the vendor-neutral handlers of
+//! the `vmexit` crate. This file builds VMs from their specs and runs them on
+//! the CPUs.
 
+mod backend;
 pub mod counters;
-pub mod cpu;
 mod disk;
-mod exits;
 mod guest_memory;
-mod guest_paging;
+mod host;
+pub mod intel;
+mod run;
 mod shared;
-mod vcpu;
+mod switch;
 pub mod vm;
-mod xstate;
+pub(crate) mod xstate;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -23,9 +26,9 @@ use counters::ExitCounters;
 use devices::StartupSignal;
 use loader::image::EntryMode;
 use loader::VmSpec;
+use run::RunEnd;
 use shared::SharedVm;
 use spin::Mutex;
-use vcpu::{RunEnd, Vcpu};
 use vm::{Stop, Vm};
 use vmx::guest_state::{GuestState, Mode, GUEST_GDT};
 
@@ -151,7 +154,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         state.tr.access_rights = 0x89;
     }
     let (eptp, apic_access_page) = (vm.memory.eptp(), vm.memory.apic_access_page());
-    let mut vcpu = Vcpu::new(0, &state)?;
+    let mut vcpu = intel::Vcpu::new(0)?;
     vcpu.setup(eptp, apic_access_page, &state)?;
     vcpu.regs.rax = plan.rax;
     vcpu.regs.rbx = plan.rbx;
@@ -168,7 +171,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         drop(jobs);
         crate::smp::wake_all_aps();
     }
-    match vcpu.run(&shared) {
+    match run::run(&mut vcpu, &shared) {
         RunEnd::Stop(stop) => shared.stop(stop),
         // An application processor stopped the VM; its reason stands.
         RunEnd::VmStopped => {}
@@ -213,7 +216,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
             let vm = shared.lock();
             (vm.memory.eptp(), vm.memory.apic_access_page())
         };
-        let started = Vcpu::new(index as u32, &state)
+        let started = intel::Vcpu::new(index as u32)
             .and_then(|mut vcpu| vcpu.setup(eptp, apic_access_page, &state).map(|_| vcpu));
         let mut vcpu = match started {
             Ok(vcpu) => vcpu,
@@ -223,7 +226,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
             }
         };
         let end = loop {
-            match vcpu.run(shared) {
+            match run::run(&mut vcpu, shared) {
                 RunEnd::Parked => match wait_while_parked(shared, index) {
                     Some(Unpark::Nmi) => continue,
                     Some(Unpark::Init) => break RunEnd::Init,

@@ -11,57 +11,7 @@ use devices::virtio::{blk::Block, console::Console};
 use devices::{layout, BenchMarker, Chipset, ChipsetConfig, DebugExit};
 use loader::VmSpec;
 
-/// Why a VM stopped. Every way a guest can end is one of these; none of them
-/// affects the host or other VMs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stop {
-    /// The guest wrote its exit status to the debug-exit port.
-    ExitDevice {
-        status: u32,
-    },
-    /// The guest asked to stop through the exit hypercall.
-    ExitHypercall {
-        status: u64,
-    },
-    /// The guest powered off through ACPI (S5).
-    PowerOff,
-    /// The guest reset the platform; the VMM restarts it (see `mod.rs`).
-    Reset,
-    /// HLT with interrupts disabled: nothing can wake it.
-    Halted,
-    /// The VM used up its time limit.
-    TimeLimit {
-        ms: u64,
-    },
-    TripleFault,
-    /// The guest state cannot be entered; names the VMCS field and the rule.
-    InvalidGuestState(String),
-    /// VMLAUNCH/VMRESUME failed (decoded VM-instruction error).
-    EntryFailed(String),
-    UnknownHypercall {
-        number: u64,
-    },
-    /// Guest behaviour Basalt does not emulate; says what it was.
-    Unsupported(String),
-}
-
-impl core::fmt::Display for Stop {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Stop::ExitDevice { status } => write!(f, "exit device, status {status}"),
-            Stop::ExitHypercall { status } => write!(f, "exit hypercall, status {status}"),
-            Stop::PowerOff => write!(f, "powered off"),
-            Stop::Reset => write!(f, "reset"),
-            Stop::Halted => write!(f, "halted with interrupts disabled"),
-            Stop::TimeLimit { ms } => write!(f, "time limit of {ms} ms reached"),
-            Stop::TripleFault => write!(f, "triple fault"),
-            Stop::InvalidGuestState(why) => write!(f, "invalid guest state: {why}"),
-            Stop::EntryFailed(why) => write!(f, "VM entry failed: {why}"),
-            Stop::UnknownHypercall { number } => write!(f, "unknown hypercall {number:#x}"),
-            Stop::Unsupported(what) => write!(f, "unsupported guest behaviour: {what}"),
-        }
-    }
-}
+pub use vmexit::Stop;
 
 pub struct Vm {
     pub name: String,
@@ -85,7 +35,7 @@ impl Vm {
         let bytes = spec.memory_mib as u64 * 1024 * 1024;
         let mut memory = GuestMemory::new(bytes)
             .ok_or_else(|| alloc::format!("not enough host memory for {} MiB of guest RAM", spec.memory_mib))?;
-        if super::cpu::vmx().is_ok_and(|vmx| vmx.controls.apic_virtualization)
+        if super::intel::cpu::vmx().is_ok_and(|vmx| vmx.controls.apic_virtualization)
             && memory.map_apic_access_page(layout::LAPIC_BASE).is_none()
         {
             // No frame or EPT table left: the APIC page is emulated. (RAM never

@@ -181,7 +181,7 @@ pub fn enable_on_this_cpu() -> Result<(), &'static str> {
         }
     }
     // The guest's FPU/SSE/AVX state is switched with XSAVE, which needs OSXSAVE.
-    let xsave = super::xstate::has_xsave();
+    let xsave = crate::vmm::xstate::has_xsave();
     // SAFETY: setting VMXE and the bits VMX pins, plus OSFXSR/OSXSAVE, does not
     // change how the (soft-float) host kernel runs.
     unsafe {

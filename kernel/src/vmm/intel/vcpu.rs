@@ -1,19 +1,17 @@
-//! A virtual CPU: its VMCS, registers, FPU state and counters, and the loop that
-//! enters the guest and hands every exit to the dispatcher.
+//! A VT-x vCPU: its VMCS (controls, host state, the guest's initial state),
+//! MSR bitmap, virtual-APIC page, and the guest registers the entry stub
+//! switches.
 
-use super::counters::ExitCounters;
 use super::cpu::{self, ENTRY_IA32E_MODE_GUEST};
-use super::exits::{self, Outcome};
-use super::shared::SharedVm;
-use super::vm::{Stop, Vm};
-use super::xstate;
-use crate::{memory, time};
+use crate::memory;
+use crate::vmm::counters::ExitCounters;
+use crate::vmm::switch::SwitchedState;
+use crate::vmm::vm::Stop;
 use core::sync::atomic::{AtomicU16, Ordering};
-use devices::{PendingEvents, StartupSignal};
+use devices::PendingEvents;
 use vmx::guest_state::GuestState;
 use vmx::instructions::{self as vmxi, GuestRegisters};
 use vmx::vmcs::{self, Field};
-use vmx::ExitReason;
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
@@ -24,7 +22,7 @@ const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// MSRs VMX does not switch but a guest may write freely: saved and restored
 /// around each run of a vCPU, so no value leaks between VMs or into the host.
 /// IA32_SPEC_CTRL joins them on CPUs that have it (see `has_spec_ctrl`).
-const SWITCHED_MSRS: [u32; 7] =
+static SWITCHED_MSRS: [u32; 7] =
     [0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103, IA32_SPEC_CTRL];
 const IA32_SPEC_CTRL: u32 = 0x48;
 /// Speculation-control commands (IBPB, L1D flush): no state, safe to pass through.
@@ -68,21 +66,19 @@ pub struct Vcpu {
     pub index: u32,
     vmcs: u64,
     msr_bitmap: u64,
-    xsave_area: u64,
     /// APIC virtualisation: this vCPU's virtual-APIC page, when the VMCS uses it.
     virtual_apic: Option<u64>,
     /// The virtual-APIC page has never been written: the next mirror is whole.
     virtual_apic_blank: bool,
-    launched: bool,
+    pub(super) launched: bool,
     pub regs: GuestRegisters,
-    pub xcr0: u64,
-    pub ia32e: bool,
     pub counters: ExitCounters,
-    guest_msrs: [u64; SWITCHED_MSRS.len()],
     /// Guest state VMX does not switch and the host never uses: loaded when the
     /// vCPU starts running on a core, saved and cleared when it leaves.
-    debug: DebugState,
-    /// Events waiting to be delivered (exits::interrupts::deliver_pending).
+    pub(super) switched: SwitchedState,
+    /// The host's share of it while this vCPU is on the core.
+    pub(super) host: Option<crate::vmm::switch::HostState>,
+    /// Events waiting to be delivered (vmexit::events::deliver_pending).
     pub pending: PendingEvents,
 }
 
@@ -130,37 +126,23 @@ fn flush_cached_translations(caps: &vmx::VmxCapabilities, eptp: u64, vpid: u16, 
     }
 }
 
-/// Why a vCPU's run loop ended.
-pub enum RunEnd {
-    /// The vCPU stopped the VM, for this reason.
-    Stop(Stop),
-    /// Another vCPU stopped the VM.
-    VmStopped,
-    /// An application processor received an INIT: it waits for a start-up IPI.
-    Init,
-    /// An application processor halted with interrupts off (see exits/hlt.rs).
-    Parked,
-}
-
 impl Vcpu {
-    /// A vCPU whose VMCS is set up to start in `state`.
-    pub fn new(index: u32, state: &GuestState) -> Result<Vcpu, Stop> {
+    /// A vCPU with its frames, to be set up (`setup`) before it runs.
+    pub fn new(index: u32) -> Result<Vcpu, Stop> {
         let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
-        let frame = || memory::alloc_frame().ok_or_else(|| Stop::Unsupported("out of host memory".into()));
+        let out_of_memory = || Stop::Unsupported("out of host memory".into());
+        let frame = || memory::alloc_frame().ok_or_else(out_of_memory);
         let vcpu = Vcpu {
             index,
             vmcs: frame()?,
             msr_bitmap: frame()?,
-            xsave_area: frame()?,
             virtual_apic: None,
             virtual_apic_blank: false,
             launched: false,
             regs: GuestRegisters::default(),
-            xcr0: 1,
-            ia32e: state.ia32e,
             counters: ExitCounters::new(),
-            guest_msrs: [0; SWITCHED_MSRS.len()],
-            debug: DebugState::RESET,
+            switched: SwitchedState::new(switched_msrs()).ok_or_else(out_of_memory)?,
+            host: None,
             pending: PendingEvents::default(),
         };
         // SAFETY: fresh frames owned by this vCPU.
@@ -177,15 +159,11 @@ impl Vcpu {
                     bitmap[offset + (bit / 8) as usize] &= !(1 << (bit % 8));
                 }
             }
-            // XSAVE area: x87 control word and MXCSR at their reset values.
-            let area = memory::phys_to_virt(vcpu.xsave_area) as *mut u8;
-            (area as *mut u16).write(0x37f);
-            (area.add(24) as *mut u32).write(0x1f80);
         }
         Ok(vcpu)
     }
 
-    fn make_current(&self) -> Result<(), Stop> {
+    pub(super) fn make_current(&self) -> Result<(), Stop> {
         // SAFETY: the VMCS region is ours with the revision id written.
         unsafe { vmxi::vmptrld(self.vmcs) }.map_err(|e| Stop::EntryFailed(alloc::format!("VMPTRLD: {e}")))
     }
@@ -250,7 +228,7 @@ impl Vcpu {
         write(vmcs::CR0_READ_SHADOW, state.cr0);
         // So are the CR4 bits of features guests do not see: the CPU would
         // accept them, so cr.rs must refuse them.
-        let hidden_cr4 = !super::exits::cpuid::guest_cr4_allowed();
+        let hidden_cr4 = !crate::vmm::host::guest_cr4_allowed();
         write(vmcs::CR4_GUEST_HOST_MASK, vmx.caps.cr4.must_be_one | !vmx.caps.cr4.may_be_one | hidden_cr4);
         write(vmcs::CR4_READ_SHADOW, state.cr4);
 
@@ -340,85 +318,6 @@ impl Vcpu {
         write(vmcs::GUEST_SYSENTER_EIP, 0);
     }
 
-    /// Runs the guest on this CPU until it stops, the VM is stopped, or (an
-    /// application processor) it receives an INIT.
-    pub fn run(&mut self, shared: &SharedVm) -> RunEnd {
-        if let Err(stop) = self.make_current() {
-            return RunEnd::Stop(stop);
-        }
-        let vmx = match cpu::vmx() {
-            Ok(v) => v,
-            Err(e) => return RunEnd::Stop(Stop::Unsupported(e.into())),
-        };
-        let rate = vmx.caps.misc.preemption_timer_rate;
-        let me = self.index as usize;
-        x86_64::instructions::interrupts::disable();
-        let host_state = self.switch_in(shared.id);
-        let output = shared.lock().output.clone();
-        let end = loop {
-            if shared.is_stopping() {
-                break RunEnd::VmStopped;
-            }
-            let now = time::rdtsc();
-            if now >= shared.deadline {
-                break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
-            }
-            shared.rearm_kick(me);
-            {
-                let mut guard = shared.lock();
-                let vm = &mut *guard;
-                vm.chipset.take_wakeup(me);
-                if self.take_init(vm) {
-                    break RunEnd::Init;
-                }
-                vm.poll_host_console(now);
-                // Timers that expired raise their interrupts; the preemption timer
-                // brings the VMM back by the next one (or the time limit).
-                vm.chipset.poll(now, &mut vm.memory);
-                let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
-                write(vmcs::PREEMPTION_TIMER_VALUE, (wake.saturating_sub(now) >> rate).min(u32::MAX as u64));
-                exits::deliver_pending(vm, self);
-                self.mirror_local_apic(vm);
-                shared.wake_others(vm, me);
-            }
-            // Console lines waiting for the host's port go out as it takes
-            // them, with no VM lock held and without waiting for it.
-            crate::log::pump();
-            // SAFETY: the VMCS is current and fully set up by `setup`.
-            if let Err(e) = unsafe { vmxi::enter(&mut self.regs, self.launched) } {
-                break RunEnd::Stop(Stop::EntryFailed(alloc::format!("{e}")));
-            }
-            self.launched = true;
-            let exit_tsc = time::rdtsc();
-            let reason = ExitReason(read(vmcs::EXIT_REASON) as u32);
-            let outcome = {
-                let mut vm = shared.lock();
-                self.absorb_local_apic(&mut vm);
-                let outcome = exits::dispatch(&mut vm, self, reason);
-                shared.wake_others(&mut vm, me);
-                outcome
-            };
-            self.counters.record(reason.basic(), time::rdtsc() - exit_tsc);
-            // A VM writing faster than the host's port waits for it here, with
-            // no lock held: only its own vCPU is slowed. (Not counted as the
-            // exit's VMM time: the guest is paced, the VMM does no work.)
-            if output.must_wait() {
-                while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
-                    crate::log::pump();
-                    core::hint::spin_loop();
-                }
-            }
-            match outcome {
-                Outcome::Resume => {}
-                Outcome::Park => break RunEnd::Parked,
-                Outcome::Stop(stop) => break RunEnd::Stop(stop),
-            }
-        };
-        self.switch_out(host_state);
-        x86_64::instructions::interrupts::enable();
-        end
-    }
-
     /// This vCPU's virtual-APIC page, when it has one.
     fn virtual_apic_page(&self) -> Option<&devices::lapic::VirtualApicPage> {
         // SAFETY: the frame is this vCPU's, 4 KiB, reached through the physical
@@ -435,193 +334,30 @@ impl Vcpu {
     }
 
     /// A register as the guest left it in the virtual-APIC page (APIC-write exits).
-    pub fn virtual_apic_register(&self, offset: u32) -> Option<u32> {
+    pub(super) fn virtual_apic_register(&self, offset: u32) -> Option<u32> {
         self.virtual_apic_page().map(|page| page[offset as usize / 4])
     }
 
     /// After an exit: what the guest wrote to its virtual-APIC page without
     /// exiting (TPR, ICR high) into the model, before anything looks at it.
-    fn absorb_local_apic(&self, vm: &mut Vm) {
+    pub(super) fn absorb_local_apic(&self, chipset: &mut devices::Chipset) {
         if let Some(page) = self.virtual_apic_page() {
-            vm.chipset.absorb_lapic(self.index as usize, page);
+            chipset.absorb_lapic(self.index as usize, page);
         }
     }
 
     /// Before an entry: the model's registers into the virtual-APIC page, and
     /// the TPR threshold that brings the guest back when lowering its TPR
     /// unblocks a pending interrupt; both only when the model changed.
-    fn mirror_local_apic(&mut self, vm: &mut Vm) {
+    pub(super) fn mirror_local_apic(&mut self, chipset: &mut devices::Chipset) {
         let index = self.index as usize;
         let blank = core::mem::take(&mut self.virtual_apic_blank);
         if let Some(page) = self.virtual_apic_page_mut() {
-            if vm.chipset.mirror_lapic(index, page, blank) {
-                write(vmcs::TPR_THRESHOLD, vm.chipset.lapic_tpr_threshold(index) as u64);
+            if chipset.mirror_lapic(index, page, blank) {
+                write(vmcs::TPR_THRESHOLD, chipset.lapic_tpr_threshold(index) as u64);
             }
         }
     }
-
-    /// Start-up signals for a running vCPU: an INIT sends an application
-    /// processor back to waiting for a start-up IPI; a start-up IPI is ignored
-    /// by a CPU already running, as is an INIT to the bootstrap processor (the
-    /// platform has no INIT-reset path for it).
-    fn take_init(&self, vm: &mut Vm) -> bool {
-        while let Some(signal) = vm.chipset.take_signal(self.index as usize) {
-            if signal == StartupSignal::Init && self.index != 0 {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Loads the guest's XCR0, FPU/SIMD state, debug registers and
-    /// switched MSRs; returns the host's. A core that last ran another VM first
-    /// drops what that VM left in the branch predictors and CPU buffers.
-    fn switch_in(&mut self, vm_id: u64) -> HostState {
-        isolation_barrier_on_vm_change(vm_id);
-        let xsave = xstate::has_xsave();
-        let host = HostState {
-            // SAFETY: XGETBV needs CR4.OSXSAVE, which cpu::enable_on_this_cpu set.
-            xcr0: if xsave { unsafe { core::arch::x86_64::_xgetbv(0) } } else { 0 },
-            msrs: {
-                let mut values = [0; SWITCHED_MSRS.len()];
-                for (value, &m) in values.iter_mut().zip(switched_msrs()) {
-                    // SAFETY: the switched MSRs exist on every x86-64 CPU
-                    // (SPEC_CTRL only where CPUID says so, see switched_msrs).
-                    *value = unsafe { Msr::new(m).read() };
-                }
-                values
-            },
-        };
-        let area = memory::phys_to_virt(self.xsave_area) as *const u8;
-        let all = xstate::guest().allowed;
-        // SAFETY: the area is this vCPU's 4 KiB frame (64-byte aligned, zeroed
-        // header at creation) and every component in `all` fits in it
-        // (xstate::guest). XRSTOR with every component a guest may ever enable
-        // loads each one, from the area or, never saved, in its initial state:
-        // nothing another VM left in a register survives, whatever this guest's
-        // XCR0 (SSE registers are usable even when XCR0 leaves them out). Both
-        // XCR0 values were validated (host's own; the guest's by XSETBV).
-        unsafe {
-            if xsave {
-                core::arch::x86_64::_xsetbv(0, all);
-                core::arch::x86_64::_xrstor64(area, all);
-                core::arch::x86_64::_xsetbv(0, self.xcr0);
-            } else {
-                core::arch::x86_64::_fxrstor64(area);
-            }
-            for (m, v) in switched_msrs().iter().zip(self.guest_msrs) {
-                Msr::new(*m).write(v);
-            }
-            self.debug.load();
-        }
-        host
-    }
-
-    fn switch_out(&mut self, host: HostState) {
-        let area = memory::phys_to_virt(self.xsave_area) as *mut u8;
-        let all = xstate::guest().allowed;
-        // SAFETY: as in `switch_in`; saving every allowed component keeps state
-        // the guest reached without naming it in XCR0 (XMM registers).
-        unsafe {
-            if xstate::has_xsave() {
-                core::arch::x86_64::_xsetbv(0, all);
-                core::arch::x86_64::_xsave64(area, all);
-                core::arch::x86_64::_xsetbv(0, host.xcr0);
-            } else {
-                core::arch::x86_64::_fxsave64(area);
-            }
-            for (i, m) in switched_msrs().iter().enumerate() {
-                self.guest_msrs[i] = Msr::new(*m).read();
-                Msr::new(*m).write(host.msrs[i]);
-            }
-            self.debug = DebugState::save_and_clear();
-        }
-    }
-}
-
-/// DR0-DR3 and DR6: VM entries and exits leave them as they are (DR7 is in the
-/// VMCS; CR2 is switched by the entry stub with the other registers). The host
-/// uses none of them (its DR7 is 0x400 after every exit), so they are switched
-/// only when a vCPU starts or stops running on a core.
-#[derive(Clone, Copy)]
-struct DebugState {
-    dr: [u64; 4],
-    dr6: u64,
-}
-
-impl DebugState {
-    /// The architectural values after reset.
-    const RESET: DebugState = DebugState { dr: [0; 4], dr6: 0xffff_0ff0 };
-
-    /// # Safety
-    /// Only with the host's DR7 disabling every breakpoint (as after a VM exit).
-    unsafe fn load(&self) {
-        // SAFETY: (the caller's) breakpoints are disabled, so addresses in
-        // DR0-DR3 do nothing in the host; DR6 is a status register.
-        unsafe {
-            core::arch::asm!(
-                "mov dr0, {0}", "mov dr1, {1}", "mov dr2, {2}", "mov dr3, {3}", "mov dr6, {4}",
-                in(reg) self.dr[0], in(reg) self.dr[1], in(reg) self.dr[2], in(reg) self.dr[3],
-                in(reg) self.dr6, options(nostack, preserves_flags)
-            );
-        }
-    }
-
-    /// # Safety
-    /// As `load`.
-    unsafe fn save_and_clear() -> DebugState {
-        let (dr0, dr1, dr2, dr3, dr6): (u64, u64, u64, u64, u64);
-        // SAFETY: reading debug registers has no side effects.
-        unsafe {
-            core::arch::asm!(
-                "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3", "mov {4}, dr6",
-                out(reg) dr0, out(reg) dr1, out(reg) dr2, out(reg) dr3, out(reg) dr6,
-                options(nostack, preserves_flags)
-            );
-        }
-        let saved = DebugState { dr: [dr0, dr1, dr2, dr3], dr6 };
-        // SAFETY: as `load`; the reset values leave no guest address behind.
-        unsafe { DebugState::RESET.load() };
-        saved
-    }
-}
-
-/// When this core last ran a different VM: IBPB (the previous VM's branch
-/// predictions cannot steer this one), an L1D flush (L1TF) and VERW (MDS
-/// buffers), each where the CPU has it. Runs once per switch of VM on a core,
-/// not per exit.
-fn isolation_barrier_on_vm_change(vm_id: u64) {
-    let Some(cpu) = crate::percpu::current() else { return };
-    if cpu.last_vm.swap(vm_id, Ordering::Relaxed) == vm_id {
-        return;
-    }
-    let edx = core::arch::x86_64::__cpuid_count(7, 0).edx;
-    const MD_CLEAR: u32 = 1 << 10;
-    const IBRS_IBPB: u32 = 1 << 26;
-    const L1D_FLUSH: u32 = 1 << 28;
-    const IA32_PRED_CMD: u32 = 0x49;
-    const IA32_FLUSH_CMD: u32 = 0x10b;
-    // SAFETY: each command MSR exists when its CPUID bit says so; writing 1
-    // is the documented command and changes no other state.
-    unsafe {
-        if edx & IBRS_IBPB != 0 {
-            Msr::new(IA32_PRED_CMD).write(1);
-        }
-        if edx & L1D_FLUSH != 0 {
-            Msr::new(IA32_FLUSH_CMD).write(1);
-        }
-    }
-    if edx & MD_CLEAR != 0 {
-        let selector: u16 = crate::gdt::KERNEL_DATA.0;
-        // SAFETY: VERW with a memory operand only checks the selector (setting
-        // ZF) and, with MD_CLEAR, overwrites the CPU's internal buffers.
-        unsafe { core::arch::asm!("verw word ptr [{0}]", in(reg) &selector, options(nostack, readonly)) };
-    }
-}
-
-struct HostState {
-    xcr0: u64,
-    msrs: [u64; SWITCHED_MSRS.len()],
 }
 
 impl Drop for Vcpu {
@@ -629,7 +365,7 @@ impl Drop for Vcpu {
         // SAFETY: the VMCS is not current on any other CPU (a vCPU runs on one CPU
         // at a time); VMCLEAR makes the region ordinary memory again.
         let _ = unsafe { vmxi::vmclear(self.vmcs) };
-        for frame in [self.vmcs, self.msr_bitmap, self.xsave_area].into_iter().chain(self.virtual_apic) {
+        for frame in [self.vmcs, self.msr_bitmap].into_iter().chain(self.virtual_apic) {
             memory::free_frame(frame);
         }
     }

@@ -1,0 +1,31 @@
+//! What the run loop needs of a vendor's back end (VMX in `vmx/`, SVM in
+//! `svm/`): enter the guest and say why it came back as a `vmexit::Exit`;
+//! everything a handler may read or change goes through `vmexit::Vcpu`.
+
+use super::counters::ExitCounters;
+use super::vm::Stop;
+use devices::Chipset;
+use vmexit::Exit;
+
+pub trait Backend: vmexit::Vcpu {
+    /// The vCPU starts running on this core: its control structure becomes
+    /// current and the state exits do not switch is loaded (see `switch`).
+    /// `vm_id` tells the core whether it changes VM.
+    fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop>;
+    /// It leaves the core: the host's state is back.
+    fn switch_out(&mut self);
+    /// The VMM must be back by host TSC `deadline` (a device timer or the time
+    /// limit) even if the guest does not exit by itself.
+    fn arm_timer(&mut self, now: u64, deadline: u64);
+    /// Just before entry, with the VM locked: what the guest sees of the
+    /// platform without exiting (the virtual-APIC page) is brought up to date.
+    fn sync_to_guest(&mut self, _chipset: &mut Chipset) {}
+    /// Just after an exit, with the VM locked: what the guest changed without
+    /// exiting goes into the platform's models.
+    fn sync_from_guest(&mut self, _chipset: &mut Chipset) {}
+    /// Runs the guest until it exits. An event whose delivery the exit
+    /// interrupted is set up again for the next entry before this returns.
+    /// Err when the CPU refused the entry instruction itself.
+    fn enter(&mut self) -> Result<Exit, Stop>;
+    fn counters(&mut self) -> &mut ExitCounters;
+}

@@ -1,0 +1,328 @@
+//! The VT-x back end: VMX on each CPU (`cpu`), a vCPU's VMCS (`vcpu`), VMX
+//! exits as `vmexit::Exit` values (`exit`), and here the vCPU as the run loop
+//! (`Backend`) and the exit handlers (`vmexit::Vcpu`) see it.
+
+pub mod cpu;
+mod exit;
+pub mod vcpu;
+
+use crate::vmm::backend::Backend;
+use crate::vmm::counters::ExitCounters;
+use crate::vmm::vm::Stop;
+use arch::control::{cr0, efer, Context};
+use arch::decode::CodeSize;
+use arch::paging::Paging;
+use cpu::ENTRY_IA32E_MODE_GUEST;
+use devices::{Chipset, PendingEvents};
+use vcpu::{read, write, CR0_CD, CR0_NW};
+use vmexit::{Exit, SegmentRegister};
+use vmx::exit::{interruption_type, InterruptionInfo};
+use vmx::vmcs;
+
+pub use vcpu::Vcpu;
+
+/// Interruptibility: blocking by STI, by MOV SS; by NMI.
+const BLOCKED_BY_STI_OR_MOV_SS: u64 = 3;
+const BLOCKED_BY_NMI: u64 = 1 << 3;
+const ACTIVITY_ACTIVE: u64 = 0;
+const ACTIVITY_HLT: u64 = 1;
+const PROC_INTERRUPT_WINDOW_EXITING: u64 = 1 << 2;
+const PROC_NMI_WINDOW_EXITING: u64 = 1 << 22;
+const CS_LONG: u64 = 1 << 13;
+const CS_DEFAULT_32: u64 = 1 << 14;
+
+fn window_exiting(control: u64, on: bool) {
+    let primary = read(vmcs::PRIMARY_PROCESSOR_CONTROLS);
+    write(vmcs::PRIMARY_PROCESSOR_CONTROLS, if on { primary | control } else { primary & !control });
+}
+
+fn inject(info: InterruptionInfo) {
+    write(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
+    // An event ends a HLT.
+    write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE);
+}
+
+/// The guest's view of a control register: its read shadow for the bits
+/// Basalt owns (the guest/host mask), the real register for the rest.
+fn visible(actual: vmcs::Field, shadow: vmcs::Field, mask: vmcs::Field) -> u64 {
+    let mask = read(mask);
+    (read(actual) & !mask) | (read(shadow) & mask)
+}
+
+/// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through), asked
+/// of the CPU once.
+fn max_phys_bits() -> u8 {
+    use core::arch::x86_64::__cpuid;
+    static BITS: spin::Once<u8> = spin::Once::new();
+    *BITS.call_once(|| if __cpuid(0x8000_0000).eax >= 0x8000_0008 { __cpuid(0x8000_0008).eax as u8 } else { 36 })
+}
+
+impl vmexit::Vcpu for Vcpu {
+    fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    /// RSP (4) lives in the VMCS, the others in the registers the exit stub saved.
+    fn gpr(&self, index: u8) -> u64 {
+        if index & 15 == 4 {
+            read(vmcs::GUEST_RSP)
+        } else {
+            self.regs.get(index)
+        }
+    }
+
+    fn set_gpr(&mut self, index: u8, value: u64) {
+        if index & 15 == 4 {
+            write(vmcs::GUEST_RSP, value);
+        } else {
+            self.regs.set(index, value);
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        read(vmcs::GUEST_RIP)
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        write(vmcs::GUEST_RIP, rip);
+        // Any STI / MOV SS blocking ends with the instruction.
+        let interruptibility = read(vmcs::GUEST_INTERRUPTIBILITY);
+        if interruptibility & BLOCKED_BY_STI_OR_MOV_SS != 0 {
+            write(vmcs::GUEST_INTERRUPTIBILITY, interruptibility & !BLOCKED_BY_STI_OR_MOV_SS);
+        }
+    }
+
+    fn skip_instruction(&mut self) {
+        let length = read(vmcs::EXIT_INSTRUCTION_LENGTH);
+        self.set_rip(read(vmcs::GUEST_RIP).wrapping_add(length));
+    }
+
+    fn rflags(&self) -> u64 {
+        read(vmcs::GUEST_RFLAGS)
+    }
+
+    fn cpl(&self) -> u8 {
+        ((read(vmcs::GUEST_SS_ACCESS_RIGHTS) >> 5) & 3) as u8
+    }
+
+    fn segment_base(&self, segment: SegmentRegister) -> u64 {
+        read(match segment {
+            SegmentRegister::Es => vmcs::GUEST_ES_BASE,
+            SegmentRegister::Cs => vmcs::GUEST_CS_BASE,
+            SegmentRegister::Ss => vmcs::GUEST_SS_BASE,
+            SegmentRegister::Ds => vmcs::GUEST_DS_BASE,
+            SegmentRegister::Fs => vmcs::GUEST_FS_BASE,
+            SegmentRegister::Gs => vmcs::GUEST_GS_BASE,
+        })
+    }
+
+    fn code_size(&self) -> CodeSize {
+        let cs_rights = read(vmcs::GUEST_CS_ACCESS_RIGHTS);
+        if read(vmcs::GUEST_IA32_EFER) & efer::LMA != 0 && cs_rights & CS_LONG != 0 {
+            CodeSize::Bits64
+        } else if read(vmcs::GUEST_CR0) & cr0::PE != 0 && cs_rights & CS_DEFAULT_32 != 0 {
+            CodeSize::Bits32
+        } else {
+            CodeSize::Bits16
+        }
+    }
+
+    fn control(&self) -> Context {
+        let efer = read(vmcs::GUEST_IA32_EFER);
+        Context {
+            cr0: visible(vmcs::GUEST_CR0, vmcs::CR0_READ_SHADOW, vmcs::CR0_GUEST_HOST_MASK),
+            cr3: read(vmcs::GUEST_CR3),
+            cr4: visible(vmcs::GUEST_CR4, vmcs::CR4_READ_SHADOW, vmcs::CR4_GUEST_HOST_MASK),
+            long_mode_enabled: efer & efer::LME != 0,
+            long_mode_active: efer & efer::LMA != 0,
+            code_64: read(vmcs::GUEST_CS_ACCESS_RIGHTS) & CS_LONG != 0,
+        }
+    }
+
+    fn efer(&self) -> u64 {
+        read(vmcs::GUEST_IA32_EFER)
+    }
+
+    /// CR0 and CR4 are the values the CPU uses (not the guest's read shadows:
+    /// the bits they differ in are VMX's fixed bits, none of which affect
+    /// paging). With EPT the CPU keeps PAE paging's PDPTEs in the VMCS.
+    fn paging(&self) -> Paging {
+        Paging {
+            cr0: read(vmcs::GUEST_CR0),
+            cr3: read(vmcs::GUEST_CR3),
+            cr4: read(vmcs::GUEST_CR4),
+            efer: read(vmcs::GUEST_IA32_EFER),
+            pdptes: Some([
+                read(vmcs::GUEST_PDPTE0),
+                read(vmcs::GUEST_PDPTE1),
+                read(vmcs::GUEST_PDPTE2),
+                read(vmcs::GUEST_PDPTE3),
+            ]),
+            max_phys_bits: max_phys_bits(),
+        }
+    }
+
+    /// The guest keeps its own CR0 in the read shadow; the real register gets
+    /// the bits VMX pins, and never CD/NW: entries and exits do not switch
+    /// them, so a guest that set them would disable the host's caches.
+    fn set_cr0(&mut self, value: u64) {
+        let Ok(vmx) = cpu::vmx() else { return };
+        write(vmcs::CR0_READ_SHADOW, value);
+        write(vmcs::GUEST_CR0, vmx.caps.cr0.for_unrestricted_guest_cr0().apply(value) & !(CR0_CD | CR0_NW));
+    }
+
+    fn set_cr4(&mut self, value: u64) {
+        let Ok(vmx) = cpu::vmx() else { return };
+        write(vmcs::CR4_READ_SHADOW, value);
+        write(vmcs::GUEST_CR4, vmx.caps.cr4.apply(value));
+    }
+
+    /// The "IA-32e mode guest" entry control follows EFER.LMA; the only place
+    /// either changes.
+    fn set_efer(&mut self, value: u64) {
+        write(vmcs::GUEST_IA32_EFER, value);
+        let entry = read(vmcs::ENTRY_CONTROLS);
+        let ia32e = ENTRY_IA32E_MODE_GUEST as u64;
+        write(vmcs::ENTRY_CONTROLS, if value & efer::LMA != 0 { entry | ia32e } else { entry & !ia32e });
+    }
+
+    /// The entry stub loads CR2 from the saved registers.
+    fn set_cr2(&mut self, value: u64) {
+        self.regs.cr2 = value;
+    }
+
+    fn xcr0(&self) -> u64 {
+        self.switched.xcr0
+    }
+
+    fn set_xcr0(&mut self, value: u64) {
+        self.switched.set_xcr0(value);
+    }
+
+    fn pending(&mut self) -> &mut PendingEvents {
+        &mut self.pending
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let info = InterruptionInfo::inject(vector, interruption_type::HARDWARE_EXCEPTION, error_code.is_some());
+        write(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
+        if let Some(code) = error_code {
+            write(vmcs::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
+        }
+    }
+
+    /// An event whose delivery the exception interrupted (re-injected when the
+    /// exit was read) gives way: #DB and #AC are benign, so the CPU would
+    /// deliver them first and the interrupted instruction raises its event
+    /// again when it is retried.
+    fn reflect_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let info = InterruptionInfo(read(vmcs::EXIT_INTERRUPTION_INFO) as u32);
+        if vector == vmexit::DB {
+            // A #DB that exited has not updated DR6 (the exit qualification
+            // holds what it would have set); DR6 is the guest's while its vCPU
+            // is on the core.
+            let pending = read(vmcs::EXIT_QUALIFICATION);
+            let dr6: u64;
+            // SAFETY: DR6 is a status register; the guest's value is in it while
+            // its vCPU runs on this core (see vmm::switch), and only the guest reads it.
+            unsafe {
+                core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack, preserves_flags));
+                let dr6 = arch::control::dr6_after_debug_exception(dr6, pending);
+                core::arch::asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
+            }
+        }
+        // ICEBP's #DB is a privileged software exception: it needs its length.
+        let software = info.kind() == interruption_type::PRIVILEGED_SOFTWARE_EXCEPTION;
+        let kind = if software {
+            interruption_type::PRIVILEGED_SOFTWARE_EXCEPTION
+        } else {
+            interruption_type::HARDWARE_EXCEPTION
+        };
+        inject(InterruptionInfo::inject(vector, kind, error_code.is_some()));
+        if let Some(code) = error_code {
+            write(vmcs::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
+        }
+        if software {
+            write(vmcs::ENTRY_INSTRUCTION_LENGTH, read(vmcs::EXIT_INSTRUCTION_LENGTH));
+        }
+        // The exception hit an IRET that had unblocked NMIs: the IRET did not
+        // complete, so NMIs stay blocked, as they were.
+        const NMI_UNBLOCKED_BY_IRET: u32 = 1 << 12;
+        if info.0 & NMI_UNBLOCKED_BY_IRET != 0 {
+            let state = read(vmcs::GUEST_INTERRUPTIBILITY);
+            write(vmcs::GUEST_INTERRUPTIBILITY, state | BLOCKED_BY_NMI);
+        }
+    }
+
+    fn injection_pending(&self) -> bool {
+        InterruptionInfo(read(vmcs::ENTRY_INTERRUPTION_INFO) as u32).is_valid()
+    }
+
+    fn interrupt_shadow(&self) -> bool {
+        read(vmcs::GUEST_INTERRUPTIBILITY) & BLOCKED_BY_STI_OR_MOV_SS != 0
+    }
+
+    fn nmi_blocked(&self) -> bool {
+        read(vmcs::GUEST_INTERRUPTIBILITY) & BLOCKED_BY_NMI != 0
+    }
+
+    fn inject_nmi(&mut self) {
+        inject(InterruptionInfo::inject(2, interruption_type::NMI, false));
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        inject(InterruptionInfo::inject(vector, interruption_type::EXTERNAL_INTERRUPT, false));
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        window_exiting(PROC_INTERRUPT_WINDOW_EXITING, on);
+    }
+
+    fn request_nmi_window(&mut self, on: bool) {
+        window_exiting(PROC_NMI_WINDOW_EXITING, on);
+    }
+
+    fn halt(&mut self) {
+        write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
+    }
+}
+
+impl Backend for Vcpu {
+    fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop> {
+        self.make_current()?;
+        self.host = Some(self.switched.switch_in(vm_id));
+        Ok(())
+    }
+
+    fn switch_out(&mut self) {
+        if let Some(host) = self.host.take() {
+            self.switched.switch_out(host);
+        }
+    }
+
+    /// The VMX-preemption timer counts down at the TSC rate divided by 2^rate.
+    fn arm_timer(&mut self, now: u64, deadline: u64) {
+        let rate = cpu::vmx().map_or(0, |vmx| vmx.caps.misc.preemption_timer_rate);
+        write(vmcs::PREEMPTION_TIMER_VALUE, (deadline.saturating_sub(now) >> rate).min(u32::MAX as u64));
+    }
+
+    fn sync_to_guest(&mut self, chipset: &mut Chipset) {
+        self.mirror_local_apic(chipset);
+    }
+
+    fn sync_from_guest(&mut self, chipset: &mut Chipset) {
+        self.absorb_local_apic(chipset);
+    }
+
+    fn enter(&mut self) -> Result<Exit, Stop> {
+        // SAFETY: the VMCS is current (switch_in) and fully set up by `setup`.
+        unsafe { vmx::instructions::enter(&mut self.regs, self.launched) }
+            .map_err(|e| Stop::EntryFailed(alloc::format!("{e}")))?;
+        self.launched = true;
+        Ok(exit::translate(self))
+    }
+
+    fn counters(&mut self) -> &mut ExitCounters {
+        &mut self.counters
+    }
+}
