@@ -1,7 +1,8 @@
 //! Declarative integration test cases (tests/cases.toml) and how a run is judged.
 
-use crate::emulator::{Emulator, Ending, Firmware, Machine, RunOutput};
+use crate::emulator::{Emulator, Ending, Firmware, Machine, RunOutput, Vendor};
 use serde::Deserialize;
+use std::path::PathBuf;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -9,13 +10,81 @@ struct CaseFile {
     case: Vec<Case>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
+/// What a case runs on: `machine = "qemu" | "vmx" | "svm"`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MachineKind {
-    /// QEMU TCG: everything that does not need VT-x.
+    /// QEMU TCG: everything that needs no hardware virtualisation.
     Qemu,
     /// A CPU with VT-x: QEMU+KVM where the host offers VMX, else Bochs.
     Vmx,
+    /// A CPU with AMD SVM and nested paging: QEMU+KVM where the host offers
+    /// SVM, else QEMU TCG with the EPYC model.
+    Svm,
+}
+
+impl MachineKind {
+    pub const ALL: [MachineKind; 3] = [MachineKind::Qemu, MachineKind::Vmx, MachineKind::Svm];
+
+    /// As written in tests/cases.toml and in `--case NAME@MACHINE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineKind::Qemu => "qemu",
+            MachineKind::Vmx => "vmx",
+            MachineKind::Svm => "svm",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MachineKind> {
+        MachineKind::ALL.into_iter().find(|m| m.name() == text)
+    }
+
+    /// The virtualisation back end this machine is for; none for plain QEMU.
+    pub fn vendor(self) -> Option<Vendor> {
+        match self {
+            MachineKind::Qemu => None,
+            MachineKind::Vmx => Some(Vendor::Vmx),
+            MachineKind::Svm => Some(Vendor::Svm),
+        }
+    }
+
+    /// The emulator this machine is on this host.
+    pub fn emulator(self) -> Emulator {
+        match self.vendor() {
+            None => Emulator::QemuTcg,
+            Some(vendor) => vendor.best_emulator(),
+        }
+    }
+}
+
+/// The `machine` field's text for error messages: one name or a list.
+const MACHINE_VALUES: &str = "\"qemu\", \"vmx\" or \"svm\", or a list of them such as [\"svm\", \"vmx\"]";
+
+/// Reads a case's `machine` value: one machine name or a non-empty list of
+/// different ones.
+fn machines_of(value: &toml::Value) -> Result<Vec<MachineKind>, String> {
+    let one = |v: &toml::Value| match v {
+        toml::Value::String(name) => {
+            MachineKind::parse(name).ok_or_else(|| format!("machine must be {MACHINE_VALUES}, not \"{name}\""))
+        }
+        other => Err(format!("machine must be {MACHINE_VALUES}, not {other}")),
+    };
+    match value {
+        toml::Value::Array(list) => {
+            if list.is_empty() {
+                return Err(format!("machine is an empty list; give {MACHINE_VALUES}"));
+            }
+            let mut machines = Vec::new();
+            for v in list {
+                let m = one(v)?;
+                if machines.contains(&m) {
+                    return Err(format!("machine lists \"{}\" twice", m.name()));
+                }
+                machines.push(m);
+            }
+            Ok(machines)
+        }
+        v => one(v).map(|m| vec![m]),
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -35,7 +104,13 @@ pub struct Case {
     pub cpus: u32,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
-    pub machine: MachineKind,
+    /// `machine` as written: a name or a list of names, checked by [`parse`]
+    /// (here, so that errors can name the case).
+    #[serde(rename = "machine")]
+    machine_value: toml::Value,
+    /// What the case runs on, once each: `machine` after [`parse`].
+    #[serde(skip)]
+    pub machines: Vec<MachineKind>,
     /// Boot command line; the runner adds how to exit for the chosen emulator.
     #[serde(default)]
     pub cmdline: String,
@@ -81,13 +156,10 @@ impl Case {
         }
     }
 
-    pub fn machine(&self) -> Machine {
-        let emulator = match self.machine {
-            MachineKind::Qemu => Emulator::QemuTcg,
-            MachineKind::Vmx => Emulator::best_for_vmx(),
-        };
+    /// The machine for this case's run on `kind`.
+    pub fn machine(&self, kind: MachineKind) -> Machine {
         Machine {
-            emulator,
+            emulator: kind.emulator(),
             firmware: self.firmware(),
             cpus: self.cpus,
             memory_mib: self.memory_mib,
@@ -96,15 +168,93 @@ impl Case {
     }
 }
 
+/// One run of a case: the case on one of its machines.
+#[derive(Clone, Copy, Debug)]
+pub struct CaseRun<'a> {
+    pub case: &'a Case,
+    pub kind: MachineKind,
+}
+
+impl CaseRun<'_> {
+    /// Whether the case runs on more than one machine, so its runs need telling apart.
+    fn is_one_of_several(&self) -> bool {
+        self.case.machines.len() > 1
+    }
+
+    /// How summaries name the run: the case's name, with `@MACHINE` added
+    /// when the case runs on several machines (`linux-1cpu@svm`).
+    pub fn label(&self) -> String {
+        if self.is_one_of_several() {
+            format!("{}@{}", self.case.name, self.kind.name())
+        } else {
+            self.case.name.clone()
+        }
+    }
+
+    /// Where its image, serial log and emulator files go, under
+    /// target/basalt/cases: `NAME/`, or `NAME/MACHINE/` when the case runs
+    /// on several machines.
+    pub fn dir(&self) -> PathBuf {
+        let dir = PathBuf::from(&self.case.name);
+        if self.is_one_of_several() {
+            dir.join(self.kind.name())
+        } else {
+            dir
+        }
+    }
+
+    /// The run's machine on this host.
+    pub fn machine(&self) -> Machine {
+        self.case.machine(self.kind)
+    }
+}
+
+/// The runs `cargo xtask qemu-test` makes: every case once per machine it
+/// names, in file order, kept when a `--case` pattern matches (if any are
+/// given) and the machine is for `vendor` (if given; plain-QEMU runs have no
+/// vendor, so `--vendor` leaves them out).
+///
+/// A pattern `NAME` matches cases whose name contains NAME, on all their
+/// machines; `NAME@MACHINE` only their runs on that machine.
+pub fn select<'a>(cases: &'a [Case], patterns: &[String], vendor: Option<Vendor>) -> Result<Vec<CaseRun<'a>>, String> {
+    let mut wanted = Vec::new();
+    for pattern in patterns {
+        match pattern.split_once('@') {
+            Some((name, machine)) => {
+                let kind = MachineKind::parse(machine).ok_or_else(|| {
+                    format!(
+                        "--case {pattern}: the part after '@' must be a machine (qemu, vmx or svm), not '{machine}'"
+                    )
+                })?;
+                wanted.push((name, Some(kind)));
+            }
+            None => wanted.push((pattern.as_str(), None)),
+        }
+    }
+    let runs = cases.iter().flat_map(|case| case.machines.iter().map(move |&kind| CaseRun { case, kind }));
+    Ok(runs
+        .filter(|run| {
+            wanted.is_empty()
+                || wanted.iter().any(|(name, kind)| run.case.name.contains(name) && kind.is_none_or(|k| k == run.kind))
+        })
+        .filter(|run| vendor.is_none_or(|v| run.kind.vendor() == Some(v)))
+        .collect())
+}
+
 /// Parses and checks the case file; errors name the case and field.
 pub fn parse(text: &str) -> Result<Vec<Case>, String> {
-    let file: CaseFile = toml::from_str(text).map_err(|e| format!("tests/cases.toml: {e}"))?;
+    let mut file: CaseFile = toml::from_str(text).map_err(|e| format!("tests/cases.toml: {e}"))?;
     let mut seen = std::collections::HashSet::new();
-    for case in &file.case {
+    for case in &mut file.case {
         let at = |what: &str| format!("tests/cases.toml: case '{}': {what}", case.name);
         if !seen.insert(case.name.clone()) {
             return Err(at("the name is used twice"));
         }
+        // It names a directory, and '@' separates the machine in `--case NAME@MACHINE`.
+        if case.name.is_empty() || !case.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(at("the name may only hold letters, digits, '-' and '_'"));
+        }
+        case.machines = machines_of(&case.machine_value).map_err(|e| at(&e))?;
         if case.firmware != "bios" && case.firmware != "uefi" {
             return Err(at(&format!("firmware must be \"bios\" or \"uefi\", not \"{}\"", case.firmware)));
         }
@@ -261,11 +411,115 @@ timeout_s = 10
         assert!(bad(&no_cue).contains("non-empty 'after'"));
     }
 
+    /// A minimal case file: one case per (name, machine value) pair.
+    fn cases_with_machines(cases: &[(&str, &str)]) -> Result<Vec<Case>, String> {
+        let text: String = cases
+            .iter()
+            .map(|(name, machine)| {
+                format!(
+                    "[[case]]\nname = \"{name}\"\nfirmware = \"bios\"\ncpus = 1\nmachine = {machine}\n\
+                     expect = \"success\"\ntimeout_s = 5\n"
+                )
+            })
+            .collect();
+        parse(&text)
+    }
+
+    #[test]
+    fn machine_is_one_name_or_a_list() {
+        let cases =
+            cases_with_machines(&[("a", "\"qemu\""), ("b", "\"vmx\""), ("c", "\"svm\""), ("d", "[\"svm\", \"vmx\"]")])
+                .unwrap();
+        let machines: Vec<&[MachineKind]> = cases.iter().map(|c| c.machines.as_slice()).collect();
+        use MachineKind::*;
+        assert_eq!(machines, [&[Qemu][..], &[Vmx], &[Svm], &[Svm, Vmx]]);
+        assert_eq!(Qemu.vendor(), None);
+        assert_eq!(Svm.vendor(), Some(Vendor::Svm));
+        assert_eq!(Qemu.emulator(), Emulator::QemuTcg);
+    }
+
+    #[test]
+    fn bad_machines_name_the_case_and_the_field() {
+        let err = |machine: &str| cases_with_machines(&[("ok", "\"qemu\""), ("odd", machine)]).unwrap_err();
+        for bad in ["\"kvm\"", "\"SVM\"", "3", "[\"svm\", \"amd\"]", "[\"svm\", 1]"] {
+            let e = err(bad);
+            assert!(e.starts_with("tests/cases.toml: case 'odd': machine must be"), "{bad}: {e}");
+        }
+        assert!(err("\"kvm\"").ends_with("not \"kvm\""), "{}", err("\"kvm\""));
+        assert!(err("[]").contains("case 'odd': machine is an empty list"));
+        assert!(err("[\"svm\", \"svm\"]").contains("case 'odd': machine lists \"svm\" twice"));
+        // A missing machine is serde's error, which names the field.
+        let missing =
+            parse("[[case]]\nname = \"m\"\nfirmware = \"bios\"\ncpus = 1\nexpect = \"success\"\ntimeout_s = 5\n");
+        assert!(missing.unwrap_err().contains("missing field `machine`"));
+    }
+
+    #[test]
+    fn names_that_would_clash_with_labels_are_refused() {
+        let e = cases_with_machines(&[("a@svm", "\"svm\"")]).unwrap_err();
+        assert!(e.contains("case 'a@svm': the name may only hold"), "{e}");
+        assert!(cases_with_machines(&[("a/b", "\"svm\"")]).is_err());
+    }
+
+    fn labels(runs: &[CaseRun]) -> Vec<String> {
+        runs.iter().map(CaseRun::label).collect()
+    }
+
+    #[test]
+    fn a_case_on_several_machines_runs_once_on_each() {
+        let cases =
+            cases_with_machines(&[("boot", "\"qemu\""), ("linux", "[\"svm\", \"vmx\"]"), ("ept", "\"vmx\"")]).unwrap();
+        let runs = select(&cases, &[], None).unwrap();
+        assert_eq!(labels(&runs), ["boot", "linux@svm", "linux@vmx", "ept"]);
+        // Single-machine cases keep their directory; the others get one per machine.
+        let dirs: Vec<PathBuf> = runs.iter().map(CaseRun::dir).collect();
+        assert_eq!(dirs, [PathBuf::from("boot"), "linux/svm".into(), "linux/vmx".into(), "ept".into()]);
+        assert_eq!(runs[1].kind, MachineKind::Svm);
+        assert_eq!(runs[1].machine().cpus, 1);
+    }
+
+    #[test]
+    fn case_and_vendor_filters_pick_runs() {
+        let cases = cases_with_machines(&[
+            ("boot", "\"qemu\""),
+            ("linux-1cpu", "[\"svm\", \"vmx\"]"),
+            ("linux-2cpu", "[\"vmx\", \"svm\"]"),
+            ("ept", "\"vmx\""),
+            ("svm-caps", "\"svm\""),
+        ])
+        .unwrap();
+        let pick = |patterns: &[&str], vendor| {
+            let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+            select(&cases, &patterns, vendor).map(|runs| labels(&runs))
+        };
+        // A case's name runs it on every machine it names.
+        assert_eq!(pick(&["linux-1cpu"], None).unwrap(), ["linux-1cpu@svm", "linux-1cpu@vmx"]);
+        assert_eq!(
+            pick(&["linux"], None).unwrap(),
+            ["linux-1cpu@svm", "linux-1cpu@vmx", "linux-2cpu@vmx", "linux-2cpu@svm"]
+        );
+        // NAME@MACHINE (as summaries print it) runs one of them.
+        assert_eq!(pick(&["linux-1cpu@svm"], None).unwrap(), ["linux-1cpu@svm"]);
+        assert_eq!(pick(&["linux@vmx", "svm-caps"], None).unwrap(), ["linux-1cpu@vmx", "linux-2cpu@vmx", "svm-caps"]);
+        assert_eq!(pick(&["svm-caps@svm"], None).unwrap(), ["svm-caps"]);
+        assert!(pick(&["svm-caps@vmx"], None).unwrap().is_empty());
+        // A machine name in a pattern does not match by accident: "svm" is only a name.
+        assert_eq!(pick(&["svm"], None).unwrap(), ["svm-caps"]);
+        // --vendor keeps the runs on that back end; plain-QEMU cases have none.
+        assert_eq!(pick(&[], Some(Vendor::Svm)).unwrap(), ["linux-1cpu@svm", "linux-2cpu@svm", "svm-caps"]);
+        assert_eq!(pick(&[], Some(Vendor::Vmx)).unwrap(), ["linux-1cpu@vmx", "linux-2cpu@vmx", "ept"]);
+        assert_eq!(pick(&["linux-2cpu"], Some(Vendor::Svm)).unwrap(), ["linux-2cpu@svm"]);
+        assert!(pick(&["boot"], Some(Vendor::Vmx)).unwrap().is_empty());
+        let e = pick(&["linux@amd"], None).unwrap_err();
+        assert!(e.contains("--case linux@amd") && e.contains("not 'amd'"), "{e}");
+    }
+
     #[test]
     fn the_shipped_case_file_parses() {
         let text = std::fs::read_to_string(crate::workspace_root().join("tests/cases.toml")).unwrap();
         let cases = parse(&text).unwrap();
-        assert!(cases.iter().any(|c| c.machine == MachineKind::Vmx));
+        assert!(cases.iter().any(|c| c.machines == [MachineKind::Vmx]));
+        assert!(cases.iter().any(|c| c.machines == [MachineKind::Qemu]));
         assert!(cases.iter().any(|c| c.expect == Expect::Timeout));
         assert!(cases.iter().any(|c| c.expect == Expect::Failure));
     }

@@ -1,5 +1,6 @@
-//! Starting Basalt in an emulator: QEMU (TCG, or KVM where the host offers VMX)
-//! and Bochs (the one VT-x-capable CPU on machines without hardware VMX).
+//! Starting Basalt in an emulator: QEMU (TCG, or KVM where the host offers VMX
+//! or SVM), QEMU TCG with an AMD CPU model that has SVM and nested paging, and
+//! Bochs (the one VT-x-capable CPU on machines without hardware VMX).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -8,9 +9,63 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Emulator {
+    /// QEMU TCG with its default CPU model: no VT-x, no nested paging.
     QemuTcg,
+    /// QEMU TCG with [`SVM_CPU_MODEL`]: AMD SVM with nested paging, in software.
+    QemuTcgSvm,
+    /// QEMU with KVM and the host's CPU (`-cpu host`): VMX or SVM, whichever the host has.
     QemuKvm,
     Bochs,
+}
+
+/// The CPU model QEMU TCG runs SVM guests on. With QEMU 7.2 `-cpu EPYC` has
+/// `svm` and `npt` on by itself (its QOM properties say so; `qemu64` has `svm`
+/// but no `npt`); TCG drops NRIP save and a few other bits it cannot emulate,
+/// with a warning each on QEMU's stderr. See shared/PLATFORM.md.
+pub const SVM_CPU_MODEL: &str = "EPYC";
+
+/// A hardware virtualisation back end: Intel VT-x or AMD SVM.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Vendor {
+    Vmx,
+    Svm,
+}
+
+impl Vendor {
+    pub const ALL: [Vendor; 2] = [Vendor::Vmx, Vendor::Svm];
+
+    /// "vmx" or "svm", as written in cases and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vendor::Vmx => "vmx",
+            Vendor::Svm => "svm",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Vendor> {
+        Vendor::ALL.into_iter().find(|v| v.name() == text)
+    }
+
+    /// Where a guest on this back end runs best on this host.
+    pub fn best_emulator(self) -> Emulator {
+        match self {
+            Vendor::Vmx => Emulator::best_for_vmx(),
+            Vendor::Svm => Emulator::best_for_svm(),
+        }
+    }
+}
+
+/// Whether a `/proc/cpuinfo` text lists `flag` among the CPU flags.
+fn cpuinfo_has_flag(cpuinfo: &str, flag: &str) -> bool {
+    cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag))
+}
+
+/// True when /dev/kvm is there and the host CPU shows `flag` (vmx or svm) to
+/// pass on. Some hosts have a /dev/kvm without either (software nested
+/// virtualisation, e.g. `kvm_pvm`); that one is no use.
+fn kvm_offers(flag: &str) -> bool {
+    let cpu_has_it = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| cpuinfo_has_flag(&info, flag));
+    cpu_has_it && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -28,12 +83,14 @@ impl Firmware {
     }
 }
 
-/// True when /dev/kvm is there and the host CPU has VMX to pass on. Some hosts
-/// have a /dev/kvm without VMX (software nested virtualisation); that one is no use.
+/// True when /dev/kvm is there and the host CPU has VMX to pass on.
 pub fn kvm_offers_vmx() -> bool {
-    let cpu_has_vmx = std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|info| info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx")));
-    cpu_has_vmx && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    kvm_offers("vmx")
+}
+
+/// True when /dev/kvm is there and the host CPU has SVM to pass on.
+pub fn kvm_offers_svm() -> bool {
+    kvm_offers("svm")
 }
 
 impl Emulator {
@@ -46,19 +103,36 @@ impl Emulator {
         }
     }
 
+    /// Where an SVM guest can run: QEMU+KVM when the host offers SVM, else
+    /// QEMU TCG with an AMD CPU model that has SVM and nested paging.
+    pub fn best_for_svm() -> Emulator {
+        if kvm_offers_svm() {
+            Emulator::QemuKvm
+        } else {
+            Emulator::QemuTcgSvm
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Emulator::QemuTcg => "QEMU (TCG)",
+            Emulator::QemuTcgSvm => "QEMU TCG (EPYC, SVM)",
             Emulator::QemuKvm => "QEMU + KVM",
             Emulator::Bochs => "Bochs",
         }
     }
 
+    /// Whether this is one of the QEMU set-ups (same exit device and exit codes).
+    pub fn is_qemu(self) -> bool {
+        self != Emulator::Bochs
+    }
+
     /// The boot command line word that tells the kernel how to end a run.
     pub fn exit_option(self) -> &'static str {
-        match self {
-            Emulator::QemuTcg | Emulator::QemuKvm => "exit=qemu",
-            Emulator::Bochs => "exit=bochs",
+        if self.is_qemu() {
+            "exit=qemu"
+        } else {
+            "exit=bochs"
         }
     }
 }
@@ -95,6 +169,7 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
     c.args(["-m", &format!("{}M", machine.memory_mib), "-smp", &machine.cpus.to_string()]);
     match machine.emulator {
         Emulator::QemuKvm => c.args(["-accel", "kvm", "-cpu", "host"]),
+        Emulator::QemuTcgSvm => c.args(["-accel", "tcg", "-cpu", SVM_CPU_MODEL]),
         _ => c.args(["-accel", "tcg"]),
     };
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -187,14 +262,14 @@ pub struct RunOutput {
 
 /// Maps an emulator's exit status to an [`Ending`].
 pub fn classify(emulator: Emulator, code: Option<i32>) -> Ending {
-    match (emulator, code) {
-        (Emulator::QemuTcg | Emulator::QemuKvm, Some(33)) => Ending::Success,
-        (Emulator::QemuTcg | Emulator::QemuKvm, Some(35)) => Ending::Failure,
-        (Emulator::QemuTcg | Emulator::QemuKvm, Some(0)) => {
+    match (emulator.is_qemu(), code) {
+        (true, Some(33)) => Ending::Success,
+        (true, Some(35)) => Ending::Failure,
+        (true, Some(0)) => {
             Ending::Abnormal("QEMU stopped on its own (a triple fault or reset under -no-reboot)".into())
         }
-        (Emulator::Bochs, Some(0)) => Ending::Success,
-        (Emulator::Bochs, Some(1)) => Ending::Failure,
+        (false, Some(0)) => Ending::Success,
+        (false, Some(1)) => Ending::Failure,
         (_, Some(code)) => Ending::Abnormal(format!("{} exited with status {code}", emulator.name())),
         (_, None) => Ending::Abnormal(format!("{} was killed by a signal", emulator.name())),
     }
@@ -469,6 +544,49 @@ mod tests {
         assert_eq!(classify(Emulator::Bochs, Some(0)), Ending::Success);
         assert_eq!(classify(Emulator::Bochs, Some(1)), Ending::Failure);
         assert!(matches!(classify(Emulator::Bochs, None), Ending::Abnormal(_)));
+        assert_eq!(classify(Emulator::QemuTcgSvm, Some(33)), Ending::Success);
+        assert_eq!(classify(Emulator::QemuTcgSvm, Some(35)), Ending::Failure);
+        assert!(matches!(classify(Emulator::QemuTcgSvm, Some(0)), Ending::Abnormal(_)));
+    }
+
+    #[test]
+    fn the_svm_machine_is_qemu_tcg_with_the_epyc_model() {
+        let machine = Machine {
+            emulator: Emulator::QemuTcgSvm,
+            firmware: Firmware::Bios,
+            cpus: 1,
+            memory_mib: 256,
+            bochs_ips: 0,
+        };
+        let dir = std::env::temp_dir();
+        let command = qemu_command(&machine, Path::new("/nonexistent.img"), &dir, Serial::Terminal).unwrap();
+        let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let at = args.iter().position(|a| a == "-accel").unwrap();
+        assert_eq!(args[at..at + 4], ["-accel", "tcg", "-cpu", "EPYC"]);
+        assert_eq!(Emulator::QemuTcgSvm.exit_option(), "exit=qemu");
+        assert_eq!(Emulator::QemuTcgSvm.name(), "QEMU TCG (EPYC, SVM)");
+    }
+
+    #[test]
+    fn kvm_needs_the_vendor_flag_in_cpuinfo() {
+        // This machine's kind: an AMD host whose /dev/kvm is software nesting, no svm flag.
+        let amd_without_svm = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu vme sse4a misalignsse vmmcall\n";
+        assert!(!cpuinfo_has_flag(amd_without_svm, "svm"));
+        assert!(!cpuinfo_has_flag(amd_without_svm, "vmx"));
+        let amd = "flags\t\t: fpu svm npt nrip_save\n";
+        assert!(cpuinfo_has_flag(amd, "svm"));
+        assert!(!cpuinfo_has_flag(amd, "vmx"));
+        // A flag's name must match whole, not as part of another word.
+        assert!(!cpuinfo_has_flag("flags\t: svm_lock\n", "svm"));
+        assert!(cpuinfo_has_flag("flags\t: vmx ept\n", "vmx"));
+    }
+
+    #[test]
+    fn vendors_parse_by_name() {
+        assert_eq!(Vendor::parse("svm"), Some(Vendor::Svm));
+        assert_eq!(Vendor::parse("vmx"), Some(Vendor::Vmx));
+        assert_eq!(Vendor::parse("SVM"), None);
+        assert_eq!(Vendor::parse("qemu"), None);
     }
 
     fn step(after: &str, send: &str) -> ConsoleInput {

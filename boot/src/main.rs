@@ -42,7 +42,10 @@ commands:
                                   not changed)
   qemu-test   run host unit tests and the integration cases in tests/cases.toml
               (with CI=true also every fuzz target, 10 s each)
-                --case NAME       run only cases whose name contains NAME (repeatable)
+                --case NAME       run only cases whose name contains NAME (repeatable);
+                                  a case on several machines runs on each, unless
+                                  given as NAME@vmx or NAME@svm (as summaries name it)
+                --vendor vmx|svm  run only the cases' runs on that back end
                 --host-only       host unit tests (and the fuzz step) only, no cases
                 --list            list the cases and exit
   fuzz        run the fuzz targets from their corpus (fuzz/corpus/); see

@@ -2,8 +2,8 @@
 //! seconds each, then every case in tests/cases.toml, then one summary line
 //! `N passed, M failed`.
 
-use crate::cases::{self, Case};
-use crate::emulator::{self, Emulator};
+use crate::cases::{self, CaseRun, MachineKind};
+use crate::emulator::{self, Vendor};
 use crate::images::{self, Config};
 use crate::{setup, take_flag, take_value, workspace_root};
 use std::process::{Command, ExitCode};
@@ -15,6 +15,9 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     while let Some(f) = take_value(&mut args, "--case")? {
         filters.push(f);
     }
+    let vendor = take_value(&mut args, "--vendor")?
+        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
+        .transpose()?;
     let list_only = take_flag(&mut args, "--list");
     let host_only = take_flag(&mut args, "--host-only");
     if let Some(unknown) = args.first() {
@@ -23,19 +26,22 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let text = std::fs::read_to_string(workspace_root().join("tests/cases.toml"))
         .map_err(|e| format!("cannot read tests/cases.toml: {e}"))?;
     let all = cases::parse(&text)?;
-    let selected: Vec<&Case> =
-        all.iter().filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str()))).collect();
+    let selected = cases::select(&all, &filters, vendor)?;
+    // --case and --vendor pick cases; host unit tests and the fuzz step run without either.
+    let filtered = !filters.is_empty() || vendor.is_some();
     if list_only {
-        for c in &selected {
-            println!("{:<28} {:?} {} {} CPU(s), expect {:?}", c.name, c.machine, c.firmware, c.cpus, c.expect);
+        for run in &selected {
+            let c = run.case;
+            println!("{:<34} {} {} {} CPU(s), expect {:?}", run.label(), run.kind.name(), c.firmware, c.cpus, c.expect);
         }
         return Ok(ExitCode::SUCCESS);
     }
     if selected.is_empty() {
-        return Err(format!("no case matches {filters:?}"));
+        let vendor = vendor.map_or(String::new(), |v| format!(" on {}", v.name()));
+        return Err(format!("no case matches {filters:?}{vendor}"));
     }
-    if host_only && !filters.is_empty() {
-        return Err("--host-only runs no cases; it does not go with --case".into());
+    if host_only && filtered {
+        return Err("--host-only runs no cases; it does not go with --case or --vendor".into());
     }
 
     setup::ensure(&setup::Needs::everything())?;
@@ -43,7 +49,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let mut passed = 0usize;
     let mut failed = Vec::new();
 
-    if filters.is_empty() {
+    if !filtered {
         println!("qemu-test: host unit tests (cargo test --workspace)");
         let (ok, bad) = host_unit_tests()?;
         passed += ok;
@@ -78,34 +84,41 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         println!("qemu-test: --host-only: no cases run");
     } else {
         let kernel = images::build_kernel(Config::Test)?;
-        let vmx_emulator = Emulator::best_for_vmx();
-        println!("qemu-test: {} case(s); VT-x cases run on {}", selected.len(), vmx_emulator.name());
-        for case in selected {
+        let mut where_ = Vec::new();
+        for (kind, what) in [(MachineKind::Vmx, "VT-x"), (MachineKind::Svm, "SVM")] {
+            if selected.iter().any(|run| run.kind == kind) {
+                where_.push(format!("; {what} cases run on {}", kind.emulator().name()));
+            }
+        }
+        let cases = selected.iter().map(|run| &run.case.name).collect::<std::collections::HashSet<_>>().len();
+        let runs = if cases == selected.len() { String::new() } else { format!(" in {} run(s)", selected.len()) };
+        println!("qemu-test: {cases} case(s){runs}{}", where_.concat());
+        for run in &selected {
             let started = Instant::now();
-            match run_case(&kernel, case) {
-                Ok((problems, run)) if problems.is_empty() => {
+            let label = run.label();
+            let machine = on_what(run);
+            match run_case(&kernel, run) {
+                Ok((problems, took)) if problems.is_empty() => {
                     passed += 1;
                     println!(
-                        "  ok      {:<28} {:>6.1} s  ({} in {:.1} s)",
-                        case.name,
+                        "  ok      {label:<34} {:>6.1} s  ({machine} in {:.1} s)",
                         started.elapsed().as_secs_f64(),
-                        case.machine().emulator.name(),
-                        run.as_secs_f64()
+                        took.as_secs_f64()
                     );
                 }
                 Ok((problems, _)) => {
-                    println!("  FAILED  {:<28} {:>6.1} s", case.name, started.elapsed().as_secs_f64());
+                    println!("  FAILED  {label:<34} {:>6.1} s  ({machine})", started.elapsed().as_secs_f64());
                     for p in &problems {
                         println!("          - {p}");
                     }
-                    let dir = case_dir(case);
+                    let dir = case_dir(run);
                     println!("          serial: {}", dir.join("serial.log").display());
                     print_tail(&dir.join("serial.log"), 15);
-                    failed.push(case.name.clone());
+                    failed.push(label);
                 }
                 Err(e) => {
-                    println!("  FAILED  {:<28} could not run: {e}", case.name);
-                    failed.push(case.name.clone());
+                    println!("  FAILED  {label:<34} could not run ({machine}): {e}");
+                    failed.push(label);
                 }
             }
         }
@@ -118,20 +131,32 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn case_dir(case: &Case) -> std::path::PathBuf {
-    workspace_root().join("target/basalt/cases").join(&case.name)
+/// What a summary line says the run was on: the back end (for VT-x and SVM
+/// runs) and the emulator, e.g. "svm on QEMU TCG (EPYC, SVM)".
+fn on_what(run: &CaseRun) -> String {
+    let emulator = run.kind.emulator().name();
+    match run.kind.vendor() {
+        Some(vendor) => format!("{} on {emulator}", vendor.name()),
+        None => emulator.to_owned(),
+    }
 }
 
-fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Duration), String> {
-    let machine = case.machine();
-    let dir = case_dir(case);
+fn case_dir(run: &CaseRun) -> std::path::PathBuf {
+    workspace_root().join("target/basalt/cases").join(run.dir())
+}
+
+fn run_case(kernel: &std::path::Path, run: &CaseRun) -> Result<(Vec<String>, Duration), String> {
+    let case = run.case;
+    let machine = run.machine();
+    let dir = case_dir(run);
     let _ = std::fs::remove_dir_all(&dir);
     let cmdline = format!("{} {}", case.cmdline, machine.emulator.exit_option());
     let linux = case.linux.iter().map(crate::guests::linux_vm).collect::<Result<Vec<_>, _>>()?;
     let bundle = crate::guests::bundle_with_linux(cmdline.trim(), &case.vm, &linux)?;
     let image = images::make_image(kernel, &dir, &bundle, case.firmware())?;
     let date_before = utc_date();
-    let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s), &case.console_input)?;
+    let output =
+        emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s), &case.console_input)?;
     // "{date}" in an expected line is today's date (UTC); a run that crosses
     // midnight may show either day.
     let judged = |date: &str| {
@@ -139,7 +164,7 @@ fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Durat
         for line in &mut dated.expect_lines {
             *line = line.replace("{date}", date);
         }
-        cases::judge(&dated, &run)
+        cases::judge(&dated, &output)
     };
     let mut problems = judged(&date_before);
     if !problems.is_empty() {
@@ -148,7 +173,7 @@ fn run_case(kernel: &std::path::Path, case: &Case) -> Result<(Vec<String>, Durat
             problems = after;
         }
     }
-    Ok((problems, run.elapsed))
+    Ok((problems, output.elapsed))
 }
 
 /// Today's date in UTC as YYYY-MM-DD.

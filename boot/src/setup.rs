@@ -27,7 +27,7 @@ impl Needs {
     pub fn for_emulator(emulator: Emulator) -> Self {
         match emulator {
             Emulator::Bochs => Needs { packages: BOCHS_PACKAGES.to_vec() },
-            Emulator::QemuTcg | Emulator::QemuKvm => Needs { packages: QEMU_PACKAGES.to_vec() },
+            Emulator::QemuTcg | Emulator::QemuTcgSvm | Emulator::QemuKvm => Needs { packages: QEMU_PACKAGES.to_vec() },
         }
     }
 
