@@ -12,7 +12,7 @@ mod qemu_test;
 mod setup;
 mod vmconfig;
 
-use emulator::{Emulator, Ending, Firmware, InteractiveEnd};
+use emulator::{Emulator, Ending, Firmware, InteractiveEnd, Vendor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +22,10 @@ usage: cargo xtask <command> [options]
 commands:
   run         build Basalt and boot it with serial on this terminal
                 --emulator auto|kvm|bochs|qemu   (auto: QEMU+KVM if it offers VMX, else Bochs)
+                --vendor vmx|svm  the virtualisation the machine must have (default: vmx,
+                                  as above). svm: auto is QEMU+KVM if it offers SVM,
+                                  else QEMU TCG with the EPYC CPU model (SVM + nested
+                                  paging); qemu is that TCG machine; bochs is VT-x only
                 --cpus N          (default 2)
                 --memory MIB      (default 512)
                 --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
@@ -128,6 +132,7 @@ fn parse_number(
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut args = args.to_vec();
     let emulator = take_value(&mut args, "--emulator")?;
+    let vendor = take_value(&mut args, "--vendor")?;
     let cpus = parse_number(take_value(&mut args, "--cpus")?, "--cpus", 2, 1..=64)?;
     let memory = parse_number(take_value(&mut args, "--memory")?, "--memory", 512, 64..=16384)?;
     let firmware = if take_flag(&mut args, "--uefi") { Firmware::Uefi } else { Firmware::Bios };
@@ -157,18 +162,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         return Err("--initrd, --append, --vcpus and --disk go with --kernel".into());
     }
     let vcpus = parse_number(vcpus, "--vcpus", 1, 1..=loader::manifest::MAX_VCPUS)?;
-    let emulator = match emulator.as_deref().unwrap_or("auto") {
-        "auto" => Emulator::best_for_vmx(),
-        "kvm" => {
-            if !emulator::kvm_offers_vmx() {
-                return Err("--emulator kvm: this host's /dev/kvm offers no VMX (no 'vmx' in /proc/cpuinfo)".into());
-            }
-            Emulator::QemuKvm
-        }
-        "bochs" => Emulator::Bochs,
-        "qemu" => Emulator::QemuTcg,
-        other => return Err(format!("--emulator must be auto, kvm, bochs or qemu, not '{other}'")),
-    };
+    let vendor = vendor
+        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
+        .transpose()?;
+    let kvm = KvmOffers { vmx: emulator::kvm_offers_vmx(), svm: emulator::kvm_offers_svm() };
+    let emulator = choose_emulator(emulator.as_deref().unwrap_or("auto"), vendor, kvm)?;
     if firmware == Firmware::Uefi && emulator == Emulator::Bochs {
         return Err("Bochs has no UEFI firmware here; use --emulator qemu or kvm with --uefi".into());
     }
@@ -227,6 +225,67 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What this host's /dev/kvm passes on to a guest.
+#[derive(Clone, Copy)]
+struct KvmOffers {
+    vmx: bool,
+    svm: bool,
+}
+
+/// The machine `run` boots, from `--emulator` and `--vendor`. Without
+/// `--vendor` it is what it always was: a VT-x machine for `auto` and `kvm`,
+/// plain QEMU TCG (no VT-x) for `qemu`. With it, the machine must have that
+/// back end.
+fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Result<Emulator, String> {
+    let kvm_has = |v: Vendor| match v {
+        Vendor::Vmx => kvm.vmx,
+        Vendor::Svm => kvm.svm,
+    };
+    Ok(match (choice, vendor) {
+        ("auto", None | Some(Vendor::Vmx)) => {
+            if kvm.vmx {
+                Emulator::QemuKvm
+            } else {
+                Emulator::Bochs
+            }
+        }
+        ("auto", Some(Vendor::Svm)) => {
+            if kvm.svm {
+                Emulator::QemuKvm
+            } else {
+                Emulator::QemuTcgSvm
+            }
+        }
+        ("kvm", vendor) => {
+            let wanted = vendor.unwrap_or(Vendor::Vmx);
+            if !kvm_has(wanted) {
+                let name = wanted.name();
+                let hint = match Vendor::ALL.into_iter().find(|&v| v != wanted && kvm_has(v)) {
+                    Some(other) => {
+                        format!("; it offers {}: add --vendor {}", other.name().to_uppercase(), other.name())
+                    }
+                    None => String::new(),
+                };
+                return Err(format!(
+                    "--emulator kvm: this host's /dev/kvm offers no {} (no '{name}' in /proc/cpuinfo){hint}",
+                    name.to_uppercase()
+                ));
+            }
+            Emulator::QemuKvm
+        }
+        ("bochs", Some(Vendor::Svm)) => {
+            return Err("--vendor svm: Bochs here emulates VT-x only; use --emulator auto, qemu or kvm".into())
+        }
+        ("bochs", _) => Emulator::Bochs,
+        ("qemu", None) => Emulator::QemuTcg,
+        ("qemu", Some(Vendor::Svm)) => Emulator::QemuTcgSvm,
+        ("qemu", Some(Vendor::Vmx)) => {
+            return Err("--vendor vmx: QEMU TCG has no VT-x; use --emulator auto, bochs or kvm".into())
+        }
+        (other, _) => return Err(format!("--emulator must be auto, kvm, bochs or qemu, not '{other}'")),
+    })
+}
+
 /// The built-in default VM: Debian's stock kernel (fetched once, cached) with a
 /// busybox initramfs whose /init loads the virtio drivers and runs a shell on
 /// the serial console, which is this terminal; one vCPU, 256 MiB, a blank
@@ -275,4 +334,48 @@ fn build(args: &[String]) -> Result<ExitCode, String> {
         println!("{}", image.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: KvmOffers = KvmOffers { vmx: false, svm: false };
+    const VMX: KvmOffers = KvmOffers { vmx: true, svm: false };
+    const SVM: KvmOffers = KvmOffers { vmx: false, svm: true };
+
+    #[test]
+    fn run_without_vendor_picks_as_before() {
+        assert_eq!(choose_emulator("auto", None, NONE), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator("auto", None, SVM), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator("auto", None, VMX), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator("qemu", None, NONE), Ok(Emulator::QemuTcg));
+        assert_eq!(choose_emulator("bochs", None, VMX), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator("kvm", None, VMX), Ok(Emulator::QemuKvm));
+        assert!(choose_emulator("kvm", None, NONE).unwrap_err().contains("offers no VMX"));
+        assert!(choose_emulator("kvm", None, SVM).unwrap_err().contains("add --vendor svm"));
+        assert!(choose_emulator("tcg", None, NONE).unwrap_err().contains("not 'tcg'"));
+    }
+
+    #[test]
+    fn run_with_vendor_svm_needs_svm() {
+        let svm = Some(Vendor::Svm);
+        assert_eq!(choose_emulator("auto", svm, NONE), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator("auto", svm, VMX), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator("auto", svm, SVM), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator("qemu", svm, SVM), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator("kvm", svm, SVM), Ok(Emulator::QemuKvm));
+        assert!(choose_emulator("kvm", svm, VMX).unwrap_err().contains("offers no SVM"));
+        assert!(choose_emulator("bochs", svm, NONE).unwrap_err().contains("VT-x only"));
+    }
+
+    #[test]
+    fn run_with_vendor_vmx_is_the_default_made_explicit() {
+        let vmx = Some(Vendor::Vmx);
+        assert_eq!(choose_emulator("auto", vmx, NONE), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator("auto", vmx, VMX), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator("bochs", vmx, NONE), Ok(Emulator::Bochs));
+        assert!(choose_emulator("qemu", vmx, NONE).unwrap_err().contains("no VT-x"));
+        assert!(choose_emulator("kvm", vmx, SVM).unwrap_err().contains("offers no VMX"));
+    }
 }
