@@ -52,8 +52,13 @@ pub fn virtual_cpuid<H: Host + ?Sized>(host: &H, leaf: u32, subleaf: u32, vcpu: 
         // the virtual APIC timer counts at the TSC rate.
         0x4000_0010 => return [(tsc_hz / 1000) as u32, (tsc_hz / 1000) as u32, 0, 0],
         0x4000_0001..=0x4000_ffff => return [0; 4],
-        // TSC = crystal * EBX / EAX: report the TSC itself as a 1:1 "crystal".
-        0x15 => return [1, 1, tsc_hz as u32, 0],
+        // TSC = crystal * EBX / EAX: report the TSC itself as a 1:1 "crystal",
+        // or, for a TSC above 4.29 GHz (ECX has 32 bits), a crystal that
+        // fraction of it (off by less than EBX Hz).
+        0x15 => {
+            let ratio = tsc_hz.div_ceil(u32::MAX as u64).max(1);
+            return [1, ratio as u32, (tsc_hz / ratio) as u32, 0];
+        }
         0x16 => {
             let mhz = (tsc_hz / 1_000_000) as u32;
             return [mhz, mhz, 100, 0];
