@@ -65,7 +65,7 @@ fn string(
     };
     // INS stores through ES whatever the prefixes; OUTS loads through its segment.
     let segment = if access.is_in { SegmentRegister::Es } else { string.segment };
-    let segment_base = vcpu.segment_base(segment);
+    let segment_base = effective_base(vcpu, segment);
     let size = access.size as u64;
     let step = if vcpu.rflags() & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
     let index_register = if access.is_in { RDI } else { RSI };
@@ -114,16 +114,19 @@ fn string(
         } else {
             request = vm.chipset.port_write(access.port, access.size, u32::from_le_bytes(bytes), host.now());
         }
-        let next = (index & !address_mask) | (index.wrapping_add(step) & address_mask);
-        vcpu.set_gpr(index_register, next);
+        vcpu.set_gpr(index_register, with_address(index, index.wrapping_add(step), address_mask));
         count -= 1;
         done += 1;
         if string.rep {
             let rcx = vcpu.gpr(RCX);
-            vcpu.set_gpr(RCX, (rcx & !address_mask) | count);
+            vcpu.set_gpr(RCX, with_address(rcx, count, address_mask));
         }
         if let Some(request) = request {
-            vcpu.skip_instruction();
+            // A marker lets the guest run on: the rest of a REP string goes
+            // out when it executes the instruction again.
+            if count == 0 {
+                vcpu.skip_instruction();
+            }
             return act_on(request);
         }
     }
@@ -131,4 +134,25 @@ fn string(
         vcpu.skip_instruction();
     }
     Outcome::Resume
+}
+
+/// `old` with an address-size result written to it as the CPU writes RSI, RDI
+/// and RCX: a 16-bit one keeps bits 63:16, a 32-bit one zero-extends (as every
+/// 32-bit register write does in 64-bit mode), a 64-bit one replaces.
+fn with_address(old: u64, value: u64, address_mask: u64) -> u64 {
+    if address_mask == 0xffff {
+        (old & !0xffff) | (value & 0xffff)
+    } else {
+        value & address_mask
+    }
+}
+
+/// The base the CPU adds for `segment`: in 64-bit code only FS and GS have
+/// one (a base CS, DS, ES or SS kept from protected mode counts as 0).
+pub(crate) fn effective_base(vcpu: &dyn Vcpu, segment: SegmentRegister) -> u64 {
+    match segment {
+        SegmentRegister::Fs | SegmentRegister::Gs => vcpu.segment_base(segment),
+        _ if vcpu.code_size() == arch::decode::CodeSize::Bits64 => 0,
+        _ => vcpu.segment_base(segment),
+    }
 }

@@ -5,6 +5,7 @@
 //! the handlers did to them.
 
 mod cpuid;
+mod io;
 
 use crate::fake::{FakeHost, FakeMemory, FakeVcpu, FakeVm, Injected};
 use crate::{dispatch, Exit, Outcome};
