@@ -112,7 +112,7 @@ pub struct Fetched {
 /// (another vCPU changed them): the caller raises what the CPU would.
 pub fn fetch_instruction(vcpu: &dyn Vcpu, vm: &Machine) -> Result<Fetched, WalkError> {
     const MAX: usize = 15;
-    let linear = vcpu.segment_base(crate::SegmentRegister::Cs).wrapping_add(vcpu.rip());
+    let linear = crate::io::effective_base(vcpu, crate::SegmentRegister::Cs).wrapping_add(vcpu.rip());
     let in_first_page = (0x1000 - (linear & 0xfff) as usize).min(MAX);
     let paging = vcpu.paging();
     let rights = access_rights(vcpu, AccessKind::Execute);

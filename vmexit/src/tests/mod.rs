@@ -6,6 +6,7 @@
 
 mod cpuid;
 mod io;
+mod mmio;
 
 use crate::fake::{FakeHost, FakeMemory, FakeVcpu, FakeVm, Injected};
 use crate::{dispatch, Exit, Outcome};
