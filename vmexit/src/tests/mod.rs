@@ -5,8 +5,12 @@
 //! the handlers did to them.
 
 mod cpuid;
+mod cr;
+mod hypercall;
 mod io;
 mod mmio;
+mod msr;
+mod xsetbv;
 
 use crate::fake::{FakeHost, FakeMemory, FakeVcpu, FakeVm, Injected};
 use crate::{dispatch, Exit, Outcome};

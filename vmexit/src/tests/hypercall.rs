@@ -1,0 +1,165 @@
+//! Basalt's hypercalls (VMCALL / VMMCALL).
+
+use super::*;
+use crate::vmcall::VERSION;
+use crate::{Stop, UD};
+
+/// Hypercall `number` with RBX, RCX as given; returns the outcome.
+fn call(vcpu: &mut FakeVcpu, vm: &mut FakeVm, number: u64, rbx: u64, rcx: u64) -> Outcome {
+    vcpu.gprs[RAX as usize] = number;
+    vcpu.gprs[RBX as usize] = rbx;
+    vcpu.gprs[RCX as usize] = rcx;
+    run(Exit::Hypercall, vcpu, vm, &mut FakeHost::default())
+}
+
+/// Asserts a call completed with `result` in RAX.
+#[track_caller]
+fn assert_result(vcpu: &FakeVcpu, outcome: &Outcome, result: u64) {
+    assert_done(vcpu, outcome, 0x1000);
+    assert_eq!(vcpu.gprs[RAX as usize], result);
+}
+
+#[test]
+fn version() {
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu::long_mode();
+    let outcome = call(&mut vcpu, &mut vm, 0, u64::MAX, u64::MAX);
+    assert_result(&vcpu, &outcome, VERSION);
+    assert_eq!(VERSION, 0x0001_0000);
+}
+
+#[test]
+fn tsc_khz() {
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu::flat();
+    let outcome = call(&mut vcpu, &mut vm, 3, 0, 0);
+    assert_result(&vcpu, &outcome, 2_000_000);
+}
+
+#[test]
+fn print_sends_guest_memory_to_the_console() {
+    let (mut vm, _) = machine();
+    vm.memory.bytes[0x2000..0x200c].copy_from_slice(b"hello, world");
+    let mut vcpu = FakeVcpu::flat();
+    let outcome = call(&mut vcpu, &mut vm, 1, 0x2000, 5);
+    assert_result(&vcpu, &outcome, 5);
+    assert_eq!(*vm.console.borrow(), [b"hello".to_vec()]);
+}
+
+#[test]
+fn print_clamps_the_length_at_256() {
+    let (mut vm, _) = machine();
+    for (i, byte) in vm.memory.bytes[0x3000..0x3400].iter_mut().enumerate() {
+        *byte = b'a' + (i % 26) as u8;
+    }
+    for rcx in [257, 1000, u64::MAX] {
+        let mut vcpu = FakeVcpu::flat();
+        let outcome = call(&mut vcpu, &mut vm, 1, 0x3000, rcx);
+        assert_result(&vcpu, &outcome, 256);
+    }
+    let lines = vm.console.borrow();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| *l == vm.memory.bytes[0x3000..0x3100]));
+}
+
+#[test]
+fn print_from_outside_ram_returns_all_ones_and_prints_nothing() {
+    let (mut vm, _) = machine();
+    for (address, len) in [
+        (RAM as u64, 1),
+        (RAM as u64 - 4, 5), // runs past the end
+        (0xfee0_0000, 4),    // device memory
+        (u64::MAX - 1, 4),   // wraps
+        (u64::MAX, 256),
+    ] {
+        let mut vcpu = FakeVcpu::flat();
+        let outcome = call(&mut vcpu, &mut vm, 1, address, len);
+        assert_result(&vcpu, &outcome, u64::MAX);
+    }
+    assert!(vm.console.borrow().is_empty());
+}
+
+#[test]
+fn print_of_nothing_prints_an_empty_line() {
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu::flat();
+    let outcome = call(&mut vcpu, &mut vm, 1, RAM as u64, 0);
+    assert_result(&vcpu, &outcome, 0);
+    assert_eq!(*vm.console.borrow(), [Vec::<u8>::new()]);
+}
+
+#[test]
+fn exit_stops_the_vm_with_the_status_in_rbx() {
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu::flat();
+    let outcome = call(&mut vcpu, &mut vm, 2, 0xdead_beef_0000_0042, 0);
+    assert_eq!(outcome, Outcome::Stop(Stop::ExitHypercall { status: 0xdead_beef_0000_0042 }));
+    assert_eq!(vcpu.skipped, 1);
+}
+
+#[test]
+fn raise_interrupt_queues_a_vector_of_32_or_more() {
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu::flat();
+    for vector in [32u64, 0x80, 255] {
+        let outcome = call(&mut vcpu, &mut vm, 4, vector, 0);
+        assert_eq!((outcome, vcpu.gprs[RAX as usize]), (Outcome::Resume, 0));
+    }
+    let mut queued = Vec::new();
+    while let Some(v) = vcpu.pending.take_highest() {
+        queued.push(v);
+    }
+    assert_eq!(queued, [255, 0x80, 32]);
+    assert_eq!(vcpu.skipped, 3);
+}
+
+#[test]
+fn raise_interrupt_refuses_exception_vectors_and_out_of_range_ones() {
+    let (mut vm, _) = machine();
+    for vector in [0u64, 2, 14, 31, 256, 0x1_0000_0040, u64::MAX] {
+        let mut vcpu = FakeVcpu::flat();
+        let outcome = call(&mut vcpu, &mut vm, 4, vector, 0);
+        assert_result(&vcpu, &outcome, u64::MAX);
+        assert!(!vcpu.pending.has_interrupt(), "vector {vector:#x} was queued");
+    }
+}
+
+#[test]
+fn raise_nmi_queues_an_nmi() {
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu::flat();
+    let outcome = call(&mut vcpu, &mut vm, 5, 0, 0);
+    assert_result(&vcpu, &outcome, 0);
+    assert!(vcpu.pending.nmi);
+    assert_eq!(vcpu.injected, None, "delivered at the next entry, not from the handler");
+}
+
+#[test]
+fn outside_ring_0_every_call_is_ud() {
+    for number in [0, 1, 2, 4, 5, 6, u64::MAX] {
+        let (mut vm, _) = machine();
+        vm.memory.bytes[0x2000] = b'x';
+        let mut vcpu = FakeVcpu { cpl: 3, ..FakeVcpu::flat() };
+        let outcome = call(&mut vcpu, &mut vm, number, 0x2000, 1);
+        assert_eq!(outcome, Outcome::Resume, "call {number}: a user cannot stop the VM");
+        assert_eq!(exception(&vcpu), Some((UD, None)));
+        assert_eq!((vcpu.rip, vcpu.skipped, vcpu.gprs[RAX as usize]), (0x1000, 0, number));
+        assert!(vm.console.borrow().is_empty());
+        assert!(!vcpu.pending.nmi);
+    }
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu { cpl: 1, ..FakeVcpu::flat() };
+    call(&mut vcpu, &mut vm, 0, 0, 0);
+    assert_eq!(exception(&vcpu), Some((UD, None)), "ring 1 neither");
+}
+
+#[test]
+fn an_unknown_number_stops_the_vm_naming_it() {
+    for number in [6, 0x100, 1 << 32, u64::MAX] {
+        let (mut vm, _) = machine();
+        let mut vcpu = FakeVcpu::flat();
+        let outcome = call(&mut vcpu, &mut vm, number, 0, 0);
+        assert_eq!(outcome, Outcome::Stop(Stop::UnknownHypercall { number }));
+        assert_eq!((vcpu.skipped, vcpu.injected), (0, None));
+    }
+}
