@@ -21,9 +21,16 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
     if !nmi && !own && !from_chipset {
         return;
     }
-    // A handler may already be injecting an event; the rest wait for the window.
+    // A handler may already be injecting an event; the rest wait for their
+    // windows. An NMI waits for its own: an interrupt window would not come
+    // while the guest keeps IF clear, and the NMI would wait for an unrelated exit.
     if vcpu.injection_pending() {
-        vcpu.request_interrupt_window(true);
+        if nmi {
+            vcpu.request_nmi_window(true);
+        }
+        if own || from_chipset {
+            vcpu.request_interrupt_window(true);
+        }
         return;
     }
     let shadow = vcpu.interrupt_shadow();
@@ -31,6 +38,11 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
         if !vcpu.nmi_blocked() && !shadow {
             vcpu.pending().nmi = false;
             vcpu.inject_nmi();
+            // Interrupts go in as soon as the NMI handler lets them (nothing
+            // else may make the guest exit soon).
+            if own || from_chipset {
+                vcpu.request_interrupt_window(true);
+            }
             return;
         }
         vcpu.request_nmi_window(true);
@@ -40,6 +52,10 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
             let vector = chipset.take_interrupt(index).or_else(|| vcpu.pending().take_highest());
             if let Some(vector) = vector {
                 vcpu.inject_interrupt(vector);
+            }
+            // The next one goes in as soon as the guest can take it.
+            if vcpu.pending().has_interrupt() || chipset.has_interrupt(index) {
+                vcpu.request_interrupt_window(true);
             }
         } else {
             vcpu.request_interrupt_window(true);

@@ -6,6 +6,7 @@
 
 mod cpuid;
 mod cr;
+mod events;
 mod hypercall;
 mod io;
 mod mmio;
