@@ -2,9 +2,17 @@
 //! address was touched but not how; this finds the access size, direction, the
 //! register or immediate involved and the instruction's length, for the MOV
 //! forms that device drivers use (MOV r/m<->r, MOV r/m,imm, MOVZX, MOV moffs).
+//!
+//! The instructions an SVM VMM intercepts and must step over, or whose control
+//! register it must find, when the CPU does not say (no NRIP save, no decode
+//! assists) are decoded in `intercepted`, with the prefixes read here.
 
 // Every value here comes from a hostile guest: no arithmetic may wrap or panic.
 #![deny(clippy::arithmetic_side_effects)]
+
+mod intercepted;
+
+pub use intercepted::{decode_cr_access, intercepted_length, CrInstruction, MovCr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeSize {
@@ -42,25 +50,35 @@ pub struct MmioInstruction {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// Ran out of bytes: the fetch was cut short, or the instruction would be
-    /// longer than the 15 bytes a CPU accepts.
+    /// Ran out of bytes: the fetch was cut short. `decode` says this too of an
+    /// instruction longer than the 15 bytes a CPU accepts; the decoders of
+    /// intercepted instructions say `Invalid` of one (the CPU raises #GP).
     Truncated,
     /// An instruction Basalt does not emulate against MMIO.
     Unsupported { opcode: u8 },
     /// The ModRM names a register, not memory, so it cannot be this access.
     NotMemory,
-    /// Bytes the CPU would refuse with #UD (LOCK on a MOV, C6/C7 with ModRM.reg
-    /// other than 0). The exit cannot have come from them as they stand, so
-    /// emulating them would do what the guest's CPU never would.
+    /// Bytes the CPU would refuse: with #UD (LOCK on a MOV, C6/C7 with
+    /// ModRM.reg other than 0, a CR that does not exist) or, as the decoders
+    /// of intercepted instructions see it, with #GP for a length over 15. The
+    /// exit cannot have come from them as they stand, so emulating them would
+    /// do what the guest's CPU never would.
     Invalid,
 }
+
+/// The most bytes an instruction may have; a longer one raises #GP.
+const MAX_LENGTH: usize = 15;
 
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
+    /// Over the first `MAX_LENGTH` of `bytes`: no instruction reads beyond.
+    fn new(bytes: &'a [u8]) -> Self {
+        Cursor { bytes: &bytes[..bytes.len().min(MAX_LENGTH)], at: 0 }
+    }
     fn next(&mut self) -> Result<u8, DecodeError> {
         let b = *self.bytes.get(self.at).ok_or(DecodeError::Truncated)?;
         self.at = self.at.saturating_add(1);
@@ -84,28 +102,52 @@ impl Cursor<'_> {
     }
 }
 
-pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeError> {
-    let mut c = Cursor { bytes: &bytes[..bytes.len().min(15)], at: 0 };
-    let (mut operand16, mut address_override, mut lock, mut rex) = (false, false, false, 0u8);
-    let mut opcode = c.next()?;
-    loop {
-        match opcode {
-            0x66 => operand16 = true,
-            0x67 => address_override = true,
-            0xf0 => lock = true,
-            0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
-            0x40..=0x4f if mode == CodeSize::Bits64 => {
-                rex = opcode;
-                opcode = c.next()?;
-                continue;
+/// The prefixes before an opcode, as the CPU reads them.
+#[derive(Clone, Copy, Default)]
+struct Prefixes {
+    /// 66
+    operand16: bool,
+    /// 67
+    address_override: bool,
+    /// F0
+    lock: bool,
+    /// The last of F2 and F3, which is the one that selects an instruction
+    /// (F3 0F 09 is WBNOINVD), or 0.
+    repeat: u8,
+    /// The REX prefix that counts, or 0: only in 64-bit mode, and only right
+    /// before the opcode (the CPU ignores one that a legacy prefix follows;
+    /// of two, the last counts).
+    rex: u8,
+}
+
+impl Prefixes {
+    /// Reads the prefixes at the cursor; returns them and the byte after them.
+    fn read(c: &mut Cursor<'_>, mode: CodeSize) -> Result<(Self, u8), DecodeError> {
+        let mut p = Prefixes::default();
+        let mut byte = c.next()?;
+        loop {
+            match byte {
+                0x66 => p.operand16 = true,
+                0x67 => p.address_override = true,
+                0xf0 => p.lock = true,
+                0xf2 | 0xf3 => p.repeat = byte,
+                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+                0x40..=0x4f if mode == CodeSize::Bits64 => {
+                    p.rex = byte;
+                    byte = c.next()?;
+                    continue;
+                }
+                _ => return Ok((p, byte)),
             }
-            _ => break,
+            p.rex = 0;
+            byte = c.next()?;
         }
-        // A REX counts only right before the opcode; the CPU ignores one that
-        // a legacy prefix follows.
-        rex = 0;
-        opcode = c.next()?;
     }
+}
+
+pub fn decode(bytes: &[u8], mode: CodeSize) -> Result<MmioInstruction, DecodeError> {
+    let mut c = Cursor::new(bytes);
+    let (Prefixes { operand16, address_override, lock, rex, .. }, mut opcode) = Prefixes::read(&mut c, mode)?;
     let rex_w = rex & 8 != 0;
     let operand_size: u8 = match (mode, operand16, rex_w) {
         (CodeSize::Bits64, _, true) => 8,
