@@ -1,7 +1,11 @@
-//! Targets for pure CPU rules: the MMIO instruction decoder and XCR0.
+//! Targets for pure CPU rules: the MMIO instruction decoder, the decoders of
+//! intercepted instructions, and XCR0.
 
 use crate::feature;
-use arch::decode::{decode as decode_mmio, merge_register, Access, CodeSize, MmioInstruction, Register};
+use arch::decode::{
+    decode as decode_mmio, decode_cr_access, intercepted_length, merge_register, Access, CodeSize, CrInstruction,
+    DecodeError, MmioInstruction, MovCr, Register,
+};
 use arch::xstate::{self, ComponentLayout};
 use basalt_fuzz::Reader;
 
@@ -37,8 +41,8 @@ pub fn decode(data: &[u8]) -> u64 {
     signal
 }
 
-fn error_kind(e: arch::decode::DecodeError) -> u8 {
-    use arch::decode::DecodeError::*;
+fn error_kind(e: DecodeError) -> u8 {
+    use DecodeError::*;
     match e {
         Truncated => 0,
         Unsupported { .. } => 1,
@@ -85,6 +89,106 @@ fn check_instruction(i: &MmioInstruction, bytes: &[u8], mode: CodeSize) {
     let mut longer = bytes[..length].to_vec();
     longer.extend_from_slice(&[0x0f; 16]);
     assert_eq!(decode_mmio(&longer, mode), Ok(*i), "with other bytes after it");
+}
+
+/// Input: a mode byte, then the bytes fetched at the guest's RIP after an
+/// intercept. `intercepted_length` and `decode_cr_access` must agree with each
+/// other, stay within the bytes and 15, be self-delimiting, and take one more
+/// prefix as one more byte.
+pub fn intercepted(data: &[u8]) -> u64 {
+    let mut r = Reader::new(data);
+    let mode = r.pick(&MODES);
+    let bytes = r.rest();
+    let length = intercepted_length(bytes, mode);
+    let cr = decode_cr_access(bytes, mode);
+    let mut signal = 0;
+    feature(&mut signal, mode as u64);
+    check_decided(bytes, length, |b| intercepted_length(b, mode));
+    check_decided(bytes, cr, |b| decode_cr_access(b, mode));
+    match length {
+        Err(e) => feature(&mut signal, 0x100 | error_kind(e) as u64),
+        Ok(length) => {
+            let n = length as usize;
+            assert!((1..=15).contains(&n) && n <= bytes.len(), "length {n} of {} bytes", bytes.len());
+            // Each byte of it is needed: without the last, the fetch is short.
+            assert_eq!(intercepted_length(&bytes[..n - 1], mode), Err(DecodeError::Truncated), "cut short");
+            // A segment override more is a byte more, up to 15. LOCK is #UD on
+            // all but MOV CR, where it may make CR8 of CR0.
+            let longer = [&[0x2e][..], &bytes[..n]].concat();
+            let expected = if n < 15 { Ok(length + 1) } else { Err(DecodeError::Invalid) };
+            assert_eq!(intercepted_length(&longer, mode), expected, "with a segment override");
+            let locked = [&[0xf0][..], &bytes[..n]].concat();
+            if !matches!(cr, Ok(CrInstruction::Mov(_))) {
+                assert_eq!(intercepted_length(&locked, mode), Err(DecodeError::Invalid), "with LOCK");
+            }
+            feature(&mut signal, 0x1000 | length as u64);
+        }
+    }
+    match cr {
+        Err(e) => feature(&mut signal, 0x200 | error_kind(e) as u64),
+        Ok(cr) => {
+            check_cr_access(cr, bytes, mode);
+            assert_eq!(length, Ok(cr.length()), "the two decoders disagree on {cr:?}");
+            let n = cr.length() as usize;
+            if n < 15 {
+                let longer = [&[0x2e][..], &bytes[..n]].concat();
+                let moved = match cr {
+                    CrInstruction::Mov(m) => CrInstruction::Mov(MovCr { length: m.length + 1, ..m }),
+                    CrInstruction::Clts { length } => CrInstruction::Clts { length: length + 1 },
+                    CrInstruction::Lmsw { gpr, length } => CrInstruction::Lmsw { gpr, length: length + 1 },
+                };
+                assert_eq!(decode_cr_access(&longer, mode), Ok(moved), "with a segment override");
+            }
+            let kind = match cr {
+                CrInstruction::Mov(m) => 0x2000 | m.cr as u64 | (m.to_cr as u64) << 4 | ((m.gpr >= 8) as u64) << 5,
+                CrInstruction::Clts { .. } => 0x2100,
+                CrInstruction::Lmsw { gpr, .. } => 0x2200 | ((gpr >= 8) as u64) << 5,
+            };
+            feature(&mut signal, kind);
+        }
+    }
+    signal
+}
+
+/// A decoder that has decided (anything but `Truncated`) has seen all it
+/// needs: what follows in the fetch changes nothing, and no 15 bytes are ever
+/// too few.
+fn check_decided<T: PartialEq + core::fmt::Debug>(
+    bytes: &[u8],
+    result: Result<T, DecodeError>,
+    decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+) {
+    if result == Err(DecodeError::Truncated) {
+        assert!(bytes.len() < 15, "truncated with {} bytes", bytes.len());
+        return;
+    }
+    let mut longer = bytes.to_vec();
+    longer.extend_from_slice(&[0x0f, 0x22, 0xc0, 0xf0, 0x66, 0x2e, 0x48, 0x01]);
+    assert_eq!(decode(&longer), result, "with other bytes after it");
+}
+
+/// A CR access names an existing CR and register, and its last bytes say so.
+fn check_cr_access(cr: CrInstruction, bytes: &[u8], mode: CodeSize) {
+    let n = cr.length() as usize;
+    assert!((2..=15).contains(&n) && n <= bytes.len(), "length {n} of {} bytes", bytes.len());
+    let gprs = if mode == CodeSize::Bits64 { 16 } else { 8 };
+    let instruction = &bytes[..n];
+    match cr {
+        CrInstruction::Mov(MovCr { cr, gpr, to_cr, .. }) => {
+            assert!(matches!(cr, 0 | 2 | 3 | 4 | 8), "CR{cr}");
+            assert!(gpr < gprs, "register {gpr} in {mode:?}");
+            // Outside 64-bit mode only AMD's LOCK reaches CR8.
+            assert!(cr != 8 || mode == CodeSize::Bits64 || instruction.contains(&0xf0), "CR8 without LOCK or REX");
+            let [.., escape, opcode, modrm] = instruction else { panic!("MOV CR in {n} bytes") };
+            assert_eq!((*escape, *opcode), (0x0f, if to_cr { 0x22 } else { 0x20 }));
+            assert_eq!((modrm >> 3 & 7, modrm & 7), (cr & 7, gpr & 7), "ModRM {modrm:#x}");
+        }
+        CrInstruction::Clts { .. } => assert!(instruction.ends_with(&[0x0f, 0x06])),
+        CrInstruction::Lmsw { gpr, .. } => {
+            assert!(gpr < gprs, "register {gpr} in {mode:?}");
+            assert!(instruction.ends_with(&[0x0f, 0x01, 0xf0 | (gpr & 7)]), "LMSW from register {gpr}");
+        }
+    }
 }
 
 /// `merge_register` changes exactly the bytes the CPU writes: 1 or 2 merge

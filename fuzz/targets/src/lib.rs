@@ -29,6 +29,12 @@ pub const TARGETS: &[Target] = &[
         max_len: 32,
     },
     Target {
+        name: "intercepted",
+        about: "lengths of intercepted instructions and MOV CR/CLTS/LMSW decoding (SVM without NRIP save or decode assists): within the bytes and 15, self-delimiting, the two decoders agree",
+        run: cpu::intercepted,
+        max_len: 32,
+    },
+    Target {
         name: "xcr0",
         about: "XCR0 validity against an independent statement of the SDM rules; guest components fit their area",
         run: cpu::xcr0,

@@ -70,6 +70,7 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
     };
     named(match name {
         "decode" => decode(),
+        "intercepted" => intercepted(),
         "xcr0" => xcr0(),
         "cr" => cr(),
         "virtio-queue" => virtio_queue(),
@@ -112,6 +113,35 @@ fn decode() -> Vec<Vec<u8>> {
         (0, &[0x89, 0x07]),                                     // mov [bx], ax
         (0, &[0x8b, 0x46, 0x02]),                               // mov ax, [bp+2]
         (0, &[0x66, 0xa1, 0x34, 0x12]),                         // mov eax, [moffs16]
+    ];
+    forms.iter().map(|(mode, bytes)| [&[*mode][..], bytes].concat()).collect()
+}
+
+fn intercepted() -> Vec<Vec<u8>> {
+    // Mode (0: 16-bit, 1: 32-bit, 2: 64-bit), then the bytes at RIP.
+    let forms: [(u8, &[u8]); 22] = [
+        (2, &[0x0f, 0xa2]),                   // cpuid
+        (2, &[0x48, 0x0f, 0x30]),             // rex.w wrmsr
+        (2, &[0x0f, 0x32]),                   // rdmsr
+        (2, &[0xf4]),                         // hlt
+        (2, &[0x0f, 0x01, 0xd9]),             // vmmcall
+        (2, &[0xf3, 0x0f, 0x01, 0xd9]),       // vmgexit (rep vmmcall)
+        (2, &[0x0f, 0x01, 0xd1]),             // xsetbv
+        (2, &[0x66, 0x0f, 0x01, 0xd1]),       // 66 xsetbv: invalid
+        (2, &[0x0f, 0x01, 0xc8]),             // monitor
+        (2, &[0xf3, 0x0f, 0x09]),             // wbnoinvd
+        (2, &[0x0f, 0x22, 0xd8]),             // mov cr3, rax
+        (2, &[0x44, 0x0f, 0x22, 0xc1]),       // mov cr8, rcx
+        (2, &[0x41, 0x0f, 0x20, 0xe7]),       // mov r15, cr4
+        (2, &[0xf0, 0x44, 0x0f, 0x20, 0xc0]), // lock with rex.r: invalid
+        (2, &[0x0f, 0x01, 0xf0]),             // lmsw ax
+        (2, &[0x0f, 0x01, 0x30]),             // lmsw [rax]: unsupported
+        (1, &[0xf0, 0x0f, 0x22, 0xc0]),       // mov cr8, eax (AMD)
+        (1, &[0x0f, 0x20, 0xc8]),             // mov eax, cr1: invalid
+        (1, &[0x0f, 0x06]),                   // clts
+        (1, &[0x66, 0x2e, 0x0f, 0x01, 0xc9]), // 66 mwait: invalid
+        (0, &[0x66, 0x0f, 0x20, 0x00]),       // mov eax, cr0 (mod ignored)
+        (0, &[0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x2e, 0x0f, 0x33]), // 16 bytes: invalid
     ];
     forms.iter().map(|(mode, bytes)| [&[*mode][..], bytes].concat()).collect()
 }
@@ -542,6 +572,19 @@ mod tests {
             for i in 0..count {
                 assert!(shows(name, i, 0), "{name} seed {i} is accepted");
             }
+        }
+    }
+
+    /// The intercepted-instruction seeds are what their comments say: the
+    /// refused ones refused, the others accepted.
+    #[test]
+    fn intercepted_seeds_are_accepted_or_refused_as_meant() {
+        use arch::decode::{intercepted_length, CodeSize};
+        let modes = [CodeSize::Bits16, CodeSize::Bits32, CodeSize::Bits64];
+        let refused = [7, 13, 15, 17, 19, 21];
+        for (i, (_, input)) in seeds("intercepted").iter().enumerate() {
+            let result = intercepted_length(&input[1..], modes[input[0] as usize]);
+            assert_eq!(result.is_err(), refused.contains(&i), "seed {i}: {result:?}");
         }
     }
 
