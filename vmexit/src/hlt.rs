@@ -8,11 +8,15 @@
 
 use crate::vcpu::RFLAGS_IF;
 use crate::{Outcome, Stop, Vcpu};
+use devices::Chipset;
 
-pub fn handle(vcpu: &mut dyn Vcpu) -> Outcome {
+pub fn handle(vcpu: &mut dyn Vcpu, chipset: &Chipset) -> Outcome {
     // Only an NMI wakes a CPU halted with interrupts off; without one on its way,
-    // a VM whose bootstrap processor does that is over.
-    if vcpu.rflags() & RFLAGS_IF == 0 && !vcpu.pending().nmi {
+    // a VM whose bootstrap processor does that is over. One on its way may
+    // still be in the local APIC (sent while this vCPU ran; the next entry
+    // takes it).
+    let nmi = vcpu.pending().nmi || chipset.nmi_pending(vcpu.index());
+    if vcpu.rflags() & RFLAGS_IF == 0 && !nmi {
         if vcpu.index() == 0 {
             return Outcome::Stop(Stop::Halted);
         }

@@ -89,7 +89,7 @@ pub struct GuestXstate {
 pub fn dispatch(exit: Exit, vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &mut dyn Host) -> Outcome {
     match exit {
         Exit::Cpuid => cpuid::handle(vcpu, host),
-        Exit::Hlt => hlt::handle(vcpu),
+        Exit::Hlt => hlt::handle(vcpu, vm.chipset),
         Exit::Io(access) => io::handle(vcpu, vm, host, access),
         Exit::DeviceMemory { address, fetch } => mmio::handle(vcpu, vm, host, address, fetch),
         Exit::ApicWrite { offset, value } => mmio::apic_write(vcpu, vm, host, offset, value),

@@ -9,6 +9,7 @@ mod cr;
 mod events;
 mod hypercall;
 mod io;
+mod misc;
 mod mmio;
 mod msr;
 mod xsetbv;
