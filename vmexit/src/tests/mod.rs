@@ -7,6 +7,7 @@
 mod cpuid;
 mod cr;
 mod events;
+mod hostile;
 mod hypercall;
 mod io;
 mod misc;
