@@ -6,12 +6,39 @@
 
 use crate::{CrAccess, Host, Machine, Outcome, Stop, Vcpu, GP};
 use arch::control::{cr0, efer};
+use arch::decode::CrInstruction;
 
 /// The local APIC's task-priority register, which CR8 mirrors (CR8 = TPR[7:4]).
 const APIC_TPR: u64 = devices::layout::LAPIC_BASE + 0x80;
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: CrAccess) -> Outcome {
     match access {
+        CrAccess::Undecoded { cr, write } => {
+            let decoded = match crate::length::decode_at_rip(vcpu, vm, arch::decode::decode_cr_access) {
+                Ok(decoded) => decoded,
+                Err(outcome) => return outcome,
+            };
+            let access = match decoded {
+                CrInstruction::Mov(m) if m.cr == cr && m.to_cr == write => {
+                    if m.to_cr {
+                        CrAccess::MovTo { cr, gpr: m.gpr }
+                    } else {
+                        CrAccess::MovFrom { cr, gpr: m.gpr }
+                    }
+                }
+                CrInstruction::Clts { .. } if cr == 0 && write => CrAccess::Clts,
+                CrInstruction::Lmsw { gpr, .. } if cr == 0 && write => CrAccess::Lmsw { source: vcpu.gpr(gpr) as u16 },
+                // Not the instruction that exited (another vCPU rewrote it).
+                other => {
+                    return Outcome::Stop(Stop::Unsupported(alloc::format!(
+                        "CR{cr} exit at RIP {:#x} by {other:?}",
+                        vcpu.rip()
+                    )))
+                }
+            };
+            vcpu.set_instruction_length(decoded.length());
+            return handle(vcpu, vm, host, access);
+        }
         CrAccess::MovTo { cr: 0, gpr } => {
             let value = vcpu.gpr(gpr);
             if arch::control::check_cr0(value, vcpu.control()).is_err() {

@@ -120,6 +120,12 @@ pub enum CrAccess {
     Lmsw {
         source: u16,
     },
+    /// A write (or read) of CRn by an instruction the CPU did not decode (SVM
+    /// without decode assists): the handler decodes it from guest memory.
+    Undecoded {
+        cr: u8,
+        write: bool,
+    },
 }
 
 impl Exit {

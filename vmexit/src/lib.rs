@@ -23,6 +23,7 @@ mod cr;
 pub mod events;
 mod hlt;
 pub mod io;
+mod length;
 mod mmio;
 mod msr;
 pub mod vmcall;
@@ -87,6 +88,11 @@ pub struct GuestXstate {
 
 /// Sends `exit` to its handler: one hop from a reason to the code for it.
 pub fn dispatch(exit: Exit, vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &mut dyn Host) -> Outcome {
+    if vcpu.instruction_length_unknown() {
+        if let Err(outcome) = length::measure(vcpu, vm, &exit) {
+            return outcome;
+        }
+    }
     match exit {
         Exit::Cpuid => cpuid::handle(vcpu, host),
         Exit::Hlt => hlt::handle(vcpu, vm.chipset),
@@ -107,6 +113,7 @@ pub fn dispatch(exit: Exit, vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &mut dy
             host.take_host_nmi();
             Outcome::Resume
         }
+        Exit::Exception { vector: UD, .. } => vmcall::undefined_opcode(vcpu, vm, host),
         Exit::Exception { vector, error_code } => events::exception(vcpu, vector, error_code),
         Exit::InterruptWindow => events::interrupt_window(vcpu),
         Exit::NmiWindow => events::nmi_window(vcpu),

@@ -30,6 +30,13 @@ pub trait Vcpu {
     /// Moves the guest past the instruction that exited, whose length the back
     /// end knows, and ends any STI / MOV SS interrupt shadow.
     fn skip_instruction(&mut self);
+    /// The back end does not know where the exiting instruction ends (SVM
+    /// without next-RIP save): `dispatch` decodes it and says, through
+    /// `set_instruction_length`, before a handler can skip it.
+    fn instruction_length_unknown(&self) -> bool {
+        false
+    }
+    fn set_instruction_length(&mut self, _length: u8) {}
     fn rflags(&self) -> u64;
     /// The current privilege level (SS.DPL).
     fn cpl(&self) -> u8;

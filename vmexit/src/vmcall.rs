@@ -13,6 +13,10 @@
 //! Calls 4 and 5 queue an event for the calling vCPU, delivered as soon as it
 //! can take it (a self-interrupt; guests use them to test their handlers).
 //!
+//! Either instruction works on either vendor: the one the CPU does not have
+//! raises #UD, which the back end intercepts where that can happen (SVM), and
+//! `undefined_opcode` treats as the hypercall it was meant to be, as KVM does.
+//!
 //! Any other number stops the VM: a guest that does not know the interface is
 //! stopped rather than left to guess.
 
@@ -24,6 +28,24 @@ const PRINT_MAX: u64 = 256;
 const RAX: u8 = 0;
 const RCX: u8 = 1;
 const RBX: u8 = 3;
+
+/// VMCALL (0F 01 C1) and VMMCALL (0F 01 D9).
+const HYPERCALLS: [[u8; 3]; 2] = [[0x0f, 0x01, 0xc1], [0x0f, 0x01, 0xd9]];
+
+/// An intercepted #UD: the other vendor's hypercall instruction is a
+/// hypercall; anything else gets its #UD.
+pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
+    let fetched = match crate::mmio::fetch_instruction(vcpu, vm) {
+        Ok(fetched) => fetched,
+        Err(e) => return crate::translation_failed(vcpu, e),
+    };
+    if fetched.len >= 3 && HYPERCALLS.iter().any(|h| fetched.bytes[..3] == *h) {
+        vcpu.set_instruction_length(3);
+        return handle(vcpu, vm, host);
+    }
+    vcpu.reflect_exception(UD, None);
+    Outcome::Resume
+}
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     if vcpu.cpl() != 0 {
