@@ -171,6 +171,16 @@ pub fn timer_start_periodic(timer_input_hz: u64, hz: u64) {
     write(REG_TIMER_INITIAL, count);
 }
 
+/// One timer interrupt after `ticks` of the timer's input clock (at least
+/// one count): how a back end without a preemption timer (SVM) gets the core
+/// back from a guest by a deadline.
+pub fn timer_one_shot(ticks: u64) {
+    let count = (ticks / TIMER_DIVISOR).clamp(1, u32::MAX as u64) as u32;
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    write(REG_LVT_TIMER, trap::VECTOR_TIMER as u32);
+    write(REG_TIMER_INITIAL, count);
+}
+
 pub fn timer_stop() {
     write(REG_LVT_TIMER, TIMER_MASKED | trap::VECTOR_TIMER as u32);
     write(REG_TIMER_INITIAL, 0);

@@ -126,8 +126,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         error!("only {} of {} CPUs online; missing APIC ids {:?}", smp.online, smp.expected, smp.failed_apic_ids);
     }
 
-    vmm::intel::cpu::report_capabilities();
-    let vmx_here = enable_vmx_here();
+    vmm::report_capabilities();
+    let guests_here = enable_virtualization_here();
 
     #[cfg(feature = "test-hooks")]
     if let Some(injection) = options.inject {
@@ -146,11 +146,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Err(e) => fail_fmt(format_args!("{e}")),
     };
     if !vms.is_empty() {
-        if !vmx_here {
-            fail("there are VMs to run but this CPU cannot run guests (see the vmx lines above)");
+        if !guests_here {
+            fail("there are VMs to run but this CPU cannot run guests (see the vmx and svm lines above)");
         }
-        let online_with_vmx = percpu::online().filter(|c| c.vmx_on.load(core::sync::atomic::Ordering::Acquire)).count();
-        info!("vmm: running {} VM(s) on {} CPU(s)", vms.len(), online_with_vmx);
+        let online = percpu::online().filter(|c| c.runs_guests.load(core::sync::atomic::Ordering::Acquire)).count();
+        info!("vmm: running {} VM(s) on {} CPU(s)", vms.len(), online);
         let reports = vmm::run_all(vms);
         info!("vmm: all {} VM(s) stopped", reports.len());
     }
@@ -180,20 +180,20 @@ fn set_control_registers() -> u64 {
     found
 }
 
-/// Turns VMX on for the calling CPU if it has it; false (and why, logged) if not.
-pub fn enable_vmx_here() -> bool {
-    if !vmm::intel::cpu::cpu_has_vmx() {
-        return false;
-    }
-    match vmm::intel::cpu::enable_on_this_cpu() {
+/// Turns VT-x or SVM on for the calling CPU if it has either; false (and why,
+/// logged) if not.
+pub fn enable_virtualization_here() -> bool {
+    let Some(vendor) = vmm::vendor() else { return false };
+    match vmm::enable_on_this_cpu() {
         Ok(()) => {
             if let Some(cpu) = percpu::current() {
-                cpu.vmx_on.store(true, core::sync::atomic::Ordering::Release);
+                cpu.runs_guests.store(true, core::sync::atomic::Ordering::Release);
             }
             true
         }
         Err(e) => {
-            error!("vmx: cannot enable on cpu{}: {e}", percpu::current_index());
+            let name = if vendor == vmm::Vendor::Intel { "vmx" } else { "svm" };
+            error!("{name}: cannot enable on cpu{}: {e}", percpu::current_index());
             false
         }
     }

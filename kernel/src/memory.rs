@@ -121,10 +121,16 @@ pub fn alloc_frame_in(min: u64, max: u64) -> Option<u64> {
 /// 2 MiB of zeroed, physically contiguous, 2 MiB-aligned memory, for guest RAM
 /// that EPT maps with large pages. None when memory is too fragmented.
 pub fn alloc_2m() -> Option<u64> {
-    const RUN: usize = 512;
-    let start = FRAMES.lock().as_mut()?.take_run(RUN, RUN)?;
+    alloc_run(512, 512)
+}
+
+/// `count` zeroed, physically contiguous frames starting at a multiple of
+/// `align` frames (guest RAM in large pages; SVM's I/O and MSR permission
+/// maps). Freed frame by frame.
+pub fn alloc_run(count: usize, align: usize) -> Option<u64> {
+    let start = FRAMES.lock().as_mut()?.take_run(count, align)?;
     // SAFETY: the run was just taken from the allocator; the physical mapping covers it.
-    unsafe { core::ptr::write_bytes(phys_to_virt(start) as *mut u8, 0, RUN * FRAME_SIZE as usize) };
+    unsafe { core::ptr::write_bytes(phys_to_virt(start) as *mut u8, 0, count * FRAME_SIZE as usize) };
     Some(start)
 }
 

@@ -18,10 +18,10 @@ pub struct PerCpu {
     pub timer_ticks: AtomicU64,
     /// Test IPIs taken.
     pub ipis_received: AtomicU32,
-    /// In VMX root operation, so it can run vCPUs.
-    pub vmx_on: AtomicBool,
+    /// VT-x or SVM is on, so it can run vCPUs.
+    pub runs_guests: AtomicBool,
     /// Id of the VM whose vCPU ran here last (0: none yet), so a change of VM
-    /// on this core gets its isolation barrier (vmm::vcpu).
+    /// on this core gets its isolation barrier (vmm::switch).
     pub last_vm: AtomicU64,
 }
 
@@ -37,7 +37,7 @@ impl PerCpu {
             tables: CpuTables::new(),
             timer_ticks: AtomicU64::new(0),
             ipis_received: AtomicU32::new(0),
-            vmx_on: AtomicBool::new(false),
+            runs_guests: AtomicBool::new(false),
             last_vm: AtomicU64::new(0),
         }
     }

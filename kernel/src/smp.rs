@@ -248,12 +248,17 @@ extern "C" fn ap_entry(packed: u64) -> ! {
     trap::load_idt();
     let cpu = percpu::init_ap(index, apic_id);
     apic::enable_this_cpu();
-    let vmx = crate::enable_vmx_here();
-    log::info!("cpu{} online (APIC id {}){}", cpu.index, apic::id(), if vmx { ", VMX on" } else { "" });
+    let guests = crate::enable_virtualization_here();
+    let on = match crate::vmm::vendor() {
+        Some(crate::vmm::Vendor::Intel) if guests => ", VMX on",
+        Some(crate::vmm::Vendor::Amd) if guests => ", SVM on",
+        _ => "",
+    };
+    log::info!("cpu{} online (APIC id {}){on}", cpu.index, apic::id());
     READY.fetch_add(1, Ordering::AcqRel);
     // APs rest here; an IPI wakes them to run whatever VMs are queued.
     loop {
-        if vmx {
+        if guests {
             crate::vmm::work();
         }
         x86_64::instructions::interrupts::enable_and_hlt();

@@ -1,14 +1,45 @@
-//! A VM's RAM: host frames, one per guest page, mapped in the VM's own EPT where
-//! `devices::layout::RamMap` puts RAM (below the MMIO hole, the rest from 4 GiB).
+//! A VM's RAM: host frames, one per guest page, mapped in the VM's own nested
+//! page tables (EPT on VT-x, NPT on SVM) where `devices::layout::RamMap` puts
+//! RAM (below the MMIO hole, the rest from 4 GiB).
 //! Everything the VMM reads or writes in a guest goes through the bounds-checked
 //! accessors here, which translate guest-physical addresses through that map.
 
 use crate::memory::{self, FRAME_SIZE};
 use alloc::vec::Vec;
 use devices::layout::RamMap;
-use ept::{Ept, Mapping, MemoryType, PageSize, Perms, TableMemory};
+use ept::{Ept, EptError, Mapping, MemoryType, Npt, PageSize, Perms, TableMemory};
 
-/// EPT tables in host frames, remembered so they are freed with the VM.
+/// The nested page-table format of the back end that runs the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedFormat {
+    Ept,
+    Npt,
+}
+
+/// A VM's nested page tables, in its back end's format: the ept crate builds
+/// both from the same mappings.
+enum NestedTables {
+    Ept(Ept),
+    Npt(Npt),
+}
+
+impl NestedTables {
+    fn new(format: NestedFormat, tables: &mut HostTables) -> Option<NestedTables> {
+        Some(match format {
+            NestedFormat::Ept => NestedTables::Ept(Ept::new(tables).ok()?),
+            NestedFormat::Npt => NestedTables::Npt(Npt::new(tables).ok()?),
+        })
+    }
+
+    fn map(&mut self, tables: &mut HostTables, mapping: &Mapping) -> Result<(), EptError> {
+        match self {
+            NestedTables::Ept(t) => t.map(tables, mapping),
+            NestedTables::Npt(t) => t.map(tables, mapping),
+        }
+    }
+}
+
+/// Nested page tables in host frames, remembered so they are freed with the VM.
 struct HostTables {
     frames: Vec<u64>,
 }
@@ -40,7 +71,7 @@ pub struct GuestMemory {
     large_chunks: Vec<u64>,
     single_frames: Vec<u64>,
     tables: HostTables,
-    ept: Ept,
+    nested: NestedTables,
     /// APIC virtualisation: the frame mapped where the guest's local APIC is.
     apic_access_page: Option<u64>,
 }
@@ -55,17 +86,17 @@ impl GuestMemory {
     /// is out of memory (anything already allocated is given back). Whole 2 MiB
     /// pieces come from contiguous host memory and are mapped with 2 MiB EPT
     /// pages; the rest page by page.
-    pub fn new(bytes: u64) -> Option<Self> {
+    pub fn new(bytes: u64, format: NestedFormat) -> Option<Self> {
         let map = RamMap::new(bytes.checked_next_multiple_of(FRAME_SIZE)?)?;
         let mut tables = HostTables { frames: Vec::new() };
-        let ept = Ept::new(&mut tables).ok()?;
+        let nested = NestedTables::new(format, &mut tables)?;
         let mut memory = GuestMemory {
             map,
             frames: Vec::new(),
             large_chunks: Vec::new(),
             single_frames: Vec::new(),
             tables,
-            ept,
+            nested,
             apic_access_page: None,
         };
         // One entry per page (8 MiB for 4 GiB, half the kernel heap): reserved
@@ -107,7 +138,7 @@ impl GuestMemory {
                 perms: Perms::RWX,
                 memory_type: MemoryType::WriteBack,
             };
-            self.ept.map(&mut self.tables, &mapping).ok()?;
+            self.nested.map(&mut self.tables, &mapping).ok()?;
             done += chunk;
         }
         Some(())
@@ -118,8 +149,13 @@ impl GuestMemory {
         &self.map
     }
 
-    pub fn eptp(&self) -> u64 {
-        self.ept.eptp()
+    /// The root of the nested page tables as the back end's control
+    /// structure takes it: the EPT pointer (VMCS) or nCR3 (VMCB).
+    pub fn nested_root(&self) -> u64 {
+        match &self.nested {
+            NestedTables::Ept(t) => t.eptp(),
+            NestedTables::Npt(t) => t.ncr3(),
+        }
     }
 
     /// For APIC virtualisation: maps a frame at the guest's local APIC page
@@ -138,7 +174,7 @@ impl GuestMemory {
             perms: Perms::READ | Perms::WRITE,
             memory_type: MemoryType::Uncacheable,
         };
-        if self.ept.map(&mut self.tables, &mapping).is_err() {
+        if self.nested.map(&mut self.tables, &mapping).is_err() {
             memory::free_frame(frame);
             return None;
         }

@@ -51,3 +51,11 @@ impl vmexit::Host for KernelHost {
 pub fn guest_cr4_allowed() -> u64 {
     vmexit::Host::guest_cr4_allowed(&KernelHost)
 }
+
+/// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through), asked
+/// of the CPU once.
+pub fn max_phys_bits() -> u8 {
+    use core::arch::x86_64::__cpuid;
+    static BITS: spin::Once<u8> = spin::Once::new();
+    *BITS.call_once(|| if __cpuid(0x8000_0000).eax >= 0x8000_0008 { __cpuid(0x8000_0008).eax as u8 } else { 36 })
+}

@@ -1,9 +1,11 @@
 //! Virtual machines: VMs and their memory (`vm`, `guest_memory`), the vendor
-//! back ends (`intel` for VT-x; each implements `backend::Backend`), the run loop every
+//! back ends (`intel` for VT-x, `amd` for SVM; each implements
+//! `backend::Backend`), the run loop every
 //! vCPU runs (`run`), which hands each exit to the vendor-neutral handlers of
 //! the `vmexit` crate. This file builds VMs from their specs and runs them on
 //! the CPUs.
 
+pub mod amd;
 mod backend;
 pub mod counters;
 mod disk;
@@ -21,6 +23,7 @@ use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use backend::Backend;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use counters::ExitCounters;
 use devices::StartupSignal;
@@ -39,6 +42,62 @@ const SETUP_AREA: u64 = 64 * 1024;
 
 /// Resets a VM may do before it is stopped (its stop reason stays `Reset`).
 const MAX_RESETS: u32 = 3;
+
+/// Whose virtualisation extensions run guests on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    /// VT-x (`intel`).
+    Intel,
+    /// SVM (`amd`).
+    Amd,
+}
+
+/// The back end for this CPU: VT-x where it is usable, else SVM with nested
+/// paging; None when neither is (the reasons are in the capability lines).
+pub fn vendor() -> Option<Vendor> {
+    static VENDOR: spin::Once<Option<Vendor>> = spin::Once::new();
+    *VENDOR.call_once(|| {
+        if intel::cpu::vmx().is_ok() {
+            Some(Vendor::Intel)
+        } else if amd::cpu::capabilities().is_ok() {
+            Some(Vendor::Amd)
+        } else {
+            None
+        }
+    })
+}
+
+/// Logs what each vendor's extensions offer on this CPU.
+pub fn report_capabilities() {
+    intel::cpu::report_capabilities();
+    amd::cpu::report_capabilities();
+}
+
+/// Turns the back end on for the calling CPU; Err says why it cannot run guests.
+pub fn enable_on_this_cpu() -> Result<(), String> {
+    match vendor() {
+        Some(Vendor::Intel) => intel::cpu::enable_on_this_cpu().map_err(String::from),
+        Some(Vendor::Amd) => amd::cpu::enable_on_this_cpu(),
+        None => Err("this CPU has neither usable VT-x nor usable SVM with nested paging".into()),
+    }
+}
+
+/// A vCPU of the VM whose RAM is `memory`, set up to start in `state`.
+fn new_vcpu(index: u32, state: &GuestState, memory: &guest_memory::GuestMemory) -> Result<Box<dyn Backend>, Stop> {
+    match vendor() {
+        Some(Vendor::Intel) => {
+            let mut vcpu = intel::Vcpu::new(index)?;
+            vcpu.setup(memory.nested_root(), memory.apic_access_page(), state)?;
+            Ok(Box::new(vcpu))
+        }
+        Some(Vendor::Amd) => {
+            let mut vcpu = amd::Vcpu::new(index)?;
+            vcpu.setup(memory.nested_root(), state)?;
+            Ok(Box::new(vcpu))
+        }
+        None => Err(Stop::Unsupported("this CPU cannot run guests".into())),
+    }
+}
 
 /// How a VM ended and what it cost, for the log and `cargo xtask bench`.
 pub struct VmReport {
@@ -109,10 +168,10 @@ fn run_vm(guest: &GuestImages) -> VmReport {
 fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Stop> {
     let spec = &guest.spec;
     let vcpus = spec.cpus.max(1) as usize;
-    let vmx_cpus = crate::percpu::online().filter(|c| c.vmx_on.load(Ordering::Acquire)).count();
-    if vcpus > vmx_cpus {
+    let guest_cpus = crate::percpu::online().filter(|c| c.runs_guests.load(Ordering::Acquire)).count();
+    if vcpus > guest_cpus {
         return Err(Stop::Unsupported(alloc::format!(
-            "{vcpus} vCPUs asked, but only {vmx_cpus} CPU(s) run VMs (each vCPU needs a CPU of its own)"
+            "{vcpus} vCPUs asked, but only {guest_cpus} CPU(s) run VMs (each vCPU needs a CPU of its own)"
         )));
     }
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
@@ -153,12 +212,13 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         log::warn!("vm {}: corrupting TR's access rights as the VM list asks", spec.name);
         state.tr.access_rights = 0x89;
     }
-    let (eptp, apic_access_page) = (vm.memory.eptp(), vm.memory.apic_access_page());
-    let mut vcpu = intel::Vcpu::new(0)?;
-    vcpu.setup(eptp, apic_access_page, &state)?;
-    vcpu.regs.rax = plan.rax;
-    vcpu.regs.rbx = plan.rbx;
-    vcpu.regs.rsi = plan.rsi;
+    let mut vcpu = new_vcpu(0, &state, &vm.memory)?;
+    const RAX: u8 = 0;
+    const RBX: u8 = 3;
+    const RSI: u8 = 6;
+    vcpu.set_gpr(RAX, plan.rax);
+    vcpu.set_gpr(RBX, plan.rbx);
+    vcpu.set_gpr(RSI, plan.rsi);
 
     let shared = Arc::new(SharedVm::new(vm, vcpus, spec.time_limit_ms));
     shared.place(0, true);
@@ -171,7 +231,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         drop(jobs);
         crate::smp::wake_all_aps();
     }
-    match run::run(&mut vcpu, &shared) {
+    match run::run(&mut *vcpu, &shared) {
         RunEnd::Stop(stop) => shared.stop(stop),
         // An application processor stopped the VM; its reason stands.
         RunEnd::VmStopped => {}
@@ -179,15 +239,19 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         RunEnd::Init | RunEnd::Parked => shared.stop(Stop::Unsupported("vCPU 0 left its run loop unexpectedly".into())),
     }
     if vcpus > 1 {
-        log_vcpu(&spec.name, 0, &vcpu.counters);
+        log_vcpu(&spec.name, 0, vcpu.counters());
     }
     let mut counters = shared.wait_for_aps();
-    counters.add(&vcpu.counters);
+    counters.add(vcpu.counters());
     report.exits = counters.total();
     report.summary = counters.summary();
     let mut vm = shared.lock();
-    // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation, the virtual-APIC page.
-    let frames_per_vcpu = 3 + vm.memory.apic_access_page().is_some() as u64;
+    // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation,
+    // the virtual-APIC page; or VMCB and XSAVE area.
+    let frames_per_vcpu = match vendor() {
+        Some(Vendor::Amd) => 2,
+        _ => 3 + vm.memory.apic_access_page().is_some() as u64,
+    };
     report.overhead_kib =
         (vm.memory.overhead_bytes() + frames_per_vcpu * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
     vm.chipset.flush_output();
@@ -212,12 +276,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
     let mut counters = ExitCounters::new();
     while let Some(vector) = wait_for_startup(shared, index) {
         let state = GuestState::after_startup_ipi(vector);
-        let (eptp, apic_access_page) = {
-            let vm = shared.lock();
-            (vm.memory.eptp(), vm.memory.apic_access_page())
-        };
-        let started = intel::Vcpu::new(index as u32)
-            .and_then(|mut vcpu| vcpu.setup(eptp, apic_access_page, &state).map(|_| vcpu));
+        let started = new_vcpu(index as u32, &state, &shared.lock().memory);
         let mut vcpu = match started {
             Ok(vcpu) => vcpu,
             Err(stop) => {
@@ -226,7 +285,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
             }
         };
         let end = loop {
-            match run::run(&mut vcpu, shared) {
+            match run::run(&mut *vcpu, shared) {
                 RunEnd::Parked => match wait_while_parked(shared, index) {
                     Some(Unpark::Nmi) => continue,
                     Some(Unpark::Init) => break RunEnd::Init,
@@ -235,7 +294,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
                 end => break end,
             }
         };
-        counters.add(&vcpu.counters);
+        counters.add(vcpu.counters());
         match end {
             RunEnd::Init | RunEnd::Parked => shared.lock().chipset.reset_lapic(index),
             RunEnd::Stop(stop) => {
@@ -386,7 +445,7 @@ static FINISHED: AtomicUsize = AtomicUsize::new(0);
 
 /// Host tick while VMs run: the host keeps control of every core (external
 /// interrupts exit), and the scheduler to come will switch vCPUs on it.
-const HOST_TICK_HZ: u64 = 100;
+pub(crate) const HOST_TICK_HZ: u64 = 100;
 
 /// Runs queued VMs on the calling CPU until the queue is empty. Every CPU with
 /// VMX on calls this when woken, so VMs spread over the cores.

@@ -2,7 +2,7 @@
 //! device), and why it stopped.
 
 use super::disk::HostDisk;
-use super::guest_memory::GuestMemory;
+use super::guest_memory::{GuestMemory, NestedFormat};
 use crate::log::GuestOutput;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -33,9 +33,14 @@ impl Vm {
     /// and the debug-exit port.
     pub fn new(spec: &VmSpec) -> Result<Vm, String> {
         let bytes = spec.memory_mib as u64 * 1024 * 1024;
-        let mut memory = GuestMemory::new(bytes)
+        let format = match super::vendor() {
+            Some(super::Vendor::Amd) => NestedFormat::Npt,
+            _ => NestedFormat::Ept,
+        };
+        let mut memory = GuestMemory::new(bytes, format)
             .ok_or_else(|| alloc::format!("not enough host memory for {} MiB of guest RAM", spec.memory_mib))?;
-        if super::intel::cpu::vmx().is_ok_and(|vmx| vmx.controls.apic_virtualization)
+        if super::vendor() == Some(super::Vendor::Intel)
+            && super::intel::cpu::vmx().is_ok_and(|vmx| vmx.controls.apic_virtualization)
             && memory.map_apic_access_page(layout::LAPIC_BASE).is_none()
         {
             // No frame or EPT table left: the APIC page is emulated. (RAM never

@@ -49,14 +49,6 @@ fn visible(actual: vmcs::Field, shadow: vmcs::Field, mask: vmcs::Field) -> u64 {
     (read(actual) & !mask) | (read(shadow) & mask)
 }
 
-/// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through), asked
-/// of the CPU once.
-fn max_phys_bits() -> u8 {
-    use core::arch::x86_64::__cpuid;
-    static BITS: spin::Once<u8> = spin::Once::new();
-    *BITS.call_once(|| if __cpuid(0x8000_0000).eax >= 0x8000_0008 { __cpuid(0x8000_0008).eax as u8 } else { 36 })
-}
-
 impl vmexit::Vcpu for Vcpu {
     fn index(&self) -> usize {
         self.index as usize
@@ -158,7 +150,7 @@ impl vmexit::Vcpu for Vcpu {
                 read(vmcs::GUEST_PDPTE2),
                 read(vmcs::GUEST_PDPTE3),
             ]),
-            max_phys_bits: max_phys_bits(),
+            max_phys_bits: crate::vmm::host::max_phys_bits(),
         }
     }
 
