@@ -66,6 +66,38 @@ pub enum DecodeError {
     Invalid,
 }
 
+/// What a string I/O instruction (INS, OUTS) works with, from its bytes:
+/// for a CPU that reports a port access but not the operands' address size
+/// or segment (SVM without decode assists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringIo {
+    /// 2, 4 or 8: the width of RSI/RDI/RCX the instruction uses.
+    pub address_bytes: u8,
+    /// The segment OUTS reads through (ES = 0 … GS = 5): DS unless
+    /// overridden. INS always writes through ES, whatever the prefixes.
+    pub segment: u8,
+    pub length: u8,
+}
+
+/// INS (6C, 6D) or OUTS (6E, 6F) with its prefixes.
+pub fn decode_string_io(bytes: &[u8], mode: CodeSize) -> Result<StringIo, DecodeError> {
+    let mut c = Cursor::new(bytes);
+    let (p, opcode) = Prefixes::read(&mut c, mode)?;
+    if !matches!(opcode, 0x6c..=0x6f) {
+        return Err(DecodeError::Unsupported { opcode });
+    }
+    if p.lock {
+        return Err(DecodeError::Invalid);
+    }
+    let address_bytes = match (mode, p.address_override) {
+        (CodeSize::Bits16, false) | (CodeSize::Bits32, true) => 2,
+        (CodeSize::Bits32, false) | (CodeSize::Bits16, true) | (CodeSize::Bits64, true) => 4,
+        (CodeSize::Bits64, false) => 8,
+    };
+    const DS: u8 = 3;
+    Ok(StringIo { address_bytes, segment: p.segment.unwrap_or(DS), length: c.at as u8 })
+}
+
 /// The most bytes an instruction may have; a longer one raises #GP.
 const MAX_LENGTH: usize = 15;
 
@@ -118,6 +150,9 @@ struct Prefixes {
     /// before the opcode (the CPU ignores one that a legacy prefix follows;
     /// of two, the last counts).
     rex: u8,
+    /// The last segment override (26, 2E, 36, 3E, 64, 65) as its 3-bit
+    /// segment number (ES = 0 … GS = 5).
+    segment: Option<u8>,
 }
 
 impl Prefixes {
@@ -131,7 +166,12 @@ impl Prefixes {
                 0x67 => p.address_override = true,
                 0xf0 => p.lock = true,
                 0xf2 | 0xf3 => p.repeat = byte,
-                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+                0x26 => p.segment = Some(0),
+                0x2e => p.segment = Some(1),
+                0x36 => p.segment = Some(2),
+                0x3e => p.segment = Some(3),
+                0x64 => p.segment = Some(4),
+                0x65 => p.segment = Some(5),
                 0x40..=0x4f if mode == CodeSize::Bits64 => {
                     p.rex = byte;
                     byte = c.next()?;
@@ -375,6 +415,26 @@ mod tests {
         );
         // Of two REX prefixes the last counts: mov r8, [rax]
         assert_eq!(decode(&[0x48, 0x4c, 0x8b, 0x00], Bits64).unwrap().access, Access::Read { dest: reg(8), width: 8 });
+    }
+
+    #[test]
+    fn string_io_operands_come_from_mode_and_prefixes() {
+        use super::{decode_string_io, StringIo};
+        let io = |bytes: &[u8], mode| decode_string_io(bytes, mode);
+        // rep outsb in real mode: 16-bit SI/CX through DS.
+        assert_eq!(io(&[0xf3, 0x6e], CodeSize::Bits16), Ok(StringIo { address_bytes: 2, segment: 3, length: 2 }));
+        // 67 switches 16 <-> 32, and 64 -> 32.
+        assert_eq!(io(&[0x67, 0x6e], CodeSize::Bits16).map(|s| s.address_bytes), Ok(4));
+        assert_eq!(io(&[0x67, 0x6e], CodeSize::Bits32).map(|s| s.address_bytes), Ok(2));
+        assert_eq!(io(&[0x67, 0x6e], CodeSize::Bits64).map(|s| s.address_bytes), Ok(4));
+        assert_eq!(io(&[0x6d], CodeSize::Bits64).map(|s| s.address_bytes), Ok(8));
+        // The last segment override counts; REX and 66 are part of the length.
+        let fs_outsd = io(&[0x26, 0x64, 0x66, 0xf3, 0x48, 0x6f], CodeSize::Bits64);
+        assert_eq!(fs_outsd, Ok(StringIo { address_bytes: 8, segment: 4, length: 6 }));
+        // Not string I/O, LOCK, and bytes that run out.
+        assert_eq!(io(&[0xee], CodeSize::Bits32), Err(DecodeError::Unsupported { opcode: 0xee }));
+        assert_eq!(io(&[0xf0, 0x6e], CodeSize::Bits32), Err(DecodeError::Invalid));
+        assert_eq!(io(&[0xf3], CodeSize::Bits32), Err(DecodeError::Truncated));
     }
 
     #[test]
