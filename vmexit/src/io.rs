@@ -58,6 +58,18 @@ fn string(
     string: StringIo,
     mask: u64,
 ) -> Outcome {
+    let string = if vcpu.reports_string_io_operands() {
+        string
+    } else {
+        match crate::length::decode_at_rip(vcpu, vm, arch::decode::decode_string_io) {
+            Ok(operands) => StringIo {
+                rep: string.rep,
+                address_size: operands.address_bytes,
+                segment: SegmentRegister::from_encoding(operands.segment).unwrap_or(SegmentRegister::Ds),
+            },
+            Err(outcome) => return outcome,
+        }
+    };
     let address_mask: u64 = match string.address_size {
         2 => 0xffff,
         4 => 0xffff_ffff,

@@ -37,6 +37,11 @@ pub trait Vcpu {
         false
     }
     fn set_instruction_length(&mut self, _length: u8) {}
+    /// The exit's string I/O address size and segment are the CPU's (VMX, SVM
+    /// with decode assists); false makes the handler decode them at RIP.
+    fn reports_string_io_operands(&self) -> bool {
+        true
+    }
     fn rflags(&self) -> u64;
     /// The current privilege level (SS.DPL).
     fn cpl(&self) -> u8;
