@@ -10,8 +10,9 @@ use vmexit::{CrAccess, Exit, PortIo, SegmentRegister, StringIo};
 /// The exit that just happened, read from the vCPU's VMCB.
 pub fn translate(vcpu: &mut Vcpu) -> Exit {
     let caps = super::cpu::capabilities().ok();
-    // The IRET that ended the guest's NMI handler has run by now.
-    if core::mem::take(&mut vcpu.iret_in_flight) {
+    // The IRET that ended the guest's NMI handler has run once RIP moved on.
+    if vcpu.iret_in_flight.is_some_and(|at| at != vcpu.vmcb().save.rip) {
+        vcpu.iret_in_flight = None;
         vcpu.nmi_masked = false;
     }
     let c = &mut vcpu.vmcb_mut().control;
@@ -32,6 +33,13 @@ pub fn translate(vcpu: &mut Vcpu) -> Exit {
         ));
     }
     if let Some(exception) = ExceptionExit::decode(exit, info1, info2) {
+        if exception.vector == vmexit::DB {
+            if let Some((rflags, dr6)) = vcpu.nmi_singlestep.take() {
+                // Basalt's own step over the IRET: the guest never sees it.
+                vcpu.end_singlestep(rflags, dr6);
+                return Exit::NmiWindow;
+            }
+        }
         return Exit::Exception { vector: exception.vector, error_code: exception.error_code };
     }
     match exit.0 {
@@ -77,7 +85,7 @@ pub fn translate(vcpu: &mut Vcpu) -> Exit {
         code::IRET => {
             // The guest's NMI handler returns: its IRET runs at the next entry,
             // and NMIs are unmasked once it has (see the top of this function).
-            vcpu.iret_in_flight = true;
+            vcpu.iret_in_flight = Some(vcpu.vmcb().save.rip);
             vcpu.set_iret_intercept(false);
             Exit::NmiWindow
         }

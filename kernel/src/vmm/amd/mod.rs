@@ -4,11 +4,13 @@
 //!
 //! Where SVM differs from VMX in what it does for the VMM: no halted state
 //! (HLT waits in the host, `enter`), no preemption timer (the host's local
-//! APIC timer, `arm_timer`), no NMI-window exit (the IRET intercept, then the
-//! next exit), no read shadows (guests see their own CR0/CR4; EFER.SVME is
-//! hidden), and on CPUs without next-RIP save the length of an intercepted
-//! instruction comes from decoding it (`vmexit` does, through
-//! `instruction_length_unknown`).
+//! APIC timer, `arm_timer`), no NMI-window exit (the IRET intercept, then a
+//! single step over the IRET), no read shadows (guests see their own
+//! CR0/CR4; EFER.SVME is hidden), no XSETBV exits on QEMU's TCG (it ignores
+//! the intercept; XCR0 stays within what the CPU allows either way), and on
+//! CPUs without next-RIP save or decode assists the length and operands of an
+//! intercepted instruction come from decoding it (`vmexit` does, through
+//! `instruction_length_unknown` and `reports_string_io_operands`).
 
 pub mod cpu;
 mod exit;
@@ -28,6 +30,8 @@ use vmexit::{Exit, SegmentRegister};
 pub use vcpu::Vcpu;
 
 const EVENT_VALID: u64 = 1 << 31;
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_RF: u64 = 1 << 16;
 /// VMCB segment attributes: CS.L and CS.D.
 const ATTRIB_LONG: u16 = 1 << 9;
 const ATTRIB_DEFAULT_32: u16 = 1 << 10;
@@ -39,6 +43,29 @@ impl Vcpu {
             self.iret_intercept = on;
             self.write_intercepts();
         }
+    }
+
+    /// Steps the guest over one instruction (the IRET of its NMI handler):
+    /// the #DB after it brings the VMM back whatever the guest's IF.
+    fn begin_singlestep(&mut self) {
+        if self.nmi_singlestep.is_none() {
+            let s = &mut self.vmcb_mut().save;
+            let saved = (s.rflags, s.dr6);
+            s.rflags |= RFLAGS_TF | RFLAGS_RF;
+            self.nmi_singlestep = Some(saved);
+        }
+    }
+
+    /// After the step: TF and RF as the guest had them (unless its IRET set
+    /// them), DR6 without the single-step status the guest did not cause.
+    pub(super) fn end_singlestep(&mut self, rflags_before: u64, dr6_before: u64) {
+        let s = &mut self.vmcb_mut().save;
+        for flag in [RFLAGS_TF, RFLAGS_RF] {
+            if rflags_before & flag == 0 {
+                s.rflags &= !flag;
+            }
+        }
+        s.dr6 = dr6_before;
     }
 
     /// The guest's TLB entries go at the next entry, as the instruction the
@@ -132,6 +159,12 @@ impl vmexit::Vcpu for Vcpu {
 
     fn set_instruction_length(&mut self, length: u8) {
         self.next_rip = Some(self.rip().wrapping_add(length as u64));
+    }
+
+    /// EXITINFO1's address-size and segment fields are defined only with
+    /// decode assists (QEMU's TCG fills them wrongly without).
+    fn reports_string_io_operands(&self) -> bool {
+        cpu::capabilities().is_ok_and(|caps| caps.decode_assists())
     }
 
     fn rflags(&self) -> u64 {
@@ -275,12 +308,11 @@ impl vmexit::Vcpu for Vcpu {
         }
     }
 
-    /// NMIs unblock when the guest's NMI handler returns: its IRET exits, and
-    /// the exit after it (an interrupt window, or the next of any kind) finds
-    /// them unmasked.
+    /// NMIs unblock when the guest's NMI handler returns: its IRET exits,
+    /// then the guest is stepped over it (SVM has no NMI-window exit).
     fn request_nmi_window(&mut self, on: bool) {
-        if on && self.iret_in_flight {
-            self.request_interrupt_window(true);
+        if on && self.iret_in_flight.is_some() {
+            self.begin_singlestep();
         } else {
             self.set_iret_intercept(on && self.nmi_masked);
         }

@@ -126,9 +126,12 @@ pub struct Vcpu {
     /// An NMI was injected and its handler has not returned (SVM without
     /// virtual NMIs does not track this itself).
     pub(super) nmi_masked: bool,
-    /// The guest's IRET that ends its NMI handler is about to run: NMIs are
-    /// unmasked at the next exit, once it has.
-    pub(super) iret_in_flight: bool,
+    /// The guest's IRET that ends its NMI handler, at this RIP, is about to
+    /// run: NMIs are unmasked at the first exit with RIP elsewhere.
+    pub(super) iret_in_flight: Option<u64>,
+    /// Single-stepping over that IRET because an NMI waits: the guest's
+    /// RFLAGS and DR6 from before the step, to put back after it.
+    pub(super) nmi_singlestep: Option<(u64, u64)>,
     /// The guest executed HLT and waits for an event (SVM has no halted
     /// state to enter the guest in).
     pub(super) halted: bool,
@@ -152,7 +155,8 @@ impl Vcpu {
             wants: Wants::default(),
             iret_intercept: false,
             nmi_masked: false,
-            iret_in_flight: false,
+            iret_in_flight: None,
+            nmi_singlestep: None,
             halted: false,
             next_rip: None,
         })
@@ -225,7 +229,8 @@ impl Vcpu {
         self.gprs = GuestGprs::default();
         (self.wants, self.iret_intercept) = (Wants::default(), false);
         self.write_intercepts();
-        (self.nmi_masked, self.iret_in_flight, self.halted, self.next_rip) = (false, false, false, None);
+        (self.nmi_masked, self.iret_in_flight, self.nmi_singlestep) = (false, None, None);
+        (self.halted, self.next_rip) = (false, None);
         Ok(())
     }
 
@@ -246,9 +251,9 @@ impl Vcpu {
         let host_area = cpu::host_save_area();
         // SAFETY: the VMCB is set up (`setup`), SVM is on (EFER.SVME) with a
         // host save area on this core, and `host_area` is this core's VMSAVE
-        // page. The stub keeps interrupts and NMIs held (GIF = 0) while the
-        // guest's segment state is loaded, and restores the host's before it
-        // sets GIF again.
+        // page. Called with interrupts disabled; the stub keeps interrupts and
+        // NMIs held (GIF = 0) while the guest's segment state is loaded, and
+        // restores the host's, with IF clear again, before it sets GIF.
         unsafe { basalt_svm_run(&mut self.gprs, self.vmcb, host_area) };
     }
 }
@@ -298,7 +303,12 @@ core::arch::global_asm!(
     "mov r14, [rdi + 96]",
     "mov r15, [rdi + 104]",
     "mov rdi, [rdi + 32]",
+    // With V_INTR_MASKING the host's IF at VMRUN is what lets a physical
+    // interrupt make the guest exit: it must be set, and GIF = 0 holds every
+    // interrupt off until VMRUN sets GIF for the guest.
+    "sti",
     "vmrun rax",
+    "cli",
     // #VMEXIT: RSP is the host's again; every other register but RAX holds
     // the guest's value. [rsp] = guest RDI after this push.
     "push rdi",
