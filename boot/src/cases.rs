@@ -2,6 +2,7 @@
 
 use crate::emulator::{Emulator, Ending, Firmware, Machine, RunOutput, Vendor};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Deserialize)]
@@ -124,6 +125,11 @@ pub struct Case {
     /// Whether expect_lines must appear in order (VMs on several CPUs interleave).
     #[serde(default = "yes")]
     pub ordered: bool,
+    /// `[case.on.MACHINE]`: lines expected or forbidden on that machine only,
+    /// on top of the common ones; keyed by machine name, each one the case
+    /// runs on (checked by [`parse`]).
+    #[serde(default)]
+    on: BTreeMap<String, MachineLines>,
     pub timeout_s: u64,
     /// Bochs' emulated speed in millions of instructions per second (default 10).
     #[serde(default)]
@@ -137,6 +143,19 @@ pub struct Case {
     /// Keys typed on the serial console, each once its cue has appeared.
     #[serde(default)]
     pub console_input: Vec<crate::emulator::ConsoleInput>,
+}
+
+/// A case's lines for one of its machines (`[case.on.MACHINE]`), added to
+/// the common `expect_lines` and `forbid_lines` on that machine's run. In an
+/// ordered case they must appear in order among themselves, as the common
+/// lines must among theirs; the two lists are not ordered against each other.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MachineLines {
+    #[serde(default)]
+    pub expect_lines: Vec<String>,
+    #[serde(default)]
+    pub forbid_lines: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -154,6 +173,16 @@ impl Case {
         } else {
             Firmware::Bios
         }
+    }
+
+    /// The lines for its run on `kind` alone (none if it has no `[case.on.KIND]`).
+    pub fn on(&self, kind: MachineKind) -> Option<&MachineLines> {
+        self.on.get(kind.name())
+    }
+
+    /// Every expected line, common and per machine, e.g. to fill in `{date}`.
+    pub fn all_expect_lines_mut(&mut self) -> impl Iterator<Item = &mut String> {
+        self.expect_lines.iter_mut().chain(self.on.values_mut().flat_map(|lines| lines.expect_lines.iter_mut()))
     }
 
     /// The machine for this case's run on `kind`.
@@ -255,6 +284,15 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
             return Err(at("the name may only hold letters, digits, '-' and '_'"));
         }
         case.machines = machines_of(&case.machine_value).map_err(|e| at(&e))?;
+        for key in case.on.keys() {
+            if !MachineKind::parse(key).is_some_and(|m| case.machines.contains(&m)) {
+                let runs_on: Vec<&str> = case.machines.iter().map(|m| m.name()).collect();
+                return Err(at(&format!(
+                    "[case.on.{key}]: \"{key}\" is not a machine the case runs on (its machine: {})",
+                    runs_on.join(", ")
+                )));
+            }
+        }
         if case.firmware != "bios" && case.firmware != "uefi" {
             return Err(at(&format!("firmware must be \"bios\" or \"uefi\", not \"{}\"", case.firmware)));
         }
@@ -286,8 +324,9 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
     Ok(file.case)
 }
 
-/// What is wrong with a run, judged against its case; empty means it passed.
-pub fn judge(case: &Case, run: &RunOutput) -> Vec<String> {
+/// What is wrong with the case's run on `kind`, judged against the case's
+/// common lines and those for `kind`; empty means it passed.
+pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     let mut problems = Vec::new();
     let ending_ok = matches!(
         (case.expect, &run.ending),
@@ -296,20 +335,27 @@ pub fn judge(case: &Case, run: &RunOutput) -> Vec<String> {
     if !ending_ok {
         problems.push(format!("expected the run to end in {:?}, it ended in {:?}", case.expect, run.ending));
     }
-    let mut rest = run.serial.as_str();
-    for line in &case.expect_lines {
-        if !case.ordered {
-            rest = run.serial.as_str();
-        }
-        match rest.find(line.as_str()) {
-            Some(at) => rest = &rest[at + line.len()..],
-            None if run.serial.contains(line.as_str()) => {
-                problems.push(format!("serial has '{line}' but out of order"))
+    let machine = case.on(kind);
+    // Each list in order on its own: the common lines, then the machine's.
+    let machine_expect = machine.map_or(&[][..], |m| &m.expect_lines[..]);
+    for (lines, whose) in [(&case.expect_lines[..], String::new()), (machine_expect, format!(" (on {})", kind.name()))]
+    {
+        let mut rest = run.serial.as_str();
+        for line in lines {
+            if !case.ordered {
+                rest = run.serial.as_str();
             }
-            None => problems.push(format!("serial lacks '{line}'")),
+            match rest.find(line.as_str()) {
+                Some(at) => rest = &rest[at + line.len()..],
+                None if run.serial.contains(line.as_str()) => {
+                    problems.push(format!("serial has '{line}'{whose} but out of order"))
+                }
+                None => problems.push(format!("serial lacks '{line}'{whose}")),
+            }
         }
     }
-    for line in &case.forbid_lines {
+    let machine_forbid = machine.map_or(&[][..], |m| &m.forbid_lines[..]);
+    for line in case.forbid_lines.iter().chain(machine_forbid) {
         if run.serial.contains(line.as_str()) {
             problems.push(format!("serial has forbidden '{line}'"));
         }
@@ -351,26 +397,32 @@ timeout_s = 10
 
     #[test]
     fn a_good_run_passes() {
-        assert!(judge(&case(Expect::Success), &run(Ending::Success, GOOD)).is_empty());
+        assert!(judge(&case(Expect::Success), MachineKind::Qemu, &run(Ending::Success, GOOD)).is_empty());
     }
 
     #[test]
     fn a_crash_is_caught_even_with_the_right_lines() {
-        let problems = judge(&case(Expect::Success), &run(Ending::Failure, &format!("{GOOD}BASALT CRASH")));
+        let problems =
+            judge(&case(Expect::Success), MachineKind::Qemu, &run(Ending::Failure, &format!("{GOOD}BASALT CRASH")));
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]
     fn timeouts_and_abnormal_ends_fail_a_success_case() {
-        assert!(!judge(&case(Expect::Success), &run(Ending::Timeout, GOOD)).is_empty());
-        assert!(!judge(&case(Expect::Success), &run(Ending::Abnormal("triple fault".into()), GOOD)).is_empty());
+        assert!(!judge(&case(Expect::Success), MachineKind::Qemu, &run(Ending::Timeout, GOOD)).is_empty());
+        assert!(!judge(&case(Expect::Success), MachineKind::Qemu, &run(Ending::Abnormal("triple fault".into()), GOOD))
+            .is_empty());
     }
 
     #[test]
     fn missing_or_reordered_lines_fail() {
-        let problems = judge(&case(Expect::Success), &run(Ending::Success, "selftest: PASS\nall 2 CPUs online\n"));
+        let problems = judge(
+            &case(Expect::Success),
+            MachineKind::Qemu,
+            &run(Ending::Success, "selftest: PASS\nall 2 CPUs online\n"),
+        );
         assert_eq!(problems, vec!["serial has 'selftest: PASS' but out of order".to_string()]);
-        let problems = judge(&case(Expect::Success), &run(Ending::Success, "all 2 CPUs online\n"));
+        let problems = judge(&case(Expect::Success), MachineKind::Qemu, &run(Ending::Success, "all 2 CPUs online\n"));
         assert_eq!(problems, vec!["serial lacks 'selftest: PASS'".to_string()]);
     }
 
@@ -378,8 +430,8 @@ timeout_s = 10
     fn unordered_cases_only_need_the_lines() {
         let mut c = case(Expect::Success);
         c.ordered = false;
-        assert!(judge(&c, &run(Ending::Success, "selftest: PASS\nall 2 CPUs online\n")).is_empty());
-        assert!(!judge(&c, &run(Ending::Success, "selftest: PASS\n")).is_empty());
+        assert!(judge(&c, MachineKind::Qemu, &run(Ending::Success, "selftest: PASS\nall 2 CPUs online\n")).is_empty());
+        assert!(!judge(&c, MachineKind::Qemu, &run(Ending::Success, "selftest: PASS\n")).is_empty());
     }
 
     #[test]
@@ -387,7 +439,7 @@ timeout_s = 10
         let mut untyped = run(Ending::Success, GOOD);
         untyped.cue_never_seen = Some("login:".into());
         assert_eq!(
-            judge(&case(Expect::Success), &untyped),
+            judge(&case(Expect::Success), MachineKind::Qemu, &untyped),
             vec!["console input never typed: 'login:' did not appear".to_string()]
         );
     }
@@ -396,8 +448,8 @@ timeout_s = 10
     fn an_expected_hang_must_really_time_out() {
         let mut c = case(Expect::Timeout);
         c.expect_lines.clear();
-        assert!(judge(&c, &run(Ending::Timeout, "")).is_empty());
-        assert!(!judge(&c, &run(Ending::Success, "")).is_empty());
+        assert!(judge(&c, MachineKind::Qemu, &run(Ending::Timeout, "")).is_empty());
+        assert!(!judge(&c, MachineKind::Qemu, &run(Ending::Success, "")).is_empty());
     }
 
     #[test]
@@ -452,6 +504,128 @@ timeout_s = 10
         let missing =
             parse("[[case]]\nname = \"m\"\nfirmware = \"bios\"\ncpus = 1\nexpect = \"success\"\ntimeout_s = 5\n");
         assert!(missing.unwrap_err().contains("missing field `machine`"));
+    }
+
+    /// A case on VT-x and SVM with common lines and lines for each machine.
+    fn case_on_two_machines(ordered: bool) -> Case {
+        parse(&format!(
+            r#"[[case]]
+name = "two"
+firmware = "bios"
+cpus = 1
+machine = ["vmx", "svm"]
+expect = "success"
+expect_lines = ["common 1", "common 2"]
+forbid_lines = ["CRASH"]
+ordered = {ordered}
+timeout_s = 10
+
+[case.on.vmx]
+expect_lines = ["hypercall=7/", "bad TSS"]
+forbid_lines = ["status 1"]
+
+[case.on.svm]
+expect_lines = ["exception=7/"]
+
+[[case.vm]]
+name = "v"
+guest = "demo"
+format = "elf"
+"#
+        ))
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn per_machine_lines_add_to_the_common_ones() {
+        let c = case_on_two_machines(true);
+        assert_eq!(c.on(MachineKind::Vmx).unwrap().expect_lines, ["hypercall=7/", "bad TSS"]);
+        assert!(c.on(MachineKind::Svm).unwrap().forbid_lines.is_empty());
+        assert!(c.on(MachineKind::Qemu).is_none());
+        assert_eq!(c.vm.len(), 1, "[[case.vm]] after [case.on.svm] still belongs to the case");
+        let vmx = "common 1\nexits: hypercall=7/9\ncommon 2\nstopped: bad TSS\n";
+        let svm = "common 1\nexits: exception=7/9\ncommon 2\nstopped: status 1\n";
+        // Each machine's run needs the common lines and its own, and only its own.
+        assert!(judge(&c, MachineKind::Vmx, &run(Ending::Success, vmx)).is_empty());
+        assert!(judge(&c, MachineKind::Svm, &run(Ending::Success, svm)).is_empty());
+        assert_eq!(
+            judge(&c, MachineKind::Svm, &run(Ending::Success, vmx)),
+            ["serial lacks 'exception=7/' (on svm)".to_string()]
+        );
+        // The machine's forbidden lines apply to its run alone, with the common ones.
+        assert_eq!(
+            judge(&c, MachineKind::Vmx, &run(Ending::Success, &format!("{vmx}status 1\nCRASH"))),
+            ["serial has forbidden 'CRASH'".to_string(), "serial has forbidden 'status 1'".to_string()]
+        );
+        let missing = judge(&c, MachineKind::Vmx, &run(Ending::Success, svm));
+        assert_eq!(
+            missing,
+            [
+                "serial lacks 'hypercall=7/' (on vmx)",
+                "serial lacks 'bad TSS' (on vmx)",
+                "serial has forbidden 'status 1'"
+            ]
+        );
+    }
+
+    #[test]
+    fn per_machine_lines_are_ordered_among_themselves_only() {
+        let c = case_on_two_machines(true);
+        // Common and machine lines may interleave any way...
+        let interleaved = "hypercall=7/\nbad TSS\ncommon 1\ncommon 2\n";
+        assert!(judge(&c, MachineKind::Vmx, &run(Ending::Success, interleaved)).is_empty());
+        // ...but each list keeps its own order.
+        let swapped = "common 1\nbad TSS\ncommon 2\nhypercall=7/\n";
+        assert_eq!(
+            judge(&c, MachineKind::Vmx, &run(Ending::Success, swapped)),
+            ["serial has 'bad TSS' (on vmx) but out of order".to_string()]
+        );
+        let common_swapped = "common 2\nhypercall=7/\ncommon 1\nbad TSS\n";
+        assert_eq!(
+            judge(&c, MachineKind::Vmx, &run(Ending::Success, common_swapped)),
+            ["serial has 'common 2' but out of order".to_string()]
+        );
+        // An unordered case needs the lines, in any order.
+        let unordered = case_on_two_machines(false);
+        assert!(judge(&unordered, MachineKind::Vmx, &run(Ending::Success, swapped)).is_empty());
+        assert!(!judge(&unordered, MachineKind::Vmx, &run(Ending::Success, "common 1\ncommon 2\nbad TSS")).is_empty());
+    }
+
+    #[test]
+    fn expected_lines_can_be_rewritten_everywhere() {
+        // As qemu_test fills in "{date}": the common lines and every machine's.
+        let mut c = case_on_two_machines(true);
+        for line in c.all_expect_lines_mut() {
+            line.push('!');
+        }
+        assert_eq!(c.expect_lines, ["common 1!", "common 2!"]);
+        assert_eq!(c.on(MachineKind::Vmx).unwrap().expect_lines, ["hypercall=7/!", "bad TSS!"]);
+        assert_eq!(c.on(MachineKind::Svm).unwrap().expect_lines, ["exception=7/!"]);
+        assert_eq!(c.on(MachineKind::Vmx).unwrap().forbid_lines, ["status 1"]);
+    }
+
+    #[test]
+    fn per_machine_lines_must_be_for_the_case_machines() {
+        let with_on = |machine: &str, on: &str| {
+            parse(&format!(
+                "[[case]]\nname = \"ok\"\nfirmware = \"bios\"\ncpus = 1\nmachine = \"qemu\"\nexpect = \"success\"\n\
+                 timeout_s = 5\n\n[[case]]\nname = \"odd\"\nfirmware = \"bios\"\ncpus = 1\nmachine = {machine}\n\
+                 expect = \"success\"\ntimeout_s = 5\n{on}"
+            ))
+        };
+        let e = with_on("[\"vmx\", \"svm\"]", "[case.on.qemu]\nexpect_lines = [\"x\"]\n").unwrap_err();
+        assert_eq!(
+            e,
+            "tests/cases.toml: case 'odd': [case.on.qemu]: \"qemu\" is not a machine the case runs on \
+             (its machine: vmx, svm)"
+        );
+        let e = with_on("\"svm\"", "[case.on.amd]\nexpect_lines = [\"x\"]\n").unwrap_err();
+        assert!(e.starts_with("tests/cases.toml: case 'odd': [case.on.amd]: \"amd\" is not"), "{e}");
+        let e = with_on("\"svm\"", "[case.on.svm]\nexpect = [\"x\"]\n").unwrap_err();
+        assert!(e.contains("unknown field `expect`"), "{e}");
+        assert!(with_on("\"svm\"", "[case.on.svm]\nforbid_lines = [\"x\"]\n").is_ok());
+        assert!(with_on("\"svm\"", "on.svm.expect_lines = [\"x\"]\n").is_ok());
     }
 
     #[test]
@@ -522,5 +696,6 @@ timeout_s = 10
         assert!(cases.iter().any(|c| c.machines == [MachineKind::Qemu]));
         assert!(cases.iter().any(|c| c.expect == Expect::Timeout));
         assert!(cases.iter().any(|c| c.expect == Expect::Failure));
+        assert!(cases.iter().any(|c| c.on(MachineKind::Svm).is_some()));
     }
 }

@@ -161,10 +161,10 @@ fn run_case(kernel: &std::path::Path, run: &CaseRun) -> Result<(Vec<String>, Dur
     // midnight may show either day.
     let judged = |date: &str| {
         let mut dated = case.clone();
-        for line in &mut dated.expect_lines {
+        for line in dated.all_expect_lines_mut() {
             *line = line.replace("{date}", date);
         }
-        cases::judge(&dated, &output)
+        cases::judge(&dated, run.kind, &output)
     };
     let mut problems = judged(&date_before);
     if !problems.is_empty() {
