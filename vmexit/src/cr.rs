@@ -6,7 +6,7 @@
 
 use crate::{CrAccess, Host, Machine, Outcome, Stop, Vcpu, GP};
 use arch::control::{cr0, efer};
-use arch::decode::CrInstruction;
+use arch::decode::{CodeSize, CrInstruction};
 
 /// The local APIC's task-priority register, which CR8 mirrors (CR8 = TPR[7:4]).
 const APIC_TPR: u64 = devices::layout::LAPIC_BASE + 0x80;
@@ -40,21 +40,21 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: Cr
             return handle(vcpu, vm, host, access);
         }
         CrAccess::MovTo { cr: 0, gpr } => {
-            let value = vcpu.gpr(gpr);
+            let value = source(vcpu, gpr);
             if arch::control::check_cr0(value, vcpu.control()).is_err() {
                 return refuse(vcpu);
             }
             write_cr0(vcpu, value);
         }
         CrAccess::MovTo { cr: 4, gpr } => {
-            let value = vcpu.gpr(gpr);
+            let value = source(vcpu, gpr);
             if arch::control::check_cr4(value, host.guest_cr4_allowed(), vcpu.control()).is_err() {
                 return refuse(vcpu);
             }
             vcpu.set_cr4(value);
         }
         CrAccess::MovTo { cr: 8, gpr } => {
-            let value = vcpu.gpr(gpr);
+            let value = source(vcpu, gpr);
             // Bits 63:4 are reserved.
             if value >> 4 != 0 {
                 return refuse(vcpu);
@@ -82,6 +82,19 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: Cr
     }
     vcpu.skip_instruction();
     Outcome::Resume
+}
+
+/// The operand of MOV to CRn: the whole register in 64-bit mode, its low half
+/// otherwise. The instruction has no 64-bit operand outside 64-bit mode, and
+/// the upper half is whatever 64-bit code left there: checking it would
+/// refuse with #GP a write the guest's CPU accepts.
+fn source(vcpu: &dyn Vcpu, gpr: u8) -> u64 {
+    let value = vcpu.gpr(gpr);
+    if vcpu.code_size() == CodeSize::Bits64 {
+        value
+    } else {
+        value & 0xffff_ffff
+    }
 }
 
 /// A write the CPU would refuse: #GP(0), as it would raise, and nothing changes.

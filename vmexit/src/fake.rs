@@ -26,8 +26,19 @@ pub struct FakeVcpu {
     pub index: usize,
     pub gprs: [u64; 16],
     pub rip: u64,
-    /// What `skip_instruction` adds to RIP (the back end's exit length).
+    /// What `skip_instruction` adds to RIP: the back end's exit length, or
+    /// the one a handler gave `set_instruction_length`.
     pub instruction_length: u64,
+    /// Whether the back end knows the exiting instruction's length (VMX; SVM
+    /// with next-RIP save). False plays SVM without next-RIP save:
+    /// `instruction_length_unknown` says so until a handler calls
+    /// `set_instruction_length`, and a skip before that panics (the real back
+    /// end cannot move RIP then, and the guest would run the instruction again:
+    /// a Basalt bug).
+    pub length_known: bool,
+    /// The length a handler last gave `set_instruction_length`. It replaces
+    /// the exit's, as on SVM (VMX ignores it, and has no exit that sets one).
+    pub length_set: Option<u8>,
     /// How many times the instruction was skipped.
     pub skipped: u32,
     pub rflags: u64,
@@ -71,6 +82,8 @@ impl FakeVcpu {
             gprs: [0; 16],
             rip: 0x1000,
             instruction_length: 2,
+            length_known: true,
+            length_set: None,
             skipped: 0,
             rflags: 0x202,
             cpl: 0,
@@ -118,9 +131,21 @@ impl Vcpu for FakeVcpu {
         self.interrupt_shadow = false;
     }
     fn skip_instruction(&mut self) {
+        assert!(self.length_known, "skip_instruction with the instruction's length unknown (RIP {:#x})", self.rip);
         self.rip = self.rip.wrapping_add(self.instruction_length);
         self.interrupt_shadow = false;
         self.skipped += 1;
+    }
+    fn instruction_length_unknown(&self) -> bool {
+        !self.length_known
+    }
+    fn set_instruction_length(&mut self, length: u8) {
+        // A length only a decoder can give: no x86 instruction is empty or
+        // longer than 15 bytes.
+        assert!((1..=15).contains(&length), "instruction length {length} set");
+        self.instruction_length = length as u64;
+        self.length_known = true;
+        self.length_set = Some(length);
     }
     fn rflags(&self) -> u64 {
         self.rflags

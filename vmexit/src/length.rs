@@ -3,17 +3,20 @@
 //! guest's CPU fetched it, and decoded.
 
 use crate::mmio::fetch_instruction;
-use crate::{translation_failed, Exit, Machine, Outcome, Stop, Vcpu};
+use crate::{translation_failed, CrAccess, Exit, Machine, Outcome, Stop, Vcpu};
 use arch::decode::{self, DecodeError};
 
 /// Tells the vCPU the length of the instruction behind `exit`, when its
 /// handler may skip it and nothing else measures it (port I/O comes with its
-/// next RIP; device-memory and CR exits decode their instruction themselves).
+/// next RIP; device-memory exits and `Undecoded` CR accesses decode their
+/// instruction themselves).
 pub fn measure(vcpu: &mut dyn Vcpu, vm: &Machine, exit: &Exit) -> Result<(), Outcome> {
+    // A CR access the CPU did decode (SVM with decode assists, which does not
+    // imply next-RIP save) is measured too: its handler skips it.
     let skips = matches!(
         exit,
         Exit::Cpuid | Exit::Hlt | Exit::Rdmsr | Exit::Wrmsr | Exit::Xsetbv | Exit::CacheFlush | Exit::Hypercall
-    );
+    ) || matches!(exit, Exit::Cr(access) if !matches!(access, CrAccess::Undecoded { .. }));
     if !skips {
         return Ok(());
     }

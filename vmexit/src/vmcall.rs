@@ -43,6 +43,15 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
         vcpu.set_instruction_length(3);
         return handle(vcpu, vm, host);
     }
+    // The start of a hypercall running into a page the guest cannot fetch
+    // from now (another vCPU changed its tables): the guest's CPU would fault
+    // there before it could tell the instruction apart, so that fault is the
+    // guest's, not a #UD it would never have seen.
+    if let Some(e) = fetched.beyond {
+        if fetched.len < 3 && HYPERCALLS.iter().any(|h| fetched.bytes[..fetched.len] == h[..fetched.len]) {
+            return crate::translation_failed(vcpu, e);
+        }
+    }
     vcpu.reflect_exception(UD, None);
     Outcome::Resume
 }

@@ -30,11 +30,17 @@ fn cr0_with_pg_but_not_pe_is_gp_and_not_skipped() {
 #[test]
 fn other_cr0_values_the_cpu_refuses_are_gp() {
     let (mut vm, _) = machine();
-    for value in [1 << 32 | cr0::PE, cr0::PE | cr0::NW, u64::MAX] {
-        let mut vcpu = FakeVcpu::flat();
+    let mut vcpu = FakeVcpu::flat();
+    let outcome = mov_to(&mut vcpu, &mut vm, 0, cr0::PE | cr0::NW);
+    assert_gp(&vcpu, &outcome, 0x1000);
+    assert_eq!(vcpu.cr0, cr0::PE);
+    // Bits 63:32, which only 64-bit code can write (elsewhere the operand is
+    // the register's low half: see tests/decode.rs).
+    for value in [1 << 32 | cr0::PE | cr0::PG, u64::MAX] {
+        let mut vcpu = FakeVcpu::long_mode();
         let outcome = mov_to(&mut vcpu, &mut vm, 0, value);
         assert_gp(&vcpu, &outcome, 0x1000);
-        assert_eq!(vcpu.cr0, cr0::PE, "{value:#x}");
+        assert_eq!(vcpu.cr0, cr0::PE | cr0::PG, "{value:#x}");
     }
     // Long mode paging needs PAE.
     let mut vcpu = FakeVcpu { efer: efer::LME, ..FakeVcpu::flat() };
@@ -93,12 +99,17 @@ fn paging_off_from_64_bit_code_is_gp() {
 #[test]
 fn cr4_bits_guests_may_not_set_are_gp() {
     let (mut vm, _) = machine();
-    for bit in [cr4::VMXE, cr4::SMXE, cr4::PKE, cr4::CET, cr4::MCE, 1 << 15, 1 << 19, 1 << 24, 1 << 32] {
+    for bit in [cr4::VMXE, cr4::SMXE, cr4::PKE, cr4::CET, cr4::MCE, 1 << 15, 1 << 19, 1 << 24] {
         let mut vcpu = FakeVcpu { cr4: cr4::PAE, ..FakeVcpu::flat() };
         let outcome = mov_to(&mut vcpu, &mut vm, 4, cr4::PAE | bit);
         assert_gp(&vcpu, &outcome, 0x1000);
         assert_eq!(vcpu.cr4, cr4::PAE, "bit {bit:#x}: CR4 unchanged");
     }
+    // Bit 32 and up, from 64-bit code (the only code whose operand has them).
+    let mut vcpu = FakeVcpu::long_mode();
+    let outcome = mov_to(&mut vcpu, &mut vm, 4, cr4::PAE | 1 << 32);
+    assert_gp(&vcpu, &outcome, 0x1000);
+    assert_eq!(vcpu.cr4, cr4::PAE);
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Hostile inputs: random exits (with the fields a back end decodes, garbage
-//! included) on random vCPU states over random guest memory and page tables.
-//! Nothing may panic, every outcome must be one its exit can have, and RIP
-//! moves only when the instruction completed. A failure names its seed and
-//! case, which replay exactly.
+//! included) on random vCPU states over random guest memory and page tables,
+//! on back ends that know each exit's instruction length and on ones that do
+//! not (SVM without next-RIP save). Nothing may panic, every outcome must be
+//! one its exit can have, and RIP moves only when the instruction completed,
+//! by the length the back end or the decoder gave it. A failure names its
+//! seed and case, which replay exactly.
 
 use super::*;
 use crate::events::deliver_pending;
@@ -109,7 +111,7 @@ fn hostile_vcpu(rng: &mut Rng, cr3: u64, host: &FakeHost) -> FakeVcpu {
 }
 
 fn hostile_exit(rng: &mut Rng) -> Exit {
-    match rng.below(30) {
+    match rng.below(33) {
         0 => Exit::Cpuid,
         1 => Exit::Hlt,
         2..=7 => {
@@ -150,11 +152,17 @@ fn hostile_exit(rng: &mut Rng) -> Exit {
                 _ => CrAccess::Lmsw { source: rng.next_u64() as u16 },
             })
         }
+        // What SVM without decode assists reports: the CR and the direction.
+        30 | 31 => {
+            let cr = if rng.chance(4) { rng.next_u64() as u8 } else { rng.pick(&[0, 4, 8]) };
+            Exit::Cr(CrAccess::Undecoded { cr, write: rng.chance(4) || cr != 8 })
+        }
+        32 => Exit::Exception { vector: UD, error_code: None },
         20 => Exit::Xsetbv,
         21 => Exit::CacheFlush,
         22 | 23 => Exit::Hypercall,
         24 => Exit::Exception {
-            vector: if rng.chance(2) { rng.pick(&[DB, AC]) } else { rng.next_u64() as u8 },
+            vector: if rng.chance(2) { rng.pick(&[DB, AC, UD]) } else { rng.next_u64() as u8 },
             error_code: rng.chance(2).then(|| rng.next_u64() as u32),
         },
         25 => [Exit::HostInterrupt, Exit::HostNmi, Exit::InterruptWindow, Exit::NmiWindow][rng.index(4)].clone(),
@@ -184,7 +192,7 @@ fn aim(rng: &mut Rng, exit: &Exit, vcpu: &mut FakeVcpu) {
             gprs[RDX as usize] = rng.below(2) * rng.below(4);
             gprs[RAX as usize] = rng.below(8);
         }
-        Exit::Hypercall => {
+        Exit::Hypercall | Exit::Exception { vector: UD, .. } => {
             gprs[RAX as usize] = rng.below(7);
             gprs[RCX as usize] &= 0x3ff;
             vcpu.cpl = 0;
@@ -193,11 +201,104 @@ fn aim(rng: &mut Rng, exit: &Exit, vcpu: &mut FakeVcpu) {
     }
 }
 
-/// Whether `outcome` is one that `exit` can have.
-fn possible(exit: &Exit, outcome: &Outcome) -> bool {
+/// Mostly, an instruction at CS:RIP that could have made `exit`
+/// (random memory seldom holds one), with prefixes that may or may not suit
+/// it; where RIP leads into the identity-mapped RAM below the tables.
+fn plant(rng: &mut Rng, exit: &Exit, vcpu: &FakeVcpu, vm: &mut FakeVm) {
+    let cr_access = |rng: &mut Rng| -> Vec<u8> {
+        let reg = if rng.chance(8) { rng.below(8) as u8 } else { rng.pick(&[0, 4]) };
+        match rng.below(4) {
+            0 | 1 => vec![0x0f, rng.pick(&[0x20, 0x22]), 0xc0 | reg << 3 | rng.below(8) as u8],
+            2 => vec![0x0f, 0x06],
+            _ => vec![0x0f, 0x01, 0xf0 | rng.below(8) as u8],
+        }
+    };
+    let code: Vec<u8> = match exit {
+        Exit::Cpuid => vec![0x0f, 0xa2],
+        Exit::Hlt => vec![0xf4],
+        Exit::Rdmsr => vec![0x0f, 0x32],
+        Exit::Wrmsr => vec![0x0f, 0x30],
+        Exit::Xsetbv => vec![0x0f, 0x01, 0xd1],
+        Exit::CacheFlush => vec![0x0f, rng.pick(&[0x08, 0x09])],
+        Exit::Hypercall | Exit::Exception { vector: UD, .. } => {
+            if rng.chance(6) {
+                vec![0x0f, 0x0b] // UD2
+            } else {
+                vec![0x0f, 0x01, rng.pick(&[0xc1, 0xd9])]
+            }
+        }
+        // Mostly the access the exit names, for the handler to get far.
+        &Exit::Cr(CrAccess::Undecoded { cr, write }) if rng.chance(2) => {
+            let (op, rm) = (if write { 0x22 } else { 0x20 }, rng.below(8) as u8);
+            match cr {
+                0 if write && rng.chance(2) => {
+                    if rng.chance(2) {
+                        vec![0x0f, 0x06]
+                    } else {
+                        vec![0x0f, 0x01, 0xf0 | rm]
+                    }
+                }
+                8 => vec![0xf0, 0x0f, op, 0xc0 | rm],
+                _ => vec![0x0f, op, 0xc0 | (cr & 7) << 3 | rm],
+            }
+        }
+        Exit::Cr(_) => cr_access(rng),
+        _ => return,
+    };
+    if rng.chance(4) {
+        return;
+    }
+    let mut bytes = Vec::new();
+    if rng.chance(3) {
+        for _ in 0..=rng.below(3) {
+            bytes.push(rng.pick(&[0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x3e, 0x64, 0x41, 0x44, 0x48]));
+        }
+    }
+    bytes.extend(code);
+    let linear = crate::io::effective_base(vcpu, SegmentRegister::Cs).wrapping_add(vcpu.rip);
+    if linear.checked_add(bytes.len() as u64).is_some_and(|end| end <= HOSTILE_TABLES) {
+        vm.memory.bytes[linear as usize..][..bytes.len()].copy_from_slice(&bytes);
+    }
+}
+
+/// Whether `exit`'s instruction is measured at RIP before its handler runs
+/// when the back end does not know its length.
+fn measured(exit: &Exit) -> bool {
+    matches!(
+        exit,
+        Exit::Cpuid
+            | Exit::Hlt
+            | Exit::Rdmsr
+            | Exit::Wrmsr
+            | Exit::Xsetbv
+            | Exit::CacheFlush
+            | Exit::Hypercall
+            | Exit::Cr(_)
+    )
+}
+
+/// Whether the handler of `exit` fetches the instruction at RIP: always for
+/// an undecoded CR access or a #UD, for the measured exits with the length
+/// unknown.
+fn fetches(exit: &Exit, length_known: bool) -> bool {
+    match exit {
+        Exit::Cr(CrAccess::Undecoded { .. }) | Exit::Exception { vector: UD, .. } => true,
+        _ => !length_known && measured(exit),
+    }
+}
+
+/// Whether `outcome` is one that `exit` can have; `fetched` if its handler
+/// fetched the instruction at RIP.
+fn possible(exit: &Exit, outcome: &Outcome, fetched: bool) -> bool {
     use Outcome::{Marker, Park, Resume};
     let device = |s: &Stop| matches!(s, Stop::ExitDevice { .. } | Stop::PowerOff | Stop::Reset | Stop::Unsupported(_));
+    let hypercall = |s: &Stop| matches!(s, Stop::ExitHypercall { .. } | Stop::UnknownHypercall { .. });
     match (exit, outcome) {
+        // Bytes at RIP that are no instruction the exit could have come from
+        // (or page tables outside RAM) stop the VM.
+        (_, Outcome::Stop(Stop::Unsupported(_))) if fetched => true,
+        // VMCALL or VMMCALL under #UD: the hypercall.
+        (Exit::Exception { vector: UD, .. }, Outcome::Stop(s)) if hypercall(s) => true,
         (Exit::Hlt, Resume | Park | Outcome::Stop(Stop::Halted)) => true,
         (Exit::Io(_) | Exit::DeviceMemory { .. }, Resume | Marker(_)) => true,
         (Exit::Io(_) | Exit::DeviceMemory { .. } | Exit::ApicWrite { .. }, Outcome::Stop(s)) => device(s),
@@ -213,9 +314,14 @@ fn possible(exit: &Exit, outcome: &Outcome) -> bool {
     }
 }
 
-/// The exceptions `exit` may raise in the guest.
-fn may_raise(exit: &Exit) -> &'static [u8] {
+/// The exceptions `exit` may raise in the guest; `fetched` if its handler
+/// fetched the instruction at RIP (which may fault: #PF, or #GP for a
+/// non-canonical RIP).
+fn may_raise(exit: &Exit, fetched: bool) -> &'static [u8] {
     match exit {
+        // A hypercall outside ring 0 is #UD.
+        Exit::Exception { vector: UD, .. } | Exit::Hypercall if fetched => &[UD, PF, GP],
+        _ if fetched => &[PF, GP],
         Exit::Io(_) => &[PF, GP],
         Exit::DeviceMemory { .. } => &[UD, PF, GP],
         Exit::Rdmsr | Exit::Wrmsr | Exit::Cr(_) | Exit::Xsetbv | Exit::Rdpmc => &[GP],
@@ -225,19 +331,40 @@ fn may_raise(exit: &Exit) -> &'static [u8] {
 }
 
 /// Checks one exit's effects on the vCPU against what its outcome says.
-fn check(exit: &Exit, outcome: &Outcome, before: &FakeVcpu, after: &FakeVcpu, host: &FakeHost) -> Result<(), String> {
-    if !possible(exit, outcome) {
+/// `length` is what the decoder makes of the bytes at CS:RIP before the exit
+/// (`intercepted_length`), if they could be fetched.
+fn check(
+    exit: &Exit,
+    outcome: &Outcome,
+    before: &FakeVcpu,
+    after: &FakeVcpu,
+    host: &FakeHost,
+    length: Option<u8>,
+) -> Result<(), String> {
+    let fetched = fetches(exit, before.length_known);
+    if !possible(exit, outcome, fetched) {
         return Err(format!("impossible outcome {outcome:?}"));
     }
     if after.skipped > 1 {
         return Err(format!("skipped {} times", after.skipped));
     }
+    // A length comes from the decoder, only for what it decoded, and only
+    // where the back end needs one: never on the VMX-like path.
+    if let Some(set) = after.length_set {
+        if !fetched {
+            return Err(format!("length {set} set for an instruction not decoded"));
+        }
+        if length != Some(set) {
+            return Err(format!("length {set} set for bytes of length {length:?}"));
+        }
+    }
     let moved = after.rip != before.rip;
-    let skip_rip = before.rip.wrapping_add(before.instruction_length * after.skipped as u64);
+    // The fake's length is the exit's, or the one the handler set.
+    let skip_rip = before.rip.wrapping_add(after.instruction_length * after.skipped as u64);
     match after.injected {
         None => {}
         Some(Injected::Exception { vector, error_code }) => {
-            if !may_raise(exit).contains(&vector) {
+            if !may_raise(exit, fetched).contains(&vector) {
                 return Err(format!("raised vector {vector}"));
             }
             if moved || after.skipped != 0 {
@@ -250,8 +377,9 @@ fn check(exit: &Exit, outcome: &Outcome, before: &FakeVcpu, after: &FakeVcpu, ho
                 _ => {}
             }
         }
+        // The exception that exited goes back (a #UD that was no hypercall).
         Some(Injected::Reflected { vector, .. })
-            if matches!(exit, Exit::Exception { .. }) && [DB, AC].contains(&vector) => {}
+            if matches!(exit, Exit::Exception { vector: v, .. } if *v == vector) && [DB, AC, UD].contains(&vector) => {}
         Some(other) => return Err(format!("injected {other:?}")),
     }
     let stopped_here = matches!(
@@ -289,10 +417,14 @@ fn check(exit: &Exit, outcome: &Outcome, before: &FakeVcpu, after: &FakeVcpu, ho
         Exit::Io(PortIo { string: None, size: 1 | 2 | 4, .. }) if after.skipped != 1 => {
             return Err("IN/OUT did not complete".into());
         }
-        Exit::Cpuid if after.skipped != 1 || (0..4).any(|r| after.gprs[r] >> 32 != 0) => {
+        // CPUID always completes, once its length is known.
+        Exit::Cpuid if after.skipped != 1 && !(fetched && (stopped_here || after.injected.is_some())) => {
+            return Err("CPUID did not complete".into());
+        }
+        Exit::Cpuid if after.skipped == 1 && (0..4).any(|r| after.gprs[r] >> 32 != 0) => {
             return Err(format!("CPUID left {:x?}", &after.gprs[..4]));
         }
-        Exit::Rdmsr if after.injected.is_none() && (after.gprs[0] >> 32 != 0 || after.gprs[2] >> 32 != 0) => {
+        Exit::Rdmsr if after.skipped == 1 && (after.gprs[0] >> 32 != 0 || after.gprs[2] >> 32 != 0) => {
             return Err("RDMSR left upper halves set".into());
         }
         Exit::ApicWrite { .. } | Exit::HostInterrupt | Exit::HostNmi | Exit::Timer if after.skipped != 0 => {
@@ -344,6 +476,15 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
             let mut vcpu = hostile_vcpu(&mut rng, cr3, &host);
             let exit = hostile_exit(&mut rng);
             aim(&mut rng, &exit, &mut vcpu);
+            // Port I/O comes with its next RIP on either vendor (EXITINFO2).
+            if !matches!(exit, Exit::Io(_)) && rng.chance(3) {
+                vcpu.length_known = false;
+            }
+            plant(&mut rng, &exit, &vcpu, &mut vm);
+            let length = vm
+                .with(|machine| crate::mmio::fetch_instruction(&vcpu, machine))
+                .ok()
+                .and_then(|f| arch::decode::intercepted_length(&f.bytes[..f.len], vcpu.code_size).ok());
             let before = vcpu.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 vm.with(|machine| dispatch(exit.clone(), &mut vcpu, machine, &mut host))
@@ -352,17 +493,24 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
                 Ok(outcome) => outcome,
                 Err(_) => panic!("seed {seed} case {case}: {exit:?} panicked on {before:?}"),
             };
-            if let Err(why) = check(&exit, &outcome, &before, &vcpu, &host) {
+            if let Err(why) = check(&exit, &outcome, &before, &vcpu, &host, length) {
                 panic!("seed {seed} case {case}: {exit:?} -> {outcome:?}: {why}\nbefore {before:?}\nafter {vcpu:?}");
             }
             let result = match (&outcome, vcpu.injected) {
                 (_, Some(Injected::Exception { vector, .. })) => format!("vector {vector}"),
+                (_, Some(Injected::Reflected { vector, .. })) => format!("reflected {vector}"),
                 (Outcome::Resume, _) if vcpu.rip != before.rip => "completed".into(),
                 (Outcome::Resume, _) => "resumed".into(),
                 (Outcome::Stop(stop), _) => format!("{stop:?}").split([' ', '(']).next().unwrap().into(),
                 (other, _) => format!("{other:?}").split('(').next().unwrap().into(),
             };
-            *seen.entry(format!("{}: {result}", exit.name())).or_default() += 1;
+            let name = match exit {
+                Exit::Cr(CrAccess::Undecoded { .. }) => "cr-access undecoded",
+                Exit::Exception { vector: UD, .. } => "exception #UD",
+                _ => exit.name(),
+            };
+            let unknown = if before.length_known { "" } else { " (length unknown)" };
+            *seen.entry(format!("{name}{unknown}: {result}")).or_default() += 1;
         }
     }
     for reached in [
@@ -389,6 +537,29 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
         "hypercall: UnknownHypercall",
         "hlt: Park",
         "hlt: Halted",
+        // Back ends that leave the length to the decoder.
+        "cpuid (length unknown): completed",
+        "cpuid (length unknown): Unsupported",
+        "cpuid (length unknown): vector 14",
+        "hlt (length unknown): completed",
+        "rdmsr (length unknown): completed",
+        "wrmsr (length unknown): completed",
+        "cache-flush (length unknown): completed",
+        "hypercall (length unknown): completed",
+        "cr-access (length unknown): completed",
+        "cr-access undecoded: completed",
+        "cr-access undecoded: vector 13",
+        "cr-access undecoded: vector 14",
+        "cr-access undecoded: Unsupported",
+        "cr-access undecoded (length unknown): completed",
+        "exception #UD: completed",
+        "exception #UD: ExitHypercall",
+        "exception #UD: reflected 6",
+        "exception #UD: vector 6",
+        "exception #UD: vector 14",
+        "exception #UD (length unknown): completed",
+        "exception: reflected 1",
+        "exception: reflected 17",
     ] {
         assert!(seen.contains_key(reached), "no case reached {reached}: {seen:#?}");
     }
