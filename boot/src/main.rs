@@ -21,11 +21,14 @@ usage: cargo xtask <command> [options]
 
 commands:
   run         build Basalt and boot it with serial on this terminal
-                --emulator auto|kvm|bochs|qemu   (auto: QEMU+KVM if it offers VMX, else Bochs)
-                --vendor vmx|svm  the virtualisation the machine must have (default: vmx,
-                                  as above). svm: auto is QEMU+KVM if it offers SVM,
-                                  else QEMU TCG with the EPYC CPU model (SVM + nested
-                                  paging); qemu is that TCG machine; bochs is VT-x only
+                --emulator auto|kvm|bochs|qemu   (auto: QEMU+KVM with -cpu host if it
+                                  offers VMX or SVM, else QEMU TCG with the EPYC CPU
+                                  model: SVM + nested paging, in software)
+                --vendor vmx|svm  the virtualisation the machine must have (default:
+                                  either, as above). vmx: auto is QEMU+KVM if it offers
+                                  VMX, else Bochs; qemu has no VT-x. svm: auto is
+                                  QEMU+KVM if it offers SVM, else QEMU TCG (EPYC); qemu
+                                  is that TCG machine; bochs is VT-x only
                 --cpus N          (default 2)
                 --memory MIB      (default 512)
                 --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
@@ -57,8 +60,10 @@ commands:
                 [TARGET...]       only these (default: all)
                 --seconds N       per target (default 60)
                 --replay FILE     with one TARGET: run FILE through it once
-  bench       boot the test guests on a VT-x machine; print exits and hypervisor
-              cycles by reason per VM, and VMM memory per VM
+  bench       boot the test guests, then Debian Linux to its /init, on a VT-x and
+              an SVM machine; print per VM a table with a vmx and an svm column:
+              exits and hypervisor cycles by reason, time to init, VMM memory
+                --vendor vmx|svm  only that back end (the VT-x side is slow on Bochs)
   build       build the kernel and write BIOS and UEFI images to target/basalt/
   setup       install what the other commands need (Debian packages, rustup parts)
   help        this text
@@ -233,16 +238,24 @@ struct KvmOffers {
 }
 
 /// The machine `run` boots, from `--emulator` and `--vendor`. Without
-/// `--vendor` it is what it always was: a VT-x machine for `auto` and `kvm`,
-/// plain QEMU TCG (no VT-x) for `qemu`. With it, the machine must have that
-/// back end.
+/// `--vendor`, `auto` and `kvm` take QEMU+KVM with whichever back end the host
+/// offers, and `auto` falls back to QEMU TCG with SVM (much faster than Bochs);
+/// `qemu` is plain QEMU TCG (no VT-x or SVM). With it, the machine must have
+/// that back end.
 fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Result<Emulator, String> {
     let kvm_has = |v: Vendor| match v {
         Vendor::Vmx => kvm.vmx,
         Vendor::Svm => kvm.svm,
     };
     Ok(match (choice, vendor) {
-        ("auto", None | Some(Vendor::Vmx)) => {
+        ("auto", None) => {
+            if kvm.vmx || kvm.svm {
+                Emulator::QemuKvm
+            } else {
+                Emulator::QemuTcgSvm
+            }
+        }
+        ("auto", Some(Vendor::Vmx)) => {
             if kvm.vmx {
                 Emulator::QemuKvm
             } else {
@@ -256,8 +269,15 @@ fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Resu
                 Emulator::QemuTcgSvm
             }
         }
-        ("kvm", vendor) => {
-            let wanted = vendor.unwrap_or(Vendor::Vmx);
+        ("kvm", None) => {
+            if !(kvm.vmx || kvm.svm) {
+                return Err("--emulator kvm: this host's /dev/kvm offers neither VMX nor SVM \
+                            (no 'vmx' or 'svm' in /proc/cpuinfo)"
+                    .into());
+            }
+            Emulator::QemuKvm
+        }
+        ("kvm", Some(wanted)) => {
             if !kvm_has(wanted) {
                 let name = wanted.name();
                 let hint = match Vendor::ALL.into_iter().find(|&v| v != wanted && kvm_has(v)) {
@@ -343,17 +363,20 @@ mod tests {
     const NONE: KvmOffers = KvmOffers { vmx: false, svm: false };
     const VMX: KvmOffers = KvmOffers { vmx: true, svm: false };
     const SVM: KvmOffers = KvmOffers { vmx: false, svm: true };
+    const BOTH: KvmOffers = KvmOffers { vmx: true, svm: true };
 
     #[test]
-    fn run_without_vendor_picks_as_before() {
-        assert_eq!(choose_emulator("auto", None, NONE), Ok(Emulator::Bochs));
-        assert_eq!(choose_emulator("auto", None, SVM), Ok(Emulator::Bochs));
+    fn run_without_vendor_takes_kvm_with_either_else_qemu_tcg_with_svm() {
+        assert_eq!(choose_emulator("auto", None, NONE), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator("auto", None, SVM), Ok(Emulator::QemuKvm));
         assert_eq!(choose_emulator("auto", None, VMX), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator("auto", None, BOTH), Ok(Emulator::QemuKvm));
         assert_eq!(choose_emulator("qemu", None, NONE), Ok(Emulator::QemuTcg));
         assert_eq!(choose_emulator("bochs", None, VMX), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator("bochs", None, NONE), Ok(Emulator::Bochs));
         assert_eq!(choose_emulator("kvm", None, VMX), Ok(Emulator::QemuKvm));
-        assert!(choose_emulator("kvm", None, NONE).unwrap_err().contains("offers no VMX"));
-        assert!(choose_emulator("kvm", None, SVM).unwrap_err().contains("add --vendor svm"));
+        assert_eq!(choose_emulator("kvm", None, SVM), Ok(Emulator::QemuKvm));
+        assert!(choose_emulator("kvm", None, NONE).unwrap_err().contains("offers neither VMX nor SVM"));
         assert!(choose_emulator("tcg", None, NONE).unwrap_err().contains("not 'tcg'"));
     }
 
@@ -370,12 +393,14 @@ mod tests {
     }
 
     #[test]
-    fn run_with_vendor_vmx_is_the_default_made_explicit() {
+    fn run_with_vendor_vmx_needs_vmx() {
         let vmx = Some(Vendor::Vmx);
         assert_eq!(choose_emulator("auto", vmx, NONE), Ok(Emulator::Bochs));
         assert_eq!(choose_emulator("auto", vmx, VMX), Ok(Emulator::QemuKvm));
         assert_eq!(choose_emulator("bochs", vmx, NONE), Ok(Emulator::Bochs));
         assert!(choose_emulator("qemu", vmx, NONE).unwrap_err().contains("no VT-x"));
         assert!(choose_emulator("kvm", vmx, SVM).unwrap_err().contains("offers no VMX"));
+        assert!(choose_emulator("kvm", vmx, SVM).unwrap_err().contains("add --vendor svm"));
+        assert_eq!(choose_emulator("auto", vmx, SVM), Ok(Emulator::Bochs));
     }
 }
