@@ -96,9 +96,10 @@ pub fn virtual_cpuid<H: Host + ?Sized>(host: &H, leaf: u32, subleaf: u32, vcpu: 
             b = (b & 0x0000_ffff) | (vcpu << 24) | (1 << 16);
         }
         7 if subleaf == 0 => {
-            // No IA32_ARCH_CAPABILITIES (not emulated). IA32_TSC_ADJUST is
-            // emulated (msr.rs) and stays: with an invariant TSC it tells Linux
-            // the TSC needs no watchdog.
+            // IA32_TSC_ADJUST is emulated whatever the host has (msr.rs): with
+            // an invariant TSC it tells Linux the TSC needs no watchdog.
+            b |= 1 << 1;
+            // No IA32_ARCH_CAPABILITIES (not emulated).
             d &= !(1 << 29);
             // Protection keys are hidden (PKRU is not a guest XSAVE component,
             // see arch::xstate::GUEST_COMPONENTS); OSPKE would follow CR4.

@@ -18,6 +18,13 @@ const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 const IA32_TSC_DEADLINE: u32 = 0x6e0;
 const IA32_TSC_ADJUST: u32 = 0x3b;
 const IA32_EFER: u32 = 0xc000_0080;
+/// AMD's hardware configuration register. Bit 24 (TscFreqSel): the TSC counts
+/// at the P0 frequency, which Linux checks on AMD CPUs (KVM reports it too).
+const AMD_HWCR: u32 = 0xc001_0015;
+const AMD_HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
+/// AMD's northbridge configuration: Linux sets its extended-config-space bit
+/// (a PCI detail with no effect here).
+const AMD_NB_CFG: u32 = 0xc001_001f;
 /// What a guest may set in EFER: SCE, LME, NXE (LMA follows long mode).
 pub const EFER_WRITABLE: u64 = efer::SCE | efer::LME | efer::NXE;
 
@@ -41,6 +48,8 @@ pub fn rdmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
         IA32_MISC_ENABLE => 1,
         IA32_MTRR_DEF_TYPE => 0x806,
         IA32_EFER => vcpu.efer(),
+        AMD_HWCR if guest_is_amd(host) => AMD_HWCR_TSC_FREQ_SEL,
+        AMD_NB_CFG if guest_is_amd(host) => 0,
         _ => {
             vcpu.inject_exception(GP, Some(0));
             return Outcome::Resume;
@@ -52,7 +61,7 @@ pub fn rdmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
     Outcome::Resume
 }
 
-pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, _host: &dyn Host) -> Outcome {
+pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     let msr = vcpu.gpr(RCX) as u32;
     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
     match msr {
@@ -74,6 +83,7 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, _host: &dyn Host) -> Outcome
         // Accepted and ignored: timing, MTRRs and APIC relocation are not modelled.
         IA32_TSC | IA32_APIC_BASE | IA32_MTRR_DEF_TYPE | IA32_MISC_ENABLE | IA32_BIOS_SIGN_ID => {}
         0x200..=0x26f => {}
+        AMD_HWCR | AMD_NB_CFG if guest_is_amd(host) => {}
         _ => {
             vcpu.inject_exception(GP, Some(0));
             return Outcome::Resume;
@@ -81,4 +91,11 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, _host: &dyn Host) -> Outcome
     }
     vcpu.skip_instruction();
     Outcome::Resume
+}
+
+/// Guests see the host's CPU vendor (CPUID leaf 0): AMD's own MSRs exist for
+/// them only on an AMD host, as on real hardware.
+fn guest_is_amd(host: &dyn Host) -> bool {
+    let [_, ebx, ecx, edx] = host.cpuid(0, 0);
+    [ebx, edx, ecx] == [u32::from_le_bytes(*b"Auth"), u32::from_le_bytes(*b"enti"), u32::from_le_bytes(*b"cAMD")]
 }

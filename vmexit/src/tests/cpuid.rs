@@ -261,3 +261,14 @@ fn no_leaf_shows_vmx_or_svm_whatever_the_subleaf() {
         }
     }
 }
+
+#[test]
+fn tsc_adjust_is_offered_whatever_the_host_has() {
+    // The MSR is emulated (msr.rs); neither test host reports the bit.
+    for cpuid_of in [intel_like_cpuid as fn(u32, u32) -> [u32; 4], amd_like_cpuid] {
+        assert_eq!(cpuid_of(7, 0)[1] & (1 << 1), 0);
+        let mut host = FakeHost { cpuid: cpuid_of, ..FakeHost::default() };
+        let mut vcpu = FakeVcpu::long_mode();
+        assert_ne!(cpuid_on(&mut vcpu, &mut host, 7, 0)[1] & (1 << 1), 0);
+    }
+}

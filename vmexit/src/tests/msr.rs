@@ -175,3 +175,48 @@ fn mtrr_and_other_ignored_writes_complete() {
         assert_done(&vcpu, &outcome, 0x1000);
     }
 }
+
+/// An AMD host: vendor "AuthenticAMD" in leaf 0, the rest as the default.
+fn amd_host() -> FakeHost {
+    fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+        match leaf {
+            0 => [0xd, u32::from_le_bytes(*b"Auth"), u32::from_le_bytes(*b"cAMD"), u32::from_le_bytes(*b"enti")],
+            _ => crate::fake::intel_like_cpuid(leaf, subleaf),
+        }
+    }
+    FakeHost { cpuid, ..FakeHost::default() }
+}
+
+#[test]
+fn amd_msrs_exist_only_for_guests_on_amd() {
+    const HWCR: u32 = 0xc001_0015;
+    const NB_CFG: u32 = 0xc001_001f;
+    let msr = |host: &mut FakeHost, exit: Exit, msr: u32, value: u64| {
+        let (mut vcpu, mut vm) = (FakeVcpu::long_mode(), FakeVm::new(1, 0x1000));
+        vcpu.gprs[RCX as usize] = msr as u64;
+        vcpu.gprs[RAX as usize] = value & 0xffff_ffff;
+        vcpu.gprs[RDX as usize] = value >> 32;
+        let rip = vcpu.rip;
+        let outcome = run(exit, &mut vcpu, &mut vm, host);
+        (outcome, vcpu, rip)
+    };
+    // On AMD: HWCR reads with TscFreqSel (Linux checks that the TSC runs at
+    // P0), NB_CFG reads 0, and writes to both are taken.
+    let mut amd = amd_host();
+    let (outcome, vcpu, rip) = msr(&mut amd, Exit::Rdmsr, HWCR, 0);
+    assert_done(&vcpu, &outcome, rip);
+    assert_eq!(vcpu.gprs[RAX as usize] | vcpu.gprs[RDX as usize] << 32, 1 << 24);
+    let (outcome, vcpu, rip) = msr(&mut amd, Exit::Rdmsr, NB_CFG, 0);
+    assert_done(&vcpu, &outcome, rip);
+    assert_eq!(vcpu.gprs[RAX as usize] | vcpu.gprs[RDX as usize], 0);
+    for target in [HWCR, NB_CFG] {
+        let (outcome, vcpu, rip) = msr(&mut amd, Exit::Wrmsr, target, 1 << 46);
+        assert_done(&vcpu, &outcome, rip);
+    }
+    // On Intel they do not exist: #GP, as the CPU would raise.
+    let mut intel = FakeHost::default();
+    for (exit, target) in [(Exit::Rdmsr, HWCR), (Exit::Rdmsr, NB_CFG), (Exit::Wrmsr, HWCR), (Exit::Wrmsr, NB_CFG)] {
+        let (outcome, vcpu, rip) = msr(&mut intel, exit, target, 0);
+        assert_gp(&vcpu, &outcome, rip);
+    }
+}
