@@ -188,7 +188,8 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         .write(devices::layout::ACPI_TABLES, &tables)
         .map_err(|_| Stop::Unsupported("guest RAM too small for the ACPI tables".into()))?;
     let rsdp = Some(devices::layout::ACPI_TABLES);
-    let extras = loader::Extras { initrd: guest.initrd, cmdline: guest.cmdline, rsdp };
+    let cmdline = linux_command_line(spec, guest.cmdline);
+    let extras = loader::Extras { initrd: guest.initrd, cmdline: &cmdline, rsdp };
     let plan = loader::load(guest.image, spec, ram, extras)
         .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
     for segment in &plan.segments {
@@ -369,6 +370,25 @@ fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm)
         // A kick sent since `rearm_kick` is pending and ends the HLT at once.
         interrupts::enable_and_hlt();
         crate::log::pump();
+    }
+}
+
+/// A Linux guest's command line. Linux believes the TSC frequency that
+/// CPUID leaf 0x15 reports only on Intel CPUs; on AMD it calibrates the TSC
+/// against the emulated PIT and PM timer, reading them through exits, which
+/// fails when exits are slow (QEMU's TCG) and leaves it without its best
+/// clock. There it is told the frequency (`tsc_early_khz`), unless its
+/// command line already says.
+fn linux_command_line(spec: &VmSpec, given: &str) -> String {
+    let amd = vendor() == Some(Vendor::Amd);
+    if spec.format != loader::manifest::Format::Linux || !amd || given.contains("tsc_early_khz=") {
+        return given.into();
+    }
+    let khz = crate::time::tsc_hz() / 1000;
+    if given.is_empty() {
+        alloc::format!("tsc_early_khz={khz}")
+    } else {
+        alloc::format!("{given} tsc_early_khz={khz}")
     }
 }
 

@@ -88,6 +88,13 @@ impl SwitchedState {
     pub fn switch_out(&mut self, host: HostState) {
         let area = memory::phys_to_virt(self.xsave_area) as *mut u8;
         let all = xstate::guest().allowed;
+        if xstate::has_xsave() {
+            // The guest's XCR0 is what the register holds: an emulator that
+            // ignores the XSETBV intercept (QEMU's TCG with SVM) lets the
+            // guest set it without the VMM seeing it.
+            // SAFETY: XGETBV needs CR4.OSXSAVE, set where the CPU has XSAVE.
+            self.xcr0 = unsafe { core::arch::x86_64::_xgetbv(0) };
+        }
         // SAFETY: as in `switch_in`; saving every allowed component keeps state
         // the guest reached without naming it in XCR0 (XMM registers).
         unsafe {
@@ -180,12 +187,16 @@ fn isolation_barrier_on_vm_change(vm_id: u64) {
     const MD_CLEAR: u32 = 1 << 10;
     const IBRS_IBPB: u32 = 1 << 26;
     const L1D_FLUSH: u32 = 1 << 28;
+    // AMD reports IBPB in CPUID 8000_0008h:EBX[12] instead.
+    const AMD_IBPB: u32 = 1 << 12;
+    let amd_ibpb = core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0008
+        && core::arch::x86_64::__cpuid(0x8000_0008).ebx & AMD_IBPB != 0;
     const IA32_PRED_CMD: u32 = 0x49;
     const IA32_FLUSH_CMD: u32 = 0x10b;
     // SAFETY: each command MSR exists when its CPUID bit says so; writing 1
     // is the documented command and changes no other state.
     unsafe {
-        if edx & IBRS_IBPB != 0 {
+        if edx & IBRS_IBPB != 0 || amd_ibpb {
             Msr::new(IA32_PRED_CMD).write(1);
         }
         if edx & L1D_FLUSH != 0 {
