@@ -10,7 +10,15 @@ $bb echo "basalt-test: cpus $($bb grep -c ^processor /proc/cpuinfo)"
 $bb echo "basalt-test: online $($bb cat /sys/devices/system/cpu/online)"
 $bb echo "basalt-test: rtc $($bb cat /sys/class/rtc/rtc0/date)"
 $bb echo "basalt-test: clock $($bb date -u +%F)"
-$bb echo "basalt-test: clocksource $($bb cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+# Linux on AMD takes the TSC as its clocksource once it has refined the TSC's
+# frequency against the PM timer, about a second after boot; on Intel CPUID
+# gives the frequency and it does so at once.
+clocksource=/sys/devices/system/clocksource/clocksource0/current_clocksource
+for i in 1 2 3 4 5; do
+    [ "$($bb cat $clocksource)" = tsc ] && break
+    $bb sleep 1
+done
+$bb echo "basalt-test: clocksource $($bb cat $clocksource)"
 
 # virtio: the modules Debian builds them as, in dependency order.
 m=/lib/modules/$($bb uname -r)/kernel
