@@ -87,9 +87,10 @@ pub mod code {
 }
 
 impl ExitCode {
-    /// VMRUN did not enter the guest.
+    /// VMRUN did not enter the guest. QEMU's TCG stores VMEXIT_INVALID as
+    /// a 32-bit -1 (0xffff_ffff, zero-extended); no real exit code is that high.
     pub const fn is_invalid(self) -> bool {
-        self.0 == code::INVALID || self.0 == code::BUSY
+        self.0 == code::INVALID || self.0 == code::BUSY || self.0 == code::INVALID as u32 as u64
     }
 
     /// The vector of an intercepted exception.
@@ -506,6 +507,7 @@ mod tests {
         assert_eq!(ExitCode(0x20).cr_write(), None);
         assert!(ExitCode(u64::MAX).is_invalid());
         assert!(ExitCode(-1i64 as u64).is_invalid());
+        assert!(ExitCode(0xffff_ffff).is_invalid(), "QEMU's TCG writes -1 as 32 bits");
         assert!(!ExitCode(code::SHUTDOWN).is_invalid());
     }
 
