@@ -27,9 +27,24 @@ pub fn translate(vcpu: &mut Vcpu) -> Exit {
     let next_rip = if caps.is_some_and(|c| c.next_rip_saved()) { Some(c.next_rip) } else { None };
     vcpu.next_rip = next_rip;
     if exit.is_invalid() {
+        let v = vcpu.vmcb();
+        let s = &v.save;
         return Exit::EntryFailed(alloc::format!(
-            "VMRUN refused the VMCB (VMEXIT_INVALID) at RIP {:#x}",
-            vcpu.vmcb().save.rip
+            "VMRUN refused the guest state (VMEXIT_INVALID): CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} \
+             CS {:#x}/{:#x} SS {:#x} CPL {} RFLAGS {:#x} RIP {:#x} DR6 {:#x} DR7 {:#x} EVENTINJ {:#x}",
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.cs.attrib,
+            s.ss.attrib,
+            s.cpl,
+            s.rflags,
+            s.rip,
+            s.dr6,
+            s.dr7,
+            v.control.event_inj
         ));
     }
     if let Some(exception) = ExceptionExit::decode(exit, info1, info2) {

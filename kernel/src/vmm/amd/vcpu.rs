@@ -234,12 +234,15 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Basalt's intercept set with what varies, and #UD: a guest's VMCALL
-    /// (Intel's hypercall instruction) raises it on AMD, and the exit layer
-    /// makes it the hypercall it was meant to be.
+    /// Basalt's intercept set with what varies, CR8 accesses, and #UD: a
+    /// guest's VMCALL (Intel's hypercall instruction) raises it on AMD, and
+    /// the exit layer makes it the hypercall it was meant to be.
     pub(super) fn write_intercepts(&mut self) {
-        let mut intercepts = Intercepts::basalt(self.wants);
+        let mut intercepts = Intercepts::basalt(Wants { cr8_writes: true, ..self.wants });
         intercepts.exceptions |= svm::intercepts::exception(vmexit::UD);
+        // CR8 reads too: the local APIC model's TPR is the guest's, and V_TPR
+        // (which V_INTR_MASKING gives the guest's CR8) would drift from it.
+        intercepts.cr |= svm::intercepts::CrIntercepts::READ_CR8;
         if self.iret_intercept {
             intercepts.misc1 |= svm::intercepts::Misc1::IRET;
         }
