@@ -474,11 +474,29 @@ extern "C" fn control_register(op: &Op) {
             1 => asm!("mov {old}, cr4", "mov {new}, {old}", "xor {new}, {flip}", "mov cr4, {new}", "mov cr4, {old}",
                       old = out(reg) _, new = out(reg) _, flip = in(reg) flip),
             2 => asm!("mov {old}, cr3", "mov {new}, {old}", "xor {new}, {flip}", "mov cr3, {new}", "mov cr3, {old}",
-                      old = out(reg) _, new = out(reg) _, flip = in(reg) flip & 0x8000_0000_0000_0fff),
+                      old = out(reg) _, new = out(reg) _, flip = in(reg) flip & cr3_flippable()),
             3 => asm!("mov {old}, cr8", "mov cr8, {new}", "mov cr8, {old}", old = out(reg) _, new = in(reg) flip),
             _ => asm!("mov {old}, cr0", "mov cr0, {new}", "mov cr0, {old}",
                       old = out(reg) _, new = in(reg) (flip & !0x8000_0001) | 0x8000_0001),
         }
+    }
+}
+
+/// The CR3 bits the guest flips: the flags and reserved low bits, and bit 63
+/// (no-flush), but not bit 63 on AMD: QEMU's TCG takes it there without the
+/// #GP a real CPU raises (PCIDE is off), and its VMRUN then refuses the
+/// state the guest left in CR3, which would end this VM for an emulator bug.
+fn cr3_flippable() -> u64 {
+    let vendor_ebx: u32;
+    // SAFETY: CPUID leaf 0 only reads; RBX is saved around it.
+    unsafe {
+        asm!("push rbx", "cpuid", "mov {0:e}, ebx", "pop rbx", out(reg) vendor_ebx, inout("eax") 0 => _,
+             out("ecx") _, out("edx") _)
+    };
+    if vendor_ebx == u32::from_le_bytes(*b"Auth") {
+        0xfff
+    } else {
+        0x8000_0000_0000_0fff
     }
 }
 
