@@ -23,6 +23,7 @@ fn vm(name: &str, guest: &str, format: &str, mode: Option<&str>) -> GuestVm {
         format: format.into(),
         mode: mode.map(Into::into),
         memory_mib: 16,
+        vcpus: 1,
         time_limit_ms: 10_000,
         corrupt_guest_state: false,
         blank_disks_mib: Vec::new(),

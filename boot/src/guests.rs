@@ -70,6 +70,9 @@ pub struct GuestVm {
     pub mode: Option<String>,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
+    /// vCPUs (the guest starts the others itself, or leaves them waiting).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
     #[serde(default = "default_time_limit")]
     pub time_limit_ms: u64,
     #[serde(default)]
@@ -82,6 +85,9 @@ pub struct GuestVm {
 
 fn default_memory() -> u32 {
     16
+}
+fn default_vcpus() -> u32 {
+    1
 }
 fn default_time_limit() -> u64 {
     10_000
@@ -258,7 +264,7 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 load,
                 entry: load,
                 memory_mib: vm.memory_mib,
-                cpus: 1,
+                cpus: vm.vcpus,
                 time_limit_ms: vm.time_limit_ms,
                 corrupt_state: vm.corrupt_guest_state,
                 host_console: false,

@@ -334,6 +334,7 @@ fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
         format: "elf".into(),
         mode: None,
         memory_mib: 16,
+        vcpus: 1,
         time_limit_ms: 10_000,
         corrupt_guest_state: false,
         blank_disks_mib: Vec::new(),
