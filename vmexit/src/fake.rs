@@ -150,6 +150,9 @@ impl Vcpu for FakeVcpu {
     fn rflags(&self) -> u64 {
         self.rflags
     }
+    fn set_rflags(&mut self, value: u64) {
+        self.rflags = value;
+    }
     fn cpl(&self) -> u8 {
         self.cpl
     }

@@ -1,16 +1,37 @@
 //! Accesses to guest-physical memory that is not RAM: a device register (local
 //! APIC, IOAPIC, the chipset's MMIO bus) or nothing at all. The instruction is
-//! fetched and decoded to learn the access; reads nobody claims return all-ones
-//! and writes nobody claims are dropped (both counted by the bus). Executing
-//! from such an address, or an instruction Basalt cannot emulate there, stops
-//! the VM. The fetch follows the guest's page tables with its CPU's rules:
-//! bytes it could not fetch (another vCPU changed the tables) are the guest's #PF.
+//! fetched and decoded (`arch::decode`) to learn what it does, then carried out
+//! here against the chipset: loads and stores, the ALU group with RFLAGS
+//! (`arch::alu`), XCHG, CMPXCHG, the bit tests, PUSH/POP of memory and the
+//! string moves. Reads nobody claims return all-ones and writes nobody claims
+//! are dropped (both counted by the bus).
+//!
+//! Each memory operand is accessed once per element, at its size: a
+//! read-modify-write is one read and then one write (LOCK changes nothing on
+//! an emulated bus: no other vCPU runs the device model meanwhile).
+//!
+//! An instruction Basalt does not emulate, or bytes the CPU would refuse,
+//! raise #UD in the guest, as a CPU does for an instruction it does not know;
+//! executing from device memory stops the VM. The fetch, the stack of
+//! PUSH/POP and the operands of MOVS/STOS/LODS follow the guest's page tables
+//! with its CPU's rules: what it could not access is the guest's #PF.
 
-use crate::io::act_on;
-use crate::{access_rights, translation_failed, Host, Machine, Outcome, Stop, Vcpu, UD};
-use arch::decode::{self, Access as Operand};
-use arch::paging::{self, AccessKind, WalkError};
+use crate::exit::SegmentRegister;
+use crate::io::{act_on, effective_base, MAX_REP_PER_EXIT};
+use crate::vcpu::RFLAGS_DF;
+use crate::{access_rights, translation_failed, Host, Machine, Outcome, Stop, Vcpu, GP, UD};
+use arch::alu::{self, sign_extend};
+use arch::decode::{self, CodeSize, DecodeError, MmioInstruction, Operand, Operation, Register, StringOp};
+use arch::paging::{self, AccessKind, Pieces, WalkError};
+use devices::bus::all_ones;
 use devices::layout::LAPIC_BASE;
+use devices::Request;
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RSP: u8 = 4;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, address: u64, fetch: bool) -> Outcome {
     if fetch {
@@ -33,7 +54,7 @@ pub fn apic_write(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, offset
 }
 
 /// Emulates the instruction at RIP, which accesses device memory at `address`
-/// and has not executed: fetch, decode, do the access on the chipset, step RIP.
+/// and has not executed: fetch, decode, do the accesses, step RIP.
 pub fn emulate(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, address: u64) -> Outcome {
     let rip = vcpu.rip();
     let fetched = match fetch_instruction(vcpu, vm) {
@@ -48,47 +69,374 @@ pub fn emulate(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, address: 
     let decoded = match (decode::decode(&fetched.bytes[..fetched.len], vcpu.code_size()), fetched.beyond) {
         (Ok(d), _) => d,
         // The instruction runs on into a page the guest's CPU cannot fetch from.
-        (Err(decode::DecodeError::Truncated), Some(e)) => return translation_failed(vcpu, e),
-        // Bytes the CPU refuses (LOCK MOV, C6/C7 /1-/7) cannot have made this
-        // access as they stand (another vCPU may have rewritten them since):
-        // the guest gets the #UD its CPU would raise.
-        (Err(decode::DecodeError::Invalid), _) => {
+        (Err(DecodeError::Truncated), Some(e)) => return translation_failed(vcpu, e),
+        // Fifteen bytes and no end: the CPU refuses an instruction that long
+        // with #GP (another vCPU may have rewritten the one that exited).
+        (Err(DecodeError::Truncated), None) if fetched.len == fetched.bytes.len() => {
+            vcpu.inject_exception(GP, Some(0));
+            return Outcome::Resume;
+        }
+        // It runs on past RAM, into memory the CPU would have to execute
+        // from device memory: Basalt does not, as for a fetch exit.
+        (Err(DecodeError::Truncated), None) => {
+            return unsupported(alloc::format!(
+                "the instruction at RIP {rip:#x} that accessed {address:#x} runs on beyond RAM"
+            ))
+        }
+        // An instruction Basalt does not emulate, or bytes the CPU refuses
+        // (LOCK MOV, C6/C7 /1-/7, or a register form where the exit says
+        // memory: another vCPU rewrote them). The guest gets the #UD its CPU
+        // raises for an instruction it does not know; that ends only this
+        // instruction, where a stop would end the VM.
+        (Err(e), _) => {
+            log::debug!(
+                "vm {}: #UD for the instruction at RIP {rip:#x} that accessed {address:#x}: {e:?} ({:02x?})",
+                vm.name,
+                &fetched.bytes[..fetched.len]
+            );
             vcpu.inject_exception(UD, None);
             return Outcome::Resume;
         }
-        (Err(e), _) => {
-            return unsupported(alloc::format!(
-                "MMIO access to {address:#x} by an instruction Basalt cannot emulate ({e:?}) at RIP {rip:#x}"
-            ));
-        }
     };
-    let size_mask = devices::bus::all_ones(decoded.size);
-    let now = host.now();
-    let index = vcpu.index();
-    let written = match decoded.access {
-        Operand::Read { dest, width } => {
-            let value = vm.chipset.mmio_read(index, address, decoded.size, now) & size_mask;
-            let old = vcpu.gpr(dest.index);
-            vcpu.set_gpr(dest.index, decode::merge_register(old, value, width, dest.high_byte));
-            None
-        }
-        Operand::WriteRegister { source } => {
-            let register = vcpu.gpr(source.index);
-            Some(if source.high_byte { register >> 8 } else { register })
-        }
-        Operand::WriteImmediate { value } => Some(value),
-    };
-    let request = written
-        .and_then(|value| vm.chipset.mmio_write(index, address, decoded.size, value & size_mask, now, &mut *vm.memory));
+    let step = Emulation { index: vcpu.index(), now: host.now(), address, size: decoded.size }.run(vcpu, vm, decoded);
     for (slot, device, why) in vm.chipset.take_broken() {
         log::warn!("vm {}: {device} in virtio slot {slot} is broken until the guest resets it: {why}", vm.name);
     }
-    // Neither vendor reports a usable length for these exits: step RIP by the
-    // decoder's.
-    vcpu.set_rip(rip.wrapping_add(decoded.length as u64));
+    let request = match step {
+        // Neither vendor reports a usable length for these exits: step RIP by
+        // the decoder's.
+        Step::Done(request) => {
+            vcpu.set_rip(rip.wrapping_add(decoded.length as u64));
+            request
+        }
+        // A REP string stopped early runs again for the rest; RSI/RDI/RCX say
+        // where it is.
+        Step::Partial(request) => request,
+        Step::Ended(outcome) => return outcome,
+    };
     match request {
         Some(r) => act_on(r),
         None => Outcome::Resume,
+    }
+}
+
+/// How far an emulated instruction got.
+enum Step {
+    /// It completed (a device may have asked for something on the way).
+    Done(Option<Request>),
+    /// A REP string stopped before its end: at the per-exit bound, or after
+    /// an element a device asked for something on.
+    Partial(Option<Request>),
+    /// It did not complete: an exception is injected (RIP stays on it) or the
+    /// VM stops.
+    Ended(Outcome),
+}
+
+/// Where one memory operand of a string or stack access is.
+enum Place {
+    /// Guest RAM, in one or two physical pieces.
+    Ram(Pieces),
+    /// Device memory at this guest-physical address.
+    Device(u64),
+}
+
+/// One MMIO exit's instruction being carried out.
+struct Emulation {
+    index: usize,
+    now: u64,
+    /// The exit's guest-physical address: the memory operand's (for a bit
+    /// test with a register offset, the one the offset selected).
+    address: u64,
+    /// Bytes of each access.
+    size: u8,
+}
+
+impl Emulation {
+    fn read(&self, vm: &mut Machine, address: u64) -> u64 {
+        vm.chipset.mmio_read(self.index, address, self.size, self.now) & all_ones(self.size)
+    }
+
+    fn write(&self, vm: &mut Machine, address: u64, value: u64) -> Option<Request> {
+        let value = value & all_ones(self.size);
+        vm.chipset.mmio_write(self.index, address, self.size, value, self.now, &mut *vm.memory)
+    }
+
+    fn run(&self, vcpu: &mut dyn Vcpu, vm: &mut Machine, decoded: MmioInstruction) -> Step {
+        let size = self.size;
+        let at = self.address;
+        let value = |vcpu: &dyn Vcpu, operand: Operand| match operand {
+            Operand::Register(r) => register(vcpu, r),
+            Operand::Immediate(v) => v,
+        };
+        let request = match decoded.operation {
+            Operation::Load { dest, width, sign_extend: extend } => {
+                let loaded = self.read(vm, at);
+                let loaded = if extend { sign_extend(loaded, size) } else { loaded };
+                set_register(vcpu, dest, loaded, width);
+                None
+            }
+            Operation::Store { source } => self.write(vm, at, value(vcpu, source)),
+            Operation::Alu { op, source } => {
+                let source = source.map_or(0, |s| value(vcpu, s));
+                let old = self.read(vm, at);
+                let (result, rflags) = alu::alu(op, size, old, source, vcpu.rflags());
+                let request = if op.writes_result() { self.write(vm, at, result) } else { None };
+                vcpu.set_rflags(rflags);
+                request
+            }
+            Operation::AluToRegister { op, dest } => {
+                let loaded = self.read(vm, at);
+                let (result, rflags) = alu::alu(op, size, register(vcpu, dest), loaded, vcpu.rflags());
+                if op.writes_result() {
+                    set_register(vcpu, dest, result, size);
+                }
+                vcpu.set_rflags(rflags);
+                None
+            }
+            // A read, then the register's value written: the CPU's locked
+            // read and write, in that order.
+            Operation::Xchg { register: r } => {
+                let stored = register(vcpu, r);
+                let loaded = self.read(vm, at);
+                let request = self.write(vm, at, stored);
+                set_register(vcpu, r, loaded, size);
+                request
+            }
+            Operation::Cmpxchg { source } => {
+                let (accumulator, source) = (vcpu.gpr(RAX), register(vcpu, source));
+                let loaded = self.read(vm, at);
+                let result = alu::cmpxchg(size, loaded, accumulator, source, vcpu.rflags());
+                // Written back whether or not it matched, as the CPU's bus sees it.
+                let request = self.write(vm, at, result.memory);
+                if let Some(loaded) = result.accumulator {
+                    set_register(vcpu, Register { index: RAX, high_byte: false }, loaded, size);
+                }
+                vcpu.set_rflags(result.rflags);
+                request
+            }
+            Operation::BitTest { op, offset } => {
+                let offset = match offset {
+                    Operand::Register(r) => vcpu.gpr(r.index),
+                    Operand::Immediate(v) => v,
+                };
+                let old = self.read(vm, at);
+                let (new, rflags) = alu::bit_test(op, size, old, offset, vcpu.rflags());
+                let request = if op.writes_result() { self.write(vm, at, new) } else { None };
+                vcpu.set_rflags(rflags);
+                request
+            }
+            Operation::Push | Operation::Pop => return self.stack(vcpu, vm, decoded.operation),
+            Operation::String { op, rep, address_bytes, segment } => {
+                let source = SegmentRegister::from_encoding(segment).unwrap_or(SegmentRegister::Ds);
+                return self.string(vcpu, vm, op, rep, address_bytes, source);
+            }
+        };
+        Step::Done(request)
+    }
+
+    /// PUSH m and POP m: the memory operand is the exit's, the stack is at
+    /// SS:RSP in the guest's RAM. The stack is translated, with the rights of
+    /// the access, before the device is touched, so a #PF on it has no side
+    /// effect on the device. A stack in device memory is #UD: the exit's
+    /// address would then be the stack's, and the memory operand's is not
+    /// known without computing its effective address.
+    fn stack(&self, vcpu: &mut dyn Vcpu, vm: &mut Machine, operation: Operation) -> Step {
+        // The stack's address size is SS.B outside 64-bit mode, which the
+        // vCPU interface does not give; it is taken as the code's (they agree
+        // in every flat set-up, and in real mode both are 16-bit).
+        let width = match vcpu.code_size() {
+            CodeSize::Bits16 => 0xffff,
+            CodeSize::Bits32 => 0xffff_ffff,
+            CodeSize::Bits64 => u64::MAX,
+        };
+        let size = u64::from(self.size);
+        let rsp = vcpu.gpr(RSP);
+        let push = operation == Operation::Push;
+        let top = if push { rsp.wrapping_sub(size) } else { rsp };
+        let linear = effective_base(vcpu, SegmentRegister::Ss).wrapping_add(top & width);
+        let kind = if push { AccessKind::Write } else { AccessKind::Read };
+        let pieces = match locate(vcpu, vm, linear, self.size, kind) {
+            Ok(Place::Ram(pieces)) => pieces,
+            Ok(Place::Device(_)) => return undefined(vcpu),
+            Err(step) => return step,
+        };
+        let mut bytes = [0u8; 8];
+        let n = self.size as usize;
+        let request = if push {
+            let value = self.read(vm, self.address);
+            bytes[..n].copy_from_slice(&value.to_le_bytes()[..n]);
+            copy_to_ram(vm, &pieces, &bytes[..n]);
+            vcpu.set_gpr(RSP, with_address(rsp, top, width));
+            None
+        } else {
+            copy_from_ram(vm, &pieces, &mut bytes[..n]);
+            let request = self.write(vm, self.address, u64::from_le_bytes(bytes));
+            vcpu.set_gpr(RSP, with_address(rsp, rsp.wrapping_add(size), width));
+            request
+        };
+        Step::Done(request)
+    }
+
+    /// MOVS, STOS, LODS, with or without REP: element by element, each
+    /// operand in RAM or device memory as the guest's page tables say (one
+    /// side of a MOVS may be either), at most `MAX_REP_PER_EXIT` elements per
+    /// exit. RSI, RDI and RCX move per element as the CPU moves them (DF
+    /// says which way); a fault leaves them at the faulting element.
+    fn string(
+        &self,
+        vcpu: &mut dyn Vcpu,
+        vm: &mut Machine,
+        op: StringOp,
+        rep: bool,
+        address_bytes: u8,
+        source_segment: SegmentRegister,
+    ) -> Step {
+        let width: u64 = match address_bytes {
+            2 => 0xffff,
+            4 => 0xffff_ffff,
+            _ => u64::MAX,
+        };
+        let size = u64::from(self.size);
+        let step = if vcpu.rflags() & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
+        let source_base = effective_base(vcpu, source_segment);
+        let destination_base = effective_base(vcpu, SegmentRegister::Es);
+        let mut count = if rep { vcpu.gpr(RCX) & width } else { 1 };
+        let mut done = 0;
+        while count > 0 && done < MAX_REP_PER_EXIT {
+            let (rsi, rdi) = (vcpu.gpr(RSI), vcpu.gpr(RDI));
+            // Both operands are translated before either is accessed: a fault
+            // on the destination must not follow a device read.
+            let source = match op {
+                StringOp::Movs | StringOp::Lods => {
+                    match locate(vcpu, vm, source_base.wrapping_add(rsi & width), self.size, AccessKind::Read) {
+                        Ok(place) => Some(place),
+                        Err(step) => return step,
+                    }
+                }
+                StringOp::Stos => None,
+            };
+            let destination = match op {
+                StringOp::Movs | StringOp::Stos => {
+                    match locate(vcpu, vm, destination_base.wrapping_add(rdi & width), self.size, AccessKind::Write) {
+                        Ok(place) => Some(place),
+                        Err(step) => return step,
+                    }
+                }
+                StringOp::Lods => None,
+            };
+            let value = match source {
+                Some(Place::Device(physical)) => self.read(vm, physical),
+                Some(Place::Ram(pieces)) => {
+                    let mut bytes = [0u8; 8];
+                    copy_from_ram(vm, &pieces, &mut bytes[..self.size as usize]);
+                    u64::from_le_bytes(bytes)
+                }
+                None => vcpu.gpr(RAX) & all_ones(self.size),
+            };
+            let request = match destination {
+                Some(Place::Device(physical)) => self.write(vm, physical, value),
+                Some(Place::Ram(pieces)) => {
+                    copy_to_ram(vm, &pieces, &value.to_le_bytes()[..self.size as usize]);
+                    None
+                }
+                None => {
+                    set_register(vcpu, Register { index: RAX, high_byte: false }, value, self.size);
+                    None
+                }
+            };
+            if source.is_some() {
+                vcpu.set_gpr(RSI, with_address(rsi, rsi.wrapping_add(step), width));
+            }
+            if destination.is_some() {
+                vcpu.set_gpr(RDI, with_address(rdi, rdi.wrapping_add(step), width));
+            }
+            count -= 1;
+            done += 1;
+            if rep {
+                let rcx = vcpu.gpr(RCX);
+                vcpu.set_gpr(RCX, with_address(rcx, count, width));
+            }
+            // A device's request ends this exit after its element; a REP
+            // string goes on when the guest runs it again.
+            if request.is_some() {
+                return if count == 0 { Step::Done(request) } else { Step::Partial(request) };
+            }
+        }
+        if count == 0 {
+            Step::Done(None)
+        } else {
+            Step::Partial(None)
+        }
+    }
+}
+
+/// Where the `size` bytes at `linear` are, with the rights of a `kind`
+/// access at the guest's privilege level. A translation fault is the guest's
+/// (#PF, #GP); an operand that is split across two pages and is not all RAM
+/// is #UD (a device access split in two is not one Basalt makes).
+fn locate(vcpu: &mut dyn Vcpu, vm: &Machine, linear: u64, size: u8, kind: AccessKind) -> Result<Place, Step> {
+    let rights = access_rights(vcpu, kind);
+    let pieces = match paging::translate_range(&*vm.memory, &vcpu.paging(), rights, linear, size as usize) {
+        Ok(pieces) => pieces,
+        Err(e) => return Err(Step::Ended(translation_failed(vcpu, e))),
+    };
+    let mut scratch = [0u8; 8];
+    let in_ram = pieces.as_slice().iter().all(|p| vm.memory.read(p.physical, &mut scratch[..p.len]).is_ok());
+    match pieces.as_slice() {
+        _ if in_ram => Ok(Place::Ram(pieces)),
+        [one] => Ok(Place::Device(one.physical)),
+        _ => Err(undefined(vcpu)),
+    }
+}
+
+fn undefined(vcpu: &mut dyn Vcpu) -> Step {
+    vcpu.inject_exception(UD, None);
+    Step::Ended(Outcome::Resume)
+}
+
+/// Copies RAM the caller found to be RAM (`locate`) into `bytes`.
+fn copy_from_ram(vm: &Machine, pieces: &Pieces, bytes: &mut [u8]) {
+    let mut at = 0;
+    for p in pieces.as_slice() {
+        // RAM: checked by `locate` in this exit.
+        let _ = vm.memory.read(p.physical, &mut bytes[at..at + p.len]);
+        at += p.len;
+    }
+}
+
+fn copy_to_ram(vm: &mut Machine, pieces: &Pieces, bytes: &[u8]) {
+    let mut at = 0;
+    for p in pieces.as_slice() {
+        // RAM: checked by `locate` in this exit.
+        let _ = vm.memory.write(p.physical, &bytes[at..at + p.len]);
+        at += p.len;
+    }
+}
+
+/// A register's value as an operand: AH..BH are bits 15:8.
+fn register(vcpu: &dyn Vcpu, r: Register) -> u64 {
+    let value = vcpu.gpr(r.index);
+    if r.high_byte {
+        value >> 8
+    } else {
+        value
+    }
+}
+
+/// Writes `value` to a register `width` bytes wide, as the CPU writes one.
+fn set_register(vcpu: &mut dyn Vcpu, r: Register, value: u64, width: u8) {
+    let old = vcpu.gpr(r.index);
+    vcpu.set_gpr(r.index, decode::merge_register(old, value, width, r.high_byte));
+}
+
+/// `old` with an address-size result written to it as the CPU writes RSI, RDI,
+/// RCX and RSP: a 16-bit one keeps bits 63:16, a 32-bit one zero-extends, a
+/// 64-bit one replaces.
+fn with_address(old: u64, value: u64, width: u64) -> u64 {
+    if width == 0xffff {
+        (old & !0xffff) | (value & 0xffff)
+    } else {
+        value & width
     }
 }
 

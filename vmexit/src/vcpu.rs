@@ -43,6 +43,9 @@ pub trait Vcpu {
         true
     }
     fn rflags(&self) -> u64;
+    /// Sets RFLAGS after an instruction the VMM emulated (the status flags of
+    /// an ALU operation on device memory); the caller keeps every other bit.
+    fn set_rflags(&mut self, value: u64);
     /// The current privilege level (SS.DPL).
     fn cpl(&self) -> u8;
     fn segment_base(&self, segment: SegmentRegister) -> u64;

@@ -2,9 +2,10 @@
 //! intercepted instructions, and XCR0.
 
 use crate::feature;
+use arch::alu::{self, AluOp, BitOp, STATUS_FLAGS};
 use arch::decode::{
-    decode as decode_mmio, decode_cr_access, intercepted_length, merge_register, Access, CodeSize, CrInstruction,
-    DecodeError, MmioInstruction, MovCr, Register,
+    decode as decode_mmio, decode_cr_access, intercepted_length, merge_register, CodeSize, CrInstruction, DecodeError,
+    MmioInstruction, MovCr, Operand, Operation, Register, StringOp,
 };
 use arch::xstate::{self, ComponentLayout};
 use basalt_fuzz::Reader;
@@ -24,21 +25,86 @@ pub fn decode(data: &[u8]) -> u64 {
         Err(e) => feature(&mut signal, 0x100 | error_kind(e) as u64),
         Ok(i) => {
             check_instruction(&i, bytes, mode);
-            let kind = match i.access {
-                Access::Read { width, .. } => 0x200 | width as u64,
-                Access::WriteRegister { .. } => 0x300,
-                Access::WriteImmediate { .. } => 0x400,
+            let kind = match i.operation {
+                Operation::Load { width, sign_extend, .. } => 0x200 | width as u64 | (sign_extend as u64) << 8,
+                Operation::Store { source: Operand::Register(_) } => 0x300,
+                Operation::Store { source: Operand::Immediate(_) } => 0x400,
+                Operation::Alu { op, source } => 0x500 | op as u64 | (source.is_some() as u64) << 8,
+                Operation::AluToRegister { op, .. } => 0x600 | op as u64,
+                Operation::Xchg { .. } => 0x700,
+                Operation::Cmpxchg { .. } => 0x800,
+                Operation::BitTest { op, offset } => {
+                    0x900 | op as u64 | (matches!(offset, Operand::Register(_)) as u64) << 8
+                }
+                Operation::Push => 0xa00,
+                Operation::Pop => 0xb00,
+                Operation::String { op, rep, address_bytes, .. } => {
+                    0xc00 | op as u64 | (rep as u64) << 2 | (address_bytes as u64) << 4
+                }
             };
-            feature(&mut signal, kind | (i.size as u64) << 4);
-            feature(&mut signal, 0x1000 | i.length as u64);
+            feature(&mut signal, kind | (i.size as u64) << 12);
+            feature(&mut signal, 0x10000 | i.length as u64);
         }
     }
-    // Merging a loaded value into a register, with the input's values.
+    // Merging a loaded value into a register, and the ALU, with the input's values.
     let mut tail = Reader::new(bytes);
     let (old, value) = (tail.u64(), tail.u64());
     let width = tail.pick(&[1u8, 2, 4, 8]);
     check_merge(old, value, width, tail.bool());
+    check_alu(&mut tail);
     signal
+}
+
+const ALU_OPS: [AluOp; 13] = [
+    AluOp::Add,
+    AluOp::Or,
+    AluOp::Adc,
+    AluOp::Sbb,
+    AluOp::And,
+    AluOp::Sub,
+    AluOp::Xor,
+    AluOp::Cmp,
+    AluOp::Test,
+    AluOp::Not,
+    AluOp::Neg,
+    AluOp::Inc,
+    AluOp::Dec,
+];
+
+/// The ALU's results stay within their operand size, only the status flags
+/// change, and ZF, SF and PF say what the result is wherever the operation
+/// defines them (NOT defines none of its own). The flags themselves are
+/// checked against the host CPU in arch/tests/alu_differential.rs.
+fn check_alu(r: &mut Reader) {
+    let size = r.pick(&[1u8, 2, 4, 8]);
+    let mask = match size {
+        8 => u64::MAX,
+        _ => (1 << (8 * size)) - 1,
+    };
+    let sign = 1u64 << (8 * size - 1);
+    let (dest, source, rflags) = (r.u64(), r.u64(), r.u64());
+    let op = r.pick(&ALU_OPS);
+    let (result, after) = alu::alu(op, size, dest, source, rflags);
+    assert_eq!(result & !mask, 0, "{op:?} result {result:#x} beyond {size} bytes");
+    assert_eq!(after & !STATUS_FLAGS, rflags & !STATUS_FLAGS, "{op:?} changed more than the status flags");
+    if op != AluOp::Not {
+        assert_eq!(after & alu::ZF != 0, result == 0, "{op:?} ZF of {result:#x}");
+        assert_eq!(after & alu::SF != 0, result & sign != 0, "{op:?} SF of {result:#x}");
+        assert_eq!(after & alu::PF != 0, (result & 0xff).count_ones() % 2 == 0, "{op:?} PF of {result:#x}");
+    }
+    let bit_op = r.pick(&[BitOp::Bt, BitOp::Bts, BitOp::Btr, BitOp::Btc]);
+    let bit_size = r.pick(&[2u8, 4, 8]);
+    let (value, after) = alu::bit_test(bit_op, bit_size, dest, source, rflags);
+    let bit = 1u64 << (source % (8 * bit_size as u64));
+    assert_eq!(after & !alu::CF, rflags & !alu::CF, "{bit_op:?} changed more than CF");
+    assert_eq!(after & alu::CF != 0, dest & bit != 0, "{bit_op:?} CF");
+    let mask = match bit_size {
+        8 => u64::MAX,
+        _ => (1 << (8 * bit_size)) - 1,
+    };
+    let changed = value ^ (dest & mask);
+    let expected = if bit_op == BitOp::Bt { 0 } else { bit };
+    assert!(changed == 0 || changed == expected, "{bit_op:?} changed more than bit {source}: {dest:#x} -> {value:#x}");
 }
 
 fn error_kind(e: DecodeError) -> u8 {
@@ -64,23 +130,56 @@ fn check_instruction(i: &MmioInstruction, bytes: &[u8], mode: CodeSize) {
     assert!((1..=15).contains(&length) && length <= bytes.len(), "length {length} of {} bytes", bytes.len());
     assert!(matches!(i.size, 1 | 2 | 4 | 8), "access size {}", i.size);
     assert!(i.size < 8 || mode == CodeSize::Bits64, "an 8-byte access outside 64-bit mode");
-    match i.access {
-        Access::Read { dest, width } => {
+    // A register operand is used at the access size, so a high-byte one only for bytes.
+    let at_size = |r: Register| {
+        check_register(r, mode);
+        assert!(!r.high_byte || i.size == 1, "a high-byte register used {} bytes wide", i.size);
+    };
+    // An immediate is at most 32 bits, sign-extended for 8-byte operands.
+    let fits = |value: u64| match i.size {
+        8 => value as i64 as i32 as i64 as u64 == value,
+        size => value >> (8 * size) == 0,
+    };
+    match i.operation {
+        Operation::Load { dest, width, .. } => {
             check_register(dest, mode);
             assert!(matches!(width, 1 | 2 | 4 | 8) && width >= i.size, "read of {} into {width} bytes", i.size);
             assert!(!dest.high_byte || width == 1, "a high-byte register written {width} bytes wide");
         }
-        Access::WriteRegister { source } => {
-            check_register(source, mode);
-            assert!(!source.high_byte || i.size == 1, "a high-byte register stored {} bytes wide", i.size);
+        Operation::Store { source: Operand::Register(r) } => at_size(r),
+        Operation::Store { source: Operand::Immediate(value) } => {
+            assert!(fits(value), "immediate {value:#x} for a {}-byte store", i.size)
         }
-        Access::WriteImmediate { value } => {
-            // An immediate is at most 32 bits, sign-extended for 8-byte stores.
-            let fits = match i.size {
-                8 => value as i64 as i32 as i64 as u64 == value,
-                size => value >> (8 * size) == 0,
-            };
-            assert!(fits, "immediate {value:#x} for a {}-byte store", i.size);
+        Operation::Alu { op, source } => {
+            assert_eq!(source.is_some(), op.has_source(), "{op:?} with {source:?}");
+            match source {
+                Some(Operand::Register(r)) => at_size(r),
+                Some(Operand::Immediate(value)) => assert!(fits(value), "immediate {value:#x} for {} bytes", i.size),
+                None => {}
+            }
+        }
+        Operation::AluToRegister { op, dest } => {
+            at_size(dest);
+            assert!(op.has_source() && op != AluOp::Test, "{op:?} into a register");
+        }
+        Operation::Xchg { register: r } | Operation::Cmpxchg { source: r } => at_size(r),
+        Operation::BitTest { offset, .. } => {
+            assert!(i.size >= 2, "a bit test of {} bytes", i.size);
+            match offset {
+                Operand::Register(r) => at_size(r),
+                Operand::Immediate(value) => assert!(value < 0x100, "bit offset {value:#x}"),
+            }
+        }
+        Operation::Push | Operation::Pop => {
+            let sizes: &[u8] = if mode == CodeSize::Bits64 { &[2, 8] } else { &[2, 4] };
+            assert!(sizes.contains(&i.size), "a stack access of {} bytes in {mode:?}", i.size);
+        }
+        Operation::String { op, address_bytes, segment, .. } => {
+            assert!(matches!(address_bytes, 2 | 4 | 8), "{address_bytes}-byte string addresses");
+            assert!(address_bytes != 8 || mode == CodeSize::Bits64, "64-bit string addresses in {mode:?}");
+            assert!(address_bytes != 2 || mode != CodeSize::Bits64, "16-bit string addresses in 64-bit mode");
+            assert!(segment < 6, "segment {segment}");
+            assert!(op != StringOp::Stos || segment == 0, "STOS through segment {segment}");
         }
     }
     // An instruction ends where its length says: the bytes after it change

@@ -88,7 +88,7 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
 
 fn decode() -> Vec<Vec<u8>> {
     // Mode (0: 16-bit, 1: 32-bit, 2: 64-bit), then the bytes at RIP.
-    let forms: [(u8, &[u8]); 24] = [
+    let forms: [(u8, &[u8]); 38] = [
         (2, &[0x89, 0x47, 0x10]),                               // mov [rdi+0x10], eax
         (2, &[0x48, 0x8b, 0x08]),                               // mov rcx, [rax]
         (2, &[0xc7, 0x00, 0x78, 0x56, 0x34, 0x12]),             // mov dword [rax], imm32
@@ -113,6 +113,21 @@ fn decode() -> Vec<Vec<u8>> {
         (0, &[0x89, 0x07]),                                     // mov [bx], ax
         (0, &[0x8b, 0x46, 0x02]),                               // mov ax, [bp+2]
         (0, &[0x66, 0xa1, 0x34, 0x12]),                         // mov eax, [moffs16]
+        // Beyond MOV: the ALU group, exchanges, bit tests, stack and strings.
+        (2, &[0xf0, 0x01, 0x07]),                   // lock add [rdi], eax
+        (2, &[0x48, 0x83, 0x60, 0x08, 0xf0]),       // and qword [rax+8], -16
+        (2, &[0x3b, 0x07]),                         // cmp eax, [rdi]
+        (2, &[0xf7, 0x07, 0x00, 0x00, 0x00, 0x80]), // test dword [rdi], imm32
+        (2, &[0xff, 0x0f]),                         // dec dword [rdi]
+        (2, &[0x87, 0x0f]),                         // xchg [rdi], ecx
+        (2, &[0xf0, 0x0f, 0xb1, 0x0f]),             // lock cmpxchg [rdi], ecx
+        (2, &[0x0f, 0xba, 0x2f, 0x05]),             // bts dword [rdi], 5
+        (2, &[0x48, 0x63, 0x07]),                   // movsxd rax, dword [rdi]
+        (2, &[0xff, 0x37]),                         // push qword [rdi]
+        (2, &[0xf3, 0x48, 0xa5]),                   // rep movsq
+        (1, &[0xf3, 0xab]),                         // rep stosd
+        (0, &[0x26, 0xac]),                         // es lodsb
+        (1, &[0x0f, 0xc1, 0x07]),                   // xadd: unsupported
     ];
     forms.iter().map(|(mode, bytes)| [&[*mode][..], bytes].concat()).collect()
 }

@@ -171,6 +171,11 @@ impl vmexit::Vcpu for Vcpu {
         self.vmcb().save.rflags
     }
 
+    /// RFLAGS is not in a VMCB clean-bits group: VMRUN always loads it.
+    fn set_rflags(&mut self, value: u64) {
+        self.vmcb_mut().save.rflags = value;
+    }
+
     fn cpl(&self) -> u8 {
         self.vmcb().save.cpl & 3
     }

@@ -93,6 +93,10 @@ impl vmexit::Vcpu for Vcpu {
         read(vmcs::GUEST_RFLAGS)
     }
 
+    fn set_rflags(&mut self, value: u64) {
+        write(vmcs::GUEST_RFLAGS, value);
+    }
+
     fn cpl(&self) -> u8 {
         ((read(vmcs::GUEST_SS_ACCESS_RIGHTS) >> 5) & 3) as u8
     }
