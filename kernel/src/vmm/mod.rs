@@ -10,6 +10,7 @@ mod backend;
 pub mod counters;
 mod disk;
 mod guest_memory;
+mod guest_msrs;
 mod host;
 pub mod intel;
 mod run;

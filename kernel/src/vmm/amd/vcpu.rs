@@ -6,54 +6,19 @@
 use super::cpu;
 use crate::memory::{self, FRAME_SIZE};
 use crate::vmm::counters::ExitCounters;
+use crate::vmm::guest_msrs::{self, DEFAULT_PAT, IA32_SPEC_CTRL, IA32_TSC_AUX};
 use crate::vmm::switch::{HostState, SwitchedState};
 use crate::vmm::vm::Stop;
+use arch::control::cr0::{CD as CR0_CD, NW as CR0_NW};
 use core::sync::atomic::{AtomicU32, Ordering};
 use devices::PendingEvents;
 use svm::vmcb::{tlb_control, NP_ENABLE};
 use svm::{maps, Intercepts, Segment, Vmcb, Wants};
 use vmx::guest_state::GuestState;
 
-const IA32_PAT: u32 = 0x277;
-const IA32_SPEC_CTRL: u32 = 0x48;
-const IA32_TSC_AUX: u32 = 0xc000_0103;
-const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-
-/// MSRs the guest reaches directly. VMRUN switches PAT (as G_PAT under
-/// nested paging) and the FS/GS bases; VMLOAD/VMSAVE switch the SYSENTER and
-/// SYSCALL MSRs and KERNEL_GS_BASE; `SWITCHED_MSRS` the rest.
-const PASSTHROUGH_MSRS: [u32; 12] = [
-    0x174,
-    0x175,
-    0x176,
-    IA32_PAT,
-    0xc000_0100,
-    0xc000_0101,
-    0xc000_0081,
-    0xc000_0082,
-    0xc000_0083,
-    0xc000_0084,
-    0xc000_0102,
-    IA32_TSC_AUX,
-];
-/// Speculation-control commands (IBPB, L1D flush): no state, safe to pass through.
-const COMMAND_MSRS: [u32; 2] = [0x49, 0x10b];
-/// What neither VMRUN nor VMLOAD/VMSAVE switch; SPEC_CTRL only where the CPU has it.
+/// What neither VMRUN nor VMLOAD/VMSAVE switch (the SYSCALL MSRs and
+/// KERNEL_GS_BASE are VMLOAD/VMSAVE's); SPEC_CTRL (last) where the CPU has it.
 static SWITCHED_MSRS: [u32; 2] = [IA32_TSC_AUX, IA32_SPEC_CTRL];
-
-fn has_spec_ctrl() -> bool {
-    core::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 26) != 0
-}
-
-fn switched_msrs() -> &'static [u32] {
-    if has_spec_ctrl() {
-        &SWITCHED_MSRS
-    } else {
-        &SWITCHED_MSRS[..1]
-    }
-}
 
 /// The permission maps every vCPU uses: every port intercepted; every MSR
 /// but the pass-through ones. Made once, never written again, never freed.
@@ -77,8 +42,7 @@ fn permission_maps() -> Result<&'static PermissionMaps, Stop> {
         };
         maps::io::intercept_all(io_map);
         maps::msr::intercept_all(msr_map);
-        let spec_ctrl: &[u32] = if has_spec_ctrl() { &[IA32_SPEC_CTRL] } else { &[] };
-        for &m in PASSTHROUGH_MSRS.iter().chain(&COMMAND_MSRS).chain(spec_ctrl) {
+        for m in guest_msrs::passthrough() {
             maps::msr::pass_through(msr_map, m, true, true).ok()?;
         }
         Some(PermissionMaps { io, msr })
@@ -149,7 +113,7 @@ impl Vcpu {
             vmcb: memory::alloc_frame().ok_or_else(out_of_memory)?,
             gprs: GuestGprs::default(),
             counters: ExitCounters::new(),
-            switched: SwitchedState::new(switched_msrs()).ok_or_else(out_of_memory)?,
+            switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),
             wants: Wants::default(),

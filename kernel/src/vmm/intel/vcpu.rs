@@ -5,8 +5,10 @@
 use super::cpu::{self, ENTRY_IA32E_MODE_GUEST};
 use crate::memory;
 use crate::vmm::counters::ExitCounters;
+use crate::vmm::guest_msrs::{self, DEFAULT_PAT, IA32_PAT, IA32_SPEC_CTRL, IA32_TSC_AUX};
 use crate::vmm::switch::SwitchedState;
 use crate::vmm::vm::Stop;
+use arch::control::cr0::{CD as CR0_CD, NW as CR0_NW};
 use core::sync::atomic::{AtomicU16, Ordering};
 use devices::PendingEvents;
 use vmx::guest_state::GuestState;
@@ -15,50 +17,13 @@ use vmx::vmcs::{self, Field};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
-const IA32_PAT: u32 = 0x277;
-pub const CR0_NW: u64 = 1 << 29;
-pub const CR0_CD: u64 = 1 << 30;
-const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// MSRs VMX does not switch but a guest may write freely: saved and restored
 /// around each run of a vCPU, so no value leaks between VMs or into the host.
-/// IA32_SPEC_CTRL joins them on CPUs that have it (see `has_spec_ctrl`).
+/// IA32_SPEC_CTRL (last) joins them on CPUs that have it.
 static SWITCHED_MSRS: [u32; 7] =
-    [0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103, IA32_SPEC_CTRL];
-const IA32_SPEC_CTRL: u32 = 0x48;
-/// Speculation-control commands (IBPB, L1D flush): no state, safe to pass through.
-const COMMAND_MSRS: [u32; 2] = [0x49, 0x10b];
-
-/// CPUID.7.EDX[26]: IBRS/IBPB, with IA32_SPEC_CTRL and IA32_PRED_CMD.
-fn has_spec_ctrl() -> bool {
-    core::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 26) != 0
-}
-
-/// The switched MSRs this CPU has.
-fn switched_msrs() -> &'static [u32] {
-    if has_spec_ctrl() {
-        &SWITCHED_MSRS
-    } else {
-        &SWITCHED_MSRS[..SWITCHED_MSRS.len() - 1]
-    }
-}
+    [0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, IA32_TSC_AUX, IA32_SPEC_CTRL];
 const EXCEPTION_DB: u64 = 1 << 1;
 const EXCEPTION_AC: u64 = 1 << 17;
-
-/// MSRs the guest reaches directly (the MSR bitmap does not intercept them).
-const PASSTHROUGH_MSRS: [u32; 12] = [
-    0x174,
-    0x175,
-    0x176,
-    IA32_PAT,
-    0xc000_0100,
-    0xc000_0101,
-    0xc000_0081,
-    0xc000_0082,
-    0xc000_0083,
-    0xc000_0084,
-    0xc000_0102,
-    0xc000_0103,
-];
 
 static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
@@ -141,7 +106,7 @@ impl Vcpu {
             launched: false,
             regs: GuestRegisters::default(),
             counters: ExitCounters::new(),
-            switched: SwitchedState::new(switched_msrs()).ok_or_else(out_of_memory)?,
+            switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),
         };
@@ -151,9 +116,7 @@ impl Vcpu {
             // Intercept every MSR, then open the pass-through ones.
             let bitmap = core::slice::from_raw_parts_mut(memory::phys_to_virt(vcpu.msr_bitmap) as *mut u8, 4096);
             bitmap.fill(0xff);
-            // SPEC_CTRL only where it exists, since it is switched per vCPU.
-            let spec_ctrl: &[u32] = if has_spec_ctrl() { &[IA32_SPEC_CTRL] } else { &[] };
-            for &msr in PASSTHROUGH_MSRS.iter().chain(&COMMAND_MSRS).chain(spec_ctrl) {
+            for msr in guest_msrs::passthrough() {
                 let (base, bit) = if msr >= 0xc000_0000 { (1024, msr - 0xc000_0000) } else { (0, msr) };
                 for offset in [base, base + 2048] {
                     bitmap[offset + (bit / 8) as usize] &= !(1 << (bit % 8));
