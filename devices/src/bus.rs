@@ -1,6 +1,8 @@
 //! Port-I/O and MMIO buses: devices claim address ranges; an access goes to the
 //! one device whose range holds the address. Unclaimed reads float high, as on a
-//! real bus, and unclaimed writes are dropped but counted.
+//! real bus, and unclaimed writes are dropped; both are counted, and the first
+//! few addresses they went to are remembered for the VM's report, so that a
+//! guest looking for a device Basalt lacks says which.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -89,11 +91,131 @@ pub const fn all_ones(size: u8) -> u64 {
     }
 }
 
-/// Accesses nothing claimed.
+/// How many distinct unclaimed addresses a bus remembers: the first ones,
+/// which say what a guest looked for; a guest probing everything cannot make
+/// the report (or the host memory behind it) grow.
+pub const UNCLAIMED_ADDRESSES: usize = 8;
+
+/// One address nothing claimed, and how the guest accessed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnclaimedAddress {
+    pub address: u64,
+    /// Bit n: a read of 2^n bytes; bit 4 + n: a write of 2^n bytes (n = 0-3).
+    kinds: u8,
+    /// Accesses to it, saturating.
+    pub count: u64,
+}
+
+impl UnclaimedAddress {
+    /// The kind bit of an access, None for a size other than 1, 2, 4 or 8.
+    fn kind(write: bool, size: u8) -> Option<u8> {
+        let n = match size {
+            1 => 0,
+            2 => 1,
+            4 => 2,
+            8 => 3,
+            _ => return None,
+        };
+        Some(1 << (n + if write { 4 } else { 0 }))
+    }
+
+    /// Whether it saw a read (or write) of `size` bytes.
+    pub fn saw(&self, write: bool, size: u8) -> bool {
+        Self::kind(write, size).is_some_and(|bit| self.kinds & bit != 0)
+    }
+}
+
+/// "r1 w4 (3 accesses)": the sizes read and written, then the count.
+impl core::fmt::Display for UnclaimedAddress {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (write, letter) in [(false, 'r'), (true, 'w')] {
+            for size in [1, 2, 4, 8] {
+                if self.saw(write, size) {
+                    write!(f, "{letter}{size} ")?;
+                }
+            }
+        }
+        let plural = if self.count == 1 { "" } else { "es" };
+        write!(f, "({} access{plural})", self.count)
+    }
+}
+
+/// Accesses nothing claimed: counts, and the first distinct addresses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unclaimed {
     pub reads: u64,
     pub writes: u64,
+    /// The first UNCLAIMED_ADDRESSES addresses, in the order first accessed.
+    first: [Option<UnclaimedAddress>; UNCLAIMED_ADDRESSES],
+    /// Accesses to addresses beyond those (not remembered), saturating.
+    pub elsewhere: u64,
+}
+
+impl Unclaimed {
+    pub const fn new() -> Self {
+        Unclaimed { reads: 0, writes: 0, first: [None; UNCLAIMED_ADDRESSES], elsewhere: 0 }
+    }
+
+    /// Counts an access of `size` bytes at `address` and remembers the address
+    /// if it is new and there is room.
+    fn record(&mut self, address: u64, size: u8, write: bool) {
+        let counter = if write { &mut self.writes } else { &mut self.reads };
+        *counter = counter.saturating_add(1);
+        let kind = UnclaimedAddress::kind(write, size).unwrap_or(0);
+        for slot in &mut self.first {
+            match slot {
+                Some(seen) if seen.address == address => {
+                    seen.kinds |= kind;
+                    seen.count = seen.count.saturating_add(1);
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    *slot = Some(UnclaimedAddress { address, kinds: kind, count: 1 });
+                    return;
+                }
+            }
+        }
+        self.elsewhere = self.elsewhere.saturating_add(1);
+    }
+
+    /// The remembered addresses, in the order first accessed.
+    pub fn addresses(&self) -> impl Iterator<Item = &UnclaimedAddress> {
+        self.first.iter().flatten()
+    }
+}
+
+/// The unclaimed addresses of a VM's two buses as one report line's text:
+/// "port 0x80 r1 (1 access), MMIO 0xe0000000 r4 w4 (2 accesses)", then how
+/// many accesses went to addresses not remembered.
+pub struct UnclaimedAddresses<'a> {
+    pub ports: &'a Unclaimed,
+    pub mmio: &'a Unclaimed,
+}
+
+impl UnclaimedAddresses<'_> {
+    /// Nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.ports.addresses().chain(self.mmio.addresses()).next().is_none()
+    }
+}
+
+impl core::fmt::Display for UnclaimedAddresses<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let ports = self.ports.addresses().map(|a| ("port", a));
+        let mmio = self.mmio.addresses().map(|a| ("MMIO", a));
+        for (i, (bus, access)) in ports.chain(mmio).enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{bus} {:#x} {access}", access.address)?;
+        }
+        for (bus, unclaimed) in [("port", self.ports), ("MMIO", self.mmio)] {
+            if unclaimed.elsewhere > 0 {
+                let plural = if unclaimed.elsewhere == 1 { "" } else { "es" };
+                write!(f, "; {} more {bus} access{plural} elsewhere", unclaimed.elsewhere)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// All port devices of one VM.
@@ -110,7 +232,7 @@ impl Default for PortBus {
 
 impl PortBus {
     pub const fn new() -> Self {
-        PortBus { devices: RangeMap::new(), unclaimed: Unclaimed { reads: 0, writes: 0 } }
+        PortBus { devices: RangeMap::new(), unclaimed: Unclaimed::new() }
     }
 
     /// Gives `device` the ports `base .. base + len`.
@@ -123,7 +245,7 @@ impl PortBus {
         match self.devices.find(port as u64) {
             Some((device, offset)) => device.read(offset as u16, size),
             None => {
-                self.unclaimed.reads += 1;
+                self.unclaimed.record(port.into(), size, false);
                 all_ones(size) as u32
             }
         }
@@ -134,7 +256,7 @@ impl PortBus {
         match self.devices.find(port as u64) {
             Some((device, offset)) => device.write(offset as u16, size, value),
             None => {
-                self.unclaimed.writes += 1;
+                self.unclaimed.record(port.into(), size, true);
                 None
             }
         }
@@ -155,7 +277,7 @@ impl Default for MmioBus {
 
 impl MmioBus {
     pub const fn new() -> Self {
-        MmioBus { devices: RangeMap::new(), unclaimed: Unclaimed { reads: 0, writes: 0 } }
+        MmioBus { devices: RangeMap::new(), unclaimed: Unclaimed::new() }
     }
 
     pub fn register(&mut self, base: u64, len: u64, device: Box<dyn MmioDevice>) -> Result<(), BusError> {
@@ -167,7 +289,7 @@ impl MmioBus {
         match self.devices.find(address) {
             Some((device, offset)) => device.read(offset, size),
             None => {
-                self.unclaimed.reads += 1;
+                self.unclaimed.record(address, size, false);
                 all_ones(size)
             }
         }
@@ -177,7 +299,7 @@ impl MmioBus {
         match self.devices.find(address) {
             Some((device, offset)) => device.write(offset, size, value),
             None => {
-                self.unclaimed.writes += 1;
+                self.unclaimed.record(address, size, true);
                 None
             }
         }
@@ -250,7 +372,66 @@ mod tests {
         assert_eq!(bus.read(0x5f, 2), 0xffff);
         assert_eq!(bus.read(0xcfc, 4), 0xffff_ffff);
         bus.write(0x80, 1, 0);
-        assert_eq!(bus.unclaimed, Unclaimed { reads: 3, writes: 1 });
+        assert_eq!((bus.unclaimed.reads, bus.unclaimed.writes), (3, 1));
+    }
+
+    #[test]
+    fn unclaimed_addresses_are_remembered_with_how_they_were_accessed() {
+        let mut bus = PortBus::new();
+        bus.register(0x60, 1, probe("dev").0).unwrap();
+        bus.read(0x60, 1);
+        bus.write(0x80, 1, 0);
+        bus.read(0x514, 4);
+        bus.write(0x80, 1, 1);
+        bus.read(0x80, 2);
+        let seen: Vec<_> = bus.unclaimed.addresses().map(|a| (a.address, a.count)).collect();
+        assert_eq!(seen, [(0x80, 3), (0x514, 1)], "claimed ports are not listed; order of first access");
+        let port80 = bus.unclaimed.addresses().next().unwrap();
+        assert!(port80.saw(true, 1) && port80.saw(false, 2));
+        assert!(!port80.saw(false, 1) && !port80.saw(true, 2));
+        assert_eq!(port80.to_string(), "r2 w1 (3 accesses)");
+        assert_eq!((bus.unclaimed.reads, bus.unclaimed.writes, bus.unclaimed.elsewhere), (2, 2, 0));
+    }
+
+    #[test]
+    fn only_the_first_distinct_addresses_are_kept_the_rest_is_counted() {
+        let mut bus = MmioBus::new();
+        for i in 0..1000u64 {
+            bus.read(0xe000_0000 + (i % 20) * 0x10, 4);
+        }
+        let kept: Vec<u64> = bus.unclaimed.addresses().map(|a| a.address).collect();
+        assert_eq!(kept, (0..UNCLAIMED_ADDRESSES as u64).map(|i| 0xe000_0000 + i * 0x10).collect::<Vec<_>>());
+        assert_eq!(bus.unclaimed.addresses().map(|a| a.count).sum::<u64>(), 50 * UNCLAIMED_ADDRESSES as u64);
+        assert_eq!(bus.unclaimed.elsewhere, 1000 - 50 * UNCLAIMED_ADDRESSES as u64);
+        assert_eq!(bus.unclaimed.reads, 1000);
+        // A size no access has still counts, with no kind to show.
+        bus.write(0xe000_0000, 16, 0);
+        let first = bus.unclaimed.addresses().next().unwrap();
+        assert_eq!((first.count, first.to_string().as_str()), (51, "r4 (51 accesses)"));
+    }
+
+    #[test]
+    fn the_report_text_names_each_bus_and_address() {
+        let (mut ports, mut mmio) = (PortBus::new(), MmioBus::new());
+        let none = UnclaimedAddresses { ports: &ports.unclaimed, mmio: &mmio.unclaimed };
+        assert!(none.is_empty());
+        assert_eq!(none.to_string(), "");
+        ports.read(0x80, 1);
+        mmio.write(0xe000_0000, 4, 0);
+        mmio.read(0xe000_0000, 4);
+        mmio.read(0xfed0_0000, 8);
+        let text = UnclaimedAddresses { ports: &ports.unclaimed, mmio: &mmio.unclaimed };
+        assert!(!text.is_empty());
+        assert_eq!(
+            text.to_string(),
+            "port 0x80 r1 (1 access), MMIO 0xe0000000 r4 w4 (2 accesses), MMIO 0xfed00000 r8 (1 access)"
+        );
+        for port in 0x100..0x100 + UNCLAIMED_ADDRESSES as u16 + 2 {
+            ports.write(port, 1, 0);
+        }
+        let text = UnclaimedAddresses { ports: &ports.unclaimed, mmio: &mmio.unclaimed }.to_string();
+        assert!(text.ends_with("MMIO 0xfed00000 r8 (1 access); 3 more port accesses elsewhere"), "{text}");
+        assert!(text.contains("port 0x106 w1 (1 access), MMIO"), "{text}");
     }
 
     #[test]
@@ -282,7 +463,7 @@ mod tests {
         bus.write(0xd000_01ff, 1, 9);
         assert_eq!(bus.read(0xd000_0200, 8), u64::MAX);
         bus.write(0xfee0_0000, 4, 1);
-        assert_eq!(bus.unclaimed, Unclaimed { reads: 1, writes: 1 });
+        assert_eq!((bus.unclaimed.reads, bus.unclaimed.writes), (1, 1));
         assert_eq!(*log.lock().unwrap(), vec![('r', 0x10, 4, 0), ('w', 0x1ff, 1, 9)]);
         assert_eq!(bus.register(u64::MAX, 2, probe("wrap").0), Err(BusError::EmptyRange));
         assert!(matches!(bus.register(0xd000_0100, 0x10, probe("o").0), Err(BusError::Overlap { .. })));

@@ -30,7 +30,9 @@ pub trait GuestRam {
     fn write(&mut self, address: u64, data: &[u8]) -> Result<(), NotRam>;
 }
 
-pub use bus::{BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed};
+pub use bus::{
+    BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed, UnclaimedAddress, UnclaimedAddresses,
+};
 pub use chipset::{Chipset, ChipsetConfig, StartupSignal};
 pub use pending::PendingEvents;
 pub use uart::{BenchMarker, DebugExit, Uart16550};

@@ -110,8 +110,9 @@ pub struct VmReport {
     pub guest_mib: u32,
     pub overhead_kib: u64,
     pub elapsed_us: u64,
-    /// Accesses no device claimed: (port reads, port writes, MMIO reads, MMIO writes).
-    pub unclaimed: (u64, u64, u64, u64),
+    /// Accesses no device claimed, on the port bus and on the MMIO bus: counts
+    /// and the first few addresses.
+    pub unclaimed: (devices::Unclaimed, devices::Unclaimed),
     /// Console lines and bytes dropped because its output quota was full.
     pub output_dropped: (u64, u64),
     /// Host input bytes the guest did not take in time, and INIT/SIPIs that
@@ -144,7 +145,7 @@ fn run_vm(guest: &GuestImages) -> VmReport {
         guest_mib: spec.memory_mib,
         overhead_kib: 0,
         elapsed_us: 0,
-        unclaimed: (0, 0, 0, 0),
+        unclaimed: Default::default(),
         output_dropped: (0, 0),
         input_dropped: 0,
         signals_dropped: 0,
@@ -260,8 +261,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.output_dropped = vm.output.dropped();
     report.input_dropped = vm.chipset.dropped_input();
     report.signals_dropped = vm.chipset.dropped_startup_signals();
-    let (ports, mmio) = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
-    report.unclaimed = (ports.reads, ports.writes, mmio.reads, mmio.writes);
+    report.unclaimed = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
     drop(vm);
     Ok(shared.stop_reason().unwrap_or(Stop::Halted))
 }
@@ -431,12 +431,18 @@ pub fn log_report(r: &VmReport) {
         r.guest_mib,
         r.overhead_kib
     );
-    let (pr, pw, mr, mw) = r.unclaimed;
+    let (ports, mmio) = &r.unclaimed;
+    let (pr, pw, mr, mw) = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     if pr + pw + mr + mw > 0 {
         log::info!(
             "vm {} unclaimed accesses: ports {pr} read(s) {pw} write(s), MMIO {mr} read(s) {mw} write(s)",
             r.name
         );
+    }
+    // Where they went: what a guest looked for and did not find.
+    let addresses = devices::UnclaimedAddresses { ports, mmio };
+    if !addresses.is_empty() {
+        log::info!("vm {} unclaimed addresses: {addresses}", r.name);
     }
     let (lines, bytes) = r.output_dropped;
     if lines + bytes > 0 {
