@@ -111,6 +111,17 @@ pub const PM_TIMER: u16 = PM_BASE + 8;
 pub const PM_SIZE: u16 = 12;
 /// The reset control register the FADT names (0x06 resets).
 pub const RESET_CONTROL: u16 = 0xcf9;
+/// System control port A: fast A20 (always on) and the fast reset bit.
+pub const SYSTEM_CONTROL_A: u16 = 0x92;
+/// The PCI host bridge's CONFIG_ADDRESS; CONFIG_DATA is at + 4. The bridge
+/// decodes 0xcf8-0xcff, but a byte at 0xcf9 is the reset control register
+/// (the chipset answers it first), as PIIX decodes it: only 32-bit accesses at
+/// 0xcf8 are CONFIG_ADDRESS.
+pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+pub const PCI_CONFIG_DATA: u16 = PCI_CONFIG_ADDRESS + 4;
+/// QEMU's fw_cfg selector; its data port is + 1. The DMA address register QEMU
+/// has at 0x514 is not offered.
+pub const FW_CFG: u16 = 0x510;
 /// QEMU's isa-debug-exit port, which Basalt's test guests use.
 pub const DEBUG_EXIT: u16 = 0xf4;
 /// A guest writes a byte here to mark a moment for `cargo xtask bench` (a Linux

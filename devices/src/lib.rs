@@ -9,14 +9,17 @@ pub mod acpi;
 pub mod bus;
 pub mod chipset;
 pub mod clock;
+pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;
 pub mod layout;
 pub mod output;
+pub mod pci;
 pub mod pending;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
+pub mod system_control;
 pub mod uart;
 pub mod virtio;
 
@@ -34,5 +37,8 @@ pub use bus::{
     BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed, UnclaimedAddress, UnclaimedAddresses,
 };
 pub use chipset::{Chipset, ChipsetConfig, StartupSignal};
+pub use fw_cfg::FwCfg;
+pub use pci::PciHost;
 pub use pending::PendingEvents;
+pub use system_control::SystemControlA;
 pub use uart::{BenchMarker, DebugExit, Uart16550};
