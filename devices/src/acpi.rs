@@ -3,6 +3,14 @@
 //! fixed-hardware registers the FADT points at (PM1 event and control blocks
 //! and the 32-bit PM timer at 3.579545 MHz). Writing SLP_EN with the S5 sleep
 //! type is the guest's power-off.
+//!
+//! S5 is the only sleep state offered: there is no \_S1 to \_S4 in the DSDT
+//! (an OS learns a state's SLP_TYP only from those packages, so it never tries
+//! to enter one), and neither the FADT nor the FACS claims a way to wake from
+//! one (no RTC_S4, no low-power S0 idle, no S4BIOS). A VM that suspended would
+//! need its waking vector run after a resume, which Basalt does not do; a
+//! guest that writes SLP_EN with another sleep type anyway finds WAK_STS set
+//! at once, as if it had slept and woken, rather than waiting forever.
 
 use crate::bus::Request;
 use crate::clock;
@@ -186,6 +194,11 @@ fn facs() -> Vec<u8> {
     f
 }
 
+/// FADT flags: WBINVD works (bit 0), C1 (HLT) on all CPUs (2), no fixed
+/// power or sleep button (4, 5), 32-bit PM timer (8), reset register (10).
+/// Nothing about waking from sleep is claimed (see the module comment).
+const FADT_FLAGS: u32 = (1 << 0) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 10);
+
 fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
     let mut b = vec![0u8; 276 - 36];
     let mut put = |offset: usize, bytes: &[u8]| b[offset - 36..offset - 36 + bytes.len()].copy_from_slice(bytes);
@@ -201,9 +214,7 @@ fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
     put(108, &[crate::rtc::CENTURY as u8]);
     // Legacy ISA devices present, no VGA, no 8042.
     put(109, &0x0005u16.to_le_bytes());
-    // WBINVD, C1 on all CPUs, power and sleep buttons absent, 32-bit PM timer,
-    // reset register supported.
-    put(112, &0x0000_0535u32.to_le_bytes());
+    put(112, &FADT_FLAGS.to_le_bytes());
     put(116, &io_gas(layout::RESET_CONTROL, 8, 1));
     put(128, &[0x06]);
     put(131, &[1]); // FADT minor version (6.1)
@@ -337,6 +348,59 @@ mod tests {
         assert_eq!(fadt[128], 6);
         assert_eq!(u32_at(fadt, 112) & (1 << 8), 1 << 8, "32-bit PM timer");
         assert_eq!(u32_at(fadt, 112) & (1 << 20), 0, "not hardware-reduced");
+    }
+
+    #[test]
+    fn s5_is_the_only_sleep_state_offered() {
+        for virtio in [0, 3] {
+            let blob = tables(BASE, 2, virtio);
+            let xsdt = table_at(&blob, u64_at(&blob, 24), b"XSDT");
+            let fadt = table_at(&blob, u64_at(xsdt, 36), b"FACP");
+            let dsdt = table_at(&blob, u64_at(fadt, 140), b"DSDT");
+            let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+            // \_S5 is Name(_S5_, Package(4) { 5, 5, 0, 0 }).
+            assert_eq!(count(b"\x08_S5_\x12\x08\x04\x0a\x05\x0a\x05\x00\x00"), 1);
+            // No \_S0 to \_S4, as a name or a method, anywhere in the table.
+            for state in [b"_S0_", b"_S1_", b"_S2_", b"_S3_", b"_S4_"] {
+                assert_eq!(count(state), 0, "{}", String::from_utf8_lossy(state));
+            }
+
+            let flags = u32_at(fadt, 112);
+            assert_eq!(flags, 0x0000_0535);
+            for (bit, what) in [
+                (7, "RTC_S4: the RTC wakes from S4"),
+                (9, "DCK_CAP: docking"),
+                (14, "PCI_EXP_WAK"),
+                (16, "S4_RTC_STS_VALID"),
+                (17, "REMOTE_POWER_ON_CAPABLE"),
+                (20, "HW_REDUCED_ACPI: sleep registers instead of PM1"),
+                (21, "LOW_POWER_S0_IDLE_CAPABLE"),
+            ] {
+                assert_eq!(flags & (1 << bit), 0, "{what}");
+            }
+            // No SMI command port, so no S4BIOS request and no ACPI enable dance.
+            assert_eq!(u32_at(fadt, 48), 0, "SMI_CMD");
+            assert_eq!(fadt[54], 0, "S4BIOS_REQ");
+            // The FACS: no S4BIOS, no 64-bit waking vector, none set.
+            let facs_at = (u64_at(fadt, 132) - BASE) as usize;
+            let facs = &blob[facs_at..facs_at + 64];
+            assert_eq!(u32_at(facs, 16), 0, "FACS flags");
+            assert_eq!(u32_at(facs, 12), 0, "firmware waking vector");
+            assert_eq!(u64_at(facs, 24), 0, "X firmware waking vector");
+        }
+    }
+
+    #[test]
+    fn a_sleep_type_other_than_s5_wakes_at_once() {
+        let mut pm = PowerManagement::new(1_000_000);
+        for sleep_type in [0, 1, 2, 3, 4, 6, 7] {
+            let control = (sleep_type << 10) | PM1_CNT_SLP_EN as u32;
+            assert_eq!(pm.write(4, 2, control), None, "SLP_TYP {sleep_type}");
+            assert_ne!(pm.read(0, 2, 0) as u16 & PM1_STS_WAK, 0, "woken at once from SLP_TYP {sleep_type}");
+            assert_eq!(pm.read(4, 2, 0) as u16 & PM1_CNT_SLP_EN, 0, "SLP_EN reads 0");
+            pm.write(0, 2, PM1_STS_WAK as u32);
+            assert_eq!(pm.read(0, 2, 0), 0);
+        }
     }
 
     #[test]
