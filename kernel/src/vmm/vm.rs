@@ -8,7 +8,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use devices::virtio::{blk::Block, console::Console};
-use devices::{layout, BenchMarker, Chipset, ChipsetConfig, DebugExit};
+use devices::{fw_cfg, layout, pci, BenchMarker, Chipset, ChipsetConfig, DebugExit, FwCfg, PciHost, SystemControlA};
 use loader::VmSpec;
 
 pub use vmexit::Stop;
@@ -30,7 +30,8 @@ pub struct Vm {
 impl Vm {
     /// A VM with RAM and the PC platform: COM1 (output on the host log,
     /// prefixed with the VM's name), interrupt controllers, timers, RTC, ACPI,
-    /// and the debug-exit port.
+    /// system control port A, the PCI host bridge, fw_cfg, and the debug-exit
+    /// port.
     pub fn new(spec: &VmSpec) -> Result<Vm, String> {
         let bytes = spec.memory_mib as u64 * 1024 * 1024;
         let format = match super::vendor() {
@@ -63,8 +64,20 @@ impl Vm {
             com1_output,
             com1_unbuffered: spec.host_console,
         });
-        chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(DebugExit)).map_err(|e| alloc::format!("{e:?}"))?;
-        chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(BenchMarker)).map_err(|e| alloc::format!("{e:?}"))?;
+        // fw_cfg tells the guest its vCPU count and RAM size (the manifest keeps
+        // both far below what the items can hold).
+        let cpus = u16::try_from(spec.cpus.max(1)).unwrap_or(u16::MAX);
+        let firmware_config = FwCfg::new(cpus, bytes);
+        let ports: [(u16, u16, Box<dyn devices::PortDevice>); 5] = [
+            (layout::DEBUG_EXIT, 4, Box::new(DebugExit)),
+            (layout::BENCH_MARKER, 1, Box::new(BenchMarker)),
+            (layout::SYSTEM_CONTROL_A, 1, Box::new(SystemControlA::new())),
+            (layout::PCI_CONFIG_ADDRESS, pci::PORTS, Box::new(PciHost::new())),
+            (layout::FW_CFG, fw_cfg::PORTS, Box::new(firmware_config)),
+        ];
+        for (base, len, device) in ports {
+            chipset.ports.register(base, len, device).map_err(|e| alloc::format!("{e:?}"))?;
+        }
         Ok(Vm {
             name: spec.name.clone(),
             memory,
