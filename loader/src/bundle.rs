@@ -85,6 +85,11 @@ impl<'a> Bundle<'a> {
     pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.entries.iter().map(|(n, _)| *n)
     }
+
+    /// Every entry as (name, data), in order, repeated names included.
+    pub fn entries(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
+        self.entries.iter().copied()
+    }
 }
 
 /// Packs entries into bundle bytes (used by `cargo xtask`).

@@ -6,13 +6,16 @@
 
 use crate::bundle::{self, Bundle, BundleError};
 use crate::fuzz::fuzz;
-use crate::image::tests::{elf_image, multiboot_aout, spec};
+use crate::image::tests::{elf_image, spec};
 use crate::image::{
     load, parse_elf, ElfClass, EntryMode, Extras, GuestRam, ImageError, LoadPlan, MULTIBOOT_BOOTLOADER_MAGIC,
 };
+use crate::image::{Segment, SegmentData};
 use crate::linux::tests::{boot, bzimage, set32};
 use crate::linux::{self, COMMAND_LINE, ZERO_PAGE};
 use crate::manifest::{self, parse_manifest, Format, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::multiboot::tests::multiboot_aout;
+use crate::multiboot::Module;
 use crate::plan_check::{check_plan, inside};
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -220,12 +223,32 @@ mod elf {
 mod multiboot {
     use super::*;
 
+    /// Also gives the kernel up to three modules of random sizes and a
+    /// command line, whose bytes must all land inside RAM and below 4 GiB,
+    /// clear of the kernel and of each other.
     fn check_multiboot(rng: &mut Rng, bytes: &mut [u8], header: usize, vm: &manifest::VmSpec) {
         fix_multiboot_checksum(rng, bytes, header);
         let memory = rng.pick(&MEMORIES);
-        if let Ok(plan) = load(bytes, vm, GuestRam::low(memory), Extras::default()) {
-            check_plan(&plan, memory, &[bytes]);
+        let module_bytes = [0x5au8; 0x3000];
+        let count = rng.index(4);
+        let modules: Vec<Module> = (0..count)
+            .map(|i| Module {
+                data: &module_bytes[..rng.index(module_bytes.len() + 1)],
+                string: ["", "m", "a b"][i % 3],
+            })
+            .collect();
+        let long_line = "x".repeat(rng.index(0x2000));
+        let extras = Extras { name: "kernel", cmdline: &long_line, modules: &modules, ..Extras::default() };
+        if let Ok(plan) = load(bytes, vm, GuestRam::low(memory), extras) {
+            check_plan(&plan, memory, &[bytes, &module_bytes]);
             assert_eq!((plan.mode, plan.rax), (EntryMode::Protected, MULTIBOOT_BOOTLOADER_MAGIC));
+            // An empty kernel segment may share the address.
+            let is_info = |s: &&Segment| s.guest_phys == plan.rbx && matches!(s.data, SegmentData::Owned(_));
+            let info = plan.segments.iter().find(is_info).expect("information at EBX");
+            assert!(info.end() <= 1 << 32, "information at {:#x} past 4 GiB", plan.rbx);
+            let is_module = |s: &&Segment| !s.data.bytes().is_empty() && inside(s.data.bytes(), &module_bytes);
+            let module_segments = plan.segments.iter().filter(is_module);
+            assert!(module_segments.into_iter().all(|s| s.end() <= 1 << 32 && s.guest_phys.is_multiple_of(0x1000)));
         }
     }
 
@@ -313,16 +336,19 @@ mod multiboot {
     }
 
     #[test]
-    fn a_kernel_over_the_information_structure_is_refused() {
+    fn a_kernel_over_the_information_structure_keeps_its_bytes() {
         let img = multiboot_aout_at(0, 0x8000);
         let mut img2 = img.clone();
-        // Code from 0x8000 to past 0x9000, where the information structure goes.
+        // Code from 0x8000 to past 0x9000, where the information structure went.
         img2.extend_from_slice(&[0x90; 0x1000]);
         let load_end = 0x8000 + img2.len() as u32;
         set_multiboot_field(&mut img2, 0, 2, load_end);
         set_multiboot_field(&mut img2, 0, 3, 0);
-        assert!(load_multiboot(&img, 16 << 20).is_ok());
-        assert!(matches!(load_multiboot(&img2, 16 << 20), Err(ImageError::Overlap { .. })));
+        let plan = load_multiboot(&img, 16 << 20).unwrap();
+        assert_eq!(plan.rbx, 0x9000);
+        let plan = load_multiboot(&img2, 16 << 20).unwrap();
+        check_plan(&plan, 16 << 20, &[&img2]);
+        assert_eq!(plan.rbx, 0xa000, "the first free page above the kernel");
     }
 }
 
@@ -357,7 +383,7 @@ mod bzimage {
             let memory = rng.pick(&[64 << 20, 256 << 20, 1 << 32, u64::MAX]);
             let initrd = [None, Some(&initrd_bytes[..rng.index(0x3000)])][rng.index(2)];
             let cmdline = rng.pick(&["", "console=ttyS0", &long_line]);
-            let extras = Extras { initrd, cmdline, rsdp: Some(0xe_0000) };
+            let extras = Extras { initrd, cmdline, rsdp: Some(0xe_0000), ..Extras::default() };
             if let Ok(plan) = load(bytes, &vm, GuestRam::low(memory), extras) {
                 check_plan(&plan, memory, &[bytes, &initrd_bytes]);
                 assert!(bytes.ends_with(plan.segments[0].data.bytes()), "the kernel is the image's tail");

@@ -7,7 +7,9 @@
 //! on them is checked: a field that would wrap or point outside the image or
 //! the VM's memory is an error, never a panic.
 
+use crate::bundle::BundleError;
 use crate::manifest::{Format, Mode, VmSpec};
+use crate::multiboot::{BootItem, Module, Taken};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -105,6 +107,22 @@ pub enum ImageError {
         length: usize,
         max: usize,
     },
+    /// Boot data (`what`, `size` bytes) fits in none of `areas` (the guest
+    /// RAM it may go in), which `taken` occupy.
+    NoRoom {
+        what: BootItem,
+        size: u64,
+        areas: Vec<(u64, u64)>,
+        taken: Vec<Taken>,
+    },
+    TooManyModules {
+        count: usize,
+        max: usize,
+    },
+    /// The packed Multiboot module list is damaged.
+    ModuleList(BundleError),
+    /// Modules were given for a kernel that is not a Multiboot kernel.
+    ModulesNeedMultiboot,
 }
 
 impl fmt::Display for ImageError {
@@ -128,6 +146,12 @@ impl fmt::Display for ImageError {
             ImageError::CommandLineTooLong { length, max } => {
                 write!(f, "the command line is {length} bytes; this kernel takes at most {max}")
             }
+            ImageError::NoRoom { what, size, areas, taken } => {
+                crate::multiboot::describe_no_room(f, what, *size, areas, taken)
+            }
+            ImageError::TooManyModules { count, max } => write!(f, "{count} modules; at most {max} are taken"),
+            ImageError::ModuleList(e) => write!(f, "the Multiboot module list is damaged: {e}"),
+            ImageError::ModulesNeedMultiboot => write!(f, "modules are given, but only Multiboot kernels take them"),
         }
     }
 }
@@ -136,24 +160,47 @@ impl fmt::Display for ImageError {
 pub(crate) fn bytes_at<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
     bytes.get(at..).and_then(<[u8]>::first_chunk).copied()
 }
-fn u32_at(b: &[u8], at: usize, what: &'static str) -> Result<u32, ImageError> {
+pub(crate) fn u32_at(b: &[u8], at: usize, what: &'static str) -> Result<u32, ImageError> {
     bytes_at(b, at).map(u32::from_le_bytes).ok_or(ImageError::Truncated(what))
 }
 
-/// Where the Multiboot information structure goes, as QEMU places it: low memory
-/// that kernels leave alone.
-pub const MULTIBOOT_INFO_ADDRESS: u64 = 0x9000;
-const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
-pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2bad_b002;
-/// The Multiboot header must lie in this many bytes at the start of the file.
-const MULTIBOOT_SEARCH: usize = 8192;
+pub use crate::multiboot::BOOTLOADER_MAGIC as MULTIBOOT_BOOTLOADER_MAGIC;
 
-/// What a Linux boot needs besides the kernel image.
+/// The top of every VM's low RAM the VMM keeps for itself (its setup area: a
+/// GDT and identity-mapping page tables for guests started in protected or
+/// long mode); loaders place nothing there (`GuestRam::new`).
+pub const VMM_SETUP_AREA: u64 = 64 * 1024;
+
+/// What a boot needs besides the kernel image.
 #[derive(Default, Clone, Copy)]
 pub struct Extras<'a> {
+    /// Linux: the initrd.
     pub initrd: Option<&'a [u8]>,
+    /// Linux: the command line. Multiboot: what follows `name` on it.
     pub cmdline: &'a str,
+    /// Linux: where the ACPI RSDP is.
     pub rsdp: Option<u64>,
+    /// Multiboot: the kernel's name, the command line's first word (QEMU
+    /// puts the kernel's file name there).
+    pub name: &'a str,
+    /// Multiboot: the modules (QEMU's `-initrd`); refused for other formats.
+    pub modules: &'a [Module<'a>],
+}
+
+/// The boot protocol `image` speaks, from its own bytes as QEMU's `-kernel`
+/// tells them apart: a bzImage boot-protocol header, else a Multiboot header
+/// in the first 8 KiB (an ELF file may carry one), else the ELF magic. None
+/// for anything else. Only identifies: loading checks the rest.
+pub fn detect_format(image: &[u8]) -> Option<Format> {
+    if crate::linux::has_boot_header(image) {
+        Some(Format::Linux)
+    } else if crate::multiboot::is_multiboot(image) {
+        Some(Format::Multiboot)
+    } else if image.starts_with(&elf::abi::ELFMAGIC) {
+        Some(Format::Elf)
+    } else {
+        None
+    }
 }
 
 /// The VM's RAM as a loader sees it: it places everything below `low_ram_end`,
@@ -176,6 +223,13 @@ impl GuestRam {
         Some(GuestRam { low_ram_end, high: map.high().map(|r| (r.guest_phys, r.size)) })
     }
 
+    /// The RAM of a VM of `bytes` as the kernel builds it, less
+    /// `vmm_reserved` bytes at the top of low RAM; None as for `new`, or for
+    /// a size whose RAM would run past 2^64.
+    pub fn of_size(bytes: u64, vmm_reserved: u64) -> Option<GuestRam> {
+        GuestRam::new(&RamMap::new(bytes)?, vmm_reserved)
+    }
+
     /// Low RAM only, ending at `low_ram_end`.
     pub fn low(low_ram_end: u64) -> GuestRam {
         GuestRam { low_ram_end, high: None }
@@ -189,6 +243,9 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, ram: GuestRam, extras: Extras<'a>)
     let memory = ram.low_ram_end;
     if image.is_empty() {
         return Err(ImageError::Empty);
+    }
+    if !extras.modules.is_empty() && vm.format != Format::Multiboot {
+        return Err(ImageError::ModulesNeedMultiboot);
     }
     let plan = match vm.format {
         Format::Flat => LoadPlan {
@@ -204,7 +261,10 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, ram: GuestRam, extras: Extras<'a>)
             rsi: 0,
         },
         Format::Elf => elf(image)?,
-        Format::Multiboot => multiboot(image, &ram)?,
+        Format::Multiboot => {
+            let boot = crate::multiboot::Boot { name: extras.name, cmdline: extras.cmdline, modules: extras.modules };
+            crate::multiboot::plan(image, &ram, &boot)?
+        }
         Format::Linux => {
             let bz = crate::linux::parse(image)?;
             let boot = crate::linux::LinuxBoot {
@@ -338,7 +398,7 @@ fn elf_error(error: ParseError, reading: &'static str) -> ImageError {
 
 /// ELF64 images start in long mode, ELF32 in protected mode; segments go to
 /// their physical addresses.
-fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
+pub(crate) fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
     let parsed = parse_elf(image)?;
     let segments = parsed
         .segments
@@ -360,99 +420,6 @@ fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
         rbx: 0,
         rsi: 0,
     })
-}
-
-/// Multiboot v1: the header's address fields when flag 16 is set, else the ELF
-/// program headers; entered in protected mode with EAX = the bootloader magic and
-/// EBX = the information structure.
-fn multiboot<'a>(image: &'a [u8], ram: &GuestRam) -> Result<LoadPlan<'a>, ImageError> {
-    let search = &image[..image.len().min(MULTIBOOT_SEARCH)];
-    // The magic, flags and checksum must all lie in the searched bytes.
-    let header = (0..search.len().saturating_sub(11))
-        .step_by(4)
-        .find(|&at| bytes_at(search, at).map(u32::from_le_bytes) == Some(MULTIBOOT_MAGIC))
-        .ok_or(ImageError::NoMultibootHeader)?;
-    let flags = u32_at(image, header + 4, "Multiboot header")?;
-    let checksum = u32_at(image, header + 8, "Multiboot header")?;
-    if MULTIBOOT_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
-        return Err(ImageError::BadMultibootChecksum);
-    }
-    if flags & (1 << 2) != 0 {
-        return Err(ImageError::UnsupportedMultiboot("a video mode is requested (flag 2)"));
-    }
-    let mut plan = if flags & (1 << 16) != 0 {
-        let field = |n: usize| u32_at(image, header + 12 + 4 * n, "Multiboot address fields").map(u64::from);
-        let (header_addr, load_addr, load_end, bss_end, entry) =
-            (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
-        if load_addr > header_addr {
-            return Err(ImageError::UnsupportedMultiboot("load_addr lies above header_addr"));
-        }
-        // header_addr is where the header's file offset lands, which fixes
-        // the file offset that goes to load_addr.
-        let file_start = (header as u64)
-            .checked_sub(header_addr - load_addr)
-            .ok_or(ImageError::UnsupportedMultiboot("load_addr lies before the start of the file (header_addr)"))?;
-        let file_end = match load_end {
-            0 => image.len() as u64,
-            _ if load_end < load_addr => {
-                return Err(ImageError::UnsupportedMultiboot("load_end_addr lies below load_addr"))
-            }
-            _ => file_start + (load_end - load_addr),
-        };
-        let data = usize::try_from(file_start)
-            .ok()
-            .zip(usize::try_from(file_end).ok())
-            .and_then(|(start, end)| image.get(start..end))
-            .ok_or(ImageError::Truncated("the Multiboot load range (load_end_addr) lies past its end"))?;
-        let data_end = load_addr + data.len() as u64;
-        let zero_fill = match bss_end {
-            0 => 0,
-            _ if bss_end < data_end => {
-                return Err(ImageError::UnsupportedMultiboot("bss_end_addr lies below load_end_addr"))
-            }
-            _ => bss_end - data_end,
-        };
-        LoadPlan {
-            segments: vec![Segment { guest_phys: load_addr, data: SegmentData::Borrowed(data), zero_fill }],
-            entry,
-            mode: EntryMode::Protected,
-            rax: 0,
-            rbx: 0,
-            rsi: 0,
-        }
-    } else {
-        let plan = elf(image)?;
-        if plan.mode != EntryMode::Protected {
-            return Err(ImageError::UnsupportedMultiboot("the kernel is ELF64; Multiboot v1 kernels are 32-bit"));
-        }
-        plan
-    };
-    // Information structure: memory sizes (flag 0) and a memory map (flag 6).
-    // mem_upper is RAM from 1 MiB up to the first hole, so only low RAM; the map
-    // also lists RAM above the hole.
-    const INFO_SIZE: usize = 0x58;
-    let mut info = vec![0u8; INFO_SIZE];
-    let mut put = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    put(0, 1 | (1 << 6));
-    put(4, 640);
-    let extended = ram.low_ram_end.saturating_sub(0x10_0000);
-    put(8, u32::try_from(extended / 1024).unwrap_or(u32::MAX));
-    let map_at = MULTIBOOT_INFO_ADDRESS + INFO_SIZE as u64;
-    let mut map = Vec::new();
-    let low = [(0u64, 0x9f000u64, 1u32), (0x10_0000, extended, 1)];
-    for (base, len, kind) in low.into_iter().chain(ram.high.map(|(base, len)| (base, len, 1))) {
-        map.extend_from_slice(&20u32.to_le_bytes());
-        map.extend_from_slice(&base.to_le_bytes());
-        map.extend_from_slice(&len.to_le_bytes());
-        map.extend_from_slice(&kind.to_le_bytes());
-    }
-    put(44, map.len() as u32);
-    put(48, map_at as u32);
-    info.extend_from_slice(&map);
-    plan.segments.push(Segment { guest_phys: MULTIBOOT_INFO_ADDRESS, data: SegmentData::Owned(info), zero_fill: 0 });
-    plan.rax = MULTIBOOT_BOOTLOADER_MAGIC;
-    plan.rbx = MULTIBOOT_INFO_ADDRESS;
-    Ok(plan)
 }
 
 #[cfg(test)]
@@ -552,81 +519,5 @@ pub(crate) mod tests {
         assert_eq!(e(&img[..40]), ImageError::Truncated("ELF header"));
         let img = elf_image(true, 0x1000, 0x9999, &[0x90; 8], 0);
         assert_eq!(e(&img), ImageError::EntryOutside { entry: 0x9999 });
-    }
-
-    /// A Multiboot kernel using the address fields (flag 16), as small test kernels do.
-    pub(crate) fn multiboot_aout(load_addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
-        let flags: u32 = (1 << 16) | 1;
-        let mut img = Vec::new();
-        for v in [
-            MULTIBOOT_MAGIC,
-            flags,
-            0u32.wrapping_sub(MULTIBOOT_MAGIC).wrapping_sub(flags),
-            load_addr,                                // header_addr
-            load_addr,                                // load_addr
-            load_addr + 32 + code.len() as u32,       // load_end_addr
-            load_addr + 32 + code.len() as u32 + bss, // bss_end_addr
-            load_addr + 32,                           // entry
-            0,
-        ] {
-            img.extend_from_slice(&v.to_le_bytes());
-        }
-        img.truncate(32);
-        img.extend_from_slice(code);
-        img
-    }
-
-    #[test]
-    fn multiboot_kernels_load_like_qemu_loads_them() {
-        let img = multiboot_aout(0x10_0000, &[0xf4; 4], 0x40);
-        let plan = load(&img, &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap();
-        assert_eq!((plan.entry, plan.mode), (0x10_0020, EntryMode::Protected));
-        assert_eq!((plan.rax, plan.rbx), (0x2bad_b002, MULTIBOOT_INFO_ADDRESS));
-        assert_eq!(plan.segments[0].guest_phys, 0x10_0000);
-        assert_eq!(plan.segments[0].data.bytes().len(), 36);
-        assert_eq!(plan.segments[0].zero_fill, 0x40);
-        let info = plan.segments[1].data.bytes();
-        assert_eq!(u32::from_le_bytes(info[0..4].try_into().unwrap()) & 1, 1, "memory fields valid");
-        assert_eq!(u32::from_le_bytes(info[8..12].try_into().unwrap()), 15 * 1024, "mem_upper in KiB");
-    }
-
-    #[test]
-    fn multiboot_memory_info_leaves_out_the_mmio_hole() {
-        use devices::layout::{RamMap, HIGH_RAM_BASE, RAM_HOLE_START};
-        let img = multiboot_aout(0x10_0000, &[0xf4; 4], 0);
-        let ram = GuestRam::new(&RamMap::new(4096 << 20).unwrap(), 0x1_0000).unwrap();
-        let plan = load(&img, &spec(Format::Multiboot), ram, Extras::default()).unwrap();
-        let info = plan.segments[1].data.bytes();
-        let u32_at = |at: usize| u32::from_le_bytes(info[at..at + 4].try_into().unwrap());
-        let u64_at = |at: usize| u64::from_le_bytes(info[at..at + 8].try_into().unwrap());
-        let low_ram_end = RAM_HOLE_START - 0x1_0000;
-        assert_eq!(u64::from(u32_at(8)), (low_ram_end - 0x10_0000) / 1024, "mem_upper: 1 MiB up to the hole");
-        let (length, at) = (u32_at(44) as usize, u32_at(48) as u64 - MULTIBOOT_INFO_ADDRESS);
-        assert_eq!(length, 3 * 24);
-        let entries: Vec<_> = (0..3).map(|i| at as usize + i * 24).map(|e| (u64_at(e + 4), u64_at(e + 12))).collect();
-        assert_eq!(entries, [(0, 0x9f000), (0x10_0000, low_ram_end - 0x10_0000), (HIGH_RAM_BASE, 1 << 30)]);
-    }
-
-    #[test]
-    fn multiboot_elf_kernels_and_bad_headers() {
-        let flags: u32 = 0;
-        let mut code = Vec::new();
-        for v in [MULTIBOOT_MAGIC, flags, 0u32.wrapping_sub(MULTIBOOT_MAGIC)] {
-            code.extend_from_slice(&v.to_le_bytes());
-        }
-        code.push(0xf4);
-        let img = elf_image(false, 0x10_0000, 0x10_000c, &code, 0);
-        let plan = load(&img, &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap();
-        assert_eq!(plan.entry, 0x10_000c);
-        assert_eq!(
-            load(&[0x90; 64], &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap_err(),
-            ImageError::NoMultibootHeader
-        );
-        let mut bad = multiboot_aout(0x10_0000, &[0xf4], 0);
-        bad[8] ^= 1;
-        assert_eq!(
-            load(&bad, &spec(Format::Multiboot), GuestRam::low(16 << 20), Extras::default()).unwrap_err(),
-            ImageError::BadMultibootChecksum
-        );
     }
 }

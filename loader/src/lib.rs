@@ -1,7 +1,7 @@
 //! What Basalt boots from and what it boots guests from, as pure code the host
 //! tests: the boot bundle (the image's ramdisk: command line, VM list, guest
-//! images), the VM list format, and loaders for flat, ELF, Multiboot and Linux
-//! (bzImage) images.
+//! images), the VM list format, loaders for flat, ELF, Multiboot and Linux
+//! (bzImage) images, and which of those a kernel file is.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -14,9 +14,13 @@ mod hostile;
 pub mod image;
 pub mod linux;
 pub mod manifest;
+pub mod multiboot;
 #[cfg(any(test, feature = "plan-check"))]
 pub mod plan_check;
 
 pub use bundle::{Bundle, BundleError};
-pub use image::{load, parse_elf, ElfClass, ElfImage, ElfSegment, EntryMode, Extras, GuestRam, ImageError, LoadPlan};
+pub use image::{
+    detect_format, load, parse_elf, ElfClass, ElfImage, ElfSegment, EntryMode, Extras, GuestRam, ImageError, LoadPlan,
+};
 pub use manifest::{parse_manifest, Format, ManifestError, VmSpec};
+pub use multiboot::Module;

@@ -94,11 +94,17 @@ pub struct BzImage<'a> {
     pub initrd_max: u64,
 }
 
+/// Whether `image` has the boot sector's flag and the boot-protocol header
+/// ("HdrS") a Linux kernel image carries; `parse` checks the rest.
+pub fn has_boot_header(image: &[u8]) -> bool {
+    u16_at(image, BOOT_FLAG) == 0xaa55 && image.get(HEADER..HEADER + 4) == Some(b"HdrS")
+}
+
 pub fn parse(image: &[u8]) -> Result<BzImage<'_>, ImageError> {
     if image.len() < INIT_SIZE + 4 {
         return Err(ImageError::NotBzImage("shorter than a setup header"));
     }
-    if u16_at(image, BOOT_FLAG) != 0xaa55 || image.get(HEADER..HEADER + 4) != Some(b"HdrS") {
+    if !has_boot_header(image) {
         return Err(ImageError::NotBzImage("no boot-protocol header (HdrS)"));
     }
     let version = u16_at(image, VERSION);

@@ -42,7 +42,9 @@ pub struct VmSpec {
     pub cpus: u32,
     /// Wall-clock budget of guest time; the VM is stopped when it runs out.
     pub time_limit_ms: u64,
-    /// Linux only: bundle entries holding the initrd and the kernel command line.
+    /// Linux and Multiboot: bundle entries holding the initrd (Multiboot:
+    /// the modules, packed by `multiboot::pack_modules`) and the kernel
+    /// command line (Multiboot: what follows the image's name on it).
     pub initrd: Option<String>,
     pub kernel_cmdline: Option<String>,
     /// Bundle entries holding disk images, each a virtio-blk disk (read-write
@@ -191,8 +193,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
         if vm.time_limit_ms == 0 {
             return Err(error(&vm, "time-limit-ms must be above 0".into()));
         }
-        if vm.format != Format::Linux && (vm.initrd.is_some() || vm.kernel_cmdline.is_some()) {
-            return Err(error(&vm, "initrd and kernel-cmdline are for format=linux only".into()));
+        let takes_boot_data = matches!(vm.format, Format::Linux | Format::Multiboot);
+        if !takes_boot_data && (vm.initrd.is_some() || vm.kernel_cmdline.is_some()) {
+            return Err(error(&vm, "initrd and kernel-cmdline are for format=linux or multiboot only".into()));
         }
         if vm.disks.len() > MAX_DISKS {
             return Err(error(&vm, alloc::format!("at most {MAX_DISKS} disks")));
@@ -269,7 +272,14 @@ mod tests {
             err("name=x image=i format=floppy"),
             "VM list line 1 (vm 'x'): format must be flat, elf, multiboot or linux, not 'floppy'"
         );
-        assert!(err("name=x image=i format=flat initrd=r").contains("for format=linux only"));
+        assert!(err("name=x image=i format=flat initrd=r").contains("for format=linux or multiboot only"));
+        assert!(err("name=x image=i format=elf kernel-cmdline=c").contains("for format=linux or multiboot only"));
+        let multiboot =
+            &parse_manifest("name=m image=k format=multiboot initrd=m.modules kernel-cmdline=m.cmdline").unwrap()[0];
+        assert_eq!(
+            (multiboot.initrd.as_deref(), multiboot.kernel_cmdline.as_deref()),
+            (Some("m.modules"), Some("m.cmdline"))
+        );
         assert_eq!(parse_manifest("name=x image=i format=elf disk=d").unwrap()[0].disks, vec!["d".to_string()]);
         assert_eq!(err("\nname=x format=flat"), "VM list line 2 (vm 'x'): image is missing");
         assert_eq!(err("name=x image=i format=flat load=12q"), "VM list line 1 (vm 'x'): load: '12q' is not a number");

@@ -79,7 +79,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "multiboot",
-        about: "Multiboot (a.out kludge and ELF) load plans: segments inside RAM, no overlap, entry inside",
+        about: "Multiboot (a.out kludge and ELF) load plans with modules and a command line: all inside RAM, no overlap, entry inside, information as asked",
         run: loaders::multiboot,
         max_len: 4096,
     },

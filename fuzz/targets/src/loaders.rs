@@ -4,11 +4,13 @@
 use crate::{feature, kind_of};
 use basalt_fuzz::Reader;
 use devices::layout::{RamMap, RAM_HOLE_START};
-use loader::image::{SegmentData, MULTIBOOT_BOOTLOADER_MAGIC, MULTIBOOT_INFO_ADDRESS};
+use loader::image::{Segment, SegmentData, MULTIBOOT_BOOTLOADER_MAGIC};
 use loader::linux::{self, LinuxBoot, ZERO_PAGE};
 use loader::manifest::{self, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use loader::plan_check::{check_plan, inside};
-use loader::{load, parse_elf, parse_manifest, Bundle, ElfClass, EntryMode, Extras, GuestRam, VmSpec};
+use loader::{
+    load, parse_elf, parse_manifest, Bundle, ElfClass, EntryMode, Extras, GuestRam, LoadPlan, Module, VmSpec,
+};
 
 /// The first input bytes pick the VM's RAM: low RAM of a typical, tight,
 /// odd or unbounded size, or the map a VM of some size gets (RAM below the
@@ -76,11 +78,21 @@ pub fn elf(data: &[u8]) -> u64 {
 const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
 
 /// Input: RAM choice, whether to fix the header's checksum (most mutants
-/// would fail it otherwise and test nothing past it), then the file.
+/// would fail it otherwise and test nothing past it), the number of modules
+/// (0 to 3) and each one's size, the command line's length, then the file.
+/// Besides the plan's own checks, the information at EBX must describe what
+/// was asked for: the command line "NAME REST", each module's bytes where
+/// its entry says, page-aligned, with its string; all of it below 4 GiB.
 pub fn multiboot(data: &[u8]) -> u64 {
     let mut r = Reader::new(data);
     let ram = guest_ram(&mut r);
     let fix_checksum = !r.one_in(4);
+    let module_bytes: Vec<u8> = (0..0x3000u32).map(|i| i as u8).collect();
+    let strings = ["", "mod", "mod.bin a=1 b"];
+    let modules: Vec<Module> = (0..r.index(4))
+        .map(|i| Module { data: &module_bytes[..r.index(module_bytes.len() + 1)], string: strings[i % 3] })
+        .collect();
+    let cmdline = "c".repeat(r.index(0x2000));
     let mut image = r.rest().to_vec();
     if fix_checksum {
         let search = image.len().min(8192);
@@ -93,19 +105,60 @@ pub fn multiboot(data: &[u8]) -> u64 {
         }
     }
     let mut signal = 0;
-    let plan = load(&image, &spec("multiboot"), ram, Extras::default());
+    let extras = Extras { name: "fuzz", cmdline: &cmdline, modules: &modules, ..Extras::default() };
+    let plan = load(&image, &spec("multiboot"), ram, extras);
     outcome(&mut signal, &plan);
     if let Ok(plan) = plan {
-        check_plan(&plan, ram.low_ram_end, &[&image]);
-        assert_eq!(
-            (plan.mode, plan.rax, plan.rbx),
-            (EntryMode::Protected, MULTIBOOT_BOOTLOADER_MAGIC, MULTIBOOT_INFO_ADDRESS)
-        );
-        let info =
-            plan.segments.iter().find(|s| s.guest_phys == MULTIBOOT_INFO_ADDRESS).expect("an information structure");
-        assert!(matches!(info.data, SegmentData::Owned(_)));
+        check_plan(&plan, ram.low_ram_end, &[&image, &module_bytes]);
+        assert_eq!((plan.mode, plan.rax), (EntryMode::Protected, MULTIBOOT_BOOTLOADER_MAGIC));
+        // An empty kernel segment may share the address.
+        let info = plan.segments.iter().find(|s| s.guest_phys == plan.rbx && matches!(s.data, SegmentData::Owned(_)));
+        let info = info.expect("an information block at EBX");
+        assert!(info.end() <= 1 << 32, "information at {:#x} past 4 GiB", plan.rbx);
+        check_information(&plan, info.data.bytes(), &cmdline, &modules);
+        feature(&mut signal, 0x200 | modules.len() as u64);
+        feature(&mut signal, 0x300 | u64::from(plan.rbx < 0x10_0000));
     }
     signal
+}
+
+/// The information block `block` (at EBX) against what the kernel was given.
+fn check_information(plan: &LoadPlan, block: &[u8], cmdline: &str, modules: &[Module]) {
+    let base = plan.rbx;
+    let u32_at = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().unwrap());
+    // A pointer into the block, as an offset; every one must land inside it.
+    let offset = |address: u32| {
+        let at = u64::from(address).checked_sub(base).filter(|&at| at < block.len() as u64);
+        at.unwrap_or_else(|| panic!("{address:#x} outside the block at {base:#x}")) as usize
+    };
+    let string = |address: u32| {
+        let from = offset(address);
+        let length = block[from..].iter().position(|&b| b == 0).expect("a NUL-terminated string");
+        &block[from..from + length]
+    };
+    let flags = u32_at(0);
+    assert_eq!(flags & 0b10_0100_1101, 0b10_0100_1101, "memory, command line, modules, map, loader name");
+    assert_eq!(string(u32_at(16)), format!("fuzz {cmdline}").as_bytes());
+    assert_eq!(u32_at(20) as usize, modules.len());
+    let list = if modules.is_empty() { 0 } else { offset(u32_at(24)) };
+    for (i, module) in modules.iter().enumerate() {
+        let entry = list + 16 * i;
+        let (start, end) = (u64::from(u32_at(entry)), u64::from(u32_at(entry + 4)));
+        assert!(
+            start.is_multiple_of(0x1000) && end - start == module.data.len() as u64,
+            "module {i}: {start:#x}..{end:#x}"
+        );
+        assert_eq!(string(u32_at(entry + 8)), module.string.as_bytes());
+        if !module.data.is_empty() {
+            // An empty kernel segment may share the address.
+            let at_start = |s: &&Segment| s.guest_phys == start && !s.data.bytes().is_empty();
+            let segment = plan.segments.iter().find(at_start).expect("the module's segment");
+            assert_eq!(segment.data.bytes(), module.data, "module {i}'s bytes");
+        }
+    }
+    let (map_length, map) = (u32_at(44) as usize, offset(u32_at(48)));
+    assert!(map_length.is_multiple_of(24) && map + map_length <= block.len(), "the memory map runs past the block");
+    assert_eq!(string(u32_at(64)), b"Basalt");
 }
 
 /// Input: RAM choice, initrd size, command line, ACPI placement, then the file.
@@ -149,7 +202,7 @@ pub fn bzimage(data: &[u8]) -> u64 {
             }
         }
     }
-    let extras = Extras { initrd, cmdline, rsdp };
+    let extras = Extras { initrd, cmdline, rsdp, ..Extras::default() };
     let plan = load(image, &spec("linux"), ram, extras);
     outcome(&mut signal, &plan);
     if let Ok(plan) = plan {

@@ -480,8 +480,18 @@ fn multiboot() -> Vec<Vec<u8>> {
     let mut inside_elf = multiboot_header(0, &[]);
     inside_elf.extend_from_slice(&[0xf4; 20]);
     let elf = elf_file(false, 0x10_000c, &[(0x10_0000, &inside_elf, 0x100)]);
-    // Fix the checksum (choice 1), then the file.
-    [aout, elf].into_iter().map(|image| [&RAM_16_MIB[..], &[1], &image].concat()).collect()
+    // A kernel loaded at 0x8000, over where the information went before.
+    let low = 0x8000u32;
+    let mut over = multiboot_header(1 << 16, &[low, low, low + 0xc00, low + 0x1800, low + 0x20]);
+    over.resize(0xc00, 0xf4);
+    // Fix the checksum (choice 1), no modules (0) and no command line (0, 0)
+    // or two modules of 0x10 and 0x1001 bytes and a 5-byte command line; then the file.
+    let none: &[u8] = &[1, 0, 0, 0];
+    let two: &[u8] = &[1, 2, 0x10, 0, 0x01, 0x10, 5, 0];
+    [(none, aout.clone()), (none, elf), (two, aout), (two, over)]
+        .into_iter()
+        .map(|(choices, image)| [&RAM_16_MIB[..], choices, &image].concat())
+        .collect()
 }
 
 /// A bzImage-shaped file: four setup sectors with a boot-protocol 2.15
@@ -583,7 +593,8 @@ mod tests {
         for request in ["Stop { status: }", "Marker { value: }", "PowerOff", "Reset"] {
             assert!(shows("chipset", 2, kind_of(request)), "{request}");
         }
-        for (name, count) in [("elf", 3), ("multiboot", 2), ("bzimage", 3), ("bundle", 3), ("manifest", 5)] {
+        assert!(shows("multiboot", 3, 0x202), "two modules, with a kernel over 0x9000");
+        for (name, count) in [("elf", 3), ("multiboot", 4), ("bzimage", 3), ("bundle", 3), ("manifest", 5)] {
             for i in 0..count {
                 assert!(shows(name, i, 0), "{name} seed {i} is accepted");
             }

@@ -38,8 +38,9 @@ use vmx::guest_state::{GuestState, Mode, GUEST_GDT};
 
 /// The top 64 KiB of every VM's low RAM (below the MMIO hole, so below 4 GiB
 /// where a 32-bit CR3 reaches) hold what the VMM sets up for a guest that starts
-/// in protected or long mode: a GDT and identity-mapping page tables.
-const SETUP_AREA: u64 = 64 * 1024;
+/// in protected or long mode: a GDT and identity-mapping page tables. The
+/// loader's constant, so that xtask's early check of a plan sees the same RAM.
+const SETUP_AREA: u64 = loader::image::VMM_SETUP_AREA;
 
 /// Resets a VM may do before it is stopped (its stop reason stays `Reset`).
 const MAX_RESETS: u32 = 3;
@@ -125,7 +126,8 @@ pub struct VmReport {
 pub struct GuestImages {
     pub spec: VmSpec,
     pub image: &'static [u8],
-    /// Linux only.
+    /// Linux: the initrd. Multiboot: the modules, packed
+    /// (`loader::multiboot::pack_modules`).
     pub initrd: Option<&'static [u8]>,
     pub cmdline: &'static str,
     /// Disk images, in the order of the spec's `disks`.
@@ -191,9 +193,19 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         .map_err(|_| Stop::Unsupported("guest RAM too small for the ACPI tables".into()))?;
     let rsdp = Some(devices::layout::ACPI_TABLES);
     let cmdline = linux_command_line(spec, guest.cmdline);
-    let extras = loader::Extras { initrd: guest.initrd, cmdline: &cmdline, rsdp };
-    let plan = loader::load(guest.image, spec, ram, extras)
-        .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
+    let cannot_load =
+        |e: loader::ImageError| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image));
+    // A Multiboot kernel's "initrd" entry is its module list; it sees the
+    // image's name as its command line's first word, as QEMU gives it the
+    // kernel's file name.
+    let (initrd, modules) = match (spec.format, guest.initrd) {
+        (loader::Format::Multiboot, Some(packed)) => {
+            (None, loader::multiboot::unpack_modules(packed).map_err(cannot_load)?)
+        }
+        (_, initrd) => (initrd, Vec::new()),
+    };
+    let extras = loader::Extras { initrd, cmdline: &cmdline, rsdp, name: &spec.image, modules: &modules };
+    let plan = loader::load(guest.image, spec, ram, extras).map_err(cannot_load)?;
     for segment in &plan.segments {
         let bytes = segment.data.bytes();
         vm.memory.write(segment.guest_phys, bytes).map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
