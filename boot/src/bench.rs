@@ -27,6 +27,8 @@ fn vm(name: &str, guest: &str, format: &str, mode: Option<&str>) -> GuestVm {
         time_limit_ms: 10_000,
         corrupt_guest_state: false,
         blank_disks_mib: Vec::new(),
+        append: None,
+        initrd: None,
     }
 }
 

@@ -314,6 +314,18 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
                 )));
             }
         }
+        for vm in &case.vm {
+            // The command line and modules go through the Multiboot information.
+            if vm.format != "multiboot" && (vm.append.is_some() || vm.initrd.is_some()) {
+                return Err(at(&format!(
+                    "VM '{}': append and initrd are for format = \"multiboot\", not \"{}\"",
+                    vm.name, vm.format
+                )));
+            }
+            if let Some(list) = &vm.initrd {
+                crate::guests::split_module_list(list).map_err(|e| at(&format!("VM '{}': initrd: {e}", vm.name)))?;
+            }
+        }
         if case.console_input.iter().any(|step| step.after.is_empty() || step.send.is_empty()) {
             return Err(at("each console_input step needs a non-empty 'after' cue and 'send' keys"));
         }
@@ -626,6 +638,32 @@ format = "elf"
         assert!(e.contains("unknown field `expect`"), "{e}");
         assert!(with_on("\"svm\"", "[case.on.svm]\nforbid_lines = [\"x\"]\n").is_ok());
         assert!(with_on("\"svm\"", "on.svm.expect_lines = [\"x\"]\n").is_ok());
+    }
+
+    #[test]
+    fn a_multiboot_vm_takes_a_command_line_and_modules() {
+        let with_vm = |format: &str, extra: &str| {
+            parse(&format!(
+                "[[case]]\nname = \"mb\"\nfirmware = \"bios\"\ncpus = 1\nmachine = [\"vmx\", \"svm\"]\n\
+                 expect = \"success\"\ntimeout_s = 5\n[[case.vm]]\nname = \"k\"\nguest = \"g\"\n\
+                 format = \"{format}\"\n{extra}"
+            ))
+        };
+        let cases = with_vm("multiboot", "append = \"a b\"\ninitrd = \"m.txt x,,y,n.txt\"\n").unwrap();
+        let vm = &cases[0].vm[0];
+        assert_eq!((vm.append.as_deref(), vm.initrd.as_deref()), (Some("a b"), Some("m.txt x,,y,n.txt")));
+        let plain = with_vm("multiboot", "").unwrap();
+        assert_eq!((plain[0].vm[0].append.as_deref(), plain[0].vm[0].initrd.as_deref()), (None, None));
+        assert_eq!(
+            with_vm("elf", "append = \"a\"\n").unwrap_err(),
+            "tests/cases.toml: case 'mb': VM 'k': append and initrd are for format = \"multiboot\", not \"elf\""
+        );
+        assert!(with_vm("flat", "initrd = \"m\"\n").unwrap_err().contains("are for format = \"multiboot\""));
+        assert_eq!(
+            with_vm("multiboot", "initrd = \"m.txt,\"\n").unwrap_err(),
+            "tests/cases.toml: case 'mb': VM 'k': initrd: module 2 ('') has no file name before its first space"
+        );
+        assert!(with_vm("multiboot", "cmdline = \"a\"\n").unwrap_err().contains("unknown field `cmdline`"));
     }
 
     #[test]

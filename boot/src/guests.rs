@@ -81,6 +81,13 @@ pub struct GuestVm {
     /// guest drives them through the virtio-mmio registers itself).
     #[serde(default)]
     pub blank_disks_mib: Vec<u32>,
+    /// Multiboot: the command line after the image's name, as QEMU's `-append`.
+    #[serde(default)]
+    pub append: Option<String>,
+    /// Multiboot: modules as QEMU's `-initrd` takes them ([`split_module_list`]),
+    /// file names relative to the repository root.
+    #[serde(default)]
+    pub initrd: Option<String>,
 }
 
 fn default_memory() -> u32 {
@@ -166,8 +173,11 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
     let initrd = crate::initramfs::busybox_initramfs(&init, modules)?;
     Ok(LinuxVm {
         name: guest.name.clone(),
+        format: Format::Linux,
         kernel,
+        kernel_name: kernel_path.display().to_string(),
         initrd: Some(initrd),
+        modules: Vec::new(),
         append: guest.append.clone(),
         memory_mib: guest.memory_mib,
         vcpus: guest.vcpus,
@@ -177,11 +187,22 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
     })
 }
 
-/// A Linux VM for the bundle: its VM-list spec and the entries it names.
+/// A VM booted from a kernel file for the bundle: a Linux bzImage (Debian's,
+/// or one given to `run`), or a Multiboot or plain ELF kernel given to `run`.
 pub struct LinuxVm {
     pub name: String,
+    /// The boot protocol, from the file ([`kernel_format`]).
+    pub format: Format,
     pub kernel: Vec<u8>,
+    /// The kernel's file name as given: a Multiboot kernel's argv[0] (its
+    /// command line's first word, which QEMU makes the file name), through
+    /// the name of its bundle entry.
+    pub kernel_name: String,
+    /// Linux only.
     pub initrd: Option<Vec<u8>>,
+    /// Multiboot only: (string, bytes) per module, in order.
+    pub modules: Vec<(String, Vec<u8>)>,
+    /// Linux: the command line; Multiboot: what follows the kernel's name on it.
     pub append: String,
     pub memory_mib: u32,
     pub vcpus: u32,
@@ -202,30 +223,18 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
     let mut entries = vec![("cmdline".to_string(), cmdline.as_bytes().to_vec())];
     let mut lines = Vec::new();
     for vm in linux {
-        let spec = VmSpec {
-            name: vm.name.clone(),
-            image: format!("{}.bzimage", vm.name),
-            format: Format::Linux,
-            mode: Mode::Long,
-            load: 0,
-            entry: 0,
-            memory_mib: vm.memory_mib,
-            cpus: vm.vcpus,
-            time_limit_ms: vm.time_limit_ms,
-            corrupt_state: false,
-            host_console: vm.host_console,
-            initrd: vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
-            kernel_cmdline: Some(format!("{}.cmdline", vm.name)),
-            disks: (0..vm.disks.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
-        };
-        // The kernel checks the image again; refusing a bad one here is quicker.
-        loader::linux::parse(&vm.kernel).map_err(|e| format!("VM '{}': {e}", vm.name))?;
+        let spec = kernel_vm_spec(vm)?;
         lines.push(loader::manifest::render(&spec));
         entries.push((spec.image.clone(), vm.kernel.clone()));
         if let (Some(name), Some(initrd)) = (&spec.initrd, &vm.initrd) {
             entries.push((name.clone(), initrd.clone()));
         }
-        entries.push((format!("{}.cmdline", vm.name), vm.append.as_bytes().to_vec()));
+        if let (Some(name), false) = (&spec.initrd, vm.modules.is_empty()) {
+            entries.push((name.clone(), loader::multiboot::pack_modules(&vm.modules)));
+        }
+        if let Some(name) = &spec.kernel_cmdline {
+            entries.push((name.clone(), vm.append.as_bytes().to_vec()));
+        }
         for (name, image) in spec.disks.iter().zip(&vm.disks) {
             if image.len() < 512 {
                 return Err(format!("VM '{}': disk {name} is smaller than one 512-byte sector", vm.name));
@@ -255,6 +264,15 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                     return Err(format!("VM '{}': mode must be real, protected or long, not '{other}'", vm.name))
                 }
             };
+            if format != Format::Multiboot && (vm.append.is_some() || vm.initrd.is_some()) {
+                return Err(format!("VM '{}': append and initrd are for format \"multiboot\"", vm.name));
+            }
+            let modules = match &vm.initrd {
+                Some(list) => {
+                    read_modules(list, &crate::workspace_root()).map_err(|e| format!("VM '{}': {e}", vm.name))?
+                }
+                None => Vec::new(),
+            };
             let image_name = format!("{}.img", vm.name);
             let spec = VmSpec {
                 name: vm.name.clone(),
@@ -268,18 +286,31 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 time_limit_ms: vm.time_limit_ms,
                 corrupt_state: vm.corrupt_guest_state,
                 host_console: false,
-                initrd: None,
-                kernel_cmdline: None,
+                initrd: vm.initrd.as_ref().map(|_| format!("{}.modules", vm.name)),
+                kernel_cmdline: vm.append.as_ref().map(|_| format!("{}.cmdline", vm.name)),
                 disks: (0..vm.blank_disks_mib.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
             };
             lines.push(loader::manifest::render(&spec));
             entries.push((image_name, image));
+            if let Some(name) = &spec.initrd {
+                entries.push((name.clone(), loader::multiboot::pack_modules(&modules)));
+            }
+            if let (Some(name), Some(append)) = (&spec.kernel_cmdline, &vm.append) {
+                entries.push((name.clone(), append.as_bytes().to_vec()));
+            }
             for (name, &mib) in spec.disks.iter().zip(&vm.blank_disks_mib) {
                 if mib == 0 {
                     return Err(format!("VM '{}': a blank disk needs at least 1 MiB", vm.name));
                 }
                 entries.push((name.clone(), vec![0u8; (mib as usize) << 20]));
             }
+        }
+    }
+    // The kernel finds entries by name; a kernel's file name could take
+    // another entry's.
+    for (i, (name, _)) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|(other, _)| other == name) {
+            return Err(format!("two boot bundle entries would be named '{name}'; rename the kernel file or the VM"));
         }
     }
     if !lines.is_empty() {
@@ -289,6 +320,120 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
         entries.push(("vms".to_string(), list.into_bytes()));
     }
     Ok(loader::bundle::write(&entries))
+}
+
+/// The boot protocol of a kernel file, from its bytes; the error names the file.
+pub fn kernel_format(kernel: &[u8], path: &std::path::Path) -> Result<Format, String> {
+    loader::detect_format(kernel).ok_or_else(|| {
+        format!(
+            "{} is not a kernel Basalt can boot: it has no Linux boot header (HdrS), no Multiboot header in its \
+             first 8 KiB and no ELF magic",
+            path.display()
+        )
+    })
+}
+
+/// The VM-list spec of a kernel VM, its image checked as far as the host can
+/// (the kernel checks everything again; refusing a bad image here is quicker
+/// and names the file).
+fn kernel_vm_spec(vm: &LinuxVm) -> Result<VmSpec, String> {
+    let at = |e: loader::ImageError| format!("VM '{}': {}: {e}", vm.name, vm.kernel_name);
+    let image = match vm.format {
+        Format::Linux => format!("{}.bzimage", vm.name),
+        // A Multiboot kernel's argv[0] is its image's name: the file name as
+        // given, made one word, as the VM list needs.
+        _ => vm.kernel_name.split_whitespace().collect::<Vec<_>>().join("_"),
+    };
+    let image = if image.is_empty() { format!("{}.kernel", vm.name) } else { image };
+    let spec = VmSpec {
+        name: vm.name.clone(),
+        image,
+        format: vm.format,
+        mode: Mode::Long,
+        load: 0,
+        entry: 0,
+        memory_mib: vm.memory_mib,
+        cpus: vm.vcpus,
+        time_limit_ms: vm.time_limit_ms,
+        corrupt_state: false,
+        host_console: vm.host_console,
+        initrd: match vm.format {
+            Format::Linux => vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
+            _ => (!vm.modules.is_empty()).then(|| format!("{}.modules", vm.name)),
+        },
+        kernel_cmdline: (vm.format != Format::Elf).then(|| format!("{}.cmdline", vm.name)),
+        disks: (0..vm.disks.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
+    };
+    match vm.format {
+        Format::Linux => {
+            loader::linux::parse(&vm.kernel).map_err(at)?;
+        }
+        Format::Multiboot | Format::Elf => {
+            let plain_elf = vm.format == Format::Elf;
+            if plain_elf && (!vm.append.is_empty() || vm.initrd.is_some() || !vm.modules.is_empty()) {
+                return Err(format!(
+                    "VM '{}': {} is an ELF kernel without a Multiboot header, which has no way to take a \
+                     command line or modules (--append, --initrd)",
+                    vm.name, vm.kernel_name
+                ));
+            }
+            let modules: Vec<loader::Module> =
+                vm.modules.iter().map(|(string, data)| loader::Module { data, string }).collect();
+            let ram = loader::GuestRam::of_size(u64::from(vm.memory_mib) << 20, loader::image::VMM_SETUP_AREA)
+                .ok_or_else(|| format!("VM '{}': {} MiB is too small", vm.name, vm.memory_mib))?;
+            let extras =
+                loader::Extras { name: &spec.image, cmdline: &vm.append, modules: &modules, ..Default::default() };
+            loader::load(&vm.kernel, &spec, ram, extras).map_err(at)?;
+        }
+        Format::Flat => return Err(format!("VM '{}': {} is a flat image, not a kernel", vm.name, vm.kernel_name)),
+    }
+    Ok(spec)
+}
+
+/// QEMU's `-initrd` for a Multiboot kernel: modules separated by commas (a
+/// doubled comma is a comma inside one), each a file name, then optionally a
+/// space and its arguments. Returns (file, string) per module: the string the
+/// kernel gets is the whole item, file name included, as QEMU passes it.
+pub fn split_module_list(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut items = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                items.last_mut().expect("never empty").push(',');
+            }
+            ',' => items.push(String::new()),
+            c => items.last_mut().expect("never empty").push(c),
+        }
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item.split(' ').next() {
+            Some(file) if !file.is_empty() => Ok((file.to_string(), item)),
+            _ => Err(format!("module {} ('{item}') has no file name before its first space", i + 1)),
+        })
+        .collect()
+}
+
+/// The modules `text` lists ([`split_module_list`]), read from files relative
+/// to `base`, as (string, bytes).
+pub fn read_modules(text: &str, base: &std::path::Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let modules = split_module_list(text)?;
+    let max = loader::multiboot::MAX_MODULES;
+    if modules.len() > max {
+        return Err(format!("{} modules; at most {max} are taken", modules.len()));
+    }
+    modules
+        .into_iter()
+        .map(|(file, string)| {
+            let path = base.join(&file);
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("module '{file}': cannot read {}: {e}", path.display()))?;
+            Ok((string, bytes))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -318,6 +463,94 @@ mod tests {
         }
         elf.extend_from_slice(bytes);
         elf
+    }
+
+    #[test]
+    fn module_lists_split_as_qemu_splits_them() {
+        let split = |text: &str| split_module_list(text);
+        let pair = |file: &str, string: &str| (file.to_string(), string.to_string());
+        assert_eq!(split("a.bin"), Ok(vec![pair("a.bin", "a.bin")]));
+        assert_eq!(
+            split("mods/a.bin x=1 y,b.bin,c"),
+            Ok(vec![pair("mods/a.bin", "mods/a.bin x=1 y"), pair("b.bin", "b.bin"), pair("c", "c")])
+        );
+        // A doubled comma is one comma in the item, in arguments or file names.
+        assert_eq!(
+            split("bzImage earlyprintk=xen,,keep root=/dev/xvda1,initrd.img"),
+            Ok(vec![pair("bzImage", "bzImage earlyprintk=xen,keep root=/dev/xvda1"), pair("initrd.img", "initrd.img")])
+        );
+        assert_eq!(split("a,,b"), Ok(vec![pair("a,b", "a,b")]));
+        assert_eq!(split("a,"), Err("module 2 ('') has no file name before its first space".into()));
+        assert_eq!(split(""), Err("module 1 ('') has no file name before its first space".into()));
+        assert_eq!(split("a, b"), Err("module 2 (' b') has no file name before its first space".into()));
+    }
+
+    /// A Multiboot kernel at 1 MiB (the header's address fields).
+    fn multiboot_kernel() -> Vec<u8> {
+        let (magic, flags, load) = (0x1bad_b002u32, 1u32 << 16, 0x10_0000u32);
+        let fields = [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags), load, load, load + 36, 0, load + 32];
+        let mut kernel: Vec<u8> = fields.iter().flat_map(|v| v.to_le_bytes()).collect();
+        kernel.extend_from_slice(&[0xf4; 4]);
+        kernel
+    }
+
+    fn kernel_vm(format: Format, kernel: Vec<u8>, append: &str, modules: Vec<(String, Vec<u8>)>) -> LinuxVm {
+        LinuxVm {
+            name: "k".into(),
+            format,
+            kernel,
+            kernel_name: "dir/my kernel.elf".into(),
+            initrd: None,
+            modules,
+            append: append.into(),
+            memory_mib: 16,
+            vcpus: 1,
+            time_limit_ms: 1000,
+            host_console: true,
+            disks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_multiboot_kernel_goes_into_the_bundle_with_its_modules_and_command_line() {
+        let modules = vec![("m.txt a".to_string(), b"one".to_vec()), ("m.txt a".to_string(), b"two".to_vec())];
+        let vm = kernel_vm(Format::Multiboot, multiboot_kernel(), "x y", modules);
+        let bytes = bundle_with_linux("", &[], &[vm]).unwrap();
+        let bundle = loader::Bundle::parse(&bytes).unwrap();
+        let list = std::str::from_utf8(bundle.get("vms").unwrap()).unwrap();
+        let spec = &loader::parse_manifest(list).unwrap()[0];
+        // The file name as given, one word: the kernel's argv[0].
+        assert_eq!((spec.format, spec.image.as_str()), (Format::Multiboot, "dir/my_kernel.elf"));
+        assert_eq!(bundle.get(&spec.image), Some(&multiboot_kernel()[..]));
+        assert_eq!(bundle.get(spec.kernel_cmdline.as_deref().unwrap()), Some(&b"x y"[..]));
+        let packed = bundle.get(spec.initrd.as_deref().unwrap()).unwrap();
+        let unpacked = loader::multiboot::unpack_modules(packed).unwrap();
+        let unpacked: Vec<(&str, &[u8])> = unpacked.iter().map(|m| (m.string, m.data)).collect();
+        assert_eq!(unpacked, [("m.txt a", &b"one"[..]), ("m.txt a", &b"two"[..])]);
+    }
+
+    #[test]
+    fn kernels_are_checked_before_anything_boots() {
+        let mut elf = elf64(&[(64 + 56, 0x20_0000, 1)], &[0xf4]);
+        elf[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
+        assert_eq!(kernel_format(&elf, std::path::Path::new("k")), Ok(Format::Elf));
+        assert_eq!(kernel_format(&multiboot_kernel(), std::path::Path::new("k")), Ok(Format::Multiboot));
+        assert!(kernel_format(b"MZ", std::path::Path::new("dos.exe"))
+            .unwrap_err()
+            .starts_with("dos.exe is not a kernel"));
+        // A plain ELF runs, but has no way to take a command line or modules.
+        assert!(bundle_with_linux("", &[], &[kernel_vm(Format::Elf, elf.clone(), "", Vec::new())]).is_ok());
+        let err = bundle_with_linux("", &[], &[kernel_vm(Format::Elf, elf, "quiet", Vec::new())]).unwrap_err();
+        assert!(err.contains("an ELF kernel without a Multiboot header"), "{err}");
+        // The loader's refusals come out naming the VM and the file.
+        let huge = vec![("big".to_string(), vec![0u8; 16 << 20])];
+        let err =
+            bundle_with_linux("", &[], &[kernel_vm(Format::Multiboot, multiboot_kernel(), "", huge)]).unwrap_err();
+        assert!(err.starts_with("VM 'k': dir/my kernel.elf: no room for module 1"), "{err}");
+        // A kernel file named like another entry.
+        let mut clash = kernel_vm(Format::Multiboot, multiboot_kernel(), "", Vec::new());
+        clash.kernel_name = "k.cmdline".into();
+        assert!(bundle_with_linux("", &[], &[clash]).unwrap_err().contains("two boot bundle entries would be named"));
     }
 
     #[test]

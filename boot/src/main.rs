@@ -32,15 +32,20 @@ commands:
                 --cpus N          (default 2)
                 --memory MIB      (default 512)
                 --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
-                --vm PATH.toml    run the Linux VM this file describes (see
-                                  README.md, 'VM description files')
+                --vm PATH.toml    run the VM this file describes (a Linux, Multiboot or
+                                  ELF kernel; see README.md, 'VM description files')
                 (default VM: Debian's stock Linux with a busybox shell on
                 this terminal; Ctrl-A X ends the run)
                 --demo            run the tiny built-in demo guest instead
-                --kernel PATH     run this Linux bzImage as the VM
-                                  (`--kernel debian`: Debian's stock kernel, fetched once)
-                --initrd PATH     with --kernel: its initramfs
-                --append TEXT     with --kernel: its command line
+                --kernel PATH     run this kernel as the VM, as QEMU's -kernel would: a
+                                  Linux bzImage, a Multiboot kernel or an ELF (told
+                                  apart by the file's contents; `--kernel debian`:
+                                  Debian's stock kernel, fetched once)
+                --initrd PATH     with --kernel: Linux: its initramfs; Multiboot: its
+                                  modules as QEMU takes them: 'FILE ARGS,FILE2', a
+                                  doubled comma being a comma
+                --append TEXT     with --kernel: its command line (Multiboot: after
+                                  the kernel's path and a space, as QEMU passes it)
                 --vm-memory MIB   with --kernel: the VM's RAM (default 256)
                 --vcpus N         with --kernel: the VM's vCPUs (default 1; each
                                   needs a CPU of its own, so at most --cpus)
@@ -181,20 +186,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let linux = match (vm_file, kernel_path) {
         (Some(file), _) => Some(vmconfig::load(std::path::Path::new(&file))?),
         (None, Some(path)) => {
-            let path = if path == "debian" { linux::debian_kernel()? } else { path.into() };
-            let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-            let linux = guests::LinuxVm {
-                name: "linux".into(),
-                kernel: read(&path)?,
-                initrd: initrd_path.map(|p| read(std::path::Path::new(&p))).transpose()?,
-                append: append.unwrap_or_else(|| "console=ttyS0".into()),
-                memory_mib: vm_memory,
-                vcpus,
-                time_limit_ms: 24 * 3600 * 1000,
-                host_console: true,
-                disks: disk_paths.iter().map(|p| read(std::path::Path::new(p))).collect::<Result<_, _>>()?,
-            };
-            Some(linux)
+            let boot = KernelBoot { initrd: initrd_path, append, memory_mib: vm_memory, vcpus, disks: disk_paths };
+            Some(kernel_vm(&path, boot)?)
         }
         (None, None) if demo => None,
         (None, None) => Some(default_linux_vm()?),
@@ -228,6 +221,58 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         InteractiveEnd::Ended(Ending::Timeout) => return Err("the run timed out".into()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `run --kernel` is given besides the kernel.
+struct KernelBoot {
+    initrd: Option<String>,
+    append: Option<String>,
+    memory_mib: u32,
+    vcpus: u32,
+    disks: Vec<String>,
+}
+
+/// The VM `run --kernel PATH` runs, as QEMU's `-kernel` would boot the file:
+/// its format from its bytes (a Linux bzImage, a Multiboot kernel, a plain
+/// ELF). A Linux kernel's `--initrd` is its initramfs and `--append` its
+/// command line (default `console=ttyS0`); a Multiboot kernel's `--initrd` is
+/// QEMU's module list ("file args,file2", files relative to the current
+/// directory) and its command line is PATH, a space and `--append`.
+/// `--kernel debian` is Debian's stock kernel.
+fn kernel_vm(path: &str, boot: KernelBoot) -> Result<guests::LinuxVm, String> {
+    use loader::Format;
+    use std::path::Path;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let file = if path == "debian" { linux::debian_kernel()? } else { path.into() };
+    let kernel = read(&file)?;
+    let format = guests::kernel_format(&kernel, &file)?;
+    let (initrd, modules) = match (format, &boot.initrd) {
+        (Format::Linux, Some(initrd)) => (Some(read(Path::new(initrd))?), Vec::new()),
+        (Format::Multiboot, Some(list)) => {
+            (None, guests::read_modules(list, Path::new("")).map_err(|e| format!("--initrd: {e}"))?)
+        }
+        (_, Some(_)) => {
+            return Err(format!(
+                "--initrd: {path} is an ELF kernel without a Multiboot header, which has no way to take modules"
+            ))
+        }
+        (_, None) => (None, Vec::new()),
+    };
+    let default_append = if format == Format::Linux { "console=ttyS0" } else { "" };
+    Ok(guests::LinuxVm {
+        name: if format == Format::Linux { "linux" } else { "kernel" }.into(),
+        format,
+        kernel,
+        kernel_name: path.into(),
+        initrd,
+        modules,
+        append: boot.append.unwrap_or_else(|| default_append.into()),
+        memory_mib: boot.memory_mib,
+        vcpus: boot.vcpus,
+        time_limit_ms: 24 * 3600 * 1000,
+        host_console: true,
+        disks: boot.disks.iter().map(|p| read(Path::new(p))).collect::<Result<_, _>>()?,
+    })
 }
 
 /// What this host's /dev/kvm passes on to a guest.
@@ -338,6 +383,8 @@ fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
         time_limit_ms: 10_000,
         corrupt_guest_state: false,
         blank_disks_mib: Vec::new(),
+        append: None,
+        initrd: None,
     };
     guests::bundle(cmdline, &[demo])
 }

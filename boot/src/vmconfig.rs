@@ -5,17 +5,19 @@
 //! name = "web"
 //! memory_mib = 256
 //! vcpus = 1
-//! kernel = "debian"          # or a bzImage path
-//! initrd = "initrd.cpio"     # optional
-//! cmdline = "quiet"          # optional; console= is added for `console`
-//! console = "serial"         # "serial" (ttyS0) or "virtio" (hvc0)
+//! kernel = "debian"          # or a kernel file: bzImage, Multiboot or ELF
+//! initrd = "initrd.cpio"     # optional; Multiboot: modules, "FILE ARGS,FILE2"
+//! cmdline = "quiet"          # optional; Linux: console= is added for `console`
+//! console = "serial"         # Linux: "serial" (ttyS0) or "virtio" (hvc0)
 //! [[disk]]
 //! path = "disk.img"
 //! ```
 //!
+//! The kernel's format comes from its contents, as `run --kernel` finds it.
 //! Relative paths are relative to the TOML file.
 
 use crate::guests::LinuxVm;
+use loader::Format;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -31,8 +33,8 @@ struct VmFile {
     initrd: Option<String>,
     #[serde(default)]
     cmdline: String,
-    #[serde(default = "serial")]
-    console: String,
+    /// Linux only; "serial" when not given.
+    console: Option<String>,
     #[serde(default)]
     disk: Vec<Disk>,
 }
@@ -49,9 +51,6 @@ fn default_memory() -> u32 {
 fn one() -> u32 {
     1
 }
-fn serial() -> String {
-    "serial".into()
-}
 
 /// What a VM file asks for, with paths resolved and values checked.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,8 +58,19 @@ pub struct VmConfig {
     pub name: String,
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// None: Debian's kernel.
     pub kernel: Option<PathBuf>,
+    /// The kernel's boot protocol, from its contents.
+    pub format: Format,
+    /// `kernel` as written: a Multiboot kernel's argv[0], as QEMU passes the
+    /// path it was given.
+    pub kernel_name: String,
+    /// Linux only.
     pub initrd: Option<PathBuf>,
+    /// Multiboot only: each module's file and its string, in order.
+    pub modules: Vec<(PathBuf, String)>,
+    /// Linux: with the console added; Multiboot: what follows the kernel's
+    /// name on its command line.
     pub cmdline: String,
     pub disks: Vec<PathBuf>,
 }
@@ -79,10 +89,10 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
     if !(1..=loader::manifest::MAX_VCPUS).contains(&vm.vcpus) {
         return Err(at("vcpus", format!("{} is outside 1 to {}", vm.vcpus, loader::manifest::MAX_VCPUS)));
     }
-    let console = match vm.console.as_str() {
-        "serial" => "console=ttyS0",
-        "virtio" => "console=hvc0",
-        other => return Err(at("console", format!("must be \"serial\" or \"virtio\", not \"{other}\""))),
+    let console = match vm.console.as_deref() {
+        None | Some("serial") => "console=ttyS0",
+        Some("virtio") => "console=hvc0",
+        Some(other) => return Err(at("console", format!("must be \"serial\" or \"virtio\", not \"{other}\""))),
     };
     if vm.disk.len() > loader::manifest::MAX_DISKS {
         return Err(at("disk", format!("at most {} disks", loader::manifest::MAX_DISKS)));
@@ -98,19 +108,64 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         }
     };
     let kernel = if vm.kernel == "debian" { None } else { Some(existing("kernel", &vm.kernel)?) };
-    let initrd = vm.initrd.as_deref().map(|p| existing("initrd", p)).transpose()?;
+    let format = match &kernel {
+        None => Format::Linux,
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| at("kernel", format!("cannot read {}: {e}", path.display())))?;
+            crate::guests::kernel_format(&bytes, path).map_err(|e| at("kernel", e))?
+        }
+    };
     let disks = vm
         .disk
         .iter()
         .enumerate()
         .map(|(i, d)| existing(&format!("disk[{i}].path"), &d.path))
         .collect::<Result<Vec<_>, _>>()?;
-    let cmdline = if vm.cmdline.split_whitespace().any(|w| w.starts_with("console=")) {
-        vm.cmdline.clone()
-    } else {
-        format!("{console} {}", vm.cmdline).trim().to_owned()
+    let not_for = |field: &str| at(field, format!("{} is not a Linux or Multiboot kernel but a plain ELF", vm.kernel));
+    let (initrd, modules, cmdline) = match format {
+        Format::Linux => {
+            let initrd = vm.initrd.as_deref().map(|p| existing("initrd", p)).transpose()?;
+            let cmdline = if vm.cmdline.split_whitespace().any(|w| w.starts_with("console=")) {
+                vm.cmdline.clone()
+            } else {
+                format!("{console} {}", vm.cmdline).trim().to_owned()
+            };
+            (initrd, Vec::new(), cmdline)
+        }
+        Format::Multiboot | Format::Elf => {
+            if vm.console.is_some() {
+                return Err(at("console", format!("is for Linux kernels; {} is not one", vm.kernel)));
+            }
+            if format == Format::Elf && !vm.cmdline.is_empty() {
+                return Err(not_for("cmdline"));
+            }
+            if format == Format::Elf && vm.initrd.is_some() {
+                return Err(not_for("initrd"));
+            }
+            // Multiboot: modules as QEMU's -initrd lists them.
+            let listed = vm.initrd.as_deref().map(crate::guests::split_module_list).transpose();
+            let listed = listed.map_err(|e| at("initrd", e))?.unwrap_or_default();
+            let modules = listed
+                .into_iter()
+                .map(|(file, string)| Ok((existing("initrd", &file)?, string)))
+                .collect::<Result<Vec<_>, String>>()?;
+            (None, modules, vm.cmdline.clone())
+        }
+        Format::Flat => return Err(at("kernel", format!("{} is a flat image, not a kernel", vm.kernel))),
     };
-    Ok(VmConfig { name: vm.name, memory_mib: vm.memory_mib, vcpus: vm.vcpus, kernel, initrd, cmdline, disks })
+    Ok(VmConfig {
+        name: vm.name,
+        memory_mib: vm.memory_mib,
+        vcpus: vm.vcpus,
+        kernel,
+        format,
+        kernel_name: vm.kernel,
+        initrd,
+        modules,
+        cmdline,
+        disks,
+    })
 }
 
 /// Reads the file and everything it names into a Linux VM for the bundle.
@@ -124,8 +179,15 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
     };
     Ok(LinuxVm {
         name: config.name,
+        format: config.format,
         kernel: read(&kernel_path)?,
+        kernel_name: config.kernel_name,
         initrd: config.initrd.as_deref().map(read).transpose()?,
+        modules: config
+            .modules
+            .iter()
+            .map(|(path, string)| Ok((string.clone(), read(path)?)))
+            .collect::<Result<_, String>>()?,
         append: config.cmdline,
         memory_mib: config.memory_mib,
         vcpus: config.vcpus,
@@ -139,13 +201,60 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
 mod tests {
     use super::*;
 
+    /// A directory holding `files`: each one a Linux kernel as far as the
+    /// format's detection looks (the boot sector's flag and "HdrS").
     fn dir_with(files: &[&str]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("basalt-vmconfig-{}-{}", std::process::id(), files.len()));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut bzimage = [0u8; 1024];
+        bzimage[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+        bzimage[0x202..0x206].copy_from_slice(b"HdrS");
         for f in files {
-            std::fs::write(dir.join(f), [0u8; 512]).unwrap();
+            std::fs::write(dir.join(f), bzimage).unwrap();
         }
         dir
+    }
+
+    /// A Multiboot kernel (the header's address fields, loaded at 1 MiB).
+    fn multiboot_kernel() -> Vec<u8> {
+        let (magic, flags, load) = (0x1bad_b002u32, 1u32 << 16, 0x10_0000u32);
+        let fields = [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags), load, load, load + 36, 0, load + 32];
+        let mut kernel: Vec<u8> = fields.iter().flat_map(|v| v.to_le_bytes()).collect();
+        kernel.extend_from_slice(&[0xf4; 4]);
+        kernel
+    }
+
+    #[test]
+    fn a_multiboot_kernel_takes_modules_as_qemu_lists_them() {
+        // Four files: a directory of its own (named by the count).
+        let dir = dir_with(&["m1.bin", "m2.bin", "x", "y"]);
+        std::fs::write(dir.join("mb.elf"), multiboot_kernel()).unwrap();
+        let file = dir.join("vm.toml");
+        let text = "name = \"mb\"\nkernel = \"mb.elf\"\ncmdline = \"a b\"\ninitrd = \"m1.bin x=1,,2,m2.bin\"\n";
+        std::fs::write(&file, text).unwrap();
+        let c = parse(text, &file).unwrap();
+        assert_eq!((c.format, c.kernel_name.as_str(), c.cmdline.as_str()), (Format::Multiboot, "mb.elf", "a b"));
+        assert_eq!(
+            c.modules,
+            [(dir.join("m1.bin"), "m1.bin x=1,2".to_string()), (dir.join("m2.bin"), "m2.bin".into())]
+        );
+        assert_eq!(c.initrd, None);
+        let vm = load(&file).unwrap();
+        assert_eq!((vm.format, vm.modules.len(), vm.append.as_str()), (Format::Multiboot, 2, "a b"));
+        let err = |text: &str| parse(text, &file).unwrap_err();
+        assert!(err("name = \"mb\"\nkernel = \"mb.elf\"\nconsole = \"serial\"").contains("console: is for Linux"));
+        assert!(err("name = \"mb\"\nkernel = \"mb.elf\"\ninitrd = \"m1.bin,nope.bin\"").contains("initrd: "));
+        assert!(err("name = \"mb\"\nkernel = \"mb.elf\"\ninitrd = \" m1.bin\"").contains("no file name"));
+        std::fs::write(dir.join("plain.elf"), b"\x7fELF").unwrap();
+        let plain = parse("name = \"p\"\nkernel = \"plain.elf\"", &file).unwrap();
+        assert_eq!((plain.format, plain.cmdline.as_str()), (Format::Elf, ""));
+        assert!(err("name = \"p\"\nkernel = \"plain.elf\"\ncmdline = \"x\"").contains("cmdline: plain.elf is not"));
+        assert!(err("name = \"p\"\nkernel = \"plain.elf\"\ninitrd = \"x\"").contains("initrd: plain.elf is not"));
+        std::fs::write(dir.join("junk"), b"MZ").unwrap();
+        assert!(
+            err("name = \"j\"\nkernel = \"junk\"").contains("kernel: ")
+                && err("name = \"j\"\nkernel = \"junk\"").contains("not a kernel Basalt can boot")
+        );
     }
 
     #[test]
