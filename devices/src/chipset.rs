@@ -70,6 +70,20 @@ impl StartupLatch {
     }
 }
 
+/// How many distinct MSR numbers answered with #GP a VM's log names (see
+/// `Chipset::first_refusal_of_msr`): enough to see what a guest probes, few
+/// enough that a guest walking the MSR space cannot flood the log.
+pub const REFUSED_MSRS_LOGGED: usize = 8;
+
+/// A vCPU's MSR state that lives with the platform rather than in the VMCS or
+/// VMCB (the exit layer's `msr.rs` owns the rules).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuMsrs {
+    /// IA32_MISC_ENABLE as the guest last wrote it; None until it writes it
+    /// (the reset value is the exit layer's).
+    pub misc_enable: Option<u64>,
+}
+
 pub struct ChipsetConfig {
     pub vcpus: u32,
     pub tsc_hz: u64,
@@ -95,6 +109,10 @@ pub struct Chipset {
     dropped_signals: u64,
     /// Per vCPU: something arrived for it (see `take_wakeup`).
     wakeups: Vec<bool>,
+    msrs: Vec<VcpuMsrs>,
+    /// MSR numbers already logged as refused (the first `REFUSED_MSRS_LOGGED`).
+    refused_msrs: [u32; REFUSED_MSRS_LOGGED],
+    refused_msrs_seen: usize,
     /// Further port devices (debug exit, ...).
     pub ports: PortBus,
     /// virtio-mmio devices, slot i at `layout::virtio_slot(i)`, with the level
@@ -109,8 +127,16 @@ impl Chipset {
         let vcpus = config.vcpus.max(1) as usize;
         Chipset {
             // Periodic local APIC timers: at most 10 000 interrupts a second.
+            // vCPU 0 is the bootstrap processor (IA32_APIC_BASE.BSP).
             lapics: (0..vcpus)
-                .map(|id| LocalApic::new(id as u8).with_min_timer_period(config.tsc_hz / 10_000))
+                .map(|id| {
+                    let apic = LocalApic::new(id as u8).with_min_timer_period(config.tsc_hz / 10_000);
+                    if id == 0 {
+                        apic.as_bootstrap()
+                    } else {
+                        apic
+                    }
+                })
                 .collect(),
             ioapic: IoApic::new(vcpus as u8),
             pic: PicPair::new(),
@@ -126,6 +152,9 @@ impl Chipset {
             signals: alloc::vec![StartupLatch::default(); vcpus],
             dropped_signals: 0,
             wakeups: alloc::vec![false; vcpus],
+            msrs: alloc::vec![VcpuMsrs::default(); vcpus],
+            refused_msrs: [0; REFUSED_MSRS_LOGGED],
+            refused_msrs_seen: 0,
             ports: PortBus::new(),
             virtio: Vec::new(),
             mmio: MmioBus::new(),
@@ -251,9 +280,12 @@ impl Chipset {
         None
     }
 
-    /// An MMIO read by `vcpu` (the local APIC page is per vCPU).
+    /// An MMIO read by `vcpu` (the local APIC page is per vCPU, and only
+    /// there while that APIC is in xAPIC mode: otherwise the address is
+    /// nobody's).
     pub fn mmio_read(&mut self, vcpu: usize, address: u64, size: u8, now: u64) -> u64 {
-        if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+        let lapic = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE);
+        if let Some(offset) = lapic.filter(|_| self.lapics[vcpu].decodes_mmio()) {
             let value = self.lapics[vcpu].read(offset as u32 & !0xf, now) as u64;
             return value >> (8 * (offset & 3)) & all_ones(size);
         }
@@ -276,22 +308,21 @@ impl Chipset {
         now: u64,
         ram: &mut dyn GuestRam,
     ) -> Option<Request> {
-        if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+        let lapic = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE);
+        if lapic.is_some() && !self.lapics[vcpu].decodes_mmio() {
+            // Unclaimed (below), but a CPU virtualising the page has already
+            // stored the value there: the next mirror takes it out again.
+            self.lapics[vcpu].page_written_while_undecoded();
+        }
+        if let Some(offset) = lapic.filter(|_| self.lapics[vcpu].decodes_mmio()) {
             // Registers are written whole, by aligned 32-bit stores; anything
             // else is model-specific on hardware and ignored here (a byte
             // written into a register's padding must not become a write of it).
             if size != 4 || offset & 0xf != 0 {
                 return None;
             }
-            match self.lapics[vcpu].write(offset as u32, value as u32, now) {
-                Some(lapic::Effect::Send(message)) => self.deliver(Some(vcpu), message),
-                Some(lapic::Effect::LevelEoi(vector)) => {
-                    for message in self.ioapic.end_of_interrupt(vector) {
-                        self.deliver(None, message);
-                    }
-                }
-                None => {}
-            }
+            let effect = self.lapics[vcpu].write(offset as u32, value as u32, now);
+            self.act_on_lapic(vcpu, effect);
             return None;
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
@@ -306,6 +337,80 @@ impl Chipset {
             return None;
         }
         self.mmio.write(address, size, value)
+    }
+
+    /// What a local APIC register write asks of the platform.
+    fn act_on_lapic(&mut self, vcpu: usize, effect: Option<lapic::Effect>) {
+        match effect {
+            Some(lapic::Effect::Send(message)) => self.deliver(Some(vcpu), message),
+            Some(lapic::Effect::LevelEoi(vector)) => {
+                for message in self.ioapic.end_of_interrupt(vector) {
+                    self.deliver(None, message);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// IA32_APIC_BASE of `vcpu`.
+    pub fn apic_base(&self, vcpu: usize) -> u64 {
+        self.lapics[vcpu].base()
+    }
+
+    /// WRMSR to IA32_APIC_BASE of `vcpu` (see `LocalApic::set_base`).
+    pub fn set_apic_base(
+        &mut self,
+        vcpu: usize,
+        value: u64,
+        x2apic_offered: bool,
+        phys_bits: u32,
+    ) -> Result<(), lapic::BaseRefused> {
+        self.lapics[vcpu].set_base(value, x2apic_offered, phys_bits)
+    }
+
+    /// The mode of `vcpu`'s local APIC (CPUID.1:EDX.APIC says whether it is on).
+    pub fn apic_mode(&self, vcpu: usize) -> lapic::Mode {
+        self.lapics[vcpu].mode()
+    }
+
+    /// RDMSR of an x2APIC MSR by `vcpu`.
+    pub fn x2apic_read(&self, vcpu: usize, msr: u32, now: u64) -> Result<u64, lapic::MsrRefused> {
+        self.lapics[vcpu].read_msr(msr, now)
+    }
+
+    /// WRMSR of an x2APIC MSR by `vcpu`; IPIs and EOIs go where they would
+    /// from the page.
+    pub fn x2apic_write(&mut self, vcpu: usize, msr: u32, value: u64, now: u64) -> Result<(), lapic::MsrRefused> {
+        let effect = self.lapics[vcpu].write_msr(msr, value, now)?;
+        self.act_on_lapic(vcpu, effect);
+        Ok(())
+    }
+
+    /// `vcpu`'s task priority (CR8 is its bits 7:4), whatever the APIC's mode.
+    pub fn tpr(&self, vcpu: usize) -> u8 {
+        self.lapics[vcpu].tpr()
+    }
+
+    pub fn set_tpr(&mut self, vcpu: usize, tpr: u8) {
+        self.lapics[vcpu].set_tpr(tpr);
+    }
+
+    /// `vcpu`'s MSRs kept with the platform.
+    pub fn vcpu_msrs(&mut self, vcpu: usize) -> &mut VcpuMsrs {
+        &mut self.msrs[vcpu]
+    }
+
+    /// Whether the VM's log should name `msr` as answered with #GP: true the
+    /// first time for each of the first `REFUSED_MSRS_LOGGED` numbers, false
+    /// for a number already named and for every one past them.
+    pub fn first_refusal_of_msr(&mut self, msr: u32) -> bool {
+        let seen = &self.refused_msrs[..self.refused_msrs_seen];
+        if seen.contains(&msr) || self.refused_msrs_seen == REFUSED_MSRS_LOGGED {
+            return false;
+        }
+        self.refused_msrs[self.refused_msrs_seen] = msr;
+        self.refused_msrs_seen += 1;
+        true
     }
 
     /// APIC virtualisation: a vCPU's local APIC state into its virtual-APIC
@@ -458,15 +563,15 @@ impl Chipset {
     /// Routes an APIC message from `source` (None: the IOAPIC) to its targets.
     fn deliver(&mut self, source: Option<usize>, message: Message) {
         for i in 0..self.lapics.len() {
+            // A globally disabled APIC takes nothing, shorthands included.
+            let enabled = self.lapics[i].mode() != lapic::Mode::Disabled;
             let selected = match message.destination {
-                Destination::Physical(0xff) => true,
-                Destination::Physical(id) => self.lapics[i].id() == id,
-                Destination::Logical(mask) => self.lapics[i].matches_logical(mask),
                 Destination::SelfOnly => source == Some(i),
                 Destination::AllIncludingSelf => true,
                 Destination::AllExcludingSelf => source != Some(i),
+                addressed => self.lapics[i].is_addressed_by(addressed),
             };
-            if !selected {
+            if !selected || !enabled {
                 continue;
             }
             let signal = match message.mode {
@@ -788,6 +893,58 @@ mod tests {
         let mut used = [0u8; 2];
         ram.read(0x3002, &mut used).unwrap();
         assert_eq!(u16::from_le_bytes(used), 1);
+    }
+
+    #[test]
+    fn x2apic_ipis_cross_between_vcpus_and_the_page_is_gone() {
+        use crate::lapic::apic_base::{EN, EXTD};
+        let (mut c, _) = chipset(3);
+        for vcpu in 0..3 {
+            enable_apic(&mut c, vcpu);
+            c.set_apic_base(vcpu, layout::LAPIC_BASE | EN | EXTD, true, 48).unwrap();
+        }
+        assert_eq!(c.mmio_read(1, layout::LAPIC_BASE + 0x20, 4, 0), 0xffff_ffff, "unclaimed");
+        assert_eq!(c.mmio.unclaimed.reads, 1);
+        // Physical IPI 0 -> 2, then a logical one to cluster 0, members 0 and 1.
+        c.x2apic_write(0, 0x830, 2 << 32 | 0x45, 0).unwrap();
+        assert_eq!((c.take_interrupt(2), c.has_interrupt(1)), (Some(0x45), false));
+        c.x2apic_write(2, 0x830, 0b11 << 32 | 1 << 11 | 0x46, 0).unwrap();
+        assert_eq!((c.take_interrupt(0), c.take_interrupt(1), c.has_interrupt(2)), (Some(0x46), Some(0x46), false));
+        assert!(c.take_wakeup(1));
+        // Level-triggered EOI through MSR 0x80b reaches the IOAPIC as from the page.
+        assert_eq!(c.x2apic_write(0, 0x80b, 0, 0), Ok(()));
+        assert_eq!(c.x2apic_write(0, 0x80b, 1, 0), Err(lapic::MsrRefused));
+        // CR8's TPR in x2APIC mode.
+        c.set_tpr(1, 0x70);
+        assert_eq!(c.x2apic_read(1, 0x808, 0), Ok(0x70));
+    }
+
+    #[test]
+    fn a_disabled_apic_is_not_on_the_bus() {
+        let (mut c, _) = chipset(2);
+        enable_apic(&mut c, 0);
+        enable_apic(&mut c, 1);
+        c.set_apic_base(1, layout::LAPIC_BASE, true, 48).unwrap();
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x000c_0033, 0);
+        lapic_write(&mut c, 0, reg::ICR_HIGH, 1 << 24, 0);
+        lapic_write(&mut c, 0, reg::ICR_LOW, 0x4500, 0);
+        assert!(!c.has_interrupt(1) && c.take_signal(1).is_none() && !c.take_wakeup(1));
+        // Its page writes are nobody's, and the mirror must undo them.
+        let mut page: lapic::VirtualApicPage = [0; 1024];
+        assert!(c.mirror_lapic(1, &mut page, false));
+        lapic_write(&mut c, 1, reg::SVR, 0x1ff, 0);
+        assert_eq!(c.mmio.unclaimed.writes, 1);
+        assert!(c.mirror_lapic(1, &mut page, false), "stale after a write to the undecoded page");
+        assert_eq!(c.apic_mode(1), lapic::Mode::Disabled);
+    }
+
+    #[test]
+    fn refused_msrs_are_named_once_each_up_to_the_bound() {
+        let (mut c, _) = chipset(1);
+        let firsts: Vec<bool> = (0..20).chain(0..20).map(|msr| c.first_refusal_of_msr(msr)).collect();
+        assert_eq!(firsts.iter().filter(|&&first| first).count(), REFUSED_MSRS_LOGGED);
+        assert!(firsts[..REFUSED_MSRS_LOGGED].iter().all(|&first| first));
+        assert!(!c.first_refusal_of_msr(0), "named already");
     }
 
     #[test]

@@ -1,7 +1,13 @@
-//! A local APIC in xAPIC mode (the 4 KiB register page at 0xfee0_0000), one per
-//! vCPU: interrupt acceptance and priority (IRR, ISR, TMR, TPR, PPR), EOI, the
-//! timer in one-shot, periodic and TSC-deadline modes, and the interrupt command
-//! register. IPIs are handed back to the caller (the chipset), which routes them.
+//! A local APIC, one per vCPU: interrupt acceptance and priority (IRR, ISR, TMR,
+//! TPR, PPR), EOI, the timer in one-shot, periodic and TSC-deadline modes, and
+//! the interrupt command register. IPIs are handed back to the caller (the
+//! chipset), which routes them.
+//!
+//! IA32_APIC_BASE selects its mode (`set_base`): xAPIC (the 4 KiB register
+//! page at 0xfee0_0000), x2APIC (the same registers as MSRs 0x800-0x8ff, see
+//! `read_msr`/`write_msr`; the page no longer decodes) or globally disabled (no
+//! page, no messages; turning it off resets it). The base address is fixed:
+//! relocation is refused, as nothing in the platform could follow it.
 //!
 //! Time is the guest's TSC: the timer counts at the TSC rate before its divider,
 //! which is what CPUID leaf 0x15 tells the guest, so no conversion is needed.
@@ -35,7 +41,60 @@ pub mod reg {
     pub const TIMER_INITIAL: u32 = 0x380;
     pub const TIMER_CURRENT: u32 = 0x390;
     pub const TIMER_DIVIDE: u32 = 0x3e0;
+    /// x2APIC mode only (MSR 0x83f): a fixed self-IPI by vector.
+    pub const SELF_IPI: u32 = 0x3f0;
 }
+
+/// IA32_APIC_BASE (MSR 0x1b) bits.
+pub mod apic_base {
+    /// This processor is the bootstrap processor (fixed per vCPU: writes keep it).
+    pub const BSP: u64 = 1 << 8;
+    /// x2APIC mode (with EN).
+    pub const EXTD: u64 = 1 << 10;
+    /// The APIC is enabled; clear, it is globally disabled.
+    pub const EN: u64 = 1 << 11;
+    /// Bits 0-7 and 9, reserved on every CPU.
+    pub const RESERVED_LOW: u64 = 0x2ff;
+    /// The first x2APIC MSR: register offset `o` of the page is MSR 0x800 + o / 16.
+    pub const X2APIC_MSR_BASE: u32 = 0x800;
+}
+
+/// The mode IA32_APIC_BASE's EN and EXTD bits select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Globally disabled (EN = 0): neither the page nor the MSRs respond, and
+    /// no interrupt message reaches it.
+    Disabled,
+    XApic,
+    X2Apic,
+}
+
+/// Why a write to IA32_APIC_BASE is refused: each is #GP(0) on a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseRefused {
+    /// Bits 0-7, 9, or from MAXPHYADDR up.
+    ReservedBits,
+    /// EXTD on a CPU whose CPUID does not offer x2APIC (the bit is reserved there).
+    X2ApicNotOffered,
+    /// A base other than 0xfee0_0000: the platform does not model relocation.
+    Relocation,
+    /// EXTD without EN: the state the SDM calls invalid.
+    Invalid,
+    /// x2APIC straight back to xAPIC: only through disabled.
+    X2ApicToXApic,
+    /// Disabled straight to x2APIC: only through xAPIC.
+    DisabledToX2Apic,
+}
+
+/// An x2APIC MSR access the CPU refuses with #GP(0): not in x2APIC mode, a
+/// register x2APIC mode does not have, a read of a write-only register or a
+/// write of a read-only one, or reserved bits set where the SDM checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrRefused;
+
+/// x2APIC ICR bits that are reserved (WRMSR with any of them set is #GP, as
+/// KVM checks too): 31:20, 17:16 and 13.
+const X2APIC_ICR_RESERVED: u64 = 0xfff0_0000 | 0x3_0000 | 0x2000;
 
 /// The registers a CPU with APIC-register virtualisation reads straight from
 /// the virtual-APIC page, without an exit (Intel SDM, "Virtualizing Reads from
@@ -131,10 +190,15 @@ impl DeliveryMode {
 /// Who an interrupt message is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Destination {
-    /// One APIC by ID (0xff: all).
+    /// One APIC by ID (0xff: all): xAPIC ICRs and IOAPIC redirections.
     Physical(u8),
     /// APICs whose logical ID matches the mask (flat or cluster model).
     Logical(u8),
+    /// An x2APIC ICR's 32-bit physical destination (0xffff_ffff: all).
+    X2Physical(u32),
+    /// An x2APIC ICR's logical destination: cluster in bits 31:16, a bitmap
+    /// of the cluster's 16 members below (0xffff_ffff: all).
+    X2Logical(u32),
     SelfOnly,
     AllIncludingSelf,
     AllExcludingSelf,
@@ -188,6 +252,12 @@ impl VectorSet {
 
 pub struct LocalApic {
     id: u8,
+    /// The ID at power-up (the vCPU index): the x2APIC ID, and what a
+    /// disabled-and-re-enabled APIC starts from again.
+    initial_id: u8,
+    mode: Mode,
+    /// IA32_APIC_BASE.BSP.
+    bsp: bool,
     tpr: u32,
     ldr: u32,
     dfr: u32,
@@ -226,6 +296,9 @@ impl LocalApic {
     pub fn new(id: u8) -> LocalApic {
         LocalApic {
             id,
+            initial_id: id,
+            mode: Mode::XApic,
+            bsp: false,
             tpr: 0,
             ldr: 0,
             dfr: 0xffff_ffff,
@@ -259,8 +332,188 @@ impl LocalApic {
         LocalApic { min_timer_period: ticks, ..self }
     }
 
+    /// The same APIC as the bootstrap processor's (IA32_APIC_BASE.BSP).
+    pub fn as_bootstrap(self) -> LocalApic {
+        LocalApic { bsp: true, ..self }
+    }
+
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether the register page answers at 0xfee0_0000 (xAPIC mode only: in
+    /// x2APIC mode and while disabled, accesses there reach no device).
+    pub fn decodes_mmio(&self) -> bool {
+        self.mode == Mode::XApic
+    }
+
+    /// IA32_APIC_BASE as RDMSR reads it.
+    pub fn base(&self) -> u64 {
+        let mut value = crate::layout::LAPIC_BASE;
+        if self.bsp {
+            value |= apic_base::BSP;
+        }
+        match self.mode {
+            Mode::Disabled => {}
+            Mode::XApic => value |= apic_base::EN,
+            Mode::X2Apic => value |= apic_base::EN | apic_base::EXTD,
+        }
+        value
+    }
+
+    /// WRMSR to IA32_APIC_BASE, checked as the SDM's state rules say
+    /// ("x2APIC State Transitions"): EN and EXTD pick the mode; EXTD alone is
+    /// invalid; x2APIC goes back to xAPIC only through disabled, and disabled
+    /// reaches x2APIC only through xAPIC. `x2apic_offered`: CPUID.1:ECX.x2APIC
+    /// as the guest sees it (without it EXTD is reserved); `phys_bits`: the
+    /// guest's MAXPHYADDR (bits from it up are reserved). The BSP bit is this
+    /// vCPU's and keeps its value whatever is written.
+    pub fn set_base(&mut self, value: u64, x2apic_offered: bool, phys_bits: u32) -> Result<(), BaseRefused> {
+        // A MAXPHYADDR below 36 or above 52 is no CPU's: keep the mask sane.
+        let above = u64::MAX.checked_shl(phys_bits.clamp(36, 52)).unwrap_or(0);
+        if value & (above | apic_base::RESERVED_LOW) != 0 {
+            return Err(BaseRefused::ReservedBits);
+        }
+        if value & apic_base::EXTD != 0 && !x2apic_offered {
+            return Err(BaseRefused::X2ApicNotOffered);
+        }
+        if value & !0xfff != crate::layout::LAPIC_BASE {
+            return Err(BaseRefused::Relocation);
+        }
+        let mode = match (value & apic_base::EN != 0, value & apic_base::EXTD != 0) {
+            (false, false) => Mode::Disabled,
+            (true, false) => Mode::XApic,
+            (true, true) => Mode::X2Apic,
+            (false, true) => return Err(BaseRefused::Invalid),
+        };
+        match (self.mode, mode) {
+            (old, new) if old == new => {}
+            (Mode::X2Apic, Mode::XApic) => return Err(BaseRefused::X2ApicToXApic),
+            (Mode::Disabled, Mode::X2Apic) => return Err(BaseRefused::DisabledToX2Apic),
+            // Off: the SDM lets the APIC lose its state, and forgetting it is
+            // what keeps a disabled APIC from holding interrupts, a timer or a
+            // software-enabled SVR for when it comes back.
+            (_, Mode::Disabled) => self.power_up(Mode::Disabled),
+            (_, Mode::XApic) => {
+                self.mode = Mode::XApic;
+                self.mirror_stale = true;
+            }
+            // xAPIC to x2APIC keeps every register but the ID, which becomes
+            // the initial (x2APIC) ID; LDR follows from it (`x2apic_ldr`).
+            (_, Mode::X2Apic) => {
+                self.mode = Mode::X2Apic;
+                self.id = self.initial_id;
+                self.mirror_stale = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every register to its power-up value (the ID to the initial one), in `mode`.
+    fn power_up(&mut self, mode: Mode) {
+        let fresh = LocalApic::new(self.initial_id).with_min_timer_period(self.min_timer_period);
+        *self = LocalApic { mode, bsp: self.bsp, ..fresh };
+    }
+
+    /// The x2APIC logical ID, which x2APIC mode derives from the x2APIC ID:
+    /// cluster (ID / 16) in bits 31:16, one bit for the ID's place in it.
+    fn x2apic_ldr(&self) -> u32 {
+        let id = self.id as u32;
+        ((id >> 4) << 16) | (1 << (id & 0xf))
+    }
+
+    /// RDMSR of an x2APIC MSR (0x800-0x8ff). Only in x2APIC mode; ID is the
+    /// full 32-bit x2APIC ID, ICR one 64-bit register; EOI, SELF IPI and
+    /// registers x2APIC mode lacks (APR, RRD, DFR, ICR high) are refused.
+    pub fn read_msr(&self, msr: u32, now: u64) -> Result<u64, MsrRefused> {
+        let offset = x2apic_offset(msr).ok_or(MsrRefused)?;
+        if self.mode != Mode::X2Apic {
+            return Err(MsrRefused);
+        }
+        let value = match offset {
+            reg::ID => self.id as u32,
+            reg::LDR => self.x2apic_ldr(),
+            reg::ICR_LOW => return Ok((self.icr_high as u64) << 32 | self.icr_low as u64),
+            reg::VERSION | reg::TPR | reg::PPR | reg::SVR | reg::ESR | reg::LVT_CMCI => self.read(offset, now),
+            reg::ISR..=0x270 | reg::LVT_TIMER..=reg::LVT_ERROR => self.read(offset, now),
+            reg::TIMER_INITIAL | reg::TIMER_CURRENT | reg::TIMER_DIVIDE => self.read(offset, now),
+            _ => return Err(MsrRefused),
+        };
+        Ok(value as u64)
+    }
+
+    /// WRMSR of an x2APIC MSR; returns what the platform must do about it.
+    /// Bits 63:32 are reserved in every register but ICR; EOI and ESR take
+    /// only 0; read-only registers (ID, LDR, PPR, ISR/TMR/IRR, version,
+    /// current count) refuse writes.
+    pub fn write_msr(&mut self, msr: u32, value: u64, now: u64) -> Result<Option<Effect>, MsrRefused> {
+        let offset = x2apic_offset(msr).ok_or(MsrRefused)?;
+        if self.mode != Mode::X2Apic {
+            return Err(MsrRefused);
+        }
+        if offset == reg::ICR_LOW {
+            if value & X2APIC_ICR_RESERVED != 0 {
+                return Err(MsrRefused);
+            }
+            // The destination first: the low half's write sends the IPI.
+            self.icr_high = (value >> 32) as u32;
+            return Ok(self.write(reg::ICR_LOW, value as u32, now));
+        }
+        let value = u32::try_from(value).map_err(|_| MsrRefused)?;
+        match offset {
+            reg::TPR | reg::SVR | reg::LVT_CMCI | reg::LVT_TIMER..=reg::LVT_ERROR => Ok(self.write(offset, value, now)),
+            reg::TIMER_INITIAL | reg::TIMER_DIVIDE => Ok(self.write(offset, value, now)),
+            reg::EOI | reg::ESR if value == 0 => Ok(self.write(offset, 0, now)),
+            reg::SELF_IPI => Ok(Some(Effect::Send(Message {
+                vector: value as u8,
+                mode: DeliveryMode::Fixed,
+                destination: Destination::SelfOnly,
+                level_triggered: false,
+            }))),
+            _ => Err(MsrRefused),
+        }
+    }
+
+    /// The task-priority register, as CR8 reads it (TPR[7:4]) in every mode.
+    pub fn tpr(&self) -> u8 {
+        self.tpr as u8
+    }
+
+    /// A TPR written through CR8.
+    pub fn set_tpr(&mut self, tpr: u8) {
+        self.tpr = tpr as u32;
+        self.mirror_stale = true;
+    }
+
+    /// Whether a message addressed to `destination` (not a shorthand) selects
+    /// this APIC. A disabled APIC is on nobody's bus. xAPIC-format messages
+    /// (IOAPIC redirections) reach x2APIC-mode APICs by the low 8 bits of the
+    /// ID, and a logical one by cluster 0's members, which is as far as 8
+    /// bits reach; x2APIC-format ones reach only x2APIC-mode APICs, but for
+    /// their broadcast.
+    pub fn is_addressed_by(&self, destination: Destination) -> bool {
+        const ALL: u32 = u32::MAX;
+        match (self.mode, destination) {
+            (Mode::Disabled, _) => false,
+            (_, Destination::SelfOnly | Destination::AllIncludingSelf | Destination::AllExcludingSelf) => false,
+            (_, Destination::Physical(id)) => id == 0xff || id == self.id,
+            (Mode::XApic, Destination::Logical(mask)) => self.matches_logical(mask),
+            (Mode::X2Apic, Destination::Logical(mask)) => {
+                let ldr = self.x2apic_ldr();
+                ldr >> 16 == 0 && (mask as u32) & ldr != 0
+            }
+            (_, Destination::X2Physical(ALL) | Destination::X2Logical(ALL)) => true,
+            (Mode::XApic, Destination::X2Physical(_) | Destination::X2Logical(_)) => false,
+            (Mode::X2Apic, Destination::X2Physical(id)) => id == self.id as u32,
+            (Mode::X2Apic, Destination::X2Logical(destination)) => {
+                let ldr = self.x2apic_ldr();
+                destination >> 16 == ldr >> 16 && destination & ldr & 0xffff != 0
+            }
+        }
     }
 
     pub fn software_enabled(&self) -> bool {
@@ -332,12 +585,27 @@ impl LocalApic {
 
     /// Writes the registers the CPU reads without exiting into the vCPU's
     /// virtual-APIC page, so what the guest reads there is this model's state.
+    ///
+    /// Outside xAPIC mode the page is no device's, so it reads as unclaimed
+    /// memory does (all ones), but for TPR: a CPU shadowing the TPR keeps CR8
+    /// there, and CR8 is the TPR in every mode. (So on such a CPU an MMIO read
+    /// of offset 0x80 shows the TPR where hardware would read nothing.)
     pub fn mirror(&mut self, page: &mut VirtualApicPage) {
         for offset in VIRTUALIZED_READS {
             // None of them depends on the time (the current count is not there).
-            page[offset as usize / 4] = self.read(offset, 0);
+            page[offset as usize / 4] = match self.mode {
+                Mode::XApic => self.read(offset, 0),
+                _ if offset == reg::TPR => self.tpr,
+                _ => u32::MAX,
+            };
         }
         self.mirror_stale = false;
+    }
+
+    /// A write to the page outside xAPIC mode, which no device took: the next
+    /// `mirror` must undo what the CPU stored there.
+    pub fn page_written_while_undecoded(&mut self) {
+        self.mirror_stale = true;
     }
 
     /// Whether a mirrored register (or the TPR threshold) may have changed
@@ -349,7 +617,17 @@ impl LocalApic {
 
     /// Takes in what the guest wrote to the virtual-APIC page without an exit:
     /// TPR (TPR shadowing) and ICR high (only an ICR low write sends the IPI).
+    /// Outside xAPIC mode only the TPR is taken (CR8); an ICR high written
+    /// there is unclaimed memory, undone by the next mirror.
     pub fn absorb(&mut self, page: &VirtualApicPage) {
+        if self.mode != Mode::XApic {
+            let tpr = page[reg::TPR as usize / 4] & 0xff;
+            if tpr != self.tpr || page[reg::ICR_HIGH as usize / 4] != u32::MAX {
+                self.tpr = tpr;
+                self.mirror_stale = true;
+            }
+            return;
+        }
         let (tpr, icr_high) = (page[reg::TPR as usize / 4] & 0xff, page[reg::ICR_HIGH as usize / 4] & 0xff00_0000);
         if (tpr, icr_high) != (self.tpr, self.icr_high) {
             (self.tpr, self.icr_high) = (tpr, icr_high);
@@ -473,11 +751,15 @@ impl LocalApic {
     fn ipi(&self) -> Message {
         let shorthand = (self.icr_low >> 18) & 3;
         let target = (self.icr_high >> 24) as u8;
+        let logical = self.icr_low & (1 << 11) != 0;
         let destination = match shorthand {
             1 => Destination::SelfOnly,
             2 => Destination::AllIncludingSelf,
             3 => Destination::AllExcludingSelf,
-            _ if self.icr_low & (1 << 11) != 0 => Destination::Logical(target),
+            // x2APIC mode: ICR high is the whole 32-bit destination.
+            _ if self.mode == Mode::X2Apic && logical => Destination::X2Logical(self.icr_high),
+            _ if self.mode == Mode::X2Apic => Destination::X2Physical(self.icr_high),
+            _ if logical => Destination::Logical(target),
             _ => Destination::Physical(target),
         };
         Message {
@@ -596,10 +878,20 @@ impl LocalApic {
         }
     }
 
-    /// INIT: every register to its power-up value except the ID.
+    /// INIT: every register to its power-up value except the ID; the mode
+    /// (IA32_APIC_BASE) stays as it is, as the SDM says for INIT.
     pub fn init(&mut self) {
-        *self = LocalApic::new(self.id).with_min_timer_period(self.min_timer_period);
+        let (id, mode) = (self.id, self.mode);
+        self.power_up(mode);
+        self.id = id;
     }
+}
+
+/// The register offset an x2APIC MSR names, for MSRs 0x800-0x8ff (the page's
+/// first 4 KiB in 16-byte steps).
+fn x2apic_offset(msr: u32) -> Option<u32> {
+    let index = msr.checked_sub(apic_base::X2APIC_MSR_BASE).filter(|&i| i < 0x100)?;
+    Some(index << 4)
 }
 
 #[cfg(test)]
@@ -869,6 +1161,146 @@ mod tests {
         apic.write(reg::LDR, 0x2100_0000, 0);
         assert!(apic.matches_logical(0x21));
         assert!(!apic.matches_logical(0x11));
+    }
+
+    const BASE: u64 = crate::layout::LAPIC_BASE;
+    const EN: u64 = apic_base::EN;
+    const EXTD: u64 = apic_base::EXTD;
+
+    fn x2apic(id: u8) -> LocalApic {
+        let mut apic = enabled(id);
+        apic.set_base(BASE | EN | EXTD, true, 48).unwrap();
+        apic
+    }
+
+    #[test]
+    fn apic_base_reads_the_mode_and_refuses_what_the_sdm_refuses() {
+        let mut apic = LocalApic::new(0).as_bootstrap();
+        assert_eq!(apic.base(), BASE | apic_base::BSP | EN);
+        assert_eq!(LocalApic::new(1).base(), BASE | EN);
+        assert_eq!(apic.set_base(BASE | EN | 1 << 36, true, 36), Err(BaseRefused::ReservedBits));
+        assert_eq!(apic.set_base(BASE | EN | 1 << 36, true, 40), Err(BaseRefused::Relocation));
+        assert_eq!(apic.set_base(BASE | EN | EXTD, false, 40), Err(BaseRefused::X2ApicNotOffered));
+        assert_eq!(apic.set_base(BASE | EXTD, true, 40), Err(BaseRefused::Invalid));
+        assert_eq!(apic.set_base(0xfec0_0000 | EN, true, 40), Err(BaseRefused::Relocation));
+        // A MAXPHYADDR no CPU has still leaves the default base writable.
+        assert_eq!(apic.set_base(BASE | EN, true, 0), Ok(()));
+        assert_eq!(apic.set_base(BASE | EN, true, 200), Ok(()));
+        assert_eq!(apic.mode(), Mode::XApic);
+    }
+
+    #[test]
+    fn disabling_resets_the_apic_and_it_takes_nothing_while_off() {
+        let mut apic = enabled(3);
+        apic.write(reg::ID, 7 << 24, 0);
+        apic.write(reg::LVT_TIMER, (1 << 17) | 0x40, 0);
+        apic.write(reg::TIMER_INITIAL, 100, 0);
+        apic.accept(0x50, false);
+        apic.set_base(BASE, true, 48).unwrap();
+        assert_eq!(apic.mode(), Mode::Disabled);
+        assert!(!apic.decodes_mmio());
+        assert_eq!((apic.deliverable(), apic.next_deadline()), (None, None), "nothing pending, no timer");
+        for destination in [Destination::Physical(3), Destination::Physical(0xff), Destination::X2Physical(u32::MAX)] {
+            assert!(!apic.is_addressed_by(destination), "{destination:?}");
+        }
+        assert!(apic.accepts_extint(), "LINT0 is a plain INTR wire while the APIC is off");
+        apic.set_base(BASE | EN, true, 48).unwrap();
+        assert_eq!(apic.read(reg::ID, 0), 3 << 24, "the initial ID again");
+        assert!(!apic.software_enabled(), "back in the power-up state");
+        assert_eq!(apic.read(reg::LVT_TIMER, 0), LVT_MASKED);
+    }
+
+    #[test]
+    fn x2apic_mode_has_the_registers_as_msrs_and_no_page() {
+        let mut apic = enabled(0x13);
+        apic.write(reg::ID, 0x55 << 24, 0);
+        apic.write(reg::TPR, 0x20, 0);
+        apic.set_base(BASE | EN | EXTD, true, 48).unwrap();
+        assert!(!apic.decodes_mmio());
+        assert_eq!(apic.read_msr(0x802, 0), Ok(0x13), "the x2APIC ID is the initial ID");
+        assert_eq!(apic.read_msr(0x80d, 0), Ok(1 << 16 | 1 << 3), "cluster 1, member 3");
+        assert_eq!(apic.read_msr(0x808, 0), Ok(0x20), "registers kept across the switch");
+        assert_eq!(apic.read_msr(0x80f, 0), Ok(0x1ff));
+        assert_eq!(apic.write_msr(0x808, 0x40, 0), Ok(None));
+        assert_eq!(apic.tpr(), 0x40);
+        // ICR: one 64-bit write sends, with the 32-bit destination.
+        for reserved in [1 << 13, 1 << 16, 1 << 31] {
+            assert_eq!(apic.write_msr(0x830, 1 << 32 | reserved | 0x41, 0), Err(MsrRefused), "{reserved:#x}");
+        }
+        let Ok(Some(Effect::Send(m))) = apic.write_msr(0x830, 0x0000_0123_0000_0841, 0) else { panic!() };
+        assert_eq!((m.vector, m.destination), (0x41, Destination::X2Logical(0x123)));
+        assert_eq!(apic.read_msr(0x830, 0), Ok(0x0000_0123_0000_0841));
+        let Ok(Some(Effect::Send(m))) = apic.write_msr(0x83f, 0x61, 0) else { panic!() };
+        assert_eq!((m.vector, m.destination, m.mode), (0x61, Destination::SelfOnly, DeliveryMode::Fixed));
+        // Nothing of this in xAPIC mode, and nothing outside 0x800-0x8ff.
+        let mut xapic = enabled(0);
+        assert_eq!(xapic.read_msr(0x802, 0), Err(MsrRefused));
+        assert_eq!(xapic.write_msr(0x808, 0, 0), Err(MsrRefused));
+        assert_eq!(apic.read_msr(0x900, 0), Err(MsrRefused));
+        assert_eq!(apic.read_msr(0x7ff, 0), Err(MsrRefused));
+    }
+
+    #[test]
+    fn x2apic_destinations() {
+        let apic = x2apic(0x21);
+        // Physical by the full ID, and the broadcast.
+        assert!(apic.is_addressed_by(Destination::X2Physical(0x21)));
+        assert!(!apic.is_addressed_by(Destination::X2Physical(0x121)));
+        assert!(apic.is_addressed_by(Destination::X2Physical(u32::MAX)));
+        // Logical: cluster 2, member 1.
+        assert!(apic.is_addressed_by(Destination::X2Logical(0x0002_0002)));
+        assert!(apic.is_addressed_by(Destination::X2Logical(0x0002_ffff)));
+        assert!(!apic.is_addressed_by(Destination::X2Logical(0x0001_0002)));
+        assert!(!apic.is_addressed_by(Destination::X2Logical(0x0002_0001)));
+        // IOAPIC-format messages reach it by the low 8 bits of its ID.
+        assert!(apic.is_addressed_by(Destination::Physical(0x21)));
+        assert!(apic.is_addressed_by(Destination::Physical(0xff)));
+        assert!(x2apic(1).is_addressed_by(Destination::Logical(0x02)));
+        // An xAPIC-mode APIC takes x2APIC-format messages only as broadcasts.
+        let xapic = enabled(0x21);
+        assert!(!xapic.is_addressed_by(Destination::X2Physical(0x21)));
+        assert!(xapic.is_addressed_by(Destination::X2Logical(u32::MAX)));
+    }
+
+    #[test]
+    fn init_keeps_the_mode_and_the_id() {
+        let mut apic = x2apic(5);
+        apic.init();
+        assert_eq!((apic.mode(), apic.read_msr(0x802, 0)), (Mode::X2Apic, Ok(5)));
+        assert!(!apic.software_enabled());
+        let mut apic = enabled(5);
+        apic.set_base(BASE, true, 48).unwrap();
+        apic.init();
+        assert_eq!(apic.mode(), Mode::Disabled);
+    }
+
+    #[test]
+    fn outside_xapic_mode_the_page_mirrors_as_nothing_but_the_tpr() {
+        for mut apic in [x2apic(2), {
+            let mut off = enabled(2);
+            off.set_base(BASE, true, 48).unwrap();
+            off
+        }] {
+            apic.set_tpr(0x30);
+            let mut page: VirtualApicPage = [0; 1024];
+            apic.mirror(&mut page);
+            for offset in VIRTUALIZED_READS {
+                let expected = if offset == reg::TPR { 0x30 } else { u32::MAX };
+                assert_eq!(page[offset as usize / 4], expected, "offset {offset:#x} in {:?}", apic.mode());
+            }
+            // CR8 through the TPR shadow is taken; an ICR high stored in the
+            // page is not, and the next mirror takes it out again.
+            page[reg::TPR as usize / 4] = 0x50;
+            page[reg::ICR_HIGH as usize / 4] = 0x0100_0000;
+            apic.absorb(&page);
+            assert_eq!(apic.tpr(), 0x50);
+            assert!(apic.mirror_is_stale());
+            apic.mirror(&mut page);
+            assert_eq!(page[reg::ICR_HIGH as usize / 4], u32::MAX);
+            assert!(!apic.mirror_is_stale());
+            apic.page_written_while_undecoded();
+            assert!(apic.mirror_is_stale());
+        }
     }
 
     #[test]
