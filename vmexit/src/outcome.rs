@@ -43,9 +43,6 @@ pub enum Stop {
     InvalidGuestState(String),
     /// VMLAUNCH/VMRESUME failed (decoded VM-instruction error).
     EntryFailed(String),
-    UnknownHypercall {
-        number: u64,
-    },
     /// Guest behaviour Basalt does not emulate; says what it was.
     Unsupported(String),
 }
@@ -62,7 +59,6 @@ impl core::fmt::Display for Stop {
             Stop::TripleFault => write!(f, "triple fault"),
             Stop::InvalidGuestState(why) => write!(f, "invalid guest state: {why}"),
             Stop::EntryFailed(why) => write!(f, "VM entry failed: {why}"),
-            Stop::UnknownHypercall { number } => write!(f, "unknown hypercall {number:#x}"),
             Stop::Unsupported(what) => write!(f, "unsupported guest behaviour: {what}"),
         }
     }

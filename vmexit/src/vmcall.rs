@@ -1,14 +1,17 @@
 //! VMCALL (Intel) / VMMCALL (AMD): Basalt's hypercall interface. RAX holds the call number, arguments go
-//! in RBX, RCX, RDX; the result comes back in RAX. Only ring 0 may call.
+//! in RBX, RCX, RDX; the result comes back in RAX. Only ring 0 may call (see below).
 //!
 //! | RAX | call | arguments | result |
 //! | --- | --- | --- | --- |
 //! | 0 | version | | 0x0001_0000 (major.minor in 16-bit halves) |
-//! | 1 | print | RBX = guest-physical address, RCX = length (at most 256) | bytes printed |
+//! | 1 | print | RBX = guest-physical address, RCX = length (at most 256) | bytes printed, or u64::MAX if not all in RAM |
 //! | 2 | exit | RBX = status | (does not return) |
 //! | 3 | tsc-khz | | TSC frequency in kHz |
 //! | 4 | raise-interrupt | RBX = vector (32-255) | 0, or u64::MAX for a bad vector |
 //! | 5 | raise-nmi | | 0 |
+//! | any other | | | `ENOSYS` (-1000) |
+//!
+//! From ring 1-3 every call returns `EPERM` (-1) and does nothing else.
 //!
 //! Calls 4 and 5 queue an event for the calling vCPU, delivered as soon as it
 //! can take it (a self-interrupt; guests use them to test their handlers).
@@ -17,13 +20,19 @@
 //! raises #UD, which the back end intercepts where that can happen (SVM), and
 //! `undefined_opcode` treats as the hypercall it was meant to be, as KVM does.
 //!
-//! Any other number stops the VM: a guest that does not know the interface is
-//! stopped rather than left to guess.
+//! Errors are KVM's numbers, negated in RAX as KVM returns them (-KVM_ENOSYS,
+//! -KVM_EPERM), so a guest that probes with a number Basalt lacks, or a user
+//! program that executes VMCALL, gets an answer it may already know, and the
+//! instruction completes: neither ends the VM nor raises an exception.
 
 use crate::{Host, Machine, Outcome, Stop, Vcpu, UD};
 
 pub const VERSION: u64 = 0x0001_0000;
 const PRINT_MAX: u64 = 256;
+/// An unknown call number: -1000 (KVM_ENOSYS) in RAX.
+pub const ENOSYS: u64 = (-1000i64) as u64;
+/// A call from outside ring 0: -1 (KVM_EPERM) in RAX.
+pub const EPERM: u64 = (-1i64) as u64;
 
 const RAX: u8 = 0;
 const RCX: u8 = 1;
@@ -58,7 +67,10 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     if vcpu.cpl() != 0 {
-        vcpu.inject_exception(UD, None);
+        // The interface is the kernel's: a user program only learns it may
+        // not (as KVM answers), and nothing it passed is looked at.
+        vcpu.set_gpr(RAX, EPERM);
+        vcpu.skip_instruction();
         return Outcome::Resume;
     }
     let rbx = vcpu.gpr(RBX);
@@ -91,7 +103,7 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
             vcpu.pending().nmi = true;
             0
         }
-        number => return Outcome::Stop(Stop::UnknownHypercall { number }),
+        _ => ENOSYS,
     };
     vcpu.set_gpr(RAX, result);
     vcpu.skip_instruction();

@@ -594,14 +594,14 @@ fn vmcall_and_vmmcall_under_ud_are_the_hypercall() {
 }
 
 #[test]
-fn a_hypercall_under_ud_outside_ring_0_is_ud_in_the_guest() {
+fn a_hypercall_under_ud_outside_ring_0_answers_eperm() {
     for mut vcpu in both(FakeVcpu { cpl: 3, ..FakeVcpu::flat() }) {
         let (mut vm, mut host) = machine();
         put(&mut vm, 0x1000, &[0x0f, 0x01, 0xc1]);
         let outcome = run(ud(), &mut vcpu, &mut vm, &mut host);
         assert_eq!(outcome, Outcome::Resume);
-        assert_eq!(exception(&vcpu), Some((UD, None)));
-        assert_eq!((vcpu.rip, vcpu.skipped, vcpu.gprs[RAX as usize]), (0x1000, 0, 0));
+        assert_eq!(vcpu.injected, None);
+        assert_eq!((vcpu.rip, vcpu.skipped, vcpu.gprs[RAX as usize]), (0x1003, 1, crate::vmcall::EPERM));
     }
 }
 

@@ -11,6 +11,7 @@ use crate::events::deliver_pending;
 use crate::exit::{CrAccess, PortIo, SegmentRegister, StringIo};
 use crate::fake::Injected;
 use crate::vcpu::RFLAGS_IF;
+use crate::vmcall::{ENOSYS, EPERM};
 use crate::{GuestXstate, Host, Stop, AC, DB, GP, PF, UD};
 use arch::control::{cr0, cr4, efer};
 use arch::decode::CodeSize;
@@ -295,7 +296,7 @@ fn fetches(exit: &Exit, length_known: bool) -> bool {
 fn possible(exit: &Exit, outcome: &Outcome, fetched: bool) -> bool {
     use Outcome::{Marker, Park, Resume};
     let device = |s: &Stop| matches!(s, Stop::ExitDevice { .. } | Stop::PowerOff | Stop::Reset | Stop::Unsupported(_));
-    let hypercall = |s: &Stop| matches!(s, Stop::ExitHypercall { .. } | Stop::UnknownHypercall { .. });
+    let hypercall = |s: &Stop| matches!(s, Stop::ExitHypercall { .. });
     match (exit, outcome) {
         // Bytes at RIP that are no instruction the exit could have come from
         // (or page tables outside RAM) stop the VM.
@@ -306,7 +307,7 @@ fn possible(exit: &Exit, outcome: &Outcome, fetched: bool) -> bool {
         (Exit::Io(_) | Exit::DeviceMemory { .. }, Resume | Marker(_)) => true,
         (Exit::Io(_) | Exit::DeviceMemory { .. } | Exit::ApicWrite { .. }, Outcome::Stop(s)) => device(s),
         (Exit::Cr(_) | Exit::Exception { .. }, Resume | Outcome::Stop(Stop::Unsupported(_))) => true,
-        (Exit::Hypercall, Resume | Outcome::Stop(Stop::ExitHypercall { .. } | Stop::UnknownHypercall { .. })) => true,
+        (Exit::Hypercall, Resume | Outcome::Stop(Stop::ExitHypercall { .. })) => true,
         (Exit::Shutdown, Outcome::Stop(Stop::TripleFault)) => true,
         (Exit::EntryFailed(_), Outcome::Stop(Stop::InvalidGuestState(_))) => true,
         (Exit::Unhandled(_), Outcome::Stop(Stop::Unsupported(_))) => true,
@@ -322,13 +323,12 @@ fn possible(exit: &Exit, outcome: &Outcome, fetched: bool) -> bool {
 /// non-canonical RIP).
 fn may_raise(exit: &Exit, fetched: bool) -> &'static [u8] {
     match exit {
-        // A hypercall outside ring 0 is #UD.
-        Exit::Exception { vector: UD, .. } | Exit::Hypercall if fetched => &[UD, PF, GP],
+        // A hypercall raises nothing, from any ring (it answers in RAX).
         _ if fetched => &[PF, GP],
         Exit::Io(_) => &[PF, GP],
         Exit::DeviceMemory { .. } => &[UD, PF, GP],
         Exit::Rdmsr | Exit::Wrmsr | Exit::Cr(_) | Exit::Xsetbv | Exit::Rdpmc => &[GP],
-        Exit::Hypercall | Exit::UndefinedInstruction => &[UD],
+        Exit::UndefinedInstruction => &[UD],
         _ => &[],
     }
 }
@@ -387,13 +387,7 @@ fn check(
     }
     let stopped_here = matches!(
         outcome,
-        Outcome::Stop(
-            Stop::Unsupported(_)
-                | Stop::UnknownHypercall { .. }
-                | Stop::Halted
-                | Stop::TripleFault
-                | Stop::InvalidGuestState(_)
-        )
+        Outcome::Stop(Stop::Unsupported(_) | Stop::Halted | Stop::TripleFault | Stop::InvalidGuestState(_))
     );
     if stopped_here && (moved || after.skipped != 0) {
         return Err("RIP moved for an instruction that did not complete".into());
@@ -437,6 +431,20 @@ fn check(
             return Err("an exit without an instruction skipped one".into());
         }
         _ => {}
+    }
+    // A hypercall that completed answered as its caller's ring and number say.
+    if matches!(exit, Exit::Hypercall | Exit::Exception { vector: UD, .. }) && after.skipped == 1 {
+        let expected = match (before.cpl, before.gprs[0]) {
+            (1..=3, _) => Some(EPERM),
+            (_, 6..) => Some(ENOSYS),
+            _ => None,
+        };
+        if expected.is_some_and(|e| e != after.gprs[0]) {
+            return Err(format!(
+                "hypercall {:#x} from ring {} answered {:#x}",
+                before.gprs[0], before.cpl, after.gprs[0]
+            ));
+        }
     }
     // The control registers stay a state the CPU could be in.
     let lma = after.efer & efer::LMA != 0;
@@ -513,6 +521,7 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
             let name = match exit {
                 Exit::Cr(CrAccess::Undecoded { .. }) => "cr-access undecoded",
                 Exit::Exception { vector: UD, .. } => "exception #UD",
+                Exit::Hypercall if before.cpl != 0 => "hypercall from ring 1-3",
                 _ => exit.name(),
             };
             let unknown = if before.length_known { "" } else { " (length unknown)" };
@@ -538,9 +547,8 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
         "xsetbv: completed",
         "xsetbv: vector 13",
         "hypercall: completed",
-        "hypercall: vector 6",
+        "hypercall from ring 1-3: completed",
         "hypercall: ExitHypercall",
-        "hypercall: UnknownHypercall",
         "hlt: Park",
         "hlt: Halted",
         // Back ends that leave the length to the decoder.
@@ -561,7 +569,6 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
         "exception #UD: completed",
         "exception #UD: ExitHypercall",
         "exception #UD: reflected 6",
-        "exception #UD: vector 6",
         "exception #UD: vector 14",
         "exception #UD (length unknown): completed",
         "exception: reflected 1",

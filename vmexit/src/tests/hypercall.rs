@@ -1,8 +1,8 @@
 //! Basalt's hypercalls (VMCALL / VMMCALL).
 
 use super::*;
-use crate::vmcall::VERSION;
-use crate::{Stop, UD};
+use crate::vmcall::{ENOSYS, EPERM, VERSION};
+use crate::Stop;
 
 /// Hypercall `number` with RBX, RCX as given; returns the outcome.
 fn call(vcpu: &mut FakeVcpu, vm: &mut FakeVm, number: u64, rbx: u64, rcx: u64) -> Outcome {
@@ -135,31 +135,51 @@ fn raise_nmi_queues_an_nmi() {
 }
 
 #[test]
-fn outside_ring_0_every_call_is_ud() {
-    for number in [0, 1, 2, 4, 5, 6, u64::MAX] {
-        let (mut vm, _) = machine();
-        vm.memory.bytes[0x2000] = b'x';
-        let mut vcpu = FakeVcpu { cpl: 3, ..FakeVcpu::flat() };
-        let outcome = call(&mut vcpu, &mut vm, number, 0x2000, 1);
-        assert_eq!(outcome, Outcome::Resume, "call {number}: a user cannot stop the VM");
-        assert_eq!(exception(&vcpu), Some((UD, None)));
-        assert_eq!((vcpu.rip, vcpu.skipped, vcpu.gprs[RAX as usize]), (0x1000, 0, number));
-        assert!(vm.console.borrow().is_empty());
-        assert!(!vcpu.pending.nmi);
+fn outside_ring_0_every_call_answers_eperm_and_does_nothing() {
+    for cpl in [1, 2, 3] {
+        for number in [0, 1, 2, 3, 4, 5, 6, 0x999, u64::MAX] {
+            let (mut vm, _) = machine();
+            vm.memory.bytes[0x2000] = b'x';
+            let mut vcpu = FakeVcpu { cpl, ..FakeVcpu::flat() };
+            let outcome = call(&mut vcpu, &mut vm, number, 0x40, 1);
+            // Completes, -1 in RAX: neither a stop (a user cannot end the
+            // VM) nor an exception.
+            assert_result(&vcpu, &outcome, EPERM);
+            assert_eq!(EPERM as i64, -1);
+            assert!(vm.console.borrow().is_empty(), "ring {cpl}, call {number}: printed");
+            assert!(!vcpu.pending.nmi && !vcpu.pending.has_interrupt(), "ring {cpl}, call {number}: raised an event");
+            assert_eq!((vcpu.gprs[RBX as usize], vcpu.gprs[RCX as usize]), (0x40, 1), "arguments untouched");
+        }
     }
-    let (mut vm, _) = machine();
-    let mut vcpu = FakeVcpu { cpl: 1, ..FakeVcpu::flat() };
-    call(&mut vcpu, &mut vm, 0, 0, 0);
-    assert_eq!(exception(&vcpu), Some((UD, None)), "ring 1 neither");
 }
 
 #[test]
-fn an_unknown_number_stops_the_vm_naming_it() {
-    for number in [6, 0x100, 1 << 32, u64::MAX] {
+fn an_unknown_number_answers_enosys_and_the_vm_goes_on() {
+    for number in [6, 0x100, 0x999, 1 << 32, u64::MAX] {
         let (mut vm, _) = machine();
         let mut vcpu = FakeVcpu::flat();
-        let outcome = call(&mut vcpu, &mut vm, number, 0, 0);
-        assert_eq!(outcome, Outcome::Stop(Stop::UnknownHypercall { number }));
-        assert_eq!((vcpu.skipped, vcpu.injected), (0, None));
+        let outcome = call(&mut vcpu, &mut vm, number, 0x2000, 5);
+        assert_result(&vcpu, &outcome, ENOSYS);
+        assert_eq!(ENOSYS as i64, -1000, "KVM's -KVM_ENOSYS");
+        assert!(vm.console.borrow().is_empty());
+        assert!(!vcpu.pending.nmi && !vcpu.pending.has_interrupt());
+    }
+}
+
+#[test]
+fn the_answers_are_the_same_through_the_other_vendors_instruction() {
+    // VMMCALL on an Intel CPU or VMCALL on AMD: #UD, which Basalt takes as
+    // the hypercall, with the same answers.
+    for (cpl, number, result) in [(0, 0x999, ENOSYS), (3, 0, EPERM), (0, 0, VERSION)] {
+        for bytes in [[0x0f, 0x01, 0xc1], [0x0f, 0x01, 0xd9]] {
+            let (mut vm, mut host) = machine();
+            vm.memory.bytes[0x1000..0x1003].copy_from_slice(&bytes);
+            let mut vcpu = FakeVcpu { cpl, length_known: false, ..FakeVcpu::flat() };
+            vcpu.gprs[RAX as usize] = number;
+            let outcome = run(Exit::Exception { vector: crate::UD, error_code: None }, &mut vcpu, &mut vm, &mut host);
+            assert_eq!(outcome, Outcome::Resume);
+            assert_eq!(vcpu.injected, None);
+            assert_eq!((vcpu.rip, vcpu.gprs[RAX as usize]), (0x1003, result), "ring {cpl}, {bytes:02x?}");
+        }
     }
 }
