@@ -2,14 +2,23 @@
 //! owns, CLTS and LMSW, and CR8 when the CPU does not shadow the TPR. Every
 //! write is checked as the CPU checks it (#GP for what it refuses); turning
 //! paging on with EFER.LME set enters long mode. CR8 is the local APIC
-//! model's TPR.
+//! model's TPR (in every APIC mode).
+//!
+//! Which writes reach this file, so that none the CPU would refuse slips
+//! through to the next entry:
+//! - CR4: every write on SVM; on VT-x every write that changes a bit the CR4
+//!   guest/host mask owns, and the mask owns every bit outside
+//!   `Host::guest_cr4_allowed` (reserved bits and hidden features alike), so
+//!   a write with any bit the guest may not set exits and is refused here.
+//! - CR0: on SVM every write that changes more than TS/MP; on VT-x the bits
+//!   VMX fixes, CD/NW, and bits 63:32 (not "may be one") are owned.
+//! - EFER is an MSR (`msr.rs`, always intercepted), checked the same way.
+//! - CR3 is not intercepted on either vendor with nested paging: the guest's
+//!   CPU checks its reserved bits itself, which is the same #GP.
 
 use crate::{CrAccess, Host, Machine, Outcome, Stop, Vcpu, GP};
 use arch::control::{cr0, efer};
 use arch::decode::{CodeSize, CrInstruction};
-
-/// The local APIC's task-priority register, which CR8 mirrors (CR8 = TPR[7:4]).
-const APIC_TPR: u64 = devices::layout::LAPIC_BASE + 0x80;
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: CrAccess) -> Outcome {
     match access {
@@ -59,11 +68,12 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: Cr
             if value >> 4 != 0 {
                 return refuse(vcpu);
             }
-            vm.chipset.mmio_write(vcpu.index(), APIC_TPR, 4, value << 4, host.now(), &mut *vm.memory);
+            // CR8 = TPR[7:4]; the low bits of TPR (the sub-class) become 0.
+            vm.chipset.set_tpr(vcpu.index(), (value as u8) << 4);
         }
         CrAccess::MovFrom { cr: 8, gpr } => {
-            let tpr = vm.chipset.mmio_read(vcpu.index(), APIC_TPR, 4, host.now());
-            vcpu.set_gpr(gpr, (tpr >> 4) & 0xf);
+            let tpr = vm.chipset.tpr(vcpu.index());
+            vcpu.set_gpr(gpr, (tpr >> 4) as u64);
         }
         CrAccess::Clts => {
             const TS: u64 = 1 << 3;

@@ -214,3 +214,69 @@ fn accesses_the_back_ends_do_not_intercept_stop_the_vm() {
         assert_eq!((vcpu.skipped, vcpu.injected, vcpu.gprs[0]), (0, None, 0));
     }
 }
+
+#[test]
+fn cr4_all_ones_is_gp_on_either_vendor_in_every_mode() {
+    // What a test kernel wrote and a VM once triple-faulted on. VT-x reports
+    // the register (the CR4 guest/host mask owns every bit outside
+    // `guest_cr4_allowed`, so the write exits); SVM intercepts every CR4 write,
+    // with the register decoded by the CPU or, without decode assists, by
+    // Basalt from `mov cr4, rax` (0F 22 E0) at RIP.
+    // Each mode with the RAM its code runs from (long mode: identity-mapped).
+    let modes: [fn() -> (FakeVcpu, FakeVm); 4] = [
+        || (FakeVcpu { cr4: cr4::PAE, ..FakeVcpu::flat() }, machine().0),
+        || (FakeVcpu { code_size: CodeSize::Bits16, cr0: 0, ..FakeVcpu::flat() }, machine().0),
+        || {
+            let (vcpu, vm, _, _) = long_mode_vm();
+            (vcpu, vm)
+        },
+        || {
+            let (vcpu, vm, _, _) = long_mode_vm();
+            (FakeVcpu { code_size: CodeSize::Bits32, ..vcpu }, vm)
+        },
+    ];
+    for value in [0xffff_ffff, u64::MAX] {
+        for mode in modes {
+            for decoded in [true, false] {
+                let (mut vcpu, mut vm) = mode();
+                let before = vcpu.cr4;
+                vm.memory.bytes[0x1000..0x1003].copy_from_slice(&[0x0f, 0x22, 0xe0]);
+                vcpu.length_known = decoded;
+                vcpu.gprs[RAX as usize] = value;
+                let access = if decoded {
+                    CrAccess::MovTo { cr: 4, gpr: RAX }
+                } else {
+                    CrAccess::Undecoded { cr: 4, write: true }
+                };
+                let outcome = run(Exit::Cr(access), &mut vcpu, &mut vm, &mut FakeHost::default());
+                assert_gp(&vcpu, &outcome, 0x1000);
+                assert_eq!(vcpu.cr4, before, "{value:#x} in {:?}, decoded {decoded}: CR4 unchanged", vcpu.code_size);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_cr4_bit_a_guest_may_not_set_is_gp_alone() {
+    // Bit by bit, so that no reserved bit is let through by another's check:
+    // what the VT-x mask owns (everything not allowed) is exactly what this
+    // handler refuses.
+    let allowed = crate::Host::guest_cr4_allowed(&FakeHost::default());
+    let mut refused = 0u64;
+    for bit in 0..64 {
+        let value = cr4::PAE | 1 << bit;
+        let (mut vm, _) = machine();
+        let mut vcpu = FakeVcpu::long_mode();
+        let outcome = mov_to(&mut vcpu, &mut vm, 4, value);
+        if vcpu.injected.is_some() {
+            assert_gp(&vcpu, &outcome, 0x1000);
+            refused |= 1 << bit;
+        } else {
+            assert_done(&vcpu, &outcome, 0x1000);
+        }
+    }
+    // In long mode LA57 cannot change and PCIDE needs CR3[11:0] = 0 (it is):
+    // beyond those, refused means not allowed.
+    assert_eq!(refused & !cr4::LA57, !allowed & !cr4::LA57);
+    assert_ne!(!allowed & 0xff00_0000, 0, "the test host leaves bits 24-31 reserved");
+}
