@@ -3,8 +3,17 @@
 //! at 0x40000000, the TSC frequency in leaves 0x15/0x16 (and 0x40000010) so
 //! guests need not calibrate against timers, and a topology of one thread per
 //! package whichever vendor's leaves describe it.
+//!
+//! The vendor (leaf 0) and the brand, family and model are the host's, never
+//! another's: instructions whose behaviour differs between vendors run on the
+//! guest's own CPU, so they behave as the vendor the guest was told says. For
+//! one, SYSCALL in compatibility mode is #UD on Intel and works on AMD; a
+//! guest on an Intel host reads "GenuineIntel" and gets the #UD, one on an
+//! AMD host reads "AuthenticAMD" and gets the system call, with nothing
+//! emulated. (Faking a vendor would need every such difference emulated.)
 
-use crate::{Host, Outcome, Vcpu};
+use crate::{Host, Machine, Outcome, Vcpu};
+use devices::lapic::Mode;
 
 /// "BasaltHVisor" as the three signature registers.
 pub const SIGNATURE: [u32; 3] =
@@ -13,17 +22,46 @@ const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0010;
 /// Leaf 0x15/0x16 are synthesised, so the maximum basic leaf is at least 0x16.
 const MIN_MAX_BASIC_LEAF: u32 = 0x16;
 
-pub fn handle(vcpu: &mut dyn Vcpu, host: &dyn Host) -> Outcome {
+/// CPUID.1:ECX.x2APIC. The local APIC model has x2APIC mode (its MSRs, and
+/// IA32_APIC_BASE's transitions), whatever the host has, so it is offered.
+/// Linux sees it and still runs its APIC in xAPIC mode: without interrupt
+/// remapping it takes x2APIC only from a hypervisor it knows to allow that
+/// (`x86_init.hyper.x2apic_available`), and logs "x2apic: IRQ remapping
+/// doesn't support X2APIC mode" instead. Guests that enable it anyway (test
+/// kernels, other OSes) get x2APIC mode as the SDM describes it.
+pub const X2APIC_OFFERED: bool = true;
+
+/// MAXPHYADDR as the guest sees it (CPUID 8000_0008h EAX[7:0], the host's),
+/// or 36 where that leaf is missing, as the SDM says to assume.
+pub fn guest_phys_bits<H: Host + ?Sized>(host: &H) -> u32 {
+    let [max_extended, ..] = host.cpuid(0x8000_0000, 0);
+    let bits = if max_extended >= 0x8000_0008 { host.cpuid(0x8000_0008, 0)[0] & 0xff } else { 0 };
+    if bits == 0 {
+        36
+    } else {
+        bits
+    }
+}
+
+pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     let leaf = vcpu.gpr(RAX) as u32;
     let subleaf = vcpu.gpr(RCX) as u32;
     let index = u32::try_from(vcpu.index()).unwrap_or(u32::MAX);
-    let regs = virtual_cpuid(host, leaf, subleaf, index, vcpu.control().cr4);
+    let mut regs = virtual_cpuid(host, leaf, subleaf, index, vcpu.control().cr4);
+    // CPUID.1:EDX.APIC says whether this vCPU's APIC is on (IA32_APIC_BASE.EN),
+    // as it does on a CPU.
+    if leaf == 1 && vm.chipset.apic_mode(vcpu.index()) == Mode::Disabled {
+        regs[3] &= !EDX_APIC;
+    }
     for (gpr, value) in [RAX, RBX, RCX, RDX].into_iter().zip(regs) {
         vcpu.set_gpr(gpr, value as u64);
     }
     vcpu.skip_instruction();
     Outcome::Resume
 }
+
+/// CPUID.1:EDX.APIC: a local APIC is present and enabled.
+const EDX_APIC: u32 = 1 << 9;
 
 const RAX: u8 = 0;
 const RCX: u8 = 1;
@@ -82,12 +120,19 @@ pub fn virtual_cpuid<H: Host + ?Sized>(host: &H, leaf: u32, subleaf: u32, vcpu: 
             // Debug store, thermal and power management: MSR-backed, not emulated.
             const ECX_DTES64_DSCPL_EST_TM2_PDCM: u32 = (1 << 2) | (1 << 4) | (1 << 7) | (1 << 8) | (1 << 15);
             c &= !(ECX_VMX | ECX_MONITOR | ECX_SMX | ECX_X2APIC | ECX_OSXSAVE | ECX_DTES64_DSCPL_EST_TM2_PDCM);
-            // The virtual local APIC has the TSC-deadline timer whatever the host has.
+            // The virtual local APIC has the TSC-deadline timer whatever the
+            // host has, and x2APIC mode (see X2APIC_OFFERED); it is there
+            // (`handle` clears the bit for a vCPU that disabled its APIC).
             c |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
+            if X2APIC_OFFERED {
+                c |= ECX_X2APIC;
+            }
+            d |= EDX_APIC;
             if guest_cr4 & CR4_OSXSAVE != 0 {
                 c |= ECX_OSXSAVE;
             }
-            // No machine-check architecture: its MSRs are not emulated.
+            // No machine-check architecture: there are no banks to report in
+            // (MCG_CAP and MCG_STATUS read 0 for kernels that look anyway).
             const EDX_MCE: u32 = 1 << 7;
             const EDX_MCA: u32 = 1 << 14;
             const EDX_DS_ACPI_TM_PBE: u32 = (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);

@@ -94,7 +94,7 @@ pub fn dispatch(exit: Exit, vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &mut dy
         }
     }
     match exit {
-        Exit::Cpuid => cpuid::handle(vcpu, host),
+        Exit::Cpuid => cpuid::handle(vcpu, vm, host),
         Exit::Hlt => hlt::handle(vcpu, vm.chipset),
         Exit::Io(access) => io::handle(vcpu, vm, host, access),
         Exit::DeviceMemory { address, fetch } => mmio::handle(vcpu, vm, host, address, fetch),

@@ -9,7 +9,13 @@ use arch::control::cr4;
 /// checking what every CPUID exit must do: the instruction skipped exactly
 /// once and the four registers written as 32-bit values (upper halves clear).
 fn cpuid_on(vcpu: &mut FakeVcpu, host: &mut FakeHost, leaf: u32, subleaf: u32) -> [u32; 4] {
-    let (mut vm, _) = machine();
+    // A VM with this vCPU in it (its APIC state is part of leaf 1).
+    let mut vm = FakeVm::new(vcpu.index as u32 + 1, 0x1000);
+    cpuid_in(vcpu, &mut vm, host, leaf, subleaf)
+}
+
+/// `cpuid_on` in a VM the test set up.
+fn cpuid_in(vcpu: &mut FakeVcpu, vm: &mut FakeVm, host: &mut FakeHost, leaf: u32, subleaf: u32) -> [u32; 4] {
     // Garbage in the upper halves: CPUID reads EAX/ECX and writes all four
     // registers zero-extended.
     vcpu.gprs[RAX as usize] = 0xdead_beef_0000_0000 | leaf as u64;
@@ -18,7 +24,7 @@ fn cpuid_on(vcpu: &mut FakeVcpu, host: &mut FakeHost, leaf: u32, subleaf: u32) -
     vcpu.gprs[RBX as usize] = u64::MAX;
     vcpu.gprs[RSI as usize] = 0x5555;
     let (rip, skipped) = (vcpu.rip, vcpu.skipped);
-    let outcome = run(Exit::Cpuid, vcpu, &mut vm, host);
+    let outcome = run(Exit::Cpuid, vcpu, vm, host);
     assert_eq!(outcome, Outcome::Resume);
     assert_eq!(vcpu.injected, None);
     assert_eq!(vcpu.skipped, skipped + 1, "leaf {leaf:#x}: skipped exactly once");
@@ -56,6 +62,7 @@ const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_XSAVE: u32 = 1 << 26;
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_EDX_APIC: u32 = 1 << 9;
 
 #[test]
 fn the_host_has_what_the_tests_expect_hidden() {
@@ -71,7 +78,7 @@ fn the_host_has_what_the_tests_expect_hidden() {
 }
 
 #[test]
-fn leaf_1_says_hypervisor_and_hides_vmx_smx_monitor_and_x2apic() {
+fn leaf_1_says_hypervisor_offers_x2apic_and_hides_vmx_smx_monitor() {
     let [eax, _, ecx, edx] = cpuid(1, 0);
     let [host_eax, _, host_ecx, host_edx] = intel_like_cpuid(1, 0);
     assert_eq!(eax, host_eax, "family, model, stepping are the host's");
@@ -79,7 +86,8 @@ fn leaf_1_says_hypervisor_and_hides_vmx_smx_monitor_and_x2apic() {
     assert_eq!(ecx & LEAF1_ECX_VMX, 0);
     assert_eq!(ecx & LEAF1_ECX_SMX, 0);
     assert_eq!(ecx & LEAF1_ECX_MONITOR, 0);
-    assert_eq!(ecx & LEAF1_ECX_X2APIC, 0);
+    assert_ne!(ecx & LEAF1_ECX_X2APIC, 0, "the virtual APIC has x2APIC mode");
+    assert_ne!(edx & LEAF1_EDX_APIC, 0, "and is enabled");
     assert_ne!(ecx & LEAF1_ECX_TSC_DEADLINE, 0, "the virtual APIC has the TSC-deadline timer");
     assert_eq!(ecx & LEAF1_ECX_XSAVE, host_ecx & LEAF1_ECX_XSAVE, "XSAVE stays");
     assert_ne!(ecx & (1 << 28), 0, "AVX stays: guests may enable its state");
@@ -270,5 +278,90 @@ fn tsc_adjust_is_offered_whatever_the_host_has() {
         let mut host = FakeHost { cpuid: cpuid_of, ..FakeHost::default() };
         let mut vcpu = FakeVcpu::long_mode();
         assert_ne!(cpuid_on(&mut vcpu, &mut host, 7, 0)[1] & (1 << 1), 0);
+    }
+}
+
+#[test]
+fn x2apic_and_the_apic_bit_are_offered_whatever_the_host_has() {
+    // A host without either: the local APIC model has both.
+    let mut host = FakeHost {
+        cpuid: |leaf, sub| match leaf {
+            1 => {
+                let [a, b, c, d] = intel_like_cpuid(1, sub);
+                [a, b, c & !LEAF1_ECX_X2APIC, d & !LEAF1_EDX_APIC]
+            }
+            _ => intel_like_cpuid(leaf, sub),
+        },
+        ..FakeHost::default()
+    };
+    let [_, _, ecx, edx] = cpuid_on(&mut FakeVcpu::flat(), &mut host, 1, 0);
+    assert_ne!(ecx & LEAF1_ECX_X2APIC, 0);
+    assert_ne!(edx & LEAF1_EDX_APIC, 0);
+}
+
+#[test]
+fn the_apic_bit_follows_each_vcpus_apic_base() {
+    use devices::lapic::apic_base::{BSP, EN, EXTD};
+    use devices::layout::LAPIC_BASE;
+    let mut vm = FakeVm::new(2, 0x1000);
+    let mut host = FakeHost::default();
+    let apic_bit = |vm: &mut FakeVm, host: &mut FakeHost, index: usize| {
+        let mut vcpu = FakeVcpu { index, ..FakeVcpu::flat() };
+        cpuid_in(&mut vcpu, vm, host, 1, 0)[3] & LEAF1_EDX_APIC != 0
+    };
+    assert!(apic_bit(&mut vm, &mut host, 0) && apic_bit(&mut vm, &mut host, 1));
+    // vCPU 1 turns its APIC off: only its CPUID says so.
+    vm.chipset.set_apic_base(1, LAPIC_BASE, true, 48).unwrap();
+    assert!(apic_bit(&mut vm, &mut host, 0));
+    assert!(!apic_bit(&mut vm, &mut host, 1));
+    // Back on, and in x2APIC mode: present.
+    vm.chipset.set_apic_base(1, LAPIC_BASE | EN, true, 48).unwrap();
+    assert!(apic_bit(&mut vm, &mut host, 1));
+    vm.chipset.set_apic_base(0, LAPIC_BASE | BSP | EN | EXTD, true, 48).unwrap();
+    assert!(apic_bit(&mut vm, &mut host, 0));
+    // Other leaves do not change with it.
+    vm.chipset.set_apic_base(1, LAPIC_BASE, true, 48).unwrap();
+    let mut vcpu = FakeVcpu { index: 1, ..FakeVcpu::flat() };
+    assert_eq!(cpuid_in(&mut vcpu, &mut vm, &mut host, 7, 0), cpuid(7, 0));
+}
+
+/// A vendor's own leaves: leaf 0 and the brand string (8000_0002h-8000_0004h),
+/// and 8000_0001h EDX (SYSCALL, NX, LM...).
+fn vendor_leaves(host_cpuid: fn(u32, u32) -> [u32; 4]) -> [(u32, [u32; 4]); 5] {
+    [0, 0x8000_0001, 0x8000_0002, 0x8000_0003, 0x8000_0004].map(|leaf| (leaf, host_cpuid(leaf, 0)))
+}
+
+#[test]
+fn guests_see_the_hosts_vendor_so_vendor_specific_instructions_agree_with_it() {
+    // SYSCALL from compatibility mode is #UD on Intel and a system call on
+    // AMD, and the guest's own CPU runs it: what the guest is told (leaf 0)
+    // must be that CPU's vendor, and 8000_0001h's SYSCALL bit that CPU's.
+    fn amd_with_brand(leaf: u32, subleaf: u32) -> [u32; 4] {
+        match leaf {
+            0x8000_0002 => [u32::from_le_bytes(*b"AMD "), u32::from_le_bytes(*b"EPYC"), 0x20202020, 0x20202020],
+            0x8000_0003 | 0x8000_0004 => [0x20202020; 4],
+            _ => amd_like_cpuid(leaf, subleaf),
+        }
+    }
+    for (host_cpuid, vendor) in
+        [(intel_like_cpuid as fn(u32, u32) -> [u32; 4], b"GenuineIntel"), (amd_with_brand, b"AuthenticAMD")]
+    {
+        let mut host = FakeHost { cpuid: host_cpuid, ..FakeHost::default() };
+        let mut vcpu = FakeVcpu::long_mode();
+        let [_, ebx, ecx, edx] = cpuid_on(&mut vcpu, &mut host, 0, 0);
+        let mut seen = Vec::new();
+        for register in [ebx, edx, ecx] {
+            seen.extend_from_slice(&register.to_le_bytes());
+        }
+        assert_eq!(seen, vendor, "leaf 0 names the host's vendor");
+        for (leaf, host_regs) in vendor_leaves(host_cpuid) {
+            let regs = cpuid_on(&mut vcpu, &mut host, leaf, 0);
+            match leaf {
+                0 => assert_eq!(regs[1..], host_regs[1..]),
+                // SYSCALL/SYSRET (bit 11), NX, long mode: the host's.
+                0x8000_0001 => assert_eq!(regs[3], host_regs[3], "8000_0001h EDX"),
+                _ => assert_eq!(regs, host_regs, "brand leaf {leaf:#x}"),
+            }
+        }
     }
 }

@@ -113,7 +113,9 @@ fn assert_handled(exit: &Exit, vcpu: &FakeVcpu) {
     match exit {
         Exit::Cpuid => assert_eq!(vcpu.gprs[RBX as usize], u32::from_le_bytes(*b"Genu") as u64),
         Exit::Hlt => assert!(vcpu.halted),
-        Exit::Rdmsr => assert_eq!((vcpu.gprs[RAX as usize], vcpu.gprs[RDX as usize]), (1, 0)),
+        Exit::Rdmsr => {
+            assert_eq!((vcpu.gprs[RAX as usize], vcpu.gprs[RDX as usize]), (crate::msr::misc_enable::RESET, 0))
+        }
         Exit::Xsetbv => assert_eq!(vcpu.xcr0, 3),
         Exit::Hypercall => assert_eq!(vcpu.gprs[RAX as usize], VERSION),
         _ => {}

@@ -16,6 +16,7 @@ use crate::{GuestXstate, Host, Stop, AC, DB, GP, PF, UD};
 use arch::control::{cr0, cr4, efer};
 use arch::decode::CodeSize;
 use basalt_fuzz::{edge_value, Rng};
+use devices::lapic::apic_base::{BSP, EN, EXTD};
 use devices::layout;
 
 /// RAM of these VMs: small, so that random addresses often land in it.
@@ -51,6 +52,19 @@ fn hostile_vm(rng: &mut Rng) -> (FakeVm, u64) {
         };
     }
     let chipset = &mut vm.chipset;
+    // Each vCPU's local APIC in one of its modes: the page decodes for some,
+    // the x2APIC MSRs work for others, and a disabled one takes nothing.
+    for vcpu in 0..2 {
+        let bsp = if vcpu == 0 { BSP } else { 0 };
+        let steps: &[u64] = match rng.below(4) {
+            0 => &[EN | EXTD],
+            1 => &[0],
+            _ => &[],
+        };
+        for &bits in steps {
+            chipset.set_apic_base(vcpu, layout::LAPIC_BASE | bsp | bits, true, 48).unwrap();
+        }
+    }
     chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
     chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
     chipset.ports.register(PROBE_PORT, 4, Probe::new(0x1234_5678).0).unwrap();
@@ -177,6 +191,13 @@ fn hostile_exit(rng: &mut Rng) -> Exit {
     }
 }
 
+/// MSRs `aim` names: each one Basalt emulates (the APIC base twice).
+const AIMED_MSRS: [u64; 14] =
+    [0x10, 0x1b, 0x1b, 0x3a, 0x3b, 0x8b, 0xfe, 0x179, 0x17a, 0x1a0, 0x200, 0x2ff, 0x6e0, 0xc000_0080];
+/// x2APIC MSRs: read-only, write-only, read/write, ICR, and ones x2APIC lacks.
+const AIMED_X2APIC_MSRS: [u64; 13] =
+    [0x802, 0x803, 0x808, 0x80b, 0x80d, 0x80e, 0x80f, 0x828, 0x830, 0x832, 0x838, 0x839, 0x83f];
+
 /// Registers that name something the handler knows, half of the time (random
 /// ones almost never name an MSR, a valid XCR0 or a hypercall).
 fn aim(rng: &mut Rng, exit: &Exit, vcpu: &mut FakeVcpu) {
@@ -186,10 +207,21 @@ fn aim(rng: &mut Rng, exit: &Exit, vcpu: &mut FakeVcpu) {
     let gprs = &mut vcpu.gprs;
     match exit {
         Exit::Rdmsr | Exit::Wrmsr => {
-            gprs[RCX as usize] =
-                rng.pick(&[0x10, 0x1b, 0x3a, 0x3b, 0x8b, 0xfe, 0x1a0, 0x200, 0x2ff, 0x6e0, 0xc000_0080]);
+            // Half of them the local APIC's in x2APIC mode.
+            let msr = if rng.chance(2) { rng.pick(&AIMED_MSRS) } else { rng.pick(&AIMED_X2APIC_MSRS) };
+            gprs[RCX as usize] = msr;
             gprs[RDX as usize] &= 0xf;
             gprs[RAX as usize] &= 0xd01;
+            if rng.chance(2) {
+                gprs[RDX as usize] = 0;
+            }
+            // IA32_APIC_BASE: mostly the one base, in each of the four EN/EXTD
+            // states (some transitions allowed, some not), sometimes with BSP
+            // or a reserved bit.
+            if msr == 0x1b && rng.chance(2) {
+                let bits = rng.pick(&[0, EN, EN | EXTD, EXTD, EN | BSP, EN | 1, EN | (1 << 9)]);
+                gprs[RAX as usize] = devices::layout::LAPIC_BASE | bits;
+            }
         }
         Exit::Xsetbv => {
             gprs[RCX as usize] = rng.below(2);
@@ -343,6 +375,7 @@ fn check(
     after: &FakeVcpu,
     host: &FakeHost,
     length: Option<u8>,
+    apic_base: (u64, u64),
 ) -> Result<(), String> {
     let fetched = fetches(exit, before.length_known);
     if !possible(exit, outcome, fetched) {
@@ -446,6 +479,7 @@ fn check(
             ));
         }
     }
+    check_apic_base(exit, before, after, apic_base)?;
     // The control registers stay a state the CPU could be in.
     let lma = after.efer & efer::LMA != 0;
     if lma != (after.cr0 & cr0::PG != 0 && after.efer & efer::LME != 0) {
@@ -462,6 +496,40 @@ fn check(
     }
     if after.xcr0 != before.xcr0 && !arch::xstate::xcr0_valid(after.xcr0, host.xstate.allowed) {
         return Err(format!("XCR0 {:#x}", after.xcr0));
+    }
+    Ok(())
+}
+
+/// IA32_APIC_BASE stays a state the SDM allows, changes only by a WRMSR of it
+/// that completed and only along an allowed transition, and x2APIC MSRs
+/// complete only in x2APIC mode.
+fn check_apic_base(exit: &Exit, before: &FakeVcpu, after: &FakeVcpu, (old, new): (u64, u64)) -> Result<(), String> {
+    let completed = after.skipped == 1;
+    let msr = before.gprs[RCX as usize] as u32;
+    let mode = |base: u64| (base & EN != 0, base & EXTD != 0);
+    if new & !(EN | EXTD | BSP) != layout::LAPIC_BASE || mode(new) == (false, true) {
+        return Err(format!("IA32_APIC_BASE {new:#x}"));
+    }
+    if (new & BSP != 0) != (before.index == 0) {
+        return Err(format!("IA32_APIC_BASE {new:#x} on vCPU {}", before.index));
+    }
+    if new != old {
+        if !(matches!(exit, Exit::Wrmsr) && msr == 0x1b && completed) {
+            return Err(format!("IA32_APIC_BASE {old:#x} -> {new:#x} without a WRMSR of it"));
+        }
+        match (mode(old), mode(new)) {
+            ((true, true), (true, false)) | ((false, false), (true, true)) => {
+                return Err(format!("IA32_APIC_BASE {old:#x} -> {new:#x}: a transition the SDM forbids"));
+            }
+            _ => {}
+        }
+    }
+    if matches!(exit, Exit::Rdmsr | Exit::Wrmsr)
+        && (0x800..=0x8ff).contains(&msr)
+        && completed
+        && mode(old) != (true, true)
+    {
+        return Err(format!("x2APIC MSR {msr:#x} accessed with IA32_APIC_BASE {old:#x}"));
     }
     Ok(())
 }
@@ -500,6 +568,7 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
                 .ok()
                 .and_then(|f| arch::decode::intercepted_length(&f.bytes[..f.len], vcpu.code_size).ok());
             let before = vcpu.clone();
+            let old_apic_base = vm.chipset.apic_base(vcpu.index);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 vm.with(|machine| dispatch(exit.clone(), &mut vcpu, machine, &mut host))
             }));
@@ -507,7 +576,8 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
                 Ok(outcome) => outcome,
                 Err(_) => panic!("seed {seed} case {case}: {exit:?} panicked on {before:?}"),
             };
-            if let Err(why) = check(&exit, &outcome, &before, &vcpu, &host, length) {
+            let apic_base = (old_apic_base, vm.chipset.apic_base(vcpu.index));
+            if let Err(why) = check(&exit, &outcome, &before, &vcpu, &host, length, apic_base) {
                 panic!("seed {seed} case {case}: {exit:?} -> {outcome:?}: {why}\nbefore {before:?}\nafter {vcpu:?}");
             }
             let result = match (&outcome, vcpu.injected) {
@@ -518,9 +588,18 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
                 (Outcome::Stop(stop), _) => format!("{stop:?}").split([' ', '(']).next().unwrap().into(),
                 (other, _) => format!("{other:?}").split('(').next().unwrap().into(),
             };
+            let msr = before.gprs[RCX as usize] as u32;
             let name = match exit {
                 Exit::Cr(CrAccess::Undecoded { .. }) => "cr-access undecoded",
                 Exit::Exception { vector: UD, .. } => "exception #UD",
+                Exit::Rdmsr | Exit::Wrmsr if (0x800..=0x8ff).contains(&msr) => {
+                    if matches!(exit, Exit::Rdmsr) {
+                        "rdmsr x2apic"
+                    } else {
+                        "wrmsr x2apic"
+                    }
+                }
+                Exit::Wrmsr if msr == 0x1b => "wrmsr apic-base",
                 Exit::Hypercall if before.cpl != 0 => "hypercall from ring 1-3",
                 _ => exit.name(),
             };
@@ -549,6 +628,12 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
         "hypercall: completed",
         "hypercall from ring 1-3: completed",
         "hypercall: ExitHypercall",
+        "rdmsr x2apic: completed",
+        "rdmsr x2apic: vector 13",
+        "wrmsr x2apic: completed",
+        "wrmsr x2apic: vector 13",
+        "wrmsr apic-base: completed",
+        "wrmsr apic-base: vector 13",
         "hlt: Park",
         "hlt: Halted",
         // Back ends that leave the length to the decoder.
