@@ -494,6 +494,57 @@ mod bzimage {
     }
 }
 
+mod pvh {
+    use super::*;
+    use crate::pvh::tests::{note, vmlinux, vmlinux_with};
+    use crate::pvh::{START_INFO_MAGIC, START_INFO_SIZE};
+
+    /// The ELF header, both program headers and the first two notes' headers
+    /// of `vmlinux()`: where a mutant changes the most.
+    fn fields() -> Vec<Field> {
+        let mut fields = elf_fields(true);
+        let p = 64 + 56;
+        fields.extend([(p, 4), (p + 8, 8), (p + 32, 8), (p + 48, 8)]);
+        let notes = p + 56 + 0x80;
+        let second = notes + 12 + 4 + 20;
+        fields.extend([(notes, 4), (notes + 4, 4), (notes + 8, 4), (second, 4), (second + 4, 4), (second + 8, 4)]);
+        fields.push((second + 16, 4)); // the entry point
+        fields
+    }
+
+    #[test]
+    fn vmlinux_mutants_never_panic_and_plans_stay_inside() {
+        let vm = spec(Format::Linux);
+        let initrd_bytes = vec![0x55u8; 0x3000];
+        let long_line = "x".repeat(3000);
+        let eight_byte_entry =
+            vmlinux_with(0x10_0000, &[0xf4; 64], 0x100, &note(b"Xen", 18, &0x10_0000u64.to_le_bytes()));
+        let images = [vmlinux(), eight_byte_entry];
+        fuzz(11, ITERATIONS, &images, &fields(), |rng, bytes| {
+            let memory = rng.pick(&[16 << 20, 64 << 20, 1 << 32, u64::MAX]);
+            let initrd = [None, Some(&initrd_bytes[..rng.index(0x3000)])][rng.index(2)];
+            let cmdline = rng.pick(&["", "console=ttyS0", &long_line]);
+            let extras = Extras { initrd, cmdline, rsdp: Some(0xe_0000), ..Extras::default() };
+            let entry = crate::pvh::entry_note(bytes);
+            if let Ok(plan) = load(bytes, &vm, GuestRam::low(memory), extras) {
+                check_plan(&plan, memory, &[bytes, &initrd_bytes]);
+                assert_eq!(plan.mode, EntryMode::Protected);
+                assert_eq!(Ok(Some(plan.entry as u32)), entry, "entered where the note says");
+                let block = plan.segments.iter().find(|s| s.guest_phys == plan.rbx).expect("a block at EBX");
+                let block = block.data.bytes();
+                assert!(block.len() >= START_INFO_SIZE && block.starts_with(&START_INFO_MAGIC.to_le_bytes()));
+                assert!(plan.rbx >= 0x1000 && plan.rbx + block.len() as u64 <= 1 << 32, "EBX {:#x}", plan.rbx);
+                if initrd.is_some_and(|i| !i.is_empty()) {
+                    let address = u64::from_le_bytes(block[START_INFO_SIZE..START_INFO_SIZE + 8].try_into().unwrap());
+                    let at_initrd = |s: &&Segment| s.guest_phys == address && inside(s.data.bytes(), &initrd_bytes);
+                    assert!(plan.segments.iter().any(|s| at_initrd(&s)), "the module list points at the initrd");
+                    assert!(address.is_multiple_of(0x1000) && address < 1 << 32);
+                }
+            }
+        });
+    }
+}
+
 mod flat {
     use super::*;
 

@@ -9,7 +9,8 @@
 
 use crate::bundle::BundleError;
 use crate::manifest::{Format, Mode, VmSpec};
-use crate::multiboot::{BootItem, Module, Taken};
+use crate::multiboot::Module;
+use crate::place::{BootItem, Taken};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -103,6 +104,11 @@ pub enum ImageError {
         entry: u64,
     },
     NotBzImage(&'static str),
+    /// An ELF file given as a Linux kernel (a vmlinux) without Xen's PVH
+    /// entry note, the only entry Basalt boots a vmlinux through.
+    NoPvhNote,
+    /// The PVH entry note is there but unusable (the text says why).
+    BadPvhNote(&'static str),
     CommandLineTooLong {
         length: usize,
         max: usize,
@@ -143,11 +149,17 @@ impl fmt::Display for ImageError {
             }
             ImageError::EntryOutside { entry } => write!(f, "entry point {entry:#x} is outside the loaded image"),
             ImageError::NotBzImage(why) => write!(f, "not a usable bzImage: {why}"),
+            ImageError::NoPvhNote => write!(
+                f,
+                "an ELF kernel without a PVH entry note (Xen's XEN_ELFNOTE_PHYS32_ENTRY, type 18, in a PT_NOTE \
+                 segment): Basalt boots a vmlinux only through that entry; boot its bzImage instead"
+            ),
+            ImageError::BadPvhNote(why) => write!(f, "unusable PVH entry note: {why}"),
             ImageError::CommandLineTooLong { length, max } => {
                 write!(f, "the command line is {length} bytes; this kernel takes at most {max}")
             }
             ImageError::NoRoom { what, size, areas, taken } => {
-                crate::multiboot::describe_no_room(f, what, *size, areas, taken)
+                crate::place::describe_no_room(f, what, *size, areas, taken)
             }
             ImageError::TooManyModules { count, max } => write!(f, "{count} modules; at most {max} are taken"),
             ImageError::ModuleList(e) => write!(f, "the Multiboot module list is damaged: {e}"),
@@ -187,15 +199,18 @@ pub struct Extras<'a> {
     pub modules: &'a [Module<'a>],
 }
 
-/// The boot protocol `image` speaks, from its own bytes as QEMU's `-kernel`
-/// tells them apart: a bzImage boot-protocol header, else a Multiboot header
-/// in the first 8 KiB (an ELF file may carry one), else the ELF magic. None
-/// for anything else. Only identifies: loading checks the rest.
+/// The boot protocol `image` speaks, from its own bytes in the order QEMU's
+/// `-kernel` tells them apart: a bzImage boot-protocol header, else a
+/// Multiboot header in the first 8 KiB (an ELF file may carry one), else an
+/// ELF file with Xen's PVH entry note (a Linux vmlinux), else the ELF magic.
+/// None for anything else. Only identifies: loading checks the rest.
 pub fn detect_format(image: &[u8]) -> Option<Format> {
     if crate::linux::has_boot_header(image) {
         Some(Format::Linux)
     } else if crate::multiboot::is_multiboot(image) {
         Some(Format::Multiboot)
+    } else if matches!(crate::pvh::entry_note(image), Ok(Some(_))) {
+        Some(Format::Linux)
     } else if image.starts_with(&elf::abi::ELFMAGIC) {
         Some(Format::Elf)
     } else {
@@ -266,7 +281,6 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, ram: GuestRam, extras: Extras<'a>)
             crate::multiboot::plan(image, &ram, &boot)?
         }
         Format::Linux => {
-            let bz = crate::linux::parse(image)?;
             let boot = crate::linux::LinuxBoot {
                 ram,
                 cmdline: extras.cmdline,
@@ -274,7 +288,11 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, ram: GuestRam, extras: Extras<'a>)
                 rsdp: extras.rsdp,
                 acpi_tables: None,
             };
-            crate::linux::plan(&bz, &boot)?
+            // One format, two boot protocols: the file says which.
+            match crate::linux::parse_kernel(image)? {
+                crate::linux::Kernel::BzImage(bz) => crate::linux::plan(&bz, &boot)?,
+                crate::linux::Kernel::Vmlinux(vmlinux) => crate::pvh::plan(&vmlinux, &boot)?,
+            }
         }
     };
     let mut ranges = Vec::with_capacity(plan.segments.len());
@@ -322,10 +340,17 @@ pub struct ElfImage<'a> {
     pub segments: Vec<ElfSegment<'a>>,
 }
 
-/// Reads the loadable segments of a little-endian x86 (ELF32) or x86-64 (ELF64)
-/// executable. Only the ELF header and program headers are read: section
-/// headers do not matter for loading, so damage there is no reason to refuse.
-pub fn parse_elf(image: &[u8]) -> Result<ElfImage<'_>, ImageError> {
+/// An ELF file's header as far as loading needs it, and its program headers.
+pub(crate) struct ElfHeaders<'a> {
+    pub class: ElfClass,
+    pub entry: u64,
+    pub program_headers: SegmentTable<'a, LittleEndian>,
+}
+
+/// Checks the ELF header of a little-endian x86 (ELF32) or x86-64 (ELF64)
+/// executable and finds its program headers. Section headers are not read:
+/// they do not matter for loading, so damage there is no reason to refuse.
+pub(crate) fn elf_headers(image: &[u8]) -> Result<ElfHeaders<'_>, ImageError> {
     use elf::abi;
     if !image.starts_with(&abi::ELFMAGIC) {
         return Err(ImageError::NotElf);
@@ -359,9 +384,26 @@ pub fn parse_elf(image: &[u8]) -> Result<ElfImage<'_>, ImageError> {
         .ok()
         .and_then(|start| image.get(start..start.checked_add(table_size)?))
         .ok_or(ImageError::Truncated("the program headers (e_phoff, e_phnum) lie past its end"))?;
+    let program_headers = SegmentTable::new(LittleEndian, header.class, table);
+    Ok(ElfHeaders { class, entry: header.e_entry, program_headers })
+}
+
+/// The file bytes a program header describes (p_offset, p_filesz), or None
+/// when they do not lie inside `image`.
+pub(crate) fn segment_bytes<'a>(image: &'a [u8], phdr: &ProgramHeader) -> Option<&'a [u8]> {
+    let start = usize::try_from(phdr.p_offset).ok()?;
+    let size = usize::try_from(phdr.p_filesz).ok()?;
+    image.get(start..start.checked_add(size)?)
+}
+
+/// Reads the loadable segments of a little-endian x86 (ELF32) or x86-64 (ELF64)
+/// executable. Only the ELF header and program headers are read: section
+/// headers do not matter for loading, so damage there is no reason to refuse.
+pub fn parse_elf(image: &[u8]) -> Result<ElfImage<'_>, ImageError> {
+    let headers = elf_headers(image)?;
     let mut segments = Vec::new();
-    for phdr in SegmentTable::new(LittleEndian, header.class, table).iter() {
-        if phdr.p_type != abi::PT_LOAD {
+    for phdr in headers.program_headers.iter() {
+        if phdr.p_type != elf::abi::PT_LOAD {
             continue;
         }
         if phdr.p_memsz < phdr.p_filesz {
@@ -370,17 +412,14 @@ pub fn parse_elf(image: &[u8]) -> Result<ElfImage<'_>, ImageError> {
         if phdr.p_paddr.checked_add(phdr.p_memsz).is_none() {
             return Err(ImageError::UnsupportedElf("a segment runs past the top of the address space"));
         }
-        let data = usize::try_from(phdr.p_offset)
-            .ok()
-            .zip(usize::try_from(phdr.p_filesz).ok())
-            .and_then(|(start, size)| image.get(start..start.checked_add(size)?))
+        let data = segment_bytes(image, &phdr)
             .ok_or(ImageError::Truncated("a segment's data (p_offset, p_filesz) lies past its end"))?;
         segments.push(ElfSegment { paddr: phdr.p_paddr, data, memsz: phdr.p_memsz });
     }
     if segments.is_empty() {
         return Err(ImageError::UnsupportedElf("no loadable segments"));
     }
-    Ok(ElfImage { class, entry: header.e_entry, segments })
+    Ok(ElfImage { class: headers.class, entry: headers.entry, segments })
 }
 
 fn elf_error(error: ParseError, reading: &'static str) -> ImageError {
@@ -396,11 +435,10 @@ fn elf_error(error: ParseError, reading: &'static str) -> ImageError {
     }
 }
 
-/// ELF64 images start in long mode, ELF32 in protected mode; segments go to
-/// their physical addresses.
-pub(crate) fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
-    let parsed = parse_elf(image)?;
-    let segments = parsed
+/// The segments of `parsed` at their physical addresses, each followed by
+/// its zero fill.
+pub(crate) fn elf_segments<'a>(parsed: &ElfImage<'a>) -> Vec<Segment<'a>> {
+    parsed
         .segments
         .iter()
         .map(|s| Segment {
@@ -408,9 +446,15 @@ pub(crate) fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
             data: SegmentData::Borrowed(s.data),
             zero_fill: s.memsz.saturating_sub(s.data.len() as u64),
         })
-        .collect();
+        .collect()
+}
+
+/// ELF64 images start in long mode, ELF32 in protected mode; segments go to
+/// their physical addresses.
+pub(crate) fn elf(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
+    let parsed = parse_elf(image)?;
     Ok(LoadPlan {
-        segments,
+        segments: elf_segments(&parsed),
         entry: parsed.entry,
         mode: match parsed.class {
             ElfClass::Elf32 => EntryMode::Protected,

@@ -1,7 +1,8 @@
 //! What Basalt boots from and what it boots guests from, as pure code the host
 //! tests: the boot bundle (the image's ramdisk: command line, VM list, guest
 //! images), the VM list format, loaders for flat, ELF, Multiboot and Linux
-//! (bzImage) images, and which of those a kernel file is.
+//! (bzImage, or vmlinux through its PVH entry) images, and which of those a
+//! kernel file is.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -15,8 +16,10 @@ pub mod image;
 pub mod linux;
 pub mod manifest;
 pub mod multiboot;
+pub mod place;
 #[cfg(any(test, feature = "plan-check"))]
 pub mod plan_check;
+pub mod pvh;
 
 pub use bundle::{Bundle, BundleError};
 pub use image::{

@@ -3,6 +3,12 @@
 //! the zero page (boot_params) with the e820 map, the command line and the
 //! initrd, and the 64-bit entry point with RSI pointing at the zero page.
 //!
+//! A Linux kernel may also come uncompressed, as the vmlinux ELF file, which
+//! `crate::pvh` boots through its PVH entry. Both are `format=linux`: what
+//! makes a VM a Linux VM (initrd, command line, console, devices) is the
+//! same, and the file says which protocol it speaks (`parse_kernel`), as
+//! QEMU's `-kernel` tells them apart.
+//!
 //! The setup header comes from the guest image, so arithmetic on its fields is
 //! checked: a field that would wrap or point outside the image or the VM's
 //! memory is an error, never a panic.
@@ -141,6 +147,25 @@ pub fn parse(image: &[u8]) -> Result<BzImage<'_>, ImageError> {
         cmdline_max: u32_at(image, CMDLINE_SIZE),
         initrd_max: u32_at(image, INITRD_ADDR_MAX).into(),
     })
+}
+
+/// A Linux kernel, as its file says it boots.
+#[derive(Debug, Clone)]
+pub enum Kernel<'a> {
+    /// The compressed kernel with its real-mode setup, booted at its 64-bit entry.
+    BzImage(BzImage<'a>),
+    /// The uncompressed ELF kernel, booted at its PVH entry.
+    Vmlinux(crate::pvh::Vmlinux<'a>),
+}
+
+/// Which Linux kernel `image` is: an ELF file is a vmlinux and must carry the
+/// PVH entry note; anything else must be a bzImage.
+pub fn parse_kernel(image: &[u8]) -> Result<Kernel<'_>, ImageError> {
+    if image.starts_with(&elf::abi::ELFMAGIC) {
+        crate::pvh::parse(image).map(Kernel::Vmlinux)
+    } else {
+        parse(image).map(Kernel::BzImage)
+    }
 }
 
 /// What the VMM knows about the VM a Linux kernel is booted into.

@@ -22,9 +22,11 @@
 
 use crate::bundle::Bundle;
 use crate::image::{bytes_at, u32_at, EntryMode, GuestRam, ImageError, LoadPlan, Segment, SegmentData};
+use crate::place::{kernel_taken, place, End};
+// Where they were first defined; the PVH loader places its boot data the same way.
+pub use crate::place::{BootItem, Taken};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 
 const HEADER_MAGIC: u32 = 0x1bad_b002;
 /// What EAX holds when a Multiboot kernel starts.
@@ -39,7 +41,6 @@ pub const BOOT_LOADER_NAME: &str = "Basalt";
 /// make the loader build.
 pub const MAX_MODULES: usize = 64;
 
-const PAGE: u64 = 0x1000;
 /// Conventional memory as the memory map reports it, less page 0: a pointer
 /// to it would read as null.
 const CONVENTIONAL: (u64, u64) = (0x1000, 0x9_f000);
@@ -109,71 +110,6 @@ pub struct Boot<'a> {
     pub modules: &'a [Module<'a>],
 }
 
-/// What occupies guest memory, as a refusal names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BootItem {
-    KernelBytes,
-    KernelZeroFill,
-    /// Counted from 0; shown counted from 1.
-    Module(usize),
-    /// The information block: the structure, memory map, module list and
-    /// strings, kept together.
-    Information,
-}
-
-impl fmt::Display for BootItem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BootItem::KernelBytes => write!(f, "the kernel's bytes"),
-            BootItem::KernelZeroFill => write!(f, "the kernel's zero fill (bss)"),
-            BootItem::Module(i) => write!(f, "module {}", i.saturating_add(1)),
-            BootItem::Information => write!(f, "the Multiboot information"),
-        }
-    }
-}
-
-/// Guest-physical bytes `start..end` taken by `by`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Taken {
-    pub start: u64,
-    pub end: u64,
-    pub by: BootItem,
-}
-
-/// Why `what` did not fit: the areas it may go in and what takes them up.
-pub(crate) fn describe_no_room(
-    f: &mut fmt::Formatter<'_>,
-    what: &BootItem,
-    size: u64,
-    areas: &[(u64, u64)],
-    taken: &[Taken],
-) -> fmt::Result {
-    write!(f, "no room for {what} ({size:#x} bytes, page-aligned) in guest RAM ")?;
-    for (i, (start, end)) in areas.iter().enumerate() {
-        let joint = match i {
-            0 => "",
-            _ if i + 1 == areas.len() => " or ",
-            _ => ", ",
-        };
-        write!(f, "{joint}{start:#x}..{end:#x}")?;
-    }
-    if areas.is_empty() {
-        write!(f, "(the VM has none below 4 GiB)")?;
-    }
-    if taken.is_empty() {
-        return write!(f, ": too small");
-    }
-    write!(f, ": taken by ")?;
-    const SHOWN: usize = 6;
-    for (i, t) in taken.iter().take(SHOWN).enumerate() {
-        write!(f, "{}{} {:#x}..{:#x}", if i == 0 { "" } else { ", " }, t.by, t.start, t.end)?;
-    }
-    if taken.len() > SHOWN {
-        write!(f, " and {} more", taken.len() - SHOWN)?;
-    }
-    Ok(())
-}
-
 /// The offset of the Multiboot header in the first 8 KiB of `image`.
 pub fn header_offset(image: &[u8]) -> Result<usize, ImageError> {
     let search = &image[..image.len().min(SEARCH)];
@@ -202,18 +138,7 @@ pub(crate) fn plan<'a>(image: &'a [u8], ram: &GuestRam, boot: &Boot<'a>) -> Resu
     }
     let mut plan = kernel(image)?;
     let memory = ram.low_ram_end;
-    // The kernel must fit first: otherwise the boot data would be refused for
-    // want of room when the kernel itself is what does not fit.
-    let mut taken = Vec::with_capacity(2 * plan.segments.len() + boot.modules.len() + 1);
-    for s in &plan.segments {
-        let end = s.checked_end().filter(|&end| end <= memory);
-        let end = end.ok_or(ImageError::DoesNotFit { start: s.guest_phys, end: s.end(), memory })?;
-        // Below `end`, so no overflow.
-        let data_end = s.guest_phys + s.data.bytes().len() as u64;
-        taken.push(Taken { start: s.guest_phys, end: data_end, by: BootItem::KernelBytes });
-        taken.push(Taken { start: data_end, end, by: BootItem::KernelZeroFill });
-    }
-    taken.retain(|t| t.end > t.start);
+    let mut taken = kernel_taken(&plan.segments, memory)?;
     let top = memory.min(ADDRESS_LIMIT);
     let kernel_end = taken.iter().map(|t| t.end).max().unwrap_or(0);
     let above_kernel = (kernel_end.max(EXTENDED_START), top);
@@ -222,13 +147,13 @@ pub(crate) fn plan<'a>(image: &'a [u8], ram: &GuestRam, boot: &Boot<'a>) -> Resu
     let mut module_addresses = Vec::with_capacity(boot.modules.len());
     for (i, module) in boot.modules.iter().enumerate() {
         let size = module.data.len() as u64;
-        let at = place(&mut taken, size, &[above_kernel, extended, CONVENTIONAL], top, BootItem::Module(i))?;
+        let at = place(&mut taken, size, &[above_kernel, extended, CONVENTIONAL], top, End::Low, BootItem::Module(i))?;
         module_addresses.push(at);
     }
     let layout = Layout::new(ram, boot)?;
     let windows =
         [(PREFERRED_INFO_ADDRESS, CONVENTIONAL.1), (CONVENTIONAL.0, PREFERRED_INFO_ADDRESS), above_kernel, extended];
-    let info_at = place(&mut taken, layout.size as u64, &windows, top, BootItem::Information)?;
+    let info_at = place(&mut taken, layout.size as u64, &windows, top, End::Low, BootItem::Information)?;
     let info = layout.write(info_at, ram, boot, &module_addresses);
 
     for (module, &at) in boot.modules.iter().zip(&module_addresses) {
@@ -298,56 +223,6 @@ fn kernel(image: &[u8]) -> Result<LoadPlan<'_>, ImageError> {
         rbx: 0,
         rsi: 0,
     })
-}
-
-/// The lowest address, a multiple of a page, where `size` bytes fit in one of
-/// `windows` (tried in order, each cut at `top`) without touching anything
-/// `taken`; records it there as `by`. An empty item still gets a byte of its
-/// own, so no two items share an address.
-fn place(taken: &mut Vec<Taken>, size: u64, windows: &[(u64, u64)], top: u64, by: BootItem) -> Result<u64, ImageError> {
-    let size = size.max(1);
-    taken.sort_unstable_by_key(|t| t.start);
-    let fits = |low: u64, high: u64| -> Option<u64> {
-        let mut at = low.checked_next_multiple_of(PAGE)?;
-        // Sorted by start: once an item starts at or after the end of the
-        // candidate, none later can overlap it.
-        for t in taken.iter() {
-            let end = at.checked_add(size).filter(|&end| end <= high)?;
-            if t.end <= at {
-                continue;
-            }
-            if t.start >= end {
-                break;
-            }
-            at = t.end.checked_next_multiple_of(PAGE)?;
-        }
-        at.checked_add(size).filter(|&end| end <= high).map(|_| at)
-    };
-    for &(low, high) in windows {
-        if let Some(at) = fits(low, high.min(top)) {
-            // Inside the window, so below `top`: no overflow.
-            taken.push(Taken { start: at, end: at + size, by });
-            return Ok(at);
-        }
-    }
-    let areas = merged(windows.iter().map(|&(low, high)| (low, high.min(top))).filter(|(low, high)| low < high));
-    let in_areas = |t: &&Taken| areas.iter().any(|&(low, high)| t.start < high && low < t.end);
-    let colliding: Vec<Taken> = taken.iter().filter(in_areas).copied().collect();
-    Err(ImageError::NoRoom { what: by, size, areas, taken: colliding })
-}
-
-/// The union of `ranges`, sorted, with touching ranges joined.
-fn merged(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = ranges.collect();
-    ranges.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (low, high) in ranges {
-        match out.last_mut() {
-            Some(last) if low <= last.1 => last.1 = last.1.max(high),
-            _ => out.push((low, high)),
-        }
-    }
-    out
 }
 
 /// Where each part of the information block lies, as offsets in it: the
