@@ -1,13 +1,15 @@
 //! Targets for what Basalt reads from its boot image: guest kernels (ELF,
-//! Multiboot, bzImage), the boot bundle and the VM list.
+//! Multiboot, Linux as a bzImage or as a vmlinux booted through its PVH
+//! entry), the boot bundle and the VM list.
 
 use crate::{feature, kind_of};
 use basalt_fuzz::Reader;
 use devices::layout::{RamMap, RAM_HOLE_START};
 use loader::image::{Segment, SegmentData, MULTIBOOT_BOOTLOADER_MAGIC};
-use loader::linux::{self, LinuxBoot, ZERO_PAGE};
+use loader::linux::{self, Kernel, LinuxBoot, ZERO_PAGE};
 use loader::manifest::{self, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use loader::plan_check::{check_plan, inside};
+use loader::pvh;
 use loader::{
     load, parse_elf, parse_manifest, Bundle, ElfClass, EntryMode, Extras, GuestRam, LoadPlan, Module, VmSpec,
 };
@@ -161,7 +163,10 @@ fn check_information(plan: &LoadPlan, block: &[u8], cmdline: &str, modules: &[Mo
     assert_eq!(string(u32_at(64)), b"Basalt");
 }
 
-/// Input: RAM choice, initrd size, command line, ACPI placement, then the file.
+/// Input: RAM choice, initrd size, command line, ACPI placement, then the
+/// file: a Linux kernel in either form `format=linux` takes, a bzImage or
+/// (an ELF file) a vmlinux with the PVH entry note; the corpus has seeds of
+/// both (`seed-*` bzImages, `vmlinux-*` from [`vmlinux_seeds`]).
 pub fn bzimage(data: &[u8]) -> u64 {
     let mut r = Reader::new(data);
     let ram = guest_ram(&mut r);
@@ -202,17 +207,156 @@ pub fn bzimage(data: &[u8]) -> u64 {
             }
         }
     }
+    let vmlinux = pvh::parse(image);
+    outcome(&mut signal, &vmlinux);
+    if let Ok(vmlinux) = &vmlinux {
+        let boot = LinuxBoot { ram, cmdline, initrd, rsdp, acpi_tables };
+        let plan = pvh::plan(vmlinux, &boot);
+        outcome(&mut signal, &plan);
+        if let Ok(plan) = plan {
+            check_start_info(&plan, &boot);
+        }
+    }
     let extras = Extras { initrd, cmdline, rsdp, ..Extras::default() };
     let plan = load(image, &spec("linux"), ram, extras);
     outcome(&mut signal, &plan);
     if let Ok(plan) = plan {
         let inputs: [&[u8]; 2] = [image, &initrd_bytes];
         check_plan(&plan, ram.low_ram_end, &inputs);
-        assert_eq!((plan.mode, plan.rsi), (EntryMode::Long, ZERO_PAGE));
-        assert_eq!(plan.entry, plan.segments[0].guest_phys + 0x200, "the 64-bit entry");
+        match linux::parse_kernel(image).expect("a kernel that loads parses") {
+            Kernel::BzImage(_) => {
+                assert_eq!((plan.mode, plan.rsi), (EntryMode::Long, ZERO_PAGE));
+                assert_eq!(plan.entry, plan.segments[0].guest_phys + 0x200, "the 64-bit entry");
+            }
+            Kernel::Vmlinux(vmlinux) => {
+                assert_eq!(plan.entry, u64::from(vmlinux.entry), "the PVH entry");
+                // load() hands the loader no ACPI table range.
+                check_start_info(&plan, &LinuxBoot { ram, cmdline, initrd, rsdp, acpi_tables: None });
+                feature(&mut signal, 0x400 | u64::from(initrd.is_some_and(|i| !i.is_empty())));
+            }
+        }
     }
     check_e820(&ram, acpi_tables);
     signal
+}
+
+/// A PVH plan against what the kernel was given: entered in protected mode
+/// with EBX at a start info (version 1, the magic) whose command line,
+/// module list and memory map are what `boot` asked for, every address in it
+/// below 4 GiB and, but the RSDP's, inside the block or on the initrd.
+fn check_start_info(plan: &LoadPlan, boot: &LinuxBoot) {
+    assert_eq!((plan.mode, plan.rax, plan.rsi), (EntryMode::Protected, 0, 0));
+    let at_ebx = |s: &&Segment| s.guest_phys == plan.rbx && matches!(s.data, SegmentData::Owned(_));
+    let block = plan.segments.iter().find(at_ebx).expect("a start info block at EBX");
+    assert!(block.end() <= 1 << 32 && plan.rbx >= 0x1000, "start info at {:#x}", plan.rbx);
+    let block = block.data.bytes();
+    let u32_at = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+    // A pointer into the block, as an offset; every one must land inside it.
+    let offset = |address: u64| {
+        let at = address.checked_sub(plan.rbx).filter(|&at| at < block.len() as u64);
+        at.unwrap_or_else(|| panic!("{address:#x} outside the block at {:#x}", plan.rbx)) as usize
+    };
+    assert_eq!((u32_at(0), u32_at(4), u32_at(8)), (pvh::START_INFO_MAGIC, 1, 0), "magic, version, flags");
+    let line = offset(u64_at(24));
+    let length = block[line..].iter().position(|&b| b == 0).expect("a NUL-terminated command line");
+    assert_eq!(&block[line..line + length], boot.cmdline.as_bytes());
+    assert_eq!(u64_at(32), boot.rsdp.unwrap_or(0), "the RSDP as given");
+    let initrd = boot.initrd.filter(|i| !i.is_empty());
+    assert_eq!(u32_at(12), u32::from(initrd.is_some()), "one module: the initrd");
+    if let Some(initrd) = initrd {
+        let entry = offset(u64_at(16));
+        let (start, size) = (u64_at(entry), u64_at(entry + 8));
+        assert!(start.is_multiple_of(0x1000) && size == initrd.len() as u64, "initrd {start:#x}+{size:#x}");
+        assert!(start.checked_add(size).is_some_and(|end| end <= 1 << 32), "the initrd past 4 GiB");
+        let segment = plan.segments.iter().find(|s| s.guest_phys == start && !s.data.bytes().is_empty());
+        assert_eq!(segment.expect("the initrd's segment").data.bytes(), initrd);
+    } else {
+        assert_eq!(u64_at(16), 0, "no module list");
+    }
+    let map = linux::e820(&boot.ram, boot.acpi_tables);
+    let (map_at, entries) = (offset(u64_at(40)), u32_at(48) as usize);
+    assert_eq!(entries, map.len());
+    assert!(map_at + 24 * entries <= block.len(), "the memory map runs past the block");
+    for (i, &(start, size, kind)) in map.iter().enumerate() {
+        let e = map_at + 24 * i;
+        assert_eq!((u64_at(e), u64_at(e + 8), u32_at(e + 16), u32_at(e + 20)), (start, size, kind, 0), "entry {i}");
+    }
+}
+
+/// A vmlinux-shaped ELF64 file: one PT_LOAD segment of `code` (`bss` more
+/// bytes of zero fill) at `paddr`, and a PT_NOTE segment of `notes`
+/// (each: name with its NUL, type, description).
+fn vmlinux_file(paddr: u64, code: &[u8], bss: u64, notes: &[(&[u8], u32, &[u8])]) -> Vec<u8> {
+    let mut note_bytes = Vec::new();
+    for (name, kind, desc) in notes {
+        for word in [name.len() as u32 + 1, desc.len() as u32, *kind] {
+            note_bytes.extend(word.to_le_bytes());
+        }
+        note_bytes.extend(*name);
+        note_bytes.push(0);
+        note_bytes.resize(note_bytes.len().next_multiple_of(4), 0);
+        note_bytes.extend(*desc);
+        note_bytes.resize(note_bytes.len().next_multiple_of(4), 0);
+    }
+    let mut f = vec![0u8; 64 + 2 * 56];
+    f[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    f[32..40].copy_from_slice(&64u64.to_le_bytes());
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes());
+    let code_at = f.len() as u64;
+    let headers = [
+        (1u32, code_at, paddr, code.len() as u64, code.len() as u64 + bss),
+        (4, code_at + code.len() as u64, 0, note_bytes.len() as u64, note_bytes.len() as u64),
+    ];
+    for (i, (kind, offset, paddr, filesz, memsz)) in headers.into_iter().enumerate() {
+        let p = 64 + 56 * i;
+        f[p..p + 4].copy_from_slice(&kind.to_le_bytes());
+        f[p + 8..p + 16].copy_from_slice(&offset.to_le_bytes());
+        f[p + 24..p + 32].copy_from_slice(&paddr.to_le_bytes());
+        f[p + 32..p + 40].copy_from_slice(&filesz.to_le_bytes());
+        f[p + 40..p + 48].copy_from_slice(&memsz.to_le_bytes());
+        f[p + 48..p + 56].copy_from_slice(&4u64.to_le_bytes());
+    }
+    f.extend_from_slice(code);
+    f.extend_from_slice(&note_bytes);
+    f
+}
+
+/// Corpus seeds of vmlinux files for [`bzimage`], as `fuzz/corpus/bzimage/
+/// vmlinux-NN` holds them (the test below keeps the two the same): a 256 MiB
+/// VM with an initrd, a console and an RSDP, booting a kernel at 16 MiB with
+/// a 4-byte entry note behind other notes; a 64 MiB VM with part of the
+/// initrd and a long command line, the note 8 bytes (as Linux before 6.13
+/// writes it); a kernel over conventional memory in a tight VM.
+pub fn vmlinux_seeds() -> Vec<Vec<u8>> {
+    let code = [0xf4u8; 64];
+    let build_id: &[u8] = &[0xab; 20];
+    let inputs: [(&[u8], Vec<u8>); 3] = [
+        (
+            // low RAM, 256 MiB; all the initrd; a 0-byte long line; the console; an RSDP; no ACPI range
+            &[0, 3, 1, 0, 0, 1, 1, 1, 0xe0, 0],
+            vmlinux_file(
+                0x100_0000,
+                &code,
+                0x2000,
+                &[(b"GNU", 3, build_id), (b"Xen", 18, &0x100_0010u32.to_le_bytes()), (b"Linux", 0, &[0; 4])],
+            ),
+        ),
+        (
+            // low RAM, 64 MiB; 0x1234 bytes of initrd; a 2000-byte line; no RSDP; no ACPI range
+            &[0, 2, 2, 0x34, 0x12, 0xd0, 0x07, 2, 0, 0],
+            vmlinux_file(0x20_0000, &code, 0, &[(b"Xen", 18, &0x20_0000u64.to_le_bytes())]),
+        ),
+        (
+            // low RAM, 16 MiB; no initrd; no line; no RSDP; no ACPI range
+            &[0, 1, 0, 0, 0, 0, 0, 0],
+            vmlinux_file(0x1000, &code, 0x9_e000 - 64, &[(b"Xen", 18, &0x1000u32.to_le_bytes())]),
+        ),
+    ];
+    inputs.into_iter().map(|(choices, file)| [choices, &file[..]].concat()).collect()
 }
 
 /// The memory map Linux gets: sorted, no overlaps, and (for a VM of at least
@@ -279,4 +423,35 @@ pub fn manifest(data: &[u8]) -> u64 {
     assert_eq!(parse_manifest(&rendered.join("\n")).as_ref(), Ok(&vms), "rendered back: {rendered:?}");
     feature(&mut signal, 0x100 | vms.len().min(8) as u64);
     signal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The corpus holds exactly what `vmlinux_seeds` makes (`cargo test`
+    /// replays it with every target's corpus), and each seed boots.
+    #[test]
+    fn the_vmlinux_seeds_are_in_the_corpus_and_boot() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/bzimage");
+        for (i, seed) in vmlinux_seeds().iter().enumerate() {
+            let path = dir.join(format!("vmlinux-{i:02}"));
+            let stored = std::fs::read(&path).unwrap_or_default();
+            if std::env::var_os("BASALT_WRITE_VMLINUX_SEEDS").is_some() {
+                std::fs::write(&path, seed).unwrap();
+            } else {
+                assert!(
+                    stored == *seed,
+                    "{} differs from vmlinux_seeds() (BASALT_WRITE_VMLINUX_SEEDS=1 rewrites it)",
+                    path.display()
+                );
+            }
+            assert!(seed.len() < 4096);
+            // Each reaches a PVH plan, with its initrd where it has one.
+            let signal = bzimage(seed);
+            let mut expected = 0;
+            feature(&mut expected, 0x400 | u64::from(i < 2));
+            assert_eq!(signal & expected, expected, "seed {i} does not boot through PVH");
+        }
+    }
 }
