@@ -110,6 +110,7 @@ fn linux_guest() -> guests::LinuxGuest {
         modules: Vec::new(),
         blank_disks_mib: Vec::new(),
         host_console: false,
+        boot: guests::KernelFile::Vmlinux,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Debian's stock kernel as a guest: found with apt, fetched with
 //! `apt-get download`, unpacked with `dpkg-deb`, cached under target/linux;
-//! likewise busybox-static for the test initramfs.
+//! likewise busybox-static for the test initramfs. The vmlinux inside its
+//! bzImage, which VMs boot through the PVH entry, is unpacked once and cached
+//! there too (target/linux/vmlinux/).
 
 use crate::workspace_root;
 use std::path::{Path, PathBuf};
@@ -92,6 +94,30 @@ fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
 pub fn debian_kernel() -> Result<PathBuf, String> {
     let unpacked = kernel_package()?;
     find_vmlinuz(&unpacked).ok_or_else(|| format!("{} holds no boot/vmlinuz-*", unpacked.display()))
+}
+
+/// Path of the vmlinux in Debian's current amd64 bzImage (`crate::vmlinux`),
+/// unpacked once per bzImage into target/linux/vmlinux/ and kept there: a
+/// cached file newer than the bzImage is used as it is.
+pub fn debian_vmlinux() -> Result<PathBuf, String> {
+    let bzimage = debian_kernel()?;
+    let name = bzimage.file_name().map(|n| n.to_string_lossy().replacen("vmlinuz", "vmlinux", 1));
+    let name = name.ok_or_else(|| format!("{} has no file name", bzimage.display()))?;
+    let dir = workspace_root().join("target/linux/vmlinux");
+    let cached = dir.join(&name);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&cached).zip(modified(&bzimage)).is_some_and(|(cached, source)| cached >= source) {
+        return Ok(cached);
+    }
+    println!("xtask: unpacking the vmlinux from {} (once)", bzimage.display());
+    let bytes = std::fs::read(&bzimage).map_err(|e| format!("cannot read {}: {e}", bzimage.display()))?;
+    let vmlinux = crate::vmlinux::extract(&bytes).map_err(|e| format!("{}: {e}", bzimage.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Written aside, then renamed: an interrupted run leaves no cut-short file behind.
+    let partial = dir.join(format!("{name}.partial"));
+    std::fs::write(&partial, &vmlinux).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    std::fs::rename(&partial, &cached).map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
+    Ok(cached)
 }
 
 /// The kernel modules directory (lib/modules/VERSION) of Debian's kernel.

@@ -11,6 +11,7 @@ mod linux;
 mod qemu_test;
 mod setup;
 mod vmconfig;
+mod vmlinux;
 
 use emulator::{Emulator, Ending, Firmware, InteractiveEnd, Vendor};
 use std::path::PathBuf;
@@ -38,9 +39,11 @@ commands:
                 this terminal; Ctrl-A X ends the run)
                 --demo            run the tiny built-in demo guest instead
                 --kernel PATH     run this kernel as the VM, as QEMU's -kernel would: a
-                                  Linux bzImage, a Multiboot kernel or an ELF (told
-                                  apart by the file's contents; `--kernel debian`:
-                                  Debian's stock kernel, fetched once)
+                                  Linux bzImage or vmlinux (PVH), a Multiboot kernel
+                                  or an ELF (told apart by the file's contents;
+                                  `--kernel debian`: Debian's stock kernel, fetched
+                                  once, as the vmlinux unpacked from its bzImage;
+                                  `--kernel debian-bzimage`: that bzImage)
                 --initrd PATH     with --kernel: Linux: its initramfs; Multiboot: its
                                   modules as QEMU takes them: 'FILE ARGS,FILE2', a
                                   doubled comma being a comma
@@ -233,17 +236,22 @@ struct KernelBoot {
 }
 
 /// The VM `run --kernel PATH` runs, as QEMU's `-kernel` would boot the file:
-/// its format from its bytes (a Linux bzImage, a Multiboot kernel, a plain
-/// ELF). A Linux kernel's `--initrd` is its initramfs and `--append` its
-/// command line (default `console=ttyS0`); a Multiboot kernel's `--initrd` is
-/// QEMU's module list ("file args,file2", files relative to the current
-/// directory) and its command line is PATH, a space and `--append`.
-/// `--kernel debian` is Debian's stock kernel.
+/// its format from its bytes (a Linux bzImage or vmlinux with the PVH note, a
+/// Multiboot kernel, a plain ELF). A Linux kernel's `--initrd` is its
+/// initramfs and `--append` its command line (default `console=ttyS0`); a
+/// Multiboot kernel's `--initrd` is QEMU's module list ("file args,file2",
+/// files relative to the current directory) and its command line is PATH, a
+/// space and `--append`. `--kernel debian` is Debian's stock kernel as the
+/// vmlinux unpacked from its bzImage, `--kernel debian-bzimage` the bzImage.
 fn kernel_vm(path: &str, boot: KernelBoot) -> Result<guests::LinuxVm, String> {
     use loader::Format;
     use std::path::Path;
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let file = if path == "debian" { linux::debian_kernel()? } else { path.into() };
+    let file = match path {
+        "debian" => linux::debian_vmlinux()?,
+        "debian-bzimage" => linux::debian_kernel()?,
+        _ => path.into(),
+    };
     let kernel = read(&file)?;
     let format = guests::kernel_format(&kernel, &file)?;
     let (initrd, modules) = match (format, &boot.initrd) {
@@ -367,6 +375,7 @@ fn default_linux_vm() -> Result<guests::LinuxVm, String> {
         modules: guests::VIRTIO_AND_EXT4_MODULES.iter().map(|m| m.to_string()).collect(),
         blank_disks_mib: vec![8],
         host_console: true,
+        boot: guests::KernelFile::Vmlinux,
     };
     guests::linux_vm(&guest)
 }

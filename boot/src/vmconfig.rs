@@ -5,7 +5,7 @@
 //! name = "web"
 //! memory_mib = 256
 //! vcpus = 1
-//! kernel = "debian"          # or a kernel file: bzImage, Multiboot or ELF
+//! kernel = "debian"          # or a kernel file: bzImage, vmlinux (PVH), Multiboot or ELF
 //! initrd = "initrd.cpio"     # optional; Multiboot: modules, "FILE ARGS,FILE2"
 //! cmdline = "quiet"          # optional; Linux: console= is added for `console`
 //! console = "serial"         # Linux: "serial" (ttyS0) or "virtio" (hvc0)
@@ -175,7 +175,7 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let kernel_path = match config.kernel {
         Some(path) => path,
-        None => crate::linux::debian_kernel()?,
+        None => crate::linux::debian_vmlinux()?,
     };
     Ok(LinuxVm {
         name: config.name,
