@@ -14,6 +14,7 @@ pub mod chipset;
 pub mod cpu;
 pub use basalt_fuzz::heap;
 pub mod loaders;
+pub mod platform;
 pub mod ram;
 pub mod seeds;
 pub mod virtio;
@@ -67,7 +68,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "chipset",
-        about: "a VM's chipset under port and MMIO accesses, VMM calls and time: requests well-formed, memory bounded",
+        about: "a VM's chipset with its port devices (fw_cfg, PCI host bridge, port 0x92) under port, MMIO and x2APIC MSR accesses, IA32_APIC_BASE writes, VMM calls and time: devices as specified, APIC modes only as the SDM allows, unclaimed-address and refused-MSR logs bounded, requests well-formed, memory bounded",
         run: chipset::chipset,
         max_len: 4096,
     },

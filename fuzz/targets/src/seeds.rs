@@ -290,12 +290,7 @@ fn virtio_device(block: bool) -> Vec<Vec<u8>> {
 
 /// `chipset::port`: port `p` from its list (or raw when it is not there).
 fn port(s: &mut Script, p: u16) -> &mut Script {
-    const PORTS: [u16; 34] = [
-        0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x70, 0x71, 0x3f8, 0x3f9, 0x3fa, 0x3fb,
-        0x3fc, 0x3fd, 0x3fe, 0x3ff, 0x600, 0x602, 0x604, 0x608, 0x60b, 0x60c, 0xcf9, 0xf4, 0xf5, 0xf7, 0xf8, 0xf9,
-        0x80,
-    ];
-    match PORTS.iter().position(|&x| x == p) {
+    match crate::chipset::PORTS.iter().position(|&x| x == p) {
         Some(i) => s.u8(1).u8(i as u8),
         None => s.u8(0).u16(p),
     }
@@ -329,6 +324,80 @@ fn mmio(s: &mut Script, ioapic: bool, register: u64, value: u32) -> &mut Script 
 /// Time passes (operation 6) by `ticks`, and the chipset is polled.
 fn later(s: &mut Script, ticks: u32) -> &mut Script {
     s.u8(6).u8(0).u8(1).below(1 << 32, ticks.into())
+}
+
+/// `chipset::driver` (operation 18), selecting fw_cfg item `key` (raw when
+/// it is not one of the VM's) and reading it in reads of `sizes` bytes.
+fn fw_cfg_item<'a>(s: &'a mut Script, key: u16, sizes: &[u8]) -> &'a mut Script {
+    s.u8(18).u8(0).u8(0);
+    match crate::platform::FW_CFG_KEYS.iter().position(|&k| k == key & !0x4000) {
+        Some(i) => s.u8(1).u8(i as u8).u8(if key & 0x4000 != 0 { 0 } else { 1 }),
+        None => s.u8(0).u16(key),
+    };
+    s.u8(sizes.len() as u8);
+    for &size in sizes {
+        s.u8([1, 2, 4].iter().position(|&x| x == size).unwrap() as u8 + (size != 1) as u8);
+    }
+    s
+}
+
+/// `chipset::driver`: CONFIG_ADDRESS for `bus_device_function` and dword
+/// `register` (enabled), then a read (`write` None) or a write of `size`
+/// bytes at data port `byte` (0-3).
+fn pci(s: &mut Script, bus_device_function: u16, register: u8, byte: u8, size: u8, write: Option<u32>) -> &mut Script {
+    s.u8(18).u8(0).u8(1).u8(1);
+    if bus_device_function == 0 {
+        s.u8(1);
+    } else {
+        s.u8(0).u16(bus_device_function);
+    }
+    s.u8(register / 4).u8(1).u8(byte).u8([1, 2, 4].iter().position(|&x| x == size).unwrap() as u8);
+    match write {
+        None => s.u8(1),
+        Some(value) => s.u8(0).u32(value),
+    }
+}
+
+/// `chipset::driver`: `n` ports from `base` probed one after another (reads).
+fn probe(s: &mut Script, base: u16, n: u8) -> &mut Script {
+    s.u8(18).u8(0).u8(3).u16(base).u8(n);
+    for _ in 0..n {
+        s.u8(1);
+    }
+    s
+}
+
+/// Operation 16: WRMSR IA32_APIC_BASE on `vcpu` of the fixed base with mode
+/// `mode` (0: disabled, 1: EN, 2: EN and EXTD, 3: EXTD alone) and the BSP
+/// bit; `flip` a bit (`Some`), x2APIC offered or not, MAXPHYADDR 48.
+fn apic_base(s: &mut Script, vcpu: u8, mode: u8, bsp: bool, flip: Option<u8>, offered: bool) -> &mut Script {
+    s.u8(16).u8(vcpu).u8(mode).u8(bsp as u8);
+    match flip {
+        None => s.u8(0),
+        Some(bit) => s.u8(5).u8(bit),
+    };
+    s.u8(if offered { 1 } else { 0 }).u8(0)
+}
+
+/// Operation 17: RDMSR of x2APIC register `msr` on `vcpu`.
+fn rdmsr(s: &mut Script, vcpu: u8, msr: u32) -> &mut Script {
+    let i = crate::platform::X2APIC_MSRS.iter().position(|&m| m == msr).unwrap();
+    s.u8(17).u8(vcpu).u8(0).u8(i as u8).u8(0)
+}
+
+/// Operation 17: WRMSR of `value` (a 32-bit one) to x2APIC register `msr` other than the ICR.
+fn wrmsr(s: &mut Script, vcpu: u8, msr: u32, value: u32) -> &mut Script {
+    let i = crate::platform::X2APIC_MSRS.iter().position(|&m| m == msr).unwrap();
+    s.u8(17).u8(vcpu).u8(0).u8(i as u8).u8(1).u8(2).u32(value)
+}
+
+/// Operation 17: a fixed IPI of `vector` through the x2APIC ICR of `vcpu`,
+/// physical, to x2APIC ID `to`.
+fn x2apic_ipi(s: &mut Script, vcpu: u8, vector: u8, to: u8) -> &mut Script {
+    let i = crate::platform::X2APIC_MSRS.iter().position(|&m| m == 0x830).unwrap();
+    s.u8(17).u8(vcpu).u8(0).u8(i as u8).u8(1);
+    // Vector, fixed, physical, assert, edge, no shorthand; to a vCPU; no reserved bit.
+    s.u8(vector).u8(0).u8(0).u8(1).u8(0).u8(0).u8(0).u8(to).u8(1)
 }
 
 fn chipset() -> Vec<Vec<u8>> {
@@ -389,6 +458,64 @@ fn chipset() -> Vec<Vec<u8>> {
     out(&mut s, 0xf4, 4, 0x10);
     out(&mut s, 0x604, 2, 5 << 10 | 1 << 13);
     out(&mut s, 0xcf9, 1, 6);
+    out_.push(s.done());
+    // The port devices beside the chipset: fw_cfg items read whole and past
+    // their ends, unknown keys; the host bridge's header read and written,
+    // absent functions; port 0x92's reset; fw_cfg's absent DMA ports and a
+    // probe past the unclaimed-address log's bound; the VM stops.
+    header(&mut s);
+    fw_cfg_item(&mut s, 0x00, &[1, 1, 1, 1, 1, 1]);
+    fw_cfg_item(&mut s, 0x05, &[2]);
+    fw_cfg_item(&mut s, 0x03, &[4, 4, 4]);
+    fw_cfg_item(&mut s, 0x19, &[4, 1]);
+    fw_cfg_item(&mut s, 0x4001, &[4]);
+    fw_cfg_item(&mut s, 0x8000, &[1, 2]);
+    inp(&mut s, 0x510, 2);
+    pci(&mut s, 0, 0x00, 0, 4, None);
+    pci(&mut s, 0, 0x08, 2, 2, None);
+    pci(&mut s, 0, 0x04, 0, 2, Some(0xffff));
+    pci(&mut s, 0, 0x04, 0, 4, None);
+    pci(&mut s, 0, 0x0c, 1, 1, Some(0xff));
+    pci(&mut s, 0, 0xfc, 3, 4, None);
+    pci(&mut s, 1 << 3, 0x00, 0, 4, None);
+    pci(&mut s, 1 << 8, 0x00, 2, 2, Some(0));
+    inp(&mut s, 0xcf8, 4);
+    for value in [1, 3, 0, 1] {
+        s.u8(18).u8(0).u8(2).u8(value);
+    }
+    probe(&mut s, 0x512, 4);
+    probe(&mut s, 0x200, 12);
+    s.u8(10).u8(0);
+    out_.push(s.done());
+    // The local APIC's modes: vCPU 1 to x2APIC, its ID and logical ID read,
+    // enabled by SVR, a self-IPI; vCPU 0 too, and an IPI between them; CR8;
+    // the page gone; then the transitions the SDM refuses, and the way back
+    // through disabled, and the MSRs refused outside x2APIC mode.
+    header(&mut s);
+    apic_base(&mut s, 1, 2, false, None, true);
+    rdmsr(&mut s, 1, 0x802);
+    rdmsr(&mut s, 1, 0x80d);
+    wrmsr(&mut s, 1, 0x80f, 0x1ff);
+    wrmsr(&mut s, 1, 0x83f, 0x51);
+    s.u8(7).u8(1);
+    mmio(&mut s, false, 0xf0, 0x1ff);
+    apic_base(&mut s, 0, 2, true, None, true);
+    x2apic_ipi(&mut s, 1, 0x45, 0);
+    s.u8(7).u8(0);
+    s.u8(17).u8(1).u8(0).u8(0).u8(2).u8(3);
+    rdmsr(&mut s, 1, 0x808);
+    s.u8(4).u8(1).u8(0).u8(1).below(256, 2).u8(2);
+    apic_base(&mut s, 1, 1, false, None, true);
+    apic_base(&mut s, 1, 3, false, None, true);
+    apic_base(&mut s, 1, 1, false, Some(0), true);
+    apic_base(&mut s, 1, 0, false, None, true);
+    apic_base(&mut s, 1, 2, false, None, true);
+    rdmsr(&mut s, 1, 0x802);
+    apic_base(&mut s, 1, 1, false, None, true);
+    apic_base(&mut s, 1, 2, false, None, false);
+    rdmsr(&mut s, 1, 0x803);
+    wrmsr(&mut s, 0, 0x80b, 1);
+    s.u8(10).u8(0);
     out_.push(s.done());
     out_
 }
@@ -593,6 +720,29 @@ mod tests {
         for request in ["Stop { status: }", "Marker { value: }", "PowerOff", "Reset"] {
             assert!(shows("chipset", 2, kind_of(request)), "{request}");
         }
+        assert!(shows("chipset", 3, 0x502), "an fw_cfg item read");
+        assert!(shows("chipset", 3, 0x503), "an fw_cfg item read past its end");
+        assert!(shows("chipset", 3, 0x501), "an unknown fw_cfg key read");
+        assert!(shows("chipset", 3, 0x602), "the host bridge's header read");
+        assert!(shows("chipset", 3, 0x601), "an absent function read");
+        assert!(shows("chipset", 3, 0x401), "a reset through port 0x92");
+        use devices::lapic::{BaseRefused, Mode};
+        let transition = |from: Mode, to: Mode| 0x700 | (from as u64) << 2 | to as u64;
+        for (from, to) in [(Mode::XApic, Mode::X2Apic), (Mode::X2Apic, Mode::Disabled), (Mode::Disabled, Mode::XApic)] {
+            assert!(shows("chipset", 4, transition(from, to)), "{from:?} to {to:?}");
+        }
+        for refused in [BaseRefused::X2ApicToXApic, BaseRefused::Invalid, BaseRefused::ReservedBits] {
+            assert!(shows("chipset", 4, 0xc00 | refused as u64), "{refused:?}");
+        }
+        for refused in [BaseRefused::DisabledToX2Apic, BaseRefused::X2ApicNotOffered] {
+            assert!(shows("chipset", 4, 0xc00 | refused as u64), "{refused:?}");
+        }
+        assert!(shows("chipset", 4, 0x803), "RDMSR in x2APIC mode");
+        assert!(shows("chipset", 4, 0x807), "WRMSR in x2APIC mode");
+        assert!(shows("chipset", 4, 0x800), "RDMSR refused outside x2APIC mode");
+        assert!(shows("chipset", 4, 0x806), "WRMSR refused in x2APIC mode (EOI of 1)");
+        assert!(shows("chipset", 4, 0x200 | (1 + (0x51 >> 4))), "the self-IPI taken");
+        assert!(shows("chipset", 4, 0x200 | (1 + (0x45 >> 4))), "the IPI from vCPU 1 taken by vCPU 0");
         assert!(shows("multiboot", 3, 0x202), "two modules, with a kernel over 0x9000");
         for (name, count) in [("elf", 3), ("multiboot", 4), ("bzimage", 3), ("bundle", 3), ("manifest", 5)] {
             for i in 0..count {
