@@ -247,7 +247,12 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
     for vm in linux {
         let spec = kernel_vm_spec(vm)?;
         lines.push(loader::manifest::render(&spec));
-        entries.push((spec.image.clone(), vm.kernel.clone()));
+        // A vmlinux goes packed: as it is, it would not fit in a BIOS image.
+        let image = match spec.format {
+            Format::Linux if vm.kernel.starts_with(b"\x7fELF") => crate::vmlinux::pack(&vm.kernel),
+            _ => vm.kernel.clone(),
+        };
+        entries.push((spec.image.clone(), image));
         if let (Some(name), Some(initrd)) = (&spec.initrd, &vm.initrd) {
             entries.push((name.clone(), initrd.clone()));
         }

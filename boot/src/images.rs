@@ -100,5 +100,38 @@ pub fn make_image(kernel: &Path, dir: &Path, bundle: &[u8], firmware: Firmware) 
     command.arg(firmware.name()).arg(kernel).arg(&image).arg(file);
     command.stdout(std::process::Stdio::null());
     run(command, "disk-image builder")?;
+    if firmware == Firmware::Bios {
+        check_bios_partition(&image, bundle.len())?;
+    }
     Ok(image)
+}
+
+/// The bootloader's BIOS stage reads its FAT16 boot partition only while the
+/// partition's sector count fits the boot sector's 16-bit field, under
+/// 32 MiB: with more it stops with a panic on the screen before any serial
+/// output, and the run looks hung. Such an image is refused here instead,
+/// naming the sizes.
+fn check_bios_partition(image: &Path, bundle: usize) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(image).map_err(|e| format!("cannot open {}: {e}", image.display()))?;
+    let mut sector = [0u8; 512];
+    let mut read_at =
+        |at: u64, sector: &mut [u8; 512]| file.seek(SeekFrom::Start(at)).and_then(|_| file.read_exact(sector));
+    read_at(0, &mut sector).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    // The partition table's four entries; the FAT partition has type 0x0c.
+    let fat = (0..4).map(|i| &sector[0x1be + 16 * i..0x1be + 16 * (i + 1)]).find(|entry| entry[4] == 0x0c);
+    let Some(entry) = fat else { return Err(format!("{} has no FAT boot partition", image.display())) };
+    let start = u64::from(u32::from_le_bytes(entry[8..12].try_into().expect("4 bytes")));
+    let sectors = u32::from_le_bytes(entry[12..16].try_into().expect("4 bytes"));
+    read_at(start * 512, &mut sector).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    let total_sectors_16 = u16::from_le_bytes([sector[19], sector[20]]);
+    if total_sectors_16 == 0 {
+        return Err(format!(
+            "the boot bundle ({:.1} MiB) makes the BIOS image's FAT partition {} MiB, but the bootloader's BIOS \
+             stage reads only partitions under 32 MiB (65536 sectors); give the VMs smaller disks or initrds",
+            bundle as f64 / f64::from(1 << 20),
+            sectors >> 11
+        ));
+    }
+    Ok(())
 }

@@ -118,6 +118,17 @@ pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
     Ok(compacted)
 }
 
+/// `image` packed for the boot bundle (`loader::packed`): a vmlinux is too
+/// large for the bundle as it is (the BIOS image's FAT partition must stay
+/// under 32 MiB), so it travels as a zlib stream the kernel inflates.
+pub fn pack(image: &[u8]) -> Vec<u8> {
+    let mut packed = loader::packed::header(image.len() as u64).to_vec();
+    // Level 9: a few seconds on the host, and a smaller image to read
+    // through the BIOS at every boot; inflating is no slower for it.
+    packed.extend(miniz_oxide::deflate::compress_to_vec_zlib(image, 9));
+    packed
+}
+
 // ELF64 header fields and the program header's layout.
 const E_PHOFF: usize = 32;
 const E_SHOFF: usize = 40;
@@ -309,6 +320,16 @@ mod tests {
         for payload in [xz(&elf), gzip, with_size(zstd, elf.len())] {
             assert_eq!(extract(&bzimage(&payload, 0x345)), Ok(compacted.clone()));
         }
+    }
+
+    #[test]
+    fn packed_kernels_unpack_to_themselves() {
+        let elf = vmlinux();
+        let packed = pack(&elf);
+        let size = loader::packed::unpacked_size(&packed).unwrap().unwrap();
+        let mut out = vec![0u8; size as usize];
+        loader::packed::unpack_into(&packed, &mut out).unwrap();
+        assert_eq!(out, elf);
     }
 
     #[test]

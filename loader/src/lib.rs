@@ -16,6 +16,7 @@ pub mod image;
 pub mod linux;
 pub mod manifest;
 pub mod multiboot;
+pub mod packed;
 pub mod place;
 #[cfg(any(test, feature = "plan-check"))]
 pub mod plan_check;

@@ -205,7 +205,9 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         (_, initrd) => (initrd, Vec::new()),
     };
     let extras = loader::Extras { initrd, cmdline: &cmdline, rsdp, name: &spec.image, modules: &modules };
-    let plan = loader::load(guest.image, spec, ram, extras).map_err(cannot_load)?;
+    let image = Unpacked::of(guest.image)
+        .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
+    let plan = loader::load(image.bytes(), spec, ram, extras).map_err(cannot_load)?;
     for segment in &plan.segments {
         let bytes = segment.data.bytes();
         vm.memory.write(segment.guest_phys, bytes).map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
@@ -213,6 +215,23 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
             .fill_zero(segment.guest_phys + bytes.len() as u64, segment.zero_fill)
             .map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
     }
+    // The image is in guest RAM now: what the VM starts with is kept, and an
+    // unpacked copy goes back to the host.
+    let plan = loader::LoadPlan {
+        segments: Vec::new(),
+        entry: plan.entry,
+        mode: plan.mode,
+        rax: plan.rax,
+        rbx: plan.rbx,
+        rsi: plan.rsi,
+    };
+    drop(image);
+    // Protected mode is what a PVH entry (a Linux vmlinux) requires: CR0.PE
+    // the only writable CR0 bit, CR4 clear, flat 4 GiB 32-bit code and data
+    // segments, a busy 32-bit TSS of limit 0x67, IF/TF/VM clear, and EBX the
+    // start info (the plan's RBX, set below); Multiboot kernels and ELF32
+    // images start in the same state. The GDT behind it is in the setup area
+    // and the guest loads its own before using a selector.
     let mode = match plan.mode {
         EntryMode::Real => Mode::Real,
         EntryMode::Protected => Mode::Protected,
@@ -383,6 +402,56 @@ fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm)
         // A kick sent since `rearm_kick` is pending and ends the HLT at once.
         interrupts::enable_and_hlt();
         crate::log::pump();
+    }
+}
+
+/// A guest image as the loaders read it: the bundle entry itself, or the
+/// image a packed entry holds (`loader::packed`: an uncompressed Linux
+/// kernel, too large for the bundle as it is), unpacked into a run of host
+/// frames that is freed when this is dropped. Frames, not heap: such an
+/// image is larger than the kernel heap.
+enum Unpacked {
+    Entry(&'static [u8]),
+    Frames { start: u64, frames: usize, len: usize },
+}
+
+impl Unpacked {
+    fn of(entry: &'static [u8]) -> Result<Unpacked, String> {
+        let Some(size) = loader::packed::unpacked_size(entry) else { return Ok(Unpacked::Entry(entry)) };
+        // At most loader::packed::MAX_UNPACKED, so this fits a usize.
+        let len = size.map_err(|e| alloc::format!("{e}"))? as usize;
+        let frames = len.div_ceil(crate::memory::FRAME_SIZE as usize).max(1);
+        let start = crate::memory::alloc_run(frames, 1)
+            .ok_or_else(|| alloc::format!("not enough contiguous host memory to unpack it ({} KiB)", frames * 4))?;
+        // Owns the run from here: an error below frees it.
+        let unpacked = Unpacked::Frames { start, frames, len };
+        // SAFETY: the run was just taken from the allocator for this value
+        // alone, the physical mapping covers it, and nothing else refers to it
+        // while it is written.
+        let out = unsafe { core::slice::from_raw_parts_mut(crate::memory::phys_to_virt(start) as *mut u8, len) };
+        loader::packed::unpack_into(entry, out).map_err(|e| alloc::format!("{e}"))?;
+        Ok(unpacked)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match *self {
+            Unpacked::Entry(bytes) => bytes,
+            // SAFETY: the run belongs to this value until it is dropped, the
+            // physical mapping covers it, and it is only read from now on.
+            Unpacked::Frames { start, len, .. } => unsafe {
+                core::slice::from_raw_parts(crate::memory::phys_to_virt(start) as *const u8, len)
+            },
+        }
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        if let Unpacked::Frames { start, frames, .. } = *self {
+            for i in 0..frames as u64 {
+                crate::memory::free_frame(start + i * crate::memory::FRAME_SIZE);
+            }
+        }
     }
 }
 
