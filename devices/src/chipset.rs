@@ -82,6 +82,12 @@ pub struct VcpuMsrs {
     /// IA32_MISC_ENABLE as the guest last wrote it; None until it writes it
     /// (the reset value is the exit layer's).
     pub misc_enable: Option<u64>,
+    /// The vCPU's TSC offset (= IA32_TSC_ADJUST) as the guest last set it.
+    /// The VMCS or VMCB holds the live one; this copy outlives it when INIT
+    /// sends an application processor back to wait for a start-up IPI and it
+    /// starts again in a fresh one (INIT changes neither the TSC nor
+    /// TSC_ADJUST).
+    pub tsc_offset: u64,
 }
 
 pub struct ChipsetConfig {
@@ -441,6 +447,13 @@ impl Chipset {
 
     pub fn set_tsc_deadline(&mut self, vcpu: usize, deadline: u64) {
         self.lapics[vcpu].set_tsc_deadline(deadline);
+    }
+
+    /// A TSC-deadline write from a guest whose TSC is offset from the host's:
+    /// `deadline` in the guest's TSC, `fires_at` in the host's (see
+    /// `LocalApic::arm_tsc_deadline`).
+    pub fn arm_tsc_deadline(&mut self, vcpu: usize, deadline: u64, fires_at: u64) {
+        self.lapics[vcpu].arm_tsc_deadline(deadline, fires_at);
     }
 
     /// Runs the clocks up to `now`: timers that expired raise their interrupts;

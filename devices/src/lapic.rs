@@ -816,11 +816,21 @@ impl LocalApic {
         }
     }
 
-    /// IA32_TSC_DEADLINE write: ignored outside TSC-deadline mode; 0 disarms.
+    /// IA32_TSC_DEADLINE write from a guest whose TSC is the host's: ignored
+    /// outside TSC-deadline mode; 0 disarms.
     pub fn set_tsc_deadline(&mut self, deadline: u64) {
+        self.arm_tsc_deadline(deadline, deadline);
+    }
+
+    /// IA32_TSC_DEADLINE write from a guest whose TSC runs at an offset from
+    /// the host's: `deadline` is the value in the guest's TSC (what it reads
+    /// back), `fires_at` the host TSC at which the guest's reaches it (the
+    /// timer, like every device model, counts in the host's). Ignored outside
+    /// TSC-deadline mode; a `deadline` of 0 disarms.
+    pub fn arm_tsc_deadline(&mut self, deadline: u64, fires_at: u64) {
         if self.timer_mode() == TimerMode::TscDeadline {
             self.tsc_deadline = deadline;
-            self.timer_deadline = (deadline != 0).then_some(deadline);
+            self.timer_deadline = (deadline != 0).then_some(fires_at);
         }
     }
 
@@ -1117,6 +1127,23 @@ mod tests {
         assert_eq!(apic.deliverable(), Some(0xef));
         assert_eq!(apic.tsc_deadline(), 0);
         assert_eq!(apic.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_offset_tsc_deadline_reads_as_written_and_fires_on_the_host_clock() {
+        let mut apic = enabled(0);
+        apic.write(reg::LVT_TIMER, (2 << 17) | 0xef, 0);
+        // The guest's TSC runs 1000 ahead of the host's.
+        apic.arm_tsc_deadline(1500, 500);
+        assert_eq!((apic.tsc_deadline(), apic.next_deadline()), (1500, Some(500)));
+        apic.poll(499);
+        assert_eq!(apic.deliverable(), None);
+        apic.poll(500);
+        assert_eq!(apic.deliverable(), Some(0xef));
+        assert_eq!(apic.tsc_deadline(), 0, "disarmed once it fired");
+        // 0 disarms whatever the host time given.
+        apic.arm_tsc_deadline(0, 7);
+        assert_eq!((apic.tsc_deadline(), apic.next_deadline()), (0, None));
     }
 
     #[test]
