@@ -52,6 +52,7 @@ pub struct FakeVcpu {
     pub cr4: u64,
     pub efer: u64,
     pub xcr0: u64,
+    pub tsc_offset: u64,
     pub pending: PendingEvents,
     pub injected: Option<Injected>,
     pub interrupt_shadow: bool,
@@ -95,6 +96,7 @@ impl FakeVcpu {
             cr4: 0,
             efer: 0,
             xcr0: 1,
+            tsc_offset: 0,
             pending: PendingEvents::default(),
             injected: None,
             interrupt_shadow: false,
@@ -195,6 +197,12 @@ impl Vcpu for FakeVcpu {
     }
     fn set_xcr0(&mut self, value: u64) {
         self.xcr0 = value;
+    }
+    fn tsc_offset(&self) -> u64 {
+        self.tsc_offset
+    }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.tsc_offset = offset;
     }
     fn pending(&mut self) -> &mut PendingEvents {
         &mut self.pending

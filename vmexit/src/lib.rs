@@ -26,6 +26,7 @@ pub mod io;
 mod length;
 mod mmio;
 mod msr;
+pub mod tsc;
 pub mod vmcall;
 mod xsetbv;
 

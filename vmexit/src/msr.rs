@@ -6,9 +6,13 @@
 //!
 //! IA32_APIC_BASE and the x2APIC MSRs (0x800-0x8ff) are the vCPU's local APIC
 //! (`devices::lapic`): its mode, and its registers in x2APIC mode.
+//!
+//! IA32_TSC, IA32_TSC_ADJUST and IA32_TSC_DEADLINE are in the guest's own TSC,
+//! the host's plus the vCPU's offset (`tsc`): TSC_ADJUST is that offset, and
+//! writing either of the first two moves it.
 
 use crate::cr::with_long_mode;
-use crate::{Host, Machine, Outcome, Vcpu, GP};
+use crate::{tsc, Host, Machine, Outcome, Vcpu, GP};
 use arch::control::{cr0, efer};
 use devices::chipset::REFUSED_MSRS_LOGGED;
 
@@ -66,10 +70,11 @@ const RDX: u8 = 2;
 pub fn rdmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     let msr = vcpu.gpr(RCX) as u32;
     let value = match msr {
+        // As the guest wrote it, in its own TSC (0 once it fired).
         IA32_TSC_DEADLINE => vm.chipset.tsc_deadline(vcpu.index()),
-        // The guest's TSC is never adjusted (see wrmsr).
-        IA32_TSC_ADJUST => 0,
-        IA32_TSC => host.now(),
+        // The offset starts at 0 and moves exactly as TSC_ADJUST does.
+        IA32_TSC_ADJUST => vcpu.tsc_offset(),
+        IA32_TSC => tsc::guest(host.now(), vcpu.tsc_offset()),
         // The mode and the BSP bit (vCPU 0) at the one base Basalt models.
         IA32_APIC_BASE => vm.chipset.apic_base(vcpu.index()),
         // Locked with VMX off: guests see no VT-x.
@@ -99,10 +104,14 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
     let index = vcpu.index();
     match msr {
-        IA32_TSC_DEADLINE => vm.chipset.set_tsc_deadline(vcpu.index(), value),
-        // Guests see the host's TSC unoffset, so only "no adjustment" can be
-        // written; software writes TSC_ADJUST only to undo a nonzero value it read.
-        IA32_TSC_ADJUST if value == 0 => {}
+        IA32_TSC_DEADLINE => {
+            let fires_at = tsc::deadline_on_host(value, vcpu.tsc_offset(), host.now());
+            vm.chipset.arm_tsc_deadline(index, value, fires_at);
+        }
+        // The TSC moves by what TSC_ADJUST does.
+        IA32_TSC_ADJUST => set_tsc_offset(vcpu, vm, host, value),
+        // The TSC reads `value` from now on; TSC_ADJUST moves by as much.
+        IA32_TSC => set_tsc_offset(vcpu, vm, host, tsc::offset_for(value, host.now())),
         IA32_EFER => {
             let now = vcpu.control();
             if arch::control::check_efer(value, EFER_WRITABLE, now).is_err() {
@@ -130,8 +139,8 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
         }
         // No banks: a handler clearing MCIP after a machine check writes 0.
         IA32_MCG_STATUS if value == 0 => {}
-        // Accepted and ignored: timing and MTRRs are not modelled.
-        IA32_TSC | IA32_MTRR_DEF_TYPE | IA32_BIOS_SIGN_ID => {}
+        // Accepted and ignored: MTRRs are not modelled, nor microcode updates.
+        IA32_MTRR_DEF_TYPE | IA32_BIOS_SIGN_ID => {}
         0x200..=0x26f => {}
         AMD_HWCR | AMD_NB_CFG if guest_is_amd(host) => {}
         _ if X2APIC_MSRS.contains(&msr) => {
@@ -143,6 +152,19 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
     }
     vcpu.skip_instruction();
     Outcome::Resume
+}
+
+/// Sets the vCPU's TSC offset (= TSC_ADJUST). An armed TSC deadline stays
+/// where the guest put it in its own TSC, which now reaches it at another
+/// host time. The chipset keeps a copy for a vCPU started afresh after INIT.
+fn set_tsc_offset(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, offset: u64) {
+    let index = vcpu.index();
+    vcpu.set_tsc_offset(offset);
+    vm.chipset.vcpu_msrs(index).tsc_offset = offset;
+    let deadline = vm.chipset.tsc_deadline(index);
+    if deadline != 0 {
+        vm.chipset.arm_tsc_deadline(index, deadline, tsc::deadline_on_host(deadline, offset, host.now()));
+    }
 }
 
 /// #GP(0) for an access the CPU would refuse; the instruction is not

@@ -67,6 +67,12 @@ pub trait Vcpu {
     /// Sets the guest's EFER, LMA included (the handlers decide long mode).
     fn set_efer(&mut self, value: u64);
     fn set_cr2(&mut self, value: u64);
+    /// The TSC offset: the guest's RDTSC and RDTSCP read the host's TSC plus
+    /// this, modulo 2^64 (VT-x's TSC offsetting, SVM's VMCB TSC offset). 0
+    /// when the vCPU is created.
+    fn tsc_offset(&self) -> u64;
+    fn set_tsc_offset(&mut self, offset: u64);
+
     /// The guest's XCR0, loaded on the core while this vCPU runs.
     fn xcr0(&self) -> u64;
     /// Sets XCR0 to a value already checked against what guests may enable.

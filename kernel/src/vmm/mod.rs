@@ -317,6 +317,9 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
                 break;
             }
         };
+        // INIT left its TSC (and TSC_ADJUST) as they were; the fresh VMCS or
+        // VMCB (current on this core since its set-up) takes them over.
+        vcpu.set_tsc_offset(shared.lock().chipset.vcpu_msrs(index).tsc_offset);
         let end = loop {
             match run::run(&mut *vcpu, shared) {
                 RunEnd::Parked => match wait_while_parked(shared, index) {

@@ -114,6 +114,8 @@ fn hostile_vcpu(rng: &mut Rng, cr3: u64, host: &FakeHost) -> FakeVcpu {
     vcpu.rip = address(rng);
     vcpu.instruction_length = 1 + rng.below(15);
     vcpu.rflags = 0x2 | (rng.next_u64() & (RFLAGS_IF | crate::vcpu::RFLAGS_DF | 1 << 18));
+    // The TSC offset (= TSC_ADJUST) anywhere.
+    vcpu.tsc_offset = if rng.chance(2) { 0 } else { edge_value(rng, HOSTILE_RAM) };
     vcpu.cpl = if rng.chance(3) { 3 } else { rng.below(3) as u8 };
     for base in &mut vcpu.segment_bases {
         *base = if rng.chance(4) { address(rng) } else { 0 };
@@ -480,6 +482,7 @@ fn check(
         }
     }
     check_apic_base(exit, before, after, apic_base)?;
+    check_tsc(exit, before, after, host)?;
     // The control registers stay a state the CPU could be in.
     let lma = after.efer & efer::LMA != 0;
     if lma != (after.cr0 & cr0::PG != 0 && after.efer & efer::LME != 0) {
@@ -496,6 +499,32 @@ fn check(
     }
     if after.xcr0 != before.xcr0 && !arch::xstate::xcr0_valid(after.xcr0, host.xstate.allowed) {
         return Err(format!("XCR0 {:#x}", after.xcr0));
+    }
+    Ok(())
+}
+
+/// The TSC offset (= TSC_ADJUST) moves only by a WRMSR of the TSC or of
+/// TSC_ADJUST that completed, which leaves the chipset's copy equal to it;
+/// RDMSR of either reads the guest's view.
+fn check_tsc(exit: &Exit, before: &FakeVcpu, after: &FakeVcpu, host: &FakeHost) -> Result<(), String> {
+    let msr = before.gprs[RCX as usize] as u32;
+    let completed = after.skipped == 1;
+    if after.tsc_offset != before.tsc_offset {
+        if !(matches!(exit, Exit::Wrmsr) && (msr == 0x10 || msr == 0x3b) && completed) {
+            return Err(format!("TSC offset {:#x} -> {:#x}", before.tsc_offset, after.tsc_offset));
+        }
+        let written = (before.gprs[RDX as usize] << 32) | (before.gprs[RAX as usize] & 0xffff_ffff);
+        let expected = if msr == 0x3b { written } else { written.wrapping_sub(host.now) };
+        if after.tsc_offset != expected {
+            return Err(format!("WRMSR {msr:#x} of {written:#x}: TSC offset {:#x}", after.tsc_offset));
+        }
+    }
+    if matches!(exit, Exit::Rdmsr) && completed && (msr == 0x10 || msr == 0x3b) {
+        let read = (after.gprs[RDX as usize] << 32) | after.gprs[RAX as usize];
+        let expected = if msr == 0x3b { before.tsc_offset } else { host.now.wrapping_add(before.tsc_offset) };
+        if read != expected {
+            return Err(format!("RDMSR {msr:#x} read {read:#x}, not {expected:#x}"));
+        }
     }
     Ok(())
 }

@@ -94,14 +94,119 @@ fn the_emulated_msrs_read_what_basalt_offers() {
 }
 
 #[test]
-fn tsc_adjust_takes_only_zero() {
+fn tsc_adjust_moves_the_tsc_and_a_tsc_write_moves_tsc_adjust() {
+    const IA32_TSC: u32 = 0x10;
+    let now = FakeHost::default().now;
     let (mut vm, _) = machine();
     let mut vcpu = FakeVcpu::flat();
-    assert_eq!(wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, 0), Outcome::Resume);
-    assert_eq!((vcpu.skipped, vcpu.injected), (1, None));
+    assert_eq!((rdmsr(&mut vcpu, &mut vm, IA32_TSC), rdmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST)), (now, 0));
+    // TSC_ADJUST by d: the TSC moves by d, in the CPU's offset.
+    let outcome = wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, 5000);
+    assert_eq!((outcome, vcpu.injected, vcpu.skipped), (Outcome::Resume, None, 3));
+    assert_eq!(vcpu.tsc_offset, 5000, "RDTSC reads it through the offset");
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC), now + 5000);
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST), 5000);
+    assert_eq!(vm.chipset.vcpu_msrs(0).tsc_offset, 5000, "kept for a restart after INIT");
+    // Negative adjustments, down past 0: the TSC wraps as the CPU's does.
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, -3000i64 as u64);
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC), now - 3000);
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, i64::MIN as u64);
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC), now.wrapping_add(i64::MIN as u64));
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, u64::MAX);
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC), now - 1);
+    // A TSC write: the TSC reads the value, TSC_ADJUST moves by as much as it.
+    let adjust = rdmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST);
+    let tsc = rdmsr(&mut vcpu, &mut vm, IA32_TSC);
+    let outcome = wrmsr(&mut vcpu, &mut vm, IA32_TSC, 10);
+    assert_eq!((outcome, vcpu.injected), (Outcome::Resume, None));
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC), 10);
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST), adjust.wrapping_add(10u64.wrapping_sub(tsc)));
+    for value in [0, 1, u64::MAX, 1 << 63, now] {
+        wrmsr(&mut vcpu, &mut vm, IA32_TSC, value);
+        assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC), value);
+        assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST), value.wrapping_sub(now));
+        assert_eq!(vm.chipset.vcpu_msrs(0).tsc_offset, vcpu.tsc_offset);
+    }
+    // Per vCPU: another one's TSC stays the host's.
+    let mut vm = FakeVm::new(2, RAM);
+    let mut first = FakeVcpu::flat();
+    let mut second = FakeVcpu { index: 1, ..FakeVcpu::flat() };
+    wrmsr(&mut first, &mut vm, IA32_TSC_ADJUST, 77);
+    assert_eq!((rdmsr(&mut first, &mut vm, IA32_TSC), rdmsr(&mut second, &mut vm, IA32_TSC)), (now + 77, now));
+    assert_eq!((vm.chipset.vcpu_msrs(0).tsc_offset, vm.chipset.vcpu_msrs(1).tsc_offset), (77, 0));
+}
+
+/// vCPU 0's local APIC in TSC-deadline mode, vector 0xef.
+fn tsc_deadline_mode(vm: &mut FakeVm) {
+    vm.chipset.mmio_write(0, LAPIC_BASE + 0xf0, 4, 0x1ff, 0, &mut vm.memory);
+    vm.chipset.mmio_write(0, LAPIC_BASE + 0x320, 4, (2 << 17) | 0xef, 0, &mut vm.memory);
+}
+
+#[test]
+fn the_tsc_deadline_is_in_the_guests_tsc_and_the_timer_in_the_hosts() {
+    let now = FakeHost::default().now;
+    let (mut vm, _) = machine();
+    tsc_deadline_mode(&mut vm);
     let mut vcpu = FakeVcpu::flat();
-    let outcome = wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, 1 << 40);
-    assert_gp(&vcpu, &outcome, 0x1000);
+    // The guest's TSC 1000 ahead: a deadline 100_000 ahead of it is 100_000
+    // host ticks away, and reads back as written.
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, 1000);
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE, now + 1000 + 100_000);
+    assert_eq!(vm.chipset.next_deadline(0), Some(now + 100_000));
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE), now + 101_000);
+    // Moving the TSC moves the host time the armed deadline falls at: 500
+    // further ahead, 500 host ticks sooner.
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, 1500);
+    assert_eq!(vm.chipset.next_deadline(0), Some(now + 99_500));
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE), now + 101_000, "the guest's value stays");
+    vm.chipset.poll(now + 99_499, &mut vm.memory);
+    assert!(!vm.chipset.has_interrupt(0));
+    vm.chipset.poll(now + 99_500, &mut vm.memory);
+    assert_eq!(vm.chipset.take_interrupt(0), Some(0xef));
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE), 0, "disarmed once it fired");
+    // A deadline in the guest's past fires at once, however far back.
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE, 1);
+    assert_eq!(vm.chipset.next_deadline(0), Some(now));
+    // 0 disarms.
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE, 0);
+    assert_eq!((vm.chipset.next_deadline(0), rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE)), (None, 0));
+    // The guest's TSC set back to 0: u64::MAX is further than the host's TSC
+    // can count, so it saturates there, and still reads back as written.
+    wrmsr(&mut vcpu, &mut vm, 0x10, 0);
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE, u64::MAX);
+    assert_eq!(vm.chipset.next_deadline(0), Some(u64::MAX));
+    assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE), u64::MAX);
+    // The guest's TSC about to wrap: a small deadline is behind it (the CPU
+    // compares unsigned), u64::MAX ten ticks ahead.
+    wrmsr(&mut vcpu, &mut vm, 0x10, u64::MAX - 10);
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE, 5);
+    assert_eq!(vm.chipset.next_deadline(0), Some(now));
+    wrmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE, u64::MAX);
+    assert_eq!(vm.chipset.next_deadline(0), Some(now + 10));
+}
+
+#[test]
+fn tsc_conversions_take_any_value() {
+    use crate::tsc::{deadline_on_host, guest, offset_for};
+    let values = [0, 1, 2, 1000, 1 << 32, i64::MAX as u64, 1 << 63, u64::MAX - 1, u64::MAX];
+    for &host in &values {
+        for &offset in &values {
+            let g = guest(host, offset);
+            assert_eq!(offset_for(g, host), offset, "the offset is what makes the TSC read its value");
+            for &deadline in &values {
+                let at = deadline_on_host(deadline, offset, host);
+                assert!(at >= host, "never in the host's past");
+                if deadline <= g {
+                    assert_eq!(at, host, "{deadline:#x} behind {g:#x} fires at once");
+                } else {
+                    // The guest's TSC reaches the deadline at `at`, unless that
+                    // is past the host's last tick.
+                    let ahead = (deadline - g) as u128;
+                    assert_eq!(at as u128, (host as u128 + ahead).min(u64::MAX as u128));
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -263,6 +263,17 @@ impl vmexit::Vcpu for Vcpu {
         self.switched.set_xcr0(value);
     }
 
+    /// VMRUN adds the VMCB's TSC offset to RDTSC and RDTSCP (RDMSR of the
+    /// TSC is intercepted anyway). No clean bits are used, so a change is
+    /// loaded at the next VMRUN.
+    fn tsc_offset(&self) -> u64 {
+        self.vmcb().control.tsc_offset
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.vmcb_mut().control.tsc_offset = offset;
+    }
+
     fn pending(&mut self) -> &mut PendingEvents {
         &mut self.pending
     }

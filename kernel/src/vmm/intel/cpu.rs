@@ -24,6 +24,7 @@ const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 // Primary processor-based controls.
+const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
 const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_MWAIT_EXITING: u32 = 1 << 10;
 const PROC_RDPMC_EXITING: u32 = 1 << 11;
@@ -114,7 +115,11 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
                 "primary processor-based",
                 // MONITOR/MWAIT would park the core in a C-state the guest
                 // chooses; RDPMC would read the host's performance counters.
-                PROC_HLT_EXITING
+                // TSC offsetting gives each vCPU its own TSC (TSC_ADJUST and
+                // TSC writes move it) without an exit per RDTSC; every VT-x
+                // CPU has it.
+                PROC_USE_TSC_OFFSETTING
+                    | PROC_HLT_EXITING
                     | PROC_MWAIT_EXITING
                     | PROC_RDPMC_EXITING
                     | PROC_MONITOR_EXITING

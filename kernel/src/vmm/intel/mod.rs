@@ -196,6 +196,14 @@ impl vmexit::Vcpu for Vcpu {
         self.switched.set_xcr0(value);
     }
 
+    fn tsc_offset(&self) -> u64 {
+        read(vmcs::TSC_OFFSET)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        write(vmcs::TSC_OFFSET, offset);
+    }
+
     fn pending(&mut self) -> &mut PendingEvents {
         &mut self.pending
     }

@@ -172,6 +172,8 @@ impl Vcpu {
         write(vmcs::EXIT_CONTROLS, c.exit as u64);
         write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
         write(vmcs::VPID, vpid as u64);
+        // The guest's TSC starts as the host's (TSC_ADJUST = 0).
+        write(vmcs::TSC_OFFSET, 0);
         // #DB and #AC exit (and are passed back, exits/interrupts.rs): a guest
         // can make either recur forever during its own delivery (a breakpoint
         // on the #DB handler's stack, a misaligned #AC stack), and a CPU
