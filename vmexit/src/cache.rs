@@ -9,6 +9,6 @@
 use crate::{Outcome, Vcpu};
 
 pub fn flush(vcpu: &mut dyn Vcpu) -> Outcome {
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }

@@ -56,7 +56,7 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
     for (gpr, value) in [RAX, RBX, RCX, RDX].into_iter().zip(regs) {
         vcpu.set_gpr(gpr, value as u64);
     }
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }
 

@@ -90,7 +90,7 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: Cr
             return Outcome::Stop(Stop::Unsupported(alloc::format!("control-register access {other:?}")));
         }
     }
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }
 

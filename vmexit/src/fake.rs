@@ -3,20 +3,24 @@
 //! included) and read back what the handlers did.
 
 use crate::exit::SegmentRegister;
+use crate::vcpu::DebugRegisters;
 use crate::{GuestXstate, Host, Machine, Vcpu};
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use arch::control::{cr0, efer, Context};
+use arch::debug::{dr6, dr7};
 use arch::decode::CodeSize;
 use arch::paging::{Paging, PhysicalMemory};
 use devices::{Chipset, ChipsetConfig, GuestRam, NotRam, PendingEvents};
 
-/// An event the fake vCPU was asked to deliver.
+/// An event the fake vCPU was asked to deliver. `DebugTrap` is the #DB after
+/// an instruction the VMM completed, with the conditions DR6 was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Injected {
     Exception { vector: u8, error_code: Option<u32> },
     Reflected { vector: u8, error_code: Option<u32> },
+    DebugTrap(u64),
     Nmi,
     Interrupt(u8),
 }
@@ -53,6 +57,10 @@ pub struct FakeVcpu {
     pub efer: u64,
     pub xcr0: u64,
     pub tsc_offset: u64,
+    /// DR0-DR3, DR6 and DR7.
+    pub dr: [u64; 4],
+    pub dr6: u64,
+    pub dr7: u64,
     pub pending: PendingEvents,
     pub injected: Option<Injected>,
     pub interrupt_shadow: bool,
@@ -97,6 +105,9 @@ impl FakeVcpu {
             efer: 0,
             xcr0: 1,
             tsc_offset: 0,
+            dr: [0; 4],
+            dr6: 0xffff_0ff0,
+            dr7: 0x400,
             pending: PendingEvents::default(),
             injected: None,
             interrupt_shadow: false,
@@ -203,6 +214,18 @@ impl Vcpu for FakeVcpu {
     }
     fn set_tsc_offset(&mut self, offset: u64) {
         self.tsc_offset = offset;
+    }
+    fn debug_registers(&self) -> DebugRegisters {
+        DebugRegisters { dr: self.dr, dr7: self.dr7 }
+    }
+    fn raise_debug_trap(&mut self, conditions: u64) {
+        // Only DR6's trap conditions: anything else is a handler bug.
+        assert_eq!(conditions & !(dr6::BREAKPOINTS | dr6::BS), 0, "debug trap conditions {conditions:#x}");
+        assert_ne!(conditions, 0, "a debug trap without a condition");
+        self.dr6 = arch::control::dr6_after_debug_exception(self.dr6, conditions);
+        self.dr7 &= !dr7::GD;
+        self.inject(Injected::DebugTrap(conditions));
+        self.halted = false;
     }
     fn pending(&mut self) -> &mut PendingEvents {
         &mut self.pending

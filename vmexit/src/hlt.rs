@@ -5,6 +5,11 @@
 //! in the VMM, as guests park CPUs before powering off. (Parked outside the
 //! guest because Bochs does not let external interrupts end a guest's HLT while
 //! its IF is clear, so the VMM could not reach it.)
+//!
+//! HLT with RFLAGS.TF set raises its single-step #DB at once and does not
+//! wait, as KVM does: the handler returns after the HLT, which a HLT loop
+//! takes as any wake-up. (VT-x would refuse to enter a guest halted with TF
+//! set and no single step pending.)
 
 use crate::vcpu::RFLAGS_IF;
 use crate::{Outcome, Stop, Vcpu};
@@ -20,10 +25,11 @@ pub fn handle(vcpu: &mut dyn Vcpu, chipset: &Chipset) -> Outcome {
         if vcpu.index() == 0 {
             return Outcome::Stop(Stop::Halted);
         }
-        vcpu.skip_instruction();
+        crate::debug::skip(vcpu);
         return Outcome::Park;
     }
-    vcpu.skip_instruction();
-    vcpu.halt();
+    if !crate::debug::skip(vcpu) {
+        vcpu.halt();
+    }
     Outcome::Resume
 }

@@ -1,11 +1,16 @@
 //! Port I/O: IN/OUT go to the VM's chipset; INS/OUTS (with or without REP)
 //! move data between the port and guest memory, following the guest's
 //! segments and page tables with the access rights its CPU enforces (a denied
-//! element is the guest's #PF).
+//! element is the guest's #PF). Each completed instruction, or REP iteration,
+//! gets the #DB its single step and breakpoints raise (`debug`): with
+//! RFLAGS.TF set a REP string goes one element per exit, as the CPU traps
+//! after each iteration, and a breakpoint hit ends the exit's elements there.
 
+use crate::debug::{self, Touched, Watch};
 use crate::exit::{PortIo, SegmentRegister, StringIo};
 use crate::vcpu::RFLAGS_DF;
 use crate::{access_rights, translation_failed, Host, Machine, Outcome, Stop, Vcpu};
+use arch::debug::Touch;
 use arch::paging::{self, AccessKind};
 use devices::Request;
 
@@ -28,16 +33,19 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: Po
         return self::string(vcpu, vm, host, access, string, mask);
     }
     let rax = vcpu.gpr(RAX);
+    let mut request = None;
     if access.is_in {
         let value = vm.chipset.port_read(access.port, size, host.now()) as u64 & mask;
         // A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the upper bits.
         vcpu.set_gpr(RAX, if size == 4 { value } else { (rax & !mask) | value });
-    } else if let Some(request) = vm.chipset.port_write(access.port, size, (rax & mask) as u32, host.now()) {
-        vcpu.skip_instruction();
-        return act_on(request);
+    } else {
+        request = vm.chipset.port_write(access.port, size, (rax & mask) as u32, host.now());
     }
     vcpu.skip_instruction();
-    Outcome::Resume
+    let touched = Touched::NONE.and(Touch::Port { port: access.port, len: size });
+    let conditions = Watch::of(vcpu).conditions(&*vm.memory, &touched);
+    debug::completed(vcpu, conditions);
+    request.map_or(Outcome::Resume, act_on)
 }
 
 /// What a device asked for, once the instruction that asked is done.
@@ -83,13 +91,19 @@ fn string(
     let index_register = if access.is_in { RDI } else { RSI };
     let mut count = if string.rep { vcpu.gpr(RCX) & address_mask } else { 1 };
     let mut done = 0;
+    let mut request = None;
     let n = access.size as usize;
     // INS stores to memory, OUTS loads from it. The paging state is read once
     // for all the elements of this exit.
     let paging = vcpu.paging();
     let kind = if access.is_in { AccessKind::Write } else { AccessKind::Read };
     let rights = access_rights(vcpu, kind);
-    while count > 0 && done < MAX_REP_PER_EXIT {
+    let watch = Watch::of(vcpu);
+    // Single-stepped, the string traps after each element.
+    let limit = if watch.single_step() { 1 } else { MAX_REP_PER_EXIT };
+    // A REP string with RCX = 0 completes at once, and still traps.
+    let mut conditions = watch.conditions(&*vm.memory, &Touched::NONE);
+    while count > 0 && done < limit {
         let index = vcpu.gpr(index_register);
         let linear = segment_base.wrapping_add(index & address_mask);
         // Every byte of the element is checked before the port is touched; a
@@ -113,7 +127,6 @@ fn string(
             }
             at += p.len;
         }
-        let mut request = None;
         if access.is_in {
             let value = vm.chipset.port_read(access.port, access.size, host.now()) as u64 & mask;
             bytes[..n].copy_from_slice(&value.to_le_bytes()[..n]);
@@ -133,19 +146,27 @@ fn string(
             let rcx = vcpu.gpr(RCX);
             vcpu.set_gpr(RCX, with_address(rcx, count, address_mask));
         }
-        if let Some(request) = request {
-            // A marker lets the guest run on: the rest of a REP string goes
-            // out when it executes the instruction again.
-            if count == 0 {
-                vcpu.skip_instruction();
-            }
-            return act_on(request);
+        let memory_touch = if access.is_in {
+            Touch::Write { address: linear, len: access.size }
+        } else {
+            Touch::Read { address: linear, len: access.size }
+        };
+        let touched = Touched::NONE.and(Touch::Port { port: access.port, len: access.size }).and(memory_touch);
+        conditions = watch.conditions(&*vm.memory, &touched);
+        // A marker lets the guest run on: the rest of a REP string goes out
+        // when it executes the instruction again. A breakpoint the element
+        // hit traps after it, as after the CPU's iteration.
+        if request.is_some() || conditions != 0 {
+            break;
         }
     }
     if count == 0 {
         vcpu.skip_instruction();
+        debug::completed(vcpu, conditions);
+    } else {
+        debug::unfinished(vcpu, conditions);
     }
-    Outcome::Resume
+    request.map_or(Outcome::Resume, act_on)
 }
 
 /// `old` with an address-size result written to it as the CPU writes RSI, RDI

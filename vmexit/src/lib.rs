@@ -20,6 +20,7 @@ pub mod vcpu;
 mod cache;
 pub mod cpuid;
 mod cr;
+pub mod debug;
 pub mod events;
 mod hlt;
 pub mod io;

@@ -15,12 +15,20 @@
 //! executing from device memory stops the VM. The fetch, the stack of
 //! PUSH/POP and the operands of MOVS/STOS/LODS follow the guest's page tables
 //! with its CPU's rules: what it could not access is the guest's #PF.
+//!
+//! A completed instruction, or REP iteration, gets the #DB its single step
+//! and data breakpoints raise (`debug`), from the accesses it made: the device
+//! operand by its guest-physical address, the string and stack operands by
+//! their linear ones. With RFLAGS.TF set a REP string goes one element per
+//! exit; a breakpoint hit ends the exit's elements after the one that hit.
 
+use crate::debug::{self, Touched, Watch};
 use crate::exit::SegmentRegister;
 use crate::io::{act_on, effective_base, MAX_REP_PER_EXIT};
 use crate::vcpu::RFLAGS_DF;
 use crate::{access_rights, translation_failed, Host, Machine, Outcome, Stop, Vcpu, GP, UD};
 use arch::alu::{self, sign_extend};
+use arch::debug::Touch;
 use arch::decode::{self, CodeSize, DecodeError, MmioInstruction, Operand, Operation, Register, StringOp};
 use arch::paging::{self, AccessKind, Pieces, WalkError};
 use devices::bus::all_ones;
@@ -98,20 +106,26 @@ pub fn emulate(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, address: 
             return Outcome::Resume;
         }
     };
-    let step = Emulation { index: vcpu.index(), now: host.now(), address, size: decoded.size }.run(vcpu, vm, decoded);
+    let watch = Watch::of(vcpu);
+    let step =
+        Emulation { index: vcpu.index(), now: host.now(), address, size: decoded.size, watch }.run(vcpu, vm, decoded);
     for (slot, device, why) in vm.chipset.take_broken() {
         log::warn!("vm {}: {device} in virtio slot {slot} is broken until the guest resets it: {why}", vm.name);
     }
     let request = match step {
         // Neither vendor reports a usable length for these exits: step RIP by
         // the decoder's.
-        Step::Done(request) => {
+        Step::Done(request, conditions) => {
             vcpu.set_rip(rip.wrapping_add(decoded.length as u64));
+            debug::completed(vcpu, conditions);
             request
         }
         // A REP string stopped early runs again for the rest; RSI/RDI/RCX say
         // where it is.
-        Step::Partial(request) => request,
+        Step::Partial(request, conditions) => {
+            debug::unfinished(vcpu, conditions);
+            request
+        }
         Step::Ended(outcome) => return outcome,
     };
     match request {
@@ -120,13 +134,14 @@ pub fn emulate(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, address: 
     }
 }
 
-/// How far an emulated instruction got.
+/// How far an emulated instruction got, with the DR6 conditions of the #DB
+/// after it (`Watch::conditions`, 0 for none).
 enum Step {
     /// It completed (a device may have asked for something on the way).
-    Done(Option<Request>),
-    /// A REP string stopped before its end: at the per-exit bound, or after
-    /// an element a device asked for something on.
-    Partial(Option<Request>),
+    Done(Option<Request>, u64),
+    /// A REP string stopped before its end: at the per-exit bound, after an
+    /// element a device asked for something on, or one that traps.
+    Partial(Option<Request>, u64),
     /// It did not complete: an exception is injected (RIP stays on it) or the
     /// VM stops.
     Ended(Outcome),
@@ -149,6 +164,8 @@ struct Emulation {
     address: u64,
     /// Bytes of each access.
     size: u8,
+    /// The guest's single step and breakpoints.
+    watch: Watch,
 }
 
 impl Emulation {
@@ -159,6 +176,15 @@ impl Emulation {
     fn write(&self, vm: &mut Machine, address: u64, value: u64) -> Option<Request> {
         let value = value & all_ones(self.size);
         vm.chipset.mmio_write(self.index, address, self.size, value, self.now, &mut *vm.memory)
+    }
+
+    /// An access of `self.size` bytes at `address`.
+    fn touch(&self, address: u64, write: bool) -> Touch {
+        if write {
+            Touch::Write { address, len: self.size }
+        } else {
+            Touch::Read { address, len: self.size }
+        }
     }
 
     fn run(&self, vcpu: &mut dyn Vcpu, vm: &mut Machine, decoded: MmioInstruction) -> Step {
@@ -231,7 +257,15 @@ impl Emulation {
                 return self.string(vcpu, vm, op, rep, address_bytes, source);
             }
         };
-        Step::Done(request)
+        // Whether the device operand was written (CMP, TEST and BT only read).
+        let writes = match decoded.operation {
+            Operation::Load { .. } | Operation::AluToRegister { .. } => false,
+            Operation::Alu { op, .. } => op.writes_result(),
+            Operation::BitTest { op, .. } => op.writes_result(),
+            _ => true,
+        };
+        let touched = Touched::NONE.and_device(self.touch(at, writes));
+        Step::Done(request, self.watch.conditions(&*vm.memory, &touched))
     }
 
     /// PUSH m and POP m: the memory operand is the exit's, the stack is at
@@ -274,7 +308,9 @@ impl Emulation {
             vcpu.set_gpr(RSP, with_address(rsp, rsp.wrapping_add(size), width));
             request
         };
-        Step::Done(request)
+        // PUSH reads the device and writes the stack; POP the other way.
+        let touched = Touched::NONE.and(self.touch(linear, push)).and_device(self.touch(self.address, !push));
+        Step::Done(request, self.watch.conditions(&*vm.memory, &touched))
     }
 
     /// MOVS, STOS, LODS, with or without REP: element by element, each
@@ -302,28 +338,40 @@ impl Emulation {
         let destination_base = effective_base(vcpu, SegmentRegister::Es);
         let mut count = if rep { vcpu.gpr(RCX) & width } else { 1 };
         let mut done = 0;
-        while count > 0 && done < MAX_REP_PER_EXIT {
+        // Single-stepped, the string traps after each element.
+        let limit = if self.watch.single_step() { 1 } else { MAX_REP_PER_EXIT };
+        // A REP string with RCX = 0 completes at once, and still traps.
+        let mut conditions = self.watch.conditions(&*vm.memory, &Touched::NONE);
+        while count > 0 && done < limit {
             let (rsi, rdi) = (vcpu.gpr(RSI), vcpu.gpr(RDI));
+            let (source_linear, destination_linear) =
+                (source_base.wrapping_add(rsi & width), destination_base.wrapping_add(rdi & width));
             // Both operands are translated before either is accessed: a fault
             // on the destination must not follow a device read.
             let source = match op {
-                StringOp::Movs | StringOp::Lods => {
-                    match locate(vcpu, vm, source_base.wrapping_add(rsi & width), self.size, AccessKind::Read) {
-                        Ok(place) => Some(place),
-                        Err(step) => return step,
-                    }
-                }
+                StringOp::Movs | StringOp::Lods => match locate(vcpu, vm, source_linear, self.size, AccessKind::Read) {
+                    Ok(place) => Some(place),
+                    Err(step) => return step,
+                },
                 StringOp::Stos => None,
             };
             let destination = match op {
                 StringOp::Movs | StringOp::Stos => {
-                    match locate(vcpu, vm, destination_base.wrapping_add(rdi & width), self.size, AccessKind::Write) {
+                    match locate(vcpu, vm, destination_linear, self.size, AccessKind::Write) {
                         Ok(place) => Some(place),
                         Err(step) => return step,
                     }
                 }
                 StringOp::Lods => None,
             };
+            // Both operands by their linear addresses, device or RAM.
+            let mut touched = Touched::NONE;
+            if source.is_some() {
+                touched = touched.and(self.touch(source_linear, false));
+            }
+            if destination.is_some() {
+                touched = touched.and(self.touch(destination_linear, true));
+            }
             let value = match source {
                 Some(Place::Device(physical)) => self.read(vm, physical),
                 Some(Place::Ram(pieces)) => {
@@ -356,16 +404,18 @@ impl Emulation {
                 let rcx = vcpu.gpr(RCX);
                 vcpu.set_gpr(RCX, with_address(rcx, count, width));
             }
-            // A device's request ends this exit after its element; a REP
-            // string goes on when the guest runs it again.
-            if request.is_some() {
-                return if count == 0 { Step::Done(request) } else { Step::Partial(request) };
+            conditions = self.watch.conditions(&*vm.memory, &touched);
+            // A device's request ends this exit after its element, and so does
+            // a #DB the element raises; a REP string goes on when the guest
+            // runs it again.
+            if request.is_some() || conditions != 0 {
+                return if count == 0 { Step::Done(request, conditions) } else { Step::Partial(request, conditions) };
             }
         }
         if count == 0 {
-            Step::Done(None)
+            Step::Done(None, conditions)
         } else {
-            Step::Partial(None)
+            Step::Partial(None, conditions)
         }
     }
 }

@@ -95,7 +95,7 @@ pub fn rdmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
     };
     vcpu.set_gpr(RAX, value & 0xffff_ffff);
     vcpu.set_gpr(RDX, value >> 32);
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }
 
@@ -150,7 +150,7 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
         }
         _ => return refuse(vcpu, vm, "WRMSR", msr),
     }
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }
 

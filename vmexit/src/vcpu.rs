@@ -12,8 +12,18 @@ use devices::PendingEvents;
 
 use crate::exit::SegmentRegister;
 
+pub const RFLAGS_TF: u64 = 1 << 8;
 pub const RFLAGS_IF: u64 = 1 << 9;
 pub const RFLAGS_DF: u64 = 1 << 10;
+pub const RFLAGS_RF: u64 = 1 << 16;
+
+/// The guest's breakpoint registers as its CPU compares them: DR0-DR3 (linear
+/// addresses, or ports for I/O breakpoints) and DR7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugRegisters {
+    pub dr: [u64; 4],
+    pub dr7: u64,
+}
 
 pub trait Vcpu {
     /// Its index in the VM (also its APIC id).
@@ -72,6 +82,15 @@ pub trait Vcpu {
     /// when the vCPU is created.
     fn tsc_offset(&self) -> u64;
     fn set_tsc_offset(&mut self, offset: u64);
+
+    /// DR0-DR3 and DR7 as the guest set them (DR0-DR3 are on the core while
+    /// the vCPU runs; DR7 is in the VMCS or VMCB).
+    fn debug_registers(&self) -> DebugRegisters;
+    /// Delivers the trap-class #DB that an instruction the VMM completed
+    /// raises, at the next entry: DR6 gets `conditions` (DR6's layout: B0-B3,
+    /// BS) as the CPU writes them for a #DB, DR7.GD is cleared as delivering
+    /// any #DB clears it, and the #DB goes in as a hardware exception.
+    fn raise_debug_trap(&mut self, conditions: u64);
 
     /// The guest's XCR0, loaded on the core while this vCPU runs.
     fn xcr0(&self) -> u64;

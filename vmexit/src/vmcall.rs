@@ -70,7 +70,7 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
         // The interface is the kernel's: a user program only learns it may
         // not (as KVM answers), and nothing it passed is looked at.
         vcpu.set_gpr(RAX, EPERM);
-        vcpu.skip_instruction();
+        crate::debug::skip(vcpu);
         return Outcome::Resume;
     }
     let rbx = vcpu.gpr(RBX);
@@ -88,7 +88,7 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
             }
         }
         2 => {
-            vcpu.skip_instruction();
+            crate::debug::skip(vcpu);
             return Outcome::Stop(Stop::ExitHypercall { status: rbx });
         }
         3 => host.tsc_hz() / 1000,
@@ -106,6 +106,6 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
         _ => ENOSYS,
     };
     vcpu.set_gpr(RAX, result);
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }

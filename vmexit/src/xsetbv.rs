@@ -15,6 +15,6 @@ pub fn handle(vcpu: &mut dyn Vcpu, host: &dyn Host) -> Outcome {
         return Outcome::Resume;
     }
     vcpu.set_xcr0(value);
-    vcpu.skip_instruction();
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }

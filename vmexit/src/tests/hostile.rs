@@ -10,10 +10,11 @@ use super::*;
 use crate::events::deliver_pending;
 use crate::exit::{CrAccess, PortIo, SegmentRegister, StringIo};
 use crate::fake::Injected;
-use crate::vcpu::RFLAGS_IF;
+use crate::vcpu::{RFLAGS_IF, RFLAGS_RF, RFLAGS_TF};
 use crate::vmcall::{ENOSYS, EPERM};
 use crate::{GuestXstate, Host, Stop, AC, DB, GP, PF, UD};
 use arch::control::{cr0, cr4, efer};
+use arch::debug::dr6;
 use arch::decode::CodeSize;
 use basalt_fuzz::{edge_value, Rng};
 use devices::lapic::apic_base::{BSP, EN, EXTD};
@@ -113,7 +114,25 @@ fn hostile_vcpu(rng: &mut Rng, cr3: u64, host: &FakeHost) -> FakeVcpu {
     }
     vcpu.rip = address(rng);
     vcpu.instruction_length = 1 + rng.below(15);
-    vcpu.rflags = 0x2 | (rng.next_u64() & (RFLAGS_IF | crate::vcpu::RFLAGS_DF | 1 << 18));
+    vcpu.rflags = 0x2 | (rng.next_u64() & (RFLAGS_IF | crate::vcpu::RFLAGS_DF | 1 << 18 | RFLAGS_RF));
+    if rng.chance(4) {
+        vcpu.rflags |= RFLAGS_TF;
+    }
+    // Breakpoints: often on what the exits touch (RAM, the probes, ports),
+    // of every kind and length, locally or globally enabled; CR4.DE (I/O
+    // breakpoints) comes with the random CR4 above.
+    if rng.chance(3) {
+        vcpu.dr7 = 0x400 | (rng.next_u64() & 0xffff_00ff) | if rng.chance(8) { arch::debug::dr7::GD } else { 0 };
+        for dr in &mut vcpu.dr {
+            *dr = match rng.below(4) {
+                0 => PROBE_MMIO + rng.below(0x1000),
+                1 => u64::from(PROBE_PORT) + rng.below(4),
+                2 => edge_value(rng, HOSTILE_RAM),
+                _ => address(rng),
+            };
+        }
+        vcpu.dr6 = 0xffff_0ff0 | (rng.next_u64() & 0x600f);
+    }
     // The TSC offset (= TSC_ADJUST) anywhere.
     vcpu.tsc_offset = if rng.chance(2) { 0 } else { edge_value(rng, HOSTILE_RAM) };
     vcpu.cpl = if rng.chance(3) { 3 } else { rng.below(3) as u8 };
@@ -224,6 +243,18 @@ fn aim(rng: &mut Rng, exit: &Exit, vcpu: &mut FakeVcpu) {
                 let bits = rng.pick(&[0, EN, EN | EXTD, EXTD, EN | BSP, EN | 1, EN | (1 << 9)]);
                 gprs[RAX as usize] = devices::layout::LAPIC_BASE | bits;
             }
+        }
+        // A breakpoint on what the exit touches: the device address (which
+        // the guest's tables may or may not map at the same linear address),
+        // or the port, with CR4.DE for I/O breakpoints.
+        Exit::DeviceMemory { address, .. } => {
+            vcpu.dr[0] = *address;
+            vcpu.dr7 = 0x401 | rng.pick(&[1, 3]) << 16 | rng.below(4) << 18;
+        }
+        Exit::Io(PortIo { port, .. }) => {
+            vcpu.dr[1] = u64::from(*port);
+            vcpu.dr7 = 0x408 | 2 << 20 | rng.below(4) << 22;
+            vcpu.cr4 |= cr4::DE;
         }
         Exit::Xsetbv => {
             gprs[RCX as usize] = rng.below(2);
@@ -415,6 +446,8 @@ fn check(
                 _ => {}
             }
         }
+        // The #DB of a completed instruction (`check_debug`).
+        Some(Injected::DebugTrap(_)) => {}
         // The exception that exited goes back (a #UD that was no hypercall).
         Some(Injected::Reflected { vector, .. })
             if matches!(exit, Exit::Exception { vector: v, .. } if *v == vector) && [DB, AC, UD].contains(&vector) => {}
@@ -434,7 +467,7 @@ fn check(
             if after.skipped != 0 || (moved && !(1..=15).contains(&length)) {
                 return Err(format!("MMIO moved RIP by {length:#x}"));
             }
-            let completed = after.injected.is_none() && !stopped_here;
+            let completed = !faulted(after) && !stopped_here;
             // Only an unfinished REP string stays on its instruction without a
             // fault, and it moved RCX.
             let unfinished = completed && !moved && after.gprs[RCX as usize] != before.gprs[RCX as usize];
@@ -445,7 +478,7 @@ fn check(
         _ if after.rip != skip_rip => return Err(format!("RIP {:#x} not moved by skip_instruction", after.rip)),
         // Not skipped and resumed: an unfinished REP string, or a fault.
         Exit::Io(PortIo { string: Some(s), .. })
-            if after.skipped == 0 && outcome == &Outcome::Resume && after.injected.is_none() && !s.rep =>
+            if after.skipped == 0 && outcome == &Outcome::Resume && !faulted(after) && !s.rep =>
         {
             return Err("a single string element neither completed nor faulted".into());
         }
@@ -482,6 +515,7 @@ fn check(
         }
     }
     check_apic_base(exit, before, after, apic_base)?;
+    check_debug(exit, outcome, before, after)?;
     check_tsc(exit, before, after, host)?;
     // The control registers stay a state the CPU could be in.
     let lma = after.efer & efer::LMA != 0;
@@ -499,6 +533,75 @@ fn check(
     }
     if after.xcr0 != before.xcr0 && !arch::xstate::xcr0_valid(after.xcr0, host.xstate.allowed) {
         return Err(format!("XCR0 {:#x}", after.xcr0));
+    }
+    Ok(())
+}
+
+/// A fault (or the reflected exception that exited) was injected: the
+/// instruction did not complete.
+fn faulted(vcpu: &FakeVcpu) -> bool {
+    matches!(vcpu.injected, Some(Injected::Exception { .. } | Injected::Reflected { .. }))
+}
+
+/// The trap-class #DB of what Basalt completed: raised only after an
+/// instruction or a REP iteration that completed, with BS exactly when
+/// RFLAGS.TF was set and breakpoint bits only of enabled data or I/O
+/// breakpoints; never missing when single-stepping; DR6 and DR7.GD as the
+/// CPU leaves them; RF clear after a completed instruction and set while a
+/// REP string is unfinished; a single-stepped REP string one element at a
+/// time; and HLT with TF set does not wait.
+fn check_debug(exit: &Exit, outcome: &Outcome, before: &FakeVcpu, after: &FakeVcpu) -> Result<(), String> {
+    let single_step = before.rflags & RFLAGS_TF != 0;
+    let moved = after.rip != before.rip;
+    let completed = after.skipped == 1 || (matches!(exit, Exit::DeviceMemory { .. }) && moved && !faulted(after));
+    let string = matches!(exit, Exit::Io(PortIo { string: Some(_), .. }) | Exit::DeviceMemory { .. });
+    let rcx_moved = after.gprs[RCX as usize] != before.gprs[RCX as usize];
+    let iterated = string && !completed && !faulted(after) && rcx_moved;
+    if let Some(Injected::DebugTrap(conditions)) = after.injected {
+        if !completed && !iterated {
+            return Err(format!("#DB {conditions:#x} for an instruction that did not complete"));
+        }
+        if (conditions & dr6::BS != 0) != single_step {
+            return Err(format!("#DB {conditions:#x} with RFLAGS {:#x}", before.rflags));
+        }
+        let io = before.cr4 & cr4::DE != 0;
+        for index in 0..4 {
+            if conditions & (1 << index) == 0 {
+                continue;
+            }
+            match arch::debug::breakpoint(before.dr7, index) {
+                Some((arch::debug::Watch::Write | arch::debug::Watch::ReadWrite, _)) => {}
+                Some((arch::debug::Watch::Io, _)) if io => {}
+                other => return Err(format!("#DB {conditions:#x}: breakpoint {index} is {other:?}")),
+            }
+        }
+        if after.dr6 != arch::control::dr6_after_debug_exception(before.dr6, conditions) {
+            return Err(format!("DR6 {:#x} -> {:#x} for #DB {conditions:#x}", before.dr6, after.dr6));
+        }
+        if after.dr7 != before.dr7 & !arch::debug::dr7::GD {
+            return Err(format!("DR7 {:#x} -> {:#x}", before.dr7, after.dr7));
+        }
+    } else if (after.dr6, after.dr7) != (before.dr6, before.dr7) {
+        return Err("DR6 or DR7 changed without a #DB".into());
+    }
+    let resumed = matches!(outcome, Outcome::Resume | Outcome::Marker(_) | Outcome::Park);
+    if single_step && (completed || iterated) && resumed && !matches!(after.injected, Some(Injected::DebugTrap(_))) {
+        return Err("an instruction completed single-stepped without its #DB".into());
+    }
+    if resumed && completed && after.rflags & RFLAGS_RF != 0 {
+        return Err("RF left set after the instruction completed".into());
+    }
+    if resumed && iterated && after.rflags & RFLAGS_RF == 0 {
+        return Err("RF clear on an unfinished REP string".into());
+    }
+    // (An MMIO instruction that completed may have loaded RCX.)
+    let string_io = matches!(exit, Exit::Io(PortIo { string: Some(_), .. }));
+    let elements = before.gprs[RCX as usize].wrapping_sub(after.gprs[RCX as usize]) & 0xffff;
+    if single_step && (string_io || iterated) && elements > 1 {
+        return Err("a single-stepped REP string went more than one element".into());
+    }
+    if single_step && matches!(exit, Exit::Hlt) && after.halted {
+        return Err("HLT waits with its single step pending".into());
     }
     Ok(())
 }
@@ -634,6 +737,10 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
             };
             let unknown = if before.length_known { "" } else { " (length unknown)" };
             *seen.entry(format!("{name}{unknown}: {result}")).or_default() += 1;
+            if let Some(Injected::DebugTrap(conditions)) = vcpu.injected {
+                let why = if conditions & dr6::BS != 0 { "single step" } else { "breakpoint" };
+                *seen.entry(format!("{name}{unknown}: #DB {why}")).or_default() += 1;
+            }
         }
     }
     for reached in [
@@ -687,6 +794,16 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
         "exception #UD (length unknown): completed",
         "exception: reflected 1",
         "exception: reflected 17",
+        // The #DB after what Basalt completed, and its breakpoints.
+        "cpuid: #DB single step",
+        "hlt: #DB single step",
+        "io: #DB single step",
+        "io: #DB breakpoint",
+        "device-memory: #DB single step",
+        "device-memory: #DB breakpoint",
+        "rdmsr: #DB single step",
+        "cr-access: #DB single step",
+        "hypercall: #DB single step",
     ] {
         assert!(seen.contains_key(reached), "no case reached {reached}: {seen:#?}");
     }
@@ -738,7 +855,12 @@ fn random_mmio_instructions_are_emulated_as_the_decoder_reads_them() {
         if rng.chance(2) {
             vcpu.gprs[RCX as usize] = rng.pick(&[0, 1, 2, 17, crate::io::MAX_REP_PER_EXIT + 1]);
         }
-        vcpu.rflags = 0x202 | (rng.next_u64() & (arch::alu::STATUS_FLAGS | crate::vcpu::RFLAGS_DF));
+        vcpu.rflags = 0x202 | (rng.next_u64() & (arch::alu::STATUS_FLAGS | crate::vcpu::RFLAGS_DF | RFLAGS_RF));
+        // Single-stepped now and then: every completed instruction or
+        // iteration traps, and a REP string goes one element at a time.
+        if rng.chance(4) {
+            vcpu.rflags |= RFLAGS_TF;
+        }
         // Within a page, across a page boundary, and running off the end of RAM.
         let near_end = RAM as u64 - 1 - rng.below(15);
         let rip = rng.pick(&[0x1000, 0x1ff8, near_end]);
@@ -784,11 +906,23 @@ fn random_mmio_instructions_are_emulated_as_the_decoder_reads_them() {
                         | Operation::Cmpxchg { .. }
                         | Operation::BitTest { .. }
                 );
-                let may_change = if flags { arch::alu::STATUS_FLAGS } else { 0 };
+                // RF is the CPU's after the instruction or iteration (debug.rs).
+                let may_change = if flags { arch::alu::STATUS_FLAGS } else { 0 } | RFLAGS_RF;
                 assert_eq!(vcpu.rflags & !may_change, before.rflags & !may_change, "{context}: RFLAGS");
+                let single_step = before.rflags & RFLAGS_TF != 0;
+                if outcome == Outcome::Resume && injected.is_none() {
+                    let finished = vcpu.rip != rip;
+                    assert_eq!(vcpu.rflags & RFLAGS_RF == 0, finished, "{context}: RF");
+                    let trap = single_step.then_some(Injected::DebugTrap(dr6::BS));
+                    assert_eq!(vcpu.injected, trap, "{context}: the single step");
+                }
                 let memory_operands =
                     matches!(decoded.operation, Operation::Push | Operation::Pop | Operation::String { .. });
                 let rep = matches!(decoded.operation, Operation::String { rep: true, .. });
+                if single_step && rep {
+                    let elements = before.gprs[RCX as usize].wrapping_sub(vcpu.gprs[RCX as usize]) & 0xffff;
+                    assert!(elements <= 1, "{context}: {elements} elements single-stepped");
+                }
                 match (&outcome, injected) {
                     (Outcome::Resume, None) if vcpu.rip == rip + decoded.length as u64 => {}
                     // An unfinished REP string: it went some way.

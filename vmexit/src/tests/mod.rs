@@ -6,6 +6,7 @@
 
 mod cpuid;
 mod cr;
+mod debug;
 mod decode;
 mod events;
 mod hostile;

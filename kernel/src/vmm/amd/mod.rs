@@ -25,6 +25,7 @@ use arch::paging::Paging;
 use devices::PendingEvents;
 use svm::vmcb::{tlb_control, INTERRUPT_SHADOW};
 use svm::Event;
+use vmexit::vcpu::DebugRegisters;
 use vmexit::{Exit, SegmentRegister};
 
 pub use vcpu::Vcpu;
@@ -274,6 +275,31 @@ impl vmexit::Vcpu for Vcpu {
         self.vmcb_mut().control.tsc_offset = offset;
     }
 
+    /// DR0-DR3 are the guest's on the core while its vCPU runs (vmm::switch);
+    /// DR7 is in the VMCB.
+    fn debug_registers(&self) -> DebugRegisters {
+        let (dr0, dr1, dr2, dr3): (u64, u64, u64, u64);
+        // SAFETY: reading debug registers has no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3",
+                out(reg) dr0, out(reg) dr1, out(reg) dr2, out(reg) dr3,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        DebugRegisters { dr: [dr0, dr1, dr2, dr3], dr7: self.vmcb().save.dr7 }
+    }
+
+    /// DR6 and DR7 are in the VMCB: written as the CPU would for the #DB,
+    /// which goes in through EVENTINJ (and ends a HLT).
+    fn raise_debug_trap(&mut self, conditions: u64) {
+        let s = &mut self.vmcb_mut().save;
+        s.dr6 = arch::control::dr6_after_debug_exception(s.dr6, conditions);
+        s.dr7 &= !arch::debug::dr7::GD;
+        self.inject_exception(vmexit::DB, None);
+        self.halted = false;
+    }
+
     fn pending(&mut self) -> &mut PendingEvents {
         &mut self.pending
     }
@@ -283,8 +309,12 @@ impl vmexit::Vcpu for Vcpu {
     }
 
     /// The CPU has already updated DR6 in the VMCB for an intercepted #DB;
-    /// both go back as the hardware exceptions they were.
+    /// both go back as the hardware exceptions they were (a #DB clearing
+    /// DR7.GD as its delivery would).
     fn reflect_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        if vector == vmexit::DB {
+            self.vmcb_mut().save.dr7 &= !arch::debug::dr7::GD;
+        }
         self.inject_exception(vector, error_code);
         self.halted = false;
     }

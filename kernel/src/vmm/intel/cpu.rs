@@ -33,12 +33,14 @@ const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
 const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
 const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
 // Exit controls.
+const EXIT_SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
 const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
 const EXIT_SAVE_PAT: u32 = 1 << 18;
 const EXIT_LOAD_PAT: u32 = 1 << 19;
 const EXIT_SAVE_EFER: u32 = 1 << 20;
 const EXIT_LOAD_EFER: u32 = 1 << 21;
 // Entry controls.
+const ENTRY_LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
 pub const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
 const ENTRY_LOAD_PAT: u32 = 1 << 14;
 const ENTRY_LOAD_EFER: u32 = 1 << 15;
@@ -133,15 +135,27 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
             .proc_based2
             .adjust("secondary processor-based", required2.bits(), wanted2.bits())
             .map_err(|e| e.to_string())?,
+        // The guest's DR7 and IA32_DEBUGCTL live in the VMCS: saved at every
+        // exit (which sets DR7 to 0x400 for the host) and loaded at every
+        // entry. A CPU with the "true" control MSRs may leave both controls
+        // 0, and the guest's breakpoints would then vanish at its first exit.
         exit: caps
             .exit
             .adjust(
                 "VM-exit",
-                EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_EFER | EXIT_LOAD_EFER | EXIT_SAVE_PAT | EXIT_LOAD_PAT,
+                EXIT_SAVE_DEBUG_CONTROLS
+                    | EXIT_HOST_ADDRESS_SPACE_SIZE
+                    | EXIT_SAVE_EFER
+                    | EXIT_LOAD_EFER
+                    | EXIT_SAVE_PAT
+                    | EXIT_LOAD_PAT,
                 0,
             )
             .map_err(|e| e.to_string())?,
-        entry: caps.entry.adjust("VM-entry", ENTRY_LOAD_EFER | ENTRY_LOAD_PAT, 0).map_err(|e| e.to_string())?,
+        entry: caps
+            .entry
+            .adjust("VM-entry", ENTRY_LOAD_DEBUG_CONTROLS | ENTRY_LOAD_EFER | ENTRY_LOAD_PAT, 0)
+            .map_err(|e| e.to_string())?,
         apic_virtualization: false,
     };
     // All of it or none: register virtualisation needs the TPR shadow.

@@ -16,6 +16,7 @@ use arch::paging::Paging;
 use cpu::ENTRY_IA32E_MODE_GUEST;
 use devices::{Chipset, PendingEvents};
 use vcpu::{read, write};
+use vmexit::vcpu::DebugRegisters;
 use vmexit::{Exit, SegmentRegister};
 use vmx::exit::{interruption_type, InterruptionInfo};
 use vmx::vmcs;
@@ -29,6 +30,8 @@ const ACTIVITY_ACTIVE: u64 = 0;
 const ACTIVITY_HLT: u64 = 1;
 const PROC_INTERRUPT_WINDOW_EXITING: u64 = 1 << 2;
 const PROC_NMI_WINDOW_EXITING: u64 = 1 << 22;
+/// Pending debug exceptions: B0-B3, "enabled breakpoint", BS.
+const PENDING_DEBUG_TRAPS: u64 = 0xf | 1 << 12 | 1 << 14;
 const CS_LONG: u64 = 1 << 13;
 const CS_DEFAULT_32: u64 = 1 << 14;
 
@@ -41,6 +44,28 @@ fn inject(info: InterruptionInfo) {
     write(vmcs::ENTRY_INTERRUPTION_INFO, info.0 as u64);
     // An event ends a HLT.
     write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE);
+}
+
+/// The guest's DR6 (on the core while its vCPU runs: VMX does not switch
+/// it) as the CPU writes it for a #DB with `conditions`.
+fn update_dr6(conditions: u64) {
+    let dr6: u64;
+    // SAFETY: DR6 is a status register; the guest's value is in it while
+    // its vCPU runs on this core (see vmm::switch), and only the guest reads it.
+    unsafe {
+        core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack, preserves_flags));
+        let dr6 = arch::control::dr6_after_debug_exception(dr6, conditions);
+        core::arch::asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Delivering a #DB clears DR7.GD (so the handler may use the debug
+/// registers); neither an intercepted #DB nor an injected one does it.
+fn clear_general_detect() {
+    let dr7 = read(vmcs::GUEST_DR7);
+    if dr7 & arch::debug::dr7::GD != 0 {
+        write(vmcs::GUEST_DR7, dr7 & !arch::debug::dr7::GD);
+    }
 }
 
 /// The guest's view of a control register: its read shadow for the bits
@@ -204,6 +229,37 @@ impl vmexit::Vcpu for Vcpu {
         write(vmcs::TSC_OFFSET, offset);
     }
 
+    /// DR0-DR3 are the guest's on the core while its vCPU runs (vmm::switch);
+    /// DR7 is in the VMCS.
+    fn debug_registers(&self) -> DebugRegisters {
+        let (dr0, dr1, dr2, dr3): (u64, u64, u64, u64);
+        // SAFETY: reading debug registers has no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3",
+                out(reg) dr0, out(reg) dr1, out(reg) dr2, out(reg) dr3,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        DebugRegisters { dr: [dr0, dr1, dr2, dr3], dr7: read(vmcs::GUEST_DR7) }
+    }
+
+    /// Injected as a hardware exception, with DR6 written as the CPU would
+    /// (VM entry's event injection does not write it). A trap the exit left
+    /// pending (the MOV SS before this instruction) is the same #DB: its
+    /// conditions join this one's, and the field is cleared, since the CPU
+    /// would deliver it again after the injected one.
+    fn raise_debug_trap(&mut self, conditions: u64) {
+        const CONDITIONS: u64 = arch::debug::dr6::BREAKPOINTS | arch::debug::dr6::BS;
+        let pending = read(vmcs::GUEST_PENDING_DEBUG_EXCEPTIONS);
+        if pending & PENDING_DEBUG_TRAPS != 0 {
+            write(vmcs::GUEST_PENDING_DEBUG_EXCEPTIONS, 0);
+        }
+        update_dr6((conditions | pending) & CONDITIONS);
+        clear_general_detect();
+        inject(InterruptionInfo::inject(vmexit::DB, interruption_type::HARDWARE_EXCEPTION, false));
+    }
+
     fn pending(&mut self) -> &mut PendingEvents {
         &mut self.pending
     }
@@ -224,17 +280,9 @@ impl vmexit::Vcpu for Vcpu {
         let info = InterruptionInfo(read(vmcs::EXIT_INTERRUPTION_INFO) as u32);
         if vector == vmexit::DB {
             // A #DB that exited has not updated DR6 (the exit qualification
-            // holds what it would have set); DR6 is the guest's while its vCPU
-            // is on the core.
-            let pending = read(vmcs::EXIT_QUALIFICATION);
-            let dr6: u64;
-            // SAFETY: DR6 is a status register; the guest's value is in it while
-            // its vCPU runs on this core (see vmm::switch), and only the guest reads it.
-            unsafe {
-                core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack, preserves_flags));
-                let dr6 = arch::control::dr6_after_debug_exception(dr6, pending);
-                core::arch::asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
-            }
+            // holds what it would have set) nor cleared DR7.GD.
+            update_dr6(read(vmcs::EXIT_QUALIFICATION));
+            clear_general_detect();
         }
         // ICEBP's #DB is a privileged software exception: it needs its length.
         let software = info.kind() == interruption_type::PRIVILEGED_SOFTWARE_EXCEPTION;
@@ -259,8 +307,12 @@ impl vmexit::Vcpu for Vcpu {
         }
     }
 
+    /// A debug trap the CPU holds in the pending debug exceptions (one a
+    /// trap-like exit or a MOV SS left) counts: it is delivered at entry, and
+    /// an event injected at that entry would make the CPU drop it.
     fn injection_pending(&self) -> bool {
         InterruptionInfo(read(vmcs::ENTRY_INTERRUPTION_INFO) as u32).is_valid()
+            || read(vmcs::GUEST_PENDING_DEBUG_EXCEPTIONS) & PENDING_DEBUG_TRAPS != 0
     }
 
     fn interrupt_shadow(&self) -> bool {
