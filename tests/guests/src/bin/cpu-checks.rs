@@ -2,13 +2,16 @@
 //! checked against what the SDM says a CPU does: control-register and EFER
 //! writes with reserved bits (#GP), the machine-check and misc-enable MSRs,
 //! IA32_APIC_BASE's states (disabled, xAPIC, x2APIC) with the x2APIC MSRs and
-//! CPUID following them, and hypercalls Basalt does not define or that come
-//! from ring 3. Reports each check on COM1; exits with status 33 when all
+//! CPUID following them, hypercalls Basalt does not define or that come
+//! from ring 3, the TSC's offset (TSC_ADJUST, TSC writes, the TSC-deadline
+//! timer in the shifted TSC), and the #DB of instructions Basalt emulates
+//! (single-stepped OUT, CPUID, MMIO and REP strings; data and I/O
+//! breakpoints). Reports each check on COM1; exits with status 33 when all
 //! pass, 35 otherwise.
 #![no_std]
 #![no_main]
 
-use basalt_test_guests::{check, entry, exit, println, vmcall};
+use basalt_test_guests::{check, entry, exit, println, rdtsc, tsc_per_ms, vmcall};
 use core::arch::x86_64::__cpuid;
 use core::arch::{asm, global_asm};
 use core::ptr::{addr_of, addr_of_mut};
@@ -47,6 +50,42 @@ cc_resume:
     hlt
     jmp 1b
 
+.global cc_db
+cc_db:
+    push rax
+    push rcx
+    push rdx
+    mov rcx, [rip + DB_COUNT]
+    cmp rcx, 16
+    jae 2f
+    mov rax, [rsp + 24]
+    lea rdx, [rip + DB_RIP]
+    mov [rdx + rcx * 8], rax
+    mov rax, dr6
+    lea rdx, [rip + DB_DR6]
+    mov [rdx + rcx * 8], rax
+2:  inc qword ptr [rip + DB_COUNT]
+    mov eax, 0xffff0ff0
+    mov dr6, rax
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+.global cc_timer
+cc_timer:
+    push rax
+    push rdx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [rip + TIMER_AT], rax
+    mov edx, 0xfee000b0
+    mov dword ptr [rdx], 0
+    pop rdx
+    pop rax
+    iretq
+
 .global cc_x2apic_interrupt
 cc_x2apic_interrupt:
     push rax
@@ -70,12 +109,24 @@ static mut FAULTED: u8 = 0;
 static mut RESUME: u64 = 0;
 #[no_mangle]
 static mut INTERRUPTS: u64 = 0;
+/// Each #DB: the RIP it returns to and DR6 (the handler then resets DR6).
+#[no_mangle]
+static mut DB_COUNT: u64 = 0;
+#[no_mangle]
+static mut DB_RIP: [u64; 16] = [0; 16];
+#[no_mangle]
+static mut DB_DR6: [u64; 16] = [0; 16];
+/// The TSC when the TSC-deadline timer's interrupt came (0: not yet).
+#[no_mangle]
+static mut TIMER_AT: u64 = 0;
 
 extern "C" {
     fn cc_gp();
     fn cc_ud();
     fn cc_pf();
     fn cc_x2apic_interrupt();
+    fn cc_db();
+    fn cc_timer();
 }
 
 static mut IDT: [u64; 512] = [0; 512];
@@ -396,6 +447,307 @@ fn hypercalls() -> bool {
     ok
 }
 
+const IA32_TSC: u32 = 0x10;
+const IA32_TSC_ADJUST: u32 = 0x3b;
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
+const TIMER_VECTOR: usize = 0x51;
+
+/// `a - b` is in [0, limit): `a` came after `b`, and soon enough.
+fn within(a: u64, b: u64, limit: u64) -> bool {
+    a.wrapping_sub(b) < limit
+}
+
+fn mmio_write(offset: u64, value: u32) {
+    // SAFETY: as `mmio_read`.
+    unsafe { ((BASE + offset) as *mut u32).write_volatile(value) }
+}
+
+/// Arms the TSC-deadline timer for `deadline` and waits (interrupts on) for
+/// its interrupt, at most `patience` TSC ticks: the TSC it came at.
+fn deadline_interrupt(deadline: u64, patience: u64) -> Option<u64> {
+    // SAFETY: written by the handler only while interrupts are on.
+    unsafe { addr_of_mut!(TIMER_AT).write_volatile(0) };
+    let start = rdtsc();
+    if wrmsr(IA32_TSC_DEADLINE, deadline).is_err() {
+        return None;
+    }
+    // SAFETY: the timer's handler is installed.
+    unsafe { asm!("sti") };
+    // SAFETY: as above.
+    while unsafe { addr_of!(TIMER_AT).read_volatile() } == 0 && within(rdtsc(), start, patience) {
+        core::hint::spin_loop();
+    }
+    // SAFETY: interrupts off again.
+    unsafe { asm!("cli") };
+    // SAFETY: as above.
+    match unsafe { addr_of!(TIMER_AT).read_volatile() } {
+        0 => None,
+        at => Some(at),
+    }
+}
+
+/// The TSC as SDM 18.17.3 has it: writing TSC_ADJUST moves the TSC by as
+/// much (RDTSC sees it), writing the TSC moves TSC_ADJUST by as much, and
+/// the TSC-deadline timer keeps counting in the moved TSC.
+fn tsc() -> bool {
+    let mut ok = true;
+    let ms = tsc_per_ms();
+    // Anything an exit or two takes, even in an emulator.
+    let soon = 1000 * ms;
+    ok &= check("tsc_adjust starts at 0", rdmsr(IA32_TSC_ADJUST) == Ok(0));
+    let jump = 1u64 << 40;
+    let before = rdtsc();
+    ok &= check("tsc_adjust takes any value", wrmsr(IA32_TSC_ADJUST, jump).is_ok());
+    let after = rdtsc();
+    ok &= check("rdtsc jumps by tsc_adjust", within(after, before.wrapping_add(jump), soon));
+    ok &= check("tsc_adjust reads back", rdmsr(IA32_TSC_ADJUST) == Ok(jump));
+    let (msr, rdtsc_now) = (rdmsr(IA32_TSC).unwrap_or(0), rdtsc());
+    ok &= check("rdmsr tsc agrees with rdtsc", within(rdtsc_now, msr, soon));
+
+    // A TSC write: RDTSC reads on from the value, TSC_ADJUST moves with it.
+    let value = 1u64 << 50;
+    let adjust = rdmsr(IA32_TSC_ADJUST).unwrap_or(0);
+    let before = rdtsc();
+    ok &= check("tsc write", wrmsr(IA32_TSC, value).is_ok());
+    ok &= check("rdtsc reads on from the written tsc", within(rdtsc(), value, soon));
+    let moved = rdmsr(IA32_TSC_ADJUST).unwrap_or(0).wrapping_sub(adjust);
+    ok &= check("tsc_adjust follows the tsc write", within(value.wrapping_sub(before), moved, soon));
+
+    // The TSC-deadline timer, with the TSC 2^50 ahead of the host's: armed
+    // in the guest's TSC, it fires when the guest's TSC gets there.
+    set_gate(TIMER_VECTOR, cc_timer);
+    mmio_write(0xf0, 0x1ff);
+    mmio_write(0x320, 2 << 17 | TIMER_VECTOR as u32);
+    let far = rdtsc() + 10_000 * ms;
+    ok &=
+        check("tsc deadline reads back", wrmsr(IA32_TSC_DEADLINE, far).is_ok() && rdmsr(IA32_TSC_DEADLINE) == Ok(far));
+    ok &= check("tsc deadline 0 disarms", wrmsr(IA32_TSC_DEADLINE, 0).is_ok() && rdmsr(IA32_TSC_DEADLINE) == Ok(0));
+    let deadline = rdtsc() + 5 * ms;
+    let fired = deadline_interrupt(deadline, 2000 * ms);
+    ok &= check("tsc deadline fires in the moved tsc", fired.is_some());
+    ok &= check("and not before its time", fired.is_some_and(|at| within(at, deadline, soon)));
+
+    // Moved back below the host's: a deadline 5 ms ahead is 5 ms ahead,
+    // not long past.
+    ok &= check("tsc moved back", wrmsr(IA32_TSC, 1_000_000).is_ok() && within(rdtsc(), 1_000_000, soon));
+    ok &= check("tsc_adjust negative", rdmsr(IA32_TSC_ADJUST).is_ok_and(|a| (a as i64) < 0));
+    let deadline = rdtsc() + 5 * ms;
+    let fired = deadline_interrupt(deadline, 2000 * ms);
+    ok &= check("tsc deadline in the moved-back tsc", fired.is_some_and(|at| within(at, deadline, soon)));
+    // A deadline already behind the TSC fires at once.
+    let now = rdtsc();
+    let fired = deadline_interrupt(now - 1000, 2000 * ms);
+    ok &= check("a past tsc deadline fires at once", fired.is_some_and(|at| within(at, now, soon)));
+    mmio_write(0x320, 1 << 16);
+    ok
+}
+
+/// The #DBs recorded since the last reset: (RIP after, DR6) each.
+fn debug_records() -> ([(u64, u64); 16], usize) {
+    let mut records = [(0, 0); 16];
+    // SAFETY: the handler writes these only while a #DB is delivered.
+    let count = unsafe { addr_of!(DB_COUNT).read_volatile() } as usize;
+    for (i, record) in records.iter_mut().enumerate().take(count.min(16)) {
+        // SAFETY: as above.
+        unsafe {
+            *record = (
+                addr_of!(DB_RIP).cast::<u64>().add(i).read_volatile(),
+                addr_of!(DB_DR6).cast::<u64>().add(i).read_volatile(),
+            )
+        };
+    }
+    (records, count)
+}
+
+fn reset_debug_records() {
+    // SAFETY: as above.
+    unsafe { addr_of_mut!(DB_COUNT).write_volatile(0) };
+}
+
+/// DR6's conditions: B0-B3 and BS.
+const DR6_CONDITIONS: u64 = 0x400f;
+const BS: u64 = 1 << 14;
+/// Device memory nothing claims (reads all-ones), in Basalt's 4 GiB identity map.
+const UNCLAIMED_MMIO: u64 = 0xe000_0000;
+
+/// Single-steps a REP OUTSB, OUT, CPUID, an MMIO load and a REP STOSD to
+/// device memory, all of which Basalt emulates; TF is set by POPF (after
+/// which nothing traps) right before the first of each run, and cleared with
+/// POPF after it (instructions the CPU steps itself). Each emulated one must
+/// trap right after it with DR6.BS, a REP string after each element (RIP on
+/// it until the last).
+fn single_step() -> bool {
+    let mut ok = true;
+    let buffer = [0u8; 4];
+    // Where each run starts and each emulated instruction ends.
+    let mut labels = [0u64; 7];
+    reset_debug_records();
+    // SAFETY: the #DB handler is installed and resumes each instruction with
+    // every register as it was; RBX (CPUID's) is kept in R9; the OUTS source
+    // is `buffer`, the STOS destination device memory nothing claims; the
+    // labels go to `labels`.
+    unsafe {
+        asm!(
+            "mov r9, rbx",
+            "lea rax, [rip + 2f]",
+            "mov [r10], rax",
+            "lea rax, [rip + 3f]",
+            "mov [r10 + 8], rax",
+            "lea rax, [rip + 4f]",
+            "mov [r10 + 16], rax",
+            "lea rax, [rip + 5f]",
+            "mov [r10 + 24], rax",
+            "lea rax, [rip + 6f]",
+            "mov [r10 + 32], rax",
+            "lea rax, [rip + 7f]",
+            "mov [r10 + 40], rax",
+            "lea rax, [rip + 8f]",
+            "mov [r10 + 48], rax",
+            "mov ecx, 3",
+            "mov edx, 0x80",
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "2:",
+            "rep outsb",
+            "3:",
+            "out 0x80, al",
+            "4:",
+            "cpuid",
+            "5:",
+            "mov eax, [r8]",
+            "6:",
+            "pushfq",
+            "and qword ptr [rsp], -0x101",
+            "popfq",
+            "mov ecx, 2",
+            "mov rdi, r8",
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "7:",
+            "rep stosd",
+            "8:",
+            "pushfq",
+            "and qword ptr [rsp], -0x101",
+            "popfq",
+            "mov rbx, r9",
+            in("r8") UNCLAIMED_MMIO, in("r10") labels.as_mut_ptr(), inout("rsi") buffer.as_ptr() => _,
+            out("rax") _, out("rcx") _, out("rdx") _, out("rdi") _, out("r9") _,
+        );
+    }
+    let [rep_outs, after_outs, after_out, after_cpuid, after_load, rep_stos, after_stos] = labels;
+    let (records, count) = debug_records();
+    // Besides the emulated ones, the CPU's own: PUSHF, AND and perhaps POPF
+    // after each run.
+    ok &= check("single steps recorded", count >= 12);
+    let steps = |rips: &[u64]| {
+        let mut found = records[..count.min(16)].iter().filter(|(rip, _)| rips.contains(rip));
+        let in_order =
+            rips.iter().all(|&want| found.next().is_some_and(|&(rip, dr6)| rip == want && dr6 & DR6_CONDITIONS == BS));
+        in_order && found.next().is_none()
+    };
+    ok &= check("single step over rep outsb: a #db per element", steps(&[rep_outs, rep_outs, after_outs]));
+    ok &= check("single step over out: #db after it, dr6.bs", steps(&[after_out]));
+    ok &= check("single step over cpuid", steps(&[after_cpuid]));
+    ok &= check("single step over an mmio load", steps(&[after_load]));
+    ok &= check("single step over rep stosd to mmio: a #db per element", steps(&[rep_stos, after_stos]));
+    if !ok {
+        println!("cpu checks: labels {labels:x?}");
+        for (rip, dr6) in &records[..count.min(16)] {
+            println!("cpu checks: #db at {rip:#x}, dr6 {dr6:#x}");
+        }
+    }
+    ok
+}
+
+/// DR7 breakpoints on accesses Basalt emulates: a read/write breakpoint on
+/// device memory an MMIO load reads, a write breakpoint the load does not
+/// hit and the store does, and (CR4.DE) an I/O breakpoint on OUT's port.
+fn breakpoints() -> bool {
+    let mut ok = true;
+    // One load or store of device memory nothing claims, with DR0 on it and
+    // DR7 as given: the #DBs it raised and the address after it.
+    let one = |dr7: u64, store: bool| -> ([(u64, u64); 16], usize, u64) {
+        reset_debug_records();
+        let after: u64;
+        // SAFETY: DR0 names device memory nothing claims; the #DB handler
+        // resumes after the access; DR7 is reset before anything else runs.
+        unsafe {
+            if store {
+                asm!(
+                    "mov dr0, {address}",
+                    "mov dr7, {dr7}",
+                    "lea {after}, [rip + 2f]",
+                    "mov [{address}], eax",
+                    "2:",
+                    "mov {dr7}, 0x400",
+                    "mov dr7, {dr7}",
+                    address = in(reg) UNCLAIMED_MMIO, dr7 = inout(reg) dr7 => _, after = out(reg) after,
+                    in("eax") 0,
+                );
+            } else {
+                asm!(
+                    "mov dr0, {address}",
+                    "mov dr7, {dr7}",
+                    "lea {after}, [rip + 2f]",
+                    "mov eax, [{address}]",
+                    "2:",
+                    "mov {dr7}, 0x400",
+                    "mov dr7, {dr7}",
+                    address = in(reg) UNCLAIMED_MMIO, dr7 = inout(reg) dr7 => _, after = out(reg) after,
+                    out("eax") _,
+                );
+            }
+        }
+        let (records, count) = debug_records();
+        (records, count, after)
+    };
+    // L0, LEN 4; R/W 11 (reads and writes) or 01 (writes).
+    let read_write = 0x400 | 1 | 3 << 16 | 3 << 18;
+    let write = 0x400 | 1 | 1 << 16 | 3 << 18;
+    let (records, count, after) = one(read_write, false);
+    ok &= check(
+        "data breakpoint on an mmio read: #db after it, dr6.b0",
+        count == 1 && records[0].0 == after && records[0].1 & DR6_CONDITIONS == 1,
+    );
+    let (_, count, _) = one(write, false);
+    ok &= check("write breakpoint: not on the mmio read", count == 0);
+    let (records, count, after) = one(write, true);
+    ok &= check(
+        "write breakpoint: on the mmio write",
+        count == 1 && records[0].0 == after && records[0].1 & DR6_CONDITIONS == 1,
+    );
+
+    // I/O breakpoint 1 on port 0x80 (needs CR4.DE).
+    const CR4_DE: u64 = 1 << 3;
+    let cr4_before = cr4();
+    reset_debug_records();
+    let after: u64;
+    // SAFETY: CR4.DE and DR7 are put back before anything else runs.
+    unsafe {
+        asm!(
+            "mov cr4, {cr4}",
+            "mov dr1, {port}",
+            "mov dr7, {dr7}",
+            "lea {after}, [rip + 2f]",
+            "out 0x80, al",
+            "2:",
+            "mov {dr7}, 0x400",
+            "mov dr7, {dr7}",
+            cr4 = in(reg) cr4_before | CR4_DE, port = in(reg) 0x80u64, dr7 = inout(reg) 0x400u64 | 1 << 2 | 2 << 20 => _,
+            after = out(reg) after, in("al") 0u8,
+        );
+        asm!("mov cr4, {}", in(reg) cr4_before);
+    }
+    let (records, count) = debug_records();
+    ok &= check(
+        "i/o breakpoint on out: #db after it, dr6.b1",
+        count == 1 && records[0].0 == after && records[0].1 & DR6_CONDITIONS == 2,
+    );
+    ok
+}
+
 fn main() -> ! {
     println!("cpu checks: hello");
     let vendor = vendor();
@@ -410,6 +762,10 @@ fn main() -> ! {
     let mut ok = control_registers();
     ok &= msrs();
     ok &= apic_base();
+    ok &= tsc();
+    set_gate(1, cc_db);
+    ok &= single_step();
+    ok &= breakpoints();
     ok &= hypercalls();
     println!("cpu checks: {}", if ok { "all checks passed" } else { "some checks FAILED" });
     exit(if ok { 0x10 } else { 0x11 })
