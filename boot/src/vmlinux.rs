@@ -120,12 +120,10 @@ pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
 
 /// `image` packed for the boot bundle (`loader::packed`): a vmlinux is too
 /// large for the bundle as it is (the BIOS image's FAT partition must stay
-/// under 32 MiB), so it travels as a zlib stream the kernel inflates.
+/// under 32 MiB), so it travels as an LZ4 block the kernel unpacks.
 pub fn pack(image: &[u8]) -> Vec<u8> {
     let mut packed = loader::packed::header(image.len() as u64).to_vec();
-    // Level 9: a few seconds on the host, and a smaller image to read
-    // through the BIOS at every boot; inflating is no slower for it.
-    packed.extend(miniz_oxide::deflate::compress_to_vec_zlib(image, 9));
+    packed.extend(lz4_flex::block::compress(image));
     packed
 }
 
