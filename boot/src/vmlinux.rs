@@ -118,15 +118,6 @@ pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
     Ok(compacted)
 }
 
-/// `image` packed for the boot bundle (`loader::packed`): a vmlinux is too
-/// large for the bundle as it is (the BIOS image's FAT partition must stay
-/// under 32 MiB), so it travels as an LZ4 block the kernel unpacks.
-pub fn pack(image: &[u8]) -> Vec<u8> {
-    let mut packed = loader::packed::header(image.len() as u64).to_vec();
-    packed.extend(lz4_flex::block::compress(image));
-    packed
-}
-
 // ELF64 header fields and the program header's layout.
 const E_PHOFF: usize = 32;
 const E_SHOFF: usize = 40;
@@ -237,13 +228,13 @@ fn decompress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, String> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
     /// A vmlinux with the PVH note: one PT_LOAD segment at 16 MiB entered at
     /// its start, and a PT_NOTE segment with the note.
-    fn vmlinux() -> Vec<u8> {
+    pub(crate) fn vmlinux() -> Vec<u8> {
         let mut f = vec![0u8; 64 + 2 * 56];
         f[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
         f[16..18].copy_from_slice(&2u16.to_le_bytes());
@@ -318,16 +309,6 @@ mod tests {
         for payload in [xz(&elf), gzip, with_size(zstd, elf.len())] {
             assert_eq!(extract(&bzimage(&payload, 0x345)), Ok(compacted.clone()));
         }
-    }
-
-    #[test]
-    fn packed_kernels_unpack_to_themselves() {
-        let elf = vmlinux();
-        let packed = pack(&elf);
-        let size = loader::packed::unpacked_size(&packed).unwrap().unwrap();
-        let mut out = vec![0u8; size as usize];
-        loader::packed::unpack_into(&packed, &mut out).unwrap();
-        assert_eq!(out, elf);
     }
 
     #[test]

@@ -179,7 +179,14 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         )));
     }
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
-    vm.add_virtio_devices(spec, &guest.disks).map_err(Stop::Unsupported)?;
+    // Disks may come packed (a blank one packs to almost nothing): each is
+    // unpacked for the copy the VM keeps, then given back.
+    let disks = guest.disks.iter().map(|&disk| Unpacked::of(disk)).collect::<Result<Vec<_>, _>>();
+    let disks = disks.map_err(|e| Stop::Unsupported(alloc::format!("cannot load a disk of '{}': {e}", spec.name)))?;
+    let disk_bytes: Vec<&[u8]> = disks.iter().map(Unpacked::bytes).collect();
+    vm.add_virtio_devices(spec, &disk_bytes).map_err(Stop::Unsupported)?;
+    drop(disk_bytes);
+    drop(disks);
     // Loaders use low RAM only, up to the setup area; RAM above the hole is
     // reported to the guest but nothing is placed there.
     let ram = loader::GuestRam::new(vm.memory.map(), SETUP_AREA)
@@ -198,15 +205,19 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     // A Multiboot kernel's "initrd" entry is its module list; it sees the
     // image's name as its command line's first word, as QEMU gives it the
     // kernel's file name.
+    // An initrd or image may come packed (`Unpacked`).
+    let unpack = |entry: &'static [u8], what: &str| {
+        Unpacked::of(entry).map_err(|e| Stop::Unsupported(alloc::format!("cannot load {what} '{}': {e}", spec.image)))
+    };
     let (initrd, modules) = match (spec.format, guest.initrd) {
         (loader::Format::Multiboot, Some(packed)) => {
             (None, loader::multiboot::unpack_modules(packed).map_err(cannot_load)?)
         }
-        (_, initrd) => (initrd, Vec::new()),
+        (_, initrd) => (initrd.map(|initrd| unpack(initrd, "the initrd of image")).transpose()?, Vec::new()),
     };
-    let extras = loader::Extras { initrd, cmdline: &cmdline, rsdp, name: &spec.image, modules: &modules };
-    let image = Unpacked::of(guest.image)
-        .map_err(|e| Stop::Unsupported(alloc::format!("cannot load image '{}': {e}", spec.image)))?;
+    let initrd_bytes = initrd.as_ref().map(Unpacked::bytes);
+    let extras = loader::Extras { initrd: initrd_bytes, cmdline: &cmdline, rsdp, name: &spec.image, modules: &modules };
+    let image = unpack(guest.image, "image")?;
     let plan = loader::load(image.bytes(), spec, ram, extras).map_err(cannot_load)?;
     for segment in &plan.segments {
         let bytes = segment.data.bytes();
@@ -215,8 +226,8 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
             .fill_zero(segment.guest_phys + bytes.len() as u64, segment.zero_fill)
             .map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
     }
-    // The image is in guest RAM now: what the VM starts with is kept, and an
-    // unpacked copy goes back to the host.
+    // The image is in guest RAM now: what the VM starts with is kept, and
+    // unpacked copies go back to the host.
     let plan = loader::LoadPlan {
         segments: Vec::new(),
         entry: plan.entry,
@@ -226,6 +237,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         rsi: plan.rsi,
     };
     drop(image);
+    drop(initrd);
     // Protected mode is what a PVH entry (a Linux vmlinux) requires: CR0.PE
     // the only writable CR0 bit, CR4 clear, flat 4 GiB 32-bit code and data
     // segments, a busy 32-bit TSS of limit 0x67, IF/TF/VM clear, and EBX the
@@ -408,11 +420,11 @@ fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm)
     }
 }
 
-/// A guest image as the loaders read it: the bundle entry itself, or the
-/// image a packed entry holds (`loader::packed`: an uncompressed Linux
-/// kernel, too large for the bundle as it is), unpacked into a run of host
-/// frames that is freed when this is dropped. Frames, not heap: such an
-/// image is larger than the kernel heap.
+/// A bundle entry as the VM is built from it: the entry itself, or what a
+/// packed entry holds (`loader::packed`: an uncompressed Linux kernel, too
+/// large for the bundle as it is; initrds and disks, which pack well),
+/// unpacked into a run of host frames that is freed when this is dropped.
+/// Frames, not heap: such an image is larger than the kernel heap.
 enum Unpacked {
     Entry(&'static [u8]),
     Frames { start: u64, frames: usize, len: usize },
