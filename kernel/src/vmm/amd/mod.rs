@@ -372,6 +372,7 @@ impl vmexit::Vcpu for Vcpu {
 impl Backend for Vcpu {
     fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop> {
         self.host = Some(self.switched.switch_in(vm_id));
+        self.timer_fires_at = 0;
         // The core's TLB may hold this ASID's entries from another vCPU that
         // had it before (ASIDs wrap) or from this vCPU's last stay here.
         self.flush_guest_tlb();
@@ -389,12 +390,20 @@ impl Backend for Vcpu {
     /// The host's local APIC timer, one-shot, brings the core back by the
     /// deadline (the guest exits on the interrupt); never later than one host
     /// tick, so the host's own periodic work goes on.
+    /// Reprogrammed only when the timer already armed would fire after the
+    /// new wake-up (or has fired): most exits leave the deadline as it was,
+    /// and an earlier expiry only brings one more exit.
     fn arm_timer(&mut self, now: u64, deadline: u64) {
         let tsc_hz = crate::time::tsc_hz().max(1);
         let tick = tsc_hz / crate::vmm::HOST_TICK_HZ;
         let tsc_ticks = deadline.saturating_sub(now).min(tick);
+        let wake = now.saturating_add(tsc_ticks);
+        if self.timer_fires_at > now && self.timer_fires_at <= wake {
+            return;
+        }
         let apic_ticks = (tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / tsc_hz as u128) as u64;
         crate::apic::timer_one_shot(apic_ticks);
+        self.timer_fires_at = wake;
     }
 
     fn enter(&mut self) -> Result<Exit, Stop> {

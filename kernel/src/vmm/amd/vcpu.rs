@@ -102,6 +102,9 @@ pub struct Vcpu {
     /// RIP after the instruction that exited, when known at the exit (IOIO,
     /// next-RIP save); otherwise `skip_instruction` decodes it.
     pub(super) next_rip: Option<u64>,
+    /// Host TSC at which the one-shot host APIC timer armed for this vCPU
+    /// fires (0: none armed since it came onto the core).
+    pub(super) timer_fires_at: u64,
 }
 
 impl Vcpu {
@@ -123,6 +126,7 @@ impl Vcpu {
             nmi_singlestep: None,
             halted: false,
             next_rip: None,
+            timer_fires_at: 0,
         })
     }
 
