@@ -441,6 +441,11 @@ impl Chipset {
         self.lapics[vcpu].tpr_threshold()
     }
 
+    /// Timer interrupts `vcpu`'s local APIC raised since the VM started.
+    pub fn timer_interrupts(&self, vcpu: usize) -> u64 {
+        self.lapics[vcpu].timer_interrupts
+    }
+
     pub fn tsc_deadline(&self, vcpu: usize) -> u64 {
         self.lapics[vcpu].tsc_deadline()
     }
@@ -783,9 +788,16 @@ mod tests {
         assert_eq!(c.next_deadline(0), Some(5_000));
         c.poll(4_999, &mut NoRam);
         assert!(!c.has_interrupt(0));
+        assert_eq!(c.timer_interrupts(0), 0);
         c.poll(5_000, &mut NoRam);
         assert_eq!(c.take_interrupt(0), Some(0xec));
         assert_eq!(c.next_deadline(0), None);
+        assert_eq!(c.timer_interrupts(0), 1);
+        // A masked timer still expires but raises nothing to count.
+        lapic_write(&mut c, 0, reg::LVT_TIMER, (2 << 17) | 1 << 16 | 0xec, 0);
+        c.set_tsc_deadline(0, 6_000);
+        c.poll(6_000, &mut NoRam);
+        assert_eq!(c.timer_interrupts(0), 1);
     }
 
     #[test]

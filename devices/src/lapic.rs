@@ -289,6 +289,9 @@ pub struct LocalApic {
     min_timer_period: u64,
     /// A register `mirror` writes may have changed since the last mirror.
     mirror_stale: bool,
+    /// Timer interrupts raised (the LVT unmasked) since the VM started; an
+    /// INIT does not reset it. The bench's exits per guest timer tick.
+    pub timer_interrupts: u64,
 }
 
 impl LocalApic {
@@ -323,6 +326,7 @@ impl LocalApic {
             nmi_pending: false,
             mirror_stale: true,
             min_timer_period: 0,
+            timer_interrupts: 0,
         }
     }
 
@@ -416,7 +420,7 @@ impl LocalApic {
     /// Every register to its power-up value (the ID to the initial one), in `mode`.
     fn power_up(&mut self, mode: Mode) {
         let fresh = LocalApic::new(self.initial_id).with_min_timer_period(self.min_timer_period);
-        *self = LocalApic { mode, bsp: self.bsp, ..fresh };
+        *self = LocalApic { mode, bsp: self.bsp, timer_interrupts: self.timer_interrupts, ..fresh };
     }
 
     /// The x2APIC logical ID, which x2APIC mode derives from the x2APIC ID:
@@ -862,6 +866,7 @@ impl LocalApic {
             _ => self.timer_deadline = None,
         }
         if self.lvt_timer & LVT_MASKED == 0 {
+            self.timer_interrupts += 1;
             self.accept(self.lvt_timer as u8, false);
         }
     }

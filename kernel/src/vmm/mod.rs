@@ -108,6 +108,8 @@ pub struct VmReport {
     pub cpu: u32,
     pub exits: u64,
     pub summary: String,
+    /// Timer interrupts the VM's local APICs raised, all vCPUs.
+    pub timer_interrupts: u64,
     pub guest_mib: u32,
     pub overhead_kib: u64,
     pub elapsed_us: u64,
@@ -144,6 +146,7 @@ fn run_vm(guest: &GuestImages) -> VmReport {
         cpu: crate::percpu::current_index(),
         exits: 0,
         summary: String::new(),
+        timer_interrupts: 0,
         guest_mib: spec.memory_mib,
         overhead_kib: 0,
         elapsed_us: 0,
@@ -292,6 +295,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.exits = counters.total();
     report.summary = counters.summary();
     let mut vm = shared.lock();
+    report.timer_interrupts = (0..vcpus).map(|index| vm.chipset.timer_interrupts(index)).sum();
     // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation,
     // the virtual-APIC page; or VMCB and XSAVE area.
     let frames_per_vcpu = match vendor() {
@@ -518,12 +522,13 @@ fn write_setup_area(vm: &mut Vm, base: u64) -> (u64, u64) {
 pub fn log_report(r: &VmReport) {
     log::info!("vm {} stopped: {}", r.name, r.stop);
     log::info!(
-        "vm {} ran on cpu{} for {} us: {} exits;{}; {} MiB RAM + {} KiB VMM overhead",
+        "vm {} ran on cpu{} for {} us: {} exits;{}; {} timer interrupts; {} MiB RAM + {} KiB VMM overhead",
         r.name,
         r.cpu,
         r.elapsed_us,
         r.exits,
         r.summary,
+        r.timer_interrupts,
         r.guest_mib,
         r.overhead_kib
     );

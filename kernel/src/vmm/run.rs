@@ -108,8 +108,14 @@ pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
 fn report_marker(vm: &Vm, vcpu: &mut dyn Backend, value: u8) {
     let micros = time::tsc_to_micros(time::rdtsc().saturating_sub(vm.started));
     let index = vcpu.index();
+    let ticks = vm.chipset.timer_interrupts(index);
     let c = vcpu.counters();
-    log::info!("vm {} marker {value} on vcpu{index} at {micros} us: {} exits;{}", vm.name, c.total(), c.summary());
+    log::info!(
+        "vm {} marker {value} on vcpu{index} at {micros} us: {} exits;{}; {ticks} timer interrupts",
+        vm.name,
+        c.total(),
+        c.summary()
+    );
 }
 
 /// Start-up signals for a running vCPU: an INIT sends an application
