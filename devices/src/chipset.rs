@@ -427,13 +427,35 @@ impl Chipset {
         if !blank && !apic.mirror_is_stale() {
             return false;
         }
-        apic.mirror(page);
+        if blank {
+            apic.mirror(page);
+        } else {
+            apic.mirror_changes(page);
+        }
         true
     }
 
     /// APIC virtualisation: what the guest wrote to its page without exiting.
-    pub fn absorb_lapic(&mut self, vcpu: usize, page: &lapic::VirtualApicPage) {
-        self.lapics[vcpu].absorb(page);
+    /// With `delivery` (virtual-interrupt delivery) the CPU's changes to IRR
+    /// and ISR come in too.
+    pub fn absorb_lapic(&mut self, vcpu: usize, page: &lapic::VirtualApicPage, delivery: bool) {
+        self.lapics[vcpu].absorb(page, delivery);
+    }
+
+    /// Virtual-interrupt delivery: RVI and SVI for `vcpu`'s next entry.
+    pub fn lapic_interrupt_status(&self, vcpu: usize) -> u16 {
+        self.lapics[vcpu].interrupt_status()
+    }
+
+    /// Virtual-interrupt delivery: the vectors whose EOI must exit.
+    pub fn lapic_eoi_exit_bitmap(&self, vcpu: usize) -> [u64; 4] {
+        self.lapics[vcpu].eoi_exit_bitmap()
+    }
+
+    /// Virtual-interrupt delivery: `vcpu` ended a level-triggered `vector`.
+    pub fn virtual_eoi(&mut self, vcpu: usize, vector: u8) {
+        let effect = self.lapics[vcpu].virtual_eoi(vector);
+        self.act_on_lapic(vcpu, effect);
     }
 
     /// APIC virtualisation: the TPR threshold for a vCPU's next entry.
@@ -510,7 +532,17 @@ impl Chipset {
         None
     }
 
-    fn extint_pending(&self, vcpu: usize) -> bool {
+    /// The PIC's interrupt for `vcpu` (through LINT0 in ExtINT mode), acknowledged.
+    pub fn take_extint(&mut self, vcpu: usize) -> Option<u8> {
+        if self.extint_pending(vcpu) {
+            self.pic.acknowledge()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the PIC has an interrupt for `vcpu` (through LINT0 in ExtINT mode).
+    pub fn extint_pending(&self, vcpu: usize) -> bool {
         vcpu == 0 && self.lapics[0].accepts_extint() && self.pic.interrupt_pending()
     }
 
@@ -825,6 +857,34 @@ mod tests {
         c.port_write(0x40, 1, 0x10, 0);
         c.port_write(0x21, 1, 0xff, 0);
         assert_eq!(c.next_deadline(0), None, "PIT counting but IRQ0 masked everywhere");
+    }
+
+    #[test]
+    fn with_virtual_interrupt_delivery_a_level_pin_redelivers_after_the_eoi_exit() {
+        let (mut c, _) = chipset(1);
+        enable_apic(&mut c, 0);
+        ioapic_route(&mut c, 4, 0x8000 | 0x34, 0); // level-triggered COM1
+        c.port_write(0x3fc, 1, 0x08, 0);
+        c.com1_input(b"ab");
+        c.port_write(0x3f9, 1, 0x01, 0); // IER: received data
+        let mut page: lapic::VirtualApicPage = [0; 1024];
+        assert!(c.mirror_lapic(0, &mut page, true));
+        assert_eq!(c.lapic_interrupt_status(0), 0x34, "posted as RVI");
+        assert_eq!(c.lapic_eoi_exit_bitmap(0), [1 << 0x34, 0, 0, 0], "its EOI must exit");
+        // The CPU delivers it (IRR to ISR in the page), the guest reads a
+        // byte and ends it (ISR cleared), and the EOI exits.
+        let (irr, isr) = ((reg::IRR + 0x10) as usize / 4, (reg::ISR + 0x10) as usize / 4);
+        page[irr] &= !(1 << (0x34 - 32));
+        page[isr] |= 1 << (0x34 - 32);
+        c.port_read(0x3f8, 1, 0);
+        page[isr] = 0;
+        c.absorb_lapic(0, &page, true);
+        assert_eq!(c.lapic_interrupt_status(0), 0, "nothing requested or in service yet");
+        c.virtual_eoi(0, 0x34);
+        // One byte still waiting: the IOAPIC sends the pin's vector again.
+        assert_eq!(c.lapic_interrupt_status(0), 0x34);
+        assert!(c.has_interrupt(0));
+        assert!(!c.extint_pending(0), "nothing from the PIC to inject");
     }
 
     #[test]

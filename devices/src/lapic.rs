@@ -244,12 +244,16 @@ impl VectorSet {
     fn contains(&self, v: u8) -> bool {
         self.0[v as usize / 32] & (1 << (v % 32)) != 0
     }
+    fn is_empty(&self) -> bool {
+        self.0 == [0; 8]
+    }
     fn highest(&self) -> Option<u8> {
         let word = (0..8).rev().find(|&w| self.0[w] != 0)?;
         Some((word * 32 + 31 - self.0[word].leading_zeros() as usize) as u8)
     }
 }
 
+#[derive(Clone)]
 pub struct LocalApic {
     id: u8,
     /// The ID at power-up (the vCPU index): the x2APIC ID, and what a
@@ -289,6 +293,21 @@ pub struct LocalApic {
     min_timer_period: u64,
     /// A register `mirror` writes may have changed since the last mirror.
     mirror_stale: bool,
+    /// Only IRR and TMR may have changed (an interrupt arrived): the next
+    /// mirror writes just those, the common case each timer tick.
+    vectors_stale: bool,
+    /// IRR or ISR in the page was not empty at the last mirror or absorb:
+    /// only then can the CPU have changed them (it takes vectors from IRR
+    /// and ends them in ISR), so only then does `absorb` read them.
+    page_active: bool,
+    /// Virtual-interrupt delivery: IRR as the virtual-APIC page last held it
+    /// (written by `mirror`, read by `absorb`). The guest's CPU only clears
+    /// bits there (taking a vector into service); what it cleared is what
+    /// the guest took, even if the VMM raised more since.
+    page_irr: VectorSet,
+    /// The page holds this APIC's state (a `mirror` since power-up): only
+    /// then is what the CPU changed there worth taking in.
+    page_in_sync: bool,
     /// Timer interrupts raised (the LVT unmasked) since the VM started; an
     /// INIT does not reset it. The bench's exits per guest timer tick.
     pub timer_interrupts: u64,
@@ -325,8 +344,12 @@ impl LocalApic {
             tsc_deadline: 0,
             nmi_pending: false,
             mirror_stale: true,
+            vectors_stale: false,
+            page_active: false,
             min_timer_period: 0,
             timer_interrupts: 0,
+            page_irr: VectorSet::default(),
+            page_in_sync: false,
         }
     }
 
@@ -546,9 +569,10 @@ impl LocalApic {
     /// Takes an interrupt into IRR. A software-disabled APIC drops fixed
     /// interrupts, as hardware does.
     pub fn accept(&mut self, vector: u8, level_triggered: bool) {
-        self.mirror_stale = true;
+        self.vectors_stale = true;
         if !self.software_enabled() || vector < 16 {
             if vector < 16 {
+                self.mirror_stale = true;
                 self.esr |= 1 << 6; // received illegal vector
             }
             return;
@@ -603,7 +627,29 @@ impl LocalApic {
                 _ => u32::MAX,
             };
         }
+        self.mirrored();
+    }
+
+    /// `mirror`, but when only interrupts arrived since the last one (and the
+    /// page holds it), only IRR and TMR are written.
+    pub fn mirror_changes(&mut self, page: &mut VirtualApicPage) {
+        if self.mirror_stale || !self.page_in_sync || self.mode != Mode::XApic {
+            self.mirror(page);
+            return;
+        }
+        for i in 0..8 {
+            page[reg::IRR as usize / 4 + i * 4] = self.irr.0[i];
+            page[reg::TMR as usize / 4 + i * 4] = self.tmr.0[i];
+        }
+        self.mirrored();
+    }
+
+    fn mirrored(&mut self) {
+        self.page_irr = self.irr;
+        self.page_in_sync = true;
+        self.page_active = !self.irr.is_empty() || !self.isr.is_empty();
         self.mirror_stale = false;
+        self.vectors_stale = false;
     }
 
     /// A write to the page outside xAPIC mode, which no device took: the next
@@ -616,14 +662,29 @@ impl LocalApic {
     /// since the last `mirror`: most exits change none, and then the page
     /// needs no rewriting.
     pub fn mirror_is_stale(&self) -> bool {
-        self.mirror_stale
+        self.mirror_stale || self.vectors_stale
     }
 
     /// Takes in what the guest wrote to the virtual-APIC page without an exit:
     /// TPR (TPR shadowing) and ICR high (only an ICR low write sends the IPI).
     /// Outside xAPIC mode only the TPR is taken (CR8); an ICR high written
     /// there is unclaimed memory, undone by the next mirror.
-    pub fn absorb(&mut self, page: &VirtualApicPage) {
+    ///
+    /// With `delivery` (virtual-interrupt delivery: the CPU took vectors from
+    /// the page's IRR into its ISR and ended them there) IRR and ISR are
+    /// taken in too: the vectors the CPU took leave IRR (any raised since
+    /// stay), and ISR is the page's.
+    pub fn absorb(&mut self, page: &VirtualApicPage, delivery: bool) {
+        if delivery && self.mode == Mode::XApic && self.page_in_sync && self.page_active {
+            let word = |base: u32, i: usize| page[base as usize / 4 + i * 4];
+            for i in 0..8 {
+                let (irr, isr) = (word(reg::IRR, i), word(reg::ISR, i));
+                self.irr.0[i] &= !(self.page_irr.0[i] & !irr);
+                self.page_irr.0[i] = irr;
+                self.isr.0[i] = isr;
+            }
+            self.page_active = !self.page_irr.is_empty() || !self.isr.is_empty();
+        }
         if self.mode != Mode::XApic {
             let tpr = page[reg::TPR as usize / 4] & 0xff;
             if tpr != self.tpr || page[reg::ICR_HIGH as usize / 4] != u32::MAX {
@@ -637,6 +698,30 @@ impl LocalApic {
             (self.tpr, self.icr_high) = (tpr, icr_high);
             self.mirror_stale = true;
         }
+    }
+
+    /// Virtual-interrupt delivery: the guest interrupt status for the next
+    /// entry, RVI (the highest vector requested) in bits 7:0 and SVI (the
+    /// highest in service) in bits 15:8; the CPU delivers RVI when its class
+    /// beats the guest's PPR.
+    pub fn interrupt_status(&self) -> u16 {
+        let (rvi, svi) = (self.irr.highest().unwrap_or(0), self.isr.highest().unwrap_or(0));
+        (svi as u16) << 8 | rvi as u16
+    }
+
+    /// Virtual-interrupt delivery: the vectors whose EOI must exit, so the
+    /// IOAPIC hears of it (the level-triggered ones, TMR), as four 64-bit words.
+    pub fn eoi_exit_bitmap(&self) -> [u64; 4] {
+        let t = &self.tmr.0;
+        core::array::from_fn(|i| t[2 * i] as u64 | (t[2 * i + 1] as u64) << 32)
+    }
+
+    /// Virtual-interrupt delivery: the guest ended `vector` and the CPU has
+    /// already taken it out of service (IRR and ISR come in by `absorb`);
+    /// what the EOI asks of the platform.
+    pub fn virtual_eoi(&mut self, vector: u8) -> Option<Effect> {
+        self.isr.clear(vector);
+        self.tmr.contains(vector).then_some(Effect::LevelEoi(vector))
     }
 
     /// For TPR shadowing: the priority class the guest's TPR must drop below
@@ -981,7 +1066,7 @@ mod tests {
         apic.mirror(&mut page);
         page[reg::TPR as usize / 4] = 0x20;
         page[reg::ICR_HIGH as usize / 4] = 0x0200_0000;
-        apic.absorb(&page);
+        apic.absorb(&page, false);
         assert_eq!(apic.read(reg::TPR, 0), 0x20);
         assert_eq!(apic.read(reg::ICR_HIGH, 0), 0x0200_0000);
         // The IPI an ICR low write then sends goes where ICR high says.
@@ -989,6 +1074,78 @@ mod tests {
             Some(Effect::Send(message)) => assert_eq!(message.destination, Destination::Physical(2)),
             other => panic!("expected an IPI, got {other:?}"),
         }
+    }
+
+    /// What a CPU with virtual-interrupt delivery does to the page: takes
+    /// `vector` from IRR into ISR (delivery), or ends the highest in service.
+    fn cpu_delivers(page: &mut VirtualApicPage, vector: u8) {
+        let word = |base: u32| (base as usize + (vector as usize / 32) * 0x10) / 4;
+        page[word(reg::IRR)] &= !(1 << (vector % 32));
+        page[word(reg::ISR)] |= 1 << (vector % 32);
+    }
+
+    #[test]
+    fn with_virtual_interrupt_delivery_the_cpu_takes_and_ends_vectors_in_the_page() {
+        let mut apic = enabled(0);
+        let mut page: VirtualApicPage = [0; 1024];
+        apic.accept(0x41, false);
+        apic.mirror(&mut page);
+        assert_eq!(apic.interrupt_status(), 0x0041, "RVI = 0x41, nothing in service");
+        // The guest takes 0x41; meanwhile another vCPU raises 0x51 (the
+        // model only), and a second 0x41 arrives after the first was taken.
+        cpu_delivers(&mut page, 0x41);
+        apic.accept(0x51, false);
+        apic.absorb(&page, true);
+        assert_eq!(apic.isr.highest(), Some(0x41));
+        assert_eq!(apic.irr.highest(), Some(0x51), "what the VMM raised since stays requested");
+        assert!(apic.mirror_is_stale());
+        apic.mirror(&mut page);
+        assert_eq!(apic.interrupt_status(), 0x4151);
+        assert_eq!(apic.deliverable(), Some(0x51));
+        // The guest takes 0x51, then ends it and 0x41 in the page (EOI
+        // virtualisation): nothing left anywhere, nothing for the VMM to do.
+        cpu_delivers(&mut page, 0x51);
+        page[(reg::ISR as usize + 2 * 0x10) / 4] = 0;
+        apic.absorb(&page, true);
+        assert_eq!((apic.irr.highest(), apic.isr.highest()), (None, None));
+        assert_eq!(apic.interrupt_status(), 0);
+        assert!(!apic.mirror_is_stale(), "the page already says so");
+        // Without delivery (or outside xAPIC mode) the page's IRR and ISR are
+        // only the mirror's: the model keeps its own.
+        apic.accept(0x61, false);
+        apic.mirror(&mut page);
+        cpu_delivers(&mut page, 0x61);
+        apic.absorb(&page, false);
+        assert_eq!(apic.irr.highest(), Some(0x61));
+    }
+
+    #[test]
+    fn level_triggered_vectors_make_their_virtual_eoi_exit() {
+        let mut apic = enabled(0);
+        apic.accept(0x61, true);
+        apic.accept(0x91, false);
+        assert_eq!(apic.eoi_exit_bitmap(), [0, 1 << 33, 0, 0]);
+        let mut page: VirtualApicPage = [0; 1024];
+        apic.mirror(&mut page);
+        cpu_delivers(&mut page, 0x61);
+        apic.absorb(&page, true);
+        // The CPU ended it and exited: the IOAPIC must hear of it.
+        page[(reg::ISR as usize + 3 * 0x10) / 4] = 0;
+        apic.absorb(&page, true);
+        assert_eq!(apic.virtual_eoi(0x61), Some(Effect::LevelEoi(0x61)));
+        assert_eq!(apic.virtual_eoi(0x91), None);
+    }
+
+    #[test]
+    fn the_page_of_an_apic_reset_since_its_last_mirror_is_not_taken_in() {
+        let mut apic = enabled(0);
+        let mut page: VirtualApicPage = [0; 1024];
+        apic.accept(0x41, false);
+        apic.mirror(&mut page);
+        cpu_delivers(&mut page, 0x41);
+        apic.init();
+        apic.absorb(&page, true);
+        assert_eq!((apic.irr.highest(), apic.isr.highest()), (None, None));
     }
 
     #[test]
@@ -999,11 +1156,11 @@ mod tests {
         apic.mirror(&mut page);
         assert!(!apic.mirror_is_stale());
         // Taking back what the page already holds changes nothing.
-        apic.absorb(&page);
+        apic.absorb(&page, false);
         assert!(!apic.mirror_is_stale());
         // A TPR the guest wrote in the page changes the threshold: stale.
         page[reg::TPR as usize / 4] = 0x30;
-        apic.absorb(&page);
+        apic.absorb(&page, false);
         assert!(apic.mirror_is_stale());
         apic.mirror(&mut page);
         // Each way an interrupt arrives, is taken or is written about.
@@ -1324,7 +1481,7 @@ mod tests {
             // page is not, and the next mirror takes it out again.
             page[reg::TPR as usize / 4] = 0x50;
             page[reg::ICR_HIGH as usize / 4] = 0x0100_0000;
-            apic.absorb(&page);
+            apic.absorb(&page, false);
             assert_eq!(apic.tpr(), 0x50);
             assert!(apic.mirror_is_stale());
             apic.mirror(&mut page);
@@ -1332,6 +1489,43 @@ mod tests {
             assert!(!apic.mirror_is_stale());
             apic.page_written_while_undecoded();
             assert!(apic.mirror_is_stale());
+        }
+    }
+
+    #[test]
+    fn mirroring_only_the_changes_leaves_the_page_as_a_whole_mirror_would() {
+        // A small deterministic walk over what changes an APIC between entries.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut apic = enabled(1);
+        let (mut page, mut whole): (VirtualApicPage, VirtualApicPage) = ([0; 1024], [0; 1024]);
+        apic.mirror(&mut page);
+        for step in 0..2000 {
+            let r = next();
+            let vector = (r >> 8) as u8;
+            match r % 6 {
+                0 | 1 => apic.accept(vector, r & 0x100 != 0),
+                2 => {
+                    if let Some(v) = apic.deliverable() {
+                        apic.acknowledge(v);
+                    }
+                }
+                3 => drop(apic.write(reg::EOI, 0, 0)),
+                4 => apic.set_tpr(vector & 0xf0),
+                _ => drop(apic.write(reg::LVT_TIMER, vector as u32 | LVT_MASKED, 0)),
+            }
+            apic.mirror_changes(&mut page);
+            let mut fresh = apic.clone();
+            fresh.mirror(&mut whole);
+            for offset in VIRTUALIZED_READS {
+                let at = offset as usize / 4;
+                assert_eq!(page[at], whole[at], "step {step}: register {offset:#x}");
+            }
         }
     }
 

@@ -11,9 +11,21 @@ pub struct Options {
     pub inject: Option<Injection>,
     /// Reference clock for calibration; the best available when not given.
     pub clock: Option<crate::time::ReferenceKind>,
-    /// `apicv=off`: no APIC virtualisation even where the CPU has it (every
-    /// APIC access is emulated, CR8 exits), to compare or to test that path.
-    pub no_apic_virtualization: bool,
+    /// How much of the CPU's APIC virtualisation to use, at most (`apicv=`),
+    /// to compare or to test the other paths.
+    pub apic_virtualization: ApicVirtualization,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ApicVirtualization {
+    /// `apicv=on`: all the CPU has, virtual-interrupt delivery included.
+    #[default]
+    Full,
+    /// `apicv=registers`: the virtual-APIC page and register virtualisation,
+    /// but interrupts are injected and EOIs exit.
+    Registers,
+    /// `apicv=off`: none; every APIC access is emulated, CR8 exits.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +54,9 @@ pub fn parse(text: &str) -> Options {
             ("clock", "hpet") => options.clock = Some(ReferenceKind::Hpet),
             ("clock", "pm-timer") => options.clock = Some(ReferenceKind::PmTimer),
             ("clock", "pit") => options.clock = Some(ReferenceKind::Pit),
-            ("apicv", "off") => options.no_apic_virtualization = true,
-            ("apicv", "on") => options.no_apic_virtualization = false,
+            ("apicv", "off") => options.apic_virtualization = ApicVirtualization::Off,
+            ("apicv", "registers") => options.apic_virtualization = ApicVirtualization::Registers,
+            ("apicv", "on") => options.apic_virtualization = ApicVirtualization::Full,
             _ => log::warn!("ignoring unknown boot option '{word}'"),
         }
     }

@@ -75,9 +75,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         (None, None) => &[],
     };
     let options = cmdline::parse(text_of(command_line));
-    if options.no_apic_virtualization {
-        vmm::intel::cpu::forgo_apic_virtualization();
-    }
+    vmm::intel::cpu::limit_apic_virtualization(options.apic_virtualization);
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
     }

@@ -15,7 +15,11 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
     if chipset.take_nmi(index) {
         vcpu.pending().nmi = true;
     }
-    let from_chipset = chipset.has_interrupt(index);
+    // With virtual-interrupt delivery the APIC's vectors reach the guest
+    // through the virtual-APIC page (the back end's sync before entry); only
+    // the PIC's go in by injection.
+    let by_cpu = vcpu.delivers_apic_interrupts(chipset.apic_mode(index));
+    let from_chipset = if by_cpu { chipset.extint_pending(index) } else { chipset.has_interrupt(index) };
     let own = vcpu.pending().has_interrupt();
     let nmi = vcpu.pending().nmi;
     if !nmi && !own && !from_chipset {
@@ -49,18 +53,27 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
     }
     if own || from_chipset {
         if vcpu.rflags() & RFLAGS_IF != 0 && !shadow {
-            let vector = chipset.take_interrupt(index).or_else(|| vcpu.pending().take_highest());
-            if let Some(vector) = vector {
+            let from_chipset = if by_cpu { chipset.take_extint(index) } else { chipset.take_interrupt(index) };
+            if let Some(vector) = from_chipset.or_else(|| vcpu.pending().take_highest()) {
                 vcpu.inject_interrupt(vector);
             }
             // The next one goes in as soon as the guest can take it.
-            if vcpu.pending().has_interrupt() || chipset.has_interrupt(index) {
+            let more = if by_cpu { chipset.extint_pending(index) } else { chipset.has_interrupt(index) };
+            if vcpu.pending().has_interrupt() || more {
                 vcpu.request_interrupt_window(true);
             }
         } else {
             vcpu.request_interrupt_window(true);
         }
     }
+}
+
+/// Virtual-interrupt delivery: the guest ended a level-triggered interrupt
+/// (the CPU has already taken it out of service); the interrupt controllers
+/// hear of it as of any EOI.
+pub fn virtual_eoi(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, vector: u8) -> Outcome {
+    chipset.virtual_eoi(vcpu.index(), vector);
+    Outcome::Resume
 }
 
 /// The guest can take interrupts again: stop asking; the next entry injects.

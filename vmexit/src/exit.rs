@@ -22,6 +22,12 @@ pub enum Exit {
         offset: u32,
         value: u32,
     },
+    /// Virtual-interrupt delivery: the guest ended the interrupt `vector`,
+    /// one the VMM asked to hear about (level-triggered), and the CPU has
+    /// already taken it out of service.
+    VirtualEoi {
+        vector: u8,
+    },
     Rdmsr,
     Wrmsr,
     /// MOV to or from a control register, CLTS or LMSW.
@@ -131,12 +137,13 @@ pub enum CrAccess {
 impl Exit {
     /// Names of the kinds of exit, for counters and logs (`kind` indexes it).
     /// The same on both vendors, so one test expectation fits both.
-    pub const KIND_NAMES: [&'static str; 23] = [
+    pub const KIND_NAMES: [&'static str; 24] = [
         "cpuid",
         "hlt",
         "io",
         "device-memory",
         "apic-write",
+        "apic-eoi",
         "rdmsr",
         "wrmsr",
         "cr-access",
@@ -166,24 +173,25 @@ impl Exit {
             Exit::Io(_) => 2,
             Exit::DeviceMemory { .. } => 3,
             Exit::ApicWrite { .. } => 4,
-            Exit::Rdmsr => 5,
-            Exit::Wrmsr => 6,
-            Exit::Cr(_) => 7,
-            Exit::Xsetbv => 8,
-            Exit::CacheFlush => 9,
-            Exit::Hypercall => 10,
-            Exit::HostInterrupt => 11,
-            Exit::HostNmi => 12,
-            Exit::Exception { .. } => 13,
-            Exit::InterruptWindow => 14,
-            Exit::NmiWindow => 15,
-            Exit::Timer => 16,
-            Exit::TprBelowThreshold => 17,
-            Exit::Shutdown => 18,
-            Exit::UndefinedInstruction => 19,
-            Exit::Rdpmc => 20,
-            Exit::EntryFailed(_) => 21,
-            Exit::Unhandled(_) => 22,
+            Exit::VirtualEoi { .. } => 5,
+            Exit::Rdmsr => 6,
+            Exit::Wrmsr => 7,
+            Exit::Cr(_) => 8,
+            Exit::Xsetbv => 9,
+            Exit::CacheFlush => 10,
+            Exit::Hypercall => 11,
+            Exit::HostInterrupt => 12,
+            Exit::HostNmi => 13,
+            Exit::Exception { .. } => 14,
+            Exit::InterruptWindow => 15,
+            Exit::NmiWindow => 16,
+            Exit::Timer => 17,
+            Exit::TprBelowThreshold => 18,
+            Exit::Shutdown => 19,
+            Exit::UndefinedInstruction => 20,
+            Exit::Rdpmc => 21,
+            Exit::EntryFailed(_) => 22,
+            Exit::Unhandled(_) => 23,
         }
     }
 

@@ -68,6 +68,9 @@ pub struct FakeVcpu {
     pub interrupt_window: bool,
     pub nmi_window: bool,
     pub halted: bool,
+    /// Plays VT-x with virtual-interrupt delivery: the CPU delivers the
+    /// local APIC's interrupts in xAPIC mode, the VMM injects none of them.
+    pub apic_delivery: bool,
 }
 
 impl FakeVcpu {
@@ -115,6 +118,7 @@ impl FakeVcpu {
             interrupt_window: false,
             nmi_window: false,
             halted: false,
+            apic_delivery: false,
         }
     }
 
@@ -252,6 +256,9 @@ impl Vcpu for FakeVcpu {
     fn inject_interrupt(&mut self, vector: u8) {
         self.inject(Injected::Interrupt(vector));
         self.halted = false;
+    }
+    fn delivers_apic_interrupts(&self, mode: devices::lapic::Mode) -> bool {
+        self.apic_delivery && mode == devices::lapic::Mode::XApic
     }
     fn request_interrupt_window(&mut self, on: bool) {
         self.interrupt_window = on;

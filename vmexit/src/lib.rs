@@ -101,6 +101,7 @@ pub fn dispatch(exit: Exit, vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &mut dy
         Exit::Io(access) => io::handle(vcpu, vm, host, access),
         Exit::DeviceMemory { address, fetch } => mmio::handle(vcpu, vm, host, address, fetch),
         Exit::ApicWrite { offset, value } => mmio::apic_write(vcpu, vm, host, offset, value),
+        Exit::VirtualEoi { vector } => events::virtual_eoi(vcpu, vm.chipset, vector),
         Exit::Rdmsr => msr::rdmsr(vcpu, vm, host),
         Exit::Wrmsr => msr::wrmsr(vcpu, vm, host),
         Exit::Cr(access) => cr::handle(vcpu, vm, host, access),

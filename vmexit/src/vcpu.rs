@@ -113,6 +113,14 @@ pub trait Vcpu {
     /// Injects an NMI / external interrupt at the next entry; either ends HLT.
     fn inject_nmi(&mut self);
     fn inject_interrupt(&mut self, vector: u8);
+    /// Whether the CPU delivers the local APIC's interrupts itself while the
+    /// APIC is in `mode` (VT-x virtual-interrupt delivery: the VMM posts
+    /// vectors into the virtual-APIC page and the guest takes them, and ends
+    /// them, without exits). Then only other sources are injected.
+    fn delivers_apic_interrupts(&self, mode: devices::lapic::Mode) -> bool {
+        let _ = mode;
+        false
+    }
     /// Asks for an exit as soon as the guest can take an interrupt (an NMI).
     fn request_interrupt_window(&mut self, on: bool);
     fn request_nmi_window(&mut self, on: bool);

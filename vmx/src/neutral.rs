@@ -50,6 +50,10 @@ pub fn translate(read: impl Fn(Field) -> u64, virtual_apic_register: impl Fn(u32
             }
         }
         reason::TPR_BELOW_THRESHOLD => Exit::TprBelowThreshold,
+        // Trap-like: the CPU has taken the vector out of service; the
+        // qualification's low byte names it (the guest wrote EOI for a vector
+        // in the EOI-exit bitmap, a level-triggered one).
+        reason::VIRTUALIZED_EOI => Exit::VirtualEoi { vector: read(vmcs::EXIT_QUALIFICATION) as u8 },
         reason::RDMSR => Exit::Rdmsr,
         reason::WRMSR => Exit::Wrmsr,
         reason::CR_ACCESS => Exit::Cr(match crate::exit::CrAccess::decode(read(vmcs::EXIT_QUALIFICATION)) {
@@ -334,6 +338,13 @@ mod tests {
             Fields::new(reason::APIC_WRITE as u64).qualification(0xb0).translate(),
             Exit::Unhandled("APIC-write exit without a virtual-APIC page".into())
         );
+    }
+
+    #[test]
+    fn virtualized_eois_name_the_vector() {
+        let eoi = |q| Fields::new(reason::VIRTUALIZED_EOI as u64).qualification(q).translate();
+        assert_eq!(eoi(0x61), Exit::VirtualEoi { vector: 0x61 });
+        assert_eq!(eoi(0xff), Exit::VirtualEoi { vector: 0xff });
     }
 
     #[test]

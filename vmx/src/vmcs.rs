@@ -48,6 +48,8 @@ fields! {
     GUEST_GS_SELECTOR = 0x080a;
     GUEST_LDTR_SELECTOR = 0x080c;
     GUEST_TR_SELECTOR = 0x080e;
+    // Virtual-interrupt delivery: RVI (bits 7:0) and SVI (bits 15:8).
+    GUEST_INTERRUPT_STATUS = 0x0810;
     HOST_ES_SELECTOR = 0x0c00;
     HOST_CS_SELECTOR = 0x0c02;
     HOST_SS_SELECTOR = 0x0c04;
@@ -66,6 +68,10 @@ fields! {
     VIRTUAL_APIC_ADDRESS = 0x2012;
     APIC_ACCESS_ADDRESS = 0x2014;
     EPT_POINTER = 0x201a;
+    EOI_EXIT_BITMAP0 = 0x201c;
+    EOI_EXIT_BITMAP1 = 0x201e;
+    EOI_EXIT_BITMAP2 = 0x2020;
+    EOI_EXIT_BITMAP3 = 0x2022;
     XSS_EXITING_BITMAP = 0x202c;
     // 64-bit read-only.
     GUEST_PHYSICAL_ADDRESS = 0x2400;

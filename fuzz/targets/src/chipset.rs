@@ -535,7 +535,9 @@ pub fn chipset(data: &[u8]) -> u64 {
                     for _ in 0..r.index(8) {
                         page[r.index(1024)] = r.u32();
                     }
-                    vm.c.absorb_lapic(vcpu, &page);
+                    // Either way hostile: what a CPU with virtual-interrupt
+                    // delivery leaves in IRR and ISR is taken in too.
+                    vm.c.absorb_lapic(vcpu, &page, r.index(2) == 1);
                 }
             }
             12 => vm.c.reset_lapic(vcpu),

@@ -571,8 +571,11 @@ static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
 static REPORTS: Mutex<Vec<(usize, VmReport)>> = Mutex::new(Vec::new());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
 
-/// Host tick while VMs run: the host keeps control of every core (external
-/// interrupts exit), and the scheduler to come will switch vCPUs on it.
+/// Host tick while VMs run: the host keeps control of every core. While a
+/// vCPU is on a core its back end's timer stands in for the tick (the
+/// VMX-preemption timer, or SVM's one-shot APIC timer), set for the VM's next
+/// deadline and never longer than one tick, so the guest's own timer ticks
+/// cost no exits for the host's.
 pub(crate) const HOST_TICK_HZ: u64 = 100;
 
 /// Runs queued VMs on the calling CPU until the queue is empty. Every CPU with

@@ -27,6 +27,42 @@ fn nothing_pending_asks_for_nothing() {
 }
 
 #[test]
+fn with_virtual_interrupt_delivery_apic_vectors_are_left_to_the_cpu() {
+    let (mut vm, _) = machine();
+    self_ipi(&mut vm, 0, FIXED | 0x41);
+    let mut vcpu = FakeVcpu { apic_delivery: true, ..FakeVcpu::flat() };
+    deliver_pending(&mut vcpu, &mut vm.chipset);
+    // Neither injected nor waited for: the vector stays requested in the
+    // APIC, for the back end to post (RVI) and the CPU to deliver.
+    assert_eq!((vcpu.injected, vcpu.interrupt_window), (None, false));
+    assert_eq!(vm.chipset.lapic_interrupt_status(0), 0x0041);
+    // With IF clear the CPU waits by itself: still no window exit.
+    let mut vcpu = FakeVcpu { apic_delivery: true, rflags: 0x2, ..FakeVcpu::flat() };
+    deliver_pending(&mut vcpu, &mut vm.chipset);
+    assert_eq!((vcpu.injected, vcpu.interrupt_window), (None, false));
+    // The vCPU's own (hypercall) interrupts are still injected.
+    let mut vcpu = FakeVcpu { apic_delivery: true, ..FakeVcpu::flat() };
+    vcpu.pending.raise(0x50);
+    deliver_pending(&mut vcpu, &mut vm.chipset);
+    assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x50)));
+    // Outside xAPIC mode the model delivers as before.
+    let mut vcpu = FakeVcpu { apic_delivery: false, ..FakeVcpu::flat() };
+    deliver_pending(&mut vcpu, &mut vm.chipset);
+    assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x41)));
+}
+
+#[test]
+fn a_virtual_eoi_exit_resumes_the_guest() {
+    let (mut vm, mut host) = machine();
+    let mut vcpu = FakeVcpu { apic_delivery: true, ..FakeVcpu::flat() };
+    // Not in service anywhere (a hostile or confused exit): nothing breaks.
+    let outcome = run(Exit::VirtualEoi { vector: 0x61 }, &mut vcpu, &mut vm, &mut host);
+    assert_eq!(outcome, Outcome::Resume);
+    assert_eq!(vcpu.skipped, 0, "trap-like: the CPU is already past the write");
+    assert_eq!(vm.chipset.lapic_interrupt_status(0), 0);
+}
+
+#[test]
 fn an_nmi_goes_before_interrupts_which_wait_for_their_window() {
     let (mut vm, _) = machine();
     let mut vcpu = FakeVcpu::flat();

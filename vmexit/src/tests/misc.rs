@@ -132,6 +132,7 @@ fn exit_kinds_and_names_agree() {
         Exit::Io(crate::PortIo { port: 0, size: 1, is_in: true, string: None }),
         Exit::DeviceMemory { address: 0, fetch: false },
         Exit::ApicWrite { offset: 0, value: 0 },
+        Exit::VirtualEoi { vector: 0x20 },
         Exit::Rdmsr,
         Exit::Wrmsr,
         Exit::Cr(crate::CrAccess::Clts),

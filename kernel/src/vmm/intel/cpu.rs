@@ -1,6 +1,7 @@
 //! Taking a CPU into VMX root operation, and the VM-execution controls every
 //! vCPU uses, computed once from the boot CPU's capabilities.
 
+use crate::cmdline::ApicVirtualization;
 use crate::memory;
 use vmx::caps::{PIN_VMX_PREEMPTION_TIMER, PROC_ACTIVATE_SECONDARY, PROC_USE_MSR_BITMAPS, PROC_USE_TPR_SHADOW};
 use vmx::{SecondaryControls, VmxCapabilities};
@@ -55,6 +56,9 @@ pub struct Controls {
     pub entry: u32,
     /// APIC virtualisation is on (see `APIC_VIRTUALIZATION`).
     pub apic_virtualization: bool,
+    /// And the CPU can deliver the APIC's interrupts itself (virtual-interrupt
+    /// delivery), which each vCPU turns on while its APIC is in xAPIC mode.
+    pub virtual_interrupt_delivery: bool,
 }
 
 /// APIC virtualisation, used when the CPU has all of it: the guest's xAPIC page
@@ -71,11 +75,15 @@ pub struct Vmx {
 }
 
 static VMX: spin::Once<Result<Vmx, alloc::string::String>> = spin::Once::new();
-static FORGO_APIC_VIRTUALIZATION: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static APIC_VIRTUALIZATION_LIMIT: spin::Once<ApicVirtualization> = spin::Once::new();
 
-/// The boot option `apicv=off`: taken before any CPU turns VMX on.
-pub fn forgo_apic_virtualization() {
-    FORGO_APIC_VIRTUALIZATION.store(true, core::sync::atomic::Ordering::Relaxed);
+/// The boot option `apicv=`: taken before any CPU turns VMX on.
+pub fn limit_apic_virtualization(limit: ApicVirtualization) {
+    APIC_VIRTUALIZATION_LIMIT.call_once(|| limit);
+}
+
+fn apic_virtualization_limit() -> ApicVirtualization {
+    APIC_VIRTUALIZATION_LIMIT.get().copied().unwrap_or_default()
 }
 
 /// What Basalt needs of VT-x, or why this CPU cannot run guests.
@@ -157,13 +165,21 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
             .adjust("VM-entry", ENTRY_LOAD_DEBUG_CONTROLS | ENTRY_LOAD_EFER | ENTRY_LOAD_PAT, 0)
             .map_err(|e| e.to_string())?,
         apic_virtualization: false,
+        virtual_interrupt_delivery: false,
     };
     // All of it or none: register virtualisation needs the TPR shadow.
+    let limit = apic_virtualization_limit();
     let has_all = controls.primary & PROC_USE_TPR_SHADOW != 0
         && controls.secondary & APIC_VIRTUALIZATION.bits() == APIC_VIRTUALIZATION.bits()
-        && !FORGO_APIC_VIRTUALIZATION.load(core::sync::atomic::Ordering::Relaxed);
+        && limit != ApicVirtualization::Off;
+    // Delivery needs external interrupts to exit (they do, always) and is
+    // only allowed on top of the rest.
+    let delivery = has_all
+        && caps.secondary().contains(SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY)
+        && controls.pin & PIN_EXTERNAL_INTERRUPT_EXITING != 0
+        && limit == ApicVirtualization::Full;
     Ok(if has_all {
-        Controls { apic_virtualization: true, ..controls }
+        Controls { apic_virtualization: true, virtual_interrupt_delivery: delivery, ..controls }
     } else {
         controls.without_apic_virtualization()
     })
@@ -179,6 +195,7 @@ impl Controls {
             primary: (self.primary & !PROC_USE_TPR_SHADOW) | PROC_CR8_LOAD_EXITING | PROC_CR8_STORE_EXITING,
             secondary: self.secondary & !APIC_VIRTUALIZATION.bits(),
             apic_virtualization: false,
+            virtual_interrupt_delivery: false,
             ..self
         }
     }

@@ -35,6 +35,12 @@ pub struct Vcpu {
     virtual_apic: Option<u64>,
     /// The virtual-APIC page has never been written: the next mirror is whole.
     virtual_apic_blank: bool,
+    /// The CPU can deliver this vCPU's APIC interrupts (virtual-interrupt
+    /// delivery), and does while the APIC is in xAPIC mode (`delivery_on`).
+    delivery_capable: bool,
+    delivery_on: bool,
+    /// The EOI-exit bitmap last written (the level-triggered vectors).
+    eoi_exit_bitmap: [u64; 4],
     pub(super) launched: bool,
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
@@ -103,6 +109,9 @@ impl Vcpu {
             msr_bitmap: frame()?,
             virtual_apic: None,
             virtual_apic_blank: false,
+            delivery_capable: false,
+            delivery_on: false,
+            eoi_exit_bitmap: [0; 4],
             launched: false,
             regs: GuestRegisters::default(),
             counters: ExitCounters::new(),
@@ -160,6 +169,9 @@ impl Vcpu {
                 };
                 self.virtual_apic = Some(frame);
                 self.virtual_apic_blank = true;
+                // Turned on at the first entry in xAPIC mode (`mirror_local_apic`).
+                self.delivery_capable = c.virtual_interrupt_delivery;
+                self.delivery_on = false;
                 write(vmcs::APIC_ACCESS_ADDRESS, page);
                 write(vmcs::VIRTUAL_APIC_ADDRESS, frame);
                 write(vmcs::TPR_THRESHOLD, 0);
@@ -305,22 +317,66 @@ impl Vcpu {
 
     /// After an exit: what the guest wrote to its virtual-APIC page without
     /// exiting (TPR, ICR high) into the model, before anything looks at it.
+    /// With virtual-interrupt delivery, also the vectors the guest took and
+    /// ended there.
     pub(super) fn absorb_local_apic(&self, chipset: &mut devices::Chipset) {
         if let Some(page) = self.virtual_apic_page() {
-            chipset.absorb_lapic(self.index as usize, page);
+            chipset.absorb_lapic(self.index as usize, page, self.delivery_on);
         }
     }
 
-    /// Before an entry: the model's registers into the virtual-APIC page, and
-    /// the TPR threshold that brings the guest back when lowering its TPR
-    /// unblocks a pending interrupt; both only when the model changed.
+    /// Whether the CPU delivers the APIC's interrupts while it is in `mode`:
+    /// only the xAPIC's page is virtualised (an x2APIC guest's EOIs and IPIs
+    /// are MSR exits the model handles, so it keeps IRR and ISR itself).
+    pub(super) fn delivers_in(&self, mode: devices::lapic::Mode) -> bool {
+        self.delivery_capable && mode == devices::lapic::Mode::XApic
+    }
+
+    /// Before an entry: the model's registers into the virtual-APIC page when
+    /// the model changed; then either the TPR threshold that brings the guest
+    /// back when lowering its TPR unblocks a pending interrupt, or (with
+    /// virtual-interrupt delivery) RVI/SVI and the EOI-exit bitmap, with
+    /// which the CPU takes and ends the interrupts itself.
     pub(super) fn mirror_local_apic(&mut self, chipset: &mut devices::Chipset) {
         let index = self.index as usize;
+        let delivery = self.delivers_in(chipset.apic_mode(index));
+        if delivery != self.delivery_on {
+            self.delivery_on = delivery;
+            let control = vmx::SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY.bits() as u64;
+            let secondary = read(vmcs::SECONDARY_PROCESSOR_CONTROLS);
+            write(
+                vmcs::SECONDARY_PROCESSOR_CONTROLS,
+                if delivery { secondary | control } else { secondary & !control },
+            );
+            // IRR and ISR in the page become the model's again (either way).
+            self.virtual_apic_blank = true;
+            self.eoi_exit_bitmap = [u64::MAX; 4];
+        }
         let blank = core::mem::take(&mut self.virtual_apic_blank);
         if let Some(page) = self.virtual_apic_page_mut() {
-            if chipset.mirror_lapic(index, page, blank) {
+            if chipset.mirror_lapic(index, page, blank) && !delivery {
                 write(vmcs::TPR_THRESHOLD, chipset.lapic_tpr_threshold(index) as u64);
             }
+        }
+        if !delivery {
+            return;
+        }
+        // The CPU moves RVI and SVI as the guest takes and ends vectors; the
+        // model has caught up with it (absorb), and may have more to ask.
+        write(vmcs::GUEST_INTERRUPT_STATUS, chipset.lapic_interrupt_status(index) as u64);
+        let bitmap = chipset.lapic_eoi_exit_bitmap(index);
+        if bitmap != self.eoi_exit_bitmap {
+            let fields =
+                [vmcs::EOI_EXIT_BITMAP0, vmcs::EOI_EXIT_BITMAP1, vmcs::EOI_EXIT_BITMAP2, vmcs::EOI_EXIT_BITMAP3];
+            for (field, word) in fields.into_iter().zip(bitmap) {
+                write(field, word);
+            }
+            self.eoi_exit_bitmap = bitmap;
+        }
+        // A vCPU halted with IF set (vmexit's hlt.rs) wakes for the vector
+        // the CPU is about to deliver, as injecting one would wake it.
+        if read(vmcs::GUEST_ACTIVITY_STATE) == super::ACTIVITY_HLT && chipset.has_interrupt(index) {
+            write(vmcs::GUEST_ACTIVITY_STATE, super::ACTIVITY_ACTIVE);
         }
     }
 }
