@@ -32,13 +32,16 @@ fn vm(name: &str, guest: &str, format: &str, mode: Option<&str>) -> GuestVm {
     }
 }
 
-/// One parsed "vm NAME ran on cpuN for U us: E exits; r=n/c ...; M MiB RAM + K KiB VMM overhead" line.
+/// One parsed "vm NAME ran on cpuN for U us: E exits; r=n/c ...; T timer
+/// interrupts; M MiB RAM + K KiB VMM overhead" line.
 #[derive(Debug, PartialEq)]
 pub struct VmFigures {
     pub name: String,
     pub micros: u64,
     pub exits: u64,
     pub by_reason: Vec<ReasonFigures>,
+    /// None from a kernel that did not count them yet.
+    pub timer_interrupts: Option<u64>,
     pub overhead_kib: u64,
 }
 
@@ -48,7 +51,8 @@ pub fn parse_line(line: &str) -> Option<VmFigures> {
     let micros = rest.split_once(" for ")?.1.split_once(" us: ")?.0.parse().ok()?;
     let (exits, by_reason, rest) = parse_exits(rest.split_once(" us: ")?.1)?;
     let overhead_kib = rest.split_once(" + ")?.1.split_whitespace().next()?.parse().ok()?;
-    Some(VmFigures { name: name.to_string(), micros, exits, by_reason, overhead_kib })
+    let timer_interrupts = parse_timer_interrupts(rest);
+    Some(VmFigures { name: name.to_string(), micros, exits, by_reason, timer_interrupts, overhead_kib })
 }
 
 /// Exits of one reason: (reason, count, cycles per exit).
@@ -69,7 +73,12 @@ fn parse_exits(text: &str) -> Option<(u64, Vec<ReasonFigures>, &str)> {
     Some((exits.trim().parse().ok()?, by_reason, rest))
 }
 
-/// One parsed "vm NAME marker V on vcpuN at U us: E exits; r=n/c ..." line.
+/// The "T timer interrupts" item among the `;`-separated ones after the reasons.
+fn parse_timer_interrupts(rest: &str) -> Option<u64> {
+    rest.split(';').find_map(|item| item.trim().strip_suffix(" timer interrupts")?.parse().ok())
+}
+
+/// One parsed "vm NAME marker V on vcpuN at U us: E exits; r=n/c ...; T timer interrupts" line.
 #[derive(Debug, PartialEq)]
 pub struct MarkerFigures {
     pub name: String,
@@ -77,6 +86,8 @@ pub struct MarkerFigures {
     pub micros: u64,
     pub exits: u64,
     pub by_reason: Vec<ReasonFigures>,
+    /// None from a kernel that did not count them yet.
+    pub timer_interrupts: Option<u64>,
 }
 
 pub fn parse_marker(line: &str) -> Option<MarkerFigures> {
@@ -84,8 +95,16 @@ pub fn parse_marker(line: &str) -> Option<MarkerFigures> {
     let (name, rest) = rest.split_once(" marker ")?;
     let (value, rest) = rest.split_once(" on vcpu")?;
     let micros = rest.split_once(" at ")?.1.split_once(" us: ")?.0.parse().ok()?;
-    let (exits, by_reason, _) = parse_exits(rest.split_once(" us: ")?.1)?;
-    Some(MarkerFigures { name: name.to_string(), value: value.parse().ok()?, micros, exits, by_reason })
+    let (exits, by_reason, rest) = parse_exits(rest.split_once(" us: ")?.1)?;
+    let timer_interrupts = parse_timer_interrupts(rest);
+    Some(MarkerFigures {
+        name: name.to_string(),
+        value: value.parse().ok()?,
+        micros,
+        exits,
+        by_reason,
+        timer_interrupts,
+    })
 }
 
 /// The test guests, in the order the kernel runs them and reports them.
@@ -382,7 +401,22 @@ mod tests {
         let f = parse_line(line).unwrap();
         assert_eq!((f.name.as_str(), f.micros, f.exits, f.overhead_kib), ("long", 730791, 536, 56));
         assert_eq!(f.by_reason, vec![("cpuid".into(), 4, 103), ("io".into(), 522, 6226)]);
+        assert_eq!(f.timer_interrupts, None);
         assert_eq!(parse_line("vm long | ran on cpu (guest output)"), None);
+    }
+
+    #[test]
+    fn counter_lines_with_timer_interrupts_parse() {
+        let line = "[ 240.1 cpu0] INFO  vm linux ran on cpu0 for 236262000 us: 200356 exits; cpuid=1190/500 \
+                    timer=45822/166; 45900 timer interrupts; 128 MiB RAM + 1204 KiB VMM overhead";
+        let f = parse_line(line).unwrap();
+        assert_eq!((f.exits, f.timer_interrupts, f.overhead_kib), (200356, Some(45900), 1204));
+        assert_eq!(f.by_reason, vec![("cpuid".into(), 1190, 500), ("timer".into(), 45822, 166)]);
+        // A VM that never exited still has its items in place.
+        let idle =
+            parse_line("vm idle ran on cpu1 for 10 us: 0 exits;; 0 timer interrupts; 16 MiB RAM + 40 KiB VMM overhead")
+                .unwrap();
+        assert_eq!((idle.exits, idle.by_reason.len(), idle.timer_interrupts, idle.overhead_kib), (0, 0, Some(0), 40));
     }
 
     #[test]
@@ -391,13 +425,22 @@ mod tests {
         let m = parse_marker(line).unwrap();
         assert_eq!((m.name.as_str(), m.value, m.micros, m.exits), ("linux", 1, 4512345, 1200));
         assert_eq!(m.by_reason, vec![("io".into(), 1000, 2100), ("hlt".into(), 200, 900)]);
+        assert_eq!(m.timer_interrupts, None);
         assert_eq!(parse_marker("vm linux | marker 1 on vcpu0 (guest output)"), None);
+
+        let line =
+            "vm linux marker 1 on vcpu0 at 4512345 us: 1200 exits; io=1000/2100 hlt=200/900; 333 timer interrupts";
+        let m = parse_marker(line).unwrap();
+        assert_eq!((m.exits, m.timer_interrupts), (1200, Some(333)));
+        assert_eq!(m.by_reason[1], ("hlt".into(), 200, 900));
+        let bad = "vm linux marker 1 on vcpu0 at 45 us: 12 exits; io=12/2100; many timer interrupts";
+        assert_eq!(parse_marker(bad).unwrap().timer_interrupts, None);
     }
 
     fn figures(name: &str, micros: u64, by_reason: &[(&str, u64, u64)], overhead_kib: u64) -> VmFigures {
         let by_reason: Vec<ReasonFigures> = by_reason.iter().map(|&(r, n, c)| (r.to_string(), n, c)).collect();
         let exits = by_reason.iter().map(|r| r.1).sum();
-        VmFigures { name: name.into(), micros, exits, by_reason, overhead_kib }
+        VmFigures { name: name.into(), micros, exits, by_reason, timer_interrupts: None, overhead_kib }
     }
 
     #[test]
@@ -443,7 +486,14 @@ demo                svm exits  svm cycles/exit
     fn the_linux_table_shows_exits_to_init_then_time_and_memory() {
         let marker = |micros, by_reason: &[(&str, u64, u64)]| {
             let f = figures("linux", micros, by_reason, 0);
-            MarkerFigures { name: f.name, value: 1, micros, exits: f.exits, by_reason: f.by_reason }
+            MarkerFigures {
+                name: f.name,
+                value: 1,
+                micros,
+                exits: f.exits,
+                by_reason: f.by_reason,
+                timer_interrupts: None,
+            }
         };
         let vmx = LinuxFigures {
             marker: marker(4512345, &[("io", 1000, 2100), ("hlt", 200, 900)]),
