@@ -1,11 +1,21 @@
 //! `cargo xtask bench`: boots the test guests, then Debian's Linux, on each
 //! back end, VT-x ([`Emulator::best_for_vmx`]) and SVM
-//! ([`Emulator::best_for_svm`]), or on the one `--vendor` names, and prints one
-//! table per VM with a pair of columns per back end: the exits by reason and
-//! the hypervisor's TSC cycles per exit, from the counter lines the kernel logs
-//! when a VM stops, and for Linux also when its /init writes the bench marker
-//! (time to init and the exits up to it), then the VM's memory overhead.
-//! Figures, not pass/fail.
+//! ([`Emulator::best_for_svm`]), or on the one `--vendor` names, and prints
+//! the exits by reason and the hypervisor's TSC cycles per exit, from the
+//! counter lines the kernel logs when a VM stops, and for Linux also when its
+//! /init writes the bench marker (time to init and the exits up to it), then
+//! the VM's memory overhead. Figures, not pass/fail.
+//!
+//! Linux boots twice per back end, its console on the UART (`console=ttyS0`)
+//! and on virtio (`console=hvc0 quiet`). Most of its exits before init come
+//! from the guest's timer ticks, and how many ticks a boot takes depends on
+//! the emulator's clock, not on Basalt: Bochs' guest time is paced by
+//! instructions (`ips`), about 300 times faster per instruction than a real
+//! CPU at the test cases' rate. So under Bochs each Linux boot runs at two
+//! clock rates, and each reason's exits are split into exits per timer tick
+//! and exits outside timer handling (count = outside + per tick × ticks),
+//! which mean the same on hardware. QEMU's TCG clock follows the host's, so
+//! the SVM side has one run and no split.
 
 use crate::emulator::{self, Emulator, Firmware, Machine, Vendor};
 use crate::guests::{self, GuestVm, LinuxVm};
@@ -117,15 +127,35 @@ fn test_vms() -> Vec<GuestVm> {
     ]
 }
 
+/// A kernel command line the bench boots Linux with, and the key its figures go under.
+pub struct Console {
+    pub key: &'static str,
+    pub append: &'static str,
+}
+
+/// The initramfs carries no virtio modules and /init loads none before the
+/// marker, so with hvc0 Linux boots to init with no console at all, as it
+/// would with virtio-console built in and `quiet`: no UART output to exit on.
+pub const CONSOLES: [Console; 2] = [
+    Console { key: "linux-ttyS0", append: "console=ttyS0" },
+    Console { key: "linux-hvc0", append: "console=hvc0 quiet" },
+];
+
+/// The second Bochs clock for the Linux runs: four times the cases' rate, so
+/// the same boot takes about a quarter of the guest time and timer ticks,
+/// which keeps the two runs' tick counts far apart. Linux boots cleanly at it
+/// (the case `linux-2cpu` runs at it too).
+pub const FAST_BOCHS_IPS: u64 = 4 * emulator::BOCHS_IPS;
+
 /// Debian's kernel with one vCPU and a /init that writes the marker and powers off.
-fn linux_guest() -> guests::LinuxGuest {
+fn linux_guest(console: &Console) -> guests::LinuxGuest {
     guests::LinuxGuest {
         name: "linux".into(),
         init: "tests/linux/bench.sh".into(),
         memory_mib: 128,
         vcpus: 1,
         time_limit_ms: 30 * 60 * 1000,
-        append: "console=ttyS0".into(),
+        append: console.append.into(),
         modules: Vec::new(),
         blank_disks_mib: Vec::new(),
         host_console: false,
@@ -138,14 +168,32 @@ fn linux_guest() -> guests::LinuxGuest {
 pub struct LinuxFigures {
     pub marker: MarkerFigures,
     pub total: VmFigures,
+    /// The kernel's "unclaimed addresses" list for the run, if it logged one.
+    pub unclaimed: Option<String>,
 }
 
-/// One back end's runs: each an error (the other side still runs) or its figures.
+/// One boot of Linux: the Bochs clock it ran at (None: the emulator's own
+/// clock) and its figures or why there are none.
+struct LinuxRun {
+    ips: Option<u64>,
+    figures: Result<LinuxFigures, String>,
+}
+
+/// One back end's runs: each an error (the other runs still go ahead) or its figures.
 struct Side {
     vendor: Vendor,
     emulator: Emulator,
     guests: Result<Vec<VmFigures>, String>,
-    linux: Result<LinuxFigures, String>,
+    /// Per entry of [`CONSOLES`], its runs.
+    linux: Vec<Vec<LinuxRun>>,
+}
+
+/// The clocks Linux runs at on this emulator: two where it can be set.
+fn clocks(emulator: Emulator) -> Vec<Option<u64>> {
+    match emulator {
+        Emulator::Bochs => vec![Some(emulator::BOCHS_IPS), Some(FAST_BOCHS_IPS)],
+        _ => vec![None],
+    }
 }
 
 pub fn main(args: &[String]) -> Result<ExitCode, String> {
@@ -162,13 +210,18 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         setup::ensure(&setup::Needs::for_emulator(emulator))?;
     }
     let kernel = images::build_kernel(Config::Run)?;
-    let linux = guests::linux_vm(&linux_guest())?;
+    let linux: Vec<LinuxVm> = CONSOLES.iter().map(|c| guests::linux_vm(&linux_guest(c))).collect::<Result<_, _>>()?;
     let on: Vec<String> = machines.iter().map(|(v, e)| format!("{} on {}", v.name(), e.name())).collect();
     println!(
-        "bench: {}; the test guests on 1 CPU, then Debian Linux (1 vCPU, 128 MiB) to its /init marker and power-off",
-        on.join(", ")
+        "bench: {}; the test guests on 1 CPU, then Debian Linux (1 vCPU, 128 MiB) to its /init marker and \
+         power-off, with {}",
+        on.join(", "),
+        CONSOLES.iter().map(|c| c.append).collect::<Vec<_>>().join(" and with ")
     );
     println!("{}", tsc_note(&machines));
+    for &(vendor, emulator) in &machines {
+        println!("{}", clock_note(vendor, emulator));
+    }
     // The quick side first, so its mistakes show before Bochs' long runs.
     let mut order = machines.clone();
     order.sort_by_key(|&(_, e)| e == Emulator::Bochs);
@@ -176,7 +229,16 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         .into_iter()
         .map(|(vendor, emulator)| {
             let guests = bench_guests(vendor, emulator, &kernel);
-            let linux = bench_linux(vendor, emulator, &kernel, &linux);
+            let linux = CONSOLES
+                .iter()
+                .zip(&linux)
+                .map(|(console, vm)| {
+                    clocks(emulator)
+                        .into_iter()
+                        .map(|ips| LinuxRun { ips, figures: bench_linux(vendor, emulator, &kernel, vm, console, ips) })
+                        .collect()
+                })
+                .collect();
             Side { vendor, emulator, guests, linux }
         })
         .collect();
@@ -189,13 +251,19 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
             .collect();
         print!("\n{}", render_vm(name, &columns));
     }
-    let columns: Vec<(Vendor, Option<&LinuxFigures>)> =
-        sides.iter().map(|s| (s.vendor, s.linux.as_ref().ok())).collect();
-    print!("\n{}", render_linux(&columns));
+    for (index, console) in CONSOLES.iter().enumerate() {
+        for side in &sides {
+            let runs: Vec<(Option<u64>, Option<&LinuxFigures>)> =
+                side.linux[index].iter().map(|r| (r.ips, r.figures.as_ref().ok())).collect();
+            let title = format!("linux {} on {}", console.append, side.vendor.name());
+            print!("\n{}", render_linux(&title, &runs));
+        }
+    }
 
     let mut failed = false;
     for side in &sides {
-        for error in [side.guests.as_ref().err(), side.linux.as_ref().err()].into_iter().flatten() {
+        let linux = side.linux.iter().flatten().filter_map(|r| r.figures.as_ref().err());
+        for error in side.guests.as_ref().err().into_iter().chain(linux) {
             eprintln!("xtask: bench {} on {}: {error}", side.vendor.name(), side.emulator.name());
             failed = true;
         }
@@ -224,6 +292,24 @@ fn tsc_note(machines: &[(Vendor, Emulator)]) -> String {
     format!("cycles and times are each machine's own TSC ({}): {compare}", each.join("; "))
 }
 
+/// The emulated clock a back end's runs use, in one line.
+fn clock_note(vendor: Vendor, emulator: Emulator) -> String {
+    let clock = match emulator {
+        Emulator::Bochs => format!(
+            "Bochs' clock is ips={} (the test cases' rate) for the test guests, ips={} and ips={} for Linux, \
+             whose exits are split into per timer tick and outside timer handling",
+            emulator::BOCHS_IPS,
+            emulator::BOCHS_IPS,
+            FAST_BOCHS_IPS
+        ),
+        Emulator::QemuTcg | Emulator::QemuTcgSvm => {
+            "QEMU TCG's clock follows the host's and cannot be set: one run each, no per-tick split".into()
+        }
+        Emulator::QemuKvm => "the host's own clock: one run each, no per-tick split".into(),
+    };
+    format!("{}: {clock}", vendor.name())
+}
+
 /// Writes "bench: WHAT ..." and, once `run` is done, how long it took.
 fn timed<T>(what: &str, run: impl FnOnce() -> Result<(T, Duration), String>) -> Result<T, String> {
     print!("bench: {what} ...");
@@ -236,8 +322,8 @@ fn timed<T>(what: &str, run: impl FnOnce() -> Result<(T, Duration), String>) -> 
     result.map(|(value, _)| value)
 }
 
-fn machine(emulator: Emulator, memory_mib: u32) -> Machine {
-    Machine { emulator, firmware: Firmware::Bios, cpus: 1, memory_mib, bochs_ips: emulator::BOCHS_IPS }
+fn machine(emulator: Emulator, memory_mib: u32, bochs_ips: u64) -> Machine {
+    Machine { emulator, firmware: Firmware::Bios, cpus: 1, memory_mib, bochs_ips }
 }
 
 /// Boots the test guests on one back end; their figures, one per VM.
@@ -248,7 +334,8 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let what = format!("{} on {}: the test guests", vendor.name(), emulator.name());
     let run = timed(&what, || {
-        let run = emulator::run_captured(&machine(emulator, 256), &image, &dir, Duration::from_secs(300), &[])?;
+        let machine = machine(emulator, 256, emulator::BOCHS_IPS);
+        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
@@ -265,15 +352,33 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec
     Ok(figures)
 }
 
-/// Boots Debian's kernel on one back end to its /init marker and power-off.
-fn bench_linux(vendor: Vendor, emulator: Emulator, kernel: &Path, linux: &LinuxVm) -> Result<LinuxFigures, String> {
-    let dir = workspace_root().join("target/basalt/bench-linux").join(vendor.name());
+/// Boots Debian's kernel on one back end to its /init marker and power-off,
+/// under Bochs at `ips`.
+fn bench_linux(
+    vendor: Vendor,
+    emulator: Emulator,
+    kernel: &Path,
+    linux: &LinuxVm,
+    console: &Console,
+    ips: Option<u64>,
+) -> Result<LinuxFigures, String> {
+    let run_name = match ips {
+        Some(ips) => format!("{}-ips{ips}", console.key),
+        None => console.key.to_string(),
+    };
+    let dir = workspace_root().join("target/basalt/bench-linux").join(vendor.name()).join(run_name);
     let bundle = guests::bundle_with_linux(emulator.exit_option(), &[], std::slice::from_ref(linux))?;
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
-    let slow = if emulator == Emulator::Bochs { ", a few minutes on Bochs" } else { "" };
-    let what = format!("{} on {}: Debian Linux to /init and power-off{slow}", vendor.name(), emulator.name());
+    let clock = ips.map(|ips| format!(", ips={ips}")).unwrap_or_default();
+    let what = format!(
+        "{} on {}: Debian Linux, {}{clock}, to /init and power-off",
+        vendor.name(),
+        emulator.name(),
+        console.append
+    );
     let run = timed(&what, || {
-        let run = emulator::run_captured(&machine(emulator, 512), &image, &dir, Duration::from_secs(1200), &[])?;
+        let machine = machine(emulator, 512, ips.unwrap_or(emulator::BOCHS_IPS));
+        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(1200), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
@@ -287,7 +392,76 @@ fn bench_linux(vendor: Vendor, emulator: Emulator, kernel: &Path, linux: &LinuxV
         .filter_map(parse_line)
         .find(|f| f.name == marker.name)
         .ok_or_else(|| format!("no report line for VM '{}'; see {}", marker.name, log.display()))?;
-    Ok(LinuxFigures { marker, total })
+    let unclaimed_prefix = format!("vm {} unclaimed addresses: ", marker.name);
+    let unclaimed = run
+        .serial
+        .lines()
+        .find_map(|line| Some(line[line.find(&unclaimed_prefix)? + unclaimed_prefix.len()..].trim().to_string()));
+    Ok(LinuxFigures { marker, total, unclaimed })
+}
+
+/// One reason's exits to init split by the guest's timer ticks:
+/// count = outside + per_tick × ticks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Split {
+    pub per_tick: f64,
+    pub outside: f64,
+    /// The exact solution had a negative part (noise, or exits that grow
+    /// with guest time per instruction rather than with ticks); see [`split`].
+    pub clamped: bool,
+}
+
+/// Solves count = outside + per_tick × ticks for two runs, each given as
+/// (count, ticks); None when their ticks are equal. A negative part is set to
+/// zero and the other fitted to one run: a negative per-tick figure becomes
+/// 0 with everything outside, as counted in the run with fewer ticks (the
+/// closer to none); a negative outside figure becomes 0 with every exit per
+/// tick, as in the run with more ticks.
+pub fn split((n1, t1): (u64, u64), (n2, t2): (u64, u64)) -> Option<Split> {
+    if t1 == t2 {
+        return None;
+    }
+    let ((few_n, few_t), (many_n, many_t)) = if t1 < t2 { ((n1, t1), (n2, t2)) } else { ((n2, t2), (n1, t1)) };
+    let (few_n, few_t, many_n, many_t) = (few_n as f64, few_t as f64, many_n as f64, many_t as f64);
+    let per_tick = (many_n - few_n) / (many_t - few_t);
+    let outside = few_n - per_tick * few_t;
+    Some(if per_tick < 0.0 {
+        Split { per_tick: 0.0, outside: few_n, clamped: true }
+    } else if outside < 0.0 {
+        Split { per_tick: many_n / many_t, outside: 0.0, clamped: true }
+    } else {
+        Split { per_tick, outside, clamped: false }
+    })
+}
+
+/// Two runs' exits to init split by reason, and the sums: the timer-related
+/// exits per tick and the exits outside timer handling.
+#[derive(Debug, PartialEq)]
+pub struct LinuxSplit {
+    pub by_reason: Vec<(String, Split)>,
+    pub per_tick: f64,
+    pub outside: f64,
+}
+
+/// The split of two runs' exits to init, or why there is none.
+pub fn split_linux(a: &MarkerFigures, b: &MarkerFigures) -> Result<LinuxSplit, String> {
+    let (Some(ta), Some(tb)) = (a.timer_interrupts, b.timer_interrupts) else {
+        return Err("the kernel did not report the guest's timer interrupts".into());
+    };
+    if ta == tb {
+        return Err(format!("both runs took {ta} timer interrupts: nothing to tell the parts apart"));
+    }
+    let count = |f: &MarkerFigures, reason: &str| f.by_reason.iter().find(|r| r.0 == reason).map_or(0, |r| r.1);
+    let by_reason: Vec<(String, Split)> = merged_reasons(&[Some(&a.by_reason), Some(&b.by_reason)])
+        .into_iter()
+        .filter_map(|reason| {
+            let s = split((count(a, &reason), ta), (count(b, &reason), tb))?;
+            Some((reason, s))
+        })
+        .collect();
+    let per_tick = by_reason.iter().map(|(_, s)| s.per_tick).sum();
+    let outside = by_reason.iter().map(|(_, s)| s.outside).sum();
+    Ok(LinuxSplit { by_reason, per_tick, outside })
 }
 
 /// Every reason any column has, each column's order kept (the kernel reports
@@ -310,6 +484,28 @@ fn merged_reasons(columns: &[Option<&[ReasonFigures]>]) -> Vec<String> {
     merged
 }
 
+/// Rows of cells as text columns: the first left-aligned, the others right-aligned.
+fn layout(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = format!("{:<w$}", row[0], w = widths[0]);
+        for (cell, &w) in row.iter().zip(&widths).skip(1) {
+            line.push_str(&format!("  {cell:>w$}"));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn dash() -> String {
+    "-".to_string()
+}
+
 /// A table: its title, then for each column a vendor's exits and cycles per
 /// exit by reason, then summary rows with one value per column. What a column
 /// lacks shows as "-".
@@ -319,7 +515,6 @@ fn render_table(
     reasons: &[Option<&[ReasonFigures]>],
     summary: &[(&str, Vec<Option<String>>)],
 ) -> String {
-    let dash = || "-".to_string();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut head = vec![title.to_string()];
     for v in vendors {
@@ -344,18 +539,7 @@ fn render_table(
         }
         rows.push(row);
     }
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = format!("{:<w$}", row[0], w = widths[0]);
-        for (cell, &w) in row.iter().zip(&widths).skip(1) {
-            line.push_str(&format!("  {cell:>w$}"));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    layout(&rows)
 }
 
 /// One test guest's table: a column pair per vendor, `None` where it has no figures.
@@ -375,20 +559,106 @@ fn seconds(micros: u64) -> String {
     format!("{:.3}", micros as f64 / 1e6)
 }
 
-/// The Linux VM's table: the exits by reason up to its /init marker, then time
-/// to init, the whole run and its memory overhead.
-pub fn render_linux(columns: &[(Vendor, Option<&LinuxFigures>)]) -> String {
-    let vendors: Vec<Vendor> = columns.iter().map(|c| c.0).collect();
-    let reasons: Vec<Option<&[ReasonFigures]>> = columns.iter().map(|c| c.1.map(|f| &f.marker.by_reason[..])).collect();
-    let each = |value: fn(&LinuxFigures) -> String| columns.iter().map(|c| c.1.map(value)).collect::<Vec<_>>();
-    let summary = [
-        ("exits to init", each(|f| f.marker.exits.to_string())),
-        ("time to init (s)", each(|f| seconds(f.marker.micros))),
-        ("exits to power-off", each(|f| f.total.exits.to_string())),
-        ("time to power-off (s)", each(|f| seconds(f.total.micros))),
-        ("VMM memory (KiB)", each(|f| f.total.overhead_kib.to_string())),
+/// "10 MIPS" for 10000000 instructions per second.
+fn mips(ips: u64) -> String {
+    if ips.is_multiple_of(1_000_000) {
+        format!("{} MIPS", ips / 1_000_000)
+    } else {
+        format!("{:.3} MIPS", ips as f64 / 1e6)
+    }
+}
+
+/// Exits per timer tick of a run, if it counted ticks.
+fn exits_per_tick(exits: u64, ticks: Option<u64>) -> Option<f64> {
+    ticks.filter(|&t| t > 0).map(|t| exits as f64 / t as f64)
+}
+
+/// One summary figure of a Linux run, if it has it.
+type LinuxValue = fn(&LinuxFigures) -> Option<String>;
+
+/// One Linux set-up's table on one back end: for each run (its Bochs clock,
+/// if set) the exits and cycles per exit by reason up to /init, then with two
+/// runs each reason's exits per timer tick and outside timer handling, then
+/// totals, timer interrupts, times and memory; notes on the split below.
+pub fn render_linux(title: &str, runs: &[(Option<u64>, Option<&LinuxFigures>)]) -> String {
+    let split = match runs {
+        [(_, Some(a)), (_, Some(b))] => Some(split_linux(&a.marker, &b.marker)),
+        [_, _] => Some(Err("a run has no figures".to_string())),
+        _ => None,
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut head = vec![format!("{title}: exits to /init")];
+    for (ips, _) in runs {
+        head.push(ips.map_or("exits".to_string(), |ips| format!("exits @{}", mips(ips))));
+        head.push("cycles/exit".into());
+    }
+    head.extend(["per tick".into(), "outside".into()]);
+    rows.push(head);
+    let reasons: Vec<Option<&[ReasonFigures]>> = runs.iter().map(|r| r.1.map(|f| &f.marker.by_reason[..])).collect();
+    let ok_split = split.as_ref().and_then(|s| s.as_ref().ok());
+    for reason in merged_reasons(&reasons) {
+        let mut row = vec![format!("  {reason}")];
+        for column in &reasons {
+            match column.map(|c| c.iter().find(|(r, _, _)| *r == reason)) {
+                Some(Some((_, n, c))) => row.extend([n.to_string(), c.to_string()]),
+                Some(None) => row.extend(["0".into(), dash()]),
+                None => row.extend([dash(), dash()]),
+            }
+        }
+        match ok_split.and_then(|s| s.by_reason.iter().find(|(r, _)| *r == reason)) {
+            Some((_, s)) => {
+                let mark = if s.clamped { "*" } else { "" };
+                row.extend([format!("{:.3}{mark}", s.per_tick), format!("{:.0}{mark}", s.outside)]);
+            }
+            None => row.extend([dash(), dash()]),
+        }
+        rows.push(row);
+    }
+    let summary: [(&str, LinuxValue); 7] = [
+        ("all exits", |f| Some(f.marker.exits.to_string())),
+        ("timer interrupts", |f| f.marker.timer_interrupts.map(|t| t.to_string())),
+        ("exits per tick", |f| exits_per_tick(f.marker.exits, f.marker.timer_interrupts).map(|e| format!("{e:.2}"))),
+        ("time to init (s)", |f| Some(seconds(f.marker.micros))),
+        ("exits to power-off", |f| Some(f.total.exits.to_string())),
+        ("time to power-off (s)", |f| Some(seconds(f.total.micros))),
+        ("VMM memory (KiB)", |f| Some(f.total.overhead_kib.to_string())),
     ];
-    render_table("linux (exits up to /init)", &vendors, &reasons, &summary)
+    for (label, value) in summary {
+        let mut row = vec![format!("  {label}")];
+        for (_, figures) in runs {
+            row.extend([figures.and_then(value).unwrap_or_else(dash), String::new()]);
+        }
+        match (label, ok_split) {
+            ("all exits", Some(s)) => row.extend([format!("{:.3}", s.per_tick), format!("{:.0}", s.outside)]),
+            _ => row.extend([String::new(), String::new()]),
+        }
+        rows.push(row);
+    }
+    let mut out = layout(&rows);
+    match split {
+        None => out.push_str("  per tick, outside: - (one clock rate only)\n"),
+        Some(Err(why)) => out.push_str(&format!("  per tick, outside: - ({why})\n")),
+        Some(Ok(s)) => {
+            out.push_str(&format!(
+                "  per tick, outside: each reason's exits to init as outside + per tick x timer interrupts, from the \
+                 two runs: {:.3} timer-related exits per tick, {:.0} exits outside timer handling\n",
+                s.per_tick, s.outside
+            ));
+            if s.by_reason.iter().any(|(_, s)| s.clamped) {
+                out.push_str(
+                    "  * clamped: the exact solution had a negative part, set to 0 (per tick 0: the count as in \
+                     the run with fewer ticks; outside 0: per tick as in the run with more)\n",
+                );
+            }
+        }
+    }
+    for (ips, figures) in runs {
+        if let Some(unclaimed) = figures.and_then(|f| f.unclaimed.as_ref()) {
+            let at = ips.map(|ips| format!(" @{}", mips(ips))).unwrap_or_default();
+            out.push_str(&format!("  unclaimed addresses{at}, whole run: {unclaimed}\n"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -443,6 +713,25 @@ mod tests {
         VmFigures { name: name.into(), micros, exits, by_reason, timer_interrupts: None, overhead_kib }
     }
 
+    fn marker(micros: u64, ticks: Option<u64>, by_reason: &[(&str, u64, u64)]) -> MarkerFigures {
+        let f = figures("linux", micros, by_reason, 0);
+        MarkerFigures {
+            name: f.name,
+            value: 1,
+            micros,
+            exits: f.exits,
+            by_reason: f.by_reason,
+            timer_interrupts: ticks,
+        }
+    }
+
+    fn linux(marker: MarkerFigures, total_micros: u64, total_exits: u64) -> LinuxFigures {
+        let mut total = figures("linux", total_micros, &[], 1204);
+        total.exits = total_exits;
+        total.timer_interrupts = marker.timer_interrupts.map(|t| t + 10);
+        LinuxFigures { marker, total, unclaimed: None }
+    }
+
     #[test]
     fn a_vm_table_has_a_column_pair_per_vendor_and_dashes_where_a_side_saw_nothing() {
         let vmx = figures("long-mode", 730791, &[("cpuid", 4, 103), ("io", 522, 6226), ("hypercall", 3, 900)], 56);
@@ -483,39 +772,107 @@ demo                svm exits  svm cycles/exit
     }
 
     #[test]
-    fn the_linux_table_shows_exits_to_init_then_time_and_memory() {
-        let marker = |micros, by_reason: &[(&str, u64, u64)]| {
-            let f = figures("linux", micros, by_reason, 0);
-            MarkerFigures {
-                name: f.name,
-                value: 1,
-                micros,
-                exits: f.exits,
-                by_reason: f.by_reason,
-                timer_interrupts: None,
-            }
-        };
-        let vmx = LinuxFigures {
-            marker: marker(4512345, &[("io", 1000, 2100), ("hlt", 200, 900)]),
-            total: figures("linux", 4600000, &[("io", 1100, 2000), ("hlt", 210, 900)], 1204),
-        };
-        let svm = LinuxFigures {
-            marker: marker(1250000, &[("io", 900, 5000), ("device-memory", 40, 7000)]),
-            total: figures("linux", 1300000, &[("io", 950, 5000), ("device-memory", 41, 7000)], 1300),
-        };
-        let text = render_linux(&[(Vendor::Vmx, Some(&vmx)), (Vendor::Svm, Some(&svm))]);
+    fn the_split_solves_two_runs_and_clamps_what_comes_out_negative() {
+        // 1000 outside, 2 per tick: 5000 exits at 2000 ticks, 3000 at 1000.
+        let s = split((5000, 2000), (3000, 1000)).unwrap();
+        assert_eq!(s, Split { per_tick: 2.0, outside: 1000.0, clamped: false });
+        assert_eq!(split((3000, 1000), (5000, 2000)), Some(s));
+        // Nothing per tick.
+        assert_eq!(split((942, 40000), (942, 10000)), Some(Split { per_tick: 0.0, outside: 942.0, clamped: false }));
+        // Equal ticks: no way to tell the parts apart.
+        assert_eq!(split((5000, 2000), (3000, 2000)), None);
+        // More exits with fewer ticks: nothing per tick, the count of the
+        // run with fewer ticks outside.
+        assert_eq!(split((400, 40000), (460, 10000)), Some(Split { per_tick: 0.0, outside: 460.0, clamped: true }));
+        // Outside below zero: all of it per tick, as in the run with more ticks.
+        assert_eq!(split((4200, 40000), (1000, 10000)), Some(Split { per_tick: 0.105, outside: 0.0, clamped: true }));
+        // Every exit per tick.
+        assert_eq!(split((50, 100), (200, 400)), Some(Split { per_tick: 0.5, outside: 0.0, clamped: false }));
+        // None of the reason in one run.
+        assert_eq!(split((0, 100), (30, 400)), Some(Split { per_tick: 0.075, outside: 0.0, clamped: true }));
+    }
+
+    #[test]
+    fn a_linux_split_covers_every_reason_and_sums_them() {
+        let a = marker(1, Some(2000), &[("cpuid", 900, 500), ("wrmsr", 2000, 380), ("timer", 2100, 160)]);
+        let b = marker(1, Some(500), &[("cpuid", 900, 500), ("wrmsr", 500, 380), ("io", 10, 600), ("timer", 600, 160)]);
+        let s = split_linux(&a, &b).unwrap();
+        let names: Vec<&str> = s.by_reason.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["cpuid", "wrmsr", "io", "timer"]);
+        assert_eq!(s.by_reason[1].1, Split { per_tick: 1.0, outside: 0.0, clamped: false });
+        // io: 0 at 2000 ticks, 10 at 500: clamped to 10 outside.
+        assert_eq!(s.by_reason[2].1, Split { per_tick: 0.0, outside: 10.0, clamped: true });
+        assert_eq!((s.per_tick, s.outside), (2.0, 1010.0));
+
+        let same = marker(1, Some(2000), &[("cpuid", 900, 500)]);
+        assert!(split_linux(&a, &same).unwrap_err().contains("both runs took 2000 timer interrupts"));
+        let old = marker(1, None, &[("cpuid", 900, 500)]);
+        assert!(split_linux(&old, &b).unwrap_err().contains("did not report"));
+    }
+
+    #[test]
+    fn a_linux_table_with_two_clocks_shows_the_split() {
+        let a = linux(marker(40_000_000, Some(2000), &[("cpuid", 900, 500), ("timer", 2100, 160)]), 41_000_000, 3100);
+        let b = linux(
+            marker(10_000_000, Some(500), &[("cpuid", 900, 510), ("io", 10, 600), ("timer", 600, 161)]),
+            11_000_000,
+            1600,
+        );
+        let text =
+            render_linux("linux console=ttyS0 on vmx", &[(Some(10_000_000), Some(&a)), (Some(40_000_000), Some(&b))]);
         let expected = "\
-linux (exits up to /init)  vmx exits  vmx cycles/exit  svm exits  svm cycles/exit
-  io                            1000             2100        900             5000
-  device-memory                    -                -         40             7000
-  hlt                            200              900          -                -
-  exits to init                 1200                         940
-  time to init (s)             4.512                       1.250
-  exits to power-off            1310                         991
-  time to power-off (s)        4.600                       1.300
-  VMM memory (KiB)              1204                        1300
+linux console=ttyS0 on vmx: exits to /init  exits @10 MIPS  cycles/exit  exits @40 MIPS  cycles/exit  per tick  outside
+  cpuid                                                900          500             900          510     0.000      900
+  io                                                     0            -              10          600    0.000*      10*
+  timer                                               2100          160             600          161     1.000      100
+  all exits                                           3000                         1510                  1.000     1010
+  timer interrupts                                    2000                          500
+  exits per tick                                      1.50                         3.02
+  time to init (s)                                  40.000                       10.000
+  exits to power-off                                  3100                         1600
+  time to power-off (s)                             41.000                       11.000
+  VMM memory (KiB)                                    1204                         1204
+  per tick, outside: each reason's exits to init as outside + per tick x timer interrupts, from the two runs: 1.000 timer-related exits per tick, 1010 exits outside timer handling
+  * clamped: the exact solution had a negative part, set to 0 (per tick 0: the count as in the run with fewer ticks; outside 0: per tick as in the run with more)
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_linux_table_with_one_clock_has_dashes_for_the_split_but_shows_ticks() {
+        let mut f =
+            linux(marker(1_250_000, Some(300), &[("io", 900, 5000), ("device-memory", 40, 7000)]), 1_300_000, 991);
+        f.unclaimed = Some("ports 0x70 0x80, MMIO none".into());
+        let text = render_linux("linux console=hvc0 quiet on svm", &[(None, Some(&f))]);
+        let expected = "\
+linux console=hvc0 quiet on svm: exits to /init  exits  cycles/exit  per tick  outside
+  io                                               900         5000         -        -
+  device-memory                                     40         7000         -        -
+  all exits                                        940
+  timer interrupts                                 300
+  exits per tick                                  3.13
+  time to init (s)                               1.250
+  exits to power-off                               991
+  time to power-off (s)                          1.300
+  VMM memory (KiB)                                1204
+  per tick, outside: - (one clock rate only)
+  unclaimed addresses, whole run: ports 0x70 0x80, MMIO none
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_linux_table_says_why_it_has_no_split() {
+        let a = linux(marker(1, None, &[("io", 9, 5)]), 2, 10);
+        let text = render_linux("t", &[(Some(10_000_000), Some(&a)), (Some(40_000_000), None)]);
+        assert!(text.contains(
+            "\n  io                                  9            5               -            -         -        -\n"
+        ));
+        assert!(text.ends_with("  per tick, outside: - (a run has no figures)\n"), "{text}");
+        let b = linux(marker(1, None, &[("io", 9, 5)]), 2, 10);
+        let text = render_linux("t", &[(Some(10_000_000), Some(&a)), (Some(40_000_000), Some(&b))]);
+        assert!(text.contains("\n  timer interrupts                    -                            -\n"), "{text}");
+        assert!(text.ends_with("(the kernel did not report the guest's timer interrupts)\n"), "{text}");
     }
 
     #[test]
@@ -536,5 +893,13 @@ linux (exits up to /init)  vmx exits  vmx cycles/exit  svm exits  svm cycles/exi
              compare runs of one column, not vmx with svm"
         );
         assert!(!tsc_note(&[(Vendor::Svm, Emulator::QemuKvm)]).contains("not vmx with svm"));
+    }
+
+    #[test]
+    fn the_clock_note_states_each_rate() {
+        let note = clock_note(Vendor::Vmx, Emulator::Bochs);
+        assert!(note.starts_with("vmx: Bochs' clock is ips=10000000 (the test cases' rate)"), "{note}");
+        assert!(note.contains("ips=10000000 and ips=40000000 for Linux"), "{note}");
+        assert!(clock_note(Vendor::Svm, Emulator::QemuTcgSvm).contains("cannot be set"));
     }
 }
