@@ -16,6 +16,9 @@
 //! and exits outside timer handling (count = outside + per tick × ticks),
 //! which mean the same on hardware. QEMU's TCG clock follows the host's, so
 //! the SVM side has one run and no split.
+//!
+//! `--save FILE` writes every figure as `key value` lines, `--compare FILE`
+//! prints each figure next to the saved one with the change.
 
 use crate::emulator::{self, Emulator, Firmware, Machine, Vendor};
 use crate::guests::{self, GuestVm, LinuxVm};
@@ -201,9 +204,19 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let vendor = take_value(&mut args, "--vendor")?
         .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
         .transpose()?;
+    let save = take_value(&mut args, "--save")?;
+    let compare = take_value(&mut args, "--compare")?;
     if let Some(unknown) = args.first() {
         return Err(format!("bench: unknown option '{unknown}'"));
     }
+    // Read before the long runs, so a wrong path fails at once.
+    let saved = compare
+        .as_ref()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--compare: cannot read {file}: {e}"))?;
+            read_figures(&text).map_err(|e| format!("--compare: {file}: {e}"))
+        })
+        .transpose()?;
     let vendors = vendor.map_or(Vendor::ALL.to_vec(), |v| vec![v]);
     let machines: Vec<(Vendor, Emulator)> = vendors.iter().map(|&v| (v, v.best_emulator())).collect();
     for &(_, emulator) in &machines {
@@ -258,6 +271,19 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
             let title = format!("linux {} on {}", console.append, side.vendor.name());
             print!("\n{}", render_linux(&title, &runs));
         }
+    }
+
+    let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
+    if let (Some(saved), Some(file)) = (&saved, &compare) {
+        let ran: Vec<&str> = sides.iter().map(|s| s.vendor.name()).collect();
+        print!("\ncompared with {file}:\n{}", render_comparison(saved, &figures, &ran));
+    }
+    if let Some(file) = &save {
+        let about: Vec<String> =
+            sides.iter().map(|s| format!("{} on {}", s.vendor.name(), s.emulator.name())).collect();
+        std::fs::write(file, write_figures(&about.join(", "), &figures))
+            .map_err(|e| format!("--save: cannot write {file}: {e}"))?;
+        println!("\nbench: {} figures saved in {file}", figures.len());
     }
 
     let mut failed = false;
@@ -661,6 +687,180 @@ pub fn render_linux(title: &str, runs: &[(Option<u64>, Option<&LinuxFigures>)]) 
     out
 }
 
+/// One figure as `--save` writes it: a key without spaces and a number.
+pub type Figure = (String, f64);
+
+/// A figure rounded as it is saved, so a saved file reads back equal.
+fn figure(key: String, value: f64) -> Figure {
+    (key, (value * 10_000.0).round() / 10_000.0)
+}
+
+/// Every figure of one back end's runs, under keys that start with its name.
+fn side_figures(side: &Side) -> Vec<Figure> {
+    let v = side.vendor.name();
+    let mut out = Vec::new();
+    for f in side.guests.iter().flatten() {
+        let at = format!("{v}.{}", f.name);
+        reason_figures(&mut out, &at, &f.by_reason);
+        out.push(figure(format!("{at}.exits"), f.exits as f64));
+        out.push(figure(format!("{at}.micros"), f.micros as f64));
+        if let Some(t) = f.timer_interrupts {
+            out.push(figure(format!("{at}.timer-interrupts"), t as f64));
+        }
+        out.push(figure(format!("{at}.vmm-memory-kib"), f.overhead_kib as f64));
+    }
+    for (console, runs) in CONSOLES.iter().zip(&side.linux) {
+        let base = format!("{v}.{}", console.key);
+        for (index, run) in runs.iter().enumerate() {
+            let Ok(f) = &run.figures else { continue };
+            let at = if index == 0 { base.clone() } else { format!("{base}.fast") };
+            out.extend(linux_figures(&at, run.ips, f));
+        }
+        if let [LinuxRun { figures: Ok(a), .. }, LinuxRun { figures: Ok(b), .. }] = &runs[..] {
+            if let Ok(split) = split_linux(&a.marker, &b.marker) {
+                out.extend(split_figures(&base, &split));
+            }
+        }
+    }
+    out
+}
+
+/// `AT.exits.REASON` and `AT.cycles.REASON` for each reason.
+fn reason_figures(out: &mut Vec<Figure>, at: &str, by_reason: &[ReasonFigures]) {
+    for (reason, n, _) in by_reason {
+        out.push(figure(format!("{at}.exits.{reason}"), *n as f64));
+    }
+    for (reason, _, c) in by_reason {
+        out.push(figure(format!("{at}.cycles.{reason}"), *c as f64));
+    }
+}
+
+/// One Linux run's figures under `at`: its clock, the exits to init by
+/// reason and in all, ticks, times, memory.
+pub fn linux_figures(at: &str, ips: Option<u64>, f: &LinuxFigures) -> Vec<Figure> {
+    let mut out = Vec::new();
+    if let Some(ips) = ips {
+        out.push(figure(format!("{at}.ips"), ips as f64));
+    }
+    let marker = format!("{at}.marker");
+    reason_figures(&mut out, &marker, &f.marker.by_reason);
+    out.push(figure(format!("{marker}.exits"), f.marker.exits as f64));
+    if let Some(t) = f.marker.timer_interrupts {
+        out.push(figure(format!("{marker}.timer-interrupts"), t as f64));
+    }
+    if let Some(e) = exits_per_tick(f.marker.exits, f.marker.timer_interrupts) {
+        out.push(figure(format!("{marker}.exits-per-tick"), e));
+    }
+    out.push(figure(format!("{marker}.micros"), f.marker.micros as f64));
+    out.push(figure(format!("{at}.power-off.exits"), f.total.exits as f64));
+    if let Some(t) = f.total.timer_interrupts {
+        out.push(figure(format!("{at}.power-off.timer-interrupts"), t as f64));
+    }
+    out.push(figure(format!("{at}.power-off.micros"), f.total.micros as f64));
+    out.push(figure(format!("{at}.vmm-memory-kib"), f.total.overhead_kib as f64));
+    out
+}
+
+/// A split's figures under `at`: `AT.per-tick.REASON`, `AT.outside.REASON`, and `.all` for the sums.
+pub fn split_figures(at: &str, split: &LinuxSplit) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for (reason, s) in &split.by_reason {
+        out.push(figure(format!("{at}.per-tick.{reason}"), s.per_tick));
+    }
+    out.push(figure(format!("{at}.per-tick.all"), split.per_tick));
+    for (reason, s) in &split.by_reason {
+        out.push(figure(format!("{at}.outside.{reason}"), s.outside.round()));
+    }
+    out.push(figure(format!("{at}.outside.all"), split.outside.round()));
+    out
+}
+
+/// A number as saved and shown: whole numbers without a fraction.
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.4}").trim_end_matches('0').to_string()
+    }
+}
+
+/// The `--save` file: a comment naming the runs, then one `key value` per line.
+pub fn write_figures(about: &str, figures: &[Figure]) -> String {
+    let mut out = format!("# cargo xtask bench: {about}\n");
+    for (key, value) in figures {
+        out.push_str(&format!("{key} {}\n", number(*value)));
+    }
+    out
+}
+
+/// Reads a `--save` file back: `key value` lines; blank lines and `#` comments skipped.
+pub fn read_figures(text: &str) -> Result<Vec<Figure>, String> {
+    let mut figures: Vec<Figure> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |what: String| format!("line {}: {what}", index + 1);
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(value), None) = (words.next(), words.next(), words.next()) else {
+            return Err(at(format!("'{line}' is not 'key value'")));
+        };
+        let value: f64 = value.parse().map_err(|_| at(format!("'{value}' is not a number")))?;
+        if !value.is_finite() {
+            return Err(at(format!("'{value}' is not a finite number")));
+        }
+        if figures.iter().any(|(k, _)| k == key) {
+            return Err(at(format!("{key} appears twice")));
+        }
+        figures.push((key.to_string(), value));
+    }
+    Ok(figures)
+}
+
+/// The change from `saved` to `now` in percent, as shown.
+fn change(saved: f64, now: f64) -> String {
+    if saved == now {
+        "0%".into()
+    } else if saved == 0.0 {
+        "from 0".into()
+    } else {
+        format!("{:+.1}%", (now - saved) / saved * 100.0)
+    }
+}
+
+/// Each figure next to the saved one and the change: the figures of this
+/// run in order, then saved ones it lacks; a figure on one side only shows
+/// "missing" on the other. Saved figures of back ends that did not run
+/// (`ran` names those that did) are left out and counted.
+pub fn render_comparison(saved: &[Figure], now: &[Figure], ran: &[&str]) -> String {
+    let vendor_ran = |key: &str| ran.iter().any(|v| key.split('.').next() == Some(*v));
+    let missing = || "missing".to_string();
+    let mut rows = vec![vec!["figure".to_string(), "saved".into(), "now".into(), "change".into()]];
+    for (key, value) in now {
+        match saved.iter().find(|(k, _)| k == key) {
+            Some((_, old)) => rows.push(vec![key.clone(), number(*old), number(*value), change(*old, *value)]),
+            None => rows.push(vec![key.clone(), missing(), number(*value), String::new()]),
+        }
+    }
+    let mut left_out = 0;
+    for (key, old) in saved {
+        if now.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if vendor_ran(key) {
+            rows.push(vec![key.clone(), number(*old), missing(), String::new()]);
+        } else {
+            left_out += 1;
+        }
+    }
+    let mut out = layout(&rows);
+    if left_out > 0 {
+        out.push_str(&format!("({left_out} saved figures of back ends that did not run left out)\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,5 +1101,111 @@ linux console=hvc0 quiet on svm: exits to /init  exits  cycles/exit  per tick  o
         assert!(note.starts_with("vmx: Bochs' clock is ips=10000000 (the test cases' rate)"), "{note}");
         assert!(note.contains("ips=10000000 and ips=40000000 for Linux"), "{note}");
         assert!(clock_note(Vendor::Svm, Emulator::QemuTcgSvm).contains("cannot be set"));
+    }
+
+    #[test]
+    fn linux_figures_have_stable_keys() {
+        let f = linux(marker(4_000_000, Some(200), &[("cpuid", 1190, 500), ("timer", 400, 166)]), 5_000_000, 1700);
+        let keys: Vec<String> = linux_figures("vmx.linux-ttyS0", Some(10_000_000), &f)
+            .into_iter()
+            .map(|(k, v)| format!("{k} {}", number(v)))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "vmx.linux-ttyS0.ips 10000000",
+                "vmx.linux-ttyS0.marker.exits.cpuid 1190",
+                "vmx.linux-ttyS0.marker.exits.timer 400",
+                "vmx.linux-ttyS0.marker.cycles.cpuid 500",
+                "vmx.linux-ttyS0.marker.cycles.timer 166",
+                "vmx.linux-ttyS0.marker.exits 1590",
+                "vmx.linux-ttyS0.marker.timer-interrupts 200",
+                "vmx.linux-ttyS0.marker.exits-per-tick 7.95",
+                "vmx.linux-ttyS0.marker.micros 4000000",
+                "vmx.linux-ttyS0.power-off.exits 1700",
+                "vmx.linux-ttyS0.power-off.timer-interrupts 210",
+                "vmx.linux-ttyS0.power-off.micros 5000000",
+                "vmx.linux-ttyS0.vmm-memory-kib 1204",
+            ]
+        );
+        let split = LinuxSplit {
+            by_reason: vec![("cpuid".into(), Split { per_tick: 0.0, outside: 1190.0, clamped: false })],
+            per_tick: 1.0 / 3.0,
+            outside: 1190.4,
+        };
+        let keys: Vec<String> =
+            split_figures("vmx.linux-hvc0", &split).into_iter().map(|(k, v)| format!("{k} {}", number(v))).collect();
+        assert_eq!(
+            keys,
+            [
+                "vmx.linux-hvc0.per-tick.cpuid 0",
+                "vmx.linux-hvc0.per-tick.all 0.3333",
+                "vmx.linux-hvc0.outside.cpuid 1190",
+                "vmx.linux-hvc0.outside.all 1190",
+            ]
+        );
+    }
+
+    #[test]
+    fn saved_figures_read_back_as_written() {
+        let figures = vec![
+            figure("vmx.linux-ttyS0.marker.exits.cpuid".into(), 1190.0),
+            figure("vmx.linux-ttyS0.per-tick.all".into(), 3.41234567),
+            figure("svm.demo.micros".into(), 5000.0),
+            figure("vmx.linux-hvc0.per-tick.io".into(), 0.0),
+        ];
+        let text = write_figures("vmx on Bochs", &figures);
+        assert_eq!(
+            text,
+            "# cargo xtask bench: vmx on Bochs\n\
+             vmx.linux-ttyS0.marker.exits.cpuid 1190\n\
+             vmx.linux-ttyS0.per-tick.all 3.4123\n\
+             svm.demo.micros 5000\n\
+             vmx.linux-hvc0.per-tick.io 0\n"
+        );
+        assert_eq!(read_figures(&text).unwrap(), figures);
+        assert_eq!(read_figures("\n  # note\n a 1.5 \n").unwrap(), vec![("a".to_string(), 1.5)]);
+    }
+
+    #[test]
+    fn a_bad_saved_file_is_refused_naming_the_line() {
+        assert_eq!(read_figures("a 1\nb\n").unwrap_err(), "line 2: 'b' is not 'key value'");
+        assert_eq!(read_figures("a 1 2\n").unwrap_err(), "line 1: 'a 1 2' is not 'key value'");
+        assert_eq!(read_figures("# x\na lots\n").unwrap_err(), "line 2: 'lots' is not a number");
+        assert_eq!(read_figures("a NaN\n").unwrap_err(), "line 1: 'NaN' is not a finite number");
+        assert_eq!(read_figures("a 1\na 2\n").unwrap_err(), "line 2: a appears twice");
+    }
+
+    #[test]
+    fn a_comparison_shows_changes_and_what_either_side_lacks() {
+        let f = |pairs: &[(&str, f64)]| pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect::<Vec<Figure>>();
+        let saved = f(&[
+            ("vmx.linux-ttyS0.marker.exits", 200000.0),
+            ("vmx.linux-ttyS0.marker.exits.io", 38215.0),
+            ("vmx.linux-ttyS0.per-tick.all", 4.0),
+            ("vmx.linux-ttyS0.marker.exits.hlt", 0.0),
+            ("vmx.demo.exits.nmi", 3.0),
+            ("svm.demo.exits", 130.0),
+        ]);
+        let now = f(&[
+            ("vmx.linux-ttyS0.marker.exits", 150000.0),
+            ("vmx.linux-ttyS0.marker.exits.io", 38215.0),
+            ("vmx.linux-ttyS0.per-tick.all", 1.9512),
+            ("vmx.linux-ttyS0.marker.exits.hlt", 4.0),
+            ("vmx.linux-hvc0.marker.exits", 1400.0),
+        ]);
+        let expected = "\
+figure                              saved      now  change
+vmx.linux-ttyS0.marker.exits       200000   150000  -25.0%
+vmx.linux-ttyS0.marker.exits.io     38215    38215      0%
+vmx.linux-ttyS0.per-tick.all            4   1.9512  -51.2%
+vmx.linux-ttyS0.marker.exits.hlt        0        4  from 0
+vmx.linux-hvc0.marker.exits       missing     1400
+vmx.demo.exits.nmi                      3  missing
+(1 saved figures of back ends that did not run left out)
+";
+        assert_eq!(render_comparison(&saved, &now, &["vmx"]), expected);
+        let both = render_comparison(&saved, &now, &["vmx", "svm"]);
+        assert!(both.ends_with("svm.demo.exits                        130  missing\n"), "{both}");
     }
 }
