@@ -311,7 +311,7 @@ fn tsc_note(machines: &[(Vendor, Emulator)]) -> String {
         })
         .collect();
     let compare = if machines.len() > 1 {
-        "compare runs of one column, not vmx with svm"
+        "compare runs of one back end, not vmx with svm"
     } else {
         "compare runs with each other"
     };
@@ -1090,7 +1090,7 @@ linux console=hvc0 quiet on svm: exits to /init  exits  cycles/exit  per tick  o
         assert_eq!(
             both,
             "cycles and times are each machine's own TSC (vmx: Bochs' emulated TSC; svm: QEMU TCG's TSC, host-paced): \
-             compare runs of one column, not vmx with svm"
+             compare runs of one back end, not vmx with svm"
         );
         assert!(!tsc_note(&[(Vendor::Svm, Emulator::QemuKvm)]).contains("not vmx with svm"));
     }
