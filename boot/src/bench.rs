@@ -1,11 +1,24 @@
 //! `cargo xtask bench`: boots the test guests, then Debian's Linux, on each
 //! back end, VT-x ([`Emulator::best_for_vmx`]) and SVM
-//! ([`Emulator::best_for_svm`]), or on the one `--vendor` names, and prints one
-//! table per VM with a pair of columns per back end: the exits by reason and
-//! the hypervisor's TSC cycles per exit, from the counter lines the kernel logs
-//! when a VM stops, and for Linux also when its /init writes the bench marker
-//! (time to init and the exits up to it), then the VM's memory overhead.
-//! Figures, not pass/fail.
+//! ([`Emulator::best_for_svm`]), or on the one `--vendor` names, and prints
+//! the exits by reason and the hypervisor's TSC cycles per exit, from the
+//! counter lines the kernel logs when a VM stops, and for Linux also when its
+//! /init writes the bench marker (time to init and the exits up to it), then
+//! the VM's memory overhead. Figures, not pass/fail.
+//!
+//! Linux boots twice per back end, its console on the UART (`console=ttyS0`)
+//! and on virtio (`console=hvc0 quiet`). Most of its exits before init come
+//! from the guest's timer ticks, and how many ticks a boot takes depends on
+//! the emulator's clock, not on Basalt: Bochs' guest time is paced by
+//! instructions (`ips`), about 300 times faster per instruction than a real
+//! CPU at the test cases' rate. So under Bochs each Linux boot runs at two
+//! clock rates, and each reason's exits are split into exits per timer tick
+//! and exits outside timer handling (count = outside + per tick × ticks),
+//! which mean the same on hardware. QEMU's TCG clock follows the host's, so
+//! the SVM side has one run and no split.
+//!
+//! `--save FILE` writes every figure as `key value` lines, `--compare FILE`
+//! prints each figure next to the saved one with the change.
 
 use crate::emulator::{self, Emulator, Firmware, Machine, Vendor};
 use crate::guests::{self, GuestVm, LinuxVm};
@@ -32,13 +45,16 @@ fn vm(name: &str, guest: &str, format: &str, mode: Option<&str>) -> GuestVm {
     }
 }
 
-/// One parsed "vm NAME ran on cpuN for U us: E exits; r=n/c ...; M MiB RAM + K KiB VMM overhead" line.
+/// One parsed "vm NAME ran on cpuN for U us: E exits; r=n/c ...; T timer
+/// interrupts; M MiB RAM + K KiB VMM overhead" line.
 #[derive(Debug, PartialEq)]
 pub struct VmFigures {
     pub name: String,
     pub micros: u64,
     pub exits: u64,
     pub by_reason: Vec<ReasonFigures>,
+    /// None from a kernel that did not count them yet.
+    pub timer_interrupts: Option<u64>,
     pub overhead_kib: u64,
 }
 
@@ -48,7 +64,8 @@ pub fn parse_line(line: &str) -> Option<VmFigures> {
     let micros = rest.split_once(" for ")?.1.split_once(" us: ")?.0.parse().ok()?;
     let (exits, by_reason, rest) = parse_exits(rest.split_once(" us: ")?.1)?;
     let overhead_kib = rest.split_once(" + ")?.1.split_whitespace().next()?.parse().ok()?;
-    Some(VmFigures { name: name.to_string(), micros, exits, by_reason, overhead_kib })
+    let timer_interrupts = parse_timer_interrupts(rest);
+    Some(VmFigures { name: name.to_string(), micros, exits, by_reason, timer_interrupts, overhead_kib })
 }
 
 /// Exits of one reason: (reason, count, cycles per exit).
@@ -69,7 +86,12 @@ fn parse_exits(text: &str) -> Option<(u64, Vec<ReasonFigures>, &str)> {
     Some((exits.trim().parse().ok()?, by_reason, rest))
 }
 
-/// One parsed "vm NAME marker V on vcpuN at U us: E exits; r=n/c ..." line.
+/// The "T timer interrupts" item among the `;`-separated ones after the reasons.
+fn parse_timer_interrupts(rest: &str) -> Option<u64> {
+    rest.split(';').find_map(|item| item.trim().strip_suffix(" timer interrupts")?.parse().ok())
+}
+
+/// One parsed "vm NAME marker V on vcpuN at U us: E exits; r=n/c ...; T timer interrupts" line.
 #[derive(Debug, PartialEq)]
 pub struct MarkerFigures {
     pub name: String,
@@ -77,6 +99,8 @@ pub struct MarkerFigures {
     pub micros: u64,
     pub exits: u64,
     pub by_reason: Vec<ReasonFigures>,
+    /// None from a kernel that did not count them yet.
+    pub timer_interrupts: Option<u64>,
 }
 
 pub fn parse_marker(line: &str) -> Option<MarkerFigures> {
@@ -84,8 +108,16 @@ pub fn parse_marker(line: &str) -> Option<MarkerFigures> {
     let (name, rest) = rest.split_once(" marker ")?;
     let (value, rest) = rest.split_once(" on vcpu")?;
     let micros = rest.split_once(" at ")?.1.split_once(" us: ")?.0.parse().ok()?;
-    let (exits, by_reason, _) = parse_exits(rest.split_once(" us: ")?.1)?;
-    Some(MarkerFigures { name: name.to_string(), value: value.parse().ok()?, micros, exits, by_reason })
+    let (exits, by_reason, rest) = parse_exits(rest.split_once(" us: ")?.1)?;
+    let timer_interrupts = parse_timer_interrupts(rest);
+    Some(MarkerFigures {
+        name: name.to_string(),
+        value: value.parse().ok()?,
+        micros,
+        exits,
+        by_reason,
+        timer_interrupts,
+    })
 }
 
 /// The test guests, in the order the kernel runs them and reports them.
@@ -98,15 +130,35 @@ fn test_vms() -> Vec<GuestVm> {
     ]
 }
 
+/// A kernel command line the bench boots Linux with, and the key its figures go under.
+pub struct Console {
+    pub key: &'static str,
+    pub append: &'static str,
+}
+
+/// The initramfs carries no virtio modules and /init loads none before the
+/// marker, so with hvc0 Linux boots to init with no console at all, as it
+/// would with virtio-console built in and `quiet`: no UART output to exit on.
+pub const CONSOLES: [Console; 2] = [
+    Console { key: "linux-ttyS0", append: "console=ttyS0" },
+    Console { key: "linux-hvc0", append: "console=hvc0 quiet" },
+];
+
+/// The second Bochs clock for the Linux runs: four times the cases' rate, so
+/// the same boot takes about a quarter of the guest time and timer ticks,
+/// which keeps the two runs' tick counts far apart. Linux boots cleanly at it
+/// (the case `linux-2cpu` runs at it too).
+pub const FAST_BOCHS_IPS: u64 = 4 * emulator::BOCHS_IPS;
+
 /// Debian's kernel with one vCPU and a /init that writes the marker and powers off.
-fn linux_guest() -> guests::LinuxGuest {
+fn linux_guest(console: &Console) -> guests::LinuxGuest {
     guests::LinuxGuest {
         name: "linux".into(),
         init: "tests/linux/bench.sh".into(),
         memory_mib: 128,
         vcpus: 1,
         time_limit_ms: 30 * 60 * 1000,
-        append: "console=ttyS0".into(),
+        append: console.append.into(),
         modules: Vec::new(),
         blank_disks_mib: Vec::new(),
         host_console: false,
@@ -119,14 +171,32 @@ fn linux_guest() -> guests::LinuxGuest {
 pub struct LinuxFigures {
     pub marker: MarkerFigures,
     pub total: VmFigures,
+    /// The kernel's "unclaimed addresses" list for the run, if it logged one.
+    pub unclaimed: Option<String>,
 }
 
-/// One back end's runs: each an error (the other side still runs) or its figures.
+/// One boot of Linux: the Bochs clock it ran at (None: the emulator's own
+/// clock) and its figures or why there are none.
+struct LinuxRun {
+    ips: Option<u64>,
+    figures: Result<LinuxFigures, String>,
+}
+
+/// One back end's runs: each an error (the other runs still go ahead) or its figures.
 struct Side {
     vendor: Vendor,
     emulator: Emulator,
     guests: Result<Vec<VmFigures>, String>,
-    linux: Result<LinuxFigures, String>,
+    /// Per entry of [`CONSOLES`], its runs.
+    linux: Vec<Vec<LinuxRun>>,
+}
+
+/// The clocks Linux runs at on this emulator: two where it can be set.
+fn clocks(emulator: Emulator) -> Vec<Option<u64>> {
+    match emulator {
+        Emulator::Bochs => vec![Some(emulator::BOCHS_IPS), Some(FAST_BOCHS_IPS)],
+        _ => vec![None],
+    }
 }
 
 pub fn main(args: &[String]) -> Result<ExitCode, String> {
@@ -134,22 +204,37 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let vendor = take_value(&mut args, "--vendor")?
         .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
         .transpose()?;
+    let save = take_value(&mut args, "--save")?;
+    let compare = take_value(&mut args, "--compare")?;
     if let Some(unknown) = args.first() {
         return Err(format!("bench: unknown option '{unknown}'"));
     }
+    // Read before the long runs, so a wrong path fails at once.
+    let saved = compare
+        .as_ref()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--compare: cannot read {file}: {e}"))?;
+            read_figures(&text).map_err(|e| format!("--compare: {file}: {e}"))
+        })
+        .transpose()?;
     let vendors = vendor.map_or(Vendor::ALL.to_vec(), |v| vec![v]);
     let machines: Vec<(Vendor, Emulator)> = vendors.iter().map(|&v| (v, v.best_emulator())).collect();
     for &(_, emulator) in &machines {
         setup::ensure(&setup::Needs::for_emulator(emulator))?;
     }
     let kernel = images::build_kernel(Config::Run)?;
-    let linux = guests::linux_vm(&linux_guest())?;
+    let linux: Vec<LinuxVm> = CONSOLES.iter().map(|c| guests::linux_vm(&linux_guest(c))).collect::<Result<_, _>>()?;
     let on: Vec<String> = machines.iter().map(|(v, e)| format!("{} on {}", v.name(), e.name())).collect();
     println!(
-        "bench: {}; the test guests on 1 CPU, then Debian Linux (1 vCPU, 128 MiB) to its /init marker and power-off",
-        on.join(", ")
+        "bench: {}; the test guests on 1 CPU, then Debian Linux (1 vCPU, 128 MiB) to its /init marker and \
+         power-off, with {}",
+        on.join(", "),
+        CONSOLES.iter().map(|c| c.append).collect::<Vec<_>>().join(" and with ")
     );
     println!("{}", tsc_note(&machines));
+    for &(vendor, emulator) in &machines {
+        println!("{}", clock_note(vendor, emulator));
+    }
     // The quick side first, so its mistakes show before Bochs' long runs.
     let mut order = machines.clone();
     order.sort_by_key(|&(_, e)| e == Emulator::Bochs);
@@ -157,7 +242,16 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         .into_iter()
         .map(|(vendor, emulator)| {
             let guests = bench_guests(vendor, emulator, &kernel);
-            let linux = bench_linux(vendor, emulator, &kernel, &linux);
+            let linux = CONSOLES
+                .iter()
+                .zip(&linux)
+                .map(|(console, vm)| {
+                    clocks(emulator)
+                        .into_iter()
+                        .map(|ips| LinuxRun { ips, figures: bench_linux(vendor, emulator, &kernel, vm, console, ips) })
+                        .collect()
+                })
+                .collect();
             Side { vendor, emulator, guests, linux }
         })
         .collect();
@@ -170,13 +264,32 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
             .collect();
         print!("\n{}", render_vm(name, &columns));
     }
-    let columns: Vec<(Vendor, Option<&LinuxFigures>)> =
-        sides.iter().map(|s| (s.vendor, s.linux.as_ref().ok())).collect();
-    print!("\n{}", render_linux(&columns));
+    for (index, console) in CONSOLES.iter().enumerate() {
+        for side in &sides {
+            let runs: Vec<(Option<u64>, Option<&LinuxFigures>)> =
+                side.linux[index].iter().map(|r| (r.ips, r.figures.as_ref().ok())).collect();
+            let title = format!("linux {} on {}", console.append, side.vendor.name());
+            print!("\n{}", render_linux(&title, &runs));
+        }
+    }
+
+    let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
+    if let (Some(saved), Some(file)) = (&saved, &compare) {
+        let ran: Vec<&str> = sides.iter().map(|s| s.vendor.name()).collect();
+        print!("\ncompared with {file}:\n{}", render_comparison(saved, &figures, &ran));
+    }
+    if let Some(file) = &save {
+        let about: Vec<String> =
+            sides.iter().map(|s| format!("{} on {}", s.vendor.name(), s.emulator.name())).collect();
+        std::fs::write(file, write_figures(&about.join(", "), &figures))
+            .map_err(|e| format!("--save: cannot write {file}: {e}"))?;
+        println!("\nbench: {} figures saved in {file}", figures.len());
+    }
 
     let mut failed = false;
     for side in &sides {
-        for error in [side.guests.as_ref().err(), side.linux.as_ref().err()].into_iter().flatten() {
+        let linux = side.linux.iter().flatten().filter_map(|r| r.figures.as_ref().err());
+        for error in side.guests.as_ref().err().into_iter().chain(linux) {
             eprintln!("xtask: bench {} on {}: {error}", side.vendor.name(), side.emulator.name());
             failed = true;
         }
@@ -198,11 +311,29 @@ fn tsc_note(machines: &[(Vendor, Emulator)]) -> String {
         })
         .collect();
     let compare = if machines.len() > 1 {
-        "compare runs of one column, not vmx with svm"
+        "compare runs of one back end, not vmx with svm"
     } else {
         "compare runs with each other"
     };
     format!("cycles and times are each machine's own TSC ({}): {compare}", each.join("; "))
+}
+
+/// The emulated clock a back end's runs use, in one line.
+fn clock_note(vendor: Vendor, emulator: Emulator) -> String {
+    let clock = match emulator {
+        Emulator::Bochs => format!(
+            "Bochs' clock is ips={} (the test cases' rate) for the test guests, ips={} and ips={} for Linux, \
+             whose exits are split into per timer tick and outside timer handling",
+            emulator::BOCHS_IPS,
+            emulator::BOCHS_IPS,
+            FAST_BOCHS_IPS
+        ),
+        Emulator::QemuTcg | Emulator::QemuTcgSvm => {
+            "QEMU TCG's clock follows the host's and cannot be set: one run each, no per-tick split".into()
+        }
+        Emulator::QemuKvm => "the host's own clock: one run each, no per-tick split".into(),
+    };
+    format!("{}: {clock}", vendor.name())
 }
 
 /// Writes "bench: WHAT ..." and, once `run` is done, how long it took.
@@ -217,8 +348,8 @@ fn timed<T>(what: &str, run: impl FnOnce() -> Result<(T, Duration), String>) -> 
     result.map(|(value, _)| value)
 }
 
-fn machine(emulator: Emulator, memory_mib: u32) -> Machine {
-    Machine { emulator, firmware: Firmware::Bios, cpus: 1, memory_mib, bochs_ips: emulator::BOCHS_IPS }
+fn machine(emulator: Emulator, memory_mib: u32, bochs_ips: u64) -> Machine {
+    Machine { emulator, firmware: Firmware::Bios, cpus: 1, memory_mib, bochs_ips }
 }
 
 /// Boots the test guests on one back end; their figures, one per VM.
@@ -229,7 +360,8 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let what = format!("{} on {}: the test guests", vendor.name(), emulator.name());
     let run = timed(&what, || {
-        let run = emulator::run_captured(&machine(emulator, 256), &image, &dir, Duration::from_secs(300), &[])?;
+        let machine = machine(emulator, 256, emulator::BOCHS_IPS);
+        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
@@ -246,15 +378,33 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec
     Ok(figures)
 }
 
-/// Boots Debian's kernel on one back end to its /init marker and power-off.
-fn bench_linux(vendor: Vendor, emulator: Emulator, kernel: &Path, linux: &LinuxVm) -> Result<LinuxFigures, String> {
-    let dir = workspace_root().join("target/basalt/bench-linux").join(vendor.name());
+/// Boots Debian's kernel on one back end to its /init marker and power-off,
+/// under Bochs at `ips`.
+fn bench_linux(
+    vendor: Vendor,
+    emulator: Emulator,
+    kernel: &Path,
+    linux: &LinuxVm,
+    console: &Console,
+    ips: Option<u64>,
+) -> Result<LinuxFigures, String> {
+    let run_name = match ips {
+        Some(ips) => format!("{}-ips{ips}", console.key),
+        None => console.key.to_string(),
+    };
+    let dir = workspace_root().join("target/basalt/bench-linux").join(vendor.name()).join(run_name);
     let bundle = guests::bundle_with_linux(emulator.exit_option(), &[], std::slice::from_ref(linux))?;
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
-    let slow = if emulator == Emulator::Bochs { ", a few minutes on Bochs" } else { "" };
-    let what = format!("{} on {}: Debian Linux to /init and power-off{slow}", vendor.name(), emulator.name());
+    let clock = ips.map(|ips| format!(", ips={ips}")).unwrap_or_default();
+    let what = format!(
+        "{} on {}: Debian Linux, {}{clock}, to /init and power-off",
+        vendor.name(),
+        emulator.name(),
+        console.append
+    );
     let run = timed(&what, || {
-        let run = emulator::run_captured(&machine(emulator, 512), &image, &dir, Duration::from_secs(1200), &[])?;
+        let machine = machine(emulator, 512, ips.unwrap_or(emulator::BOCHS_IPS));
+        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(1200), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
@@ -268,7 +418,76 @@ fn bench_linux(vendor: Vendor, emulator: Emulator, kernel: &Path, linux: &LinuxV
         .filter_map(parse_line)
         .find(|f| f.name == marker.name)
         .ok_or_else(|| format!("no report line for VM '{}'; see {}", marker.name, log.display()))?;
-    Ok(LinuxFigures { marker, total })
+    let unclaimed_prefix = format!("vm {} unclaimed addresses: ", marker.name);
+    let unclaimed = run
+        .serial
+        .lines()
+        .find_map(|line| Some(line[line.find(&unclaimed_prefix)? + unclaimed_prefix.len()..].trim().to_string()));
+    Ok(LinuxFigures { marker, total, unclaimed })
+}
+
+/// One reason's exits to init split by the guest's timer ticks:
+/// count = outside + per_tick × ticks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Split {
+    pub per_tick: f64,
+    pub outside: f64,
+    /// The exact solution had a negative part (noise, or exits that grow
+    /// with guest time per instruction rather than with ticks); see [`split`].
+    pub clamped: bool,
+}
+
+/// Solves count = outside + per_tick × ticks for two runs, each given as
+/// (count, ticks); None when their ticks are equal. A negative part is set to
+/// zero and the other fitted to one run: a negative per-tick figure becomes
+/// 0 with everything outside, as counted in the run with fewer ticks (the
+/// closer to none); a negative outside figure becomes 0 with every exit per
+/// tick, as in the run with more ticks.
+pub fn split((n1, t1): (u64, u64), (n2, t2): (u64, u64)) -> Option<Split> {
+    if t1 == t2 {
+        return None;
+    }
+    let ((few_n, few_t), (many_n, many_t)) = if t1 < t2 { ((n1, t1), (n2, t2)) } else { ((n2, t2), (n1, t1)) };
+    let (few_n, few_t, many_n, many_t) = (few_n as f64, few_t as f64, many_n as f64, many_t as f64);
+    let per_tick = (many_n - few_n) / (many_t - few_t);
+    let outside = few_n - per_tick * few_t;
+    Some(if per_tick < 0.0 {
+        Split { per_tick: 0.0, outside: few_n, clamped: true }
+    } else if outside < 0.0 {
+        Split { per_tick: many_n / many_t, outside: 0.0, clamped: true }
+    } else {
+        Split { per_tick, outside, clamped: false }
+    })
+}
+
+/// Two runs' exits to init split by reason, and the sums: the timer-related
+/// exits per tick and the exits outside timer handling.
+#[derive(Debug, PartialEq)]
+pub struct LinuxSplit {
+    pub by_reason: Vec<(String, Split)>,
+    pub per_tick: f64,
+    pub outside: f64,
+}
+
+/// The split of two runs' exits to init, or why there is none.
+pub fn split_linux(a: &MarkerFigures, b: &MarkerFigures) -> Result<LinuxSplit, String> {
+    let (Some(ta), Some(tb)) = (a.timer_interrupts, b.timer_interrupts) else {
+        return Err("the kernel did not report the guest's timer interrupts".into());
+    };
+    if ta == tb {
+        return Err(format!("both runs took {ta} timer interrupts: nothing to tell the parts apart"));
+    }
+    let count = |f: &MarkerFigures, reason: &str| f.by_reason.iter().find(|r| r.0 == reason).map_or(0, |r| r.1);
+    let by_reason: Vec<(String, Split)> = merged_reasons(&[Some(&a.by_reason), Some(&b.by_reason)])
+        .into_iter()
+        .filter_map(|reason| {
+            let s = split((count(a, &reason), ta), (count(b, &reason), tb))?;
+            Some((reason, s))
+        })
+        .collect();
+    let per_tick = by_reason.iter().map(|(_, s)| s.per_tick).sum();
+    let outside = by_reason.iter().map(|(_, s)| s.outside).sum();
+    Ok(LinuxSplit { by_reason, per_tick, outside })
 }
 
 /// Every reason any column has, each column's order kept (the kernel reports
@@ -291,6 +510,28 @@ fn merged_reasons(columns: &[Option<&[ReasonFigures]>]) -> Vec<String> {
     merged
 }
 
+/// Rows of cells as text columns: the first left-aligned, the others right-aligned.
+fn layout(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = format!("{:<w$}", row[0], w = widths[0]);
+        for (cell, &w) in row.iter().zip(&widths).skip(1) {
+            line.push_str(&format!("  {cell:>w$}"));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn dash() -> String {
+    "-".to_string()
+}
+
 /// A table: its title, then for each column a vendor's exits and cycles per
 /// exit by reason, then summary rows with one value per column. What a column
 /// lacks shows as "-".
@@ -300,7 +541,6 @@ fn render_table(
     reasons: &[Option<&[ReasonFigures]>],
     summary: &[(&str, Vec<Option<String>>)],
 ) -> String {
-    let dash = || "-".to_string();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut head = vec![title.to_string()];
     for v in vendors {
@@ -325,18 +565,7 @@ fn render_table(
         }
         rows.push(row);
     }
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = format!("{:<w$}", row[0], w = widths[0]);
-        for (cell, &w) in row.iter().zip(&widths).skip(1) {
-            line.push_str(&format!("  {cell:>w$}"));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    layout(&rows)
 }
 
 /// One test guest's table: a column pair per vendor, `None` where it has no figures.
@@ -356,20 +585,280 @@ fn seconds(micros: u64) -> String {
     format!("{:.3}", micros as f64 / 1e6)
 }
 
-/// The Linux VM's table: the exits by reason up to its /init marker, then time
-/// to init, the whole run and its memory overhead.
-pub fn render_linux(columns: &[(Vendor, Option<&LinuxFigures>)]) -> String {
-    let vendors: Vec<Vendor> = columns.iter().map(|c| c.0).collect();
-    let reasons: Vec<Option<&[ReasonFigures]>> = columns.iter().map(|c| c.1.map(|f| &f.marker.by_reason[..])).collect();
-    let each = |value: fn(&LinuxFigures) -> String| columns.iter().map(|c| c.1.map(value)).collect::<Vec<_>>();
-    let summary = [
-        ("exits to init", each(|f| f.marker.exits.to_string())),
-        ("time to init (s)", each(|f| seconds(f.marker.micros))),
-        ("exits to power-off", each(|f| f.total.exits.to_string())),
-        ("time to power-off (s)", each(|f| seconds(f.total.micros))),
-        ("VMM memory (KiB)", each(|f| f.total.overhead_kib.to_string())),
+/// "10 MIPS" for 10000000 instructions per second.
+fn mips(ips: u64) -> String {
+    if ips.is_multiple_of(1_000_000) {
+        format!("{} MIPS", ips / 1_000_000)
+    } else {
+        format!("{:.3} MIPS", ips as f64 / 1e6)
+    }
+}
+
+/// Exits per timer tick of a run, if it counted ticks.
+fn exits_per_tick(exits: u64, ticks: Option<u64>) -> Option<f64> {
+    ticks.filter(|&t| t > 0).map(|t| exits as f64 / t as f64)
+}
+
+/// One summary figure of a Linux run, if it has it.
+type LinuxValue = fn(&LinuxFigures) -> Option<String>;
+
+/// One Linux set-up's table on one back end: for each run (its Bochs clock,
+/// if set) the exits and cycles per exit by reason up to /init, then with two
+/// runs each reason's exits per timer tick and outside timer handling, then
+/// totals, timer interrupts, times and memory; notes on the split below.
+pub fn render_linux(title: &str, runs: &[(Option<u64>, Option<&LinuxFigures>)]) -> String {
+    let split = match runs {
+        [(_, Some(a)), (_, Some(b))] => Some(split_linux(&a.marker, &b.marker)),
+        [_, _] => Some(Err("a run has no figures".to_string())),
+        _ => None,
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut head = vec![format!("{title}: exits to /init")];
+    for (ips, _) in runs {
+        head.push(ips.map_or("exits".to_string(), |ips| format!("exits @{}", mips(ips))));
+        head.push("cycles/exit".into());
+    }
+    head.extend(["per tick".into(), "outside".into()]);
+    rows.push(head);
+    let reasons: Vec<Option<&[ReasonFigures]>> = runs.iter().map(|r| r.1.map(|f| &f.marker.by_reason[..])).collect();
+    let ok_split = split.as_ref().and_then(|s| s.as_ref().ok());
+    for reason in merged_reasons(&reasons) {
+        let mut row = vec![format!("  {reason}")];
+        for column in &reasons {
+            match column.map(|c| c.iter().find(|(r, _, _)| *r == reason)) {
+                Some(Some((_, n, c))) => row.extend([n.to_string(), c.to_string()]),
+                Some(None) => row.extend(["0".into(), dash()]),
+                None => row.extend([dash(), dash()]),
+            }
+        }
+        match ok_split.and_then(|s| s.by_reason.iter().find(|(r, _)| *r == reason)) {
+            Some((_, s)) => {
+                let mark = if s.clamped { "*" } else { "" };
+                row.extend([format!("{:.3}{mark}", s.per_tick), format!("{:.0}{mark}", s.outside)]);
+            }
+            None => row.extend([dash(), dash()]),
+        }
+        rows.push(row);
+    }
+    let summary: [(&str, LinuxValue); 7] = [
+        ("all exits", |f| Some(f.marker.exits.to_string())),
+        ("timer interrupts", |f| f.marker.timer_interrupts.map(|t| t.to_string())),
+        ("exits per tick", |f| exits_per_tick(f.marker.exits, f.marker.timer_interrupts).map(|e| format!("{e:.2}"))),
+        ("time to init (s)", |f| Some(seconds(f.marker.micros))),
+        ("exits to power-off", |f| Some(f.total.exits.to_string())),
+        ("time to power-off (s)", |f| Some(seconds(f.total.micros))),
+        ("VMM memory (KiB)", |f| Some(f.total.overhead_kib.to_string())),
     ];
-    render_table("linux (exits up to /init)", &vendors, &reasons, &summary)
+    for (label, value) in summary {
+        let mut row = vec![format!("  {label}")];
+        for (_, figures) in runs {
+            row.extend([figures.and_then(value).unwrap_or_else(dash), String::new()]);
+        }
+        match (label, ok_split) {
+            ("all exits", Some(s)) => row.extend([format!("{:.3}", s.per_tick), format!("{:.0}", s.outside)]),
+            _ => row.extend([String::new(), String::new()]),
+        }
+        rows.push(row);
+    }
+    let mut out = layout(&rows);
+    match split {
+        None => out.push_str("  per tick, outside: - (one clock rate only)\n"),
+        Some(Err(why)) => out.push_str(&format!("  per tick, outside: - ({why})\n")),
+        Some(Ok(s)) => {
+            out.push_str(&format!(
+                "  per tick, outside: each reason's exits to init as outside + per tick x timer interrupts, from the \
+                 two runs: {:.3} timer-related exits per tick, {:.0} exits outside timer handling\n",
+                s.per_tick, s.outside
+            ));
+            if s.by_reason.iter().any(|(_, s)| s.clamped) {
+                out.push_str(
+                    "  * clamped: the exact solution had a negative part, set to 0 (per tick 0: the count as in \
+                     the run with fewer ticks; outside 0: per tick as in the run with more)\n",
+                );
+            }
+        }
+    }
+    for (ips, figures) in runs {
+        if let Some(unclaimed) = figures.and_then(|f| f.unclaimed.as_ref()) {
+            let at = ips.map(|ips| format!(" @{}", mips(ips))).unwrap_or_default();
+            out.push_str(&format!("  unclaimed addresses{at}, whole run: {unclaimed}\n"));
+        }
+    }
+    out
+}
+
+/// One figure as `--save` writes it: a key without spaces and a number.
+pub type Figure = (String, f64);
+
+/// A figure rounded as it is saved, so a saved file reads back equal.
+fn figure(key: String, value: f64) -> Figure {
+    (key, (value * 10_000.0).round() / 10_000.0)
+}
+
+/// Every figure of one back end's runs, under keys that start with its name.
+fn side_figures(side: &Side) -> Vec<Figure> {
+    let v = side.vendor.name();
+    let mut out = Vec::new();
+    for f in side.guests.iter().flatten() {
+        let at = format!("{v}.{}", f.name);
+        reason_figures(&mut out, &at, &f.by_reason);
+        out.push(figure(format!("{at}.exits"), f.exits as f64));
+        out.push(figure(format!("{at}.micros"), f.micros as f64));
+        if let Some(t) = f.timer_interrupts {
+            out.push(figure(format!("{at}.timer-interrupts"), t as f64));
+        }
+        out.push(figure(format!("{at}.vmm-memory-kib"), f.overhead_kib as f64));
+    }
+    for (console, runs) in CONSOLES.iter().zip(&side.linux) {
+        let base = format!("{v}.{}", console.key);
+        for (index, run) in runs.iter().enumerate() {
+            let Ok(f) = &run.figures else { continue };
+            let at = if index == 0 { base.clone() } else { format!("{base}.fast") };
+            out.extend(linux_figures(&at, run.ips, f));
+        }
+        if let [LinuxRun { figures: Ok(a), .. }, LinuxRun { figures: Ok(b), .. }] = &runs[..] {
+            if let Ok(split) = split_linux(&a.marker, &b.marker) {
+                out.extend(split_figures(&base, &split));
+            }
+        }
+    }
+    out
+}
+
+/// `AT.exits.REASON` and `AT.cycles.REASON` for each reason.
+fn reason_figures(out: &mut Vec<Figure>, at: &str, by_reason: &[ReasonFigures]) {
+    for (reason, n, _) in by_reason {
+        out.push(figure(format!("{at}.exits.{reason}"), *n as f64));
+    }
+    for (reason, _, c) in by_reason {
+        out.push(figure(format!("{at}.cycles.{reason}"), *c as f64));
+    }
+}
+
+/// One Linux run's figures under `at`: its clock, the exits to init by
+/// reason and in all, ticks, times, memory.
+pub fn linux_figures(at: &str, ips: Option<u64>, f: &LinuxFigures) -> Vec<Figure> {
+    let mut out = Vec::new();
+    if let Some(ips) = ips {
+        out.push(figure(format!("{at}.ips"), ips as f64));
+    }
+    let marker = format!("{at}.marker");
+    reason_figures(&mut out, &marker, &f.marker.by_reason);
+    out.push(figure(format!("{marker}.exits"), f.marker.exits as f64));
+    if let Some(t) = f.marker.timer_interrupts {
+        out.push(figure(format!("{marker}.timer-interrupts"), t as f64));
+    }
+    if let Some(e) = exits_per_tick(f.marker.exits, f.marker.timer_interrupts) {
+        out.push(figure(format!("{marker}.exits-per-tick"), e));
+    }
+    out.push(figure(format!("{marker}.micros"), f.marker.micros as f64));
+    out.push(figure(format!("{at}.power-off.exits"), f.total.exits as f64));
+    if let Some(t) = f.total.timer_interrupts {
+        out.push(figure(format!("{at}.power-off.timer-interrupts"), t as f64));
+    }
+    out.push(figure(format!("{at}.power-off.micros"), f.total.micros as f64));
+    out.push(figure(format!("{at}.vmm-memory-kib"), f.total.overhead_kib as f64));
+    out
+}
+
+/// A split's figures under `at`: `AT.per-tick.REASON`, `AT.outside.REASON`, and `.all` for the sums.
+pub fn split_figures(at: &str, split: &LinuxSplit) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for (reason, s) in &split.by_reason {
+        out.push(figure(format!("{at}.per-tick.{reason}"), s.per_tick));
+    }
+    out.push(figure(format!("{at}.per-tick.all"), split.per_tick));
+    for (reason, s) in &split.by_reason {
+        out.push(figure(format!("{at}.outside.{reason}"), s.outside.round()));
+    }
+    out.push(figure(format!("{at}.outside.all"), split.outside.round()));
+    out
+}
+
+/// A number as saved and shown: whole numbers without a fraction.
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.4}").trim_end_matches('0').to_string()
+    }
+}
+
+/// The `--save` file: a comment naming the runs, then one `key value` per line.
+pub fn write_figures(about: &str, figures: &[Figure]) -> String {
+    let mut out = format!("# cargo xtask bench: {about}\n");
+    for (key, value) in figures {
+        out.push_str(&format!("{key} {}\n", number(*value)));
+    }
+    out
+}
+
+/// Reads a `--save` file back: `key value` lines; blank lines and `#` comments skipped.
+pub fn read_figures(text: &str) -> Result<Vec<Figure>, String> {
+    let mut figures: Vec<Figure> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |what: String| format!("line {}: {what}", index + 1);
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(value), None) = (words.next(), words.next(), words.next()) else {
+            return Err(at(format!("'{line}' is not 'key value'")));
+        };
+        let value: f64 = value.parse().map_err(|_| at(format!("'{value}' is not a number")))?;
+        if !value.is_finite() {
+            return Err(at(format!("'{value}' is not a finite number")));
+        }
+        if figures.iter().any(|(k, _)| k == key) {
+            return Err(at(format!("{key} appears twice")));
+        }
+        figures.push((key.to_string(), value));
+    }
+    Ok(figures)
+}
+
+/// The change from `saved` to `now` in percent, as shown.
+fn change(saved: f64, now: f64) -> String {
+    if saved == now {
+        "0%".into()
+    } else if saved == 0.0 {
+        "from 0".into()
+    } else {
+        format!("{:+.1}%", (now - saved) / saved * 100.0)
+    }
+}
+
+/// Each figure next to the saved one and the change: the figures of this
+/// run in order, then saved ones it lacks; a figure on one side only shows
+/// "missing" on the other. Saved figures of back ends that did not run
+/// (`ran` names those that did) are left out and counted.
+pub fn render_comparison(saved: &[Figure], now: &[Figure], ran: &[&str]) -> String {
+    let vendor_ran = |key: &str| ran.iter().any(|v| key.split('.').next() == Some(*v));
+    let missing = || "missing".to_string();
+    let mut rows = vec![vec!["figure".to_string(), "saved".into(), "now".into(), "change".into()]];
+    for (key, value) in now {
+        match saved.iter().find(|(k, _)| k == key) {
+            Some((_, old)) => rows.push(vec![key.clone(), number(*old), number(*value), change(*old, *value)]),
+            None => rows.push(vec![key.clone(), missing(), number(*value), String::new()]),
+        }
+    }
+    let mut left_out = 0;
+    for (key, old) in saved {
+        if now.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if vendor_ran(key) {
+            rows.push(vec![key.clone(), number(*old), missing(), String::new()]);
+        } else {
+            left_out += 1;
+        }
+    }
+    let mut out = layout(&rows);
+    if left_out > 0 {
+        out.push_str(&format!("({left_out} saved figures of back ends that did not run left out)\n"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -382,7 +871,22 @@ mod tests {
         let f = parse_line(line).unwrap();
         assert_eq!((f.name.as_str(), f.micros, f.exits, f.overhead_kib), ("long", 730791, 536, 56));
         assert_eq!(f.by_reason, vec![("cpuid".into(), 4, 103), ("io".into(), 522, 6226)]);
+        assert_eq!(f.timer_interrupts, None);
         assert_eq!(parse_line("vm long | ran on cpu (guest output)"), None);
+    }
+
+    #[test]
+    fn counter_lines_with_timer_interrupts_parse() {
+        let line = "[ 240.1 cpu0] INFO  vm linux ran on cpu0 for 236262000 us: 200356 exits; cpuid=1190/500 \
+                    timer=45822/166; 45900 timer interrupts; 128 MiB RAM + 1204 KiB VMM overhead";
+        let f = parse_line(line).unwrap();
+        assert_eq!((f.exits, f.timer_interrupts, f.overhead_kib), (200356, Some(45900), 1204));
+        assert_eq!(f.by_reason, vec![("cpuid".into(), 1190, 500), ("timer".into(), 45822, 166)]);
+        // A VM that never exited still has its items in place.
+        let idle =
+            parse_line("vm idle ran on cpu1 for 10 us: 0 exits;; 0 timer interrupts; 16 MiB RAM + 40 KiB VMM overhead")
+                .unwrap();
+        assert_eq!((idle.exits, idle.by_reason.len(), idle.timer_interrupts, idle.overhead_kib), (0, 0, Some(0), 40));
     }
 
     #[test]
@@ -391,13 +895,41 @@ mod tests {
         let m = parse_marker(line).unwrap();
         assert_eq!((m.name.as_str(), m.value, m.micros, m.exits), ("linux", 1, 4512345, 1200));
         assert_eq!(m.by_reason, vec![("io".into(), 1000, 2100), ("hlt".into(), 200, 900)]);
+        assert_eq!(m.timer_interrupts, None);
         assert_eq!(parse_marker("vm linux | marker 1 on vcpu0 (guest output)"), None);
+
+        let line =
+            "vm linux marker 1 on vcpu0 at 4512345 us: 1200 exits; io=1000/2100 hlt=200/900; 333 timer interrupts";
+        let m = parse_marker(line).unwrap();
+        assert_eq!((m.exits, m.timer_interrupts), (1200, Some(333)));
+        assert_eq!(m.by_reason[1], ("hlt".into(), 200, 900));
+        let bad = "vm linux marker 1 on vcpu0 at 45 us: 12 exits; io=12/2100; many timer interrupts";
+        assert_eq!(parse_marker(bad).unwrap().timer_interrupts, None);
     }
 
     fn figures(name: &str, micros: u64, by_reason: &[(&str, u64, u64)], overhead_kib: u64) -> VmFigures {
         let by_reason: Vec<ReasonFigures> = by_reason.iter().map(|&(r, n, c)| (r.to_string(), n, c)).collect();
         let exits = by_reason.iter().map(|r| r.1).sum();
-        VmFigures { name: name.into(), micros, exits, by_reason, overhead_kib }
+        VmFigures { name: name.into(), micros, exits, by_reason, timer_interrupts: None, overhead_kib }
+    }
+
+    fn marker(micros: u64, ticks: Option<u64>, by_reason: &[(&str, u64, u64)]) -> MarkerFigures {
+        let f = figures("linux", micros, by_reason, 0);
+        MarkerFigures {
+            name: f.name,
+            value: 1,
+            micros,
+            exits: f.exits,
+            by_reason: f.by_reason,
+            timer_interrupts: ticks,
+        }
+    }
+
+    fn linux(marker: MarkerFigures, total_micros: u64, total_exits: u64) -> LinuxFigures {
+        let mut total = figures("linux", total_micros, &[], 1204);
+        total.exits = total_exits;
+        total.timer_interrupts = marker.timer_interrupts.map(|t| t + 10);
+        LinuxFigures { marker, total, unclaimed: None }
     }
 
     #[test]
@@ -440,32 +972,107 @@ demo                svm exits  svm cycles/exit
     }
 
     #[test]
-    fn the_linux_table_shows_exits_to_init_then_time_and_memory() {
-        let marker = |micros, by_reason: &[(&str, u64, u64)]| {
-            let f = figures("linux", micros, by_reason, 0);
-            MarkerFigures { name: f.name, value: 1, micros, exits: f.exits, by_reason: f.by_reason }
-        };
-        let vmx = LinuxFigures {
-            marker: marker(4512345, &[("io", 1000, 2100), ("hlt", 200, 900)]),
-            total: figures("linux", 4600000, &[("io", 1100, 2000), ("hlt", 210, 900)], 1204),
-        };
-        let svm = LinuxFigures {
-            marker: marker(1250000, &[("io", 900, 5000), ("device-memory", 40, 7000)]),
-            total: figures("linux", 1300000, &[("io", 950, 5000), ("device-memory", 41, 7000)], 1300),
-        };
-        let text = render_linux(&[(Vendor::Vmx, Some(&vmx)), (Vendor::Svm, Some(&svm))]);
+    fn the_split_solves_two_runs_and_clamps_what_comes_out_negative() {
+        // 1000 outside, 2 per tick: 5000 exits at 2000 ticks, 3000 at 1000.
+        let s = split((5000, 2000), (3000, 1000)).unwrap();
+        assert_eq!(s, Split { per_tick: 2.0, outside: 1000.0, clamped: false });
+        assert_eq!(split((3000, 1000), (5000, 2000)), Some(s));
+        // Nothing per tick.
+        assert_eq!(split((942, 40000), (942, 10000)), Some(Split { per_tick: 0.0, outside: 942.0, clamped: false }));
+        // Equal ticks: no way to tell the parts apart.
+        assert_eq!(split((5000, 2000), (3000, 2000)), None);
+        // More exits with fewer ticks: nothing per tick, the count of the
+        // run with fewer ticks outside.
+        assert_eq!(split((400, 40000), (460, 10000)), Some(Split { per_tick: 0.0, outside: 460.0, clamped: true }));
+        // Outside below zero: all of it per tick, as in the run with more ticks.
+        assert_eq!(split((4200, 40000), (1000, 10000)), Some(Split { per_tick: 0.105, outside: 0.0, clamped: true }));
+        // Every exit per tick.
+        assert_eq!(split((50, 100), (200, 400)), Some(Split { per_tick: 0.5, outside: 0.0, clamped: false }));
+        // None of the reason in one run.
+        assert_eq!(split((0, 100), (30, 400)), Some(Split { per_tick: 0.075, outside: 0.0, clamped: true }));
+    }
+
+    #[test]
+    fn a_linux_split_covers_every_reason_and_sums_them() {
+        let a = marker(1, Some(2000), &[("cpuid", 900, 500), ("wrmsr", 2000, 380), ("timer", 2100, 160)]);
+        let b = marker(1, Some(500), &[("cpuid", 900, 500), ("wrmsr", 500, 380), ("io", 10, 600), ("timer", 600, 160)]);
+        let s = split_linux(&a, &b).unwrap();
+        let names: Vec<&str> = s.by_reason.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["cpuid", "wrmsr", "io", "timer"]);
+        assert_eq!(s.by_reason[1].1, Split { per_tick: 1.0, outside: 0.0, clamped: false });
+        // io: 0 at 2000 ticks, 10 at 500: clamped to 10 outside.
+        assert_eq!(s.by_reason[2].1, Split { per_tick: 0.0, outside: 10.0, clamped: true });
+        assert_eq!((s.per_tick, s.outside), (2.0, 1010.0));
+
+        let same = marker(1, Some(2000), &[("cpuid", 900, 500)]);
+        assert!(split_linux(&a, &same).unwrap_err().contains("both runs took 2000 timer interrupts"));
+        let old = marker(1, None, &[("cpuid", 900, 500)]);
+        assert!(split_linux(&old, &b).unwrap_err().contains("did not report"));
+    }
+
+    #[test]
+    fn a_linux_table_with_two_clocks_shows_the_split() {
+        let a = linux(marker(40_000_000, Some(2000), &[("cpuid", 900, 500), ("timer", 2100, 160)]), 41_000_000, 3100);
+        let b = linux(
+            marker(10_000_000, Some(500), &[("cpuid", 900, 510), ("io", 10, 600), ("timer", 600, 161)]),
+            11_000_000,
+            1600,
+        );
+        let text =
+            render_linux("linux console=ttyS0 on vmx", &[(Some(10_000_000), Some(&a)), (Some(40_000_000), Some(&b))]);
         let expected = "\
-linux (exits up to /init)  vmx exits  vmx cycles/exit  svm exits  svm cycles/exit
-  io                            1000             2100        900             5000
-  device-memory                    -                -         40             7000
-  hlt                            200              900          -                -
-  exits to init                 1200                         940
-  time to init (s)             4.512                       1.250
-  exits to power-off            1310                         991
-  time to power-off (s)        4.600                       1.300
-  VMM memory (KiB)              1204                        1300
+linux console=ttyS0 on vmx: exits to /init  exits @10 MIPS  cycles/exit  exits @40 MIPS  cycles/exit  per tick  outside
+  cpuid                                                900          500             900          510     0.000      900
+  io                                                     0            -              10          600    0.000*      10*
+  timer                                               2100          160             600          161     1.000      100
+  all exits                                           3000                         1510                  1.000     1010
+  timer interrupts                                    2000                          500
+  exits per tick                                      1.50                         3.02
+  time to init (s)                                  40.000                       10.000
+  exits to power-off                                  3100                         1600
+  time to power-off (s)                             41.000                       11.000
+  VMM memory (KiB)                                    1204                         1204
+  per tick, outside: each reason's exits to init as outside + per tick x timer interrupts, from the two runs: 1.000 timer-related exits per tick, 1010 exits outside timer handling
+  * clamped: the exact solution had a negative part, set to 0 (per tick 0: the count as in the run with fewer ticks; outside 0: per tick as in the run with more)
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_linux_table_with_one_clock_has_dashes_for_the_split_but_shows_ticks() {
+        let mut f =
+            linux(marker(1_250_000, Some(300), &[("io", 900, 5000), ("device-memory", 40, 7000)]), 1_300_000, 991);
+        f.unclaimed = Some("ports 0x70 0x80, MMIO none".into());
+        let text = render_linux("linux console=hvc0 quiet on svm", &[(None, Some(&f))]);
+        let expected = "\
+linux console=hvc0 quiet on svm: exits to /init  exits  cycles/exit  per tick  outside
+  io                                               900         5000         -        -
+  device-memory                                     40         7000         -        -
+  all exits                                        940
+  timer interrupts                                 300
+  exits per tick                                  3.13
+  time to init (s)                               1.250
+  exits to power-off                               991
+  time to power-off (s)                          1.300
+  VMM memory (KiB)                                1204
+  per tick, outside: - (one clock rate only)
+  unclaimed addresses, whole run: ports 0x70 0x80, MMIO none
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_linux_table_says_why_it_has_no_split() {
+        let a = linux(marker(1, None, &[("io", 9, 5)]), 2, 10);
+        let text = render_linux("t", &[(Some(10_000_000), Some(&a)), (Some(40_000_000), None)]);
+        assert!(text.contains(
+            "\n  io                                  9            5               -            -         -        -\n"
+        ));
+        assert!(text.ends_with("  per tick, outside: - (a run has no figures)\n"), "{text}");
+        let b = linux(marker(1, None, &[("io", 9, 5)]), 2, 10);
+        let text = render_linux("t", &[(Some(10_000_000), Some(&a)), (Some(40_000_000), Some(&b))]);
+        assert!(text.contains("\n  timer interrupts                    -                            -\n"), "{text}");
+        assert!(text.ends_with("(the kernel did not report the guest's timer interrupts)\n"), "{text}");
     }
 
     #[test]
@@ -483,8 +1090,122 @@ linux (exits up to /init)  vmx exits  vmx cycles/exit  svm exits  svm cycles/exi
         assert_eq!(
             both,
             "cycles and times are each machine's own TSC (vmx: Bochs' emulated TSC; svm: QEMU TCG's TSC, host-paced): \
-             compare runs of one column, not vmx with svm"
+             compare runs of one back end, not vmx with svm"
         );
         assert!(!tsc_note(&[(Vendor::Svm, Emulator::QemuKvm)]).contains("not vmx with svm"));
+    }
+
+    #[test]
+    fn the_clock_note_states_each_rate() {
+        let note = clock_note(Vendor::Vmx, Emulator::Bochs);
+        assert!(note.starts_with("vmx: Bochs' clock is ips=10000000 (the test cases' rate)"), "{note}");
+        assert!(note.contains("ips=10000000 and ips=40000000 for Linux"), "{note}");
+        assert!(clock_note(Vendor::Svm, Emulator::QemuTcgSvm).contains("cannot be set"));
+    }
+
+    #[test]
+    fn linux_figures_have_stable_keys() {
+        let f = linux(marker(4_000_000, Some(200), &[("cpuid", 1190, 500), ("timer", 400, 166)]), 5_000_000, 1700);
+        let keys: Vec<String> = linux_figures("vmx.linux-ttyS0", Some(10_000_000), &f)
+            .into_iter()
+            .map(|(k, v)| format!("{k} {}", number(v)))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "vmx.linux-ttyS0.ips 10000000",
+                "vmx.linux-ttyS0.marker.exits.cpuid 1190",
+                "vmx.linux-ttyS0.marker.exits.timer 400",
+                "vmx.linux-ttyS0.marker.cycles.cpuid 500",
+                "vmx.linux-ttyS0.marker.cycles.timer 166",
+                "vmx.linux-ttyS0.marker.exits 1590",
+                "vmx.linux-ttyS0.marker.timer-interrupts 200",
+                "vmx.linux-ttyS0.marker.exits-per-tick 7.95",
+                "vmx.linux-ttyS0.marker.micros 4000000",
+                "vmx.linux-ttyS0.power-off.exits 1700",
+                "vmx.linux-ttyS0.power-off.timer-interrupts 210",
+                "vmx.linux-ttyS0.power-off.micros 5000000",
+                "vmx.linux-ttyS0.vmm-memory-kib 1204",
+            ]
+        );
+        let split = LinuxSplit {
+            by_reason: vec![("cpuid".into(), Split { per_tick: 0.0, outside: 1190.0, clamped: false })],
+            per_tick: 1.0 / 3.0,
+            outside: 1190.4,
+        };
+        let keys: Vec<String> =
+            split_figures("vmx.linux-hvc0", &split).into_iter().map(|(k, v)| format!("{k} {}", number(v))).collect();
+        assert_eq!(
+            keys,
+            [
+                "vmx.linux-hvc0.per-tick.cpuid 0",
+                "vmx.linux-hvc0.per-tick.all 0.3333",
+                "vmx.linux-hvc0.outside.cpuid 1190",
+                "vmx.linux-hvc0.outside.all 1190",
+            ]
+        );
+    }
+
+    #[test]
+    fn saved_figures_read_back_as_written() {
+        let figures = vec![
+            figure("vmx.linux-ttyS0.marker.exits.cpuid".into(), 1190.0),
+            figure("vmx.linux-ttyS0.per-tick.all".into(), 3.41234567),
+            figure("svm.demo.micros".into(), 5000.0),
+            figure("vmx.linux-hvc0.per-tick.io".into(), 0.0),
+        ];
+        let text = write_figures("vmx on Bochs", &figures);
+        assert_eq!(
+            text,
+            "# cargo xtask bench: vmx on Bochs\n\
+             vmx.linux-ttyS0.marker.exits.cpuid 1190\n\
+             vmx.linux-ttyS0.per-tick.all 3.4123\n\
+             svm.demo.micros 5000\n\
+             vmx.linux-hvc0.per-tick.io 0\n"
+        );
+        assert_eq!(read_figures(&text).unwrap(), figures);
+        assert_eq!(read_figures("\n  # note\n a 1.5 \n").unwrap(), vec![("a".to_string(), 1.5)]);
+    }
+
+    #[test]
+    fn a_bad_saved_file_is_refused_naming_the_line() {
+        assert_eq!(read_figures("a 1\nb\n").unwrap_err(), "line 2: 'b' is not 'key value'");
+        assert_eq!(read_figures("a 1 2\n").unwrap_err(), "line 1: 'a 1 2' is not 'key value'");
+        assert_eq!(read_figures("# x\na lots\n").unwrap_err(), "line 2: 'lots' is not a number");
+        assert_eq!(read_figures("a NaN\n").unwrap_err(), "line 1: 'NaN' is not a finite number");
+        assert_eq!(read_figures("a 1\na 2\n").unwrap_err(), "line 2: a appears twice");
+    }
+
+    #[test]
+    fn a_comparison_shows_changes_and_what_either_side_lacks() {
+        let f = |pairs: &[(&str, f64)]| pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect::<Vec<Figure>>();
+        let saved = f(&[
+            ("vmx.linux-ttyS0.marker.exits", 200000.0),
+            ("vmx.linux-ttyS0.marker.exits.io", 38215.0),
+            ("vmx.linux-ttyS0.per-tick.all", 4.0),
+            ("vmx.linux-ttyS0.marker.exits.hlt", 0.0),
+            ("vmx.demo.exits.nmi", 3.0),
+            ("svm.demo.exits", 130.0),
+        ]);
+        let now = f(&[
+            ("vmx.linux-ttyS0.marker.exits", 150000.0),
+            ("vmx.linux-ttyS0.marker.exits.io", 38215.0),
+            ("vmx.linux-ttyS0.per-tick.all", 1.9512),
+            ("vmx.linux-ttyS0.marker.exits.hlt", 4.0),
+            ("vmx.linux-hvc0.marker.exits", 1400.0),
+        ]);
+        let expected = "\
+figure                              saved      now  change
+vmx.linux-ttyS0.marker.exits       200000   150000  -25.0%
+vmx.linux-ttyS0.marker.exits.io     38215    38215      0%
+vmx.linux-ttyS0.per-tick.all            4   1.9512  -51.2%
+vmx.linux-ttyS0.marker.exits.hlt        0        4  from 0
+vmx.linux-hvc0.marker.exits       missing     1400
+vmx.demo.exits.nmi                      3  missing
+(1 saved figures of back ends that did not run left out)
+";
+        assert_eq!(render_comparison(&saved, &now, &["vmx"]), expected);
+        let both = render_comparison(&saved, &now, &["vmx", "svm"]);
+        assert!(both.ends_with("svm.demo.exits                        130  missing\n"), "{both}");
     }
 }

@@ -68,10 +68,15 @@ commands:
                 [TARGET...]       only these (default: all)
                 --seconds N       per target (default 60)
                 --replay FILE     with one TARGET: run FILE through it once
-  bench       boot the test guests, then Debian Linux to its /init, on a VT-x and
-              an SVM machine; print per VM a table with a vmx and an svm column:
-              exits and hypervisor cycles by reason, time to init, VMM memory
-                --vendor vmx|svm  only that back end (the VT-x side is slow on Bochs)
+  bench       boot the test guests, then Debian Linux to its /init (console=ttyS0,
+              then console=hvc0 quiet), on a VT-x and an SVM machine; print exits
+              and hypervisor cycles by reason, timer interrupts, time to init, VMM
+              memory; under Bochs Linux runs at two clock rates (ips) and each
+              reason's exits are split into per timer tick and outside timer
+              handling (see README.md, 'Benchmarks')
+                --vendor vmx|svm  only that back end (the VT-x side takes minutes on Bochs)
+                --save FILE       write every figure to FILE, one 'key value' a line
+                --compare FILE    print each figure next to FILE's, with the change
   build       build the kernel and write BIOS and UEFI images to target/basalt/
   setup       install what the other commands need (Debian packages, rustup parts)
   help        this text
