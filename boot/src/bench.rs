@@ -189,6 +189,37 @@ struct Side {
     guests: Result<Vec<VmFigures>, String>,
     /// Per entry of [`CONSOLES`], its runs.
     linux: Vec<Vec<LinuxRun>>,
+    /// The 2-vCPU guest whose vCPUs exit at once.
+    smp: Result<Vec<Throughput>, String>,
+}
+
+/// One "throughput DEVICES: one vCPU X exits per million ticks, two vCPUs Y: Rx"
+/// line of the smp-throughput guest: exits per million guest TSC ticks of one
+/// vCPU alone and of two at once, on devices of their own.
+#[derive(Debug, PartialEq)]
+pub struct Throughput {
+    pub devices: String,
+    pub one: f64,
+    pub two: f64,
+}
+
+impl Throughput {
+    /// 2.0 when the two vCPUs do not slow each other down at all.
+    pub fn ratio(&self) -> f64 {
+        if self.one > 0.0 {
+            self.two / self.one
+        } else {
+            0.0
+        }
+    }
+}
+
+pub fn parse_throughput(line: &str) -> Option<Throughput> {
+    let rest = &line[line.find("throughput ")? + "throughput ".len()..];
+    let (devices, rest) = rest.split_once(": one vCPU ")?;
+    let (one, rest) = rest.split_once(" exits per million ticks, two vCPUs ")?;
+    let (two, _) = rest.split_once(':')?;
+    Some(Throughput { devices: devices.to_string(), one: one.parse().ok()?, two: two.parse().ok()? })
 }
 
 /// The clocks Linux runs at on this emulator: two where it can be set.
@@ -252,7 +283,8 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
                         .collect()
                 })
                 .collect();
-            Side { vendor, emulator, guests, linux }
+            let smp = bench_smp(vendor, emulator, &kernel);
+            Side { vendor, emulator, guests, linux, smp }
         })
         .collect();
     sides.sort_by_key(|s| Vendor::ALL.iter().position(|&v| v == s.vendor));
@@ -273,6 +305,8 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         }
     }
 
+    print!("\n{}", render_smp(&sides));
+
     let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
     if let (Some(saved), Some(file)) = (&saved, &compare) {
         let ran: Vec<&str> = sides.iter().map(|s| s.vendor.name()).collect();
@@ -289,7 +323,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let mut failed = false;
     for side in &sides {
         let linux = side.linux.iter().flatten().filter_map(|r| r.figures.as_ref().err());
-        for error in side.guests.as_ref().err().into_iter().chain(linux) {
+        for error in side.guests.as_ref().err().into_iter().chain(linux).chain(side.smp.as_ref().err()) {
             eprintln!("xtask: bench {} on {}: {error}", side.vendor.name(), side.emulator.name());
             failed = true;
         }
@@ -376,6 +410,54 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec
         ));
     }
     Ok(figures)
+}
+
+/// Boots the 2-vCPU smp-throughput guest on a 2-CPU machine: its figures,
+/// one per kind of device.
+fn bench_smp(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec<Throughput>, String> {
+    let vm = GuestVm { memory_mib: 32, vcpus: 2, ..vm("smp", "smp-throughput", "elf", None) };
+    let dir = workspace_root().join("target/basalt/bench-smp").join(vendor.name());
+    let bundle = guests::bundle(emulator.exit_option(), std::slice::from_ref(&vm))?;
+    let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
+    let what = format!("{} on {}: two vCPUs exiting at once", vendor.name(), emulator.name());
+    let run = timed(&what, || {
+        let machine = Machine { cpus: 2, ..machine(emulator, 256, emulator::BOCHS_IPS) };
+        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
+        let elapsed = run.elapsed;
+        Ok((run, elapsed))
+    })?;
+    let figures: Vec<Throughput> = run.serial.lines().filter_map(parse_throughput).collect();
+    if figures.is_empty() {
+        return Err(format!(
+            "the smp-throughput guest printed no figures ({:?}); see {}",
+            run.ending,
+            dir.join("serial.log").display()
+        ));
+    }
+    Ok(figures)
+}
+
+/// Two vCPUs of one VM exiting at once, per back end: exits per million
+/// ticks of one vCPU, of two, and the ratio (2.00: no slowdown at all).
+fn render_smp(sides: &[Side]) -> String {
+    let mut rows =
+        vec![vec!["two vCPUs exiting at once".to_string(), "one vCPU".into(), "two vCPUs".into(), "ratio".into()]];
+    for side in sides {
+        match &side.smp {
+            Ok(figures) => rows.extend(figures.iter().map(|f| {
+                vec![
+                    format!("  {} on {}", f.devices, side.vendor.name()),
+                    format!("{:.2}", f.one),
+                    format!("{:.2}", f.two),
+                    format!("{:.2}", f.ratio()),
+                ]
+            })),
+            Err(_) => rows.push(vec![format!("  {}", side.vendor.name()), dash(), dash(), dash()]),
+        }
+    }
+    let mut out = layout(&rows);
+    out.push_str("  (exits per million guest TSC ticks; each vCPU on a device of its own)\n");
+    out
 }
 
 /// Boots Debian's kernel on one back end to its /init marker and power-off,
@@ -709,6 +791,12 @@ fn side_figures(side: &Side) -> Vec<Figure> {
         }
         out.push(figure(format!("{at}.vmm-memory-kib"), f.overhead_kib as f64));
     }
+    for f in side.smp.iter().flatten() {
+        let at = format!("{v}.smp.{}", f.devices.replace(' ', "-"));
+        out.push(figure(format!("{at}.one"), f.one));
+        out.push(figure(format!("{at}.two"), f.two));
+        out.push(figure(format!("{at}.ratio"), f.ratio()));
+    }
     for (console, runs) in CONSOLES.iter().zip(&side.linux) {
         let base = format!("{v}.{}", console.key);
         for (index, run) in runs.iter().enumerate() {
@@ -864,6 +952,21 @@ pub fn render_comparison(saved: &[Figure], now: &[Figure], ran: &[&str]) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throughput_lines_parse() {
+        let line = "[   2.89 cpu0] INFO  vm smp | throughput local APICs: one vCPU 576.81 exits per million ticks, \
+                    two vCPUs 669.13: 1.16x";
+        let f = parse_throughput(line).unwrap();
+        assert_eq!(f, Throughput { devices: "local APICs".into(), one: 576.81, two: 669.13 });
+        assert!((f.ratio() - 1.16).abs() < 0.001);
+        assert_eq!(Throughput { devices: "ports".into(), one: 0.0, two: 5.0 }.ratio(), 0.0);
+        assert_eq!(
+            parse_throughput("vm smp | throughput ports: one vCPU x exits per million ticks, two vCPUs 1: 1x"),
+            None
+        );
+        assert_eq!(parse_throughput("vm smp | smp throughput guest: starting vCPU 1"), None);
+    }
 
     #[test]
     fn counter_lines_parse() {
