@@ -28,4 +28,9 @@ pub trait Backend: vmexit::Vcpu {
     /// Err when the CPU refused the entry instruction itself.
     fn enter(&mut self) -> Result<Exit, Stop>;
     fn counters(&mut self) -> &mut ExitCounters;
+    /// With `profile=loop` (`run::profiling_loop`): the TSC just after the
+    /// guest's last exit, before `enter` read what the exit was.
+    fn left_guest_at(&self) -> Option<u64> {
+        None
+    }
 }

@@ -388,11 +388,18 @@ impl Backend for Vcpu {
         // SAFETY: the VMCS is current (switch_in) and fully set up by `setup`.
         unsafe { vmx::instructions::enter(&mut self.regs, self.launched) }
             .map_err(|e| Stop::EntryFailed(alloc::format!("{e}")))?;
+        if crate::vmm::run::profiling_loop() {
+            self.left_guest_at = crate::time::rdtsc();
+        }
         self.launched = true;
         Ok(exit::translate(self))
     }
 
     fn counters(&mut self) -> &mut ExitCounters {
         &mut self.counters
+    }
+
+    fn left_guest_at(&self) -> Option<u64> {
+        Some(self.left_guest_at)
     }
 }

@@ -44,6 +44,8 @@ pub struct Vcpu {
     pub(super) launched: bool,
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
+    /// `profile=loop`: the TSC when the guest last exited.
+    pub(super) left_guest_at: u64,
     /// Guest state VMX does not switch and the host never uses: loaded when the
     /// vCPU starts running on a core, saved and cleared when it leaves.
     pub(super) switched: SwitchedState,
@@ -115,6 +117,7 @@ impl Vcpu {
             launched: false,
             regs: GuestRegisters::default(),
             counters: ExitCounters::new(),
+            left_guest_at: 0,
             switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),
