@@ -219,7 +219,13 @@ impl Rtc {
             MONTH => t.month = self.decode(value).clamp(1, 12),
             YEAR => t.year = t.year / 100 * 100 + self.decode(value) % 100,
             CENTURY => t.year = self.decode(value) * 100 + t.year % 100,
-            REG_A => self.ram[REG_A] = value & 0x7f,
+            // The flags up to now come from the rate they ran at (the next
+            // `poll` may be a while away: `Chipset::poll` skips the RTC until
+            // its next flag is due).
+            REG_A => {
+                self.update_flags(now);
+                self.ram[REG_A] = value & 0x7f;
+            }
             REG_B => {
                 self.update_flags(now);
                 self.ram[REG_B] = value;
@@ -272,6 +278,19 @@ impl Rtc {
         let before = self.ram[REG_C] & C_IRQF;
         self.update_flags(now);
         before == 0 && self.ram[REG_C] & C_IRQF != 0
+    }
+
+    /// The first moment `poll` can change anything (a second or periodic
+    /// boundary past the last check), whether or not an interrupt is
+    /// enabled for it; None when no flag can come up. Never after
+    /// `next_event`. Until then `poll` is
+    /// a no-op, and a later one catches up exactly as each would have.
+    pub fn next_flag_change(&self) -> Option<u64> {
+        let after = |period: u64| self.flags_checked.checked_add(1)?.div_ceil(period).checked_mul(period);
+        // Every second boundary, SET or not (`next_event` may name one).
+        let update = after(self.tsc_hz.max(1));
+        let periodic = self.periodic_period().and_then(after);
+        update.into_iter().chain(periodic).min()
     }
 
     /// When the next enabled interrupt falls due.

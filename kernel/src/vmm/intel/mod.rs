@@ -345,6 +345,7 @@ impl vmexit::Vcpu for Vcpu {
 
     fn halt(&mut self) {
         write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
+        self.halt_requested = true;
     }
 }
 
