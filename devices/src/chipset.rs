@@ -108,8 +108,9 @@ pub struct ChipsetConfig {
 /// timers are looked at in every `poll`, cheaply.
 #[derive(Clone, Copy, Debug)]
 struct PollCache {
-    /// The PIT's next terminal count and the RTC's next flag change (each
-    /// routed or not: `poll` raises their lines either way).
+    /// The PIT's next terminal count (routed or not: `poll` raises its line
+    /// either way) and the RTC's next enabled interrupt (the flags of the
+    /// others come out the same whenever they are next worked out).
     pit_due: u64,
     rtc_due: u64,
     /// A virtio device has work a `poll` would do (a backlog, input).
@@ -552,7 +553,7 @@ impl Chipset {
         }
         self.poll_cache = Some(PollCache {
             pit_due: self.pit.next_irq0().unwrap_or(u64::MAX),
-            rtc_due: self.rtc.next_flag_change().unwrap_or(u64::MAX),
+            rtc_due: self.rtc.next_event().unwrap_or(u64::MAX),
             virtio_work: self.virtio.iter().any(|(v, _)| v.has_work()),
             platform_deadline: self.platform_deadline(),
         });

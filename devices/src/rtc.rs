@@ -221,7 +221,7 @@ impl Rtc {
             CENTURY => t.year = self.decode(value) * 100 + t.year % 100,
             // The flags up to now come from the rate they ran at (the next
             // `poll` may be a while away: `Chipset::poll` skips the RTC until
-            // its next flag is due).
+            // its next interrupt is due).
             REG_A => {
                 self.update_flags(now);
                 self.ram[REG_A] = value & 0x7f;
@@ -280,20 +280,9 @@ impl Rtc {
         before == 0 && self.ram[REG_C] & C_IRQF != 0
     }
 
-    /// The first moment `poll` can change anything (a second or periodic
-    /// boundary past the last check), whether or not an interrupt is
-    /// enabled for it; None when no flag can come up. Never after
-    /// `next_event`. Until then `poll` is
-    /// a no-op, and a later one catches up exactly as each would have.
-    pub fn next_flag_change(&self) -> Option<u64> {
-        let after = |period: u64| self.flags_checked.checked_add(1)?.div_ceil(period).checked_mul(period);
-        // Every second boundary, SET or not (`next_event` may name one).
-        let update = after(self.tsc_hz.max(1));
-        let periodic = self.periodic_period().and_then(after);
-        update.into_iter().chain(periodic).min()
-    }
-
-    /// When the next enabled interrupt falls due.
+    /// When the next enabled interrupt falls due. Until then `poll` raises
+    /// nothing, and the flags it would set are worked out as well by the
+    /// next `update_flags` (a later poll, a register C read or B write).
     pub fn next_event(&self) -> Option<u64> {
         if self.ram[REG_C] & C_IRQF != 0 {
             return None; // waiting for the guest to read register C
