@@ -559,6 +559,17 @@ impl Chipset {
         });
     }
 
+    /// Whether `poll(now)` would do anything: a timer due (any local APIC's,
+    /// the PIT's, the RTC's), virtio work, or no cache to tell. False lets
+    /// the VMM skip it (the TSC-deadline fast path).
+    pub fn poll_due(&self, now: u64) -> bool {
+        let Some(cache) = self.poll_cache else { return true };
+        cache.virtio_work
+            || now >= cache.pit_due
+            || now >= cache.rtc_due
+            || self.lapics.iter().any(|apic| apic.next_deadline().is_some_and(|at| now >= at))
+    }
+
     /// The next moment a timer could interrupt `vcpu`: the VMM makes sure it gets
     /// control back by then. 0 (at once) while a virtio device has work left
     /// over from a call that reached its bound, for the next `poll` to go on
@@ -639,6 +650,18 @@ impl Chipset {
     /// count: each vCPU already comes back by its own `next_deadline`.
     pub fn take_wakeup(&mut self, vcpu: usize) -> bool {
         core::mem::take(&mut self.wakeups[vcpu])
+    }
+
+    /// `take_wakeup` without taking it.
+    pub fn has_wakeup(&self, vcpu: usize) -> bool {
+        self.wakeups[vcpu]
+    }
+
+    /// APIC virtualisation: whether `vcpu`'s local APIC changed since its
+    /// last mirror into the virtual-APIC page (anything but its timer's
+    /// deadline: an interrupt arrived, a register was written).
+    pub fn lapic_mirror_stale(&self, vcpu: usize) -> bool {
+        self.lapics[vcpu].mirror_is_stale()
     }
 
     /// An INIT resets the vCPU's local APIC as well as the vCPU.

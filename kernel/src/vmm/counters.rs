@@ -81,10 +81,13 @@ pub enum Phase {
     Dispatch,
     /// Counting the exit, the output backlog check.
     Count,
+    /// A TSC-deadline write done on the fast path (`run.rs`), instead of
+    /// the other phases from the exit to the entry.
+    Fast,
 }
 
 impl Phase {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     pub const NAMES: [&'static str; Self::COUNT] = [
         "checks",
         "lock",
@@ -98,6 +101,7 @@ impl Phase {
         "sync-out",
         "dispatch",
         "count",
+        "fast",
     ];
 }
 

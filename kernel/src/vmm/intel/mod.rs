@@ -385,6 +385,10 @@ impl Backend for Vcpu {
         self.absorb_local_apic(chipset);
     }
 
+    fn guest_view_current(&self, chipset: &Chipset) -> bool {
+        self.view_current(chipset)
+    }
+
     fn enter(&mut self) -> Result<Exit, Stop> {
         // SAFETY: the VMCS is current (switch_in) and fully set up by `setup`.
         unsafe { vmx::instructions::enter(&mut self.regs, self.launched) }

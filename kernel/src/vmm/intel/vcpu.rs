@@ -347,6 +347,21 @@ impl Vcpu {
         }
     }
 
+    /// With virtual-interrupt delivery on: the model has not changed since
+    /// its last mirror (a stale model, a blank page or a HLT to check are
+    /// the mirror's work), so the page, RVI/SVI and the EOI-exit bitmap are
+    /// what the model would write, and everything the guest does there the
+    /// CPU does; skipping the absorb too leaves the model as it was, with
+    /// the page ahead of it as after any exit, until the next absorb.
+    pub(super) fn view_current(&self, chipset: &devices::Chipset) -> bool {
+        let index = self.index as usize;
+        self.delivery_on
+            && !self.virtual_apic_blank
+            && !self.halt_requested
+            && self.delivers_in(chipset.apic_mode(index))
+            && !chipset.lapic_mirror_stale(index)
+    }
+
     /// Whether the CPU delivers the APIC's interrupts while it is in `mode`:
     /// only the xAPIC's page is virtualised (an x2APIC guest's EOIs and IPIs
     /// are MSR exits the model handles, so it keeps IRR and ISR itself).
