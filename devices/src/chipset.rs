@@ -101,6 +101,25 @@ pub struct ChipsetConfig {
     pub com1_unbuffered: bool,
 }
 
+/// What the last full `poll` worked out about the clocks, so that the
+/// next ones can skip what cannot have come due: valid until a port or MMIO
+/// access (which may reprogram the PIT or RTC, mask an IRQ, or give a virtio
+/// device work) or a new device. The local APICs are not in it: their
+/// timers are looked at in every `poll`, cheaply.
+#[derive(Clone, Copy, Debug)]
+struct PollCache {
+    /// The PIT's next terminal count (routed or not: `poll` raises its line
+    /// either way) and the RTC's next enabled interrupt (the flags of the
+    /// others come out the same whenever they are next worked out).
+    pit_due: u64,
+    rtc_due: u64,
+    /// A virtio device has work a `poll` would do (a backlog, input).
+    virtio_work: bool,
+    /// `next_deadline` without the local APIC's: the routed PIT and RTC
+    /// interrupts, 0 for a virtio backlog.
+    platform_deadline: Option<u64>,
+}
+
 pub struct Chipset {
     lapics: Vec<LocalApic>,
     ioapic: IoApic,
@@ -126,6 +145,8 @@ pub struct Chipset {
     virtio: Vec<(VirtioMmio, bool)>,
     /// Further MMIO devices.
     pub mmio: MmioBus,
+    /// None: worked out again at the next `poll` (see `PollCache`).
+    poll_cache: Option<PollCache>,
 }
 
 impl Chipset {
@@ -164,11 +185,13 @@ impl Chipset {
             ports: PortBus::new(),
             virtio: Vec::new(),
             mmio: MmioBus::new(),
+            poll_cache: None,
         }
     }
 
     /// Plugs a virtio device into the next free slot; returns the slot.
     pub fn add_virtio(&mut self, device: alloc::boxed::Box<dyn VirtioDevice>) -> Result<usize, &'static str> {
+        self.poll_cache = None;
         if self.virtio.len() == layout::VIRTIO_SLOTS {
             return Err("all virtio slots are in use");
         }
@@ -234,12 +257,14 @@ impl Chipset {
 
     /// Bytes typed for the guest's serial console.
     pub fn com1_input(&mut self, bytes: &[u8]) {
+        self.poll_cache = None;
         self.com1.push_input(bytes);
         self.update_com1_line();
     }
 
     pub fn port_read(&mut self, port: u16, size: u8, now: u64) -> u32 {
         use crate::bus::PortDevice;
+        self.forget_poll_cache_for(port);
         match port {
             layout::PIC_MASTER | 0x21 => self.pic.read(0, port - layout::PIC_MASTER) as u32,
             layout::PIC_SLAVE | 0xa1 => self.pic.read(1, port - layout::PIC_SLAVE) as u32,
@@ -264,6 +289,7 @@ impl Chipset {
     pub fn port_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Option<Request> {
         use crate::bus::PortDevice;
         let byte = value as u8;
+        self.forget_poll_cache_for(port);
         match port {
             layout::PIC_MASTER | 0x21 => self.pic.write(0, port - layout::PIC_MASTER, byte),
             layout::PIC_SLAVE | 0xa1 => self.pic.write(1, port - layout::PIC_SLAVE, byte),
@@ -284,6 +310,19 @@ impl Chipset {
             _ => return self.ports.write(port, size, value),
         }
         None
+    }
+
+    /// The ports whose accesses can move the PIT's or the RTC's next event
+    /// or mask an IRQ (a read too: a PIT read-back, RTC register C) drop
+    /// the poll cache; the rest (COM1, the PM timer, the buses) cannot.
+    fn forget_poll_cache_for(&mut self, port: u16) {
+        if matches!(
+            port,
+            layout::PIC_MASTER | 0x21 | layout::PIC_SLAVE | 0xa1 | layout::PIC_ELCR | 0x4d1 | 0x40
+                ..=0x43 | layout::SYSTEM_CONTROL | layout::RTC | 0x71
+        ) {
+            self.poll_cache = None;
+        }
     }
 
     /// An MMIO read by `vcpu` (the local APIC page is per vCPU, and only
@@ -332,12 +371,16 @@ impl Chipset {
             return None;
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            // A pin may be masked or unmasked.
+            self.poll_cache = None;
             if let Some(message) = self.ioapic.write(offset & !3, value as u32) {
                 self.deliver(None, message);
             }
             return None;
         }
         if let Some((slot, offset)) = self.virtio_at(address) {
+            // A notification may leave a backlog.
+            self.poll_cache = None;
             self.virtio[slot].0.write(offset, value as u32, ram);
             self.update_virtio_line(slot);
             return None;
@@ -485,13 +528,22 @@ impl Chipset {
 
     /// Runs the clocks up to `now`: timers that expired raise their interrupts;
     /// devices with input waiting deliver it.
+    ///
+    /// Most calls find nothing due but a local APIC's timer: the PIT, the RTC
+    /// and the virtio devices are skipped until the moment the last full
+    /// call worked out (`PollCache`), which is what they would have done.
     pub fn poll(&mut self, now: u64, ram: &mut dyn GuestRam) {
+        for apic in &mut self.lapics {
+            apic.poll(now);
+        }
+        if let Some(cache) = self.poll_cache {
+            if !cache.virtio_work && now < cache.pit_due && now < cache.rtc_due {
+                return;
+            }
+        }
         for slot in 0..self.virtio.len() {
             self.virtio[slot].0.poll(ram);
             self.update_virtio_line(slot);
-        }
-        for apic in &mut self.lapics {
-            apic.poll(now);
         }
         for _ in 0..self.pit.poll_irq0(now).min(1) {
             self.pulse_isa_irq(layout::IRQ_PIT);
@@ -499,6 +551,23 @@ impl Chipset {
         if self.rtc.poll(now) {
             self.pulse_isa_irq(layout::IRQ_RTC);
         }
+        self.poll_cache = Some(PollCache {
+            pit_due: self.pit.next_irq0().unwrap_or(u64::MAX),
+            rtc_due: self.rtc.next_event().unwrap_or(u64::MAX),
+            virtio_work: self.virtio.iter().any(|(v, _)| v.has_work()),
+            platform_deadline: self.platform_deadline(),
+        });
+    }
+
+    /// Whether `poll(now)` would do anything: a timer due (any local APIC's,
+    /// the PIT's, the RTC's), virtio work, or no cache to tell. False lets
+    /// the VMM skip it (the TSC-deadline fast path).
+    pub fn poll_due(&self, now: u64) -> bool {
+        let Some(cache) = self.poll_cache else { return true };
+        cache.virtio_work
+            || now >= cache.pit_due
+            || now >= cache.rtc_due
+            || self.lapics.iter().any(|apic| apic.next_deadline().is_some_and(|at| now >= at))
     }
 
     /// The next moment a timer could interrupt `vcpu`: the VMM makes sure it gets
@@ -506,12 +575,21 @@ impl Chipset {
     /// over from a call that reached its bound, for the next `poll` to go on
     /// with.
     pub fn next_deadline(&self, vcpu: usize) -> Option<u64> {
+        let platform = match self.poll_cache {
+            Some(cache) => cache.platform_deadline,
+            None => self.platform_deadline(),
+        };
+        [self.lapics[vcpu].next_deadline(), platform].into_iter().flatten().min()
+    }
+
+    /// `next_deadline` but for the local APICs' timers.
+    fn platform_deadline(&self) -> Option<u64> {
         let routed =
             |irq: u8| self.ioapic.pin_unmasked(layout::gsi_of_isa_irq(irq) as usize) || self.pic.irq_unmasked(irq);
         let pit = self.pit.next_irq0().filter(|_| routed(layout::IRQ_PIT));
         let rtc = self.rtc.next_event().filter(|_| routed(layout::IRQ_RTC));
         let device_work = self.virtio.iter().any(|(v, _)| v.has_backlog()).then_some(0);
-        [self.lapics[vcpu].next_deadline(), pit, rtc, device_work].into_iter().flatten().min()
+        [pit, rtc, device_work].into_iter().flatten().min()
     }
 
     /// Whether `vcpu` has an interrupt to take when it can.
@@ -572,6 +650,18 @@ impl Chipset {
     /// count: each vCPU already comes back by its own `next_deadline`.
     pub fn take_wakeup(&mut self, vcpu: usize) -> bool {
         core::mem::take(&mut self.wakeups[vcpu])
+    }
+
+    /// `take_wakeup` without taking it.
+    pub fn has_wakeup(&self, vcpu: usize) -> bool {
+        self.wakeups[vcpu]
+    }
+
+    /// APIC virtualisation: whether `vcpu`'s local APIC changed since its
+    /// last mirror into the virtual-APIC page (anything but its timer's
+    /// deadline: an interrupt arrived, a register was written).
+    pub fn lapic_mirror_stale(&self, vcpu: usize) -> bool {
+        self.lapics[vcpu].mirror_is_stale()
     }
 
     /// An INIT resets the vCPU's local APIC as well as the vCPU.
@@ -847,6 +937,116 @@ mod tests {
         c.poll(first, &mut NoRam);
         assert_eq!(c.take_interrupt(0), Some(0x08));
         assert_eq!(c.take_interrupt(0), None);
+    }
+
+    /// `poll` skipping what is not due (`PollCache`) changes nothing: a
+    /// chipset whose cache is dropped before every poll (every device polled
+    /// each time, as before the cache) and one that keeps it see the same
+    /// interrupts, deadlines and RTC flags through random PIT, RTC, PIC,
+    /// IOAPIC and local APIC timer programming and random steps of time.
+    #[test]
+    fn polls_skipping_what_is_not_due_match_polling_everything() {
+        for seed in 0..40 {
+            let mut rng = basalt_fuzz::Rng::new(seed);
+            let (mut cached, _) = chipset(1);
+            let (mut full, _) = chipset(1);
+            let mut now = 0u64;
+            for step in 0..600 {
+                let op = rng.below(14);
+                let mut both = |f: &mut dyn FnMut(&mut Chipset)| {
+                    f(&mut cached);
+                    f(&mut full);
+                };
+                match op {
+                    0 => {
+                        // PIT channel 0: mode 2 or 3 (periodic) or 0 (one-shot).
+                        let mode = rng.pick(&[0x30u32, 0x34, 0x36]);
+                        let reload = rng.below(0x4000) as u32 + 1;
+                        both(&mut |c| {
+                            c.port_write(0x43, 1, mode, now);
+                            c.port_write(0x40, 1, reload & 0xff, now);
+                            c.port_write(0x40, 1, reload >> 8, now);
+                        });
+                    }
+                    1 => {
+                        // RTC register A (periodic rate) or B (enables, SET).
+                        let (register, value) = if rng.chance(2) {
+                            (0x0a, 0x20 | rng.below(16) as u32)
+                        } else {
+                            (0x0b, rng.below(256) as u32 & 0xf2)
+                        };
+                        both(&mut |c| {
+                            c.port_write(0x70, 1, register, now);
+                            c.port_write(0x71, 1, value, now);
+                        });
+                    }
+                    2 => {
+                        // Read (and so clear) register C.
+                        let (a, b) = (
+                            {
+                                cached.port_write(0x70, 1, 0x0c, now);
+                                cached.port_read(0x71, 1, now)
+                            },
+                            {
+                                full.port_write(0x70, 1, 0x0c, now);
+                                full.port_read(0x71, 1, now)
+                            },
+                        );
+                        assert_eq!(a, b, "seed {seed} step {step}: register C");
+                    }
+                    3 => {
+                        let init: [(u16, u32); 5] = [(0x20, 0x11), (0x21, 0x08), (0x21, 4), (0x21, 1), (0x21, 0)];
+                        let mask = rng.below(256) as u32;
+                        both(&mut |c| {
+                            for (port, value) in init {
+                                c.port_write(port, 1, value, now);
+                            }
+                            c.port_write(0x21, 1, mask, now);
+                        });
+                    }
+                    4 => {
+                        let pin = rng.pick(&[2u32, 8]);
+                        let low = (0x30 + pin) | if rng.chance(3) { 1 << 16 } else { 0 };
+                        both(&mut |c| {
+                            enable_apic(c, 0);
+                            ioapic_route(c, pin, low, 0);
+                        });
+                    }
+                    5 => {
+                        let deadline = now + rng.below(5_000_000);
+                        both(&mut |c| {
+                            lapic_write(c, 0, reg::LVT_TIMER, (2 << 17) | 0xec, now);
+                            c.set_tsc_deadline(0, deadline);
+                        });
+                    }
+                    7 => {
+                        // COM1 (its interrupt on IRQ 4) and the PM timer: no clock of `poll`'s.
+                        let (port, value) = (rng.pick(&[0x3f8u16, 0x3f9, 0x3fc]), rng.below(16) as u32);
+                        both(&mut |c| {
+                            c.port_write(port, 1, value, now);
+                            c.port_read(0x608, 4, now);
+                        });
+                    }
+                    6 => {
+                        // End whatever is in service.
+                        both(&mut |c| {
+                            lapic_write(c, 0, reg::EOI, 0, now);
+                            c.port_write(0x20, 1, 0x20, now);
+                        });
+                    }
+                    _ => {
+                        now += rng.pick(&[1u64, 1_000, 100_000, 1_000_000, 20_000_000]) * (1 + rng.below(3));
+                        full.poll_cache = None;
+                        full.poll(now, &mut NoRam);
+                        cached.poll(now, &mut NoRam);
+                        assert_eq!(cached.next_deadline(0), full.next_deadline(0), "seed {seed} step {step}");
+                        for _ in 0..3 {
+                            assert_eq!(cached.take_interrupt(0), full.take_interrupt(0), "seed {seed} step {step}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

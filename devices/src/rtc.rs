@@ -219,7 +219,13 @@ impl Rtc {
             MONTH => t.month = self.decode(value).clamp(1, 12),
             YEAR => t.year = t.year / 100 * 100 + self.decode(value) % 100,
             CENTURY => t.year = self.decode(value) * 100 + t.year % 100,
-            REG_A => self.ram[REG_A] = value & 0x7f,
+            // The flags up to now come from the rate they ran at (the next
+            // `poll` may be a while away: `Chipset::poll` skips the RTC until
+            // its next interrupt is due).
+            REG_A => {
+                self.update_flags(now);
+                self.ram[REG_A] = value & 0x7f;
+            }
             REG_B => {
                 self.update_flags(now);
                 self.ram[REG_B] = value;
@@ -274,7 +280,9 @@ impl Rtc {
         before == 0 && self.ram[REG_C] & C_IRQF != 0
     }
 
-    /// When the next enabled interrupt falls due.
+    /// When the next enabled interrupt falls due. Until then `poll` raises
+    /// nothing, and the flags it would set are worked out as well by the
+    /// next `update_flags` (a later poll, a register C read or B write).
     pub fn next_event(&self) -> Option<u64> {
         if self.ram[REG_C] & C_IRQF != 0 {
             return None; // waiting for the guest to read register C

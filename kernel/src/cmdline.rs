@@ -14,6 +14,9 @@ pub struct Options {
     /// How much of the CPU's APIC virtualisation to use, at most (`apicv=`),
     /// to compare or to test the other paths.
     pub apic_virtualization: ApicVirtualization,
+    /// `profile=loop`: the run loop times its fixed work per entry, phase by
+    /// phase, and each VM's report gets a line with the averages.
+    pub profile_loop: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,8 @@ pub fn parse(text: &str) -> Options {
             ("apicv", "off") => options.apic_virtualization = ApicVirtualization::Off,
             ("apicv", "registers") => options.apic_virtualization = ApicVirtualization::Registers,
             ("apicv", "on") => options.apic_virtualization = ApicVirtualization::Full,
+            ("profile", "loop") => options.profile_loop = true,
+            ("profile", "off") => options.profile_loop = false,
             _ => log::warn!("ignoring unknown boot option '{word}'"),
         }
     }

@@ -76,6 +76,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     };
     let options = cmdline::parse(text_of(command_line));
     vmm::intel::cpu::limit_apic_virtualization(options.apic_virtualization);
+    vmm::run::set_profile_loop(options.profile_loop);
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
     }

@@ -15,7 +15,8 @@ use core::sync::atomic::Ordering;
 type CheckResult = Result<String, String>;
 
 pub fn run(map: &MapSummary, smp: &SmpResult) -> bool {
-    let checks: [(&str, &dyn Fn() -> CheckResult); 6] = [
+    let checks: [(&str, &dyn Fn() -> CheckResult); 7] = [
+        ("boot options", &check_boot_options),
         ("cpus", &|| check_cpus(smp)),
         ("memory map", &|| check_memory_map(map)),
         ("frames", &check_frames),
@@ -39,6 +40,30 @@ pub fn run(map: &MapSummary, smp: &SmpResult) -> bool {
         log::error!("selftest: FAILED {failed} check(s)");
     }
     failed == 0
+}
+
+/// The parser of the boot command line, on words whose meaning is known
+/// (unknown ones only log a warning).
+fn check_boot_options() -> CheckResult {
+    use crate::cmdline::{parse, ApicVirtualization};
+    let cases: [(&str, bool, ApicVirtualization); 6] = [
+        ("", false, ApicVirtualization::Full),
+        ("profile=loop", true, ApicVirtualization::Full),
+        ("selftest profile=loop apicv=off", true, ApicVirtualization::Off),
+        ("profile=loop profile=off", false, ApicVirtualization::Full),
+        ("profile=off profile=loop", true, ApicVirtualization::Full),
+        ("apicv=registers  selftest", false, ApicVirtualization::Registers),
+    ];
+    for (text, profile_loop, apicv) in cases {
+        let options = parse(text);
+        if (options.profile_loop, options.apic_virtualization) != (profile_loop, apicv) {
+            return Err(format!(
+                "'{text}' gave profile_loop={} apicv={:?}, expected {profile_loop} and {apicv:?}",
+                options.profile_loop, options.apic_virtualization
+            ));
+        }
+    }
+    Ok(format!("{} command lines parsed as expected", cases.len()))
 }
 
 fn check_cpus(smp: &SmpResult) -> CheckResult {

@@ -32,6 +32,7 @@ pub mod vmcall;
 mod xsetbv;
 
 pub use exit::{CrAccess, Exit, PortIo, SegmentRegister, StringIo};
+pub use msr::fast_tsc_deadline;
 pub use outcome::{Outcome, Stop};
 pub use vcpu::Vcpu;
 

@@ -15,6 +15,7 @@ use crate::cr::with_long_mode;
 use crate::{tsc, Host, Machine, Outcome, Vcpu, GP};
 use arch::control::{cr0, efer};
 use devices::chipset::REFUSED_MSRS_LOGGED;
+use devices::Chipset;
 
 const IA32_TSC: u32 = 0x10;
 const IA32_APIC_BASE: u32 = 0x1b;
@@ -152,6 +153,27 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
     }
     crate::debug::skip(vcpu);
     Outcome::Resume
+}
+
+/// The run loop's fast path for a WRMSR exit, before `dispatch`: a write
+/// of IA32_TSC_DEADLINE (one per guest timer tick) with RFLAGS.TF clear and
+/// a deadline ahead of the host's `now` (or 0, disarming) is done here as
+/// `wrmsr` does it: the vCPU's timer armed in the guest's TSC, the
+/// instruction completed (RF cleared). Returns whether it was; if not,
+/// nothing changed and the exit goes to `dispatch` (a passed deadline
+/// fires there and in the poll that follows; TF owes a #DB).
+pub fn fast_tsc_deadline(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, now: u64) -> bool {
+    if vcpu.gpr(RCX) as u32 != IA32_TSC_DEADLINE || vcpu.rflags() & crate::vcpu::RFLAGS_TF != 0 {
+        return false;
+    }
+    let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
+    let fires_at = tsc::deadline_on_host(value, vcpu.tsc_offset(), now);
+    if value != 0 && fires_at <= now {
+        return false;
+    }
+    chipset.arm_tsc_deadline(vcpu.index(), value, fires_at);
+    crate::debug::skip(vcpu);
+    true
 }
 
 /// Sets the vCPU's TSC offset (= TSC_ADJUST). An armed TSC deadline stays

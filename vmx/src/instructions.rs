@@ -10,6 +10,7 @@ const RFLAGS_CF: u64 = 1 << 0;
 const RFLAGS_ZF: u64 = 1 << 6;
 
 /// Turns the flags a VMX instruction left into its result.
+#[inline]
 fn check(rflags: u64) -> Result<(), VmFail> {
     if rflags & RFLAGS_CF != 0 {
         Err(VmFail::Invalid)
@@ -61,6 +62,7 @@ pub unsafe fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
 
 /// # Safety
 /// In VMX operation with a current VMCS.
+#[inline]
 pub unsafe fn vmread(field: Field) -> Result<u64, VmFail> {
     let value: u64;
     let rflags: u64;
@@ -83,6 +85,7 @@ pub unsafe fn vmread(field: Field) -> Result<u64, VmFail> {
 /// # Safety
 /// In VMX operation with a current VMCS; the value must keep the VMCS consistent
 /// with what the caller will run.
+#[inline]
 pub unsafe fn vmwrite(field: Field, value: u64) -> Result<(), VmFail> {
     if field.is_read_only() {
         return Err(VmFail::Valid(InstructionError(13)));

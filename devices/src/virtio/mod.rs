@@ -285,6 +285,12 @@ impl VirtioMmio {
         }
     }
 
+    /// Whether `poll` would do anything now: a backlog, or input a queue
+    /// could take.
+    pub fn has_work(&self) -> bool {
+        self.broken.is_none() && (self.queues.iter().any(|q| q.backlog) || !self.device.ready_queues().is_empty())
+    }
+
     /// Whether an earlier call left work for `poll` to go on with.
     pub fn has_backlog(&self) -> bool {
         self.broken.is_none() && self.queues.iter().any(|q| q.backlog)

@@ -23,9 +23,23 @@ pub trait Backend: vmexit::Vcpu {
     /// Just after an exit, with the VM locked: what the guest changed without
     /// exiting goes into the platform's models.
     fn sync_from_guest(&mut self, _chipset: &mut Chipset) {}
+    /// With the VM locked: whether the guest can be entered again without
+    /// `vmexit::events::deliver_pending` and `sync_to_guest` (and so without
+    /// `sync_from_guest` either): what it sees of the platform is still
+    /// current and the CPU delivers the APIC's interrupts itself, so only a
+    /// change to the model (which makes it stale) would call for them. The
+    /// TSC-deadline fast path asks; false sends every exit the long way.
+    fn guest_view_current(&self, _chipset: &Chipset) -> bool {
+        false
+    }
     /// Runs the guest until it exits. An event whose delivery the exit
     /// interrupted is set up again for the next entry before this returns.
     /// Err when the CPU refused the entry instruction itself.
     fn enter(&mut self) -> Result<Exit, Stop>;
     fn counters(&mut self) -> &mut ExitCounters;
+    /// With `profile=loop` (`run::profiling_loop`): the TSC just after the
+    /// guest's last exit, before `enter` read what the exit was.
+    fn left_guest_at(&self) -> Option<u64> {
+        None
+    }
 }

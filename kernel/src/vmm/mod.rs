@@ -13,7 +13,7 @@ mod guest_memory;
 mod guest_msrs;
 mod host;
 pub mod intel;
-mod run;
+pub mod run;
 mod shared;
 mod switch;
 pub mod vm;
@@ -108,6 +108,8 @@ pub struct VmReport {
     pub cpu: u32,
     pub exits: u64,
     pub summary: String,
+    /// With `profile=loop`: the run loop's work per entry (`LoopProfile::summary`).
+    pub loop_profile: Option<String>,
     /// Timer interrupts the VM's local APICs raised, all vCPUs.
     pub timer_interrupts: u64,
     pub guest_mib: u32,
@@ -146,6 +148,7 @@ fn run_vm(guest: &GuestImages) -> VmReport {
         cpu: crate::percpu::current_index(),
         exits: 0,
         summary: String::new(),
+        loop_profile: None,
         timer_interrupts: 0,
         guest_mib: spec.memory_mib,
         overhead_kib: 0,
@@ -294,6 +297,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     counters.add(vcpu.counters());
     report.exits = counters.total();
     report.summary = counters.summary();
+    report.loop_profile = counters.profile.summary();
     let mut vm = shared.lock();
     report.timer_interrupts = (0..vcpus).map(|index| vm.chipset.timer_interrupts(index)).sum();
     // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation,
@@ -532,6 +536,9 @@ pub fn log_report(r: &VmReport) {
         r.guest_mib,
         r.overhead_kib
     );
+    if let Some(profile) = &r.loop_profile {
+        log::info!("vm {} loop: {profile}", r.name);
+    }
     let (ports, mmio) = &r.unclaimed;
     let (pr, pw, mr, mw) = (ports.reads, ports.writes, mmio.reads, mmio.writes);
     if pr + pw + mr + mw > 0 {

@@ -3,10 +3,12 @@
 //! to `vmexit::dispatch`, and act on what the handler decided.
 
 use super::backend::Backend;
+use super::counters::{LoopProfile, Phase};
 use super::host::KernelHost;
 use super::shared::SharedVm;
 use super::vm::{Stop, Vm};
 use crate::time;
+use core::sync::atomic::{AtomicBool, Ordering};
 use devices::StartupSignal;
 use vmexit::{Machine, Outcome};
 
@@ -22,9 +24,59 @@ pub enum RunEnd {
     Parked,
 }
 
+/// `profile=loop` (read once at boot): the run loop times its phases.
+static PROFILE_LOOP: AtomicBool = AtomicBool::new(false);
+
+pub fn set_profile_loop(on: bool) {
+    PROFILE_LOOP.store(on, Ordering::Relaxed);
+}
+
+/// Whether the loop is profiled; the back ends then note when the guest
+/// exited (`Backend::left_guest_at`).
+pub fn profiling_loop() -> bool {
+    PROFILE_LOOP.load(Ordering::Relaxed)
+}
+
 /// Runs the guest on this CPU until it stops, the VM is stopped, or (an
 /// application processor) it receives an INIT.
+///
+/// The loop exists twice, with and without its profile: decided once here,
+/// so an unprofiled loop carries no timing code at all.
 pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
+    if profiling_loop() {
+        run_loop::<true>(vcpu, shared)
+    } else {
+        run_loop::<false>(vcpu, shared)
+    }
+}
+
+/// Times the loop's phases into a `LoopProfile` when `ON`; nothing otherwise.
+struct Stopwatch<const ON: bool> {
+    last: u64,
+    profile: LoopProfile,
+}
+
+impl<const ON: bool> Stopwatch<ON> {
+    /// The time since the last lap goes to `phase`.
+    #[inline(always)]
+    fn lap(&mut self, phase: Phase) {
+        if ON {
+            let now = time::rdtsc();
+            self.profile.phases[phase as usize] += now.wrapping_sub(self.last);
+            self.last = now;
+        }
+    }
+
+    /// Starts timing at `at` without counting what came before.
+    #[inline(always)]
+    fn restart(&mut self, at: u64) {
+        if ON {
+            self.last = at;
+        }
+    }
+}
+
+fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
     let me = vcpu.index();
     x86_64::instructions::interrupts::disable();
     if let Err(stop) = vcpu.switch_in(shared.id) {
@@ -33,56 +85,97 @@ pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
     }
     let output = shared.lock().output.clone();
     let mut host = KernelHost;
+    let mut watch = Stopwatch::<PROFILE> { last: time::rdtsc(), profile: LoopProfile::new() };
+    // The last exit's kind and when the guest left, for its round trip.
+    let mut trip: Option<(usize, u64)> = None;
+    // The last exit went the fast way and did what the next entry needs.
+    let mut fast = false;
     let end = loop {
-        if shared.is_stopping() {
-            break RunEnd::VmStopped;
-        }
-        let now = time::rdtsc();
-        if now >= shared.deadline {
-            break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
-        }
-        shared.rearm_kick(me);
-        {
-            let mut guard = shared.lock();
-            let vm = &mut *guard;
-            vm.chipset.take_wakeup(me);
-            if take_init(me, vm) {
-                break RunEnd::Init;
+        if !core::mem::take(&mut fast) {
+            if shared.is_stopping() {
+                break RunEnd::VmStopped;
             }
-            vm.poll_host_console(now);
-            // Timers that expired raise their interrupts; the back end's timer
-            // brings the VMM back by the next one (or the time limit).
-            vm.chipset.poll(now, &mut vm.memory);
-            let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
-            vcpu.arm_timer(now, wake);
-            vmexit::events::deliver_pending(vcpu, &mut vm.chipset);
-            vcpu.sync_to_guest(&mut vm.chipset);
-            shared.wake_others(vm, me);
+            let now = time::rdtsc();
+            if now >= shared.deadline {
+                break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
+            }
+            shared.rearm_kick(me);
+            watch.lap(Phase::Checks);
+            {
+                let mut guard = shared.lock();
+                watch.lap(Phase::Lock);
+                let vm = &mut *guard;
+                vm.chipset.take_wakeup(me);
+                if take_init(me, vm) {
+                    break RunEnd::Init;
+                }
+                vm.poll_host_console(now);
+                // Timers that expired raise their interrupts; the back end's timer
+                // brings the VMM back by the next one (or the time limit).
+                vm.chipset.poll(now, &mut vm.memory);
+                watch.lap(Phase::Poll);
+                let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
+                vcpu.arm_timer(now, wake);
+                watch.lap(Phase::Arm);
+                vmexit::events::deliver_pending(vcpu, &mut vm.chipset);
+                watch.lap(Phase::Deliver);
+                vcpu.sync_to_guest(&mut vm.chipset);
+                watch.lap(Phase::SyncIn);
+                shared.wake_others(vm, me);
+                watch.lap(Phase::Wake);
+            }
         }
         // Console lines waiting for the host's port go out as it takes
         // them, with no VM lock held and without waiting for it.
         crate::log::pump();
+        watch.lap(Phase::Pump);
+        if PROFILE {
+            watch.profile.entries += 1;
+            if let Some((kind, left)) = trip.take() {
+                watch.profile.trips[kind] += 1;
+                watch.profile.trip_cycles[kind] += watch.last.wrapping_sub(left);
+            }
+        }
         let exit = match vcpu.enter() {
             Ok(exit) => exit,
             Err(stop) => break RunEnd::Stop(stop),
         };
         let exit_tsc = time::rdtsc();
         let kind = exit.kind();
+        if PROFILE {
+            // The guest's time is nobody's phase; the exit's translation is.
+            let left = vcpu.left_guest_at().unwrap_or(exit_tsc);
+            watch.restart(left);
+            watch.lap(Phase::Translate);
+            trip = Some((kind.min(vmexit::Exit::KINDS - 1), left));
+        }
+        if matches!(exit, vmexit::Exit::Wrmsr) && tsc_deadline_fast_path(vcpu, shared, me) {
+            watch.lap(Phase::Fast);
+            vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+            fast = true;
+            continue;
+        }
         let outcome = {
             let mut guard = shared.lock();
+            watch.lap(Phase::Lock);
             let vm = &mut *guard;
             vcpu.sync_from_guest(&mut vm.chipset);
+            watch.lap(Phase::SyncOut);
             let (sink, name) = (&vm.output, vm.name.as_str());
             let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
             let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
             let outcome = vmexit::dispatch(exit, vcpu, &mut machine, &mut host);
+            watch.lap(Phase::Dispatch);
             shared.wake_others(vm, me);
+            watch.lap(Phase::Wake);
             if let Outcome::Marker(value) = outcome {
                 report_marker(vm, vcpu, value);
             }
             outcome
         };
+        watch.lap(Phase::Dispatch);
         vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+        watch.lap(Phase::Count);
         // A VM writing faster than the host's port waits for it here, with
         // no lock held: only its own vCPU is slowed. (Not counted as the
         // exit's VMM time: the guest is paced, the VMM does no work.)
@@ -91,6 +184,8 @@ pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
                 crate::log::pump();
                 core::hint::spin_loop();
             }
+            // Pacing is no phase's work.
+            watch.restart(time::rdtsc());
         }
         match outcome {
             Outcome::Resume | Outcome::Marker(_) => {}
@@ -100,7 +195,48 @@ pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
     };
     vcpu.switch_out();
     x86_64::instructions::interrupts::enable();
+    if PROFILE {
+        vcpu.counters().profile.add(&watch.profile);
+    }
     end
+}
+
+/// A WRMSR of IA32_TSC_DEADLINE (one per guest timer tick) done without the
+/// loop's round, when nothing else needs doing before the next entry: the
+/// VM goes on, within its time limit; no timer of the platform is due (so
+/// `poll` would do nothing) and the new deadline is ahead; nothing arrived
+/// for this vCPU (no wake-up: an interrupt, NMI, INIT or SIPI from another
+/// vCPU or device); the back end's view of the platform is current (see
+/// `Backend::guest_view_current`: the events delivered at the last full
+/// round still stand). Then the local APIC's deadline and the back end's
+/// timer are armed, RIP moves past, and the guest is entered again. The
+/// kick is rearmed first, under the same rule as the loop's: whatever
+/// arrives for this vCPU from then on sends the IPI, which, pending while
+/// the host runs with interrupts off, makes the guest exit right after the
+/// entry. Returns false, having changed nothing, when any of that fails:
+/// the exit then goes the long way.
+fn tsc_deadline_fast_path(vcpu: &mut dyn Backend, shared: &SharedVm, me: usize) -> bool {
+    const RCX: u8 = 1;
+    const IA32_TSC_DEADLINE: u64 = 0x6e0;
+    if vcpu.gpr(RCX) & 0xffff_ffff != IA32_TSC_DEADLINE || shared.is_stopping() {
+        return false;
+    }
+    let now = time::rdtsc();
+    if now >= shared.deadline {
+        return false;
+    }
+    shared.rearm_kick(me);
+    let mut guard = shared.lock();
+    let chipset = &mut guard.chipset;
+    if chipset.has_wakeup(me) || chipset.poll_due(now) || !vcpu.guest_view_current(chipset) {
+        return false;
+    }
+    if !vmexit::fast_tsc_deadline(vcpu, chipset, now) {
+        return false;
+    }
+    let wake = chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
+    vcpu.arm_timer(now, wake);
+    true
 }
 
 /// The bench reads this line: guest time since the VM was built and this

@@ -107,6 +107,9 @@ impl SharedVm {
     /// After vCPU `me` changed the platform: every other vCPU something arrived
     /// for gets its core interrupted, so it exits and takes it.
     pub fn wake_others(&self, vm: &mut Vm, me: usize) {
+        if self.slots.len() == 1 {
+            return;
+        }
         for index in 0..self.slots.len() {
             if index != me && vm.chipset.take_wakeup(index) {
                 self.kick(index);

@@ -1,6 +1,7 @@
 //! RDMSR and WRMSR: the few MSRs Basalt emulates, and #GP for the rest.
 
 use super::*;
+use crate::fast_tsc_deadline;
 use crate::msr::misc_enable;
 use arch::control::{cr0, efer};
 use devices::lapic::apic_base::{BSP, EN, EXTD};
@@ -62,6 +63,66 @@ fn tsc_deadline_round_trips_through_the_local_apic() {
     vm2.chipset.mmio_write(1, LAPIC_BASE + 0x320, 4, 2 << 17, 0, &mut vm2.memory);
     wrmsr(&mut other, &mut vm2, IA32_TSC_DEADLINE, 77);
     assert_eq!((vm2.chipset.tsc_deadline(1), vm2.chipset.tsc_deadline(0)), (77, 0));
+}
+
+/// The run loop's fast path does what `wrmsr` does for a TSC-deadline write
+/// it takes, and leaves everything else (other MSRs, a single step, a
+/// deadline not ahead) untouched for `dispatch`.
+#[test]
+fn the_tsc_deadline_fast_path_matches_wrmsr_or_declines() {
+    let now = 1_000_000u64;
+    let set_up = |offset: u64, rflags: u64| {
+        let (mut vm, _) = machine();
+        vm.chipset.mmio_write(0, LAPIC_BASE + 0xf0, 4, 0x1ff, 0, &mut vm.memory);
+        vm.chipset.mmio_write(0, LAPIC_BASE + 0x320, 4, (2 << 17) | 0xef, 0, &mut vm.memory);
+        let vcpu = FakeVcpu { tsc_offset: offset, rflags, ..FakeVcpu::flat() };
+        (vm, vcpu)
+    };
+    let load = |vcpu: &mut FakeVcpu, msr: u32, value: u64| {
+        vcpu.gprs[RCX as usize] = 0xabcd_0000_0000_0000 | msr as u64;
+        vcpu.gprs[RAX as usize] = 0x5555_5555_0000_0000 | (value & 0xffff_ffff);
+        vcpu.gprs[RDX as usize] = 0xaaaa_aaaa_0000_0000 | (value >> 32);
+    };
+    const RF: u64 = 1 << 16;
+    const TF: u64 = 1 << 8;
+    for offset in [0u64, 5_000, 0u64.wrapping_sub(600_000)] {
+        let guest_now = now.wrapping_add(offset);
+        for (value, taken) in [
+            (guest_now + 1, true),
+            (guest_now + 777_777, true),
+            (0, true),
+            (guest_now, false),
+            (guest_now.wrapping_sub(1), false),
+        ] {
+            let (mut fast_vm, mut fast) = set_up(offset, 2 | RF);
+            load(&mut fast, IA32_TSC_DEADLINE, value);
+            let before = (fast.rip, fast.rflags, fast.skipped);
+            assert_eq!(fast_tsc_deadline(&mut fast, &mut fast_vm.chipset, now), taken, "{value:#x} offset {offset:#x}");
+            if !taken {
+                assert_eq!((fast.rip, fast.rflags, fast.skipped), before);
+                continue;
+            }
+            let (mut slow_vm, mut slow) = set_up(offset, 2 | RF);
+            load(&mut slow, IA32_TSC_DEADLINE, value);
+            let mut host = FakeHost { now, ..FakeHost::default() };
+            assert_eq!(run(Exit::Wrmsr, &mut slow, &mut slow_vm, &mut host), Outcome::Resume);
+            assert_eq!(
+                (fast.rip, fast.rflags, fast.skipped, fast.injected),
+                (slow.rip, slow.rflags, slow.skipped, None)
+            );
+            assert_eq!(fast.rflags & RF, 0);
+            assert_eq!(fast_vm.chipset.tsc_deadline(0), slow_vm.chipset.tsc_deadline(0));
+            assert_eq!(fast_vm.chipset.next_deadline(0), slow_vm.chipset.next_deadline(0));
+        }
+    }
+    // Declined: another MSR, or a single step pending.
+    let (mut vm, mut vcpu) = set_up(0, 2);
+    load(&mut vcpu, IA32_TSC_ADJUST, now + 10);
+    assert!(!fast_tsc_deadline(&mut vcpu, &mut vm.chipset, now));
+    let (mut vm, mut vcpu) = set_up(0, 2 | TF);
+    load(&mut vcpu, IA32_TSC_DEADLINE, now + 10);
+    assert!(!fast_tsc_deadline(&mut vcpu, &mut vm.chipset, now));
+    assert_eq!((vcpu.skipped, vm.chipset.tsc_deadline(0)), (0, 0));
 }
 
 #[test]

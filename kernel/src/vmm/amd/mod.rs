@@ -419,11 +419,19 @@ impl Backend for Vcpu {
             self.halted = false;
         }
         self.run_guest();
+        if crate::vmm::run::profiling_loop() {
+            self.left_guest_at = crate::time::rdtsc();
+        }
         self.vmcb_mut().control.tlb_control = tlb_control::DO_NOTHING;
         Ok(exit::translate(self))
     }
 
     fn counters(&mut self) -> &mut ExitCounters {
         &mut self.counters
+    }
+
+    /// None after a HLT waited in the host: the wait is not the VMM's work.
+    fn left_guest_at(&self) -> Option<u64> {
+        Some(self.left_guest_at).filter(|_| !self.halted)
     }
 }

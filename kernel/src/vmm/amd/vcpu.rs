@@ -80,6 +80,8 @@ pub struct Vcpu {
     vmcb: u64,
     pub(super) gprs: GuestGprs,
     pub counters: ExitCounters,
+    /// `profile=loop`: the TSC when the guest last exited.
+    pub(super) left_guest_at: u64,
     pub(super) switched: SwitchedState,
     pub(super) host: Option<HostState>,
     pub pending: PendingEvents,
@@ -116,6 +118,7 @@ impl Vcpu {
             vmcb: memory::alloc_frame().ok_or_else(out_of_memory)?,
             gprs: GuestGprs::default(),
             counters: ExitCounters::new(),
+            left_guest_at: 0,
             switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),

@@ -345,6 +345,7 @@ impl vmexit::Vcpu for Vcpu {
 
     fn halt(&mut self) {
         write(vmcs::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
+        self.halt_requested = true;
     }
 }
 
@@ -384,15 +385,26 @@ impl Backend for Vcpu {
         self.absorb_local_apic(chipset);
     }
 
+    fn guest_view_current(&self, chipset: &Chipset) -> bool {
+        self.view_current(chipset)
+    }
+
     fn enter(&mut self) -> Result<Exit, Stop> {
         // SAFETY: the VMCS is current (switch_in) and fully set up by `setup`.
         unsafe { vmx::instructions::enter(&mut self.regs, self.launched) }
             .map_err(|e| Stop::EntryFailed(alloc::format!("{e}")))?;
+        if crate::vmm::run::profiling_loop() {
+            self.left_guest_at = crate::time::rdtsc();
+        }
         self.launched = true;
         Ok(exit::translate(self))
     }
 
     fn counters(&mut self) -> &mut ExitCounters {
         &mut self.counters
+    }
+
+    fn left_guest_at(&self) -> Option<u64> {
+        Some(self.left_guest_at)
     }
 }

@@ -41,9 +41,15 @@ pub struct Vcpu {
     delivery_on: bool,
     /// The EOI-exit bitmap last written (the level-triggered vectors).
     eoi_exit_bitmap: [u64; 4],
+    /// Virtual-interrupt delivery: RVI and SVI as last written or read.
+    interrupt_status: u16,
+    /// The guest was put in the HLT activity state since the last mirror.
+    pub(super) halt_requested: bool,
     pub(super) launched: bool,
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
+    /// `profile=loop`: the TSC when the guest last exited.
+    pub(super) left_guest_at: u64,
     /// Guest state VMX does not switch and the host never uses: loaded when the
     /// vCPU starts running on a core, saved and cleared when it leaves.
     pub(super) switched: SwitchedState,
@@ -54,7 +60,9 @@ pub struct Vcpu {
 }
 
 /// VMWRITE to the current VMCS. A failure (a read-only field, a field this CPU
-/// lacks) is a Basalt bug: logged, never silently dropped.
+/// lacks) is a Basalt bug: logged, never silently dropped. Inline, as
+/// `read`: both are on every exit's path, a few instructions each.
+#[inline]
 pub fn write(field: Field, value: u64) {
     // SAFETY: called with this vCPU's VMCS current (setup, the run loop and the
     // exit handlers); the values are consistent with the controls set in `setup`.
@@ -63,6 +71,7 @@ pub fn write(field: Field, value: u64) {
     }
 }
 
+#[inline]
 pub fn read(field: Field) -> u64 {
     // SAFETY: called with a current VMCS; unsupported fields read as 0.
     unsafe { vmxi::vmread(field) }.unwrap_or(0)
@@ -112,9 +121,12 @@ impl Vcpu {
             delivery_capable: false,
             delivery_on: false,
             eoi_exit_bitmap: [0; 4],
+            interrupt_status: 0,
+            halt_requested: false,
             launched: false,
             regs: GuestRegisters::default(),
             counters: ExitCounters::new(),
+            left_guest_at: 0,
             switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),
@@ -319,10 +331,35 @@ impl Vcpu {
     /// exiting (TPR, ICR high) into the model, before anything looks at it.
     /// With virtual-interrupt delivery, also the vectors the guest took and
     /// ended there.
-    pub(super) fn absorb_local_apic(&self, chipset: &mut devices::Chipset) {
+    ///
+    /// The CPU changes the page's IRR and ISR only by taking a vector (RVI
+    /// then becomes the next one in IRR, never the one it took: nothing adds
+    /// to IRR while the guest runs) or ending one (SVI then drops to the next
+    /// one in ISR): when the guest interrupt status is as it was at the
+    /// entry, neither happened and only TPR and ICR high are looked at.
+    pub(super) fn absorb_local_apic(&mut self, chipset: &mut devices::Chipset) {
+        let delivery = self.delivery_on && {
+            let status = read(vmcs::GUEST_INTERRUPT_STATUS) as u16;
+            core::mem::replace(&mut self.interrupt_status, status) != status
+        };
         if let Some(page) = self.virtual_apic_page() {
-            chipset.absorb_lapic(self.index as usize, page, self.delivery_on);
+            chipset.absorb_lapic(self.index as usize, page, delivery);
         }
+    }
+
+    /// With virtual-interrupt delivery on: the model has not changed since
+    /// its last mirror (a stale model, a blank page or a HLT to check are
+    /// the mirror's work), so the page, RVI/SVI and the EOI-exit bitmap are
+    /// what the model would write, and everything the guest does there the
+    /// CPU does; skipping the absorb too leaves the model as it was, with
+    /// the page ahead of it as after any exit, until the next absorb.
+    pub(super) fn view_current(&self, chipset: &devices::Chipset) -> bool {
+        let index = self.index as usize;
+        self.delivery_on
+            && !self.virtual_apic_blank
+            && !self.halt_requested
+            && self.delivers_in(chipset.apic_mode(index))
+            && !chipset.lapic_mirror_stale(index)
     }
 
     /// Whether the CPU delivers the APIC's interrupts while it is in `mode`:
@@ -353,17 +390,33 @@ impl Vcpu {
             self.eoi_exit_bitmap = [u64::MAX; 4];
         }
         let blank = core::mem::take(&mut self.virtual_apic_blank);
-        if let Some(page) = self.virtual_apic_page_mut() {
-            if chipset.mirror_lapic(index, page, blank) && !delivery {
+        let Some(page) = self.virtual_apic_page_mut() else { return };
+        let written = chipset.mirror_lapic(index, page, blank);
+        if !delivery {
+            if written {
                 write(vmcs::TPR_THRESHOLD, chipset.lapic_tpr_threshold(index) as u64);
             }
+            return;
         }
-        if !delivery {
+        // A vCPU halted with IF set (vmexit's hlt.rs) wakes for the vector
+        // the CPU is about to deliver, as injecting one would wake it. Only a
+        // HLT since the last entry or a new vector can make that so.
+        let halted = core::mem::take(&mut self.halt_requested);
+        if !written {
+            // Nothing changed in the model since the last mirror, and the
+            // absorb made it the page's again: RVI and SVI, which the CPU
+            // keeps as the highest vectors in the page's IRR and ISR, are
+            // what the model would write, and the TMR (the EOI-exit bitmap)
+            // is unchanged.
+            if halted {
+                self.wake_if_interrupt(chipset);
+            }
             return;
         }
         // The CPU moves RVI and SVI as the guest takes and ends vectors; the
         // model has caught up with it (absorb), and may have more to ask.
-        write(vmcs::GUEST_INTERRUPT_STATUS, chipset.lapic_interrupt_status(index) as u64);
+        self.interrupt_status = chipset.lapic_interrupt_status(index);
+        write(vmcs::GUEST_INTERRUPT_STATUS, self.interrupt_status as u64);
         let bitmap = chipset.lapic_eoi_exit_bitmap(index);
         if bitmap != self.eoi_exit_bitmap {
             let fields =
@@ -373,9 +426,11 @@ impl Vcpu {
             }
             self.eoi_exit_bitmap = bitmap;
         }
-        // A vCPU halted with IF set (vmexit's hlt.rs) wakes for the vector
-        // the CPU is about to deliver, as injecting one would wake it.
-        if read(vmcs::GUEST_ACTIVITY_STATE) == super::ACTIVITY_HLT && chipset.has_interrupt(index) {
+        self.wake_if_interrupt(chipset);
+    }
+
+    fn wake_if_interrupt(&self, chipset: &devices::Chipset) {
+        if read(vmcs::GUEST_ACTIVITY_STATE) == super::ACTIVITY_HLT && chipset.has_interrupt(self.index as usize) {
             write(vmcs::GUEST_ACTIVITY_STATE, super::ACTIVITY_ACTIVE);
         }
     }
