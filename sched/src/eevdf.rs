@@ -820,6 +820,22 @@ impl Policy for Eevdf {
         // The running vCPU's virtual time must be current to compare deadlines.
         self.account(core, now);
         self.join_queue(i, core, now);
+        // Its first deadline after a sleep is half a slice away at most, so
+        // it goes before a hog in mid-slice (once the rate limit allows).
+        // Only the order changes: eligibility still bounds its share.
+        let half_slice = self.tunables.slice_ns / 2;
+        let v = self.vcpu_mut(i);
+        let first_request = v.to_virtual(v.request_ns.min(half_slice));
+        if v.deadline > v.vruntime + first_request {
+            let old = (v.deadline, i as u32);
+            v.deadline = v.vruntime + first_request;
+            if v.place == Place::Eligible {
+                let new = (v.deadline, i as u32);
+                let c = &mut self.cores[core];
+                c.eligible.remove(&old);
+                c.eligible.insert(new);
+            }
+        }
         self.should_preempt(core, i).then_some(Kick { core: CoreId(core as u32) })
     }
 
