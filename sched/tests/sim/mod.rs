@@ -272,6 +272,9 @@ impl Sim {
             if let Some(since) = c.halted_since {
                 c.halted_ns += end.saturating_sub(since);
             }
+            if let Some(i) = c.running {
+                self.vcpus[i].run_ns += end.saturating_sub(c.started);
+            }
         }
         let mut r = self.report;
         r.decision_ns = decision_time as f64 / r.decisions.max(1) as f64;
