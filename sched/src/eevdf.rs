@@ -125,7 +125,11 @@ impl Vcpu {
     }
 
     fn quota_ns(&self, period: u64) -> Option<i64> {
-        self.params.cap.map(|percent| (period / 100 * percent as u64) as i64)
+        Self::quota(self.params.cap, period)
+    }
+
+    fn quota(cap: Option<u8>, period: u64) -> Option<i64> {
+        cap.map(|percent| (period / 100 * percent as u64) as i64)
     }
 
     fn lag_limit(&self, slice: u64) -> i128 {
@@ -586,11 +590,11 @@ impl Eevdf {
                         self.file(id);
                         return self.switch_to(core, best, now);
                     }
-                    let slice_end = now + v.to_real(v.deadline - v.vruntime);
+                    let slice_end = now.saturating_add(v.to_real(v.deadline - v.vruntime));
                     let recheck = self.cores[core].current_since + t.min_run_ns;
                     return self.keep(core, id, now, slice_end.min(recheck));
                 }
-                let slice_end = now + v.to_real(v.deadline - v.vruntime);
+                let slice_end = now.saturating_add(v.to_real(v.deadline - v.vruntime));
                 return self.keep(core, id, now, slice_end);
             } else {
                 return self.keep(core, id, now, u64::MAX);
@@ -643,7 +647,7 @@ impl Eevdf {
         c.current = Some(id);
         c.current_since = now;
         let v = self.vcpu(id);
-        let slice_end = now + v.to_real(v.deadline.saturating_sub(v.vruntime));
+        let slice_end = now.saturating_add(v.to_real(v.deadline.saturating_sub(v.vruntime)));
         self.keep(core, id, now, slice_end)
     }
 
@@ -762,6 +766,13 @@ impl Policy for Eevdf {
         let core = self.vcpu(i).core;
         if place == Place::Running {
             self.account(core, now);
+        }
+        if params.cap != self.vcpu(i).params.cap {
+            // A new cap starts a fresh period rather than judging the old one by it.
+            let period = self.tunables.cap_period_ns;
+            let v = self.vcpu_mut(i);
+            v.budget_ns = Vcpu::quota(params.cap, period).unwrap_or(0);
+            v.period_end = now + period;
         }
         let place = self.vcpu(i).place;
         match place {

@@ -238,3 +238,35 @@ fn states_refusals_yield_and_removal() {
     assert_eq!(policy.state(second), None);
     assert_eq!(policy.pick(CoreId(0), MS).run, None);
 }
+
+#[test]
+fn changed_parameters_take_effect_at_once() {
+    let mut policy = Eevdf::new(2, Tunables::default());
+    let vcpu = add(&mut policy, 0, Params::new(2));
+    policy.wake(vcpu, 0);
+    assert_eq!(policy.pick(CoreId(0), 0).run, Some(vcpu));
+
+    // Its core leaves its affinity while it runs: the core is kicked and sends it over.
+    let moved = Params { cpus: CpuSet::only(CoreId(1)), ..Params::new(2) };
+    assert_eq!(policy.set_params(vcpu, moved, MS), Ok(Some(Kick { core: CoreId(0) })));
+    let decision = policy.pick(CoreId(0), MS);
+    assert_eq!((decision.run, decision.kick), (None, Some(Kick { core: CoreId(1) })));
+    assert_eq!(policy.pick(CoreId(1), MS).run, Some(vcpu));
+    assert_eq!(policy.accounting(vcpu).unwrap().migrations, 1);
+
+    // A cap set on a running vCPU gives it a fresh period's budget, then holds it back.
+    let capped = Params { cap: Some(50), cpus: CpuSet::only(CoreId(1)), ..Params::new(2) };
+    assert_eq!(policy.set_params(vcpu, capped, 2 * MS), Ok(None));
+    let decision = policy.pick(CoreId(1), 2 * MS);
+    assert_eq!((decision.run, decision.until), (Some(vcpu), Some(7 * MS)));
+    let decision = policy.pick(CoreId(1), 7 * MS);
+    assert_eq!((decision.run, decision.until), (None, Some(12 * MS)));
+    assert_eq!(policy.state(vcpu), Some(VcpuState::Throttled));
+    assert_eq!(policy.pick(CoreId(1), 12 * MS).run, Some(vcpu));
+
+    assert_eq!(
+        policy.set_params(vcpu, Params { dedicated: true, ..Params::new(2) }, 13 * MS),
+        Err(Refused::DedicatedChange)
+    );
+    assert_eq!(policy.set_params(VcpuId(9), Params::new(2), 13 * MS), Err(Refused::UnknownVcpu(VcpuId(9))));
+}
