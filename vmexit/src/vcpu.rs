@@ -66,6 +66,11 @@ pub trait Vcpu {
     /// The control registers as the guest sees them (its own values, not the
     /// bits a back end forces in the real ones).
     fn control(&self) -> Context;
+    /// CR4 as the guest sees it: `control().cr4`, which a back end may read
+    /// alone for less (CPUID's OSXSAVE and OSPKE follow it).
+    fn cr4(&self) -> u64 {
+        self.control().cr4
+    }
     /// EFER as the guest sees it, LMA included.
     fn efer(&self) -> u64;
     /// How the CPU translates the guest's linear addresses now.

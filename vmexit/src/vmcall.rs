@@ -65,6 +65,29 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
     Outcome::Resume
 }
 
+/// The run loop's fast path for a VMCALL exit, before `dispatch`: a call
+/// that leaves nothing for the loop's next round to do (version, print,
+/// tsc-khz, a refused vector, an unknown number, any call from outside ring
+/// 0) with RFLAGS.TF clear is done here as `handle` does it. Returns whether
+/// it was; if not, nothing changed and the exit goes to `dispatch`: exit
+/// stops the VM, raise-interrupt and raise-nmi queue an event the next
+/// round delivers, and TF owes a #DB.
+pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> bool {
+    if vcpu.rflags() & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
+        return false;
+    }
+    if vcpu.cpl() == 0 {
+        match vcpu.gpr(RAX) {
+            2 | 5 => return false,
+            4 if u8::try_from(vcpu.gpr(RBX)).is_ok_and(|vector| vector >= 32) => return false,
+            _ => {}
+        }
+    }
+    let outcome = handle(vcpu, vm, host);
+    debug_assert!(matches!(outcome, Outcome::Resume));
+    true
+}
+
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     if vcpu.cpl() != 0 {
         // The interface is the kernel's: a user program only learns it may

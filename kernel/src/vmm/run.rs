@@ -7,6 +7,7 @@ use super::counters::{LoopProfile, Phase};
 use super::host::KernelHost;
 use super::shared::SharedVm;
 use super::vm::{Stop, Vm};
+use crate::log::GuestOutput;
 use crate::time;
 use core::sync::atomic::{AtomicBool, Ordering};
 use devices::StartupSignal;
@@ -149,10 +150,15 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::Translate);
             trip = Some((kind.min(vmexit::Exit::KINDS - 1), left));
         }
-        if matches!(exit, vmexit::Exit::Wrmsr) && tsc_deadline_fast_path(vcpu, shared, me) {
+        if fast_path(&exit, vcpu, shared, me, &mut host) {
             watch.lap(Phase::Fast);
             vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
             fast = true;
+            // A print may have filled the port's backlog: paced as below.
+            if output.must_wait() {
+                pace(&output, shared);
+                watch.restart(time::rdtsc());
+            }
             continue;
         }
         let outcome = {
@@ -180,10 +186,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
         // no lock held: only its own vCPU is slowed. (Not counted as the
         // exit's VMM time: the guest is paced, the VMM does no work.)
         if output.must_wait() {
-            while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
-                crate::log::pump();
-                core::hint::spin_loop();
-            }
+            pace(&output, shared);
             // Pacing is no phase's work.
             watch.restart(time::rdtsc());
         }
@@ -201,24 +204,41 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
     end
 }
 
-/// A WRMSR of IA32_TSC_DEADLINE (one per guest timer tick) done without the
-/// loop's round, when nothing else needs doing before the next entry: the
-/// VM goes on, within its time limit; no timer of the platform is due (so
-/// `poll` would do nothing) and the new deadline is ahead; nothing arrived
-/// for this vCPU (no wake-up: an interrupt, NMI, INIT or SIPI from another
-/// vCPU or device); the back end's view of the platform is current (see
+/// Waits, with no lock held, while the VM's console output is over the
+/// host port's backlog (or the VM stops or runs out of time).
+fn pace(output: &GuestOutput, shared: &SharedVm) {
+    while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
+        crate::log::pump();
+        core::hint::spin_loop();
+    }
+}
+
+/// An exit done without the loop's round, when nothing else needs doing
+/// before the next entry: a WRMSR of IA32_TSC_DEADLINE (one per guest timer
+/// tick), a CPUID, or a hypercall that queues nothing (see
+/// `vmexit::fast_hypercall`). The conditions: the VM goes on, within its
+/// time limit; no timer of the platform is due (so `poll` would do nothing)
+/// and a new TSC deadline is ahead; nothing arrived for this vCPU (no
+/// wake-up: an interrupt, NMI, INIT or SIPI from another vCPU or device);
+/// the back end's view of the platform is current (see
 /// `Backend::guest_view_current`: the events delivered at the last full
-/// round still stand). Then the local APIC's deadline and the back end's
-/// timer are armed, RIP moves past, and the guest is entered again. The
-/// kick is rearmed first, under the same rule as the loop's: whatever
-/// arrives for this vCPU from then on sends the IPI, which, pending while
-/// the host runs with interrupts off, makes the guest exit right after the
-/// entry. Returns false, having changed nothing, when any of that fails:
-/// the exit then goes the long way.
-fn tsc_deadline_fast_path(vcpu: &mut dyn Backend, shared: &SharedVm, me: usize) -> bool {
+/// round still stand). Then the exit is handled (for a TSC deadline: the
+/// local APIC's deadline armed), the back end's timer armed again (the
+/// VMX-preemption timer starts over at each entry) and RIP moved past, and
+/// the guest is entered again. The kick is rearmed first, under the same
+/// rule as the loop's: whatever arrives for this vCPU from then on sends the
+/// IPI, which, pending while the host runs with interrupts off, makes the
+/// guest exit right after the entry. Returns false, having changed nothing,
+/// when any of that fails: the exit then goes the long way.
+fn fast_path(exit: &vmexit::Exit, vcpu: &mut dyn Backend, shared: &SharedVm, me: usize, host: &mut KernelHost) -> bool {
     const RCX: u8 = 1;
     const IA32_TSC_DEADLINE: u64 = 0x6e0;
-    if vcpu.gpr(RCX) & 0xffff_ffff != IA32_TSC_DEADLINE || shared.is_stopping() {
+    match exit {
+        vmexit::Exit::Wrmsr if vcpu.gpr(RCX) & 0xffff_ffff == IA32_TSC_DEADLINE => {}
+        vmexit::Exit::Cpuid | vmexit::Exit::Hypercall => {}
+        _ => return false,
+    }
+    if shared.is_stopping() {
         return false;
     }
     let now = time::rdtsc();
@@ -227,14 +247,24 @@ fn tsc_deadline_fast_path(vcpu: &mut dyn Backend, shared: &SharedVm, me: usize) 
     }
     shared.rearm_kick(me);
     let mut guard = shared.lock();
-    let chipset = &mut guard.chipset;
-    if chipset.has_wakeup(me) || chipset.poll_due(now) || !vcpu.guest_view_current(chipset) {
+    let vm = &mut *guard;
+    if vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) || !vcpu.guest_view_current(&vm.chipset) {
         return false;
     }
-    if !vmexit::fast_tsc_deadline(vcpu, chipset, now) {
+    let done = match exit {
+        vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now),
+        vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, &vm.chipset, host),
+        _ => {
+            let (sink, name) = (&vm.output, vm.name.as_str());
+            let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
+            let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
+            vmexit::fast_hypercall(vcpu, &mut machine, host)
+        }
+    };
+    if !done {
         return false;
     }
-    let wake = chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
+    let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
     vcpu.arm_timer(now, wake);
     true
 }

@@ -161,6 +161,10 @@ impl vmexit::Vcpu for Vcpu {
         }
     }
 
+    fn cr4(&self) -> u64 {
+        visible(vmcs::GUEST_CR4, vmcs::CR4_READ_SHADOW, vmcs::CR4_GUEST_HOST_MASK)
+    }
+
     fn efer(&self) -> u64 {
         read(vmcs::GUEST_IA32_EFER)
     }
