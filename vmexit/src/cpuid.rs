@@ -46,6 +46,7 @@ pub fn guest_phys_bits<H: Host + ?Sized>(host: &H) -> u32 {
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     answer(vcpu, vm.chipset, host);
+    crate::debug::skip(vcpu);
     Outcome::Resume
 }
 
@@ -55,31 +56,31 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
 /// was; if not, nothing changed and the exit goes to `dispatch` (TF owes a
 /// #DB, which the long way delivers).
 pub fn fast_cpuid(vcpu: &mut dyn Vcpu, chipset: &Chipset, host: &dyn Host) -> bool {
-    if vcpu.rflags() & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
+    let rflags = vcpu.rflags();
+    if rflags & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
         return false;
     }
     answer(vcpu, chipset, host);
+    crate::debug::skip_untraced(vcpu, rflags);
     true
 }
 
-/// The guest's registers get the virtual CPU's answer and the instruction
-/// completes.
+/// The guest's registers get the virtual CPU's answer.
 fn answer(vcpu: &mut dyn Vcpu, chipset: &Chipset, host: &dyn Host) {
     let leaf = vcpu.gpr(RAX) as u32;
     let subleaf = vcpu.gpr(RCX) as u32;
-    let index = u32::try_from(vcpu.index()).unwrap_or(u32::MAX);
+    let index = vcpu.index();
     // Only leaves 1 and 7 have bits that follow CR4 (see `virtual_cpuid`).
     let cr4 = if matches!(leaf, 1 | 7) { vcpu.cr4() } else { 0 };
-    let mut regs = virtual_cpuid(host, leaf, subleaf, index, cr4);
+    let mut regs = virtual_cpuid(host, leaf, subleaf, u32::try_from(index).unwrap_or(u32::MAX), cr4);
     // CPUID.1:EDX.APIC says whether this vCPU's APIC is on (IA32_APIC_BASE.EN),
     // as it does on a CPU.
-    if leaf == 1 && chipset.apic_mode(vcpu.index()) == Mode::Disabled {
+    if leaf == 1 && chipset.apic_mode(index) == Mode::Disabled {
         regs[3] &= !EDX_APIC;
     }
     for (gpr, value) in [RAX, RBX, RCX, RDX].into_iter().zip(regs) {
         vcpu.set_gpr(gpr, value as u64);
     }
-    crate::debug::skip(vcpu);
 }
 
 /// CPUID.1:EDX.APIC: a local APIC is present and enabled.

@@ -71,49 +71,59 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
 /// 0) with RFLAGS.TF clear is done here as `handle` does it. Returns whether
 /// it was; if not, nothing changed and the exit goes to `dispatch`: exit
 /// stops the VM, raise-interrupt and raise-nmi queue an event the next
-/// round delivers, and TF owes a #DB.
+/// round delivers, and TF owes a #DB. `fast_hypercall_possible` says
+/// beforehand, from the registers alone, whether it would decline.
 pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> bool {
-    if vcpu.rflags() & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
+    let rflags = vcpu.rflags();
+    if rflags & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
         return false;
     }
-    if vcpu.cpl() == 0 {
-        match vcpu.gpr(RAX) {
-            2 | 5 => return false,
-            4 if u8::try_from(vcpu.gpr(RBX)).is_ok_and(|vector| vector >= 32) => return false,
-            _ => {}
-        }
+    let ring_0 = vcpu.cpl() == 0;
+    if ring_0 && !queues_nothing(vcpu) {
+        return false;
     }
-    let outcome = handle(vcpu, vm, host);
-    debug_assert!(matches!(outcome, Outcome::Resume));
+    call(vcpu, vm, host, ring_0);
+    crate::debug::skip_untraced(vcpu, rflags);
     true
 }
 
+/// Whether `fast_hypercall` may take this call (it still checks).
+pub fn fast_hypercall_possible(vcpu: &dyn Vcpu) -> bool {
+    vcpu.rflags() & crate::vcpu::RFLAGS_TF == 0 && (vcpu.cpl() != 0 || queues_nothing(vcpu))
+}
+
+/// A call from ring 0 that neither stops the VM nor queues an event.
+fn queues_nothing(vcpu: &dyn Vcpu) -> bool {
+    match vcpu.gpr(RAX) {
+        2 | 5 => false,
+        4 => !u8::try_from(vcpu.gpr(RBX)).is_ok_and(|vector| vector >= 32),
+        _ => true,
+    }
+}
+
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
-    if vcpu.cpl() != 0 {
+    let ring_0 = vcpu.cpl() == 0;
+    if ring_0 && vcpu.gpr(RAX) == 2 {
+        crate::debug::skip(vcpu);
+        return Outcome::Stop(Stop::ExitHypercall { status: vcpu.gpr(RBX) });
+    }
+    call(vcpu, vm, host, ring_0);
+    crate::debug::skip(vcpu);
+    Outcome::Resume
+}
+
+/// Every call but exit: RAX gets its result (EPERM outside ring 0).
+fn call(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, ring_0: bool) {
+    if !ring_0 {
         // The interface is the kernel's: a user program only learns it may
         // not (as KVM answers), and nothing it passed is looked at.
         vcpu.set_gpr(RAX, EPERM);
-        crate::debug::skip(vcpu);
-        return Outcome::Resume;
+        return;
     }
     let rbx = vcpu.gpr(RBX);
     let result = match vcpu.gpr(RAX) {
         0 => VERSION,
-        1 => {
-            let len = vcpu.gpr(RCX).min(PRINT_MAX);
-            let mut text = [0u8; PRINT_MAX as usize];
-            match vm.memory.read(rbx, &mut text[..len as usize]) {
-                Ok(()) => {
-                    (vm.console)(&text[..len as usize]);
-                    len
-                }
-                Err(_) => u64::MAX,
-            }
-        }
-        2 => {
-            crate::debug::skip(vcpu);
-            return Outcome::Stop(Stop::ExitHypercall { status: rbx });
-        }
+        1 => print(vcpu, vm, rbx),
         3 => host.tsc_hz() / 1000,
         4 => match u8::try_from(rbx) {
             Ok(vector) if vector >= 32 => {
@@ -129,6 +139,17 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
         _ => ENOSYS,
     };
     vcpu.set_gpr(RAX, result);
-    crate::debug::skip(vcpu);
-    Outcome::Resume
+}
+
+/// Print: RCX bytes (at most 256) of guest memory at RBX to the console.
+fn print(vcpu: &dyn Vcpu, vm: &mut Machine, address: u64) -> u64 {
+    let len = vcpu.gpr(RCX).min(PRINT_MAX);
+    let mut text = [0u8; PRINT_MAX as usize];
+    match vm.memory.read(address, &mut text[..len as usize]) {
+        Ok(()) => {
+            (vm.console)(&text[..len as usize]);
+            len
+        }
+        Err(_) => u64::MAX,
+    }
 }

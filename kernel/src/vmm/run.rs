@@ -150,7 +150,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::Translate);
             trip = Some((kind.min(vmexit::Exit::KINDS - 1), left));
         }
-        if fast_path(&exit, vcpu, shared, me, &mut host) {
+        if fast_candidate(&exit, vcpu) && fast_path(&exit, vcpu, shared, me, &mut host) {
             watch.lap(Phase::Fast);
             vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
             fast = true;
@@ -204,6 +204,21 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
     end
 }
 
+/// Whether the exit may take `fast_path`, from its kind and the guest's
+/// registers alone (before any lock): a WRMSR of IA32_TSC_DEADLINE, a CPUID,
+/// a hypercall `vmexit::fast_hypercall` would take.
+#[inline(always)]
+fn fast_candidate(exit: &vmexit::Exit, vcpu: &dyn Backend) -> bool {
+    const RCX: u8 = 1;
+    const IA32_TSC_DEADLINE: u64 = 0x6e0;
+    match exit {
+        vmexit::Exit::Wrmsr => vcpu.gpr(RCX) & 0xffff_ffff == IA32_TSC_DEADLINE,
+        vmexit::Exit::Cpuid => true,
+        vmexit::Exit::Hypercall => vmexit::fast_hypercall_possible(vcpu),
+        _ => false,
+    }
+}
+
 /// Waits, with no lock held, while the VM's console output is over the
 /// host port's backlog (or the VM stops or runs out of time).
 fn pace(output: &GuestOutput, shared: &SharedVm) {
@@ -216,28 +231,22 @@ fn pace(output: &GuestOutput, shared: &SharedVm) {
 /// An exit done without the loop's round, when nothing else needs doing
 /// before the next entry: a WRMSR of IA32_TSC_DEADLINE (one per guest timer
 /// tick), a CPUID, or a hypercall that queues nothing (see
-/// `vmexit::fast_hypercall`). The conditions: the VM goes on, within its
-/// time limit; no timer of the platform is due (so `poll` would do nothing)
-/// and a new TSC deadline is ahead; nothing arrived for this vCPU (no
-/// wake-up: an interrupt, NMI, INIT or SIPI from another vCPU or device);
-/// the back end's view of the platform is current (see
-/// `Backend::guest_view_current`: the events delivered at the last full
-/// round still stand). Then the exit is handled (for a TSC deadline: the
-/// local APIC's deadline armed), the back end's timer armed again (the
-/// VMX-preemption timer starts over at each entry) and RIP moved past, and
-/// the guest is entered again. The kick is rearmed first, under the same
-/// rule as the loop's: whatever arrives for this vCPU from then on sends the
-/// IPI, which, pending while the host runs with interrupts off, makes the
-/// guest exit right after the entry. Returns false, having changed nothing,
+/// `vmexit::fast_hypercall`), once `fast_candidate` said so. The
+/// conditions: the VM goes on, within its time limit; no timer of the
+/// platform is due (so `poll` would do nothing) and a new TSC deadline is
+/// ahead; nothing arrived for this vCPU (no wake-up: an interrupt, NMI,
+/// INIT or SIPI from another vCPU or device); the back end's view of the
+/// platform is current (see `Backend::guest_view_current`: the events
+/// delivered at the last full round still stand). Then the exit is handled
+/// (for a TSC deadline: the local APIC's deadline armed), the back end's
+/// timer armed again (the VMX-preemption timer starts over at each entry)
+/// and RIP moved past, and the guest is entered again. The kick is rearmed
+/// first, under the same rule as the loop's: whatever arrives for this vCPU
+/// from then on sends the IPI, which, pending while the host runs with
+/// interrupts off, makes the guest exit right after the entry. Returns
+/// false, having changed nothing,
 /// when any of that fails: the exit then goes the long way.
 fn fast_path(exit: &vmexit::Exit, vcpu: &mut dyn Backend, shared: &SharedVm, me: usize, host: &mut KernelHost) -> bool {
-    const RCX: u8 = 1;
-    const IA32_TSC_DEADLINE: u64 = 0x6e0;
-    match exit {
-        vmexit::Exit::Wrmsr if vcpu.gpr(RCX) & 0xffff_ffff == IA32_TSC_DEADLINE => {}
-        vmexit::Exit::Cpuid | vmexit::Exit::Hypercall => {}
-        _ => return false,
-    }
     if shared.is_stopping() {
         return false;
     }
