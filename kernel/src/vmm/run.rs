@@ -150,16 +150,26 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::Translate);
             trip = Some((kind.min(vmexit::Exit::KINDS - 1), left));
         }
-        if fast_candidate(&exit, vcpu) && fast_path(&exit, vcpu, shared, me, &mut host) {
-            watch.lap(Phase::Fast);
-            vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
-            fast = true;
-            // A print may have filled the port's backlog: paced as below.
-            if output.must_wait() {
-                pace(&output, shared);
-                watch.restart(time::rdtsc());
+        let mut handled = false;
+        if fast_candidate(&exit, vcpu) {
+            match fast_path(&exit, vcpu, shared, me, &mut host, (kind, exit_tsc)) {
+                Fast::Declined => {}
+                Fast::Handled => handled = true,
+                Fast::Resume { now, wake } => {
+                    // As after the long way, the timer for the next entry
+                    // is not the exit's work.
+                    vcpu.arm_timer(now, wake);
+                    watch.lap(Phase::Fast);
+                    fast = true;
+                    // A print may have filled the port's backlog: paced as below.
+                    if output.must_wait() {
+                        pace(&output, shared);
+                        watch.restart(time::rdtsc());
+                    }
+                    continue;
+                }
             }
-            continue;
+            watch.lap(Phase::Fast);
         }
         let outcome = {
             let mut guard = shared.lock();
@@ -170,7 +180,8 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             let (sink, name) = (&vm.output, vm.name.as_str());
             let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
             let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-            let outcome = vmexit::dispatch(exit, vcpu, &mut machine, &mut host);
+            // An exit the fast path handled (and counted) only needs the round.
+            let outcome = if handled { Outcome::Resume } else { vmexit::dispatch(exit, vcpu, &mut machine, &mut host) };
             watch.lap(Phase::Dispatch);
             shared.wake_others(vm, me);
             watch.lap(Phase::Wake);
@@ -180,7 +191,9 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             outcome
         };
         watch.lap(Phase::Dispatch);
-        vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+        if !handled {
+            vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+        }
         watch.lap(Phase::Count);
         // A VM writing faster than the host's port waits for it here, with
         // no lock held: only its own vCPU is slowed. (Not counted as the
@@ -228,38 +241,51 @@ fn pace(output: &GuestOutput, shared: &SharedVm) {
     }
 }
 
-/// An exit done without the loop's round, when nothing else needs doing
-/// before the next entry: a WRMSR of IA32_TSC_DEADLINE (one per guest timer
-/// tick), a CPUID, or a hypercall that queues nothing (see
-/// `vmexit::fast_hypercall`), once `fast_candidate` said so. The
-/// conditions: the VM goes on, within its time limit; no timer of the
-/// platform is due (so `poll` would do nothing) and a new TSC deadline is
-/// ahead; nothing arrived for this vCPU (no wake-up: an interrupt, NMI,
-/// INIT or SIPI from another vCPU or device); the back end's view of the
-/// platform is current (see `Backend::guest_view_current`: the events
-/// delivered at the last full round still stand). Then the exit is handled
-/// (for a TSC deadline: the local APIC's deadline armed), the back end's
-/// timer armed again (the VMX-preemption timer starts over at each entry)
-/// and RIP moved past, and the guest is entered again. The kick is rearmed
-/// first, under the same rule as the loop's: whatever arrives for this vCPU
-/// from then on sends the IPI, which, pending while the host runs with
-/// interrupts off, makes the guest exit right after the entry. Returns
-/// false, having changed nothing,
-/// when any of that fails: the exit then goes the long way.
-fn fast_path(exit: &vmexit::Exit, vcpu: &mut dyn Backend, shared: &SharedVm, me: usize, host: &mut KernelHost) -> bool {
-    if shared.is_stopping() {
-        return false;
-    }
-    let now = time::rdtsc();
-    if now >= shared.deadline {
-        return false;
-    }
+/// What `fast_path` did with an exit.
+enum Fast {
+    /// Nothing: the exit goes the long way.
+    Declined,
+    /// The exit is handled and counted, but the next entry needs the loop's
+    /// round (the long way without `dispatch`).
+    Handled,
+    /// The exit is handled and counted and the guest may be entered again
+    /// at once, once the back end's timer is armed for `wake` (the
+    /// VMX-preemption timer starts over at each entry).
+    Resume { now: u64, wake: u64 },
+}
+
+/// An exit handled right after it, under one lock, with no absorb and no
+/// dispatch: a WRMSR of IA32_TSC_DEADLINE (one per guest timer tick), a
+/// CPUID, or a hypercall that queues nothing (see `vmexit::fast_hypercall`),
+/// once `fast_candidate` said so; and, when nothing else needs doing before
+/// the next entry, without the loop's round either.
+///
+/// The exit is handled only when the back end's view of the platform is
+/// current (see `Backend::guest_view_current`: what the guest did without
+/// exiting needs no absorb, and the events delivered at the last full round
+/// still stand), and counted (`kind`, from the exit's TSC) as soon as it is.
+/// The round is skipped when the VM goes on, within its time limit; no
+/// timer of the platform is due (so `poll` would do nothing; a new TSC
+/// deadline is ahead); and nothing arrived for this vCPU (no wake-up: an
+/// interrupt, NMI, INIT or SIPI from another vCPU or device). The kick is
+/// rearmed first, under the same rule as the loop's: whatever arrives for
+/// this vCPU from then on sends the IPI, which, pending while the host runs
+/// with interrupts off, makes the guest exit right after the entry.
+fn fast_path(
+    exit: &vmexit::Exit,
+    vcpu: &mut dyn Backend,
+    shared: &SharedVm,
+    me: usize,
+    host: &mut KernelHost,
+    (kind, exit_tsc): (usize, u64),
+) -> Fast {
     shared.rearm_kick(me);
     let mut guard = shared.lock();
     let vm = &mut *guard;
-    if vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) || !vcpu.guest_view_current(&vm.chipset) {
-        return false;
+    if !vcpu.guest_view_current(&vm.chipset) {
+        return Fast::Declined;
     }
+    let now = time::rdtsc();
     let done = match exit {
         vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now),
         vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, &vm.chipset, host),
@@ -271,11 +297,13 @@ fn fast_path(exit: &vmexit::Exit, vcpu: &mut dyn Backend, shared: &SharedVm, me:
         }
     };
     if !done {
-        return false;
+        return Fast::Declined;
     }
-    let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
-    vcpu.arm_timer(now, wake);
-    true
+    vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+    if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) {
+        return Fast::Handled;
+    }
+    Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline)) }
 }
 
 /// The bench reads this line: guest time since the VM was built and this
