@@ -78,9 +78,7 @@ fn answer(vcpu: &mut dyn Vcpu, chipset: &Chipset, host: &dyn Host) {
     if leaf == 1 && chipset.apic_mode(index) == Mode::Disabled {
         regs[3] &= !EDX_APIC;
     }
-    for (gpr, value) in [RAX, RBX, RCX, RDX].into_iter().zip(regs) {
-        vcpu.set_gpr(gpr, value as u64);
-    }
+    vcpu.set_abcd(regs.map(u64::from));
 }
 
 /// CPUID.1:EDX.APIC: a local APIC is present and enabled.
@@ -88,8 +86,6 @@ const EDX_APIC: u32 = 1 << 9;
 
 const RAX: u8 = 0;
 const RCX: u8 = 1;
-const RDX: u8 = 2;
-const RBX: u8 = 3;
 
 /// The CR4 bits guests may set: those whose CPUID feature they see (MOV to
 /// CR4 with any other bit is #GP, see arch::control).

@@ -36,7 +36,7 @@ pub use exit::{CrAccess, Exit, PortIo, SegmentRegister, StringIo};
 pub use msr::fast_tsc_deadline;
 pub use outcome::{Outcome, Stop};
 pub use vcpu::Vcpu;
-pub use vmcall::{fast_hypercall, fast_hypercall_possible};
+pub use vmcall::fast_hypercall;
 
 use arch::paging::{Access, AccessKind, PageFault, PhysicalMemory, WalkError};
 use devices::{Chipset, GuestRam};

@@ -71,57 +71,53 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
 /// 0) with RFLAGS.TF clear is done here as `handle` does it. Returns whether
 /// it was; if not, nothing changed and the exit goes to `dispatch`: exit
 /// stops the VM, raise-interrupt and raise-nmi queue an event the next
-/// round delivers, and TF owes a #DB. `fast_hypercall_possible` says
-/// beforehand, from the registers alone, whether it would decline.
+/// round delivers, and TF owes a #DB.
 pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> bool {
     let rflags = vcpu.rflags();
     if rflags & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
         return false;
     }
     let ring_0 = vcpu.cpl() == 0;
-    if ring_0 && !queues_nothing(vcpu) {
+    let (number, rbx) = (vcpu.gpr(RAX), vcpu.gpr(RBX));
+    if ring_0 && !queues_nothing(number, rbx) {
         return false;
     }
-    call(vcpu, vm, host, ring_0);
+    call(vcpu, vm, host, ring_0, number, rbx);
     crate::debug::skip_untraced(vcpu, rflags);
     true
 }
 
-/// Whether `fast_hypercall` may take this call (it still checks).
-pub fn fast_hypercall_possible(vcpu: &dyn Vcpu) -> bool {
-    vcpu.rflags() & crate::vcpu::RFLAGS_TF == 0 && (vcpu.cpl() != 0 || queues_nothing(vcpu))
-}
-
 /// A call from ring 0 that neither stops the VM nor queues an event.
-fn queues_nothing(vcpu: &dyn Vcpu) -> bool {
-    match vcpu.gpr(RAX) {
+fn queues_nothing(number: u64, rbx: u64) -> bool {
+    match number {
         2 | 5 => false,
-        4 => !u8::try_from(vcpu.gpr(RBX)).is_ok_and(|vector| vector >= 32),
+        4 => !u8::try_from(rbx).is_ok_and(|vector| vector >= 32),
         _ => true,
     }
 }
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     let ring_0 = vcpu.cpl() == 0;
-    if ring_0 && vcpu.gpr(RAX) == 2 {
+    let (number, rbx) = (vcpu.gpr(RAX), vcpu.gpr(RBX));
+    if ring_0 && number == 2 {
         crate::debug::skip(vcpu);
-        return Outcome::Stop(Stop::ExitHypercall { status: vcpu.gpr(RBX) });
+        return Outcome::Stop(Stop::ExitHypercall { status: rbx });
     }
-    call(vcpu, vm, host, ring_0);
+    call(vcpu, vm, host, ring_0, number, rbx);
     crate::debug::skip(vcpu);
     Outcome::Resume
 }
 
-/// Every call but exit: RAX gets its result (EPERM outside ring 0).
-fn call(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, ring_0: bool) {
+/// Every call but exit (`number` from RAX, its argument in RBX): RAX gets
+/// its result (EPERM outside ring 0).
+fn call(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, ring_0: bool, number: u64, rbx: u64) {
     if !ring_0 {
         // The interface is the kernel's: a user program only learns it may
         // not (as KVM answers), and nothing it passed is looked at.
         vcpu.set_gpr(RAX, EPERM);
         return;
     }
-    let rbx = vcpu.gpr(RBX);
-    let result = match vcpu.gpr(RAX) {
+    let result = match number {
         0 => VERSION,
         1 => print(vcpu, vm, rbx),
         3 => host.tsc_hz() / 1000,

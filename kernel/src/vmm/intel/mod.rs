@@ -97,6 +97,14 @@ impl vmexit::Vcpu for Vcpu {
         }
     }
 
+    /// None of them is RSP: all in the saved registers.
+    fn set_abcd(&mut self, [rax, rbx, rcx, rdx]: [u64; 4]) {
+        self.regs.set(0, rax);
+        self.regs.set(3, rbx);
+        self.regs.set(1, rcx);
+        self.regs.set(2, rdx);
+    }
+
     fn rip(&self) -> u64 {
         read(vmcs::GUEST_RIP)
     }
