@@ -263,7 +263,10 @@ enum Fast {
 /// The exit is handled only when the back end's view of the platform is
 /// current (see `Backend::guest_view_current`: what the guest did without
 /// exiting needs no absorb, and the events delivered at the last full round
-/// still stand), and counted (`kind`, from the exit's TSC) as soon as it is.
+/// still stand), and counted (`kind`, from the exit's TSC) as soon as it is;
+/// a CPUID of a leaf that needs nothing of the VM is handled first, before
+/// the lock, and takes the long way without dispatch (where the absorb is)
+/// when the view is not current.
 /// The round is skipped when the VM goes on, within its time limit; no
 /// timer of the platform is due (so `poll` would do nothing; a new TSC
 /// deadline is ahead); and nothing arrived for this vCPU (no wake-up: an
@@ -280,26 +283,33 @@ fn fast_path(
     (kind, exit_tsc): (usize, u64),
 ) -> Fast {
     shared.rearm_kick(me);
+    // A CPUID of any leaf but 1 needs nothing of the VM: done before the lock.
+    let early = matches!(exit, vmexit::Exit::Cpuid) && vmexit::fast_cpuid(vcpu, None, host);
+    if early {
+        vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+    }
     let mut guard = shared.lock();
     let vm = &mut *guard;
     if !vcpu.guest_view_current(&vm.chipset) {
-        return Fast::Declined;
+        return if early { Fast::Handled } else { Fast::Declined };
     }
     let now = time::rdtsc();
-    let done = match exit {
-        vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now),
-        vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, &vm.chipset, host),
-        _ => {
-            let (sink, name) = (&vm.output, vm.name.as_str());
-            let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
-            let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-            vmexit::fast_hypercall(vcpu, &mut machine, host)
+    if !early {
+        let done = match exit {
+            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now),
+            vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, Some(&vm.chipset), host),
+            _ => {
+                let (sink, name) = (&vm.output, vm.name.as_str());
+                let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
+                let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
+                vmexit::fast_hypercall(vcpu, &mut machine, host)
+            }
+        };
+        if !done {
+            return Fast::Declined;
         }
-    };
-    if !done {
-        return Fast::Declined;
+        vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     }
-    vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) {
         return Fast::Handled;
     }

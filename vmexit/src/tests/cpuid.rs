@@ -393,7 +393,17 @@ fn the_cpuid_fast_path_matches_dispatch_or_declines() {
                     let mut fast = FakeVcpu { index, cr4, rflags: 2 | RF, ..FakeVcpu::flat() };
                     load(&mut fast, leaf, subleaf);
                     let mut slow = fast.clone();
-                    assert!(crate::fast_cpuid(&mut fast, &vm.chipset, &host));
+                    // Unlocked, leaf 1 (the APIC's presence) is declined.
+                    let mut unlocked = fast.clone();
+                    let done = crate::fast_cpuid(&mut unlocked, None, &host);
+                    assert_eq!(done, leaf != 1, "leaf {leaf:#x}");
+                    if !done {
+                        assert_eq!(format!("{unlocked:?}"), format!("{fast:?}"));
+                    }
+                    assert!(crate::fast_cpuid(&mut fast, Some(&vm.chipset), &host));
+                    if done {
+                        assert_eq!(format!("{unlocked:?}"), format!("{fast:?}"));
+                    }
                     assert_eq!(run(Exit::Cpuid, &mut slow, &mut vm, &mut host), Outcome::Resume);
                     assert_eq!(
                         format!("{fast:?}"),
@@ -410,6 +420,10 @@ fn the_cpuid_fast_path_matches_dispatch_or_declines() {
     let mut vcpu = FakeVcpu { rflags: 2 | TF, ..FakeVcpu::flat() };
     load(&mut vcpu, 1, 0);
     let before = format!("{vcpu:?}");
-    assert!(!crate::fast_cpuid(&mut vcpu, &vm.chipset, &host));
+    assert!(!crate::fast_cpuid(&mut vcpu, Some(&vm.chipset), &host));
+    assert_eq!(format!("{vcpu:?}"), before);
+    load(&mut vcpu, 0, 0);
+    let before = format!("{vcpu:?}");
+    assert!(!crate::fast_cpuid(&mut vcpu, None, &host));
     assert_eq!(format!("{vcpu:?}"), before);
 }
