@@ -78,8 +78,9 @@ pub fn fast_cpuid(vcpu: &mut dyn Vcpu, chipset: Option<&Chipset>, host: &dyn Hos
 /// the APIC's presence from `apic_disabled` for leaf 1).
 fn answer(vcpu: &mut dyn Vcpu, leaf: u32, apic_disabled: bool, host: &dyn Host) {
     let subleaf = vcpu.gpr(RCX) as u32;
-    let index = u32::try_from(vcpu.index()).unwrap_or(u32::MAX);
-    // Only leaves 1 and 7 have bits that follow CR4 (see `virtual_cpuid`).
+    // Only leaves 1, 0xb and 0x1f name the vCPU, and only leaves 1 and 7
+    // have bits that follow CR4 (see `virtual_cpuid`).
+    let index = if matches!(leaf, 1 | 0xb | 0x1f) { u32::try_from(vcpu.index()).unwrap_or(u32::MAX) } else { 0 };
     let cr4 = if matches!(leaf, 1 | 7) { vcpu.cr4() } else { 0 };
     let mut regs = virtual_cpuid(host, leaf, subleaf, index, cr4);
     // CPUID.1:EDX.APIC says whether this vCPU's APIC is on (IA32_APIC_BASE.EN),

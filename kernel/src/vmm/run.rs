@@ -282,12 +282,12 @@ fn fast_path(
     host: &mut KernelHost,
     (kind, exit_tsc): (usize, u64),
 ) -> Fast {
-    shared.rearm_kick(me);
     // A CPUID of any leaf but 1 needs nothing of the VM: done before the lock.
     let early = matches!(exit, vmexit::Exit::Cpuid) && vmexit::fast_cpuid(vcpu, None, host);
     if early {
         vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     }
+    shared.rearm_kick(me);
     let mut guard = shared.lock();
     let vm = &mut *guard;
     if !vcpu.guest_view_current(&vm.chipset) {
