@@ -68,11 +68,12 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
 /// The run loop's fast path for a VMCALL exit, before `dispatch`: a call
 /// that leaves nothing for the loop's next round to do (version, print,
 /// tsc-khz, a refused vector, an unknown number, any call from outside ring
-/// 0) with RFLAGS.TF clear is done here as `handle` does it. Returns whether
-/// it was; if not, nothing changed and the exit goes to `dispatch`: exit
-/// stops the VM, raise-interrupt and raise-nmi queue an event the next
-/// round delivers, and TF owes a #DB.
-pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> bool {
+/// 0) with RFLAGS.TF clear is done here as `handle` does it. Only print
+/// needs the VM: without `vm` (the VM not locked) it is declined. Returns
+/// whether the call was done; if not, nothing changed and the exit goes to
+/// `dispatch`: exit stops the VM, raise-interrupt and raise-nmi queue an
+/// event the next round delivers, and TF owes a #DB.
+pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: Option<&mut Machine>, host: &dyn Host) -> bool {
     let rflags = vcpu.rflags();
     if rflags & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
         return false;
@@ -82,7 +83,13 @@ pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) ->
     if ring_0 && !queues_nothing(number, rbx) {
         return false;
     }
-    call(vcpu, vm, host, ring_0, number, rbx);
+    let result = match vm {
+        _ if !ring_0 => EPERM,
+        Some(vm) if number == 1 => print(vcpu, vm, rbx),
+        None if number == 1 => return false,
+        _ => result(vcpu, host, number, rbx),
+    };
+    vcpu.set_gpr(RAX, result);
     crate::debug::skip_untraced(vcpu, rflags);
     true
 }
@@ -111,15 +118,22 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
 /// Every call but exit (`number` from RAX, its argument in RBX): RAX gets
 /// its result (EPERM outside ring 0).
 fn call(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, ring_0: bool, number: u64, rbx: u64) {
-    if !ring_0 {
+    let result = if !ring_0 {
         // The interface is the kernel's: a user program only learns it may
         // not (as KVM answers), and nothing it passed is looked at.
-        vcpu.set_gpr(RAX, EPERM);
-        return;
-    }
-    let result = match number {
+        EPERM
+    } else if number == 1 {
+        print(vcpu, vm, rbx)
+    } else {
+        result(vcpu, host, number, rbx)
+    };
+    vcpu.set_gpr(RAX, result);
+}
+
+/// The result of a call from ring 0 other than exit and print.
+fn result(vcpu: &mut dyn Vcpu, host: &dyn Host, number: u64, rbx: u64) -> u64 {
+    match number {
         0 => VERSION,
-        1 => print(vcpu, vm, rbx),
         3 => host.tsc_hz() / 1000,
         4 => match u8::try_from(rbx) {
             Ok(vector) if vector >= 32 => {
@@ -133,8 +147,7 @@ fn call(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, ring_0: bool, nu
             0
         }
         _ => ENOSYS,
-    };
-    vcpu.set_gpr(RAX, result);
+    }
 }
 
 /// Print: RCX bytes (at most 256) of guest memory at RBX to the console.

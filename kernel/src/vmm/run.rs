@@ -264,8 +264,8 @@ enum Fast {
 /// current (see `Backend::guest_view_current`: what the guest did without
 /// exiting needs no absorb, and the events delivered at the last full round
 /// still stand), and counted (`kind`, from the exit's TSC) as soon as it is;
-/// a CPUID of a leaf that needs nothing of the VM is handled first, before
-/// the lock, and takes the long way without dispatch (where the absorb is)
+/// a CPUID of a leaf, or a hypercall, that needs nothing of the VM is
+/// handled first, before the lock, and takes the long way without dispatch (where the absorb is)
 /// when the view is not current.
 /// The round is skipped when the VM goes on, within its time limit; no
 /// timer of the platform is due (so `poll` would do nothing; a new TSC
@@ -282,8 +282,21 @@ fn fast_path(
     host: &mut KernelHost,
     (kind, exit_tsc): (usize, u64),
 ) -> Fast {
-    // A CPUID of any leaf but 1 needs nothing of the VM: done before the lock.
-    let early = matches!(exit, vmexit::Exit::Cpuid) && vmexit::fast_cpuid(vcpu, None, host);
+    const RAX: u8 = 0;
+    const PRINT: u64 = 1;
+    // A CPUID of any leaf but 1, a hypercall other than print, need nothing
+    // of the VM: done before the lock.
+    let early = match exit {
+        vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, None, host),
+        // Declined for good: only print needs the lock.
+        vmexit::Exit::Hypercall if vcpu.gpr(RAX) != PRINT => {
+            if !vmexit::fast_hypercall(vcpu, None, host) {
+                return Fast::Declined;
+            }
+            true
+        }
+        _ => false,
+    };
     if early {
         vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     }
@@ -302,7 +315,7 @@ fn fast_path(
                 let (sink, name) = (&vm.output, vm.name.as_str());
                 let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
                 let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-                vmexit::fast_hypercall(vcpu, &mut machine, host)
+                vmexit::fast_hypercall(vcpu, Some(&mut machine), host)
             }
         };
         if !done {

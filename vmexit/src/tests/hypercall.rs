@@ -221,7 +221,18 @@ fn the_hypercall_fast_path_matches_dispatch_or_declines() {
                 let (mut fast_vm, mut fast) = set_up(cpl, rflags, number, rbx, rcx);
                 let before = format!("{fast:?}");
                 let mut host = FakeHost::default();
-                let done = fast_vm.with(|machine| crate::fast_hypercall(&mut fast, machine, &host));
+                // Unlocked, print (which reads guest memory) is declined.
+                let mut unlocked = fast.clone();
+                let done = crate::fast_hypercall(&mut unlocked, None, &host);
+                assert_eq!(done, taken && (number != 1 || cpl != 0), "call {number} cpl {cpl} rflags {rflags:#x}");
+                if !done {
+                    assert_eq!(format!("{unlocked:?}"), before);
+                }
+                let done_unlocked = done;
+                let done = fast_vm.with(|machine| crate::fast_hypercall(&mut fast, Some(machine), &host));
+                if done_unlocked {
+                    assert_eq!(format!("{unlocked:?}"), format!("{fast:?}"));
+                }
                 assert_eq!(done, taken, "call {number} cpl {cpl} rflags {rflags:#x}");
                 if !taken {
                     assert_eq!(format!("{fast:?}"), before);
