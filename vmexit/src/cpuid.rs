@@ -14,6 +14,7 @@
 
 use crate::{Host, Machine, Outcome, Vcpu};
 use devices::lapic::Mode;
+use devices::Chipset;
 
 /// "BasaltHVisor" as the three signature registers.
 pub const SIGNATURE: [u32; 3] =
@@ -45,19 +46,49 @@ pub fn guest_phys_bits<H: Host + ?Sized>(host: &H) -> u32 {
 
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
     let leaf = vcpu.gpr(RAX) as u32;
-    let subleaf = vcpu.gpr(RCX) as u32;
-    let index = u32::try_from(vcpu.index()).unwrap_or(u32::MAX);
-    let mut regs = virtual_cpuid(host, leaf, subleaf, index, vcpu.control().cr4);
-    // CPUID.1:EDX.APIC says whether this vCPU's APIC is on (IA32_APIC_BASE.EN),
-    // as it does on a CPU.
-    if leaf == 1 && vm.chipset.apic_mode(vcpu.index()) == Mode::Disabled {
-        regs[3] &= !EDX_APIC;
-    }
-    for (gpr, value) in [RAX, RBX, RCX, RDX].into_iter().zip(regs) {
-        vcpu.set_gpr(gpr, value as u64);
-    }
+    let apic_disabled = leaf == 1 && vm.chipset.apic_mode(vcpu.index()) == Mode::Disabled;
+    answer(vcpu, leaf, apic_disabled, host);
     crate::debug::skip(vcpu);
     Outcome::Resume
+}
+
+/// The run loop's fast path for a CPUID exit, before `dispatch`: with
+/// RFLAGS.TF clear the instruction is done here as `handle` does it. Of the
+/// VM it needs only the vCPU's APIC mode, for leaf 1: without `chipset`
+/// (the VM not locked) that leaf is declined. Returns whether it was done;
+/// if not, nothing changed and the exit goes to `dispatch` (TF owes a #DB,
+/// which the long way delivers).
+pub fn fast_cpuid(vcpu: &mut dyn Vcpu, chipset: Option<&Chipset>, host: &dyn Host) -> bool {
+    let rflags = vcpu.rflags();
+    if rflags & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
+        return false;
+    }
+    let leaf = vcpu.gpr(RAX) as u32;
+    let apic_disabled = match (leaf, chipset) {
+        (1, None) => return false,
+        (1, Some(chipset)) => chipset.apic_mode(vcpu.index()) == Mode::Disabled,
+        _ => false,
+    };
+    answer(vcpu, leaf, apic_disabled, host);
+    crate::debug::skip_untraced(vcpu, rflags);
+    true
+}
+
+/// The guest's registers get the virtual CPU's answer for `leaf` (with
+/// the APIC's presence from `apic_disabled` for leaf 1).
+fn answer(vcpu: &mut dyn Vcpu, leaf: u32, apic_disabled: bool, host: &dyn Host) {
+    let subleaf = vcpu.gpr(RCX) as u32;
+    // Only leaves 1, 0xb and 0x1f name the vCPU, and only leaves 1 and 7
+    // have bits that follow CR4 (see `virtual_cpuid`).
+    let index = if matches!(leaf, 1 | 0xb | 0x1f) { u32::try_from(vcpu.index()).unwrap_or(u32::MAX) } else { 0 };
+    let cr4 = if matches!(leaf, 1 | 7) { vcpu.cr4() } else { 0 };
+    let mut regs = virtual_cpuid(host, leaf, subleaf, index, cr4);
+    // CPUID.1:EDX.APIC says whether this vCPU's APIC is on (IA32_APIC_BASE.EN),
+    // as it does on a CPU.
+    if leaf == 1 && apic_disabled {
+        regs[3] &= !EDX_APIC;
+    }
+    vcpu.set_abcd(regs.map(u64::from));
 }
 
 /// CPUID.1:EDX.APIC: a local APIC is present and enabled.
@@ -65,8 +96,6 @@ const EDX_APIC: u32 = 1 << 9;
 
 const RAX: u8 = 0;
 const RCX: u8 = 1;
-const RDX: u8 = 2;
-const RBX: u8 = 3;
 
 /// The CR4 bits guests may set: those whose CPUID feature they see (MOV to
 /// CR4 with any other bit is #GP, see arch::control).
@@ -83,22 +112,25 @@ pub fn guest_cr4_allowed<H: Host + ?Sized>(host: &H) -> u64 {
 pub fn virtual_cpuid<H: Host + ?Sized>(host: &H, leaf: u32, subleaf: u32, vcpu: u32, guest_cr4: u64) -> [u32; 4] {
     const CR4_OSXSAVE: u64 = 1 << 18;
     const CR4_PKE: u64 = 1 << 22;
-    let tsc_hz = host.tsc_hz();
     match leaf {
         0x4000_0000 => return [HYPERVISOR_MAX_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
         // TSC and local APIC timer frequency in kHz (the common hypervisor leaf);
         // the virtual APIC timer counts at the TSC rate.
-        0x4000_0010 => return [(tsc_hz / 1000) as u32, (tsc_hz / 1000) as u32, 0, 0],
+        0x4000_0010 => {
+            let khz = (host.tsc_hz() / 1000) as u32;
+            return [khz, khz, 0, 0];
+        }
         0x4000_0001..=0x4000_ffff => return [0; 4],
         // TSC = crystal * EBX / EAX: report the TSC itself as a 1:1 "crystal",
         // or, for a TSC above 4.29 GHz (ECX has 32 bits), a crystal that
         // fraction of it (off by less than EBX Hz).
         0x15 => {
+            let tsc_hz = host.tsc_hz();
             let ratio = tsc_hz.div_ceil(u32::MAX as u64).max(1);
             return [1, ratio as u32, (tsc_hz / ratio) as u32, 0];
         }
         0x16 => {
-            let mhz = (tsc_hz / 1_000_000) as u32;
+            let mhz = (host.tsc_hz() / 1_000_000) as u32;
             return [mhz, mhz, 100, 0];
         }
         _ => {}

@@ -154,6 +154,16 @@ pub fn skip(vcpu: &mut dyn Vcpu) -> bool {
     completed(vcpu, conditions)
 }
 
+/// `skip` for a fast path that read RFLAGS (`rflags`) and found TF clear:
+/// the instruction completes (RF cleared) and owes no #DB.
+pub fn skip_untraced(vcpu: &mut dyn Vcpu, rflags: u64) {
+    debug_assert_eq!(rflags & RFLAGS_TF, 0);
+    vcpu.skip_instruction();
+    if rflags & RFLAGS_RF != 0 {
+        vcpu.set_rflags(rflags & !RFLAGS_RF);
+    }
+}
+
 fn deliver(vcpu: &mut dyn Vcpu, conditions: u64) -> bool {
     if conditions == 0 {
         return false;

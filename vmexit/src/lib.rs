@@ -31,10 +31,12 @@ pub mod tsc;
 pub mod vmcall;
 mod xsetbv;
 
+pub use cpuid::fast_cpuid;
 pub use exit::{CrAccess, Exit, PortIo, SegmentRegister, StringIo};
 pub use msr::fast_tsc_deadline;
 pub use outcome::{Outcome, Stop};
 pub use vcpu::Vcpu;
+pub use vmcall::fast_hypercall;
 
 use arch::paging::{Access, AccessKind, PageFault, PhysicalMemory, WalkError};
 use devices::{Chipset, GuestRam};

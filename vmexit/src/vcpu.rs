@@ -33,6 +33,12 @@ pub trait Vcpu {
     /// 15 = R15; only the low four bits count).
     fn gpr(&self, index: u8) -> u64;
     fn set_gpr(&mut self, index: u8, value: u64);
+    /// Sets RAX, RBX, RCX and RDX at once (CPUID's answer).
+    fn set_abcd(&mut self, values: [u64; 4]) {
+        for (gpr, value) in [0, 3, 1, 2].into_iter().zip(values) {
+            self.set_gpr(gpr, value);
+        }
+    }
     fn rip(&self) -> u64;
     /// Moves RIP to `rip` (after an instruction the VMM emulated, whose length
     /// it decoded itself) and ends any STI / MOV SS interrupt shadow.
@@ -66,6 +72,11 @@ pub trait Vcpu {
     /// The control registers as the guest sees them (its own values, not the
     /// bits a back end forces in the real ones).
     fn control(&self) -> Context;
+    /// CR4 as the guest sees it: `control().cr4`, which a back end may read
+    /// alone for less (CPUID's OSXSAVE and OSPKE follow it).
+    fn cr4(&self) -> u64 {
+        self.control().cr4
+    }
     /// EFER as the guest sees it, LMA included.
     fn efer(&self) -> u64;
     /// How the CPU translates the guest's linear addresses now.

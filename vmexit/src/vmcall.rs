@@ -65,32 +65,75 @@ pub fn undefined_opcode(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) 
     Outcome::Resume
 }
 
+/// The run loop's fast path for a VMCALL exit, before `dispatch`: a call
+/// that leaves nothing for the loop's next round to do (version, print,
+/// tsc-khz, a refused vector, an unknown number, any call from outside ring
+/// 0) with RFLAGS.TF clear is done here as `handle` does it. Only print
+/// needs the VM: without `vm` (the VM not locked) it is declined. Returns
+/// whether the call was done; if not, nothing changed and the exit goes to
+/// `dispatch`: exit stops the VM, raise-interrupt and raise-nmi queue an
+/// event the next round delivers, and TF owes a #DB.
+pub fn fast_hypercall(vcpu: &mut dyn Vcpu, vm: Option<&mut Machine>, host: &dyn Host) -> bool {
+    let rflags = vcpu.rflags();
+    if rflags & crate::vcpu::RFLAGS_TF != 0 || vcpu.instruction_length_unknown() {
+        return false;
+    }
+    let ring_0 = vcpu.cpl() == 0;
+    let (number, rbx) = (vcpu.gpr(RAX), vcpu.gpr(RBX));
+    if ring_0 && !queues_nothing(number, rbx) {
+        return false;
+    }
+    let result = match vm {
+        _ if !ring_0 => EPERM,
+        Some(vm) if number == 1 => print(vcpu, vm, rbx),
+        None if number == 1 => return false,
+        _ => result(vcpu, host, number, rbx),
+    };
+    vcpu.set_gpr(RAX, result);
+    crate::debug::skip_untraced(vcpu, rflags);
+    true
+}
+
+/// A call from ring 0 that neither stops the VM nor queues an event.
+fn queues_nothing(number: u64, rbx: u64) -> bool {
+    match number {
+        2 | 5 => false,
+        4 => !u8::try_from(rbx).is_ok_and(|vector| vector >= 32),
+        _ => true,
+    }
+}
+
 pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome {
-    if vcpu.cpl() != 0 {
+    let ring_0 = vcpu.cpl() == 0;
+    let (number, rbx) = (vcpu.gpr(RAX), vcpu.gpr(RBX));
+    if ring_0 && number == 2 {
+        crate::debug::skip(vcpu);
+        return Outcome::Stop(Stop::ExitHypercall { status: rbx });
+    }
+    call(vcpu, vm, host, ring_0, number, rbx);
+    crate::debug::skip(vcpu);
+    Outcome::Resume
+}
+
+/// Every call but exit (`number` from RAX, its argument in RBX): RAX gets
+/// its result (EPERM outside ring 0).
+fn call(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, ring_0: bool, number: u64, rbx: u64) {
+    let result = if !ring_0 {
         // The interface is the kernel's: a user program only learns it may
         // not (as KVM answers), and nothing it passed is looked at.
-        vcpu.set_gpr(RAX, EPERM);
-        crate::debug::skip(vcpu);
-        return Outcome::Resume;
-    }
-    let rbx = vcpu.gpr(RBX);
-    let result = match vcpu.gpr(RAX) {
+        EPERM
+    } else if number == 1 {
+        print(vcpu, vm, rbx)
+    } else {
+        result(vcpu, host, number, rbx)
+    };
+    vcpu.set_gpr(RAX, result);
+}
+
+/// The result of a call from ring 0 other than exit and print.
+fn result(vcpu: &mut dyn Vcpu, host: &dyn Host, number: u64, rbx: u64) -> u64 {
+    match number {
         0 => VERSION,
-        1 => {
-            let len = vcpu.gpr(RCX).min(PRINT_MAX);
-            let mut text = [0u8; PRINT_MAX as usize];
-            match vm.memory.read(rbx, &mut text[..len as usize]) {
-                Ok(()) => {
-                    (vm.console)(&text[..len as usize]);
-                    len
-                }
-                Err(_) => u64::MAX,
-            }
-        }
-        2 => {
-            crate::debug::skip(vcpu);
-            return Outcome::Stop(Stop::ExitHypercall { status: rbx });
-        }
         3 => host.tsc_hz() / 1000,
         4 => match u8::try_from(rbx) {
             Ok(vector) if vector >= 32 => {
@@ -104,8 +147,18 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome
             0
         }
         _ => ENOSYS,
-    };
-    vcpu.set_gpr(RAX, result);
-    crate::debug::skip(vcpu);
-    Outcome::Resume
+    }
+}
+
+/// Print: RCX bytes (at most 256) of guest memory at RBX to the console.
+fn print(vcpu: &dyn Vcpu, vm: &mut Machine, address: u64) -> u64 {
+    let len = vcpu.gpr(RCX).min(PRINT_MAX);
+    let mut text = [0u8; PRINT_MAX as usize];
+    match vm.memory.read(address, &mut text[..len as usize]) {
+        Ok(()) => {
+            (vm.console)(&text[..len as usize]);
+            len
+        }
+        Err(_) => u64::MAX,
+    }
 }

@@ -7,6 +7,7 @@ use super::counters::{LoopProfile, Phase};
 use super::host::KernelHost;
 use super::shared::SharedVm;
 use super::vm::{Stop, Vm};
+use crate::log::GuestOutput;
 use crate::time;
 use core::sync::atomic::{AtomicBool, Ordering};
 use devices::StartupSignal;
@@ -149,11 +150,26 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::Translate);
             trip = Some((kind.min(vmexit::Exit::KINDS - 1), left));
         }
-        if matches!(exit, vmexit::Exit::Wrmsr) && tsc_deadline_fast_path(vcpu, shared, me) {
+        let mut handled = false;
+        if fast_candidate(&exit, vcpu) {
+            match fast_path(&exit, vcpu, shared, me, &mut host, (kind, exit_tsc)) {
+                Fast::Declined => {}
+                Fast::Handled => handled = true,
+                Fast::Resume { now, wake } => {
+                    // As after the long way, the timer for the next entry
+                    // is not the exit's work.
+                    vcpu.arm_timer(now, wake);
+                    watch.lap(Phase::Fast);
+                    fast = true;
+                    // A print may have filled the port's backlog: paced as below.
+                    if output.must_wait() {
+                        pace(&output, shared);
+                        watch.restart(time::rdtsc());
+                    }
+                    continue;
+                }
+            }
             watch.lap(Phase::Fast);
-            vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
-            fast = true;
-            continue;
         }
         let outcome = {
             let mut guard = shared.lock();
@@ -164,7 +180,8 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             let (sink, name) = (&vm.output, vm.name.as_str());
             let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
             let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-            let outcome = vmexit::dispatch(exit, vcpu, &mut machine, &mut host);
+            // An exit the fast path handled (and counted) only needs the round.
+            let outcome = if handled { Outcome::Resume } else { vmexit::dispatch(exit, vcpu, &mut machine, &mut host) };
             watch.lap(Phase::Dispatch);
             shared.wake_others(vm, me);
             watch.lap(Phase::Wake);
@@ -174,16 +191,15 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             outcome
         };
         watch.lap(Phase::Dispatch);
-        vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+        if !handled {
+            vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+        }
         watch.lap(Phase::Count);
         // A VM writing faster than the host's port waits for it here, with
         // no lock held: only its own vCPU is slowed. (Not counted as the
         // exit's VMM time: the guest is paced, the VMM does no work.)
         if output.must_wait() {
-            while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
-                crate::log::pump();
-                core::hint::spin_loop();
-            }
+            pace(&output, shared);
             // Pacing is no phase's work.
             watch.restart(time::rdtsc());
         }
@@ -201,42 +217,116 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
     end
 }
 
-/// A WRMSR of IA32_TSC_DEADLINE (one per guest timer tick) done without the
-/// loop's round, when nothing else needs doing before the next entry: the
-/// VM goes on, within its time limit; no timer of the platform is due (so
-/// `poll` would do nothing) and the new deadline is ahead; nothing arrived
-/// for this vCPU (no wake-up: an interrupt, NMI, INIT or SIPI from another
-/// vCPU or device); the back end's view of the platform is current (see
-/// `Backend::guest_view_current`: the events delivered at the last full
-/// round still stand). Then the local APIC's deadline and the back end's
-/// timer are armed, RIP moves past, and the guest is entered again. The
-/// kick is rearmed first, under the same rule as the loop's: whatever
-/// arrives for this vCPU from then on sends the IPI, which, pending while
-/// the host runs with interrupts off, makes the guest exit right after the
-/// entry. Returns false, having changed nothing, when any of that fails:
-/// the exit then goes the long way.
-fn tsc_deadline_fast_path(vcpu: &mut dyn Backend, shared: &SharedVm, me: usize) -> bool {
+/// Whether the exit may take `fast_path`, from its kind and the guest's
+/// registers alone (before any lock): a WRMSR of IA32_TSC_DEADLINE, a CPUID,
+/// a hypercall (`vmexit::fast_hypercall` declines the calls that queue
+/// an event).
+#[inline(always)]
+fn fast_candidate(exit: &vmexit::Exit, vcpu: &dyn Backend) -> bool {
     const RCX: u8 = 1;
     const IA32_TSC_DEADLINE: u64 = 0x6e0;
-    if vcpu.gpr(RCX) & 0xffff_ffff != IA32_TSC_DEADLINE || shared.is_stopping() {
-        return false;
+    match exit {
+        vmexit::Exit::Wrmsr => vcpu.gpr(RCX) & 0xffff_ffff == IA32_TSC_DEADLINE,
+        vmexit::Exit::Cpuid | vmexit::Exit::Hypercall => true,
+        _ => false,
     }
-    let now = time::rdtsc();
-    if now >= shared.deadline {
-        return false;
+}
+
+/// Waits, with no lock held, while the VM's console output is over the
+/// host port's backlog (or the VM stops or runs out of time).
+fn pace(output: &GuestOutput, shared: &SharedVm) {
+    while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
+        crate::log::pump();
+        core::hint::spin_loop();
+    }
+}
+
+/// What `fast_path` did with an exit.
+enum Fast {
+    /// Nothing: the exit goes the long way.
+    Declined,
+    /// The exit is handled and counted, but the next entry needs the loop's
+    /// round (the long way without `dispatch`).
+    Handled,
+    /// The exit is handled and counted and the guest may be entered again
+    /// at once, once the back end's timer is armed for `wake` (the
+    /// VMX-preemption timer starts over at each entry).
+    Resume { now: u64, wake: u64 },
+}
+
+/// An exit handled right after it, under one lock, with no absorb and no
+/// dispatch: a WRMSR of IA32_TSC_DEADLINE (one per guest timer tick), a
+/// CPUID, or a hypercall that queues nothing (see `vmexit::fast_hypercall`),
+/// once `fast_candidate` said so; and, when nothing else needs doing before
+/// the next entry, without the loop's round either.
+///
+/// The exit is handled only when the back end's view of the platform is
+/// current (see `Backend::guest_view_current`: what the guest did without
+/// exiting needs no absorb, and the events delivered at the last full round
+/// still stand), and counted (`kind`, from the exit's TSC) as soon as it is;
+/// a CPUID of a leaf, or a hypercall, that needs nothing of the VM is
+/// handled first, before the lock, and takes the long way without dispatch (where the absorb is)
+/// when the view is not current.
+/// The round is skipped when the VM goes on, within its time limit; no
+/// timer of the platform is due (so `poll` would do nothing; a new TSC
+/// deadline is ahead); and nothing arrived for this vCPU (no wake-up: an
+/// interrupt, NMI, INIT or SIPI from another vCPU or device). The kick is
+/// rearmed first, under the same rule as the loop's: whatever arrives for
+/// this vCPU from then on sends the IPI, which, pending while the host runs
+/// with interrupts off, makes the guest exit right after the entry.
+fn fast_path(
+    exit: &vmexit::Exit,
+    vcpu: &mut dyn Backend,
+    shared: &SharedVm,
+    me: usize,
+    host: &mut KernelHost,
+    (kind, exit_tsc): (usize, u64),
+) -> Fast {
+    const RAX: u8 = 0;
+    const PRINT: u64 = 1;
+    // A CPUID of any leaf but 1, a hypercall other than print, need nothing
+    // of the VM: done before the lock.
+    let early = match exit {
+        vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, None, host),
+        // Declined for good: only print needs the lock.
+        vmexit::Exit::Hypercall if vcpu.gpr(RAX) != PRINT => {
+            if !vmexit::fast_hypercall(vcpu, None, host) {
+                return Fast::Declined;
+            }
+            true
+        }
+        _ => false,
+    };
+    if early {
+        vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     }
     shared.rearm_kick(me);
     let mut guard = shared.lock();
-    let chipset = &mut guard.chipset;
-    if chipset.has_wakeup(me) || chipset.poll_due(now) || !vcpu.guest_view_current(chipset) {
-        return false;
+    let vm = &mut *guard;
+    if !vcpu.guest_view_current(&vm.chipset) {
+        return if early { Fast::Handled } else { Fast::Declined };
     }
-    if !vmexit::fast_tsc_deadline(vcpu, chipset, now) {
-        return false;
+    let now = time::rdtsc();
+    if !early {
+        let done = match exit {
+            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now),
+            vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, Some(&vm.chipset), host),
+            _ => {
+                let (sink, name) = (&vm.output, vm.name.as_str());
+                let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
+                let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
+                vmexit::fast_hypercall(vcpu, Some(&mut machine), host)
+            }
+        };
+        if !done {
+            return Fast::Declined;
+        }
+        vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     }
-    let wake = chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
-    vcpu.arm_timer(now, wake);
-    true
+    if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) {
+        return Fast::Handled;
+    }
+    Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline)) }
 }
 
 /// The bench reads this line: guest time since the VM was built and this

@@ -365,3 +365,65 @@ fn guests_see_the_hosts_vendor_so_vendor_specific_instructions_agree_with_it() {
         }
     }
 }
+
+/// The run loop's fast path answers every leaf as `dispatch` does, whatever
+/// the vCPU's CR4 and APIC state, and declines a single step (whose #DB the
+/// long way delivers) having changed nothing.
+#[test]
+fn the_cpuid_fast_path_matches_dispatch_or_declines() {
+    use devices::layout::LAPIC_BASE;
+    const TF: u64 = 1 << 8;
+    const RF: u64 = 1 << 16;
+    let mut host = FakeHost::default();
+    let load = |vcpu: &mut FakeVcpu, leaf: u32, subleaf: u32| {
+        vcpu.gprs[RAX as usize] = 0xdead_beef_0000_0000 | leaf as u64;
+        vcpu.gprs[RCX as usize] = 0xfeed_f00d_0000_0000 | subleaf as u64;
+        vcpu.gprs[RDX as usize] = u64::MAX;
+        vcpu.gprs[RBX as usize] = u64::MAX;
+    };
+    let leaves = (0..0x20).chain(0x4000_0000..0x4000_0012).chain(0x8000_0000..0x8000_0020).chain([0x4000_0100]);
+    for leaf in leaves {
+        for subleaf in [0, 1, 2, 3, 0x41] {
+            for cr4 in [0, cr4::OSXSAVE, cr4::PKE, cr4::OSXSAVE | cr4::PKE] {
+                for (index, apic_on) in [(0, true), (1, true), (1, false)] {
+                    let mut vm = FakeVm::new(2, 0x1000);
+                    if !apic_on {
+                        vm.chipset.set_apic_base(index, LAPIC_BASE, true, 48).unwrap();
+                    }
+                    let mut fast = FakeVcpu { index, cr4, rflags: 2 | RF, ..FakeVcpu::flat() };
+                    load(&mut fast, leaf, subleaf);
+                    let mut slow = fast.clone();
+                    // Unlocked, leaf 1 (the APIC's presence) is declined.
+                    let mut unlocked = fast.clone();
+                    let done = crate::fast_cpuid(&mut unlocked, None, &host);
+                    assert_eq!(done, leaf != 1, "leaf {leaf:#x}");
+                    if !done {
+                        assert_eq!(format!("{unlocked:?}"), format!("{fast:?}"));
+                    }
+                    assert!(crate::fast_cpuid(&mut fast, Some(&vm.chipset), &host));
+                    if done {
+                        assert_eq!(format!("{unlocked:?}"), format!("{fast:?}"));
+                    }
+                    assert_eq!(run(Exit::Cpuid, &mut slow, &mut vm, &mut host), Outcome::Resume);
+                    assert_eq!(
+                        format!("{fast:?}"),
+                        format!("{slow:?}"),
+                        "leaf {leaf:#x}/{subleaf} cr4 {cr4:#x} vcpu {index} apic {apic_on}"
+                    );
+                    assert_eq!((fast.skipped, fast.rflags & RF, fast.injected), (1, 0, None));
+                }
+            }
+        }
+    }
+    // Declined: a single step pending.
+    let vm = FakeVm::new(1, 0x1000);
+    let mut vcpu = FakeVcpu { rflags: 2 | TF, ..FakeVcpu::flat() };
+    load(&mut vcpu, 1, 0);
+    let before = format!("{vcpu:?}");
+    assert!(!crate::fast_cpuid(&mut vcpu, Some(&vm.chipset), &host));
+    assert_eq!(format!("{vcpu:?}"), before);
+    load(&mut vcpu, 0, 0);
+    let before = format!("{vcpu:?}");
+    assert!(!crate::fast_cpuid(&mut vcpu, None, &host));
+    assert_eq!(format!("{vcpu:?}"), before);
+}

@@ -183,3 +183,67 @@ fn the_answers_are_the_same_through_the_other_vendors_instruction() {
         }
     }
 }
+
+/// The run loop's fast path does what `dispatch` does for every call that
+/// leaves nothing for the next round (version, print, tsc-khz, a refused
+/// vector, unknown numbers, any call from ring 3), and declines, having
+/// changed nothing, exit, the calls that queue an event, and a single step.
+#[test]
+fn the_hypercall_fast_path_matches_dispatch_or_declines() {
+    const TF: u64 = 1 << 8;
+    let set_up = |cpl: u8, rflags: u64, number: u64, rbx: u64, rcx: u64| {
+        let (mut vm, _) = machine();
+        vm.memory.bytes[0x2000..0x200c].copy_from_slice(b"hello, world");
+        let mut vcpu = FakeVcpu { cpl, rflags, ..FakeVcpu::long_mode() };
+        vcpu.gprs[RAX as usize] = number;
+        vcpu.gprs[RBX as usize] = rbx;
+        vcpu.gprs[RCX as usize] = rcx;
+        (vm, vcpu)
+    };
+    let calls = [
+        (0, 0, 0, true),
+        (1, 0x2000, 5, true),
+        (1, RAM as u64, 4, true),
+        (3, 0, 0, true),
+        (4, 3, 0, true),
+        (4, 0x1_0040, 0, true),
+        (6, 0, 0, true),
+        (u64::MAX, 0, 0, true),
+        (2, 7, 0, false),
+        (4, 0x40, 0, false),
+        (4, 255, 0, false),
+        (5, 0, 0, false),
+    ];
+    for (number, rbx, rcx, taken_in_ring_0) in calls {
+        for cpl in [0, 3] {
+            for rflags in [2, 2 | TF] {
+                let taken = (taken_in_ring_0 || cpl != 0) && rflags & TF == 0;
+                let (mut fast_vm, mut fast) = set_up(cpl, rflags, number, rbx, rcx);
+                let before = format!("{fast:?}");
+                let mut host = FakeHost::default();
+                // Unlocked, print (which reads guest memory) is declined.
+                let mut unlocked = fast.clone();
+                let done = crate::fast_hypercall(&mut unlocked, None, &host);
+                assert_eq!(done, taken && (number != 1 || cpl != 0), "call {number} cpl {cpl} rflags {rflags:#x}");
+                if !done {
+                    assert_eq!(format!("{unlocked:?}"), before);
+                }
+                let done_unlocked = done;
+                let done = fast_vm.with(|machine| crate::fast_hypercall(&mut fast, Some(machine), &host));
+                if done_unlocked {
+                    assert_eq!(format!("{unlocked:?}"), format!("{fast:?}"));
+                }
+                assert_eq!(done, taken, "call {number} cpl {cpl} rflags {rflags:#x}");
+                if !taken {
+                    assert_eq!(format!("{fast:?}"), before);
+                    assert!(fast_vm.console.borrow().is_empty());
+                    continue;
+                }
+                let (mut slow_vm, mut slow) = set_up(cpl, rflags, number, rbx, rcx);
+                assert_eq!(run(Exit::Hypercall, &mut slow, &mut slow_vm, &mut host), Outcome::Resume);
+                assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "call {number} cpl {cpl}");
+                assert_eq!(*fast_vm.console.borrow(), *slow_vm.console.borrow());
+            }
+        }
+    }
+}

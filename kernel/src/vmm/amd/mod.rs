@@ -204,6 +204,10 @@ impl vmexit::Vcpu for Vcpu {
         }
     }
 
+    fn cr4(&self) -> u64 {
+        self.vmcb().save.cr4
+    }
+
     fn control(&self) -> Context {
         let s = &self.vmcb().save;
         Context {

@@ -97,6 +97,14 @@ impl vmexit::Vcpu for Vcpu {
         }
     }
 
+    /// None of them is RSP: all in the saved registers.
+    fn set_abcd(&mut self, [rax, rbx, rcx, rdx]: [u64; 4]) {
+        self.regs.set(0, rax);
+        self.regs.set(3, rbx);
+        self.regs.set(1, rcx);
+        self.regs.set(2, rdx);
+    }
+
     fn rip(&self) -> u64 {
         read(vmcs::GUEST_RIP)
     }
@@ -159,6 +167,10 @@ impl vmexit::Vcpu for Vcpu {
             long_mode_active: efer & efer::LMA != 0,
             code_64: read(vmcs::GUEST_CS_ACCESS_RIGHTS) & CS_LONG != 0,
         }
+    }
+
+    fn cr4(&self) -> u64 {
+        visible(vmcs::GUEST_CR4, vmcs::CR4_READ_SHADOW, vmcs::CR4_GUEST_HOST_MASK)
     }
 
     fn efer(&self) -> u64 {
