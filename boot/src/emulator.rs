@@ -373,7 +373,21 @@ pub fn run_captured(
             None => std::thread::sleep(Duration::from_millis(25)),
         }
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break classify(machine.emulator, status.code());
+            break match classify(machine.emulator, status.code()) {
+                Ending::Abnormal(_) if machine.emulator == Emulator::Bochs && quitting_after_success(dir) => {
+                    // Seen a few times under heavy load: Bochs dies of a
+                    // signal inside its debugger's `quit`, after the kernel's
+                    // success breakpoint. The kernel's verdict stands; the
+                    // case's expected lines still decide the case.
+                    use std::os::unix::process::ExitStatusExt;
+                    eprintln!(
+                        "xtask: Bochs ended by signal {:?} while quitting after the success breakpoint; counted as success",
+                        status.signal()
+                    );
+                    Ending::Success
+                }
+                ending => ending,
+            };
         }
         if start.elapsed() >= timeout {
             let _ = child.kill();
@@ -401,6 +415,12 @@ pub fn run_captured(
         elapsed,
         cue_never_seen: script.waiting_for().map(str::to_owned),
     })
+}
+
+/// Whether Bochs stopped at the magic breakpoint, which only the kernel's
+/// success exit uses: its debugger then runs `quit`, the last command.
+fn quitting_after_success(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("emulator.log")).is_ok_and(|log| log.contains("Magic breakpoint"))
 }
 
 /// A local TCP port nobody listens on now, for an emulator's serial server.
