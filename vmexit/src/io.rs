@@ -12,7 +12,7 @@ use crate::vcpu::RFLAGS_DF;
 use crate::{access_rights, translation_failed, Host, Machine, Outcome, Stop, Vcpu};
 use arch::debug::Touch;
 use arch::paging::{self, AccessKind};
-use devices::Request;
+use devices::{Chipset, Request};
 
 /// At most this many REP iterations per exit, so a long string does not hold
 /// the CPU; the instruction simply runs again for the rest.
@@ -32,20 +32,59 @@ pub fn handle(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, access: Po
     if let Some(string) = access.string {
         return self::string(vcpu, vm, host, access, string, mask);
     }
-    let rax = vcpu.gpr(RAX);
-    let mut request = None;
-    if access.is_in {
-        let value = vm.chipset.port_read(access.port, size, host.now()) as u64 & mask;
-        // A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the upper bits.
-        vcpu.set_gpr(RAX, if size == 4 { value } else { (rax & !mask) | value });
-    } else {
-        request = vm.chipset.port_write(access.port, size, (rax & mask) as u32, host.now());
-    }
+    let request = in_or_out(vcpu, vm.chipset, host, access.port, size, access.is_in);
     vcpu.skip_instruction();
     let touched = Touched::NONE.and(Touch::Port { port: access.port, len: size });
     let conditions = Watch::of(vcpu).conditions(&*vm.memory, &touched);
     debug::completed(vcpu, conditions);
     request.map_or(Outcome::Resume, act_on)
+}
+
+/// The enable bits of DR7's four breakpoints (L0-L3, G0-G3).
+const DR7_ENABLES: u64 = 0xff;
+
+/// The run loop's fast path for port I/O (with the VM locked): a plain IN
+/// or OUT of 1, 2 or 4 bytes, with RFLAGS.TF clear and no breakpoint enabled
+/// in DR7 (so it owes no #DB), done as `dispatch` does it: the access, the
+/// instruction skipped, RF cleared, and the outcome of any device request.
+/// None, having done nothing, for anything else (string I/O, a single
+/// step, a breakpoint, an instruction whose length is unknown): that goes
+/// through `dispatch`.
+pub fn fast_port_io(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, host: &dyn Host, access: PortIo) -> Option<Outcome> {
+    let rflags = vcpu.rflags();
+    if access.string.is_some()
+        || !matches!(access.size, 1 | 2 | 4)
+        || rflags & crate::vcpu::RFLAGS_TF != 0
+        || vcpu.instruction_length_unknown()
+        || vcpu.debug_registers().dr7 & DR7_ENABLES != 0
+    {
+        return None;
+    }
+    let request = in_or_out(vcpu, chipset, host, access.port, access.size, access.is_in);
+    debug::skip_untraced(vcpu, rflags);
+    Some(request.map_or(Outcome::Resume, act_on))
+}
+
+/// A plain IN (into RAX) or OUT (from RAX) of `size` bytes (1, 2 or 4) at
+/// `port`; what the device asked for.
+fn in_or_out(
+    vcpu: &mut dyn Vcpu,
+    chipset: &mut Chipset,
+    host: &dyn Host,
+    port: u16,
+    size: u8,
+    is_in: bool,
+) -> Option<Request> {
+    let mask = devices::bus::all_ones(size);
+    let rax = vcpu.gpr(RAX);
+    if is_in {
+        let value = chipset.port_read(port, size, host.now()) as u64 & mask;
+        // A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the upper bits.
+        vcpu.set_gpr(RAX, if size == 4 { value } else { (rax & !mask) | value });
+        None
+    } else {
+        chipset.port_write(port, size, (rax & mask) as u32, host.now())
+    }
 }
 
 /// What a device asked for, once the instruction that asked is done.

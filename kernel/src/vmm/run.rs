@@ -150,11 +150,12 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::Translate);
             trip = Some((kind.min(vmexit::Exit::KINDS - 1), left));
         }
-        let mut handled = false;
+        // The outcome of an exit the fast path handled (and counted).
+        let mut handled = None;
         if fast_candidate(&exit, vcpu) {
             match fast_path(&exit, vcpu, shared, me, &mut host, (kind, exit_tsc)) {
                 Fast::Declined => {}
-                Fast::Handled => handled = true,
+                Fast::Handled(outcome) => handled = Some(outcome),
                 Fast::Resume { now, wake } => {
                     // As after the long way, the timer for the next entry
                     // is not the exit's work.
@@ -171,6 +172,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             }
             watch.lap(Phase::Fast);
         }
+        let counted = handled.is_some();
         let outcome = {
             let mut guard = shared.lock();
             watch.lap(Phase::Lock);
@@ -181,7 +183,10 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
             let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
             // An exit the fast path handled (and counted) only needs the round.
-            let outcome = if handled { Outcome::Resume } else { vmexit::dispatch(exit, vcpu, &mut machine, &mut host) };
+            let outcome = match handled {
+                Some(outcome) => outcome,
+                None => vmexit::dispatch(exit, vcpu, &mut machine, &mut host),
+            };
             watch.lap(Phase::Dispatch);
             shared.wake_others(vm, me);
             watch.lap(Phase::Wake);
@@ -191,7 +196,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             outcome
         };
         watch.lap(Phase::Dispatch);
-        if !handled {
+        if !counted {
             vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
         }
         watch.lap(Phase::Count);
@@ -220,7 +225,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
 /// Whether the exit may take `fast_path`, from its kind and the guest's
 /// registers alone (before any lock): a WRMSR of IA32_TSC_DEADLINE, a CPUID,
 /// a hypercall (`vmexit::fast_hypercall` declines the calls that queue
-/// an event).
+/// an event), a port access but INS/OUTS.
 #[inline(always)]
 fn fast_candidate(exit: &vmexit::Exit, vcpu: &dyn Backend) -> bool {
     const RCX: u8 = 1;
@@ -228,6 +233,7 @@ fn fast_candidate(exit: &vmexit::Exit, vcpu: &dyn Backend) -> bool {
     match exit {
         vmexit::Exit::Wrmsr => vcpu.gpr(RCX) & 0xffff_ffff == IA32_TSC_DEADLINE,
         vmexit::Exit::Cpuid | vmexit::Exit::Hypercall => true,
+        vmexit::Exit::Io(access) => access.string.is_none(),
         _ => false,
     }
 }
@@ -245,20 +251,22 @@ fn pace(output: &GuestOutput, shared: &SharedVm) {
 enum Fast {
     /// Nothing: the exit goes the long way.
     Declined,
-    /// The exit is handled and counted, but the next entry needs the loop's
-    /// round (the long way without `dispatch`).
-    Handled,
+    /// The exit is handled and counted, with this outcome, but the next
+    /// entry needs the loop's round (the long way without `dispatch`).
+    Handled(Outcome),
     /// The exit is handled and counted and the guest may be entered again
     /// at once, once the back end's timer is armed for `wake` (the
     /// VMX-preemption timer starts over at each entry).
     Resume { now: u64, wake: u64 },
 }
 
-/// An exit handled right after it, under one lock, with no absorb and no
-/// dispatch: a WRMSR of IA32_TSC_DEADLINE (one per guest timer tick), a
-/// CPUID, or a hypercall that queues nothing (see `vmexit::fast_hypercall`),
-/// once `fast_candidate` said so; and, when nothing else needs doing before
-/// the next entry, without the loop's round either.
+/// An exit handled right after it, under one lock, with no dispatch: a
+/// WRMSR of IA32_TSC_DEADLINE (one per guest timer tick), a CPUID, or a
+/// hypercall that queues nothing (see `vmexit::fast_hypercall`), with no
+/// absorb either; or a plain IN/OUT (`vmexit::fast_port_io`: no single
+/// step, no breakpoint), after the absorb, since the device may raise an
+/// interrupt; once `fast_candidate` said so; and, when nothing else needs
+/// doing before the next entry, without the loop's round either.
 ///
 /// The exit is handled only when the back end's view of the platform is
 /// current (see `Backend::guest_view_current`: what the guest did without
@@ -267,7 +275,9 @@ enum Fast {
 /// a CPUID of a leaf, or a hypercall, that needs nothing of the VM is
 /// handled first, before the lock, and takes the long way without dispatch (where the absorb is)
 /// when the view is not current.
-/// The round is skipped when the VM goes on, within its time limit; no
+/// The round is skipped when the exit's outcome is to resume (a device's
+/// request goes the long way) and the view is still current (a port access
+/// that raised an interrupt made the model stale), the VM goes on, within its time limit; no
 /// timer of the platform is due (so `poll` would do nothing; a new TSC
 /// deadline is ahead); and nothing arrived for this vCPU (no wake-up: an
 /// interrupt, NMI, INIT or SIPI from another vCPU or device). The kick is
@@ -304,27 +314,42 @@ fn fast_path(
     let mut guard = shared.lock();
     let vm = &mut *guard;
     if !vcpu.guest_view_current(&vm.chipset) {
-        return if early { Fast::Handled } else { Fast::Declined };
+        return if early { Fast::Handled(Outcome::Resume) } else { Fast::Declined };
     }
     let now = time::rdtsc();
     if !early {
-        let done = match exit {
-            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now),
-            vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, Some(&vm.chipset), host),
+        let outcome = match exit {
+            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now).then_some(Outcome::Resume),
+            vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, Some(&vm.chipset), host).then_some(Outcome::Resume),
+            vmexit::Exit::Io(access) => {
+                // The absorb comes first, as on the long way: an interrupt
+                // the access raises must find the model caught up with what
+                // the CPU took since the last entry.
+                vcpu.sync_from_guest(&mut vm.chipset);
+                vmexit::fast_port_io(vcpu, &mut vm.chipset, host, *access)
+            }
             _ => {
                 let (sink, name) = (&vm.output, vm.name.as_str());
                 let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
                 let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-                vmexit::fast_hypercall(vcpu, Some(&mut machine), host)
+                vmexit::fast_hypercall(vcpu, Some(&mut machine), host).then_some(Outcome::Resume)
             }
         };
-        if !done {
-            return Fast::Declined;
-        }
+        let Some(outcome) = outcome else { return Fast::Declined };
         vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
+        if matches!(exit, vmexit::Exit::Io(_)) {
+            // A device's request (a stop, a marker), or a change to the APIC
+            // model (an interrupt the access raised, a register the absorb
+            // took in) that the page must get back: the round.
+            if outcome != Outcome::Resume || !vcpu.guest_view_current(&vm.chipset) {
+                return Fast::Handled(outcome);
+            }
+            // Another vCPU the device interrupted is kicked, as after a dispatch.
+            shared.wake_others(vm, me);
+        }
     }
     if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) {
-        return Fast::Handled;
+        return Fast::Handled(Outcome::Resume);
     }
     Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline)) }
 }

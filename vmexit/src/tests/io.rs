@@ -501,3 +501,96 @@ fn a_bench_marker_mid_string_resumes_the_rest_of_it() {
     }
     assert_eq!(vcpu.rip, 0x1002);
 }
+
+/// The run loop's port I/O fast path does what `dispatch` does (same
+/// outcome, registers, device state and pending interrupts) for a plain
+/// IN/OUT with no single step and no breakpoint, and declines, touching
+/// nothing, everything else.
+#[test]
+fn the_fast_port_io_path_matches_dispatch() {
+    const RF: u64 = 1 << 16;
+    const TF: u64 = 1 << 8;
+    // The 8259 initialised (vectors 0x20+, IRQ 4 unmasked) and COM1's OUT2
+    // set: COM1's line reaches vCPU 0 as an interrupt.
+    let set_up = |rflags: u64, dr7: u64, rax: u64| {
+        let (mut vm, mut host, log) = probe_vm(0x8765_4321);
+        vm.chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
+        vm.chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
+        let mut vcpu = FakeVcpu::flat();
+        for (port, value) in
+            [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef), (layout::COM1 + 4, 0x08)]
+        {
+            vcpu.gprs[RAX as usize] = value;
+            assert_eq!(run(self::port(port, 1, false), &mut vcpu, &mut vm, &mut host), Outcome::Resume);
+        }
+        vm.chipset.take_wakeup(0);
+        vcpu.gprs[RAX as usize] = rax;
+        vcpu.rflags = rflags;
+        vcpu.dr7 = dr7;
+        vcpu.dr[0] = 0x3f8;
+        vcpu.cr4 |= arch::control::cr4::DE;
+        (vm, host, vcpu, log)
+    };
+    let com1 = layout::COM1;
+    let accesses = [
+        (PROBE, 1, true, u64::MAX),
+        (PROBE, 2, true, u64::MAX),
+        (PROBE, 4, true, u64::MAX),
+        (PROBE + 1, 4, false, 0xdead_beef_cafe_babe),
+        (com1, 1, false, 0x41),
+        (com1 + 5, 1, true, 0),
+        (com1 + 2, 1, true, 0),
+        // IER: the transmit interrupt, raised at once (THR is empty).
+        (com1 + 1, 1, false, 0x02),
+        (com1 + 4, 1, false, 0x00),
+        (0x43, 1, false, 0x34),
+        (0x9990, 2, true, 0),
+        (layout::DEBUG_EXIT, 1, false, 0x10),
+        (layout::BENCH_MARKER, 1, false, 0x45),
+        (layout::RESET_CONTROL, 1, false, 0x06),
+        (PROBE, 3, true, 0),
+    ];
+    // DR7: none; an I/O breakpoint on COM1 (L0, R/W0 = 10b); a disabled one.
+    let io_breakpoint = 1 | (0b10 << 16);
+    for (port, size, is_in, rax) in accesses {
+        for (rflags, dr7) in [(2, 0), (2 | RF, 0), (2 | TF, 0), (2, io_breakpoint), (2, io_breakpoint & !1)] {
+            for length_known in [true, false] {
+                let exit = PortIo { port, size, is_in, string: None };
+                let taken = rflags & TF == 0 && dr7 & 0xff == 0 && length_known && size != 3;
+                let (mut fast_vm, fast_host, mut fast, fast_log) = set_up(rflags, dr7, rax);
+                fast.length_known = length_known;
+                let before = format!("{fast:?}");
+                let outcome = crate::fast_port_io(&mut fast, &mut fast_vm.chipset, &fast_host, exit);
+                let what = format!("port {port:#x} size {size} in {is_in} rflags {rflags:#x} dr7 {dr7:#x}");
+                assert_eq!(outcome.is_some(), taken, "{what}");
+                let Some(outcome) = outcome else {
+                    assert_eq!(format!("{fast:?}"), before, "{what}");
+                    assert!(fast_log.lock().unwrap().is_empty(), "{what}");
+                    assert!(!fast_vm.chipset.has_wakeup(0), "{what}");
+                    continue;
+                };
+                let (mut slow_vm, mut slow_host, mut slow, slow_log) = set_up(rflags, dr7, rax);
+                let slow_outcome = run(Exit::Io(exit), &mut slow, &mut slow_vm, &mut slow_host);
+                assert_eq!(outcome, slow_outcome, "{what}");
+                assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{what}");
+                assert_eq!(fast.rflags & RF, 0, "{what}");
+                assert_eq!(*fast_log.lock().unwrap(), *slow_log.lock().unwrap(), "{what}");
+                assert_eq!(fast_vm.chipset.has_wakeup(0), slow_vm.chipset.has_wakeup(0), "{what}");
+                assert_eq!(fast_vm.chipset.has_interrupt(0), slow_vm.chipset.has_interrupt(0), "{what}");
+                if port == com1 + 1 {
+                    assert!(fast_vm.chipset.has_wakeup(0) && fast_vm.chipset.has_interrupt(0), "{what}: IRQ 4 raised");
+                }
+                assert_eq!(fast_vm.chipset.poll_due(1), slow_vm.chipset.poll_due(1), "{what}");
+                assert_eq!(fast_vm.chipset.next_deadline(0), slow_vm.chipset.next_deadline(0), "{what}");
+                // COM1 as the guest reads it next (IIR, LSR, IER).
+                for p in [com1 + 2, com1 + 5, com1 + 1] {
+                    assert_eq!(
+                        fast_vm.chipset.port_read(p, 1, 0),
+                        slow_vm.chipset.port_read(p, 1, 0),
+                        "{what}: port {p:#x}"
+                    );
+                }
+            }
+        }
+    }
+}
