@@ -1059,14 +1059,21 @@ mod tests {
         assert_eq!(c.next_deadline(0), None, "PIT counting but IRQ0 masked everywhere");
     }
 
-    #[test]
-    fn with_virtual_interrupt_delivery_a_level_pin_redelivers_after_the_eoi_exit() {
+    /// COM1 on a level-triggered IOAPIC pin (vector 0x34), its received-data
+    /// interrupt on, two bytes waiting: the line stays up until both are read.
+    fn level_triggered_com1_with_two_bytes() -> Chipset {
         let (mut c, _) = chipset(1);
         enable_apic(&mut c, 0);
         ioapic_route(&mut c, 4, 0x8000 | 0x34, 0); // level-triggered COM1
         c.port_write(0x3fc, 1, 0x08, 0);
         c.com1_input(b"ab");
         c.port_write(0x3f9, 1, 0x01, 0); // IER: received data
+        c
+    }
+
+    #[test]
+    fn with_virtual_interrupt_delivery_a_level_pin_redelivers_after_the_eoi_exit() {
+        let mut c = level_triggered_com1_with_two_bytes();
         let mut page: lapic::VirtualApicPage = [0; 1024];
         assert!(c.mirror_lapic(0, &mut page, true));
         assert_eq!(c.lapic_interrupt_status(0), 0x34, "posted as RVI");
@@ -1089,12 +1096,7 @@ mod tests {
 
     #[test]
     fn level_triggered_ioapic_pin_redelivers_after_eoi() {
-        let (mut c, _) = chipset(1);
-        enable_apic(&mut c, 0);
-        ioapic_route(&mut c, 4, 0x8000 | 0x34, 0); // level-triggered COM1
-        c.port_write(0x3fc, 1, 0x08, 0);
-        c.com1_input(b"ab");
-        c.port_write(0x3f9, 1, 0x01, 0); // IER: received data
+        let mut c = level_triggered_com1_with_two_bytes();
         assert_eq!(c.take_interrupt(0), Some(0x34));
         c.port_read(0x3f8, 1, 0);
         lapic_write(&mut c, 0, reg::EOI, 0, 0);

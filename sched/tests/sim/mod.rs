@@ -14,24 +14,21 @@ use basalt_sched::{CoreId, CpuSet, Eevdf, NotRunnable, Params, Policy, Tunables,
 pub const MS: u64 = 1_000_000;
 pub const US: u64 = 1_000;
 
-/// splitmix64: a run repeats from its seed.
-pub struct Rng(u64);
+/// The project's seeded generator (basalt-fuzz's splitmix64): a run repeats
+/// from its seed.
+pub struct Rng(basalt_fuzz::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(basalt_fuzz::Rng::new(seed))
     }
 
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
 
     /// An exponentially distributed duration with this mean (at least 1 µs).
