@@ -244,9 +244,6 @@ impl VectorSet {
     fn contains(&self, v: u8) -> bool {
         self.0[v as usize / 32] & (1 << (v % 32)) != 0
     }
-    fn is_empty(&self) -> bool {
-        self.0 == [0; 8]
-    }
     fn highest(&self) -> Option<u8> {
         let word = (0..8).rev().find(|&w| self.0[w] != 0)?;
         Some((word * 32 + 31 - self.0[word].leading_zeros() as usize) as u8)
@@ -296,10 +293,6 @@ pub struct LocalApic {
     /// Only IRR and TMR may have changed (an interrupt arrived): the next
     /// mirror writes just those, the common case each timer tick.
     vectors_stale: bool,
-    /// IRR or ISR in the page was not empty at the last mirror or absorb:
-    /// only then can the CPU have changed them (it takes vectors from IRR
-    /// and ends them in ISR), so only then does `absorb` read them.
-    page_active: bool,
     /// Virtual-interrupt delivery: IRR as the virtual-APIC page last held it
     /// (written by `mirror`, read by `absorb`). The guest's CPU only clears
     /// bits there (taking a vector into service); what it cleared is what
@@ -345,7 +338,6 @@ impl LocalApic {
             nmi_pending: false,
             mirror_stale: true,
             vectors_stale: false,
-            page_active: false,
             min_timer_period: 0,
             timer_interrupts: 0,
             page_irr: VectorSet::default(),
@@ -647,7 +639,6 @@ impl LocalApic {
     fn mirrored(&mut self) {
         self.page_irr = self.irr;
         self.page_in_sync = true;
-        self.page_active = !self.irr.is_empty() || !self.isr.is_empty();
         self.mirror_stale = false;
         self.vectors_stale = false;
     }
@@ -673,9 +664,11 @@ impl LocalApic {
     /// With `delivery` (virtual-interrupt delivery: the CPU took vectors from
     /// the page's IRR into its ISR and ended them there) IRR and ISR are
     /// taken in too: the vectors the CPU took leave IRR (any raised since
-    /// stay), and ISR is the page's.
+    /// stay), and ISR is the page's. (The VT-x back end asks for it only when
+    /// the guest interrupt status moved, the one sign the CPU took or ended
+    /// a vector.)
     pub fn absorb(&mut self, page: &VirtualApicPage, delivery: bool) {
-        if delivery && self.mode == Mode::XApic && self.page_in_sync && self.page_active {
+        if delivery && self.mode == Mode::XApic && self.page_in_sync {
             let word = |base: u32, i: usize| page[base as usize / 4 + i * 4];
             for i in 0..8 {
                 let (irr, isr) = (word(reg::IRR, i), word(reg::ISR, i));
@@ -683,7 +676,6 @@ impl LocalApic {
                 self.page_irr.0[i] = irr;
                 self.isr.0[i] = isr;
             }
-            self.page_active = !self.page_irr.is_empty() || !self.isr.is_empty();
         }
         if self.mode != Mode::XApic {
             let tpr = page[reg::TPR as usize / 4] & 0xff;
