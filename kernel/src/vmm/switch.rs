@@ -128,6 +128,21 @@ impl Drop for SwitchedState {
     }
 }
 
+/// DR0-DR3 as the guest set them: on the core while its vCPU runs (loaded
+/// at `switch_in`, saved at `switch_out`), for either back end to report.
+pub fn guest_breakpoint_addresses() -> [u64; 4] {
+    let (dr0, dr1, dr2, dr3): (u64, u64, u64, u64);
+    // SAFETY: reading debug registers has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3",
+            out(reg) dr0, out(reg) dr1, out(reg) dr2, out(reg) dr3,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    [dr0, dr1, dr2, dr3]
+}
+
 /// DR0-DR3 and DR6: VM entries and exits leave them as they are (DR7 is in the
 /// VMCS or VMCB). The host uses none of them (its DR7 is 0x400 after every
 /// exit), so they are switched only when a vCPU starts or stops running on a core.

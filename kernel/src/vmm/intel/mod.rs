@@ -244,16 +244,7 @@ impl vmexit::Vcpu for Vcpu {
     /// DR0-DR3 are the guest's on the core while its vCPU runs (vmm::switch);
     /// DR7 is in the VMCS.
     fn debug_registers(&self) -> DebugRegisters {
-        let (dr0, dr1, dr2, dr3): (u64, u64, u64, u64);
-        // SAFETY: reading debug registers has no side effects.
-        unsafe {
-            core::arch::asm!(
-                "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3",
-                out(reg) dr0, out(reg) dr1, out(reg) dr2, out(reg) dr3,
-                options(nomem, nostack, preserves_flags)
-            );
-        }
-        DebugRegisters { dr: [dr0, dr1, dr2, dr3], dr7: read(vmcs::GUEST_DR7) }
+        DebugRegisters { dr: crate::vmm::switch::guest_breakpoint_addresses(), dr7: read(vmcs::GUEST_DR7) }
     }
 
     /// Injected as a hardware exception, with DR6 written as the CPU would
