@@ -20,12 +20,8 @@
 
 use std::io::Read;
 
-// Setup-header fields (Documentation/arch/x86/boot.rst).
-const SETUP_SECTS: usize = 0x1f1;
-const HEADER: usize = 0x202;
-const VERSION: usize = 0x206;
-const PAYLOAD_OFFSET: usize = 0x248;
-const PAYLOAD_LENGTH: usize = 0x24c;
+use loader::linux::header::{HEADER, PAYLOAD_LENGTH, PAYLOAD_OFFSET, SETUP_SECTS, VERSION};
+
 /// payload_offset and payload_length came with boot protocol 2.08.
 const PAYLOAD_VERSION: u16 = 0x0208;
 /// More than any kernel decompresses to; bounds what a damaged or hostile

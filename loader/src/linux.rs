@@ -17,13 +17,22 @@ use crate::image::{bytes_at, EntryMode, GuestRam, ImageError, LoadPlan, Segment,
 use alloc::vec;
 use alloc::vec::Vec;
 
-// Offsets in the image / zero page (the setup header starts at 0x1f1 in both).
-const SETUP_SECTS: usize = 0x1f1;
+/// The setup-header fields that locate a bzImage's parts, for whoever reads
+/// one (xtask unpacks the compressed payload with them). Offsets in the
+/// image and in the zero page: the header starts at 0x1f1 in both.
+pub mod header {
+    pub const SETUP_SECTS: usize = 0x1f1;
+    pub const HEADER: usize = 0x202;
+    pub const VERSION: usize = 0x206;
+    /// payload_offset and payload_length came with boot protocol 2.08.
+    pub const PAYLOAD_OFFSET: usize = 0x248;
+    pub const PAYLOAD_LENGTH: usize = 0x24c;
+}
+
+use header::{HEADER, SETUP_SECTS, VERSION};
 const SYSSIZE: usize = 0x1f4;
 const BOOT_FLAG: usize = 0x1fe;
 const JUMP: usize = 0x200;
-const HEADER: usize = 0x202;
-const VERSION: usize = 0x206;
 const TYPE_OF_LOADER: usize = 0x210;
 const LOADFLAGS: usize = 0x211;
 const RAMDISK_IMAGE: usize = 0x218;
