@@ -14,8 +14,9 @@ pub trait Backend: vmexit::Vcpu {
     fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop>;
     /// It leaves the core: the host's state is back.
     fn switch_out(&mut self);
-    /// The VMM must be back by host TSC `deadline` (a device timer or the time
-    /// limit) even if the guest does not exit by itself.
+    /// The VMM must be back by host TSC `deadline` (a device timer, the time
+    /// limit, or one host tick: the run loop caps it) even if the guest does
+    /// not exit by itself.
     fn arm_timer(&mut self, now: u64, deadline: u64);
     /// Just before entry, with the VM locked: what the guest sees of the
     /// platform without exiting (the virtual-APIC page) is brought up to date.

@@ -84,6 +84,16 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
         x86_64::instructions::interrupts::enable();
         return RunEnd::Stop(stop);
     }
+    // While the vCPU is on the core the back end's timer (`arm_timer`, never
+    // longer than one host tick) stands in for the host's periodic tick, so
+    // a guest's timer ticks cost no exits for the host's.
+    crate::apic::timer_stop();
+    let host_tick = time::tsc_hz().max(1) / super::HOST_TICK_HZ;
+    // The back end's timer: for `deadline`, but never longer than one host
+    // tick, so the host's own periodic work (console input) goes on.
+    let arm = |vcpu: &mut dyn Backend, now: u64, deadline: u64| {
+        vcpu.arm_timer(now, deadline.min(now.saturating_add(host_tick)));
+    };
     let output = shared.lock().output.clone();
     let mut host = KernelHost;
     let mut watch = Stopwatch::<PROFILE> { last: time::rdtsc(), profile: LoopProfile::new() };
@@ -116,7 +126,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
                 vm.chipset.poll(now, &mut vm.memory);
                 watch.lap(Phase::Poll);
                 let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
-                vcpu.arm_timer(now, wake);
+                arm(vcpu, now, wake);
                 watch.lap(Phase::Arm);
                 vmexit::events::deliver_pending(vcpu, &mut vm.chipset);
                 watch.lap(Phase::Deliver);
@@ -159,7 +169,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
                 Fast::Resume { now, wake } => {
                     // As after the long way, the timer for the next entry
                     // is not the exit's work.
-                    vcpu.arm_timer(now, wake);
+                    arm(vcpu, now, wake);
                     watch.lap(Phase::Fast);
                     fast = true;
                     // A print may have filled the port's backlog: paced as below.
@@ -215,6 +225,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
         }
     };
     vcpu.switch_out();
+    crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), super::HOST_TICK_HZ);
     x86_64::instructions::interrupts::enable();
     if PROFILE {
         vcpu.counters().profile.add(&watch.profile);

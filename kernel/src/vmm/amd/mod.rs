@@ -378,20 +378,16 @@ impl Backend for Vcpu {
         if let Some(host) = self.host.take() {
             self.switched.switch_out(host);
         }
-        // `arm_timer` made the host's tick one-shot; it ticks again.
-        crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), crate::vmm::HOST_TICK_HZ);
     }
 
     /// The host's local APIC timer, one-shot, brings the core back by the
-    /// deadline (the guest exits on the interrupt); never later than one host
-    /// tick, so the host's own periodic work goes on.
+    /// deadline (the guest exits on the interrupt).
     /// Reprogrammed only when the timer already armed would fire after the
     /// new wake-up (or has fired): most exits leave the deadline as it was,
     /// and an earlier expiry only brings one more exit.
     fn arm_timer(&mut self, now: u64, deadline: u64) {
         let tsc_hz = crate::time::tsc_hz().max(1);
-        let tick = tsc_hz / crate::vmm::HOST_TICK_HZ;
-        let tsc_ticks = deadline.saturating_sub(now).min(tick);
+        let tsc_ticks = deadline.saturating_sub(now);
         let wake = now.saturating_add(tsc_ticks);
         if self.timer_fires_at > now && self.timer_fires_at <= wake {
             return;

@@ -353,13 +353,9 @@ impl vmexit::Vcpu for Vcpu {
 }
 
 impl Backend for Vcpu {
-    /// The host's periodic tick stops while the vCPU is on the core: the
-    /// VMX-preemption timer brings the VMM back instead (`arm_timer`), so a
-    /// guest's timer tick costs no extra exit for the host's.
     fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop> {
         self.make_current()?;
         self.host = Some(self.switched.switch_in(vm_id));
-        crate::apic::timer_stop();
         Ok(())
     }
 
@@ -367,17 +363,12 @@ impl Backend for Vcpu {
         if let Some(host) = self.host.take() {
             self.switched.switch_out(host);
         }
-        crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), crate::vmm::HOST_TICK_HZ);
     }
 
-    /// The VMX-preemption timer counts down at the TSC rate divided by 2^rate;
-    /// never longer than one host tick, so the host's own periodic work
-    /// (console input, the time limit) goes on without its tick.
+    /// The VMX-preemption timer counts down at the TSC rate divided by 2^rate.
     fn arm_timer(&mut self, now: u64, deadline: u64) {
         let rate = cpu::vmx().map_or(0, |vmx| vmx.caps.misc.preemption_timer_rate);
-        let tick = crate::time::tsc_hz().max(1) / crate::vmm::HOST_TICK_HZ;
-        let ticks = deadline.saturating_sub(now).min(tick);
-        write(vmcs::PREEMPTION_TIMER_VALUE, (ticks >> rate).min(u32::MAX as u64));
+        write(vmcs::PREEMPTION_TIMER_VALUE, (deadline.saturating_sub(now) >> rate).min(u32::MAX as u64));
     }
 
     fn sync_to_guest(&mut self, chipset: &mut Chipset) {
