@@ -11,9 +11,26 @@
 //! The VMM calls in with every port and MMIO access it does not handle itself,
 //! with `poll` before entering a vCPU, and asks what to inject with
 //! `take_interrupt`. `now` is always the guest's TSC.
+//!
+//! Every vCPU of a VM calls in at once, from its own core, through `&self`:
+//! the chipset locks what each call touches and no more, so two vCPUs that
+//! exit on different devices do not wait for each other. The locks, and the
+//! one order in which a call may hold several:
+//!
+//! ```text
+//! a device (PIT, RTC, PM block, COM1, a virtio slot, a bus)
+//!   -> the interrupt routing (IOAPIC and 8259 pair)
+//!     -> one vCPU's own state (local APIC, INIT/SIPI latch, MSRs)
+//! ```
+//!
+//! A call never holds two vCPUs' states at once: a local APIC's IPI or EOI
+//! leaves its own vCPU's lock before it reaches the others. Wake-ups are
+//! atomic flags, and what the clocks' last full poll worked out is kept in
+//! atomics (`PollCache`), so a vCPU's pre-entry look at them takes no lock
+//! another vCPU could be holding.
 
 use crate::acpi::{self, PowerManagement};
-use crate::bus::{all_ones, MmioBus, PortBus, Request};
+use crate::bus::{all_ones, MmioBus, PortBus, Request, Unclaimed};
 use crate::ioapic::IoApic;
 use crate::lapic::{self, DeliveryMode, Destination, LocalApic, Message};
 use crate::layout;
@@ -24,6 +41,8 @@ use crate::uart::{LineSink, Uart16550};
 use crate::virtio::{VirtioDevice, VirtioMmio};
 use crate::GuestRam;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::{Mutex, MutexGuard};
 
 /// INIT and SIPI messages for a vCPU, which only the VMM can act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,108 +120,165 @@ pub struct ChipsetConfig {
     pub com1_unbuffered: bool,
 }
 
-/// What the last full `poll` worked out about the clocks, so that the
-/// next ones can skip what cannot have come due: valid until a port or MMIO
-/// access (which may reprogram the PIT or RTC, mask an IRQ, or give a virtio
-/// device work) or a new device. The local APICs are not in it: their
-/// timers are looked at in every `poll`, cheaply.
-#[derive(Clone, Copy, Debug)]
+/// What the last full `poll` worked out about the platform's clocks, so
+/// that the next ones (and `poll_due`, on every exit of every vCPU) can skip
+/// what cannot have come due, without a lock. Valid until a port or MMIO
+/// access that may reprogram the PIT or RTC, mask an IRQ or give a virtio
+/// device work (`forget`), or a new device. The local APICs are not in it:
+/// each vCPU looks at its own timer in every `poll`, cheaply.
+///
+/// Validity is a generation: `forget` counts `changes` up after the device
+/// changed, and a full poll (one at a time, under `polling`) notes the count
+/// before it reads the devices and publishes it with its figures. A change
+/// that lands while a poll reads the devices leaves the figures invalid.
 struct PollCache {
-    /// The PIT's next terminal count (routed or not: `poll` raises its line
-    /// either way) and the RTC's next enabled interrupt (the flags of the
-    /// others come out the same whenever they are next worked out).
-    pit_due: u64,
-    rtc_due: u64,
-    /// A virtio device has work a `poll` would do (a backlog, input).
-    virtio_work: bool,
+    changes: AtomicU64,
+    /// `changes` as the figures below were worked out (`u64::MAX`: never).
+    valid_at: AtomicU64,
+    /// The earliest moment a full poll has work: the PIT's next terminal
+    /// count (routed or not: `poll` raises its line either way), the RTC's
+    /// next enabled interrupt, 0 while a virtio device has work.
+    due: AtomicU64,
     /// `next_deadline` without the local APIC's: the routed PIT and RTC
-    /// interrupts, 0 for a virtio backlog.
-    platform_deadline: Option<u64>,
+    /// interrupts, 0 for a virtio backlog; `u64::MAX` for none.
+    platform_deadline: AtomicU64,
+    /// One full poll at a time.
+    polling: Mutex<()>,
+}
+
+impl PollCache {
+    fn new() -> PollCache {
+        PollCache {
+            changes: AtomicU64::new(0),
+            valid_at: AtomicU64::new(u64::MAX),
+            due: AtomicU64::new(0),
+            platform_deadline: AtomicU64::new(u64::MAX),
+            polling: Mutex::new(()),
+        }
+    }
+
+    /// Called after a change that may move the clocks' next events.
+    fn forget(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn is_valid(&self) -> bool {
+        self.valid_at.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire)
+    }
+}
+
+/// What belongs to one vCPU and changes only under its lock.
+struct VcpuState {
+    apic: LocalApic,
+    signals: StartupLatch,
+    msrs: VcpuMsrs,
+}
+
+struct VcpuSlot {
+    state: Mutex<VcpuState>,
+    /// Something arrived for the vCPU (see `take_wakeup`).
+    wakeup: AtomicBool,
+}
+
+/// The interrupt controllers every device line goes through.
+struct Routing {
+    ioapic: IoApic,
+    pic: PicPair,
+}
+
+struct Com1 {
+    uart: Uart16550,
+    /// The level of its interrupt line, as the PIC and IOAPIC last saw it.
+    line: bool,
+}
+
+/// A virtio-mmio device in its slot, with the level of its interrupt line.
+struct VirtioSlot {
+    device: VirtioMmio,
+    line: bool,
+}
+
+/// The MSR numbers already logged as refused (the first
+/// `REFUSED_MSRS_LOGGED`).
+struct RefusedMsrs {
+    seen: [u32; REFUSED_MSRS_LOGGED],
+    count: usize,
 }
 
 pub struct Chipset {
-    lapics: Vec<LocalApic>,
-    ioapic: IoApic,
-    pic: PicPair,
-    pit: Pit,
-    rtc: Rtc,
-    pm: PowerManagement,
-    com1: Uart16550,
-    com1_line: bool,
-    signals: Vec<StartupLatch>,
-    /// INITs and SIPIs superseded or ignored in `signals`.
-    dropped_signals: u64,
-    /// Per vCPU: something arrived for it (see `take_wakeup`).
-    wakeups: Vec<bool>,
-    msrs: Vec<VcpuMsrs>,
-    /// MSR numbers already logged as refused (the first `REFUSED_MSRS_LOGGED`).
-    refused_msrs: [u32; REFUSED_MSRS_LOGGED],
-    refused_msrs_seen: usize,
+    vcpus: Vec<VcpuSlot>,
+    routing: Mutex<Routing>,
+    /// The 8259 pair's INTR output as the routing lock last left it, so that
+    /// vCPU 0 sees whether an ExtINT waits without taking that lock.
+    pic_output: AtomicBool,
+    pit: Mutex<Pit>,
+    rtc: Mutex<Rtc>,
+    pm: Mutex<PowerManagement>,
+    com1: Mutex<Com1>,
+    /// INITs and SIPIs superseded or ignored in a vCPU's latch.
+    dropped_signals: AtomicU64,
+    refused_msrs: Mutex<RefusedMsrs>,
     /// Further port devices (debug exit, ...).
-    pub ports: PortBus,
-    /// virtio-mmio devices, slot i at `layout::virtio_slot(i)`, with the level
-    /// of their interrupt line.
-    virtio: Vec<(VirtioMmio, bool)>,
+    pub ports: Mutex<PortBus>,
+    /// virtio-mmio devices, slot i at `layout::virtio_slot(i)`.
+    virtio: Vec<Mutex<VirtioSlot>>,
     /// Further MMIO devices.
-    pub mmio: MmioBus,
-    /// None: worked out again at the next `poll` (see `PollCache`).
-    poll_cache: Option<PollCache>,
+    pub mmio: Mutex<MmioBus>,
+    poll_cache: PollCache,
 }
 
 impl Chipset {
     pub fn new(config: ChipsetConfig) -> Chipset {
         let vcpus = config.vcpus.max(1) as usize;
+        // Periodic local APIC timers: at most 10 000 interrupts a second.
+        // vCPU 0 is the bootstrap processor (IA32_APIC_BASE.BSP).
+        let slot = |id: usize| {
+            let apic = LocalApic::new(id as u8).with_min_timer_period(config.tsc_hz / 10_000);
+            let apic = if id == 0 { apic.as_bootstrap() } else { apic };
+            VcpuSlot {
+                state: Mutex::new(VcpuState { apic, signals: StartupLatch::default(), msrs: VcpuMsrs::default() }),
+                wakeup: AtomicBool::new(false),
+            }
+        };
         Chipset {
-            // Periodic local APIC timers: at most 10 000 interrupts a second.
-            // vCPU 0 is the bootstrap processor (IA32_APIC_BASE.BSP).
-            lapics: (0..vcpus)
-                .map(|id| {
-                    let apic = LocalApic::new(id as u8).with_min_timer_period(config.tsc_hz / 10_000);
-                    if id == 0 {
-                        apic.as_bootstrap()
-                    } else {
-                        apic
-                    }
-                })
-                .collect(),
-            ioapic: IoApic::new(vcpus as u8),
-            pic: PicPair::new(),
-            pit: Pit::new(config.tsc_hz),
-            rtc: Rtc::new(config.tsc_hz, config.unix_time, config.now),
-            pm: PowerManagement::new(config.tsc_hz),
-            com1: if config.com1_unbuffered {
-                Uart16550::unbuffered(config.com1_output)
-            } else {
-                Uart16550::new(config.com1_output)
-            },
-            com1_line: false,
-            signals: alloc::vec![StartupLatch::default(); vcpus],
-            dropped_signals: 0,
-            wakeups: alloc::vec![false; vcpus],
-            msrs: alloc::vec![VcpuMsrs::default(); vcpus],
-            refused_msrs: [0; REFUSED_MSRS_LOGGED],
-            refused_msrs_seen: 0,
-            ports: PortBus::new(),
+            vcpus: (0..vcpus).map(slot).collect(),
+            routing: Mutex::new(Routing { ioapic: IoApic::new(vcpus as u8), pic: PicPair::new() }),
+            pic_output: AtomicBool::new(false),
+            pit: Mutex::new(Pit::new(config.tsc_hz)),
+            rtc: Mutex::new(Rtc::new(config.tsc_hz, config.unix_time, config.now)),
+            pm: Mutex::new(PowerManagement::new(config.tsc_hz)),
+            com1: Mutex::new(Com1 {
+                uart: if config.com1_unbuffered {
+                    Uart16550::unbuffered(config.com1_output)
+                } else {
+                    Uart16550::new(config.com1_output)
+                },
+                line: false,
+            }),
+            dropped_signals: AtomicU64::new(0),
+            refused_msrs: Mutex::new(RefusedMsrs { seen: [0; REFUSED_MSRS_LOGGED], count: 0 }),
+            ports: Mutex::new(PortBus::new()),
             virtio: Vec::new(),
-            mmio: MmioBus::new(),
-            poll_cache: None,
+            mmio: Mutex::new(MmioBus::new()),
+            poll_cache: PollCache::new(),
         }
     }
 
     /// Plugs a virtio device into the next free slot; returns the slot.
     pub fn add_virtio(&mut self, device: alloc::boxed::Box<dyn VirtioDevice>) -> Result<usize, &'static str> {
-        self.poll_cache = None;
+        self.poll_cache.forget();
         if self.virtio.len() == layout::VIRTIO_SLOTS {
             return Err("all virtio slots are in use");
         }
-        self.virtio.push((VirtioMmio::new(device), false));
+        self.virtio.push(Mutex::new(VirtioSlot { device: VirtioMmio::new(device), line: false }));
         Ok(self.virtio.len() - 1)
     }
 
     /// virtio devices that broke since the last call: (slot, device, why).
-    pub fn take_broken(&mut self) -> Vec<(usize, &'static str, alloc::string::String)> {
+    pub fn take_broken(&self) -> Vec<(usize, &'static str, alloc::string::String)> {
         let mut out = Vec::new();
-        for (slot, (v, _)) in self.virtio.iter_mut().enumerate() {
+        for (slot, virtio) in self.virtio.iter().enumerate() {
+            let v = &mut virtio.lock().device;
             if let Some(why) = v.broken.as_ref() {
                 if !v.broken_reported {
                     v.broken_reported = true;
@@ -214,18 +290,23 @@ impl Chipset {
     }
 
     /// Passes on partial output lines (when the VM stops).
-    pub fn flush_output(&mut self) {
-        self.com1.flush();
-        for (v, _) in &mut self.virtio {
-            v.device_mut().flush();
+    pub fn flush_output(&self) {
+        self.com1.lock().uart.flush();
+        for virtio in &self.virtio {
+            virtio.lock().device.device_mut().flush();
         }
     }
 
     /// Host input bytes (typed at the console) that the guest did not take in
     /// time, over COM1 and its virtio consoles.
     pub fn dropped_input(&self) -> u64 {
-        let virtio = self.virtio.iter().map(|(v, _)| v.device().dropped_input());
-        virtio.fold(self.com1.dropped_input(), u64::saturating_add)
+        let virtio = self.virtio.iter().map(|v| v.lock().device.device().dropped_input());
+        virtio.fold(self.com1.lock().uart.dropped_input(), u64::saturating_add)
+    }
+
+    /// Accesses no device claimed: on the port bus, on the MMIO bus.
+    pub fn unclaimed(&self) -> (Unclaimed, Unclaimed) {
+        (self.ports.lock().unclaimed, self.mmio.lock().unclaimed)
     }
 
     fn virtio_at(&self, address: u64) -> Option<(usize, u64)> {
@@ -235,117 +316,136 @@ impl Chipset {
         (slot < self.virtio.len() && within < layout::VIRTIO_SIZE).then_some((slot, within))
     }
 
-    fn update_virtio_line(&mut self, slot: usize) {
-        let (device, line) = &mut self.virtio[slot];
-        let level = device.irq_line();
-        if level != *line {
-            *line = level;
-            let gsi = layout::virtio_slot(slot).1 as usize;
-            if let Some(message) = self.ioapic.set_line(gsi, level) {
-                self.deliver(None, message);
-            }
+    /// A virtio device's line follows its interrupt status (the slot is
+    /// locked by the caller).
+    fn update_virtio_line(&self, index: usize, slot: &mut VirtioSlot) {
+        let level = slot.device.irq_line();
+        if level != slot.line {
+            slot.line = level;
+            let gsi = layout::virtio_slot(index).1 as usize;
+            self.route(|routing| routing.ioapic.set_line(gsi, level).into_iter().collect());
         }
     }
 
     pub fn vcpus(&self) -> usize {
-        self.lapics.len()
+        self.vcpus.len()
     }
 
-    pub fn com1(&mut self) -> &mut Uart16550 {
-        &mut self.com1
+    /// One vCPU's own state, locked.
+    fn vcpu(&self, vcpu: usize) -> MutexGuard<'_, VcpuState> {
+        self.vcpus[vcpu].state.lock()
     }
 
     /// Bytes typed for the guest's serial console.
-    pub fn com1_input(&mut self, bytes: &[u8]) {
-        self.poll_cache = None;
-        self.com1.push_input(bytes);
-        self.update_com1_line();
+    pub fn com1_input(&self, bytes: &[u8]) {
+        self.poll_cache.forget();
+        let mut com1 = self.com1.lock();
+        com1.uart.push_input(bytes);
+        self.update_com1_line(&mut com1);
     }
 
-    pub fn port_read(&mut self, port: u16, size: u8, now: u64) -> u32 {
+    pub fn port_read(&self, port: u16, size: u8, now: u64) -> u32 {
         use crate::bus::PortDevice;
-        self.forget_poll_cache_for(port);
+        // Reads of the PIC and the PIT's counters drop the poll cache, as
+        // their writes do: cheap, and a read-back or a PIC poll changes state.
+        if matches!(port, layout::PIC_MASTER | 0x21 | layout::PIC_SLAVE | 0xa1 | 0x40..=0x42) {
+            self.poll_cache.forget();
+        }
         match port {
-            layout::PIC_MASTER | 0x21 => self.pic.read(0, port - layout::PIC_MASTER) as u32,
-            layout::PIC_SLAVE | 0xa1 => self.pic.read(1, port - layout::PIC_SLAVE) as u32,
-            layout::PIC_ELCR | 0x4d1 => self.pic.read_elcr((port - layout::PIC_ELCR) as usize) as u32,
-            0x40..=0x42 => self.pit.read(port - layout::PIT, now) as u32,
+            layout::PIC_MASTER | 0x21 => self.routing.lock().pic.read(0, port - layout::PIC_MASTER) as u32,
+            layout::PIC_SLAVE | 0xa1 => self.routing.lock().pic.read(1, port - layout::PIC_SLAVE) as u32,
+            layout::PIC_ELCR | 0x4d1 => self.routing.lock().pic.read_elcr((port - layout::PIC_ELCR) as usize) as u32,
+            0x40..=0x42 => self.pit.lock().read(port - layout::PIT, now) as u32,
             0x43 => 0xff,
-            layout::SYSTEM_CONTROL => self.pit.read_port61(now) as u32,
-            0x71 => self.rtc.read(now) as u32,
+            layout::SYSTEM_CONTROL => self.pit.lock().read_port61(now) as u32,
+            0x71 => {
+                let mut rtc = self.rtc.lock();
+                // Reading register C clears the flags the next interrupt
+                // waits on; the other registers change nothing.
+                let clears_flags = rtc.read_clears_flags();
+                let value = rtc.read(now) as u32;
+                drop(rtc);
+                if clears_flags {
+                    self.poll_cache.forget();
+                }
+                value
+            }
             0x3f8..=0x3ff => {
-                let value = self.com1.read(port - layout::COM1, size);
-                self.update_com1_line();
+                let mut com1 = self.com1.lock();
+                let value = com1.uart.read(port - layout::COM1, size);
+                self.update_com1_line(&mut com1);
                 value
             }
             p if (layout::PM_BASE..layout::PM_BASE + layout::PM_SIZE).contains(&p) => {
-                self.pm.read(p - layout::PM_BASE, size, now)
+                self.pm.lock().read(p - layout::PM_BASE, size, now)
             }
             layout::RESET_CONTROL => 0,
-            _ => self.ports.read(port, size),
+            _ => self.ports.lock().read(port, size),
         }
     }
 
-    pub fn port_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Option<Request> {
+    pub fn port_write(&self, port: u16, size: u8, value: u32, now: u64) -> Option<Request> {
         use crate::bus::PortDevice;
         let byte = value as u8;
-        self.forget_poll_cache_for(port);
         match port {
-            layout::PIC_MASTER | 0x21 => self.pic.write(0, port - layout::PIC_MASTER, byte),
-            layout::PIC_SLAVE | 0xa1 => self.pic.write(1, port - layout::PIC_SLAVE, byte),
-            layout::PIC_ELCR | 0x4d1 => self.pic.write_elcr((port - layout::PIC_ELCR) as usize, byte),
-            0x40..=0x43 => self.pit.write(port - layout::PIT, byte, now),
-            layout::SYSTEM_CONTROL => self.pit.write_port61(byte, now),
-            layout::RTC => self.rtc.select(byte),
-            0x71 => self.rtc.write(byte, now),
+            layout::PIC_MASTER | 0x21 => self.route(|r| {
+                r.pic.write(0, port - layout::PIC_MASTER, byte);
+                Vec::new()
+            }),
+            layout::PIC_SLAVE | 0xa1 => self.route(|r| {
+                r.pic.write(1, port - layout::PIC_SLAVE, byte);
+                Vec::new()
+            }),
+            layout::PIC_ELCR | 0x4d1 => self.route(|r| {
+                r.pic.write_elcr((port - layout::PIC_ELCR) as usize, byte);
+                Vec::new()
+            }),
+            0x40..=0x43 => self.pit.lock().write(port - layout::PIT, byte, now),
+            layout::SYSTEM_CONTROL => self.pit.lock().write_port61(byte, now),
+            layout::RTC => self.rtc.lock().select(byte),
+            0x71 => self.rtc.lock().write(byte, now),
             0x3f8..=0x3ff => {
-                let request = self.com1.write(port - layout::COM1, size, value);
-                self.update_com1_line();
+                let mut com1 = self.com1.lock();
+                let request = com1.uart.write(port - layout::COM1, size, value);
+                self.update_com1_line(&mut com1);
                 return request;
             }
             p if (layout::PM_BASE..layout::PM_BASE + layout::PM_SIZE).contains(&p) => {
-                return self.pm.write(p - layout::PM_BASE, size, value);
+                return self.pm.lock().write(p - layout::PM_BASE, size, value);
             }
             layout::RESET_CONTROL => return acpi::reset_control_write(byte),
-            _ => return self.ports.write(port, size, value),
+            _ => return self.ports.lock().write(port, size, value),
         }
+        // The PIC's masks route IRQs; the PIT's and RTC's registers move
+        // their next events (the RTC's index alone moves nothing, but costs
+        // nothing to count).
+        self.poll_cache.forget();
         None
-    }
-
-    /// The ports whose accesses can move the PIT's or the RTC's next event
-    /// or mask an IRQ (a read too: a PIT read-back, RTC register C) drop
-    /// the poll cache; the rest (COM1, the PM timer, the buses) cannot.
-    fn forget_poll_cache_for(&mut self, port: u16) {
-        if matches!(
-            port,
-            layout::PIC_MASTER | 0x21 | layout::PIC_SLAVE | 0xa1 | layout::PIC_ELCR | 0x4d1 | 0x40
-                ..=0x43 | layout::SYSTEM_CONTROL | layout::RTC | 0x71
-        ) {
-            self.poll_cache = None;
-        }
     }
 
     /// An MMIO read by `vcpu` (the local APIC page is per vCPU, and only
     /// there while that APIC is in xAPIC mode: otherwise the address is
     /// nobody's).
-    pub fn mmio_read(&mut self, vcpu: usize, address: u64, size: u8, now: u64) -> u64 {
-        let lapic = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE);
-        if let Some(offset) = lapic.filter(|_| self.lapics[vcpu].decodes_mmio()) {
-            let value = self.lapics[vcpu].read(offset as u32 & !0xf, now) as u64;
-            return value >> (8 * (offset & 3)) & all_ones(size);
+    pub fn mmio_read(&self, vcpu: usize, address: u64, size: u8, now: u64) -> u64 {
+        if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+            let state = self.vcpu(vcpu);
+            if state.apic.decodes_mmio() {
+                let value = state.apic.read(offset as u32 & !0xf, now) as u64;
+                return value >> (8 * (offset & 3)) & all_ones(size);
+            }
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
-            return self.ioapic.read(offset & !3) as u64 & all_ones(size);
+            return self.routing.lock().ioapic.read(offset & !3) as u64 & all_ones(size);
         }
         if let Some((slot, offset)) = self.virtio_at(address) {
-            return self.virtio[slot].0.read(offset, size) as u64 & all_ones(size);
+            return self.virtio[slot].lock().device.read(offset, size) as u64 & all_ones(size);
         }
-        self.mmio.read(address, size)
+        self.mmio.lock().read(address, size)
     }
 
     /// An MMIO write; `ram` is for devices that move data (virtio).
     pub fn mmio_write(
-        &mut self,
+        &self,
         vcpu: usize,
         address: u64,
         size: u8,
@@ -353,120 +453,125 @@ impl Chipset {
         now: u64,
         ram: &mut dyn GuestRam,
     ) -> Option<Request> {
-        let lapic = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE);
-        if lapic.is_some() && !self.lapics[vcpu].decodes_mmio() {
-            // Unclaimed (below), but a CPU virtualising the page has already
-            // stored the value there: the next mirror takes it out again.
-            self.lapics[vcpu].page_written_while_undecoded();
-        }
-        if let Some(offset) = lapic.filter(|_| self.lapics[vcpu].decodes_mmio()) {
-            // Registers are written whole, by aligned 32-bit stores; anything
-            // else is model-specific on hardware and ignored here (a byte
-            // written into a register's padding must not become a write of it).
-            if size != 4 || offset & 0xf != 0 {
+        if let Some(offset) = offset_in(address, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+            let mut state = self.vcpu(vcpu);
+            if !state.apic.decodes_mmio() {
+                // Unclaimed (below), but a CPU virtualising the page has already
+                // stored the value there: the next mirror takes it out again.
+                state.apic.page_written_while_undecoded();
+            } else {
+                // Registers are written whole, by aligned 32-bit stores; anything
+                // else is model-specific on hardware and ignored here (a byte
+                // written into a register's padding must not become a write of it).
+                if size != 4 || offset & 0xf != 0 {
+                    return None;
+                }
+                let effect = state.apic.write(offset as u32, value as u32, now);
+                drop(state);
+                self.act_on_lapic(vcpu, effect);
                 return None;
             }
-            let effect = self.lapics[vcpu].write(offset as u32, value as u32, now);
-            self.act_on_lapic(vcpu, effect);
-            return None;
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            self.route(|r| r.ioapic.write(offset & !3, value as u32).into_iter().collect());
             // A pin may be masked or unmasked.
-            self.poll_cache = None;
-            if let Some(message) = self.ioapic.write(offset & !3, value as u32) {
-                self.deliver(None, message);
-            }
+            self.poll_cache.forget();
             return None;
         }
-        if let Some((slot, offset)) = self.virtio_at(address) {
+        if let Some((index, offset)) = self.virtio_at(address) {
+            let mut slot = self.virtio[index].lock();
+            slot.device.write(offset, value as u32, ram);
+            self.update_virtio_line(index, &mut slot);
+            drop(slot);
             // A notification may leave a backlog.
-            self.poll_cache = None;
-            self.virtio[slot].0.write(offset, value as u32, ram);
-            self.update_virtio_line(slot);
+            self.poll_cache.forget();
             return None;
         }
-        self.mmio.write(address, size, value)
+        self.mmio.lock().write(address, size, value)
     }
 
-    /// What a local APIC register write asks of the platform.
-    fn act_on_lapic(&mut self, vcpu: usize, effect: Option<lapic::Effect>) {
+    /// What a local APIC register write asks of the platform (the vCPU's
+    /// lock is no longer held: the message may be for any vCPU).
+    fn act_on_lapic(&self, vcpu: usize, effect: Option<lapic::Effect>) {
         match effect {
             Some(lapic::Effect::Send(message)) => self.deliver(Some(vcpu), message),
-            Some(lapic::Effect::LevelEoi(vector)) => {
-                for message in self.ioapic.end_of_interrupt(vector) {
-                    self.deliver(None, message);
-                }
-            }
+            Some(lapic::Effect::LevelEoi(vector)) => self.route(|r| r.ioapic.end_of_interrupt(vector)),
             None => {}
         }
     }
 
     /// IA32_APIC_BASE of `vcpu`.
     pub fn apic_base(&self, vcpu: usize) -> u64 {
-        self.lapics[vcpu].base()
+        self.vcpu(vcpu).apic.base()
     }
 
     /// WRMSR to IA32_APIC_BASE of `vcpu` (see `LocalApic::set_base`).
     pub fn set_apic_base(
-        &mut self,
+        &self,
         vcpu: usize,
         value: u64,
         x2apic_offered: bool,
         phys_bits: u32,
     ) -> Result<(), lapic::BaseRefused> {
-        self.lapics[vcpu].set_base(value, x2apic_offered, phys_bits)
+        self.vcpu(vcpu).apic.set_base(value, x2apic_offered, phys_bits)
     }
 
     /// The mode of `vcpu`'s local APIC (CPUID.1:EDX.APIC says whether it is on).
     pub fn apic_mode(&self, vcpu: usize) -> lapic::Mode {
-        self.lapics[vcpu].mode()
+        self.vcpu(vcpu).apic.mode()
     }
 
     /// RDMSR of an x2APIC MSR by `vcpu`.
     pub fn x2apic_read(&self, vcpu: usize, msr: u32, now: u64) -> Result<u64, lapic::MsrRefused> {
-        self.lapics[vcpu].read_msr(msr, now)
+        self.vcpu(vcpu).apic.read_msr(msr, now)
     }
 
     /// WRMSR of an x2APIC MSR by `vcpu`; IPIs and EOIs go where they would
     /// from the page.
-    pub fn x2apic_write(&mut self, vcpu: usize, msr: u32, value: u64, now: u64) -> Result<(), lapic::MsrRefused> {
-        let effect = self.lapics[vcpu].write_msr(msr, value, now)?;
+    pub fn x2apic_write(&self, vcpu: usize, msr: u32, value: u64, now: u64) -> Result<(), lapic::MsrRefused> {
+        let effect = self.vcpu(vcpu).apic.write_msr(msr, value, now)?;
         self.act_on_lapic(vcpu, effect);
         Ok(())
     }
 
     /// `vcpu`'s task priority (CR8 is its bits 7:4), whatever the APIC's mode.
     pub fn tpr(&self, vcpu: usize) -> u8 {
-        self.lapics[vcpu].tpr()
+        self.vcpu(vcpu).apic.tpr()
     }
 
-    pub fn set_tpr(&mut self, vcpu: usize, tpr: u8) {
-        self.lapics[vcpu].set_tpr(tpr);
+    pub fn set_tpr(&self, vcpu: usize, tpr: u8) {
+        self.vcpu(vcpu).apic.set_tpr(tpr);
     }
 
     /// `vcpu`'s MSRs kept with the platform.
-    pub fn vcpu_msrs(&mut self, vcpu: usize) -> &mut VcpuMsrs {
-        &mut self.msrs[vcpu]
+    pub fn vcpu_msrs(&self, vcpu: usize) -> VcpuMsrs {
+        self.vcpu(vcpu).msrs
+    }
+
+    /// Changes `vcpu`'s MSRs kept with the platform.
+    pub fn update_vcpu_msrs<R>(&self, vcpu: usize, change: impl FnOnce(&mut VcpuMsrs) -> R) -> R {
+        change(&mut self.vcpu(vcpu).msrs)
     }
 
     /// Whether the VM's log should name `msr` as answered with #GP: true the
     /// first time for each of the first `REFUSED_MSRS_LOGGED` numbers, false
     /// for a number already named and for every one past them.
-    pub fn first_refusal_of_msr(&mut self, msr: u32) -> bool {
-        let seen = &self.refused_msrs[..self.refused_msrs_seen];
-        if seen.contains(&msr) || self.refused_msrs_seen == REFUSED_MSRS_LOGGED {
+    pub fn first_refusal_of_msr(&self, msr: u32) -> bool {
+        let mut refused = self.refused_msrs.lock();
+        let count = refused.count;
+        if refused.seen[..count].contains(&msr) || count == REFUSED_MSRS_LOGGED {
             return false;
         }
-        self.refused_msrs[self.refused_msrs_seen] = msr;
-        self.refused_msrs_seen += 1;
+        refused.seen[count] = msr;
+        refused.count += 1;
         true
     }
 
     /// APIC virtualisation: a vCPU's local APIC state into its virtual-APIC
     /// page, when it changed since the last time or the page is `blank`.
     /// True when the page was written (the TPR threshold may have changed too).
-    pub fn mirror_lapic(&mut self, vcpu: usize, page: &mut lapic::VirtualApicPage, blank: bool) -> bool {
-        let apic = &mut self.lapics[vcpu];
+    pub fn mirror_lapic(&self, vcpu: usize, page: &mut lapic::VirtualApicPage, blank: bool) -> bool {
+        let apic = &mut self.vcpu(vcpu).apic;
         if !blank && !apic.mirror_is_stale() {
             return false;
         }
@@ -481,93 +586,103 @@ impl Chipset {
     /// APIC virtualisation: what the guest wrote to its page without exiting.
     /// With `delivery` (virtual-interrupt delivery) the CPU's changes to IRR
     /// and ISR come in too.
-    pub fn absorb_lapic(&mut self, vcpu: usize, page: &lapic::VirtualApicPage, delivery: bool) {
-        self.lapics[vcpu].absorb(page, delivery);
+    pub fn absorb_lapic(&self, vcpu: usize, page: &lapic::VirtualApicPage, delivery: bool) {
+        self.vcpu(vcpu).apic.absorb(page, delivery);
     }
 
     /// Virtual-interrupt delivery: RVI and SVI for `vcpu`'s next entry.
     pub fn lapic_interrupt_status(&self, vcpu: usize) -> u16 {
-        self.lapics[vcpu].interrupt_status()
+        self.vcpu(vcpu).apic.interrupt_status()
     }
 
     /// Virtual-interrupt delivery: the vectors whose EOI must exit.
     pub fn lapic_eoi_exit_bitmap(&self, vcpu: usize) -> [u64; 4] {
-        self.lapics[vcpu].eoi_exit_bitmap()
+        self.vcpu(vcpu).apic.eoi_exit_bitmap()
     }
 
     /// Virtual-interrupt delivery: `vcpu` ended a level-triggered `vector`.
-    pub fn virtual_eoi(&mut self, vcpu: usize, vector: u8) {
-        let effect = self.lapics[vcpu].virtual_eoi(vector);
+    pub fn virtual_eoi(&self, vcpu: usize, vector: u8) {
+        let effect = self.vcpu(vcpu).apic.virtual_eoi(vector);
         self.act_on_lapic(vcpu, effect);
     }
 
     /// APIC virtualisation: the TPR threshold for a vCPU's next entry.
     pub fn lapic_tpr_threshold(&self, vcpu: usize) -> u8 {
-        self.lapics[vcpu].tpr_threshold()
+        self.vcpu(vcpu).apic.tpr_threshold()
     }
 
     /// Timer interrupts `vcpu`'s local APIC raised since the VM started.
     pub fn timer_interrupts(&self, vcpu: usize) -> u64 {
-        self.lapics[vcpu].timer_interrupts
+        self.vcpu(vcpu).apic.timer_interrupts
     }
 
     pub fn tsc_deadline(&self, vcpu: usize) -> u64 {
-        self.lapics[vcpu].tsc_deadline()
+        self.vcpu(vcpu).apic.tsc_deadline()
     }
 
-    pub fn set_tsc_deadline(&mut self, vcpu: usize, deadline: u64) {
-        self.lapics[vcpu].set_tsc_deadline(deadline);
+    pub fn set_tsc_deadline(&self, vcpu: usize, deadline: u64) {
+        self.vcpu(vcpu).apic.set_tsc_deadline(deadline);
     }
 
     /// A TSC-deadline write from a guest whose TSC is offset from the host's:
     /// `deadline` in the guest's TSC, `fires_at` in the host's (see
     /// `LocalApic::arm_tsc_deadline`).
-    pub fn arm_tsc_deadline(&mut self, vcpu: usize, deadline: u64, fires_at: u64) {
-        self.lapics[vcpu].arm_tsc_deadline(deadline, fires_at);
+    pub fn arm_tsc_deadline(&self, vcpu: usize, deadline: u64, fires_at: u64) {
+        self.vcpu(vcpu).apic.arm_tsc_deadline(deadline, fires_at);
     }
 
-    /// Runs the clocks up to `now`: timers that expired raise their interrupts;
-    /// devices with input waiting deliver it.
+    /// Runs the clocks up to `now` for `vcpu` about to enter: its local
+    /// APIC's timer, and the platform's timers and devices, which raise
+    /// their interrupts for whichever vCPUs they are routed to.
     ///
-    /// Most calls find nothing due but a local APIC's timer: the PIT, the RTC
-    /// and the virtio devices are skipped until the moment the last full
+    /// Most calls find nothing due but the local APIC's timer: the PIT, the
+    /// RTC and the virtio devices are skipped until the moment the last full
     /// call worked out (`PollCache`), which is what they would have done.
-    pub fn poll(&mut self, now: u64, ram: &mut dyn GuestRam) {
-        for apic in &mut self.lapics {
-            apic.poll(now);
+    pub fn poll(&self, vcpu: usize, now: u64, ram: &mut dyn GuestRam) {
+        self.vcpu(vcpu).apic.poll(now);
+        if !self.platform_poll_due(now) {
+            return;
         }
-        if let Some(cache) = self.poll_cache {
-            if !cache.virtio_work && now < cache.pit_due && now < cache.rtc_due {
-                return;
-            }
+        let _polling = self.poll_cache.polling.lock();
+        // Another vCPU may have done it while this one waited.
+        if !self.platform_poll_due(now) {
+            return;
         }
-        for slot in 0..self.virtio.len() {
-            self.virtio[slot].0.poll(ram);
-            self.update_virtio_line(slot);
+        let changes = self.poll_cache.changes.load(Ordering::Acquire);
+        for (index, virtio) in self.virtio.iter().enumerate() {
+            let mut slot = virtio.lock();
+            slot.device.poll(ram);
+            self.update_virtio_line(index, &mut slot);
         }
-        for _ in 0..self.pit.poll_irq0(now).min(1) {
+        let pit_fired = self.pit.lock().poll_irq0(now) > 0;
+        if pit_fired {
             self.pulse_isa_irq(layout::IRQ_PIT);
         }
-        if self.rtc.poll(now) {
+        let rtc_fired = self.rtc.lock().poll(now);
+        if rtc_fired {
             self.pulse_isa_irq(layout::IRQ_RTC);
         }
-        self.poll_cache = Some(PollCache {
-            pit_due: self.pit.next_irq0().unwrap_or(u64::MAX),
-            rtc_due: self.rtc.next_event().unwrap_or(u64::MAX),
-            virtio_work: self.virtio.iter().any(|(v, _)| v.has_work()),
-            platform_deadline: self.platform_deadline(),
-        });
+        let pit_due = self.pit.lock().next_irq0().unwrap_or(u64::MAX);
+        let rtc_due = self.rtc.lock().next_event().unwrap_or(u64::MAX);
+        let virtio_work = self.virtio.iter().any(|v| v.lock().device.has_work());
+        let due = if virtio_work { 0 } else { pit_due.min(rtc_due) };
+        let cache = &self.poll_cache;
+        cache.due.store(due, Ordering::Relaxed);
+        cache.platform_deadline.store(self.platform_deadline().unwrap_or(u64::MAX), Ordering::Relaxed);
+        cache.valid_at.store(changes, Ordering::Release);
     }
 
-    /// Whether `poll(now)` would do anything: a timer due (any local APIC's,
-    /// the PIT's, the RTC's), virtio work, or no cache to tell. False lets
-    /// the VMM skip it (the TSC-deadline fast path).
-    pub fn poll_due(&self, now: u64) -> bool {
-        let Some(cache) = self.poll_cache else { return true };
-        cache.virtio_work
-            || now >= cache.pit_due
-            || now >= cache.rtc_due
-            || self.lapics.iter().any(|apic| apic.next_deadline().is_some_and(|at| now >= at))
+    /// Whether the platform's part of `poll` has work: a PIT or RTC event
+    /// due, virtio work, or no valid figures to tell.
+    fn platform_poll_due(&self, now: u64) -> bool {
+        !self.poll_cache.is_valid() || now >= self.poll_cache.due.load(Ordering::Relaxed)
+    }
+
+    /// Whether `poll(vcpu, now)` would do anything: a timer due (the vCPU's
+    /// local APIC's, the PIT's, the RTC's), virtio work, or no cache to
+    /// tell. False lets the VMM skip it (the fast path).
+    pub fn poll_due(&self, vcpu: usize, now: u64) -> bool {
+        self.platform_poll_due(now) || self.vcpu(vcpu).apic.next_deadline().is_some_and(|at| now >= at)
     }
 
     /// The next moment a timer could interrupt `vcpu`: the VMM makes sure it gets
@@ -575,141 +690,168 @@ impl Chipset {
     /// over from a call that reached its bound, for the next `poll` to go on
     /// with.
     pub fn next_deadline(&self, vcpu: usize) -> Option<u64> {
-        let platform = match self.poll_cache {
-            Some(cache) => cache.platform_deadline,
-            None => self.platform_deadline(),
+        let platform = if self.poll_cache.is_valid() {
+            Some(self.poll_cache.platform_deadline.load(Ordering::Relaxed)).filter(|&at| at != u64::MAX)
+        } else {
+            self.platform_deadline()
         };
-        [self.lapics[vcpu].next_deadline(), platform].into_iter().flatten().min()
+        [self.vcpu(vcpu).apic.next_deadline(), platform].into_iter().flatten().min()
     }
 
     /// `next_deadline` but for the local APICs' timers.
     fn platform_deadline(&self) -> Option<u64> {
-        let routed =
-            |irq: u8| self.ioapic.pin_unmasked(layout::gsi_of_isa_irq(irq) as usize) || self.pic.irq_unmasked(irq);
-        let pit = self.pit.next_irq0().filter(|_| routed(layout::IRQ_PIT));
-        let rtc = self.rtc.next_event().filter(|_| routed(layout::IRQ_RTC));
-        let device_work = self.virtio.iter().any(|(v, _)| v.has_backlog()).then_some(0);
+        let (pit_routed, rtc_routed) = {
+            let r = self.routing.lock();
+            let routed =
+                |irq: u8| r.ioapic.pin_unmasked(layout::gsi_of_isa_irq(irq) as usize) || r.pic.irq_unmasked(irq);
+            (routed(layout::IRQ_PIT), routed(layout::IRQ_RTC))
+        };
+        let pit = self.pit.lock().next_irq0().filter(|_| pit_routed);
+        let rtc = self.rtc.lock().next_event().filter(|_| rtc_routed);
+        let device_work = self.virtio.iter().any(|v| v.lock().device.has_backlog()).then_some(0);
         [pit, rtc, device_work].into_iter().flatten().min()
     }
 
     /// Whether `vcpu` has an interrupt to take when it can.
     pub fn has_interrupt(&self, vcpu: usize) -> bool {
-        self.lapics[vcpu].deliverable().is_some() || self.extint_pending(vcpu)
+        let state = self.vcpu(vcpu);
+        state.apic.deliverable().is_some() || self.extint_pending_with(vcpu, &state.apic)
     }
 
     /// The vector to inject into `vcpu` now, acknowledged (it is in service
     /// from here on, so call this only when the guest can take it).
-    pub fn take_interrupt(&mut self, vcpu: usize) -> Option<u8> {
-        if let Some(vector) = self.lapics[vcpu].deliverable() {
-            self.lapics[vcpu].acknowledge(vector);
+    pub fn take_interrupt(&self, vcpu: usize) -> Option<u8> {
+        let mut state = self.vcpu(vcpu);
+        if let Some(vector) = state.apic.deliverable() {
+            state.apic.acknowledge(vector);
             return Some(vector);
         }
-        if self.extint_pending(vcpu) {
-            return self.pic.acknowledge();
-        }
-        None
+        drop(state);
+        self.take_extint(vcpu)
     }
 
     /// The PIC's interrupt for `vcpu` (through LINT0 in ExtINT mode), acknowledged.
-    pub fn take_extint(&mut self, vcpu: usize) -> Option<u8> {
-        if self.extint_pending(vcpu) {
-            self.pic.acknowledge()
-        } else {
-            None
+    pub fn take_extint(&self, vcpu: usize) -> Option<u8> {
+        if !self.extint_pending(vcpu) {
+            return None;
         }
+        let mut vector = None;
+        self.route(|r| {
+            vector = r.pic.acknowledge();
+            Vec::new()
+        });
+        vector
     }
 
     /// Whether the PIC has an interrupt for `vcpu` (through LINT0 in ExtINT mode).
     pub fn extint_pending(&self, vcpu: usize) -> bool {
-        vcpu == 0 && self.lapics[0].accepts_extint() && self.pic.interrupt_pending()
+        vcpu == 0 && self.extint_pending_with(0, &self.vcpu(0).apic)
+    }
+
+    fn extint_pending_with(&self, vcpu: usize, apic: &LocalApic) -> bool {
+        vcpu == 0 && apic.accepts_extint() && self.pic_output.load(Ordering::Acquire)
     }
 
     pub fn nmi_pending(&self, vcpu: usize) -> bool {
-        self.lapics[vcpu].nmi_pending
+        self.vcpu(vcpu).apic.nmi_pending
     }
 
-    pub fn take_nmi(&mut self, vcpu: usize) -> bool {
-        core::mem::take(&mut self.lapics[vcpu].nmi_pending)
+    pub fn take_nmi(&self, vcpu: usize) -> bool {
+        core::mem::take(&mut self.vcpu(vcpu).apic.nmi_pending)
     }
 
     /// The next INIT or SIPI for `vcpu`: an INIT first, then the start-up
     /// vector that followed it (see `StartupLatch`).
-    pub fn take_signal(&mut self, vcpu: usize) -> Option<StartupSignal> {
-        self.signals[vcpu].take()
+    pub fn take_signal(&self, vcpu: usize) -> Option<StartupSignal> {
+        self.vcpu(vcpu).signals.take()
     }
 
     /// INITs and SIPIs that arrived while an earlier one was still latched and
     /// that changed nothing (superseded by an INIT, or a second SIPI).
     pub fn dropped_startup_signals(&self) -> u64 {
-        self.dropped_signals
+        self.dropped_signals.load(Ordering::Relaxed)
     }
 
     /// Whether an interrupt, NMI, INIT or SIPI arrived for `vcpu` since the last
     /// call. A vCPU running on another core only sees it at its next exit, so
     /// the VMM makes that core exit when this says so. Timer interrupts do not
     /// count: each vCPU already comes back by its own `next_deadline`.
-    pub fn take_wakeup(&mut self, vcpu: usize) -> bool {
-        core::mem::take(&mut self.wakeups[vcpu])
+    pub fn take_wakeup(&self, vcpu: usize) -> bool {
+        // The load first: the swap's write would take the flag's cache line
+        // from the vCPU that sets it at every look.
+        self.has_wakeup(vcpu) && self.vcpus[vcpu].wakeup.swap(false, Ordering::AcqRel)
     }
 
     /// `take_wakeup` without taking it.
     pub fn has_wakeup(&self, vcpu: usize) -> bool {
-        self.wakeups[vcpu]
+        self.vcpus[vcpu].wakeup.load(Ordering::Acquire)
     }
 
     /// APIC virtualisation: whether `vcpu`'s local APIC changed since its
     /// last mirror into the virtual-APIC page (anything but its timer's
     /// deadline: an interrupt arrived, a register was written).
     pub fn lapic_mirror_stale(&self, vcpu: usize) -> bool {
-        self.lapics[vcpu].mirror_is_stale()
+        self.vcpu(vcpu).apic.mirror_is_stale()
     }
 
     /// An INIT resets the vCPU's local APIC as well as the vCPU.
-    pub fn reset_lapic(&mut self, vcpu: usize) {
-        self.lapics[vcpu].init();
+    pub fn reset_lapic(&self, vcpu: usize) {
+        self.vcpu(vcpu).apic.init();
     }
 
-    fn update_com1_line(&mut self) {
-        let line = self.com1.irq_line();
-        if line != self.com1_line {
-            self.com1_line = line;
+    /// COM1's line follows its interrupt status (COM1 is locked by the caller).
+    fn update_com1_line(&self, com1: &mut Com1) {
+        let line = com1.uart.irq_line();
+        if line != com1.line {
+            com1.line = line;
             self.set_isa_irq(layout::IRQ_COM1, line);
         }
     }
 
-    fn set_isa_irq(&mut self, irq: u8, level: bool) {
-        self.pic.set_line(irq, level);
-        self.wake_pic_target();
-        if let Some(message) = self.ioapic.set_line(layout::gsi_of_isa_irq(irq) as usize, level) {
+    fn set_isa_irq(&self, irq: u8, level: bool) {
+        self.route(|r| {
+            r.pic.set_line(irq, level);
+            r.ioapic.set_line(layout::gsi_of_isa_irq(irq) as usize, level).into_iter().collect()
+        });
+    }
+
+    fn pulse_isa_irq(&self, irq: u8) {
+        self.route(|r| {
+            r.pic.pulse(irq);
+            r.ioapic.pulse(layout::gsi_of_isa_irq(irq) as usize).into_iter().collect()
+        });
+    }
+
+    /// Works on the interrupt controllers under their lock, then delivers the
+    /// IOAPIC messages `work` returns, still under it (in order with the
+    /// next change of a line); the PIC's output is published for vCPU 0,
+    /// which is woken when an ExtINT waits for it.
+    fn route(&self, work: impl FnOnce(&mut Routing) -> Vec<Message>) {
+        let mut routing = self.routing.lock();
+        let messages = work(&mut routing);
+        let output = routing.pic.interrupt_pending();
+        self.pic_output.store(output, Ordering::Release);
+        for message in messages {
             self.deliver(None, message);
         }
-    }
-
-    fn pulse_isa_irq(&mut self, irq: u8) {
-        self.pic.pulse(irq);
-        self.wake_pic_target();
-        if let Some(message) = self.ioapic.pulse(layout::gsi_of_isa_irq(irq) as usize) {
-            self.deliver(None, message);
+        // The PIC's INTR goes to vCPU 0 only.
+        if output && self.vcpu(0).apic.accepts_extint() {
+            self.vcpus[0].wakeup.store(true, Ordering::Release);
         }
     }
 
-    /// The PIC's INTR goes to vCPU 0 only.
-    fn wake_pic_target(&mut self) {
-        if self.extint_pending(0) {
-            self.wakeups[0] = true;
-        }
-    }
-
-    /// Routes an APIC message from `source` (None: the IOAPIC) to its targets.
-    fn deliver(&mut self, source: Option<usize>, message: Message) {
-        for i in 0..self.lapics.len() {
+    /// Routes an APIC message from `source` (None: the IOAPIC) to its
+    /// targets, one vCPU's lock at a time.
+    fn deliver(&self, source: Option<usize>, message: Message) {
+        for (i, slot) in self.vcpus.iter().enumerate() {
+            let mut state = slot.state.lock();
             // A globally disabled APIC takes nothing, shorthands included.
-            let enabled = self.lapics[i].mode() != lapic::Mode::Disabled;
+            let enabled = state.apic.mode() != lapic::Mode::Disabled;
             let selected = match message.destination {
                 Destination::SelfOnly => source == Some(i),
                 Destination::AllIncludingSelf => true,
                 Destination::AllExcludingSelf => source != Some(i),
-                addressed => self.lapics[i].is_addressed_by(addressed),
+                addressed => state.apic.is_addressed_by(addressed),
             };
             if !selected || !enabled {
                 continue;
@@ -721,13 +863,14 @@ impl Chipset {
             };
             match signal {
                 Some(signal) => {
-                    if !self.signals[i].latch(signal) {
-                        self.dropped_signals += 1;
+                    if !state.signals.latch(signal) {
+                        self.dropped_signals.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                None => self.lapics[i].receive(&message),
+                None => state.apic.receive(&message),
             }
-            self.wakeups[i] = true;
+            drop(state);
+            slot.wakeup.store(true, Ordering::Release);
             // Lowest priority: any one of them will do; the first takes it.
             if message.mode == DeliveryMode::LowestPriority {
                 return;
@@ -737,7 +880,7 @@ impl Chipset {
 
     /// The ACPI tables for this VM, to be copied to `layout::ACPI_TABLES`.
     pub fn acpi_tables(&self) -> Vec<u8> {
-        acpi::tables(layout::ACPI_TABLES, self.lapics.len() as u32, self.virtio.len())
+        acpi::tables(layout::ACPI_TABLES, self.vcpus.len() as u32, self.virtio.len())
     }
 }
 
@@ -896,7 +1039,7 @@ mod tests {
         // A local timer does not: the vCPU comes back by its own deadline.
         lapic_write(&mut c, 1, reg::LVT_TIMER, 0x30, 0);
         lapic_write(&mut c, 1, reg::TIMER_INITIAL, 10, 0);
-        c.poll(HZ, &mut NoRam);
+        c.poll(1, HZ, &mut NoRam);
         assert!(c.has_interrupt(1));
         assert!(!c.take_wakeup(1));
     }
@@ -908,23 +1051,23 @@ mod tests {
         lapic_write(&mut c, 0, reg::LVT_TIMER, (2 << 17) | 0xec, 0);
         c.set_tsc_deadline(0, 5_000);
         assert_eq!(c.next_deadline(0), Some(5_000));
-        c.poll(4_999, &mut NoRam);
+        c.poll(0, 4_999, &mut NoRam);
         assert!(!c.has_interrupt(0));
         assert_eq!(c.timer_interrupts(0), 0);
-        c.poll(5_000, &mut NoRam);
+        c.poll(0, 5_000, &mut NoRam);
         assert_eq!(c.take_interrupt(0), Some(0xec));
         assert_eq!(c.next_deadline(0), None);
         assert_eq!(c.timer_interrupts(0), 1);
         // A masked timer still expires but raises nothing to count.
         lapic_write(&mut c, 0, reg::LVT_TIMER, (2 << 17) | 1 << 16 | 0xec, 0);
         c.set_tsc_deadline(0, 6_000);
-        c.poll(6_000, &mut NoRam);
+        c.poll(0, 6_000, &mut NoRam);
         assert_eq!(c.timer_interrupts(0), 1);
     }
 
     #[test]
     fn pit_ticks_through_pic_in_virtual_wire_mode() {
-        let (mut c, _) = chipset(1);
+        let (c, _) = chipset(1);
         // The classic PIC set-up, IRQ0 unmasked; the APIC stays disabled.
         for (port, value) in [(0x20, 0x11), (0x21, 0x08), (0x21, 4), (0x21, 1), (0x21, 0xfe)] {
             c.port_write(port, 1, value, 0);
@@ -934,7 +1077,7 @@ mod tests {
         c.port_write(0x40, 1, 0x2e, 0); // 100 Hz
         let first = c.next_deadline(0).unwrap();
         assert!((9_990_000..=10_010_000).contains(&first), "{first}");
-        c.poll(first, &mut NoRam);
+        c.poll(0, first, &mut NoRam);
         assert_eq!(c.take_interrupt(0), Some(0x08));
         assert_eq!(c.take_interrupt(0), None);
     }
@@ -1036,9 +1179,9 @@ mod tests {
                     }
                     _ => {
                         now += rng.pick(&[1u64, 1_000, 100_000, 1_000_000, 20_000_000]) * (1 + rng.below(3));
-                        full.poll_cache = None;
-                        full.poll(now, &mut NoRam);
-                        cached.poll(now, &mut NoRam);
+                        full.poll_cache.forget();
+                        full.poll(0, now, &mut NoRam);
+                        cached.poll(0, now, &mut NoRam);
                         assert_eq!(cached.next_deadline(0), full.next_deadline(0), "seed {seed} step {step}");
                         for _ in 0..3 {
                             assert_eq!(cached.take_interrupt(0), full.take_interrupt(0), "seed {seed} step {step}");
@@ -1051,7 +1194,7 @@ mod tests {
 
     #[test]
     fn masked_sources_do_not_wake_the_vcpu() {
-        let (mut c, _) = chipset(1);
+        let (c, _) = chipset(1);
         c.port_write(0x43, 1, 0x34, 0);
         c.port_write(0x40, 1, 0x00, 0);
         c.port_write(0x40, 1, 0x10, 0);
@@ -1073,7 +1216,7 @@ mod tests {
 
     #[test]
     fn with_virtual_interrupt_delivery_a_level_pin_redelivers_after_the_eoi_exit() {
-        let mut c = level_triggered_com1_with_two_bytes();
+        let c = level_triggered_com1_with_two_bytes();
         let mut page: lapic::VirtualApicPage = [0; 1024];
         assert!(c.mirror_lapic(0, &mut page, true));
         assert_eq!(c.lapic_interrupt_status(0), 0x34, "posted as RVI");
@@ -1114,7 +1257,7 @@ mod tests {
         assert_eq!(c.mmio_read(0, layout::VIRTIO_BASE, 4, 0), 0x7472_6976);
         assert_eq!(c.mmio_read(0, layout::VIRTIO_BASE + 8, 4, 0), 3);
         assert_eq!(c.mmio_read(0, layout::VIRTIO_BASE + layout::VIRTIO_STRIDE, 4, 0), 0xffff_ffff);
-        assert_eq!(c.mmio.unclaimed.reads, 1, "an empty slot is nobody's");
+        assert_eq!(c.unclaimed().1.reads, 1, "an empty slot is nobody's");
         let tables = c.acpi_tables();
         assert_eq!(tables.windows(8).filter(|w| *w == b"LNRO0005").count(), 1);
         assert!(c.take_broken().is_empty());
@@ -1128,9 +1271,9 @@ mod tests {
         // A byte into the padding after the initial count, and a 16-bit write of it.
         c.mmio_write(0, layout::LAPIC_BASE + reg::TIMER_INITIAL as u64 + 8, 1, 1, 0, &mut NoRam);
         c.mmio_write(0, layout::LAPIC_BASE + reg::TIMER_INITIAL as u64, 2, 1, 0, &mut NoRam);
-        assert_eq!(c.lapics[0].next_deadline(), None, "neither armed the timer");
+        assert_eq!(c.vcpu(0).apic.next_deadline(), None, "neither armed the timer");
         lapic_write(&mut c, 0, reg::TIMER_INITIAL, 1, 0);
-        assert_eq!(c.lapics[0].next_deadline(), Some(HZ / 10_000), "periodic timers stop at 10 kHz");
+        assert_eq!(c.vcpu(0).apic.next_deadline(), Some(HZ / 10_000), "periodic timers stop at 10 kHz");
     }
 
     #[test]
@@ -1141,7 +1284,7 @@ mod tests {
         assert_eq!(c.dropped_input(), 0);
         c.com1_input(&[b'x'; crate::uart::HOST_INPUT + 3]);
         assert_eq!(c.dropped_input(), 3);
-        c.virtio[0].0.device_mut().push_input(&[b'y'; crate::virtio::console::INPUT_LIMIT + 5]);
+        c.virtio[0].lock().device.device_mut().push_input(&[b'y'; crate::virtio::console::INPUT_LIMIT + 5]);
         assert_eq!(c.dropped_input(), 8);
     }
 
@@ -1174,7 +1317,7 @@ mod tests {
         reg(&mut c, 0x50, 1, &mut ram);
         assert_eq!(c.next_deadline(0), Some(0), "a page went out; three wait");
         for _ in 0..3 {
-            c.poll(0, &mut ram);
+            c.poll(0, 0, &mut ram);
         }
         assert_eq!(c.next_deadline(0), None);
         let mut used = [0u8; 2];
@@ -1191,7 +1334,7 @@ mod tests {
             c.set_apic_base(vcpu, layout::LAPIC_BASE | EN | EXTD, true, 48).unwrap();
         }
         assert_eq!(c.mmio_read(1, layout::LAPIC_BASE + 0x20, 4, 0), 0xffff_ffff, "unclaimed");
-        assert_eq!(c.mmio.unclaimed.reads, 1);
+        assert_eq!(c.unclaimed().1.reads, 1);
         // Physical IPI 0 -> 2, then a logical one to cluster 0, members 0 and 1.
         c.x2apic_write(0, 0x830, 2 << 32 | 0x45, 0).unwrap();
         assert_eq!((c.take_interrupt(2), c.has_interrupt(1)), (Some(0x45), false));
@@ -1220,14 +1363,14 @@ mod tests {
         let mut page: lapic::VirtualApicPage = [0; 1024];
         assert!(c.mirror_lapic(1, &mut page, false));
         lapic_write(&mut c, 1, reg::SVR, 0x1ff, 0);
-        assert_eq!(c.mmio.unclaimed.writes, 1);
+        assert_eq!(c.unclaimed().1.writes, 1);
         assert!(c.mirror_lapic(1, &mut page, false), "stale after a write to the undecoded page");
         assert_eq!(c.apic_mode(1), lapic::Mode::Disabled);
     }
 
     #[test]
     fn refused_msrs_are_named_once_each_up_to_the_bound() {
-        let (mut c, _) = chipset(1);
+        let (c, _) = chipset(1);
         let firsts: Vec<bool> = (0..20).chain(0..20).map(|msr| c.first_refusal_of_msr(msr)).collect();
         assert_eq!(firsts.iter().filter(|&&first| first).count(), REFUSED_MSRS_LOGGED);
         assert!(firsts[..REFUSED_MSRS_LOGGED].iter().all(|&first| first));
@@ -1236,7 +1379,7 @@ mod tests {
 
     #[test]
     fn power_off_reset_and_other_ports() {
-        let (mut c, _) = chipset(1);
+        let (c, _) = chipset(1);
         assert_eq!(c.port_write(layout::PM1_CONTROL, 2, (5 << 10) | (1 << 13), 0), Some(Request::PowerOff));
         assert_eq!(c.port_write(layout::RESET_CONTROL, 1, 0x06, 0), Some(Request::Reset));
         c.port_write(0x70, 1, 0x09, 0);
@@ -1245,7 +1388,7 @@ mod tests {
         let t1 = c.port_read(layout::PM_TIMER, 4, HZ);
         assert_eq!(t1 - t0, acpi::PM_TIMER_HZ as u32);
         assert_eq!(c.port_read(0xcfc, 4, 0), u32::MAX, "nothing there");
-        assert_eq!(c.ports.unclaimed.reads, 1);
+        assert_eq!(c.unclaimed().0.reads, 1);
         let tables = c.acpi_tables();
         assert_eq!(&tables[..8], b"RSD PTR ");
     }

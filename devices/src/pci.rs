@@ -270,10 +270,13 @@ mod tests {
             com1_output: alloc::boxed::Box::new(|_: &[u8]| {}),
             com1_unbuffered: false,
         };
-        let mut c = Chipset::new(config);
-        c.ports.register(layout::PCI_CONFIG_ADDRESS, PORTS, alloc::boxed::Box::new(PciHost::new())).unwrap();
-        c.ports.register(layout::SYSTEM_CONTROL_A, 1, alloc::boxed::Box::new(SystemControlA::new())).unwrap();
-        c.ports.register(layout::FW_CFG, fw_cfg::PORTS, alloc::boxed::Box::new(FwCfg::new(2, 64 << 20))).unwrap();
+        let c = Chipset::new(config);
+        c.ports.lock().register(layout::PCI_CONFIG_ADDRESS, PORTS, alloc::boxed::Box::new(PciHost::new())).unwrap();
+        c.ports.lock().register(layout::SYSTEM_CONTROL_A, 1, alloc::boxed::Box::new(SystemControlA::new())).unwrap();
+        c.ports
+            .lock()
+            .register(layout::FW_CFG, fw_cfg::PORTS, alloc::boxed::Box::new(FwCfg::new(2, 64 << 20)))
+            .unwrap();
 
         c.port_write(layout::PCI_CONFIG_ADDRESS, 4, 0x8000_0008, 0);
         assert_eq!(c.port_read(layout::PCI_CONFIG_ADDRESS, 4, 0), 0x8000_0008);
@@ -293,7 +296,7 @@ mod tests {
         let signature: alloc::vec::Vec<u8> = (0..4).map(|_| c.port_read(layout::FW_CFG + 1, 1, 0) as u8).collect();
         assert_eq!(signature, b"QEMU");
         assert_eq!(c.port_read(0x514, 4, 0), u32::MAX, "no DMA register");
-        assert_eq!(c.ports.unclaimed.reads, 1);
+        assert_eq!(c.unclaimed().0.reads, 1);
     }
 
     #[test]

@@ -183,6 +183,12 @@ impl Rtc {
         self.index = value & 0x7f;
     }
 
+    /// Whether a read of port 0x71 now clears the interrupt flags (register
+    /// C), which moves when the next interrupt can come.
+    pub fn read_clears_flags(&self) -> bool {
+        self.index as usize == REG_C
+    }
+
     /// Port 0x71 read.
     pub fn read(&mut self, now: u64) -> u8 {
         let t = self.date_time(now);

@@ -204,7 +204,7 @@ fn chipset(vcpus: u32) -> Chipset {
 fn chipset_init_and_sipi_flood() {
     use apic_regs::*;
     let lapic = |register: u64| layout::LAPIC_BASE + register;
-    let (mut c, ..) = assert_bounded(
+    let (c, ..) = assert_bounded(
         "chipset INIT/SIPI flood",
         || (chipset(4), Ram(Vec::new()), Rng::new(11)),
         |(c, ram, rng)| {
@@ -531,8 +531,8 @@ fn chipset_random_sequences(seed: u64, operations: u64, start: u64) {
     use devices::{BenchMarker, DebugExit};
     let setup = || {
         let mut c = chipset(2);
-        c.ports.register(layout::DEBUG_EXIT, 4, Box::new(DebugExit)).unwrap();
-        c.ports.register(layout::BENCH_MARKER, 1, Box::new(BenchMarker)).unwrap();
+        c.ports.lock().register(layout::DEBUG_EXIT, 4, Box::new(DebugExit)).unwrap();
+        c.ports.lock().register(layout::BENCH_MARKER, 1, Box::new(BenchMarker)).unwrap();
         c.add_virtio(Box::new(Console::new(discard()))).unwrap();
         c.add_virtio(Box::new(Block::new(Box::new(vec![0u8; 16 * 1024]), "random"))).unwrap();
         let mut ram = Ram(vec![0; CHIPSET_RAM]);
@@ -570,7 +570,7 @@ fn chipset_random_sequences(seed: u64, operations: u64, start: u64) {
                         0 => now.saturating_add(rng.next_u64() >> rng.below(64)),
                         _ => now.saturating_add(rng.below(1 << 24)),
                     };
-                    c.poll(*now, ram);
+                    c.poll(0, *now, ram);
                 }
                 _ => {
                     // What the VMM's run loop asks between entries.

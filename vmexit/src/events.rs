@@ -10,7 +10,7 @@ use devices::Chipset;
 /// Called before every entry: injects one pending event if the guest can take
 /// it now, or asks for the window exit that says when it can. Events come from
 /// the VM's interrupt controllers and from the vCPU's own queue (hypercalls).
-pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
+pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset) {
     let index = vcpu.index();
     if chipset.take_nmi(index) {
         vcpu.pending().nmi = true;
@@ -71,7 +71,7 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &mut Chipset) {
 /// Virtual-interrupt delivery: the guest ended a level-triggered interrupt
 /// (the CPU has already taken it out of service); the interrupt controllers
 /// hear of it as of any EOI.
-pub fn virtual_eoi(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, vector: u8) -> Outcome {
+pub fn virtual_eoi(vcpu: &mut dyn Vcpu, chipset: &Chipset, vector: u8) -> Outcome {
     chipset.virtual_eoi(vcpu.index(), vector);
     Outcome::Resume
 }

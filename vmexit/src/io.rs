@@ -50,7 +50,7 @@ const DR7_ENABLES: u64 = 0xff;
 /// None, having done nothing, for anything else (string I/O, a single
 /// step, a breakpoint, an instruction whose length is unknown): that goes
 /// through `dispatch`.
-pub fn fast_port_io(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, host: &dyn Host, access: PortIo) -> Option<Outcome> {
+pub fn fast_port_io(vcpu: &mut dyn Vcpu, chipset: &Chipset, host: &dyn Host, access: PortIo) -> Option<Outcome> {
     let rflags = vcpu.rflags();
     if access.string.is_some()
         || !matches!(access.size, 1 | 2 | 4)
@@ -69,7 +69,7 @@ pub fn fast_port_io(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, host: &dyn Host,
 /// `port`; what the device asked for.
 fn in_or_out(
     vcpu: &mut dyn Vcpu,
-    chipset: &mut Chipset,
+    chipset: &Chipset,
     host: &dyn Host,
     port: u16,
     size: u8,

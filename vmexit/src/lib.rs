@@ -57,7 +57,7 @@ impl<T: GuestRam + PhysicalMemory> GuestMemory for T {}
 /// The VM an exit happened in, as its handlers see it.
 pub struct Machine<'a> {
     pub name: &'a str,
-    pub chipset: &'a mut Chipset,
+    pub chipset: &'a Chipset,
     pub memory: &'a mut dyn GuestMemory,
     /// The VM's console: one line printed by the print hypercall.
     pub console: &'a dyn Fn(&[u8]),

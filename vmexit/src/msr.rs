@@ -131,12 +131,12 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
             }
         }
         IA32_MISC_ENABLE => {
-            let msrs = vm.chipset.vcpu_msrs(index);
-            let now = msrs.misc_enable.unwrap_or(misc_enable::RESET);
+            let now = vm.chipset.vcpu_msrs(index).misc_enable.unwrap_or(misc_enable::RESET);
             if (value ^ now) & !(misc_enable::WRITABLE | misc_enable::IGNORED) != 0 {
                 return refuse(vcpu, vm, "WRMSR", msr);
             }
-            msrs.misc_enable = Some((now & !misc_enable::WRITABLE) | (value & misc_enable::WRITABLE));
+            let written = (now & !misc_enable::WRITABLE) | (value & misc_enable::WRITABLE);
+            vm.chipset.update_vcpu_msrs(index, |msrs| msrs.misc_enable = Some(written));
         }
         // No banks: a handler clearing MCIP after a machine check writes 0.
         IA32_MCG_STATUS if value == 0 => {}
@@ -162,7 +162,7 @@ pub fn wrmsr(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host) -> Outcome 
 /// instruction completed (RF cleared). Returns whether it was; if not,
 /// nothing changed and the exit goes to `dispatch` (a passed deadline
 /// fires there and in the poll that follows; TF owes a #DB).
-pub fn fast_tsc_deadline(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, now: u64) -> bool {
+pub fn fast_tsc_deadline(vcpu: &mut dyn Vcpu, chipset: &Chipset, now: u64) -> bool {
     if vcpu.gpr(RCX) as u32 != IA32_TSC_DEADLINE || vcpu.rflags() & crate::vcpu::RFLAGS_TF != 0 {
         return false;
     }
@@ -182,7 +182,7 @@ pub fn fast_tsc_deadline(vcpu: &mut dyn Vcpu, chipset: &mut Chipset, now: u64) -
 fn set_tsc_offset(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, offset: u64) {
     let index = vcpu.index();
     vcpu.set_tsc_offset(offset);
-    vm.chipset.vcpu_msrs(index).tsc_offset = offset;
+    vm.chipset.update_vcpu_msrs(index, |msrs| msrs.tsc_offset = offset);
     let deadline = vm.chipset.tsc_deadline(index);
     if deadline != 0 {
         vm.chipset.arm_tsc_deadline(index, deadline, tsc::deadline_on_host(deadline, offset, host.now()));

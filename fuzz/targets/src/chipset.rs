@@ -184,9 +184,9 @@ impl Vm {
     /// A guest `in`, checked against the new devices' statements and the
     /// unclaimed-port log.
     fn port_read(&mut self, port: u16, size: u8, now: u64) -> u32 {
-        let before = self.c.ports.unclaimed;
+        let before = self.c.unclaimed().0;
         let value = self.c.port_read(port, size, now);
-        let unclaimed = self.c.ports.unclaimed.reads != before.reads;
+        let unclaimed = self.c.unclaimed().0.reads != before.reads;
         if unclaimed {
             self.x.ports.record(port.into(), size, false);
             assert_eq!(value, all_ones(size) as u32, "an unclaimed {size}-byte read of port {port:#x}");
@@ -218,9 +218,9 @@ impl Vm {
     /// A guest `out`, checked in the same way; its request must be one the
     /// port makes.
     fn port_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Option<Request> {
-        let before = self.c.ports.unclaimed;
+        let before = self.c.unclaimed().0;
         let request = self.c.port_write(port, size, value, now);
-        let unclaimed = self.c.ports.unclaimed.writes != before.writes;
+        let unclaimed = self.c.unclaimed().0.writes != before.writes;
         if unclaimed {
             self.x.ports.record(port.into(), size, true);
             assert_eq!(request, None, "an unclaimed write to port {port:#x}");
@@ -257,10 +257,10 @@ impl Vm {
     }
 
     fn mmio_read(&mut self, vcpu: usize, address: u64, size: u8, now: u64) -> u64 {
-        let before = self.c.mmio.unclaimed;
+        let before = self.c.unclaimed().1;
         let read = self.c.mmio_read(vcpu, address, size, now);
         assert!(read <= all_ones(size), "{read:#x} from a {size}-byte read of {address:#x}");
-        let unclaimed = self.c.mmio.unclaimed.reads != before.reads;
+        let unclaimed = self.c.unclaimed().1.reads != before.reads;
         let mode = self.x.modes[vcpu];
         assert_eq!(
             unclaimed,
@@ -275,10 +275,10 @@ impl Vm {
     }
 
     fn mmio_write(&mut self, vcpu: usize, address: u64, size: u8, value: u64, now: u64, ram: &mut Ram) {
-        let before = self.c.mmio.unclaimed;
+        let before = self.c.unclaimed().1;
         let request = self.c.mmio_write(vcpu, address, size, value, now, ram);
         assert_eq!(request, None, "a request from MMIO at {address:#x}");
-        let unclaimed = self.c.mmio.unclaimed.writes != before.writes;
+        let unclaimed = self.c.unclaimed().1.writes != before.writes;
         let mode = self.x.modes[vcpu];
         assert_eq!(
             unclaimed,
@@ -386,14 +386,14 @@ impl Vm {
                 assert!(vcpu == 0 || !self.c.has_interrupt(vcpu), "an interrupt for disabled vCPU {vcpu}");
             }
         }
-        self.x.ports.check(&self.c.ports.unclaimed, "ports");
-        self.x.mmio.check(&self.c.mmio.unclaimed, "MMIO");
+        self.x.ports.check(&self.c.unclaimed().0, "ports");
+        self.x.mmio.check(&self.c.unclaimed().1, "MMIO");
     }
 
     /// The report line the VM's log gets when it stops: bounded, naming
     /// every address kept.
     fn check_report(&self) {
-        let report = UnclaimedAddresses { ports: &self.c.ports.unclaimed, mmio: &self.c.mmio.unclaimed };
+        let report = UnclaimedAddresses { ports: &self.c.unclaimed().0, mmio: &self.c.unclaimed().1 };
         let text = report.to_string();
         assert!(text.len() <= REPORT_LIMIT, "an unclaimed-address report of {} bytes: {text}", text.len());
         assert_eq!(report.is_empty(), text.is_empty(), "{text:?}");
@@ -437,7 +437,7 @@ pub fn chipset(data: &[u8]) -> u64 {
         (layout::FW_CFG, fw_cfg::PORTS, Box::new(FwCfg::new(cpus, ram_bytes))),
     ];
     for (base, len, device) in ports {
-        c.ports.register(base, len, device).unwrap();
+        c.ports.lock().register(base, len, device).unwrap();
     }
     c.add_virtio(Box::new(Console::new(Box::new(|_: &[u8]| {})))).unwrap();
     c.add_virtio(Box::new(Block::new(Box::new(vec![0u8; 16 * 1024]), "fuzz"))).unwrap();
@@ -490,7 +490,10 @@ pub fn chipset(data: &[u8]) -> u64 {
                     _ => r.edge(),
                 };
                 now = now.saturating_add(step);
-                vm.c.poll(now, &mut ram);
+                // Every vCPU comes by before its next entry.
+                for each in 0..vm.c.vcpus() {
+                    vm.c.poll(each, now, &mut ram);
+                }
             }
             7 => {
                 let c = &mut vm.c;

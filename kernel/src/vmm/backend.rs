@@ -20,10 +20,10 @@ pub trait Backend: vmexit::Vcpu {
     fn arm_timer(&mut self, now: u64, deadline: u64);
     /// Just before entry, with the VM locked: what the guest sees of the
     /// platform without exiting (the virtual-APIC page) is brought up to date.
-    fn sync_to_guest(&mut self, _chipset: &mut Chipset) {}
+    fn sync_to_guest(&mut self, _chipset: &Chipset) {}
     /// Just after an exit, with the VM locked: what the guest changed without
     /// exiting goes into the platform's models.
-    fn sync_from_guest(&mut self, _chipset: &mut Chipset) {}
+    fn sync_from_guest(&mut self, _chipset: &Chipset) {}
     /// With the VM locked: whether the guest can be entered again without
     /// `vmexit::events::deliver_pending` and `sync_to_guest` (and so without
     /// `sync_from_guest` either): what it sees of the platform is still

@@ -59,8 +59,6 @@ impl ExitCounters {
 pub enum Phase {
     /// Stop and time-limit checks, rearming the kick.
     Checks,
-    /// Waiting for the VM lock (before the entry and after the exit).
-    Lock,
     /// Start-up signals, host console input, the chipset's timers (`poll`).
     Poll,
     /// The next deadline and the back end's timer.
@@ -87,10 +85,9 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 12;
     pub const NAMES: [&'static str; Self::COUNT] = [
         "checks",
-        "lock",
         "poll",
         "arm",
         "deliver",

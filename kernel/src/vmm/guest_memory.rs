@@ -203,7 +203,10 @@ impl GuestMemory {
         Ok(())
     }
 
-    pub fn write(&mut self, guest_phys: u64, data: &[u8]) -> Result<(), OutOfRange> {
+    /// Through `&self`: every vCPU of the VM writes its RAM (device DMA,
+    /// emulated instructions) as its guest code does, without a lock; the
+    /// frames are reached through raw copies, never Rust references.
+    pub fn write(&self, guest_phys: u64, data: &[u8]) -> Result<(), OutOfRange> {
         let offset = self.offset(guest_phys, data.len())?;
         memory::write_frames(&self.frames, offset, data);
         Ok(())
@@ -233,24 +236,29 @@ impl Drop for GuestMemory {
     }
 }
 
-impl devices::GuestRam for GuestMemory {
+/// A vCPU's handle on its VM's RAM, as devices and the exit handlers use it
+/// (their `GuestRam` writes through `&mut`, which each vCPU has of its own
+/// handle while the RAM itself is shared).
+pub struct RamHandle<'a>(pub &'a GuestMemory);
+
+impl devices::GuestRam for RamHandle<'_> {
     fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), devices::NotRam> {
-        GuestMemory::read(self, address, buf).map_err(|_| devices::NotRam)
+        self.0.read(address, buf).map_err(|_| devices::NotRam)
     }
     fn write(&mut self, address: u64, data: &[u8]) -> Result<(), devices::NotRam> {
-        GuestMemory::write(self, address, data).map_err(|_| devices::NotRam)
+        self.0.write(address, data).map_err(|_| devices::NotRam)
     }
 }
 
 /// The guest's page tables are read from its RAM (`arch::paging` walks them).
-impl arch::paging::PhysicalMemory for GuestMemory {
+impl arch::paging::PhysicalMemory for RamHandle<'_> {
     fn read_u32(&self, physical: u64) -> Option<u32> {
         let mut bytes = [0; 4];
-        self.read(physical, &mut bytes).ok()?;
+        self.0.read(physical, &mut bytes).ok()?;
         Some(u32::from_le_bytes(bytes))
     }
 
     fn read_u64(&self, physical: u64) -> Option<u64> {
-        GuestMemory::read_u64(self, physical).ok()
+        self.0.read_u64(physical).ok()
     }
 }

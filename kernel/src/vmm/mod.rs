@@ -255,7 +255,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         EntryMode::Protected => Mode::Protected,
         EntryMode::Long => Mode::Long,
     };
-    let (gdt, page_tables) = write_setup_area(&mut vm, low_ram_end);
+    let (gdt, page_tables) = write_setup_area(&vm, low_ram_end);
     let stack = if mode == Mode::Real { plan.entry.min(0xfffe) & !1 } else { low_ram_end };
     #[allow(unused_mut)]
     let mut state = GuestState::initial(mode, plan.entry, stack, gdt, page_tables);
@@ -298,7 +298,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.exits = counters.total();
     report.summary = counters.summary();
     report.loop_profile = counters.profile.summary();
-    let mut vm = shared.lock();
+    let vm = shared.vm();
     report.timer_interrupts = (0..vcpus).map(|index| vm.chipset.timer_interrupts(index)).sum();
     // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation,
     // the virtual-APIC page; or VMCB and XSAVE area.
@@ -312,8 +312,7 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     report.output_dropped = vm.output.dropped();
     report.input_dropped = vm.chipset.dropped_input();
     report.signals_dropped = vm.chipset.dropped_startup_signals();
-    report.unclaimed = (vm.chipset.ports.unclaimed, vm.chipset.mmio.unclaimed);
-    drop(vm);
+    report.unclaimed = vm.chipset.unclaimed();
     Ok(shared.stop_reason().unwrap_or(Stop::Halted))
 }
 
@@ -329,7 +328,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
     let mut counters = ExitCounters::new();
     while let Some(vector) = wait_for_startup(shared, index) {
         let state = GuestState::after_startup_ipi(vector);
-        let started = new_vcpu(index as u32, &state, &shared.lock().memory);
+        let started = new_vcpu(index as u32, &state, &shared.vm().memory);
         let mut vcpu = match started {
             Ok(vcpu) => vcpu,
             Err(stop) => {
@@ -339,7 +338,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
         };
         // INIT left its TSC (and TSC_ADJUST) as they were; the fresh VMCS or
         // VMCB (current on this core since its set-up) takes them over.
-        vcpu.set_tsc_offset(shared.lock().chipset.vcpu_msrs(index).tsc_offset);
+        vcpu.set_tsc_offset(shared.vm().chipset.vcpu_msrs(index).tsc_offset);
         let end = loop {
             match run::run(&mut *vcpu, shared) {
                 RunEnd::Parked => match wait_while_parked(shared, index) {
@@ -352,7 +351,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
         };
         counters.add(vcpu.counters());
         match end {
-            RunEnd::Init | RunEnd::Parked => shared.lock().chipset.reset_lapic(index),
+            RunEnd::Init | RunEnd::Parked => shared.vm().chipset.reset_lapic(index),
             RunEnd::Stop(stop) => {
                 shared.stop(stop);
                 break;
@@ -360,7 +359,7 @@ fn run_application_processor(shared: &SharedVm, index: usize) {
             RunEnd::VmStopped => break,
         }
     }
-    log_vcpu(&shared.lock().name, index, &counters);
+    log_vcpu(&shared.vm().name, index, &counters);
     shared.finish_ap(index, &counters);
 }
 
@@ -404,7 +403,7 @@ fn wait_for_startup(shared: &SharedVm, index: usize) -> Option<u8> {
 
 /// Waits in the VMM, halted between looks, until `look` finds what vCPU
 /// `index` is waiting for; None when the VM stops first. Kicks end the HLT.
-fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm) -> Option<T>) -> Option<T> {
+fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&Vm) -> Option<T>) -> Option<T> {
     use x86_64::instructions::interrupts;
     loop {
         interrupts::disable();
@@ -413,11 +412,9 @@ fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&mut Vm)
             interrupts::enable();
             return None;
         }
-        let found = {
-            let mut vm = shared.lock();
-            vm.chipset.take_wakeup(index);
-            look(&mut vm)
-        };
+        let vm = shared.vm();
+        vm.chipset.take_wakeup(index);
+        let found = look(vm);
         if found.is_some() {
             interrupts::enable();
             return found;
@@ -499,12 +496,12 @@ fn linux_command_line(spec: &VmSpec, given: &str) -> String {
 
 /// Writes the GDT and 4 GiB of 2 MiB identity mappings into the setup area;
 /// returns their guest-physical addresses.
-fn write_setup_area(vm: &mut Vm, base: u64) -> (u64, u64) {
+fn write_setup_area(vm: &Vm, base: u64) -> (u64, u64) {
     let gdt = base;
     let pml4 = base + 0x1000;
     let pdpt = base + 0x2000;
     let pds = base + 0x3000;
-    let mut write = |at: u64, value: u64| {
+    let write = |at: u64, value: u64| {
         let _ = vm.memory.write(at, &value.to_le_bytes());
     };
     for (i, entry) in GUEST_GDT.iter().enumerate() {

@@ -1,9 +1,13 @@
 //! The loop every vCPU runs on its core, whichever vendor's back end: look
-//! for events and timers with the VM locked, enter the guest, hand the exit
-//! to `vmexit::dispatch`, and act on what the handler decided.
+//! for events and timers, enter the guest, hand the exit to
+//! `vmexit::dispatch`, and act on what the handler decided. No lock is the
+//! loop's own: the chipset locks the devices an access touches (see
+//! `devices::chipset`), so vCPUs of one VM exiting at once on different
+//! devices go on side by side.
 
 use super::backend::Backend;
 use super::counters::{LoopProfile, Phase};
+use super::guest_memory::RamHandle;
 use super::host::KernelHost;
 use super::shared::SharedVm;
 use super::vm::{Stop, Vm};
@@ -94,7 +98,8 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
     let arm = |vcpu: &mut dyn Backend, now: u64, deadline: u64| {
         vcpu.arm_timer(now, deadline.min(now.saturating_add(host_tick)));
     };
-    let output = shared.lock().output.clone();
+    let vm = shared.vm();
+    let output = &vm.output;
     let mut host = KernelHost;
     let mut watch = Stopwatch::<PROFILE> { last: time::rdtsc(), profile: LoopProfile::new() };
     // The last exit's kind and when the guest left, for its round trip.
@@ -112,29 +117,24 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             }
             shared.rearm_kick(me);
             watch.lap(Phase::Checks);
-            {
-                let mut guard = shared.lock();
-                watch.lap(Phase::Lock);
-                let vm = &mut *guard;
-                vm.chipset.take_wakeup(me);
-                if take_init(me, vm) {
-                    break RunEnd::Init;
-                }
-                vm.poll_host_console(now);
-                // Timers that expired raise their interrupts; the back end's timer
-                // brings the VMM back by the next one (or the time limit).
-                vm.chipset.poll(now, &mut vm.memory);
-                watch.lap(Phase::Poll);
-                let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
-                arm(vcpu, now, wake);
-                watch.lap(Phase::Arm);
-                vmexit::events::deliver_pending(vcpu, &mut vm.chipset);
-                watch.lap(Phase::Deliver);
-                vcpu.sync_to_guest(&mut vm.chipset);
-                watch.lap(Phase::SyncIn);
-                shared.wake_others(vm, me);
-                watch.lap(Phase::Wake);
+            vm.chipset.take_wakeup(me);
+            if take_init(me, vm) {
+                break RunEnd::Init;
             }
+            vm.poll_host_console(now);
+            // Timers that expired raise their interrupts; the back end's timer
+            // brings the VMM back by the next one (or the time limit).
+            vm.chipset.poll(me, now, &mut RamHandle(&vm.memory));
+            watch.lap(Phase::Poll);
+            let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
+            arm(vcpu, now, wake);
+            watch.lap(Phase::Arm);
+            vmexit::events::deliver_pending(vcpu, &vm.chipset);
+            watch.lap(Phase::Deliver);
+            vcpu.sync_to_guest(&vm.chipset);
+            watch.lap(Phase::SyncIn);
+            shared.wake_others(me);
+            watch.lap(Phase::Wake);
         }
         // Console lines waiting for the host's port go out as it takes
         // them, with no VM lock held and without waiting for it.
@@ -174,7 +174,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
                     fast = true;
                     // A print may have filled the port's backlog: paced as below.
                     if output.must_wait() {
-                        pace(&output, shared);
+                        pace(output, shared);
                         watch.restart(time::rdtsc());
                     }
                     continue;
@@ -183,28 +183,19 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::Fast);
         }
         let counted = handled.is_some();
-        let outcome = {
-            let mut guard = shared.lock();
-            watch.lap(Phase::Lock);
-            let vm = &mut *guard;
-            vcpu.sync_from_guest(&mut vm.chipset);
-            watch.lap(Phase::SyncOut);
-            let (sink, name) = (&vm.output, vm.name.as_str());
-            let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
-            let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-            // An exit the fast path handled (and counted) only needs the round.
-            let outcome = match handled {
-                Some(outcome) => outcome,
-                None => vmexit::dispatch(exit, vcpu, &mut machine, &mut host),
-            };
-            watch.lap(Phase::Dispatch);
-            shared.wake_others(vm, me);
-            watch.lap(Phase::Wake);
-            if let Outcome::Marker(value) = outcome {
-                report_marker(vm, vcpu, value);
-            }
-            outcome
+        vcpu.sync_from_guest(&vm.chipset);
+        watch.lap(Phase::SyncOut);
+        // An exit the fast path handled (and counted) only needs the round.
+        let outcome = match handled {
+            Some(outcome) => outcome,
+            None => vmexit::dispatch(exit, vcpu, &mut machine(vm, &mut RamHandle(&vm.memory)), &mut host),
         };
+        watch.lap(Phase::Dispatch);
+        shared.wake_others(me);
+        watch.lap(Phase::Wake);
+        if let Outcome::Marker(value) = outcome {
+            report_marker(vm, vcpu, value);
+        }
         watch.lap(Phase::Dispatch);
         if !counted {
             vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
@@ -214,7 +205,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
         // no lock held: only its own vCPU is slowed. (Not counted as the
         // exit's VMM time: the guest is paced, the VMM does no work.)
         if output.must_wait() {
-            pace(&output, shared);
+            pace(output, shared);
             // Pacing is no phase's work.
             watch.restart(time::rdtsc());
         }
@@ -233,8 +224,14 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
     end
 }
 
+/// The VM as the exit handlers see it, with the console line of its print
+/// hypercall.
+fn machine<'a>(vm: &'a Vm, ram: &'a mut RamHandle<'a>) -> Machine<'a> {
+    Machine { name: &vm.name, chipset: &vm.chipset, memory: ram, console: &*vm.console }
+}
+
 /// Whether the exit may take `fast_path`, from its kind and the guest's
-/// registers alone (before any lock): a WRMSR of IA32_TSC_DEADLINE, a CPUID,
+/// registers alone (before looking at the VM): a WRMSR of IA32_TSC_DEADLINE, a CPUID,
 /// a hypercall (`vmexit::fast_hypercall` declines the calls that queue
 /// an event), a port access but INS/OUTS.
 #[inline(always)]
@@ -271,7 +268,7 @@ enum Fast {
     Resume { now: u64, wake: u64 },
 }
 
-/// An exit handled right after it, under one lock, with no dispatch: a
+/// An exit handled right after it, with no dispatch: a
 /// WRMSR of IA32_TSC_DEADLINE (one per guest timer tick), a CPUID, or a
 /// hypercall that queues nothing (see `vmexit::fast_hypercall`), with no
 /// absorb either; or a plain IN/OUT (`vmexit::fast_port_io`: no single
@@ -284,8 +281,8 @@ enum Fast {
 /// exiting needs no absorb, and the events delivered at the last full round
 /// still stand), and counted (`kind`, from the exit's TSC) as soon as it is;
 /// a CPUID of a leaf, or a hypercall, that needs nothing of the VM is
-/// handled first, before the lock, and takes the long way without dispatch (where the absorb is)
-/// when the view is not current.
+/// handled first, before the view is looked at, and takes the long way
+/// without dispatch (where the absorb is) when the view is not current.
 /// The round is skipped when the exit's outcome is to resume (a device's
 /// request goes the long way) and the view is still current (a port access
 /// that raised an interrupt made the model stale), the VM goes on, within its time limit; no
@@ -306,10 +303,10 @@ fn fast_path(
     const RAX: u8 = 0;
     const PRINT: u64 = 1;
     // A CPUID of any leaf but 1, a hypercall other than print, need nothing
-    // of the VM: done before the lock.
+    // of the VM: done before the view of it is looked at.
     let early = match exit {
         vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, None, host),
-        // Declined for good: only print needs the lock.
+        // Declined for good: only print needs the VM.
         vmexit::Exit::Hypercall if vcpu.gpr(RAX) != PRINT => {
             if !vmexit::fast_hypercall(vcpu, None, host) {
                 return Fast::Declined;
@@ -322,29 +319,24 @@ fn fast_path(
         vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
     }
     shared.rearm_kick(me);
-    let mut guard = shared.lock();
-    let vm = &mut *guard;
+    let vm = shared.vm();
     if !vcpu.guest_view_current(&vm.chipset) {
         return if early { Fast::Handled(Outcome::Resume) } else { Fast::Declined };
     }
     let now = time::rdtsc();
     if !early {
         let outcome = match exit {
-            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &mut vm.chipset, now).then_some(Outcome::Resume),
+            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &vm.chipset, now).then_some(Outcome::Resume),
             vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, Some(&vm.chipset), host).then_some(Outcome::Resume),
             vmexit::Exit::Io(access) => {
                 // The absorb comes first, as on the long way: an interrupt
                 // the access raises must find the model caught up with what
                 // the CPU took since the last entry.
-                vcpu.sync_from_guest(&mut vm.chipset);
-                vmexit::fast_port_io(vcpu, &mut vm.chipset, host, *access)
+                vcpu.sync_from_guest(&vm.chipset);
+                vmexit::fast_port_io(vcpu, &vm.chipset, host, *access)
             }
-            _ => {
-                let (sink, name) = (&vm.output, vm.name.as_str());
-                let console = |line: &[u8]| sink.line(format_args!("vm {name}"), line);
-                let mut machine = Machine { name, chipset: &mut vm.chipset, memory: &mut vm.memory, console: &console };
-                vmexit::fast_hypercall(vcpu, Some(&mut machine), host).then_some(Outcome::Resume)
-            }
+            _ => vmexit::fast_hypercall(vcpu, Some(&mut machine(vm, &mut RamHandle(&vm.memory))), host)
+                .then_some(Outcome::Resume),
         };
         let Some(outcome) = outcome else { return Fast::Declined };
         vcpu.counters().record(kind, time::rdtsc() - exit_tsc);
@@ -356,10 +348,10 @@ fn fast_path(
                 return Fast::Handled(outcome);
             }
             // Another vCPU the device interrupted is kicked, as after a dispatch.
-            shared.wake_others(vm, me);
+            shared.wake_others(me);
         }
     }
-    if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(now) {
+    if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(me, now) {
         return Fast::Handled(Outcome::Resume);
     }
     Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline)) }
@@ -384,7 +376,7 @@ fn report_marker(vm: &Vm, vcpu: &mut dyn Backend, value: u8) {
 /// processor back to waiting for a start-up IPI; a start-up IPI is ignored
 /// by a CPU already running, as is an INIT to the bootstrap processor (the
 /// platform has no INIT-reset path for it).
-fn take_init(index: usize, vm: &mut Vm) -> bool {
+fn take_init(index: usize, vm: &Vm) -> bool {
     while let Some(signal) = vm.chipset.take_signal(index) {
         if signal == StartupSignal::Init && index != 0 {
             return true;

@@ -1,16 +1,15 @@
-//! A VM as its vCPUs share it across cores: the platform behind one lock, the
-//! decision to stop, and how a vCPU on one core makes another vCPU's core exit
-//! so it sees an interrupt or a start-up IPI meant for it.
+//! A VM as its vCPUs share it across cores: the VM itself (its chipset
+//! takes the locks its devices need, see `devices::chipset`), the decision
+//! to stop, and how a vCPU on one core makes another vCPU's core exit so it
+//! sees an interrupt or a start-up IPI meant for it.
 //!
-//! Each vCPU runs on its own core (until the scheduler exists). A vCPU takes
-//! the lock only while the VMM works for it (polling timers, delivering events,
-//! handling an exit), never while its guest code runs.
+//! Each vCPU runs on its own core (until the scheduler exists).
 
 use super::counters::ExitCounters;
 use super::vm::{Stop, Vm};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use spin::{Mutex, MutexGuard};
+use spin::Mutex;
 
 const NOT_PLACED: u32 = u32::MAX;
 
@@ -37,7 +36,7 @@ static NEXT_VM_ID: AtomicU64 = AtomicU64::new(1);
 pub struct SharedVm {
     /// Unique for the host's life: cores compare it to know they changed VM.
     pub id: u64,
-    vm: Mutex<Vm>,
+    vm: Vm,
     stop: spin::Once<Stop>,
     stopping: AtomicBool,
     /// Host TSC at which the VM's time limit runs out, the same for every vCPU.
@@ -53,7 +52,7 @@ impl SharedVm {
         let tsc_per_ms = (crate::time::tsc_hz() / 1000).max(1);
         SharedVm {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
-            vm: Mutex::new(vm),
+            vm,
             stop: spin::Once::new(),
             stopping: AtomicBool::new(false),
             deadline: crate::time::rdtsc().saturating_add(time_limit_ms.saturating_mul(tsc_per_ms)),
@@ -69,8 +68,8 @@ impl SharedVm {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Vm> {
-        self.vm.lock()
+    pub fn vm(&self) -> &Vm {
+        &self.vm
     }
 
     /// Stops the VM for `why` unless a vCPU already stopped it; every vCPU
@@ -106,12 +105,12 @@ impl SharedVm {
 
     /// After vCPU `me` changed the platform: every other vCPU something arrived
     /// for gets its core interrupted, so it exits and takes it.
-    pub fn wake_others(&self, vm: &mut Vm, me: usize) {
+    pub fn wake_others(&self, me: usize) {
         if self.slots.len() == 1 {
             return;
         }
         for index in 0..self.slots.len() {
-            if index != me && vm.chipset.take_wakeup(index) {
+            if index != me && self.vm.chipset.take_wakeup(index) {
                 self.kick(index);
             }
         }

@@ -7,12 +7,19 @@ use crate::log::GuestOutput;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 use devices::virtio::{blk::Block, console::Console};
 use devices::{fw_cfg, layout, pci, BenchMarker, Chipset, ChipsetConfig, DebugExit, FwCfg, PciHost, SystemControlA};
 use loader::VmSpec;
 
 pub use vmexit::Stop;
 
+/// Prints one line of a VM's console.
+pub type ConsoleLine = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Shared by its vCPUs without a lock: the chipset locks what each access
+/// touches, RAM is written as the guest writes it, and the rest does not
+/// change once the VM runs.
 pub struct Vm {
     pub name: String,
     pub memory: GuestMemory,
@@ -21,10 +28,12 @@ pub struct Vm {
     pub started: u64,
     /// Owns the host console (see `poll_host_console`).
     host_console: bool,
-    next_console_poll: u64,
+    next_console_poll: AtomicU64,
     /// Its console output's place in the host's serial queue (COM1, virtio
     /// console and the print hypercall all write here, within one quota).
     pub output: Arc<GuestOutput>,
+    /// One line of the print hypercall, in that queue as "vm NAME | ...".
+    pub console: ConsoleLine,
 }
 
 impl Vm {
@@ -76,28 +85,37 @@ impl Vm {
             (layout::FW_CFG, fw_cfg::PORTS, Box::new(firmware_config)),
         ];
         for (base, len, device) in ports {
-            chipset.ports.register(base, len, device).map_err(|e| alloc::format!("{e:?}"))?;
+            chipset.ports.get_mut().register(base, len, device).map_err(|e| alloc::format!("{e:?}"))?;
         }
+        let sink = output.clone();
+        let name = spec.name.clone();
+        let console = Box::new(move |line: &[u8]| sink.line(format_args!("vm {name}"), line));
         Ok(Vm {
+            console,
             name: spec.name.clone(),
             memory,
             chipset,
             started: crate::time::rdtsc(),
             host_console: spec.host_console,
-            next_console_poll: 0,
+            next_console_poll: AtomicU64::new(0),
             output,
         })
     }
 
     /// For the VM that owns the host console: what was typed there goes to its
     /// COM1. Looked at every few milliseconds, by whichever vCPU passes by (an
-    /// idle vCPU still exits at every host tick).
-    pub fn poll_host_console(&mut self, now: u64) {
+    /// idle vCPU still exits at every host tick); the vCPU that moves the
+    /// next look on does this one.
+    pub fn poll_host_console(&self, now: u64) {
         const POLLS_PER_SECOND: u64 = 200;
-        if !self.host_console || now < self.next_console_poll {
+        let due = self.next_console_poll.load(Ordering::Relaxed);
+        if !self.host_console || now < due {
             return;
         }
-        self.next_console_poll = now + crate::time::tsc_hz() / POLLS_PER_SECOND;
+        let next = now + crate::time::tsc_hz() / POLLS_PER_SECOND;
+        if self.next_console_poll.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
         let mut typed = [0u8; 16];
         let n = crate::log::read_input(&mut typed);
         if n > 0 {

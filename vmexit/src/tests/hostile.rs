@@ -52,7 +52,7 @@ fn hostile_vm(rng: &mut Rng) -> (FakeVm, u64) {
             _ => rng.next_u64() as u8,
         };
     }
-    let chipset = &mut vm.chipset;
+    let chipset = &vm.chipset;
     // Each vCPU's local APIC in one of its modes: the page decodes for some,
     // the x2APIC MSRs work for others, and a disabled one takes nothing.
     for vcpu in 0..2 {
@@ -66,10 +66,10 @@ fn hostile_vm(rng: &mut Rng) -> (FakeVm, u64) {
             chipset.set_apic_base(vcpu, layout::LAPIC_BASE | bsp | bits, true, 48).unwrap();
         }
     }
-    chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
-    chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
-    chipset.ports.register(PROBE_PORT, 4, Probe::new(0x1234_5678).0).unwrap();
-    chipset.mmio.register(PROBE_MMIO, 0x1000, Probe::new(0x1122_3344_5566_7788).0).unwrap();
+    chipset.ports.lock().register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
+    chipset.ports.lock().register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
+    chipset.ports.lock().register(PROBE_PORT, 4, Probe::new(0x1234_5678).0).unwrap();
+    chipset.mmio.lock().register(PROBE_MMIO, 0x1000, Probe::new(0x1122_3344_5566_7788).0).unwrap();
     (vm, tables.cr3)
 }
 
@@ -1005,7 +1005,7 @@ fn event_delivery_never_injects_what_the_guest_cannot_take_nor_forgets_an_event(
             vcpu.pending.raise(32 + rng.below(224) as u8);
         }
         let before = vcpu.clone();
-        deliver_pending(&mut vcpu, &mut vm.chipset);
+        deliver_pending(&mut vcpu, &vm.chipset);
         let can_take_nmi = !before.nmi_blocked && !before.interrupt_shadow && already.is_none();
         let can_take_interrupt = before.rflags & RFLAGS_IF != 0 && !before.interrupt_shadow && already.is_none();
         match vcpu.injected {

@@ -13,9 +13,9 @@ const PROBE: u16 = 0x510;
 
 /// A VM with a probe on `PROBE` whose reads give `read_value`.
 fn probe_vm(read_value: u64) -> (FakeVm, FakeHost, AccessLog) {
-    let (mut vm, host) = machine();
+    let (vm, host) = machine();
     let (probe, log) = Probe::new(read_value);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     (vm, host, log)
 }
 
@@ -76,7 +76,7 @@ fn out_writes_the_low_bytes_of_rax() {
 #[test]
 fn out_to_the_debug_exit_port_stops_the_vm_past_the_instruction() {
     let (mut vm, mut host) = machine();
-    vm.chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
+    vm.chipset.ports.lock().register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
     let mut vcpu = FakeVcpu::flat();
     vcpu.gprs[RAX as usize] = 0xffff_ff10;
     let outcome = run(port(layout::DEBUG_EXIT, 1, false), &mut vcpu, &mut vm, &mut host);
@@ -87,7 +87,7 @@ fn out_to_the_debug_exit_port_stops_the_vm_past_the_instruction() {
 #[test]
 fn reset_power_off_and_bench_markers_from_port_writes() {
     let (mut vm, mut host) = machine();
-    vm.chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
+    vm.chipset.ports.lock().register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
     let mut vcpu = FakeVcpu::flat();
     vcpu.gprs[RAX as usize] = 0x0106;
     assert_eq!(run(port(layout::RESET_CONTROL, 1, false), &mut vcpu, &mut vm, &mut host), Outcome::Stop(Stop::Reset));
@@ -243,7 +243,7 @@ fn a_32_bit_address_in_64_bit_mode_zero_extends_rsi_and_rcx() {
     // (what Bochs and KVM's emulator do for ESI/EDI/ECX after a 67h string op).
     let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
     let (probe, log) = Probe::new(0x99);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     vm.memory.bytes[0x2000..0x2003].copy_from_slice(&[7, 8, 9]);
     vcpu.gprs[RSI as usize] = 0x1234_5678_0000_2000;
     vcpu.gprs[RCX as usize] = 0xffff_ffff_0000_0003;
@@ -264,7 +264,7 @@ fn a_32_bit_address_in_64_bit_mode_zero_extends_rsi_and_rcx() {
 fn a_64_bit_address_uses_all_of_rsi_and_rcx() {
     let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
     let (probe, log) = Probe::new(0);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     vm.memory.bytes[0x2000] = 0x42;
     vcpu.gprs[RSI as usize] = 0x2000;
     vcpu.gprs[RCX as usize] = 1 << 32 | 1;
@@ -282,7 +282,7 @@ fn segment_bases_other_than_fs_and_gs_do_not_count_in_64_bit_mode() {
     // 64-bit code; FS and GS bases still apply.
     let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
     let (probe, log) = Probe::new(0x5c);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     vm.memory.bytes[0x2000] = 0x01;
     vm.memory.bytes[0x6000] = 0x02;
     vm.memory.bytes[0xa000] = 0x03;
@@ -325,7 +325,7 @@ fn a_hostile_rcx_is_bounded_per_exit() {
     ] {
         let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
         let (probe, log) = Probe::new(0);
-        vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+        vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
         vcpu.gprs[RSI as usize] = 0x1000;
         vcpu.gprs[RCX as usize] = rcx;
         let outcome = run(rep_outs(1, address_size), &mut vcpu, &mut vm, &mut host);
@@ -340,7 +340,7 @@ fn a_hostile_rcx_is_bounded_per_exit() {
 fn a_page_fault_mid_string_leaves_the_registers_at_the_faulting_element() {
     let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
     let (probe, log) = Probe::new(0);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     tables.map(&mut vm.memory, 0x5000, 0, 0);
     vm.memory.bytes[0x4ffd..0x5000].copy_from_slice(&[1, 2, 3]);
     vcpu.gprs[RSI as usize] = 0x4ffd;
@@ -358,7 +358,7 @@ fn a_page_fault_mid_string_leaves_the_registers_at_the_faulting_element() {
 fn an_element_that_straddles_into_a_missing_page_faults_before_the_port_is_touched() {
     let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
     let (probe, log) = Probe::new(0x1234_5678);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     tables.map(&mut vm.memory, 0x5000, 0, 0);
     for exit in [rep_outs(4, 8), rep_ins(4, 8)] {
         vcpu.injected = None;
@@ -380,7 +380,7 @@ fn an_element_that_straddles_into_a_missing_page_faults_before_the_port_is_touch
 fn ins_into_a_read_only_page_faults_with_the_write_bit_and_reads_no_port() {
     let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
     let (probe, log) = Probe::new(0x55);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     tables.map(&mut vm.memory, 0x6000, 0x6000, PRESENT);
     vcpu.cr0 |= arch::paging::CR0_WP;
     vcpu.gprs[RDI as usize] = 0x6000;
@@ -398,7 +398,7 @@ fn ins_into_a_read_only_page_faults_with_the_write_bit_and_reads_no_port() {
 fn outs_at_cpl_3_from_a_supervisor_page_faults_with_the_user_bit() {
     let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
     let (probe, log) = Probe::new(0);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     tables.map(&mut vm.memory, 0x7000, 0x7000, PRESENT | WRITABLE | USER);
     vcpu.cpl = 3;
     vcpu.gprs[RSI as usize] = 0x7fff;
@@ -414,7 +414,7 @@ fn outs_at_cpl_3_from_a_supervisor_page_faults_with_the_user_bit() {
 fn a_non_canonical_address_is_gp() {
     let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
     let (probe, log) = Probe::new(0);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     vcpu.gprs[RSI as usize] = 0x0000_8000_0000_0000;
     vcpu.gprs[RCX as usize] = 1;
     let outcome = run(rep_outs(1, 8), &mut vcpu, &mut vm, &mut host);
@@ -451,7 +451,7 @@ fn an_element_outside_ram_stops_the_vm_before_the_port_is_touched() {
 fn page_tables_outside_ram_stop_the_vm() {
     let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
     let (probe, log) = Probe::new(0);
-    vm.chipset.ports.register(PROBE, 4, probe).unwrap();
+    vm.chipset.ports.lock().register(PROBE, 4, probe).unwrap();
     vcpu.cr3 = 0x1_0000_0000;
     vcpu.gprs[RSI as usize] = 0x1000;
     vcpu.gprs[RCX as usize] = 1;
@@ -464,7 +464,7 @@ fn page_tables_outside_ram_stop_the_vm() {
 #[test]
 fn outs_to_the_debug_exit_port_stops_at_the_first_element() {
     let (mut vm, mut host) = machine();
-    vm.chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
+    vm.chipset.ports.lock().register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
     vm.memory.bytes[0x2000] = 3;
     let mut vcpu = FakeVcpu::flat();
     vcpu.gprs[RSI as usize] = 0x2000;
@@ -484,7 +484,7 @@ fn a_bench_marker_mid_string_resumes_the_rest_of_it() {
     // A marker is reported and the guest runs on: the elements after it must
     // still go out, so the instruction is not skipped until RCX is 0.
     let (mut vm, mut host) = machine();
-    vm.chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
+    vm.chipset.ports.lock().register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
     vm.memory.bytes[0x2000..0x2003].copy_from_slice(&[10, 11, 12]);
     let mut vcpu = FakeVcpu::flat();
     vcpu.gprs[RSI as usize] = 0x2000;
@@ -514,8 +514,8 @@ fn the_fast_port_io_path_matches_dispatch() {
     // set: COM1's line reaches vCPU 0 as an interrupt.
     let set_up = |rflags: u64, dr7: u64, rax: u64| {
         let (mut vm, mut host, log) = probe_vm(0x8765_4321);
-        vm.chipset.ports.register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
-        vm.chipset.ports.register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
+        vm.chipset.ports.lock().register(layout::DEBUG_EXIT, 4, Box::new(devices::DebugExit)).unwrap();
+        vm.chipset.ports.lock().register(layout::BENCH_MARKER, 1, Box::new(devices::BenchMarker)).unwrap();
         let mut vcpu = FakeVcpu::flat();
         for (port, value) in
             [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef), (layout::COM1 + 4, 0x08)]
@@ -557,10 +557,10 @@ fn the_fast_port_io_path_matches_dispatch() {
             for length_known in [true, false] {
                 let exit = PortIo { port, size, is_in, string: None };
                 let taken = rflags & TF == 0 && dr7 & 0xff == 0 && length_known && size != 3;
-                let (mut fast_vm, fast_host, mut fast, fast_log) = set_up(rflags, dr7, rax);
+                let (fast_vm, fast_host, mut fast, fast_log) = set_up(rflags, dr7, rax);
                 fast.length_known = length_known;
                 let before = format!("{fast:?}");
-                let outcome = crate::fast_port_io(&mut fast, &mut fast_vm.chipset, &fast_host, exit);
+                let outcome = crate::fast_port_io(&mut fast, &fast_vm.chipset, &fast_host, exit);
                 let what = format!("port {port:#x} size {size} in {is_in} rflags {rflags:#x} dr7 {dr7:#x}");
                 assert_eq!(outcome.is_some(), taken, "{what}");
                 let Some(outcome) = outcome else {
@@ -580,7 +580,7 @@ fn the_fast_port_io_path_matches_dispatch() {
                 if port == com1 + 1 {
                     assert!(fast_vm.chipset.has_wakeup(0) && fast_vm.chipset.has_interrupt(0), "{what}: IRQ 4 raised");
                 }
-                assert_eq!(fast_vm.chipset.poll_due(1), slow_vm.chipset.poll_due(1), "{what}");
+                assert_eq!(fast_vm.chipset.poll_due(0, 1), slow_vm.chipset.poll_due(0, 1), "{what}");
                 assert_eq!(fast_vm.chipset.next_deadline(0), slow_vm.chipset.next_deadline(0), "{what}");
                 // COM1 as the guest reads it next (IIR, LSR, IER).
                 for p in [com1 + 2, com1 + 5, com1 + 1] {

@@ -24,7 +24,7 @@ fn with_code(vcpu: &FakeVcpu, code: &[u8], read_value: u64) -> (FakeVm, FakeHost
     let at = (vcpu.segment_bases[SegmentRegister::Cs as usize] + vcpu.rip) as usize;
     vm.memory.bytes[at..at + code.len()].copy_from_slice(code);
     let (probe, log) = Probe::new(read_value);
-    vm.chipset.mmio.register(PROBE, 0x1000, probe).unwrap();
+    vm.chipset.mmio.lock().register(PROBE, 0x1000, probe).unwrap();
     (vm, host, log)
 }
 
@@ -54,7 +54,7 @@ fn a_read_nobody_claims_is_all_ones_zero_extended_into_eax() {
     let outcome = run(device_memory(UNCLAIMED), &mut vcpu, &mut vm, &mut host);
     assert_emulated(&vcpu, &outcome, 0x1000, 2);
     assert_eq!(vcpu.gprs[RAX as usize], 0xffff_ffff);
-    assert_eq!(vm.chipset.mmio.unclaimed.reads, 1);
+    assert_eq!(vm.chipset.unclaimed().1.reads, 1);
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn a_device_request_ends_the_emulated_instruction() {
     vm.memory.bytes[0x1000..0x1002].copy_from_slice(&[0x89, 0x03]);
     let (mut probe, log) = Probe::new(0);
     probe.request_on = Some((0xdead, devices::Request::Stop { status: 9 }));
-    vm.chipset.mmio.register(PROBE, 0x1000, probe).unwrap();
+    vm.chipset.mmio.lock().register(PROBE, 0x1000, probe).unwrap();
     let outcome = run(device_memory(PROBE), &mut vcpu, &mut vm, &mut host);
     assert_eq!(outcome, Outcome::Stop(crate::Stop::ExitDevice { status: 9 }));
     assert_eq!(vcpu.rip, 0x1002);
@@ -250,7 +250,7 @@ fn the_fetch_goes_through_cs_in_protected_mode() {
 fn the_cs_base_does_not_count_in_64_bit_mode() {
     let (mut vcpu, mut vm, mut host, _) = long_mode_vm();
     let (probe, log) = Probe::new(0x66);
-    vm.chipset.mmio.register(PROBE, 0x1000, probe).unwrap();
+    vm.chipset.mmio.lock().register(PROBE, 0x1000, probe).unwrap();
     vm.memory.bytes[0x1000..0x1002].copy_from_slice(&[0x8a, 0x03]); // mov al, [rbx]
     vm.memory.bytes[0x5000..0x5002].copy_from_slice(&[0x89, 0x03]); // mov [rbx], eax at CS base + RIP
     vcpu.segment_bases[SegmentRegister::Cs as usize] = 0x4000;
@@ -286,7 +286,7 @@ fn fetching_from_a_page_the_guest_cannot_execute_is_its_page_fault() {
         let outcome = run(device_memory(UNCLAIMED), &mut vcpu, &mut vm, &mut host);
         assert_fault(&vcpu, &outcome, 0x1000, PF, Some(error_code));
         assert_eq!(vcpu.cr2, 0x1000);
-        assert_eq!(vm.chipset.mmio.unclaimed.writes, 0);
+        assert_eq!(vm.chipset.unclaimed().1.writes, 0);
     }
 }
 
@@ -299,7 +299,7 @@ fn an_instruction_running_into_a_page_the_guest_cannot_fetch_faults_there() {
     let outcome = run(device_memory(UNCLAIMED), &mut vcpu, &mut vm, &mut host);
     assert_fault(&vcpu, &outcome, 0x1ffe, PF, Some(1 << 4));
     assert_eq!(vcpu.cr2, 0x2000, "CR2 names the first byte the CPU could not fetch");
-    assert_eq!(vm.chipset.mmio.unclaimed.writes, 0);
+    assert_eq!(vm.chipset.unclaimed().1.writes, 0);
 
     // One that ends right before that page is fine.
     let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
@@ -308,7 +308,7 @@ fn an_instruction_running_into_a_page_the_guest_cannot_fetch_faults_there() {
     vcpu.rip = 0x1ffe;
     let outcome = run(device_memory(UNCLAIMED), &mut vcpu, &mut vm, &mut host);
     assert_emulated(&vcpu, &outcome, 0x1ffe, 2);
-    assert_eq!(vm.chipset.mmio.unclaimed.writes, 1);
+    assert_eq!(vm.chipset.unclaimed().1.writes, 1);
 }
 
 #[test]
@@ -446,7 +446,7 @@ fn movsx_and_movsxd_sign_extend() {
         let (mut vcpu, mut vm, mut host) = (vcpu.clone(), FakeVm::new(1, RAM), FakeHost::default());
         vm.memory.bytes.copy_from_slice(&vm_memory);
         vm.memory.bytes[0x1000..][..code.len()].copy_from_slice(code);
-        vm.chipset.mmio.register(PROBE, 0x1000, Probe::new(read_value).0).unwrap();
+        vm.chipset.mmio.lock().register(PROBE, 0x1000, Probe::new(read_value).0).unwrap();
         let outcome = run(device_memory(PROBE), &mut vcpu, &mut vm, &mut host);
         assert_emulated(&vcpu, &outcome, 0x1000, code.len() as u64);
         assert_eq!(vcpu.gprs[RAX as usize], expected, "{code:02x?}");
@@ -572,7 +572,7 @@ fn a_long_rep_string_is_bounded_per_exit_and_resumes() {
     let outcome = run(device_memory(PROBE), &mut vcpu, &mut vm, &mut host);
     assert_emulated(&vcpu, &outcome, 0x1000, 2);
     // The probe's window is one page: the last five land past it, unclaimed.
-    assert_eq!(writes(&log).len() as u64 + vm.chipset.mmio.unclaimed.writes, total);
+    assert_eq!(writes(&log).len() as u64 + vm.chipset.unclaimed().1.writes, total);
     // 16-bit addresses (67 in 32-bit code) wrap in DI and count in CX only.
     let (mut vcpu, mut vm, mut host, log) = string_case(&[0x67, 0xf3, 0xaa], 0, 0xffff, 0x1_0002, 0);
     vcpu.gprs[RDI as usize] = 0xabcd_ffff;
@@ -590,7 +590,7 @@ fn a_string_element_the_guest_cannot_access_is_its_page_fault_and_touches_nothin
     tables.map(&mut vm.memory, 0x40_0000, 0x8000, PRESENT); // read-only for the destination
     vcpu.cr0 |= arch::paging::CR0_WP;
     let (probe, log) = Probe::new(0x77);
-    vm.chipset.mmio.register(PROBE, 0x1000, probe).unwrap();
+    vm.chipset.mmio.lock().register(PROBE, 0x1000, probe).unwrap();
     vm.memory.bytes[0x1000..0x1003].copy_from_slice(&[0xf3, 0x48, 0xa5]); // rep movsq
     vcpu.gprs[RSI as usize] = PROBE;
     vcpu.gprs[RDI as usize] = 0x40_0000;
@@ -626,7 +626,7 @@ fn push_and_pop_move_between_the_device_and_the_stack() {
     let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
     tables.map(&mut vm.memory, PROBE, PROBE, PRESENT | WRITABLE);
     let (probe, log) = Probe::new(0);
-    vm.chipset.mmio.register(PROBE, 0x1000, probe).unwrap();
+    vm.chipset.mmio.lock().register(PROBE, 0x1000, probe).unwrap();
     vm.memory.bytes[0x1000..0x1002].copy_from_slice(&[0x8f, 0x03]);
     vm.memory.bytes[0x8ff8..0x9000].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
     vcpu.gprs[4] = 0x8ff8;
@@ -642,7 +642,7 @@ fn a_stack_the_guest_cannot_write_faults_before_the_device_is_read() {
     tables.map(&mut vm.memory, 0x40_0000, 0x8000, PRESENT); // read-only stack page
     vcpu.cr0 |= arch::paging::CR0_WP;
     let (probe, log) = Probe::new(0x55);
-    vm.chipset.mmio.register(PROBE, 0x1000, probe).unwrap();
+    vm.chipset.mmio.lock().register(PROBE, 0x1000, probe).unwrap();
     vm.memory.bytes[0x1000..0x1002].copy_from_slice(&[0xff, 0x33]); // push qword [rbx]
     vcpu.gprs[4] = 0x40_0010;
     let outcome = run(device_memory(PROBE), &mut vcpu, &mut vm, &mut host);

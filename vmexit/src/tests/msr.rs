@@ -94,10 +94,10 @@ fn the_tsc_deadline_fast_path_matches_wrmsr_or_declines() {
             (guest_now, false),
             (guest_now.wrapping_sub(1), false),
         ] {
-            let (mut fast_vm, mut fast) = set_up(offset, 2 | RF);
+            let (fast_vm, mut fast) = set_up(offset, 2 | RF);
             load(&mut fast, IA32_TSC_DEADLINE, value);
             let before = (fast.rip, fast.rflags, fast.skipped);
-            assert_eq!(fast_tsc_deadline(&mut fast, &mut fast_vm.chipset, now), taken, "{value:#x} offset {offset:#x}");
+            assert_eq!(fast_tsc_deadline(&mut fast, &fast_vm.chipset, now), taken, "{value:#x} offset {offset:#x}");
             if !taken {
                 assert_eq!((fast.rip, fast.rflags, fast.skipped), before);
                 continue;
@@ -116,12 +116,12 @@ fn the_tsc_deadline_fast_path_matches_wrmsr_or_declines() {
         }
     }
     // Declined: another MSR, or a single step pending.
-    let (mut vm, mut vcpu) = set_up(0, 2);
+    let (vm, mut vcpu) = set_up(0, 2);
     load(&mut vcpu, IA32_TSC_ADJUST, now + 10);
-    assert!(!fast_tsc_deadline(&mut vcpu, &mut vm.chipset, now));
-    let (mut vm, mut vcpu) = set_up(0, 2 | TF);
+    assert!(!fast_tsc_deadline(&mut vcpu, &vm.chipset, now));
+    let (vm, mut vcpu) = set_up(0, 2 | TF);
     load(&mut vcpu, IA32_TSC_DEADLINE, now + 10);
-    assert!(!fast_tsc_deadline(&mut vcpu, &mut vm.chipset, now));
+    assert!(!fast_tsc_deadline(&mut vcpu, &vm.chipset, now));
     assert_eq!((vcpu.skipped, vm.chipset.tsc_deadline(0)), (0, 0));
 }
 
@@ -220,9 +220,9 @@ fn the_tsc_deadline_is_in_the_guests_tsc_and_the_timer_in_the_hosts() {
     wrmsr(&mut vcpu, &mut vm, IA32_TSC_ADJUST, 1500);
     assert_eq!(vm.chipset.next_deadline(0), Some(now + 99_500));
     assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE), now + 101_000, "the guest's value stays");
-    vm.chipset.poll(now + 99_499, &mut vm.memory);
+    vm.chipset.poll(0, now + 99_499, &mut vm.memory);
     assert!(!vm.chipset.has_interrupt(0));
-    vm.chipset.poll(now + 99_500, &mut vm.memory);
+    vm.chipset.poll(0, now + 99_500, &mut vm.memory);
     assert_eq!(vm.chipset.take_interrupt(0), Some(0xef));
     assert_eq!(rdmsr(&mut vcpu, &mut vm, IA32_TSC_DEADLINE), 0, "disarmed once it fired");
     // A deadline in the guest's past fires at once, however far back.
@@ -364,11 +364,11 @@ fn a_disabled_apic_has_no_page_and_comes_back_reset() {
     vm.chipset.mmio_write(0, LAPIC_BASE + 0x80, 4, 0x20, 0, &mut vm.memory);
     assert!(set_apic_base(&mut vm, LAPIC_BASE | BSP));
     // Unclaimed memory: all ones, writes dropped, both counted.
-    let unclaimed = vm.chipset.mmio.unclaimed;
+    let unclaimed = vm.chipset.unclaimed().1;
     assert_eq!(vm.chipset.mmio_read(0, svr, 4, 0), 0xffff_ffff);
     vm.chipset.mmio_write(0, svr, 4, 0x1ff, 0, &mut vm.memory);
     assert_eq!(
-        (vm.chipset.mmio.unclaimed.reads, vm.chipset.mmio.unclaimed.writes),
+        (vm.chipset.unclaimed().1.reads, vm.chipset.unclaimed().1.writes),
         (unclaimed.reads + 1, unclaimed.writes + 1)
     );
     // An IPI to it (from vCPU 1 of a two-vCPU VM) is lost.
@@ -552,12 +552,8 @@ fn the_first_msrs_refused_are_logged_once_each_per_vm() {
                     vcpu.gprs[RCX as usize] = msr;
                     let outcome = {
                         let console = |_: &[u8]| {};
-                        let mut machine = crate::Machine {
-                            name,
-                            chipset: &mut vm.chipset,
-                            memory: &mut vm.memory,
-                            console: &console,
-                        };
+                        let mut machine =
+                            crate::Machine { name, chipset: &vm.chipset, memory: &mut vm.memory, console: &console };
                         crate::dispatch(exit, &mut vcpu, &mut machine, &mut host)
                     };
                     assert_gp(&vcpu, &outcome, 0x1000);

@@ -371,11 +371,11 @@ impl Backend for Vcpu {
         write(vmcs::PREEMPTION_TIMER_VALUE, (deadline.saturating_sub(now) >> rate).min(u32::MAX as u64));
     }
 
-    fn sync_to_guest(&mut self, chipset: &mut Chipset) {
+    fn sync_to_guest(&mut self, chipset: &Chipset) {
         self.mirror_local_apic(chipset);
     }
 
-    fn sync_from_guest(&mut self, chipset: &mut Chipset) {
+    fn sync_from_guest(&mut self, chipset: &Chipset) {
         self.absorb_local_apic(chipset);
     }
 

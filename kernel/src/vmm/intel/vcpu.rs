@@ -337,7 +337,7 @@ impl Vcpu {
     /// to IRR while the guest runs) or ending one (SVI then drops to the next
     /// one in ISR): when the guest interrupt status is as it was at the
     /// entry, neither happened and only TPR and ICR high are looked at.
-    pub(super) fn absorb_local_apic(&mut self, chipset: &mut devices::Chipset) {
+    pub(super) fn absorb_local_apic(&mut self, chipset: &devices::Chipset) {
         let delivery = self.delivery_on && {
             let status = read(vmcs::GUEST_INTERRUPT_STATUS) as u16;
             core::mem::replace(&mut self.interrupt_status, status) != status
@@ -374,7 +374,7 @@ impl Vcpu {
     /// back when lowering its TPR unblocks a pending interrupt, or (with
     /// virtual-interrupt delivery) RVI/SVI and the EOI-exit bitmap, with
     /// which the CPU takes and ends the interrupts itself.
-    pub(super) fn mirror_local_apic(&mut self, chipset: &mut devices::Chipset) {
+    pub(super) fn mirror_local_apic(&mut self, chipset: &devices::Chipset) {
         let index = self.index as usize;
         let delivery = self.delivers_in(chipset.apic_mode(index));
         if delivery != self.delivery_on {
