@@ -20,10 +20,11 @@
 //! `--save FILE` writes every figure as `key value` lines, `--compare FILE`
 //! prints each figure next to the saved one with the change.
 
+use crate::cli::BenchArgs;
 use crate::emulator::{self, Emulator, Firmware, Machine, Vendor};
 use crate::guests::{self, GuestVm, LinuxVm};
 use crate::images::{self, Config};
-use crate::{setup, take_value, workspace_root};
+use crate::{setup, workspace_root};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -230,22 +231,15 @@ fn clocks(emulator: Emulator) -> Vec<Option<u64>> {
     }
 }
 
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let mut args = args.to_vec();
-    let vendor = take_value(&mut args, "--vendor")?
-        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
-        .transpose()?;
-    let save = take_value(&mut args, "--save")?;
-    let compare = take_value(&mut args, "--compare")?;
-    if let Some(unknown) = args.first() {
-        return Err(format!("bench: unknown option '{unknown}'"));
-    }
+pub fn main(args: BenchArgs) -> Result<ExitCode, String> {
+    let BenchArgs { vendor, save, compare } = args;
     // Read before the long runs, so a wrong path fails at once.
     let saved = compare
         .as_ref()
         .map(|file| {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("--compare: cannot read {file}: {e}"))?;
-            read_figures(&text).map_err(|e| format!("--compare: {file}: {e}"))
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("--compare: cannot read {}: {e}", file.display()))?;
+            read_figures(&text).map_err(|e| format!("--compare: {}: {e}", file.display()))
         })
         .transpose()?;
     let vendors = vendor.map_or(Vendor::ALL.to_vec(), |v| vec![v]);
@@ -310,14 +304,14 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
     if let (Some(saved), Some(file)) = (&saved, &compare) {
         let ran: Vec<&str> = sides.iter().map(|s| s.vendor.name()).collect();
-        print!("\ncompared with {file}:\n{}", render_comparison(saved, &figures, &ran));
+        print!("\ncompared with {}:\n{}", file.display(), render_comparison(saved, &figures, &ran));
     }
     if let Some(file) = &save {
         let about: Vec<String> =
             sides.iter().map(|s| format!("{} on {}", s.vendor.name(), s.emulator.name())).collect();
         std::fs::write(file, write_figures(&about.join(", "), &figures))
-            .map_err(|e| format!("--save: cannot write {file}: {e}"))?;
-        println!("\nbench: {} figures saved in {file}", figures.len());
+            .map_err(|e| format!("--save: cannot write {}: {e}", file.display()))?;
+        println!("\nbench: {} figures saved in {}", figures.len(), file.display());
     }
 
     let mut failed = false;

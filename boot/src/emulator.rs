@@ -25,9 +25,11 @@ pub enum Emulator {
 pub const SVM_CPU_MODEL: &str = "EPYC";
 
 /// A hardware virtualisation back end: Intel VT-x or AMD SVM.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Vendor {
+    /// Intel VT-x
     Vmx,
+    /// AMD SVM with nested paging
     Svm,
 }
 
@@ -40,10 +42,6 @@ impl Vendor {
             Vendor::Vmx => "vmx",
             Vendor::Svm => "svm",
         }
-    }
-
-    pub fn parse(text: &str) -> Option<Vendor> {
-        Vendor::ALL.into_iter().find(|v| v.name() == text)
     }
 
     /// Where a guest on this back end runs best on this host.
@@ -599,14 +597,6 @@ mod tests {
         // A flag's name must match whole, not as part of another word.
         assert!(!cpuinfo_has_flag("flags\t: svm_lock\n", "svm"));
         assert!(cpuinfo_has_flag("flags\t: vmx ept\n", "vmx"));
-    }
-
-    #[test]
-    fn vendors_parse_by_name() {
-        assert_eq!(Vendor::parse("svm"), Some(Vendor::Svm));
-        assert_eq!(Vendor::parse("vmx"), Some(Vendor::Vmx));
-        assert_eq!(Vendor::parse("SVM"), None);
-        assert_eq!(Vendor::parse("qemu"), None);
     }
 
     fn step(after: &str, send: &str) -> ConsoleInput {

@@ -3,26 +3,15 @@
 //! `N passed, M failed`.
 
 use crate::cases::{self, CaseRun, MachineKind};
-use crate::emulator::{self, Vendor};
+use crate::cli::QemuTestArgs;
+use crate::emulator;
 use crate::images::{self, Config};
-use crate::{setup, take_flag, take_value, workspace_root};
+use crate::{setup, workspace_root};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let mut args = args.to_vec();
-    let mut filters = Vec::new();
-    while let Some(f) = take_value(&mut args, "--case")? {
-        filters.push(f);
-    }
-    let vendor = take_value(&mut args, "--vendor")?
-        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
-        .transpose()?;
-    let list_only = take_flag(&mut args, "--list");
-    let host_only = take_flag(&mut args, "--host-only");
-    if let Some(unknown) = args.first() {
-        return Err(format!("qemu-test: unknown option '{unknown}'"));
-    }
+pub fn main(args: QemuTestArgs) -> Result<ExitCode, String> {
+    let QemuTestArgs { cases: filters, vendor, host_only, list: list_only } = args;
     let text = std::fs::read_to_string(workspace_root().join("tests/cases.toml"))
         .map_err(|e| format!("cannot read tests/cases.toml: {e}"))?;
     let all = cases::parse(&text)?;
@@ -39,9 +28,6 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     if selected.is_empty() {
         let vendor = vendor.map_or(String::new(), |v| format!(" on {}", v.name()));
         return Err(format!("no case matches {filters:?}{vendor}"));
-    }
-    if host_only && filtered {
-        return Err("--host-only runs no cases; it does not go with --case or --vendor".into());
     }
 
     setup::ensure(&setup::Needs::everything())?;
