@@ -2,6 +2,7 @@
 //! or SVM), QEMU TCG with an AMD CPU model that has SVM and nested paging, and
 //! Bochs (the one VT-x-capable CPU on machines without hardware VMX).
 
+use anyhow::{bail, Context};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -161,7 +162,7 @@ enum Serial<'a> {
     Socket(u16),
 }
 
-fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> Result<Command, String> {
+fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> anyhow::Result<Command> {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-M", "q35", "-display", "none", "-no-reboot"]);
     c.args(["-m", &format!("{}M", machine.memory_mib), "-smp", &machine.cpus.to_string()]);
@@ -175,7 +176,7 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
     if machine.firmware == Firmware::Uefi {
         // OVMF wants a writable copy of its variable store.
         let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).map_err(|e| format!("cannot copy {OVMF_VARS}: {e} (is ovmf installed?)"))?;
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("cannot copy {OVMF_VARS} (is ovmf installed?)"))?;
         c.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
@@ -190,15 +191,15 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
 
 /// Bochs set-up that boots the bootloader crate's BIOS image headless with VT-x.
 /// Facts behind each line are in shared/PLATFORM.md.
-fn bochs_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> Result<Command, String> {
+fn bochs_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> anyhow::Result<Command> {
     if machine.firmware == Firmware::Uefi {
-        return Err("Bochs has no UEFI firmware; UEFI cases run in QEMU".into());
+        bail!("Bochs has no UEFI firmware; UEFI cases run in QEMU");
     }
     let _ = std::fs::remove_file(image.with_extension("img.lock"));
     let com1 = match serial {
         Serial::File(path) => format!("mode=file, dev={}", path.display()),
         Serial::Socket(port) => format!("mode=socket-server, dev=localhost:{port}"),
-        Serial::Terminal => return Err("Bochs cannot put serial on this terminal; use a socket".into()),
+        Serial::Terminal => bail!("Bochs cannot put serial on this terminal; use a socket"),
     };
     let config = format!(
         "megs: {megs}
@@ -226,11 +227,11 @@ info: action=ignore
         log = dir.join("bochs.log").display(),
     );
     let rc = dir.join("bochsrc");
-    std::fs::write(&rc, config).map_err(|e| e.to_string())?;
+    std::fs::write(&rc, config).with_context(|| format!("cannot write {}", rc.display()))?;
     // Bochs starts in its debugger: continue, and quit when the guest's magic
     // breakpoint (Basalt's success exit) stops the simulation.
     let commands = dir.join("bochs-commands");
-    std::fs::write(&commands, "c\nquit\n").map_err(|e| e.to_string())?;
+    std::fs::write(&commands, "c\nquit\n").with_context(|| format!("cannot write {}", commands.display()))?;
     let mut c = Command::new("bochs");
     c.arg("-q").arg("-f").arg(&rc).arg("-rc").arg(&commands);
     c.env("SDL_VIDEODRIVER", "dummy").env("SDL_AUDIODRIVER", "dummy");
@@ -330,24 +331,25 @@ pub fn run_captured(
     dir: &Path,
     timeout: Duration,
     input: &[ConsoleInput],
-) -> Result<RunOutput, String> {
+) -> anyhow::Result<RunOutput> {
     let serial_file = dir.join("serial.log");
     let _ = std::fs::remove_file(&serial_file);
-    let mut serial_log = std::fs::File::create(&serial_file).map_err(|e| e.to_string())?;
+    let serial_log_error = || format!("cannot write {}", serial_file.display());
+    let mut serial_log = std::fs::File::create(&serial_file).with_context(serial_log_error)?;
     let port = if input.is_empty() { None } else { Some(free_local_port()?) };
     let serial = port.map_or(Serial::File(&serial_file), Serial::Socket);
     let mut command = match machine.emulator {
         Emulator::Bochs => bochs_command(machine, image, dir, serial)?,
         _ => qemu_command(machine, image, dir, serial)?,
     };
-    let emulator_log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
-    command.stdin(Stdio::null()).stdout(emulator_log.try_clone().map_err(|e| e.to_string())?).stderr(emulator_log);
+    let emulator_log = emulator_log(dir)?;
+    command.stdin(Stdio::null()).stdout(emulator_log.try_clone()?).stderr(emulator_log);
     let start = Instant::now();
-    let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", machine.emulator.name()))?;
+    let mut child = command.spawn().with_context(|| format!("cannot start {}", machine.emulator.name()))?;
     let mut console = match port {
         Some(port) => {
             let stream = connect_serial(&mut child, machine.emulator, port, dir)?;
-            stream.set_read_timeout(Some(Duration::from_millis(25))).map_err(|e| e.to_string())?;
+            stream.set_read_timeout(Some(Duration::from_millis(25)))?;
             Some(stream)
         }
         None => None,
@@ -359,7 +361,7 @@ pub fn run_captured(
         match console.as_mut().map(|stream| stream.read(&mut buffer)) {
             Some(Ok(n)) if n > 0 => {
                 output.extend_from_slice(&buffer[..n]);
-                serial_log.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
+                serial_log.write_all(&buffer[..n]).with_context(serial_log_error)?;
                 for keys in script.due(&output) {
                     // A failed write shows up as a cue never seen.
                     let _ = console.as_mut().map(|stream| stream.write_all(keys.as_bytes()));
@@ -370,7 +372,7 @@ pub fn run_captured(
             Some(_) => console = None,
             None => std::thread::sleep(Duration::from_millis(25)),
         }
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = child.try_wait().context("cannot wait for the emulator")? {
             break match classify(machine.emulator, status.code()) {
                 Ending::Abnormal(_) if machine.emulator == Emulator::Bochs && quitting_after_success(dir) => {
                     // Seen a few times under heavy load: Bochs dies of a
@@ -398,14 +400,16 @@ pub fn run_captured(
         // What the emulator wrote before it closed the socket.
         while let Ok(n @ 1..) = stream.read(&mut buffer) {
             output.extend_from_slice(&buffer[..n]);
-            serial_log.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
+            serial_log.write_all(&buffer[..n]).with_context(serial_log_error)?;
         }
     }
     if machine.emulator == Emulator::Bochs {
         let _ = std::fs::remove_file(image.with_extension("img.lock"));
     }
     if port.is_none() {
-        std::fs::File::open(&serial_file).and_then(|mut f| f.read_to_end(&mut output)).map_err(|e| e.to_string())?;
+        std::fs::File::open(&serial_file)
+            .and_then(|mut f| f.read_to_end(&mut output))
+            .with_context(|| format!("cannot read {}", serial_file.display()))?;
     }
     Ok(RunOutput {
         ending,
@@ -415,6 +419,12 @@ pub fn run_captured(
     })
 }
 
+/// The file an emulator's own output goes to, in `dir`.
+fn emulator_log(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("emulator.log");
+    std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+}
+
 /// Whether Bochs stopped at the magic breakpoint, which only the kernel's
 /// success exit uses: its debugger then runs `quit`, the last command.
 fn quitting_after_success(dir: &Path) -> bool {
@@ -422,11 +432,11 @@ fn quitting_after_success(dir: &Path) -> bool {
 }
 
 /// A local TCP port nobody listens on now, for an emulator's serial server.
-fn free_local_port() -> Result<u16, String> {
+fn free_local_port() -> anyhow::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free local TCP port for the serial port: {e}"))
+        .context("no free local TCP port for the serial port")
 }
 
 /// Connects to the emulator's serial server once it listens.
@@ -435,17 +445,17 @@ fn connect_serial(
     emulator: Emulator,
     port: u16,
     dir: &Path,
-) -> Result<std::net::TcpStream, String> {
+) -> anyhow::Result<std::net::TcpStream> {
     loop {
         if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             return Ok(stream);
         }
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!(
+        if let Some(status) = child.try_wait().context("cannot wait for the emulator")? {
+            bail!(
                 "{} ended ({status}) before its serial port opened; see its logs in {}",
                 emulator.name(),
                 dir.display()
-            ));
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -463,10 +473,10 @@ pub enum InteractiveEnd {
 /// Runs with serial on this terminal until the machine stops or the user quits
 /// (Ctrl-A X). Under Bochs, COM1 is a local TCP socket relayed to and from the
 /// terminal, which is switched to raw mode so keys reach the guest as typed.
-pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<InteractiveEnd, String> {
+pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> anyhow::Result<InteractiveEnd> {
     if machine.emulator != Emulator::Bochs {
         let mut command = qemu_command(machine, image, dir, Serial::Terminal)?;
-        let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+        let status = command.status().context("cannot start QEMU")?;
         // QEMU's own quit (Ctrl-A X on mon:stdio) exits with 0; with -no-reboot
         // a guest reset does too, and then the log above shows it.
         return Ok(match status.code() {
@@ -476,12 +486,12 @@ pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<In
     }
     let port = free_local_port()?;
     let mut command = bochs_command(machine, image, dir, Serial::Socket(port))?;
-    let log = std::fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
-    command.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
-    let mut child = command.spawn().map_err(|e| format!("cannot start Bochs: {e}"))?;
+    let log = emulator_log(dir)?;
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let mut child = command.spawn().context("cannot start Bochs")?;
     let stream = connect_serial(&mut child, Emulator::Bochs, port, dir)?;
     let _raw = RawTerminal::enter();
-    let mut to_guest = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut to_guest = stream.try_clone()?;
     let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let quit_by_key = quit.clone();
     std::thread::spawn(move || {
@@ -514,7 +524,7 @@ pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> Result<In
     if quit {
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let status = child.wait().context("cannot wait for Bochs")?;
     let _ = std::fs::remove_file(image.with_extension("img.lock"));
     Ok(if quit { InteractiveEnd::Quit } else { InteractiveEnd::Ended(classify(Emulator::Bochs, status.code())) })
 }

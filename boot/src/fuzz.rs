@@ -10,6 +10,7 @@
 
 use crate::cli::FuzzArgs;
 use crate::workspace_root;
+use anyhow::{bail, Context};
 use basalt_fuzz::engine::{self, Options, Target};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -178,13 +179,13 @@ pub fn ci_step(seconds: u64) -> Result<Vec<(String, bool)>, String> {
     Ok(fuzz_all(&runner, &names, seconds, seed, jobs_default()))
 }
 
-pub fn main(args: FuzzArgs) -> Result<ExitCode, String> {
+pub fn main(args: FuzzArgs) -> anyhow::Result<ExitCode> {
     let FuzzArgs { targets: args, seconds, seed, jobs, replay, list, seed_corpus } = args;
-    let runner = build_runner()?;
-    let all = targets(&runner)?;
+    let runner = build_runner().map_err(anyhow::Error::msg).context("building the fuzz runner")?;
+    let all = targets(&runner).map_err(anyhow::Error::msg)?;
     if let Some(unknown) = args.iter().find(|a| !all.iter().any(|(name, _)| name == *a)) {
         let names: Vec<&str> = all.iter().map(|(name, _)| name.as_str()).collect();
-        return Err(format!("fuzz: no target '{unknown}' (targets: {})", names.join(", ")));
+        bail!("fuzz: no target '{unknown}' (targets: {})", names.join(", "));
     }
     if list {
         for (name, about) in &all {
@@ -195,21 +196,21 @@ pub fn main(args: FuzzArgs) -> Result<ExitCode, String> {
     if seed_corpus {
         let status = Command::new(&runner).arg("seed-corpus").arg(corpus_root()).status();
         if !status.is_ok_and(|s| s.success()) {
-            return Err("the runner could not write the seed corpus".into());
+            bail!("the runner could not write the seed corpus");
         }
         let dir = corpus_root().join(VM_TOML.name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let seeds = vm_toml_seeds();
         for (name, bytes) in &seeds {
-            std::fs::write(dir.join(name), bytes).map_err(|e| format!("cannot write seed {name}: {e}"))?;
+            std::fs::write(dir.join(name), bytes).with_context(|| format!("cannot write seed {name}"))?;
         }
         println!("{}: {} seeds in {}", VM_TOML.name, seeds.len(), dir.display());
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(file) = replay {
-        let [name] = &args[..] else { return Err("--replay FILE goes with exactly one TARGET".into()) };
+        let [name] = &args[..] else { bail!("--replay FILE goes with exactly one TARGET") };
         if name == VM_TOML.name {
-            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let signal = (VM_TOML.run)(&bytes);
             println!("replay: {name} ran {} without a panic (features {signal:#x})", file.display());
             return Ok(ExitCode::SUCCESS);

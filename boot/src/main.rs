@@ -14,6 +14,7 @@ mod setup;
 mod vmconfig;
 mod vmlinux;
 
+use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use cli::{Command, EmulatorChoice, RunArgs};
 use emulator::{Emulator, Ending, Firmware, InteractiveEnd, Vendor};
@@ -28,12 +29,15 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::main(args),
         Command::Build => build(),
         Command::Bench(args) => bench::main(args),
-        Command::Setup => setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS),
+        Command::Setup => {
+            setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS).map_err(anyhow::Error::msg)
+        }
     };
     match result {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("xtask: {message}");
+        Err(error) => {
+            // The whole chain: what failed, then why, down to the cause.
+            eprintln!("xtask: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -44,7 +48,7 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("boot/ has a parent").to_path_buf()
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, String> {
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let RunArgs {
         emulator,
         vendor,
@@ -62,35 +66,38 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     } = args;
     let firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
     let kvm = KvmOffers { vmx: emulator::kvm_offers_vmx(), svm: emulator::kvm_offers_svm() };
-    let emulator = choose_emulator(emulator, vendor, kvm)?;
+    let emulator = choose_emulator(emulator, vendor, kvm).map_err(anyhow::Error::msg)?;
     if firmware == Firmware::Uefi && emulator == Emulator::Bochs {
-        return Err("Bochs has no UEFI firmware here; use --emulator qemu or kvm with --uefi".into());
+        bail!("Bochs has no UEFI firmware here; use --emulator qemu or kvm with --uefi");
     }
-    setup::ensure(&setup::Needs::for_emulator(emulator))?;
-    let kernel = images::build_kernel(images::Config::Run)?;
+    setup::ensure(&setup::Needs::for_emulator(emulator)).map_err(anyhow::Error::msg)?;
+    let kernel = images::build_kernel(images::Config::Run).context("building the kernel")?;
     let dir = workspace_root().join("target/basalt/run");
     let linux = match (vm, kernel_path) {
-        (Some(file), _) => Some(vmconfig::load(&file)?),
+        (Some(file), _) => Some(vmconfig::load(&file).map_err(anyhow::Error::msg)?),
         (None, Some(path)) => {
             let boot = KernelBoot { initrd, append, memory_mib: vm_memory, vcpus, disks };
-            Some(kernel_vm(&path, boot)?)
+            Some(kernel_vm(&path, boot).with_context(|| format!("--kernel {path}"))?)
         }
         (None, None) if demo => None,
-        (None, None) => Some(default_linux_vm()?),
+        (None, None) => Some(default_linux_vm().context("building the default Linux VM")?),
     };
     let bundle = match linux {
         Some(linux) => {
             if linux.vcpus > cpus {
-                return Err(format!(
+                bail!(
                     "VM '{}' has {} vCPUs but the machine only {cpus} CPU(s); each vCPU needs a CPU of its own (--cpus)",
-                    linux.name, linux.vcpus
-                ));
+                    linux.name,
+                    linux.vcpus
+                );
             }
-            guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])?
+            guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])
+                .map_err(anyhow::Error::msg)
+                .context("writing the boot bundle")?
         }
         None => default_bundle(emulator.exit_option())?,
     };
-    let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
+    let image = images::make_image(&kernel, &dir, &bundle, firmware).context("writing the disk image")?;
     println!(
         "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows (Ctrl-A X ends the run{})",
         image.display(),
@@ -99,12 +106,14 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     );
     let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory, bochs_ips: emulator::BOCHS_IPS };
     // The run ends when Basalt has no VM left (the exit option above) or the user quits.
-    match emulator::run_interactive(&machine, &image, &dir)? {
+    let end = emulator::run_interactive(&machine, &image, &dir)
+        .with_context(|| format!("running {} (its files are in {})", emulator.name(), dir.display()))?;
+    match end {
         InteractiveEnd::Quit => println!("\r\nxtask: run ended (Ctrl-A X)"),
         InteractiveEnd::Ended(Ending::Success) => println!("\r\nxtask: run ended: every VM has stopped"),
-        InteractiveEnd::Ended(Ending::Failure) => return Err("Basalt reported a failure; its log is above".into()),
-        InteractiveEnd::Ended(Ending::Abnormal(why)) => return Err(format!("the run ended abnormally: {why}")),
-        InteractiveEnd::Ended(Ending::Timeout) => return Err("the run timed out".into()),
+        InteractiveEnd::Ended(Ending::Failure) => bail!("Basalt reported a failure; its log is above"),
+        InteractiveEnd::Ended(Ending::Abnormal(why)) => bail!("the run ended abnormally: {why}"),
+        InteractiveEnd::Ended(Ending::Timeout) => bail!("the run timed out"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,26 +135,24 @@ struct KernelBoot {
 /// files relative to the current directory) and its command line is PATH, a
 /// space and `--append`. `--kernel debian` is Debian's stock kernel as the
 /// vmlinux unpacked from its bzImage, `--kernel debian-bzimage` the bzImage.
-fn kernel_vm(path: &str, boot: KernelBoot) -> Result<guests::LinuxVm, String> {
+fn kernel_vm(path: &str, boot: KernelBoot) -> anyhow::Result<guests::LinuxVm> {
     use loader::Format;
     use std::path::Path;
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let file = match path {
-        "debian" => linux::debian_vmlinux()?,
-        "debian-bzimage" => linux::debian_kernel()?,
+        "debian" => linux::debian_vmlinux().map_err(anyhow::Error::msg)?,
+        "debian-bzimage" => linux::debian_kernel().map_err(anyhow::Error::msg)?,
         _ => path.into(),
     };
     let kernel = read(&file)?;
-    let format = guests::kernel_format(&kernel, &file)?;
+    let format = guests::kernel_format(&kernel, &file).map_err(anyhow::Error::msg)?;
     let (initrd, modules) = match (format, &boot.initrd) {
-        (Format::Linux, Some(initrd)) => (Some(read(Path::new(initrd))?), Vec::new()),
+        (Format::Linux, Some(initrd)) => (Some(read(Path::new(initrd)).context("--initrd")?), Vec::new()),
         (Format::Multiboot, Some(list)) => {
-            (None, guests::read_modules(list, Path::new("")).map_err(|e| format!("--initrd: {e}"))?)
+            (None, guests::read_modules(list, Path::new("")).map_err(|e| anyhow!("--initrd: {e}"))?)
         }
         (_, Some(_)) => {
-            return Err(format!(
-                "--initrd: {path} is an ELF kernel without a Multiboot header, which has no way to take modules"
-            ))
+            bail!("--initrd: {path} is an ELF kernel without a Multiboot header, which has no way to take modules")
         }
         (_, None) => (None, Vec::new()),
     };
@@ -162,7 +169,7 @@ fn kernel_vm(path: &str, boot: KernelBoot) -> Result<guests::LinuxVm, String> {
         vcpus: boot.vcpus,
         time_limit_ms: 24 * 3600 * 1000,
         host_console: true,
-        disks: boot.disks.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
+        disks: boot.disks.iter().map(|p| read(p).context("--disk")).collect::<Result<_, _>>()?,
     })
 }
 
@@ -247,7 +254,7 @@ fn choose_emulator(choice: EmulatorChoice, vendor: Option<Vendor>, kvm: KvmOffer
 /// the serial console, which is this terminal; one vCPU, 256 MiB, a blank
 /// 8 MiB virtio disk (the bundle is loaded through the BIOS, which is slow in
 /// Bochs, so the default image stays small).
-fn default_linux_vm() -> Result<guests::LinuxVm, String> {
+fn default_linux_vm() -> anyhow::Result<guests::LinuxVm> {
     let guest = guests::LinuxGuest {
         name: "linux".into(),
         init: "scripts/linux-shell-init.sh".into(),
@@ -260,11 +267,11 @@ fn default_linux_vm() -> Result<guests::LinuxVm, String> {
         host_console: true,
         boot: guests::KernelFile::Vmlinux,
     };
-    guests::linux_vm(&guest)
+    guests::linux_vm(&guest).map_err(anyhow::Error::msg)
 }
 
 /// `--demo`: the tiny demo guest, which greets through its UART (no downloads).
-fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
+fn default_bundle(cmdline: &str) -> anyhow::Result<Vec<u8>> {
     let demo = guests::GuestVm {
         name: "demo".into(),
         guest: "demo".into(),
@@ -278,16 +285,17 @@ fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
         append: None,
         initrd: None,
     };
-    guests::bundle(cmdline, &[demo])
+    guests::bundle(cmdline, &[demo]).map_err(anyhow::Error::msg).context("writing the demo's boot bundle")
 }
 
-fn build() -> Result<ExitCode, String> {
-    setup::ensure(&setup::Needs::build_only())?;
-    let kernel = images::build_kernel(images::Config::Run)?;
+fn build() -> anyhow::Result<ExitCode> {
+    setup::ensure(&setup::Needs::build_only()).map_err(anyhow::Error::msg)?;
+    let kernel = images::build_kernel(images::Config::Run).context("building the kernel")?;
     let dir = workspace_root().join("target/basalt");
     let bundle = default_bundle("")?;
     for firmware in [Firmware::Bios, Firmware::Uefi] {
-        let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
+        let image = images::make_image(&kernel, &dir, &bundle, firmware)
+            .with_context(|| format!("writing the {} image", firmware.name()))?;
         println!("{}", image.display());
     }
     Ok(ExitCode::SUCCESS)
