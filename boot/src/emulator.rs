@@ -156,9 +156,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// How the serial port reaches us.
 enum Serial<'a> {
     File(&'a Path),
-    Terminal,
     /// The emulator as a TCP server on localhost at this port (interactive
-    /// runs under Bochs, scripted console input).
+    /// runs, scripted console input).
     Socket(u16),
 }
 
@@ -182,7 +181,6 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
     }
     match serial {
         Serial::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
-        Serial::Terminal => c.args(["-serial", "mon:stdio"]),
         // Like Bochs' socket server: QEMU waits for our connection before it starts.
         Serial::Socket(port) => c.arg("-serial").arg(format!("tcp:127.0.0.1:{port},server=on,wait=on")),
     };
@@ -199,7 +197,6 @@ fn bochs_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) ->
     let com1 = match serial {
         Serial::File(path) => format!("mode=file, dev={}", path.display()),
         Serial::Socket(port) => format!("mode=socket-server, dev=localhost:{port}"),
-        Serial::Terminal => bail!("Bochs cannot put serial on this terminal; use a socket"),
     };
     let config = format!(
         "megs: {megs}
@@ -471,92 +468,57 @@ pub enum InteractiveEnd {
 }
 
 /// Runs with serial on this terminal until the machine stops or the user quits
-/// (Ctrl-A X). Under Bochs, COM1 is a local TCP socket relayed to and from the
-/// terminal, which is switched to raw mode so keys reach the guest as typed.
+/// (Ctrl-A X). COM1 is a local TCP socket of the emulator's, relayed to and
+/// from the terminal, which is switched to raw mode so keys reach the guest as
+/// typed; see `console` for what the relay does besides.
 pub fn run_interactive(machine: &Machine, image: &Path, dir: &Path) -> anyhow::Result<InteractiveEnd> {
-    if machine.emulator != Emulator::Bochs {
-        let mut command = qemu_command(machine, image, dir, Serial::Terminal)?;
-        let status = command.status().context("cannot start QEMU")?;
-        // QEMU's own quit (Ctrl-A X on mon:stdio) exits with 0; with -no-reboot
-        // a guest reset does too, and then the log above shows it.
-        return Ok(match status.code() {
-            Some(0) => InteractiveEnd::Quit,
-            code => InteractiveEnd::Ended(classify(machine.emulator, code)),
-        });
-    }
+    use crate::console::{KeyRelay, QueryFilter, RawTerminal};
+    use std::sync::atomic::{AtomicBool, Ordering};
     let port = free_local_port()?;
-    let mut command = bochs_command(machine, image, dir, Serial::Socket(port))?;
+    let mut command = match machine.emulator {
+        Emulator::Bochs => bochs_command(machine, image, dir, Serial::Socket(port))?,
+        _ => qemu_command(machine, image, dir, Serial::Socket(port))?,
+    };
     let log = emulator_log(dir)?;
     command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    let mut child = command.spawn().context("cannot start Bochs")?;
-    let stream = connect_serial(&mut child, Emulator::Bochs, port, dir)?;
+    let mut child = command.spawn().with_context(|| format!("cannot start {}", machine.emulator.name()))?;
+    let stream = connect_serial(&mut child, machine.emulator, port, dir)?;
     let _raw = RawTerminal::enter();
     let mut to_guest = stream.try_clone()?;
-    let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quit = std::sync::Arc::new(AtomicBool::new(false));
     let quit_by_key = quit.clone();
     std::thread::spawn(move || {
-        let mut escape = false;
-        for byte in std::io::stdin().lock().bytes().map_while(Result::ok) {
-            if escape && (byte == b'x' || byte == b'X') {
-                quit_by_key.store(true, std::sync::atomic::Ordering::Release);
+        let mut relay = KeyRelay::default();
+        let mut typed = [0u8; 1024];
+        let mut stdin = std::io::stdin().lock();
+        while let Ok(n @ 1..) = stdin.read(&mut typed) {
+            let Some(keys) = relay.keys(&typed[..n]) else {
+                quit_by_key.store(true, Ordering::Release);
                 let _ = to_guest.shutdown(std::net::Shutdown::Both);
                 return;
-            }
-            escape = byte == CTRL_A && !escape;
-            if !escape && to_guest.write_all(&[byte]).is_err() {
+            };
+            if to_guest.write_all(&keys).is_err() {
                 return;
             }
         }
     });
     let mut from_guest = stream;
+    let mut filter = QueryFilter::default();
     let mut buffer = [0u8; 4096];
-    loop {
-        match from_guest.read(&mut buffer) {
-            Ok(n) if n > 0 => {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&buffer[..n]);
-                let _ = out.flush();
-            }
-            _ => break,
-        }
+    while let Ok(n @ 1..) = from_guest.read(&mut buffer) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&filter.pass(&buffer[..n]));
+        let _ = out.flush();
     }
-    let quit = quit.load(std::sync::atomic::Ordering::Acquire);
+    let quit = quit.load(Ordering::Acquire);
     if quit {
         let _ = child.kill();
     }
-    let status = child.wait().context("cannot wait for Bochs")?;
-    let _ = std::fs::remove_file(image.with_extension("img.lock"));
-    Ok(if quit { InteractiveEnd::Quit } else { InteractiveEnd::Ended(classify(Emulator::Bochs, status.code())) })
-}
-
-const CTRL_A: u8 = 0x01;
-
-/// The terminal in raw mode (no line editing, no echo, no signals) while it
-/// lives, when stdin is a terminal; restored when dropped.
-struct RawTerminal {
-    saved: Option<String>,
-}
-
-impl RawTerminal {
-    fn enter() -> RawTerminal {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            return RawTerminal { saved: None };
-        }
-        let stty = |args: &[&str]| Command::new("stty").args(args).stdin(Stdio::inherit()).output().ok();
-        let saved =
-            stty(&["-g"]).filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-        stty(&["raw", "-echo"]);
-        RawTerminal { saved }
+    let status = child.wait().with_context(|| format!("cannot wait for {}", machine.emulator.name()))?;
+    if machine.emulator == Emulator::Bochs {
+        let _ = std::fs::remove_file(image.with_extension("img.lock"));
     }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.saved {
-            let _ = Command::new("stty").arg(saved).stdin(Stdio::inherit()).status();
-        }
-    }
+    Ok(if quit { InteractiveEnd::Quit } else { InteractiveEnd::Ended(classify(machine.emulator, status.code())) })
 }
 
 #[cfg(test)]
@@ -587,7 +549,7 @@ mod tests {
             bochs_ips: 0,
         };
         let dir = std::env::temp_dir();
-        let command = qemu_command(&machine, Path::new("/nonexistent.img"), &dir, Serial::Terminal).unwrap();
+        let command = qemu_command(&machine, Path::new("/nonexistent.img"), &dir, Serial::Socket(4444)).unwrap();
         let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let at = args.iter().position(|a| a == "-accel").unwrap();
         assert_eq!(args[at..at + 4], ["-accel", "tcg", "-cpu", "EPYC"]);

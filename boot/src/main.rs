@@ -3,6 +3,7 @@
 mod bench;
 mod cases;
 mod cli;
+mod console;
 mod emulator;
 mod fuzz;
 mod guests;
