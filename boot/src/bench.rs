@@ -394,7 +394,7 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Re
     let what = format!("{} on {}: the test guests", vendor.name(), emulator.name());
     let run = timed(&what, || {
         let machine = machine(emulator, 256, emulator::BOCHS_IPS);
-        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
@@ -421,7 +421,7 @@ fn bench_smp(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Resul
     let what = format!("{} on {}: two vCPUs exiting at once", vendor.name(), emulator.name());
     let run = timed(&what, || {
         let machine = Machine { cpus: 2, ..machine(emulator, 256, emulator::BOCHS_IPS) };
-        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
@@ -486,7 +486,7 @@ fn bench_linux(
     );
     let run = timed(&what, || {
         let machine = machine(emulator, 512, ips.unwrap_or(emulator::BOCHS_IPS));
-        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(1200), &[])?;
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(1200), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;

@@ -320,9 +320,10 @@ impl<'a> ConsoleScript<'a> {
 }
 
 /// Runs to completion or `timeout`, capturing serial output (in `dir`/serial.log
-/// too). With `input`, serial goes through a local socket so the steps can be
-/// typed as their cues appear.
+/// too), with progress shown under `name` while it runs. With `input`, serial
+/// goes through a local socket so the steps can be typed as their cues appear.
 pub fn run_captured(
+    name: &str,
     machine: &Machine,
     image: &Path,
     dir: &Path,
@@ -333,6 +334,8 @@ pub fn run_captured(
     let _ = std::fs::remove_file(&serial_file);
     let serial_log_error = || format!("cannot write {}", serial_file.display());
     let mut serial_log = std::fs::File::create(&serial_file).with_context(serial_log_error)?;
+    // Where the emulator writes serial.log itself, what it has written so far.
+    let mut serial_written = std::fs::File::open(&serial_file).with_context(serial_log_error)?;
     let port = if input.is_empty() { None } else { Some(free_local_port()?) };
     let serial = port.map_or(Serial::File(&serial_file), Serial::Socket);
     let mut command = match machine.emulator {
@@ -352,6 +355,7 @@ pub fn run_captured(
         None => None,
     };
     let mut script = ConsoleScript::new(input);
+    let progress = crate::progress::Progress::start(name);
     let mut output = Vec::new();
     let mut buffer = [0u8; 4096];
     let ending = loop {
@@ -363,11 +367,17 @@ pub fn run_captured(
                     // A failed write shows up as a cue never seen.
                     let _ = console.as_mut().map(|stream| stream.write_all(keys.as_bytes()));
                 }
+                progress.output(&output);
             }
             Some(Err(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             // The emulator closed the console: it is ending.
             Some(_) => console = None,
-            None => std::thread::sleep(Duration::from_millis(25)),
+            None => {
+                std::thread::sleep(Duration::from_millis(25));
+                if port.is_none() && serial_written.read_to_end(&mut output).is_ok_and(|n| n > 0) {
+                    progress.output(&output);
+                }
+            }
         }
         if let Some(status) = child.try_wait().context("cannot wait for the emulator")? {
             break match classify(machine.emulator, status.code()) {
@@ -403,10 +413,9 @@ pub fn run_captured(
     if machine.emulator == Emulator::Bochs {
         let _ = std::fs::remove_file(image.with_extension("img.lock"));
     }
+    drop(progress);
     if port.is_none() {
-        std::fs::File::open(&serial_file)
-            .and_then(|mut f| f.read_to_end(&mut output))
-            .with_context(|| format!("cannot read {}", serial_file.display()))?;
+        serial_written.read_to_end(&mut output).with_context(|| format!("cannot read {}", serial_file.display()))?;
     }
     Ok(RunOutput {
         ending,

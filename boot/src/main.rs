@@ -10,6 +10,7 @@ mod guests;
 mod images;
 mod initramfs;
 mod linux;
+mod progress;
 mod qemu_test;
 mod setup;
 mod vmconfig;

@@ -150,9 +150,15 @@ fn run_case(kernel: &std::path::Path, run: &CaseRun) -> anyhow::Result<(Vec<Stri
         .context("writing its boot bundle")?;
     let image = images::make_image(kernel, &dir, &bundle, case.firmware()).context("writing its disk image")?;
     let date_before = utc_date();
-    let output =
-        emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s), &case.console_input)
-            .with_context(|| format!("running {} (its files are in {})", machine.emulator.name(), dir.display()))?;
+    let output = emulator::run_captured(
+        &run.label(),
+        &machine,
+        &image,
+        &dir,
+        Duration::from_secs(case.timeout_s),
+        &case.console_input,
+    )
+    .with_context(|| format!("running {} (its files are in {})", machine.emulator.name(), dir.display()))?;
     // "{date}" in an expected line is today's date (UTC); a run that crosses
     // midnight may show either day.
     let judged = |date: &str| {
