@@ -20,11 +20,12 @@
 //! `--save FILE` writes every figure as `key value` lines, `--compare FILE`
 //! prints each figure next to the saved one with the change.
 
+use crate::cli::BenchArgs;
 use crate::emulator::{self, Emulator, Firmware, Machine, Vendor};
 use crate::guests::{self, GuestVm, LinuxVm};
 use crate::images::{self, Config};
-use crate::{setup, take_value, workspace_root};
-use std::io::Write;
+use crate::{setup, workspace_root};
+use anyhow::{anyhow, bail, Context};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -179,18 +180,18 @@ pub struct LinuxFigures {
 /// clock) and its figures or why there are none.
 struct LinuxRun {
     ips: Option<u64>,
-    figures: Result<LinuxFigures, String>,
+    figures: anyhow::Result<LinuxFigures>,
 }
 
 /// One back end's runs: each an error (the other runs still go ahead) or its figures.
 struct Side {
     vendor: Vendor,
     emulator: Emulator,
-    guests: Result<Vec<VmFigures>, String>,
+    guests: anyhow::Result<Vec<VmFigures>>,
     /// Per entry of [`CONSOLES`], its runs.
     linux: Vec<Vec<LinuxRun>>,
     /// The 2-vCPU guest whose vCPUs exit at once.
-    smp: Result<Vec<Throughput>, String>,
+    smp: anyhow::Result<Vec<Throughput>>,
 }
 
 /// One "throughput DEVICES: one vCPU X exits per million ticks, two vCPUs Y: Rx"
@@ -230,31 +231,29 @@ fn clocks(emulator: Emulator) -> Vec<Option<u64>> {
     }
 }
 
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let mut args = args.to_vec();
-    let vendor = take_value(&mut args, "--vendor")?
-        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
-        .transpose()?;
-    let save = take_value(&mut args, "--save")?;
-    let compare = take_value(&mut args, "--compare")?;
-    if let Some(unknown) = args.first() {
-        return Err(format!("bench: unknown option '{unknown}'"));
-    }
+pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let BenchArgs { vendor, save, compare } = args;
     // Read before the long runs, so a wrong path fails at once.
     let saved = compare
         .as_ref()
         .map(|file| {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("--compare: cannot read {file}: {e}"))?;
-            read_figures(&text).map_err(|e| format!("--compare: {file}: {e}"))
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("--compare: cannot read {}", file.display()))?;
+            read_figures(&text).map_err(|e| anyhow!("--compare: {}: {e}", file.display()))
         })
         .transpose()?;
     let vendors = vendor.map_or(Vendor::ALL.to_vec(), |v| vec![v]);
     let machines: Vec<(Vendor, Emulator)> = vendors.iter().map(|&v| (v, v.best_emulator())).collect();
     for &(_, emulator) in &machines {
-        setup::ensure(&setup::Needs::for_emulator(emulator))?;
+        setup::ensure(&setup::Needs::for_emulator(emulator)).map_err(anyhow::Error::msg)?;
     }
-    let kernel = images::build_kernel(Config::Run)?;
-    let linux: Vec<LinuxVm> = CONSOLES.iter().map(|c| guests::linux_vm(&linux_guest(c))).collect::<Result<_, _>>()?;
+    let kernel = images::build_kernel(Config::Run).context("building the kernel")?;
+    let linux: Vec<LinuxVm> = CONSOLES
+        .iter()
+        .map(|c| guests::linux_vm(&linux_guest(c)))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)
+        .context("building the Linux VMs")?;
     let on: Vec<String> = machines.iter().map(|(v, e)| format!("{} on {}", v.name(), e.name())).collect();
     println!(
         "bench: {}; the test guests on 1 CPU, then Debian Linux (1 vCPU, 128 MiB) to its /init marker and \
@@ -310,21 +309,21 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
     if let (Some(saved), Some(file)) = (&saved, &compare) {
         let ran: Vec<&str> = sides.iter().map(|s| s.vendor.name()).collect();
-        print!("\ncompared with {file}:\n{}", render_comparison(saved, &figures, &ran));
+        print!("\ncompared with {}:\n{}", file.display(), render_comparison(saved, &figures, &ran));
     }
     if let Some(file) = &save {
         let about: Vec<String> =
             sides.iter().map(|s| format!("{} on {}", s.vendor.name(), s.emulator.name())).collect();
         std::fs::write(file, write_figures(&about.join(", "), &figures))
-            .map_err(|e| format!("--save: cannot write {file}: {e}"))?;
-        println!("\nbench: {} figures saved in {file}", figures.len());
+            .with_context(|| format!("--save: cannot write {}", file.display()))?;
+        println!("\nbench: {} figures saved in {}", figures.len(), file.display());
     }
 
     let mut failed = false;
     for side in &sides {
         let linux = side.linux.iter().flatten().filter_map(|r| r.figures.as_ref().err());
         for error in side.guests.as_ref().err().into_iter().chain(linux).chain(side.smp.as_ref().err()) {
-            eprintln!("xtask: bench {} on {}: {error}", side.vendor.name(), side.emulator.name());
+            eprintln!("xtask: bench {} on {}: {error:#}", side.vendor.name(), side.emulator.name());
             failed = true;
         }
     }
@@ -370,14 +369,14 @@ fn clock_note(vendor: Vendor, emulator: Emulator) -> String {
     format!("{}: {clock}", vendor.name())
 }
 
-/// Writes "bench: WHAT ..." and, once `run` is done, how long it took.
-fn timed<T>(what: &str, run: impl FnOnce() -> Result<(T, Duration), String>) -> Result<T, String> {
-    print!("bench: {what} ...");
-    let _ = std::io::stdout().flush();
+/// Writes "bench: WHAT" and, once `run` is done, how long it took (on a line
+/// of its own: the emulator's progress shows between the two).
+fn timed<T>(what: &str, run: impl FnOnce() -> anyhow::Result<(T, Duration)>) -> anyhow::Result<T> {
+    println!("bench: {what} ...");
     let result = run();
     match &result {
-        Ok((_, elapsed)) => println!(" {:.1} s", elapsed.as_secs_f64()),
-        Err(_) => println!(" failed"),
+        Ok((_, elapsed)) => println!("bench: {what}: {:.1} s", elapsed.as_secs_f64()),
+        Err(_) => println!("bench: {what}: failed"),
     }
     result.map(|(value, _)| value)
 }
@@ -387,52 +386,52 @@ fn machine(emulator: Emulator, memory_mib: u32, bochs_ips: u64) -> Machine {
 }
 
 /// Boots the test guests on one back end; their figures, one per VM.
-fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec<VmFigures>, String> {
+fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Result<Vec<VmFigures>> {
     let vms = test_vms();
     let dir = workspace_root().join("target/basalt/bench").join(vendor.name());
-    let bundle = guests::bundle(emulator.exit_option(), &vms)?;
+    let bundle = guests::bundle(emulator.exit_option(), &vms).map_err(anyhow::Error::msg)?;
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let what = format!("{} on {}: the test guests", vendor.name(), emulator.name());
     let run = timed(&what, || {
         let machine = machine(emulator, 256, emulator::BOCHS_IPS);
-        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
     let figures: Vec<VmFigures> = run.serial.lines().filter_map(parse_line).collect();
     if figures.len() != vms.len() {
-        return Err(format!(
+        bail!(
             "expected figures for {} VMs, found {} ({:?}); see {}",
             vms.len(),
             figures.len(),
             run.ending,
             dir.join("serial.log").display()
-        ));
+        );
     }
     Ok(figures)
 }
 
 /// Boots the 2-vCPU smp-throughput guest on a 2-CPU machine: its figures,
 /// one per kind of device.
-fn bench_smp(vendor: Vendor, emulator: Emulator, kernel: &Path) -> Result<Vec<Throughput>, String> {
+fn bench_smp(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Result<Vec<Throughput>> {
     let vm = GuestVm { memory_mib: 32, vcpus: 2, ..vm("smp", "smp-throughput", "elf", None) };
     let dir = workspace_root().join("target/basalt/bench-smp").join(vendor.name());
-    let bundle = guests::bundle(emulator.exit_option(), std::slice::from_ref(&vm))?;
+    let bundle = guests::bundle(emulator.exit_option(), std::slice::from_ref(&vm)).map_err(anyhow::Error::msg)?;
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let what = format!("{} on {}: two vCPUs exiting at once", vendor.name(), emulator.name());
     let run = timed(&what, || {
         let machine = Machine { cpus: 2, ..machine(emulator, 256, emulator::BOCHS_IPS) };
-        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(300), &[])?;
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
     let figures: Vec<Throughput> = run.serial.lines().filter_map(parse_throughput).collect();
     if figures.is_empty() {
-        return Err(format!(
+        bail!(
             "the smp-throughput guest printed no figures ({:?}); see {}",
             run.ending,
             dir.join("serial.log").display()
-        ));
+        );
     }
     Ok(figures)
 }
@@ -469,13 +468,14 @@ fn bench_linux(
     linux: &LinuxVm,
     console: &Console,
     ips: Option<u64>,
-) -> Result<LinuxFigures, String> {
+) -> anyhow::Result<LinuxFigures> {
     let run_name = match ips {
         Some(ips) => format!("{}-ips{ips}", console.key),
         None => console.key.to_string(),
     };
     let dir = workspace_root().join("target/basalt/bench-linux").join(vendor.name()).join(run_name);
-    let bundle = guests::bundle_with_linux(emulator.exit_option(), &[], std::slice::from_ref(linux))?;
+    let bundle = guests::bundle_with_linux(emulator.exit_option(), &[], std::slice::from_ref(linux))
+        .map_err(anyhow::Error::msg)?;
     let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let clock = ips.map(|ips| format!(", ips={ips}")).unwrap_or_default();
     let what = format!(
@@ -486,20 +486,20 @@ fn bench_linux(
     );
     let run = timed(&what, || {
         let machine = machine(emulator, 512, ips.unwrap_or(emulator::BOCHS_IPS));
-        let run = emulator::run_captured(&machine, &image, &dir, Duration::from_secs(1200), &[])?;
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(1200), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })?;
     let log = dir.join("serial.log");
     let marker = run.serial.lines().find_map(parse_marker).ok_or_else(|| {
-        format!("the Linux guest never wrote the bench marker ({:?}); see {}", run.ending, log.display())
+        anyhow!("the Linux guest never wrote the bench marker ({:?}); see {}", run.ending, log.display())
     })?;
     let total = run
         .serial
         .lines()
         .filter_map(parse_line)
         .find(|f| f.name == marker.name)
-        .ok_or_else(|| format!("no report line for VM '{}'; see {}", marker.name, log.display()))?;
+        .ok_or_else(|| anyhow!("no report line for VM '{}'; see {}", marker.name, log.display()))?;
     let unclaimed_prefix = format!("vm {} unclaimed addresses: ", marker.name);
     let unclaimed = run
         .serial

@@ -439,6 +439,21 @@ timeout_s = 10
     }
 
     #[test]
+    fn lines_ending_in_cr_lf_match_as_well() {
+        // Basalt's log lines end in CR LF on the serial port; expected lines
+        // are found within them, and one ending in "\r\n" checks the ending.
+        let crlf = GOOD.replace('\n', "\r\n");
+        assert!(judge(&case(Expect::Success), MachineKind::Qemu, &run(Ending::Success, &crlf)).is_empty());
+        let mut ends = case(Expect::Success);
+        ends.expect_lines = vec!["all 2 CPUs online".into(), "selftest: PASS\r\n".into()];
+        assert!(judge(&ends, MachineKind::Qemu, &run(Ending::Success, &crlf)).is_empty());
+        assert_eq!(
+            judge(&ends, MachineKind::Qemu, &run(Ending::Success, GOOD)),
+            ["serial lacks 'selftest: PASS\r\n'".to_string()]
+        );
+    }
+
+    #[test]
     fn unordered_cases_only_need_the_lines() {
         let mut c = case(Expect::Success);
         c.ordered = false;

@@ -8,27 +8,15 @@
 //! `vm-toml`, the VM description parser, which is part of this binary; it
 //! runs in this process with the same engine.
 
-use crate::{take_flag, take_value, workspace_root};
+use crate::cli::FuzzArgs;
+use crate::workspace_root;
+use anyhow::{bail, Context};
 use basalt_fuzz::engine::{self, Options, Target};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Mutex;
 use std::time::Duration;
-
-const USAGE: &str = "\
-usage: cargo xtask fuzz [TARGET...] [options]
-
-  Replays each target's corpus (fuzz/corpus/TARGET/), then fuzzes it for the
-  time given; a panic is a finding, written to target/fuzz-findings/TARGET/.
-
-  --seconds N      per target (default 60)
-  --seed S         the run's base seed (default: from the clock; printed)
-  --jobs N         targets at a time (default: the CPU count)
-  --replay FILE    run FILE through TARGET once, panic and all
-  --list           list the targets
-  --seed-corpus    (re)write the seed-* files of every corpus
-";
 
 /// Per target when `qemu-test` runs in CI: the whole step, build included,
 /// stays within a few minutes.
@@ -191,34 +179,13 @@ pub fn ci_step(seconds: u64) -> Result<Vec<(String, bool)>, String> {
     Ok(fuzz_all(&runner, &names, seconds, seed, jobs_default()))
 }
 
-fn parse_number(text: &str, name: &str) -> Result<u64, String> {
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    };
-    parsed.ok_or_else(|| format!("{name} wants a number, not '{text}'"))
-}
-
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let mut args = args.to_vec();
-    if take_flag(&mut args, "--help") || take_flag(&mut args, "-h") {
-        print!("{USAGE}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let seconds = take_value(&mut args, "--seconds")?.map(|s| parse_number(&s, "--seconds")).transpose()?;
-    let seed = take_value(&mut args, "--seed")?.map(|s| parse_number(&s, "--seed")).transpose()?;
-    let jobs = take_value(&mut args, "--jobs")?.map(|s| parse_number(&s, "--jobs")).transpose()?;
-    let replay = take_value(&mut args, "--replay")?;
-    let list = take_flag(&mut args, "--list");
-    let seed_corpus = take_flag(&mut args, "--seed-corpus");
-    if let Some(option) = args.iter().find(|a| a.starts_with('-')) {
-        return Err(format!("fuzz: unknown option '{option}'\n\n{USAGE}"));
-    }
-    let runner = build_runner()?;
-    let all = targets(&runner)?;
+pub fn main(args: FuzzArgs) -> anyhow::Result<ExitCode> {
+    let FuzzArgs { targets: args, seconds, seed, jobs, replay, list, seed_corpus } = args;
+    let runner = build_runner().map_err(anyhow::Error::msg).context("building the fuzz runner")?;
+    let all = targets(&runner).map_err(anyhow::Error::msg)?;
     if let Some(unknown) = args.iter().find(|a| !all.iter().any(|(name, _)| name == *a)) {
         let names: Vec<&str> = all.iter().map(|(name, _)| name.as_str()).collect();
-        return Err(format!("fuzz: no target '{unknown}' (targets: {})", names.join(", ")));
+        bail!("fuzz: no target '{unknown}' (targets: {})", names.join(", "));
     }
     if list {
         for (name, about) in &all {
@@ -229,30 +196,29 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     if seed_corpus {
         let status = Command::new(&runner).arg("seed-corpus").arg(corpus_root()).status();
         if !status.is_ok_and(|s| s.success()) {
-            return Err("the runner could not write the seed corpus".into());
+            bail!("the runner could not write the seed corpus");
         }
         let dir = corpus_root().join(VM_TOML.name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let seeds = vm_toml_seeds();
         for (name, bytes) in &seeds {
-            std::fs::write(dir.join(name), bytes).map_err(|e| format!("cannot write seed {name}: {e}"))?;
+            std::fs::write(dir.join(name), bytes).with_context(|| format!("cannot write seed {name}"))?;
         }
         println!("{}: {} seeds in {}", VM_TOML.name, seeds.len(), dir.display());
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(file) = replay {
-        let [name] = &args[..] else { return Err("--replay FILE goes with exactly one TARGET".into()) };
+        let [name] = &args[..] else { bail!("--replay FILE goes with exactly one TARGET") };
         if name == VM_TOML.name {
-            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let signal = (VM_TOML.run)(&bytes);
-            println!("replay: {name} ran {file} without a panic (features {signal:#x})");
+            println!("replay: {name} ran {} without a panic (features {signal:#x})", file.display());
             return Ok(ExitCode::SUCCESS);
         }
-        let status = Command::new(&runner).args(["replay", name, &file]).status();
+        let status = Command::new(&runner).arg("replay").arg(name).arg(&file).status();
         return Ok(if status.is_ok_and(|s| s.success()) { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let names: Vec<String> = if args.is_empty() { all.into_iter().map(|(name, _)| name).collect() } else { args };
-    let seconds = seconds.unwrap_or(60);
     let seed = seed.unwrap_or_else(engine::time_seed);
     let jobs = jobs.map_or_else(jobs_default, |j| j as usize);
     println!("fuzz: {} target(s), {seconds} s each, {jobs} at a time, seed {seed:#x}", names.len());

@@ -1,111 +1,45 @@
-//! `cargo xtask`: builds, runs and tests Basalt. See `cargo xtask help`.
+//! `cargo xtask`: builds, runs and tests Basalt. See `cargo xtask --help`.
 
 mod bench;
 mod cases;
+mod cli;
+mod console;
 mod emulator;
 mod fuzz;
 mod guests;
 mod images;
 mod initramfs;
 mod linux;
+mod progress;
 mod qemu_test;
 mod setup;
 mod vmconfig;
 mod vmlinux;
 
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use cli::{Command, EmulatorChoice, RunArgs};
 use emulator::{Emulator, Ending, Firmware, InteractiveEnd, Vendor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
-
-commands:
-  run         build Basalt and boot it with serial on this terminal
-                --emulator auto|kvm|bochs|qemu   (auto: QEMU+KVM with -cpu host if it
-                                  offers VMX or SVM, else QEMU TCG with the EPYC CPU
-                                  model: SVM + nested paging, in software)
-                --vendor vmx|svm  the virtualisation the machine must have (default:
-                                  either, as above). vmx: auto is QEMU+KVM if it offers
-                                  VMX, else Bochs; qemu has no VT-x. svm: auto is
-                                  QEMU+KVM if it offers SVM, else QEMU TCG (EPYC); qemu
-                                  is that TCG machine; bochs is VT-x only
-                --cpus N          (default 2)
-                --memory MIB      (default 512)
-                --uefi            boot the UEFI image (QEMU and KVM only; Bochs has no UEFI)
-                --vm PATH.toml    run the VM this file describes (a Linux, Multiboot or
-                                  ELF kernel; see README.md, 'VM description files')
-                (default VM: Debian's stock Linux with a busybox shell on
-                this terminal; Ctrl-A X ends the run)
-                --demo            run the tiny built-in demo guest instead
-                --kernel PATH     run this kernel as the VM, as QEMU's -kernel would: a
-                                  Linux bzImage or vmlinux (PVH), a Multiboot kernel
-                                  or an ELF (told apart by the file's contents;
-                                  `--kernel debian`: Debian's stock kernel, fetched
-                                  once, as the vmlinux unpacked from its bzImage;
-                                  `--kernel debian-bzimage`: that bzImage)
-                --initrd PATH     with --kernel: Linux: its initramfs; Multiboot: its
-                                  modules as QEMU takes them: 'FILE ARGS,FILE2', a
-                                  doubled comma being a comma
-                --append TEXT     with --kernel: its command line (Multiboot: after
-                                  the kernel's path and a space, as QEMU passes it)
-                --vm-memory MIB   with --kernel: the VM's RAM (default 256)
-                --vcpus N         with --kernel: the VM's vCPUs (default 1; each
-                                  needs a CPU of its own, so at most --cpus)
-                --disk PATH       with --kernel: a virtio-blk disk image (repeatable;
-                                  the guest's writes last for the run, the file is
-                                  not changed)
-  qemu-test   run host unit tests and the integration cases in tests/cases.toml
-              (with CI=true also every fuzz target, 10 s each)
-                --case NAME       run only cases whose name contains NAME (repeatable);
-                                  a case on several machines runs on each, unless
-                                  given as NAME@vmx or NAME@svm (as summaries name it)
-                --vendor vmx|svm  run only the cases' runs on that back end
-                --host-only       host unit tests (and the fuzz step) only, no cases
-                --list            list the cases and exit
-  fuzz        run the fuzz targets from their corpus (fuzz/corpus/); see
-              `cargo xtask fuzz --help`
-                [TARGET...]       only these (default: all)
-                --seconds N       per target (default 60)
-                --replay FILE     with one TARGET: run FILE through it once
-  bench       boot the test guests, then Debian Linux to its /init (console=ttyS0,
-              then console=hvc0 quiet), on a VT-x and an SVM machine; print exits
-              and hypervisor cycles by reason, timer interrupts, time to init, VMM
-              memory; under Bochs Linux runs at two clock rates (ips) and each
-              reason's exits are split into per timer tick and outside timer
-              handling (see README.md, 'Benchmarks')
-                --vendor vmx|svm  only that back end (the VT-x side takes minutes on Bochs)
-                --save FILE       write every figure to FILE, one 'key value' a line
-                --compare FILE    print each figure next to FILE's, with the change
-  build       build the kernel and write BIOS and UEFI images to target/basalt/
-  setup       install what the other commands need (Debian packages, rustup parts)
-  help        this text
-";
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let rest = &args[1..];
-    let result = match command.as_str() {
-        "run" => run(rest),
-        "qemu-test" => qemu_test::main(rest),
-        "fuzz" => fuzz::main(rest),
-        "build" => build(rest),
-        "bench" => bench::main(rest),
-        "setup" => setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::QemuTest(args) => qemu_test::main(args),
+        Command::Fuzz(args) => fuzz::main(args),
+        Command::Build => build(),
+        Command::Bench(args) => bench::main(args),
+        Command::Setup => {
+            setup::ensure(&setup::Needs::everything()).map(|_| ExitCode::SUCCESS).map_err(anyhow::Error::msg)
         }
-        other => Err(format!("unknown command '{other}'\n\n{USAGE}")),
     };
     match result {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("xtask: {message}");
+        Err(error) => {
+            // The whole chain: what failed, then why, down to the cause.
+            eprintln!("xtask: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -116,103 +50,56 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("boot/ has a parent").to_path_buf()
 }
 
-/// Pulls `--name VALUE` out of `args`.
-pub fn take_value(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
-    let Some(at) = args.iter().position(|a| a == name) else { return Ok(None) };
-    if at + 1 >= args.len() {
-        return Err(format!("{name} needs a value"));
-    }
-    let value = args.remove(at + 1);
-    args.remove(at);
-    Ok(Some(value))
-}
-
-pub fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
-
-fn parse_number(
-    value: Option<String>,
-    name: &str,
-    default: u32,
-    range: std::ops::RangeInclusive<u32>,
-) -> Result<u32, String> {
-    let Some(text) = value else { return Ok(default) };
-    let n: u32 = text.parse().map_err(|_| format!("{name} wants a number, not '{text}'"))?;
-    if !range.contains(&n) {
-        return Err(format!("{name} must be between {} and {}, not {n}", range.start(), range.end()));
-    }
-    Ok(n)
-}
-
-fn run(args: &[String]) -> Result<ExitCode, String> {
-    let mut args = args.to_vec();
-    let emulator = take_value(&mut args, "--emulator")?;
-    let vendor = take_value(&mut args, "--vendor")?;
-    let cpus = parse_number(take_value(&mut args, "--cpus")?, "--cpus", 2, 1..=64)?;
-    let memory = parse_number(take_value(&mut args, "--memory")?, "--memory", 512, 64..=16384)?;
-    let firmware = if take_flag(&mut args, "--uefi") { Firmware::Uefi } else { Firmware::Bios };
-    let vm_file = take_value(&mut args, "--vm")?;
-    let kernel_path = take_value(&mut args, "--kernel")?;
-    let initrd_path = take_value(&mut args, "--initrd")?;
-    let append = take_value(&mut args, "--append")?;
-    let vm_memory_mib = loader::manifest::MIN_MEMORY_MIB..=loader::manifest::MAX_MEMORY_MIB;
-    let vm_memory = parse_number(take_value(&mut args, "--vm-memory")?, "--vm-memory", 256, vm_memory_mib)?;
-    let vcpus = take_value(&mut args, "--vcpus")?;
-    let demo = take_flag(&mut args, "--demo");
-    let mut disk_paths = Vec::new();
-    while let Some(path) = take_value(&mut args, "--disk")? {
-        disk_paths.push(path);
-    }
-    if let Some(unknown) = args.first() {
-        return Err(format!("run: unknown option '{unknown}'\n\n{USAGE}"));
-    }
-    if demo && (vm_file.is_some() || kernel_path.is_some()) {
-        return Err("--demo runs the built-in demo guest; it does not go with --vm or --kernel".into());
-    }
-    if vm_file.is_some() && kernel_path.is_some() {
-        return Err("--vm and --kernel each describe the VM; give one".into());
-    }
-    if kernel_path.is_none() && (initrd_path.is_some() || append.is_some() || vcpus.is_some() || !disk_paths.is_empty())
-    {
-        return Err("--initrd, --append, --vcpus and --disk go with --kernel".into());
-    }
-    let vcpus = parse_number(vcpus, "--vcpus", 1, 1..=loader::manifest::MAX_VCPUS)?;
-    let vendor = vendor
-        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
-        .transpose()?;
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let RunArgs {
+        emulator,
+        vendor,
+        cpus,
+        memory,
+        uefi,
+        vm,
+        demo,
+        kernel: kernel_path,
+        initrd,
+        append,
+        vm_memory,
+        vcpus,
+        disks,
+    } = args;
+    let firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
     let kvm = KvmOffers { vmx: emulator::kvm_offers_vmx(), svm: emulator::kvm_offers_svm() };
-    let emulator = choose_emulator(emulator.as_deref().unwrap_or("auto"), vendor, kvm)?;
+    let emulator = choose_emulator(emulator, vendor, kvm).map_err(anyhow::Error::msg)?;
     if firmware == Firmware::Uefi && emulator == Emulator::Bochs {
-        return Err("Bochs has no UEFI firmware here; use --emulator qemu or kvm with --uefi".into());
+        bail!("Bochs has no UEFI firmware here; use --emulator qemu or kvm with --uefi");
     }
-    setup::ensure(&setup::Needs::for_emulator(emulator))?;
-    let kernel = images::build_kernel(images::Config::Run)?;
+    setup::ensure(&setup::Needs::for_emulator(emulator)).map_err(anyhow::Error::msg)?;
+    let kernel = images::build_kernel(images::Config::Run).context("building the kernel")?;
     let dir = workspace_root().join("target/basalt/run");
-    let linux = match (vm_file, kernel_path) {
-        (Some(file), _) => Some(vmconfig::load(std::path::Path::new(&file))?),
+    let linux = match (vm, kernel_path) {
+        (Some(file), _) => Some(vmconfig::load(&file).map_err(anyhow::Error::msg)?),
         (None, Some(path)) => {
-            let boot = KernelBoot { initrd: initrd_path, append, memory_mib: vm_memory, vcpus, disks: disk_paths };
-            Some(kernel_vm(&path, boot)?)
+            let boot = KernelBoot { initrd, append, memory_mib: vm_memory, vcpus, disks };
+            Some(kernel_vm(&path, boot).with_context(|| format!("--kernel {path}"))?)
         }
         (None, None) if demo => None,
-        (None, None) => Some(default_linux_vm()?),
+        (None, None) => Some(default_linux_vm().context("building the default Linux VM")?),
     };
     let bundle = match linux {
         Some(linux) => {
             if linux.vcpus > cpus {
-                return Err(format!(
+                bail!(
                     "VM '{}' has {} vCPUs but the machine only {cpus} CPU(s); each vCPU needs a CPU of its own (--cpus)",
-                    linux.name, linux.vcpus
-                ));
+                    linux.name,
+                    linux.vcpus
+                );
             }
-            guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])?
+            guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])
+                .map_err(anyhow::Error::msg)
+                .context("writing the boot bundle")?
         }
         None => default_bundle(emulator.exit_option())?,
     };
-    let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
+    let image = images::make_image(&kernel, &dir, &bundle, firmware).context("writing the disk image")?;
     println!(
         "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows (Ctrl-A X ends the run{})",
         image.display(),
@@ -221,12 +108,14 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     );
     let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory, bochs_ips: emulator::BOCHS_IPS };
     // The run ends when Basalt has no VM left (the exit option above) or the user quits.
-    match emulator::run_interactive(&machine, &image, &dir)? {
+    let end = emulator::run_interactive(&machine, &image, &dir)
+        .with_context(|| format!("running {} (its files are in {})", emulator.name(), dir.display()))?;
+    match end {
         InteractiveEnd::Quit => println!("\r\nxtask: run ended (Ctrl-A X)"),
         InteractiveEnd::Ended(Ending::Success) => println!("\r\nxtask: run ended: every VM has stopped"),
-        InteractiveEnd::Ended(Ending::Failure) => return Err("Basalt reported a failure; its log is above".into()),
-        InteractiveEnd::Ended(Ending::Abnormal(why)) => return Err(format!("the run ended abnormally: {why}")),
-        InteractiveEnd::Ended(Ending::Timeout) => return Err("the run timed out".into()),
+        InteractiveEnd::Ended(Ending::Failure) => bail!("Basalt reported a failure; its log is above"),
+        InteractiveEnd::Ended(Ending::Abnormal(why)) => bail!("the run ended abnormally: {why}"),
+        InteractiveEnd::Ended(Ending::Timeout) => bail!("the run timed out"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -237,7 +126,7 @@ struct KernelBoot {
     append: Option<String>,
     memory_mib: u32,
     vcpus: u32,
-    disks: Vec<String>,
+    disks: Vec<PathBuf>,
 }
 
 /// The VM `run --kernel PATH` runs, as QEMU's `-kernel` would boot the file:
@@ -248,26 +137,24 @@ struct KernelBoot {
 /// files relative to the current directory) and its command line is PATH, a
 /// space and `--append`. `--kernel debian` is Debian's stock kernel as the
 /// vmlinux unpacked from its bzImage, `--kernel debian-bzimage` the bzImage.
-fn kernel_vm(path: &str, boot: KernelBoot) -> Result<guests::LinuxVm, String> {
+fn kernel_vm(path: &str, boot: KernelBoot) -> anyhow::Result<guests::LinuxVm> {
     use loader::Format;
     use std::path::Path;
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let file = match path {
-        "debian" => linux::debian_vmlinux()?,
-        "debian-bzimage" => linux::debian_kernel()?,
+        "debian" => linux::debian_vmlinux().map_err(anyhow::Error::msg)?,
+        "debian-bzimage" => linux::debian_kernel().map_err(anyhow::Error::msg)?,
         _ => path.into(),
     };
     let kernel = read(&file)?;
-    let format = guests::kernel_format(&kernel, &file)?;
+    let format = guests::kernel_format(&kernel, &file).map_err(anyhow::Error::msg)?;
     let (initrd, modules) = match (format, &boot.initrd) {
-        (Format::Linux, Some(initrd)) => (Some(read(Path::new(initrd))?), Vec::new()),
+        (Format::Linux, Some(initrd)) => (Some(read(Path::new(initrd)).context("--initrd")?), Vec::new()),
         (Format::Multiboot, Some(list)) => {
-            (None, guests::read_modules(list, Path::new("")).map_err(|e| format!("--initrd: {e}"))?)
+            (None, guests::read_modules(list, Path::new("")).map_err(|e| anyhow!("--initrd: {e}"))?)
         }
         (_, Some(_)) => {
-            return Err(format!(
-                "--initrd: {path} is an ELF kernel without a Multiboot header, which has no way to take modules"
-            ))
+            bail!("--initrd: {path} is an ELF kernel without a Multiboot header, which has no way to take modules")
         }
         (_, None) => (None, Vec::new()),
     };
@@ -284,7 +171,7 @@ fn kernel_vm(path: &str, boot: KernelBoot) -> Result<guests::LinuxVm, String> {
         vcpus: boot.vcpus,
         time_limit_ms: 24 * 3600 * 1000,
         host_console: true,
-        disks: boot.disks.iter().map(|p| read(Path::new(p))).collect::<Result<_, _>>()?,
+        disks: boot.disks.iter().map(|p| read(p).context("--disk")).collect::<Result<_, _>>()?,
     })
 }
 
@@ -300,34 +187,35 @@ struct KvmOffers {
 /// offers, and `auto` falls back to QEMU TCG with SVM (much faster than Bochs);
 /// `qemu` is plain QEMU TCG (no VT-x or SVM). With it, the machine must have
 /// that back end.
-fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Result<Emulator, String> {
+fn choose_emulator(choice: EmulatorChoice, vendor: Option<Vendor>, kvm: KvmOffers) -> Result<Emulator, String> {
     let kvm_has = |v: Vendor| match v {
         Vendor::Vmx => kvm.vmx,
         Vendor::Svm => kvm.svm,
     };
+    use EmulatorChoice::*;
     Ok(match (choice, vendor) {
-        ("auto", None) => {
+        (Auto, None) => {
             if kvm.vmx || kvm.svm {
                 Emulator::QemuKvm
             } else {
                 Emulator::QemuTcgSvm
             }
         }
-        ("auto", Some(Vendor::Vmx)) => {
+        (Auto, Some(Vendor::Vmx)) => {
             if kvm.vmx {
                 Emulator::QemuKvm
             } else {
                 Emulator::Bochs
             }
         }
-        ("auto", Some(Vendor::Svm)) => {
+        (Auto, Some(Vendor::Svm)) => {
             if kvm.svm {
                 Emulator::QemuKvm
             } else {
                 Emulator::QemuTcgSvm
             }
         }
-        ("kvm", None) => {
+        (Kvm, None) => {
             if !(kvm.vmx || kvm.svm) {
                 return Err("--emulator kvm: this host's /dev/kvm offers neither VMX nor SVM \
                             (no 'vmx' or 'svm' in /proc/cpuinfo)"
@@ -335,7 +223,7 @@ fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Resu
             }
             Emulator::QemuKvm
         }
-        ("kvm", Some(wanted)) => {
+        (Kvm, Some(wanted)) => {
             if !kvm_has(wanted) {
                 let name = wanted.name();
                 let hint = match Vendor::ALL.into_iter().find(|&v| v != wanted && kvm_has(v)) {
@@ -351,16 +239,15 @@ fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Resu
             }
             Emulator::QemuKvm
         }
-        ("bochs", Some(Vendor::Svm)) => {
+        (Bochs, Some(Vendor::Svm)) => {
             return Err("--vendor svm: Bochs here emulates VT-x only; use --emulator auto, qemu or kvm".into())
         }
-        ("bochs", _) => Emulator::Bochs,
-        ("qemu", None) => Emulator::QemuTcg,
-        ("qemu", Some(Vendor::Svm)) => Emulator::QemuTcgSvm,
-        ("qemu", Some(Vendor::Vmx)) => {
+        (Bochs, _) => Emulator::Bochs,
+        (Qemu, None) => Emulator::QemuTcg,
+        (Qemu, Some(Vendor::Svm)) => Emulator::QemuTcgSvm,
+        (Qemu, Some(Vendor::Vmx)) => {
             return Err("--vendor vmx: QEMU TCG has no VT-x; use --emulator auto, bochs or kvm".into())
         }
-        (other, _) => return Err(format!("--emulator must be auto, kvm, bochs or qemu, not '{other}'")),
     })
 }
 
@@ -369,7 +256,7 @@ fn choose_emulator(choice: &str, vendor: Option<Vendor>, kvm: KvmOffers) -> Resu
 /// the serial console, which is this terminal; one vCPU, 256 MiB, a blank
 /// 8 MiB virtio disk (the bundle is loaded through the BIOS, which is slow in
 /// Bochs, so the default image stays small).
-fn default_linux_vm() -> Result<guests::LinuxVm, String> {
+fn default_linux_vm() -> anyhow::Result<guests::LinuxVm> {
     let guest = guests::LinuxGuest {
         name: "linux".into(),
         init: "scripts/linux-shell-init.sh".into(),
@@ -382,11 +269,11 @@ fn default_linux_vm() -> Result<guests::LinuxVm, String> {
         host_console: true,
         boot: guests::KernelFile::Vmlinux,
     };
-    guests::linux_vm(&guest)
+    guests::linux_vm(&guest).map_err(anyhow::Error::msg)
 }
 
 /// `--demo`: the tiny demo guest, which greets through its UART (no downloads).
-fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
+fn default_bundle(cmdline: &str) -> anyhow::Result<Vec<u8>> {
     let demo = guests::GuestVm {
         name: "demo".into(),
         guest: "demo".into(),
@@ -400,19 +287,17 @@ fn default_bundle(cmdline: &str) -> Result<Vec<u8>, String> {
         append: None,
         initrd: None,
     };
-    guests::bundle(cmdline, &[demo])
+    guests::bundle(cmdline, &[demo]).map_err(anyhow::Error::msg).context("writing the demo's boot bundle")
 }
 
-fn build(args: &[String]) -> Result<ExitCode, String> {
-    if let Some(unknown) = args.first() {
-        return Err(format!("build: unknown option '{unknown}'"));
-    }
-    setup::ensure(&setup::Needs::build_only())?;
-    let kernel = images::build_kernel(images::Config::Run)?;
+fn build() -> anyhow::Result<ExitCode> {
+    setup::ensure(&setup::Needs::build_only()).map_err(anyhow::Error::msg)?;
+    let kernel = images::build_kernel(images::Config::Run).context("building the kernel")?;
     let dir = workspace_root().join("target/basalt");
     let bundle = default_bundle("")?;
     for firmware in [Firmware::Bios, Firmware::Uefi] {
-        let image = images::make_image(&kernel, &dir, &bundle, firmware)?;
+        let image = images::make_image(&kernel, &dir, &bundle, firmware)
+            .with_context(|| format!("writing the {} image", firmware.name()))?;
         println!("{}", image.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -421,6 +306,7 @@ fn build(args: &[String]) -> Result<ExitCode, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use EmulatorChoice::*;
 
     const NONE: KvmOffers = KvmOffers { vmx: false, svm: false };
     const VMX: KvmOffers = KvmOffers { vmx: true, svm: false };
@@ -429,40 +315,39 @@ mod tests {
 
     #[test]
     fn run_without_vendor_takes_kvm_with_either_else_qemu_tcg_with_svm() {
-        assert_eq!(choose_emulator("auto", None, NONE), Ok(Emulator::QemuTcgSvm));
-        assert_eq!(choose_emulator("auto", None, SVM), Ok(Emulator::QemuKvm));
-        assert_eq!(choose_emulator("auto", None, VMX), Ok(Emulator::QemuKvm));
-        assert_eq!(choose_emulator("auto", None, BOTH), Ok(Emulator::QemuKvm));
-        assert_eq!(choose_emulator("qemu", None, NONE), Ok(Emulator::QemuTcg));
-        assert_eq!(choose_emulator("bochs", None, VMX), Ok(Emulator::Bochs));
-        assert_eq!(choose_emulator("bochs", None, NONE), Ok(Emulator::Bochs));
-        assert_eq!(choose_emulator("kvm", None, VMX), Ok(Emulator::QemuKvm));
-        assert_eq!(choose_emulator("kvm", None, SVM), Ok(Emulator::QemuKvm));
-        assert!(choose_emulator("kvm", None, NONE).unwrap_err().contains("offers neither VMX nor SVM"));
-        assert!(choose_emulator("tcg", None, NONE).unwrap_err().contains("not 'tcg'"));
+        assert_eq!(choose_emulator(Auto, None, NONE), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator(Auto, None, SVM), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator(Auto, None, VMX), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator(Auto, None, BOTH), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator(Qemu, None, NONE), Ok(Emulator::QemuTcg));
+        assert_eq!(choose_emulator(Bochs, None, VMX), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator(Bochs, None, NONE), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator(Kvm, None, VMX), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator(Kvm, None, SVM), Ok(Emulator::QemuKvm));
+        assert!(choose_emulator(Kvm, None, NONE).unwrap_err().contains("offers neither VMX nor SVM"));
     }
 
     #[test]
     fn run_with_vendor_svm_needs_svm() {
         let svm = Some(Vendor::Svm);
-        assert_eq!(choose_emulator("auto", svm, NONE), Ok(Emulator::QemuTcgSvm));
-        assert_eq!(choose_emulator("auto", svm, VMX), Ok(Emulator::QemuTcgSvm));
-        assert_eq!(choose_emulator("auto", svm, SVM), Ok(Emulator::QemuKvm));
-        assert_eq!(choose_emulator("qemu", svm, SVM), Ok(Emulator::QemuTcgSvm));
-        assert_eq!(choose_emulator("kvm", svm, SVM), Ok(Emulator::QemuKvm));
-        assert!(choose_emulator("kvm", svm, VMX).unwrap_err().contains("offers no SVM"));
-        assert!(choose_emulator("bochs", svm, NONE).unwrap_err().contains("VT-x only"));
+        assert_eq!(choose_emulator(Auto, svm, NONE), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator(Auto, svm, VMX), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator(Auto, svm, SVM), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator(Qemu, svm, SVM), Ok(Emulator::QemuTcgSvm));
+        assert_eq!(choose_emulator(Kvm, svm, SVM), Ok(Emulator::QemuKvm));
+        assert!(choose_emulator(Kvm, svm, VMX).unwrap_err().contains("offers no SVM"));
+        assert!(choose_emulator(Bochs, svm, NONE).unwrap_err().contains("VT-x only"));
     }
 
     #[test]
     fn run_with_vendor_vmx_needs_vmx() {
         let vmx = Some(Vendor::Vmx);
-        assert_eq!(choose_emulator("auto", vmx, NONE), Ok(Emulator::Bochs));
-        assert_eq!(choose_emulator("auto", vmx, VMX), Ok(Emulator::QemuKvm));
-        assert_eq!(choose_emulator("bochs", vmx, NONE), Ok(Emulator::Bochs));
-        assert!(choose_emulator("qemu", vmx, NONE).unwrap_err().contains("no VT-x"));
-        assert!(choose_emulator("kvm", vmx, SVM).unwrap_err().contains("offers no VMX"));
-        assert!(choose_emulator("kvm", vmx, SVM).unwrap_err().contains("add --vendor svm"));
-        assert_eq!(choose_emulator("auto", vmx, SVM), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator(Auto, vmx, NONE), Ok(Emulator::Bochs));
+        assert_eq!(choose_emulator(Auto, vmx, VMX), Ok(Emulator::QemuKvm));
+        assert_eq!(choose_emulator(Bochs, vmx, NONE), Ok(Emulator::Bochs));
+        assert!(choose_emulator(Qemu, vmx, NONE).unwrap_err().contains("no VT-x"));
+        assert!(choose_emulator(Kvm, vmx, SVM).unwrap_err().contains("offers no VMX"));
+        assert!(choose_emulator(Kvm, vmx, SVM).unwrap_err().contains("add --vendor svm"));
+        assert_eq!(choose_emulator(Auto, vmx, SVM), Ok(Emulator::Bochs));
     }
 }

@@ -3,30 +3,20 @@
 //! `N passed, M failed`.
 
 use crate::cases::{self, CaseRun, MachineKind};
-use crate::emulator::{self, Vendor};
+use crate::cli::QemuTestArgs;
+use crate::emulator;
 use crate::images::{self, Config};
-use crate::{setup, take_flag, take_value, workspace_root};
+use crate::{setup, workspace_root};
+use anyhow::{bail, Context};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let mut args = args.to_vec();
-    let mut filters = Vec::new();
-    while let Some(f) = take_value(&mut args, "--case")? {
-        filters.push(f);
-    }
-    let vendor = take_value(&mut args, "--vendor")?
-        .map(|v| Vendor::parse(&v).ok_or_else(|| format!("--vendor must be vmx or svm, not '{v}'")))
-        .transpose()?;
-    let list_only = take_flag(&mut args, "--list");
-    let host_only = take_flag(&mut args, "--host-only");
-    if let Some(unknown) = args.first() {
-        return Err(format!("qemu-test: unknown option '{unknown}'"));
-    }
-    let text = std::fs::read_to_string(workspace_root().join("tests/cases.toml"))
-        .map_err(|e| format!("cannot read tests/cases.toml: {e}"))?;
-    let all = cases::parse(&text)?;
-    let selected = cases::select(&all, &filters, vendor)?;
+pub fn main(args: QemuTestArgs) -> anyhow::Result<ExitCode> {
+    let QemuTestArgs { cases: filters, vendor, host_only, list: list_only } = args;
+    let case_file = workspace_root().join("tests/cases.toml");
+    let text = std::fs::read_to_string(&case_file).with_context(|| format!("cannot read {}", case_file.display()))?;
+    let all = cases::parse(&text).map_err(anyhow::Error::msg)?;
+    let selected = cases::select(&all, &filters, vendor).map_err(anyhow::Error::msg)?;
     // --case and --vendor pick cases; host unit tests and the fuzz step run without either.
     let filtered = !filters.is_empty() || vendor.is_some();
     if list_only {
@@ -38,20 +28,17 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     }
     if selected.is_empty() {
         let vendor = vendor.map_or(String::new(), |v| format!(" on {}", v.name()));
-        return Err(format!("no case matches {filters:?}{vendor}"));
-    }
-    if host_only && filtered {
-        return Err("--host-only runs no cases; it does not go with --case or --vendor".into());
+        bail!("no case matches {filters:?}{vendor}");
     }
 
-    setup::ensure(&setup::Needs::everything())?;
+    setup::ensure(&setup::Needs::everything()).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let mut passed = 0usize;
     let mut failed = Vec::new();
 
     if !filtered {
         println!("qemu-test: host unit tests (cargo test --workspace)");
-        let (ok, bad) = host_unit_tests()?;
+        let (ok, bad) = host_unit_tests().context("host unit tests")?;
         passed += ok;
         if bad > 0 {
             failed.push(format!("host unit tests ({bad} failed)"));
@@ -83,7 +70,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     if host_only {
         println!("qemu-test: --host-only: no cases run");
     } else {
-        let kernel = images::build_kernel(Config::Test)?;
+        let kernel = images::build_kernel(Config::Test).context("building the test kernel")?;
         let mut where_ = Vec::new();
         for (kind, what) in [(MachineKind::Vmx, "VT-x"), (MachineKind::Svm, "SVM")] {
             if selected.iter().any(|run| run.kind == kind) {
@@ -117,7 +104,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
                     failed.push(label);
                 }
                 Err(e) => {
-                    println!("  FAILED  {label:<34} could not run ({machine}): {e}");
+                    println!("  FAILED  {label:<34} could not run ({machine}): {e:#}");
                     failed.push(label);
                 }
             }
@@ -145,18 +132,33 @@ fn case_dir(run: &CaseRun) -> std::path::PathBuf {
     workspace_root().join("target/basalt/cases").join(run.dir())
 }
 
-fn run_case(kernel: &std::path::Path, run: &CaseRun) -> Result<(Vec<String>, Duration), String> {
+fn run_case(kernel: &std::path::Path, run: &CaseRun) -> anyhow::Result<(Vec<String>, Duration)> {
     let case = run.case;
     let machine = run.machine();
     let dir = case_dir(run);
     let _ = std::fs::remove_dir_all(&dir);
     let cmdline = format!("{} {}", case.cmdline, machine.emulator.exit_option());
-    let linux = case.linux.iter().map(crate::guests::linux_vm).collect::<Result<Vec<_>, _>>()?;
-    let bundle = crate::guests::bundle_with_linux(cmdline.trim(), &case.vm, &linux)?;
-    let image = images::make_image(kernel, &dir, &bundle, case.firmware())?;
+    let linux = case
+        .linux
+        .iter()
+        .map(crate::guests::linux_vm)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)
+        .context("building its Linux VMs")?;
+    let bundle = crate::guests::bundle_with_linux(cmdline.trim(), &case.vm, &linux)
+        .map_err(anyhow::Error::msg)
+        .context("writing its boot bundle")?;
+    let image = images::make_image(kernel, &dir, &bundle, case.firmware()).context("writing its disk image")?;
     let date_before = utc_date();
-    let output =
-        emulator::run_captured(&machine, &image, &dir, Duration::from_secs(case.timeout_s), &case.console_input)?;
+    let output = emulator::run_captured(
+        &run.label(),
+        &machine,
+        &image,
+        &dir,
+        Duration::from_secs(case.timeout_s),
+        &case.console_input,
+    )
+    .with_context(|| format!("running {} (its files are in {})", machine.emulator.name(), dir.display()))?;
     // "{date}" in an expected line is today's date (UTC); a run that crosses
     // midnight may show either day.
     let judged = |date: &str| {
@@ -194,12 +196,12 @@ fn print_tail(path: &std::path::Path, lines: usize) {
 }
 
 /// Runs `cargo test` for the host crates; returns (passed, failed) test counts.
-fn host_unit_tests() -> Result<(usize, usize), String> {
+fn host_unit_tests() -> anyhow::Result<(usize, usize)> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--workspace", "--exclude", "basalt-kernel"])
         .current_dir(workspace_root())
         .output()
-        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+        .context("cannot run cargo test")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (mut passed, mut failed) = (0, 0);
     // "test result: ok. 9 passed; 0 failed; 0 ignored; ..."
@@ -219,7 +221,7 @@ fn host_unit_tests() -> Result<(usize, usize), String> {
     }
     if !out.status.success() && failed == 0 {
         print!("{}", String::from_utf8_lossy(&out.stderr));
-        return Err("cargo test failed to build or run".into());
+        bail!("cargo test failed to build or run");
     }
     println!("  ok      host unit tests: {passed} passed, {failed} failed");
     Ok((passed, failed))

@@ -5,7 +5,8 @@
 //! and in idle loops) without ever waiting for the port. So a VM that floods
 //! its console loses its own lines and slows nobody, and no CPU spins on the
 //! 38400-baud port with a lock held. Host lines are tagged with the time since
-//! boot and the CPU that wrote them.
+//! boot and the CPU that wrote them, and end in CR LF as serial terminals
+//! expect; console output of a VM that owns the host console passes as it is.
 
 use crate::{percpu, time};
 use alloc::sync::Arc;
@@ -92,6 +93,23 @@ impl Write for LineBuf {
     }
 }
 
+/// Host text with each LF written as CR LF. A bare LF moves a terminal's
+/// cursor down but not back to the line's start: in the raw-mode terminal of
+/// `cargo xtask run` host lines would staircase across the screen.
+struct CrLf<W>(W);
+
+impl<W: Write> Write for CrLf<W> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let mut lines = s.split('\n');
+        self.0.write_str(lines.next().unwrap_or_default())?;
+        for line in lines {
+            self.0.write_str("\r\n")?;
+            self.0.write_str(line)?;
+        }
+        Ok(())
+    }
+}
+
 impl log::Log for KernelLog {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
         metadata.level() <= log::max_level()
@@ -102,7 +120,7 @@ impl log::Log for KernelLog {
             return;
         }
         let mut line = LineBuf::with_prefix(record.level());
-        let _ = writeln!(line, "{}", record.args());
+        let _ = writeln!(CrLf(&mut line), "{}", record.args());
         enqueue(HOST, line.as_bytes());
     }
 
@@ -112,7 +130,7 @@ impl log::Log for KernelLog {
 /// Queues a host line (whole, so lines from different CPUs never interleave).
 pub fn write_locked(args: core::fmt::Arguments) {
     let mut line = LineBuf::new();
-    let _ = line.write_fmt(args);
+    let _ = CrLf(&mut line).write_fmt(args);
     enqueue(HOST, line.as_bytes());
 }
 
@@ -183,7 +201,7 @@ impl GuestOutput {
         let mut line = LineBuf::with_prefix(log::Level::Info);
         let _ = write!(line, "{prefix} | ");
         let _ = devices::output::write_printable(text, &mut line);
-        line.push(b"\n");
+        line.push(b"\r\n");
         self.wrote.store(true, Ordering::Relaxed);
         enqueue(self.source, line.as_bytes());
     }
@@ -252,7 +270,7 @@ pub fn write_crashing(args: core::fmt::Arguments) {
         COM1.force_unlock();
     }
     flush_queue();
-    let _ = COM1.lock().write_fmt(args);
+    let _ = CrLf(&mut *COM1.lock()).write_fmt(args);
 }
 
 /// Sends everything queued, waiting for the port (bounded by the queue's size).
