@@ -121,7 +121,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(i64::from(MIN_MEMORY_MIB)..=i64::from(MAX_MEMORY_MIB))
     )]
     pub vm_memory: u32,
-    /// With --kernel: the VM's vCPUs (each needs a CPU of its own, so at most --cpus)
+    /// With --kernel: the VM's vCPUs (the scheduler time-shares the machine's CPUs among them)
     #[arg(
         long,
         value_name = "N",

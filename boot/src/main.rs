@@ -85,18 +85,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => Some(default_linux_vm().context("building the default Linux VM")?),
     };
     let bundle = match linux {
-        Some(linux) => {
-            if linux.vcpus > cpus {
-                bail!(
-                    "VM '{}' has {} vCPUs but the machine only {cpus} CPU(s); each vCPU needs a CPU of its own (--cpus)",
-                    linux.name,
-                    linux.vcpus
-                );
-            }
-            guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])
-                .map_err(anyhow::Error::msg)
-                .context("writing the boot bundle")?
-        }
+        Some(linux) => guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])
+            .map_err(anyhow::Error::msg)
+            .context("writing the boot bundle")?,
         None => default_bundle(emulator.exit_option())?,
     };
     let image = images::make_image(&kernel, &dir, &bundle, firmware).context("writing the disk image")?;

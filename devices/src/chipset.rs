@@ -766,6 +766,12 @@ impl Chipset {
         self.vcpu(vcpu).signals.take()
     }
 
+    /// Whether an INIT or SIPI waits for `vcpu` (`take_signal` would return one).
+    pub fn signal_pending(&self, vcpu: usize) -> bool {
+        let signals = self.vcpu(vcpu).signals;
+        signals.init || signals.startup_vector.is_some()
+    }
+
     /// INITs and SIPIs that arrived while an earlier one was still latched and
     /// that changed nothing (superseded by an INIT, or a second SIPI).
     pub fn dropped_startup_signals(&self) -> u64 {

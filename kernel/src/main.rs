@@ -77,6 +77,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let options = cmdline::parse(text_of(command_line));
     vmm::intel::cpu::limit_apic_virtualization(options.apic_virtualization);
     vmm::run::set_profile_loop(options.profile_loop);
+    if let Some(micros) = options.slice_us {
+        vmm::set_slice_us(micros);
+    }
     if let Some(method) = options.exit {
         platform_exit::set_method(method);
     }

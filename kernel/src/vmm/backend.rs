@@ -7,24 +7,32 @@ use super::vm::Stop;
 use devices::Chipset;
 use vmexit::Exit;
 
-pub trait Backend: vmexit::Vcpu {
+/// `Send`: the scheduler moves vCPUs between cores.
+pub trait Backend: vmexit::Vcpu + Send {
     /// The vCPU starts running on this core: its control structure becomes
     /// current and the state exits do not switch is loaded (see `switch`).
     /// `vm_id` tells the core whether it changes VM.
     fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop>;
-    /// It leaves the core: the host's state is back.
+    /// It leaves the core: the host's state is back, and its control
+    /// structure is released (`release`), so any core may run it next.
     fn switch_out(&mut self);
+    /// Its control structure is no longer current on this core (VMCLEAR on
+    /// VT-x: a VMCS may be loaded on another core only once it is cleared on
+    /// the one it was last current on), after its set-up here.
+    fn release(&mut self) {}
+    /// The guest waits in the halted state (HLT, interrupts on).
+    fn halted(&self) -> bool;
     /// The VMM must be back by host TSC `deadline` (a device timer, the time
     /// limit, or one host tick: the run loop caps it) even if the guest does
     /// not exit by itself.
     fn arm_timer(&mut self, now: u64, deadline: u64);
-    /// Just before entry, with the VM locked: what the guest sees of the
+    /// Just before entry: what the guest sees of the
     /// platform without exiting (the virtual-APIC page) is brought up to date.
     fn sync_to_guest(&mut self, _chipset: &Chipset) {}
-    /// Just after an exit, with the VM locked: what the guest changed without
+    /// Just after an exit: what the guest changed without
     /// exiting goes into the platform's models.
     fn sync_from_guest(&mut self, _chipset: &Chipset) {}
-    /// With the VM locked: whether the guest can be entered again without
+    /// Whether the guest can be entered again without
     /// `vmexit::events::deliver_pending` and `sync_to_guest` (and so without
     /// `sync_from_guest` either): what it sees of the platform is still
     /// current and the CPU delivers the APIC's interrupts itself, so only a

@@ -14,6 +14,8 @@ mod guest_msrs;
 mod host;
 pub mod intel;
 pub mod run;
+mod sched;
+pub use sched::set_slice_us;
 mod shared;
 mod switch;
 pub mod vm;
@@ -138,52 +140,11 @@ pub struct GuestImages {
     pub disks: Vec<&'static [u8]>,
 }
 
-/// Builds and runs one VM on this CPU to its end.
-fn run_vm(guest: &GuestImages) -> VmReport {
-    let spec = &guest.spec;
-    let started = crate::time::micros_since_boot();
-    let mut report = VmReport {
-        name: spec.name.clone(),
-        stop: Stop::Halted,
-        cpu: crate::percpu::current_index(),
-        exits: 0,
-        summary: String::new(),
-        loop_profile: None,
-        timer_interrupts: 0,
-        guest_mib: spec.memory_mib,
-        overhead_kib: 0,
-        elapsed_us: 0,
-        unclaimed: Default::default(),
-        output_dropped: (0, 0),
-        input_dropped: 0,
-        signals_dropped: 0,
-    };
-    // A reset restarts the VM from its images, as a machine reboots; a guest
-    // that keeps resetting is stopped instead of looping forever.
-    for restart in 0..=MAX_RESETS {
-        match build_and_run(guest, &mut report) {
-            Ok(stop) | Err(stop) => report.stop = stop,
-        }
-        if report.stop != Stop::Reset {
-            break;
-        }
-        if restart < MAX_RESETS {
-            log::info!("vm {}: reset; starting it again", spec.name);
-        }
-    }
-    report.elapsed_us = crate::time::micros_since_boot() - started;
-    report
-}
-
-fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Stop> {
+/// Builds a VM from its images: the VM, shared, and its vCPU 0 ready to run
+/// (its control structure released, so any core may run it).
+fn build(guest: &GuestImages) -> Result<(Arc<SharedVm>, Box<dyn Backend>), Stop> {
     let spec = &guest.spec;
     let vcpus = spec.cpus.max(1) as usize;
-    let guest_cpus = crate::percpu::online().filter(|c| c.runs_guests.load(Ordering::Acquire)).count();
-    if vcpus > guest_cpus {
-        return Err(Stop::Unsupported(alloc::format!(
-            "{vcpus} vCPUs asked, but only {guest_cpus} CPU(s) run VMs (each vCPU needs a CPU of its own)"
-        )));
-    }
     let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
     // Disks may come packed (a blank one packs to almost nothing): each is
     // unpacked for the copy the VM keeps, then given back.
@@ -271,35 +232,250 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
     vcpu.set_gpr(RAX, plan.rax);
     vcpu.set_gpr(RBX, plan.rbx);
     vcpu.set_gpr(RSI, plan.rsi);
+    vcpu.release();
+    Ok((Arc::new(SharedVm::new(vm, vcpus, spec.time_limit_ms)), vcpu))
+}
 
-    let shared = Arc::new(SharedVm::new(vm, vcpus, spec.time_limit_ms));
-    shared.place(0, true);
-    if vcpus > 1 {
-        // The application processors wait on other cores for their start-up IPI.
-        let mut jobs = JOBS.lock();
-        for index in (1..vcpus).rev() {
-            jobs.push_front(Job::ApplicationProcessor { vm: shared.clone(), index });
+/// A VM to start: its images, where its report goes, and how often it was
+/// reset (a reset starts it again from its images, as a machine reboots; a
+/// guest that keeps resetting is stopped instead of looping forever).
+struct VmJob {
+    order: usize,
+    guest: Box<GuestImages>,
+    resets: u32,
+    report: VmReport,
+}
+
+/// A VM whose vCPUs are in the scheduler, until the last of them leaves.
+struct Running {
+    shared: Arc<SharedVm>,
+    vcpus: Vec<Arc<sched::VcpuEntry>>,
+    /// vCPUs not yet retired.
+    live: usize,
+    job: VmJob,
+}
+
+static JOBS: Mutex<VecDeque<VmJob>> = Mutex::new(VecDeque::new());
+static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
+static REPORTS: Mutex<Vec<(usize, VmReport)>> = Mutex::new(Vec::new());
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+fn new_report(spec: &VmSpec) -> VmReport {
+    VmReport {
+        name: spec.name.clone(),
+        stop: Stop::Halted,
+        cpu: crate::percpu::current_index(),
+        exits: 0,
+        summary: String::new(),
+        loop_profile: None,
+        timer_interrupts: 0,
+        guest_mib: spec.memory_mib,
+        overhead_kib: 0,
+        elapsed_us: crate::time::micros_since_boot(),
+        unclaimed: Default::default(),
+        output_dropped: (0, 0),
+        input_dropped: 0,
+        signals_dropped: 0,
+    }
+}
+
+/// Builds a VM on this core and hands its vCPUs to the scheduler: vCPU 0
+/// runnable, the others waiting for their start-up IPI. A VM that cannot be
+/// built, or whose vCPUs the scheduler refuses (a dedicated core taken),
+/// ends at once with the reason.
+fn start_vm(mut job: VmJob) {
+    if job.resets == 0 {
+        // Where and when it started: the report's "ran on cpuN for T us".
+        job.report.cpu = crate::percpu::current_index();
+        job.report.elapsed_us = crate::time::micros_since_boot();
+    }
+    let (shared, vcpu0) = match build(&job.guest) {
+        Ok(built) => built,
+        Err(stop) => return finish_unstarted(job, stop),
+    };
+    let count = job.guest.spec.cpus.max(1) as usize;
+    let mut vcpus = Vec::with_capacity(count);
+    let mut first = Some(vcpu0);
+    for index in 0..count {
+        let params = basalt_sched::Params { cpus: sched::guest_cores(), ..basalt_sched::Params::new(sched::MAX_CORES) };
+        match sched::add(&shared, index, first.take(), params) {
+            Ok(entry) => {
+                shared.set_sched_id(index, entry.id);
+                vcpus.push(entry);
+            }
+            Err(refused) => {
+                for entry in &vcpus {
+                    sched::remove(entry.id);
+                }
+                let why = alloc::format!("the scheduler refused vCPU {index}: {refused:?}");
+                return finish_unstarted(job, Stop::Unsupported(why));
+            }
         }
-        drop(jobs);
-        crate::smp::wake_all_aps();
     }
-    match run::run(&mut *vcpu, &shared) {
-        RunEnd::Stop(stop) => shared.stop(stop),
-        // An application processor stopped the VM; its reason stands.
-        RunEnd::VmStopped => {}
+    let first = vcpus[0].id;
+    RUNNING.lock().push(Running { shared, live: vcpus.len(), vcpus, job });
+    sched::wake(first);
+}
+
+/// A VM that never ran ends with `stop`.
+fn finish_unstarted(mut job: VmJob, stop: Stop) {
+    job.report.stop = stop;
+    report_finished(job);
+}
+
+/// The run of one vCPU the scheduler picked, on this core, until its slice
+/// ends or it stops being runnable; then what it waits for goes to the
+/// scheduler. A vCPU that was not runnable first looks for what it waited
+/// for, and blocks again if that is not there (a wake-up may be for
+/// something else).
+fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
+    let shared = &entry.vm;
+    let index = entry.index;
+    if shared.is_stopping() {
+        return retire(entry);
+    }
+    let mut backend = entry.backend.lock();
+    let waiting = *entry.waiting.lock();
+    let vm = shared.vm();
+    match waiting {
+        sched::Waiting::Startup => {
+            let mut vector = None;
+            while let Some(signal) = vm.chipset.take_signal(index) {
+                match signal {
+                    StartupSignal::Init => vm.chipset.reset_lapic(index),
+                    StartupSignal::Startup { vector: v } => vector = Some(v),
+                }
+            }
+            let Some(vector) = vector else {
+                drop(backend);
+                return block(entry, sched::Waiting::Startup, None);
+            };
+            let state = GuestState::after_startup_ipi(vector);
+            match new_vcpu(index as u32, &state, &vm.memory) {
+                Ok(mut vcpu) => {
+                    // INIT left its TSC (and TSC_ADJUST) as they were; the
+                    // fresh VMCS or VMCB (current here since its set-up)
+                    // takes them over.
+                    vcpu.set_tsc_offset(vm.chipset.vcpu_msrs(index).tsc_offset);
+                    *backend = Some(vcpu);
+                }
+                Err(stop) => {
+                    shared.stop(stop);
+                    drop(backend);
+                    return retire(entry);
+                }
+            }
+        }
+        sched::Waiting::Parked => {
+            // Only an NMI or an INIT wakes a CPU halted with interrupts off.
+            while let Some(signal) = vm.chipset.take_signal(index) {
+                if signal == StartupSignal::Init {
+                    drop(backend);
+                    return init(entry);
+                }
+            }
+            if !vm.chipset.nmi_pending(index) {
+                drop(backend);
+                return block(entry, sched::Waiting::Parked, None);
+            }
+        }
+        sched::Waiting::Interrupt | sched::Waiting::Nothing => {}
+    }
+    *entry.waiting.lock() = sched::Waiting::Nothing;
+    let Some(vcpu) = backend.as_mut() else {
+        drop(backend);
+        return block(entry, sched::Waiting::Startup, None);
+    };
+    shared.place(index, true);
+    let end = run::run(&mut **vcpu, shared, run::Slice { core, until });
+    shared.place(index, false);
+    drop(backend);
+    match end {
+        RunEnd::Preempted => {}
+        RunEnd::Blocked { timer } => block(entry, sched::Waiting::Interrupt, Some(timer)),
         // vCPU 0 neither takes INIT nor parks (exits/hlt.rs).
-        RunEnd::Init | RunEnd::Parked => shared.stop(Stop::Unsupported("vCPU 0 left its run loop unexpectedly".into())),
+        RunEnd::Parked if index == 0 => {
+            shared.stop(Stop::Unsupported("vCPU 0 parked".into()));
+            retire(entry);
+        }
+        RunEnd::Parked => block(entry, sched::Waiting::Parked, None),
+        RunEnd::Init => init(entry),
+        RunEnd::Stop(stop) => {
+            shared.stop(stop);
+            retire(entry);
+        }
+        RunEnd::VmStopped => retire(entry),
     }
-    if vcpus > 1 {
-        log_vcpu(&spec.name, 0, vcpu.counters());
+}
+
+/// An INIT sends an application processor back to waiting for a start-up
+/// IPI: its back end goes (its exits kept for the report), its local APIC
+/// resets.
+fn init(entry: &Arc<sched::VcpuEntry>) {
+    if let Some(mut vcpu) = entry.backend.lock().take() {
+        entry.counters.lock().add(vcpu.counters());
     }
-    let mut counters = shared.wait_for_aps();
-    counters.add(vcpu.counters());
+    entry.vm.vm().chipset.reset_lapic(entry.index);
+    block(entry, sched::Waiting::Startup, None);
+}
+
+/// The vCPU stops being runnable until what it waits for comes. Looked for
+/// once more after the scheduler has it as blocked: a wake-up sent while it
+/// was still leaving its core found it placed and only kicked the core.
+fn block(entry: &Arc<sched::VcpuEntry>, waiting: sched::Waiting, timer: Option<u64>) {
+    *entry.waiting.lock() = waiting;
+    sched::block(entry.id, waiting, timer);
+    let chipset = &entry.vm.vm().chipset;
+    let i = entry.index;
+    let arrived = match waiting {
+        sched::Waiting::Startup => chipset.signal_pending(i),
+        sched::Waiting::Parked => chipset.signal_pending(i) || chipset.nmi_pending(i),
+        _ => chipset.has_interrupt(i) || chipset.nmi_pending(i) || chipset.signal_pending(i),
+    };
+    if arrived || entry.vm.is_stopping() {
+        sched::wake(entry.id);
+    }
+}
+
+/// The vCPU's VM stopped: it leaves the scheduler, and the last of the VM's
+/// vCPUs to leave ends the VM.
+fn retire(entry: &Arc<sched::VcpuEntry>) {
+    *entry.accounting.lock() = sched::remove(entry.id);
+    let finished = {
+        let mut running = RUNNING.lock();
+        let Some(at) = running.iter().position(|r| r.shared.id == entry.vm.id) else { return };
+        running[at].live -= 1;
+        (running[at].live == 0).then(|| running.swap_remove(at))
+    };
+    if let Some(running) = finished {
+        finish(running);
+    }
+}
+
+/// A VM's last vCPU left: its report, or a restart after a reset.
+fn finish(running: Running) {
+    let Running { shared, vcpus, mut job, .. } = running;
+    let mut counters = ExitCounters::new();
+    for entry in &vcpus {
+        let mut own = ExitCounters::new();
+        own.add(&entry.counters.lock());
+        if let Some(vcpu) = entry.backend.lock().as_mut() {
+            own.add(vcpu.counters());
+        }
+        if vcpus.len() > 1 {
+            log_vcpu(&job.report.name, entry.index, &own);
+        }
+        if let Some(figures) = *entry.accounting.lock() {
+            log_scheduling(&job.report.name, entry.index, &figures);
+        }
+        counters.add(&own);
+    }
+    let report = &mut job.report;
     report.exits = counters.total();
     report.summary = counters.summary();
     report.loop_profile = counters.profile.summary();
     let vm = shared.vm();
-    report.timer_interrupts = (0..vcpus).map(|index| vm.chipset.timer_interrupts(index)).sum();
+    report.timer_interrupts = (0..vcpus.len()).map(|index| vm.chipset.timer_interrupts(index)).sum();
     // Per vCPU: VMCS, MSR bitmap, XSAVE area and, with APIC virtualisation,
     // the virtual-APIC page; or VMCB and XSAVE area.
     let frames_per_vcpu = match vendor() {
@@ -307,122 +483,54 @@ fn build_and_run(guest: &GuestImages, report: &mut VmReport) -> Result<Stop, Sto
         _ => 3 + vm.memory.apic_access_page().is_some() as u64,
     };
     report.overhead_kib =
-        (vm.memory.overhead_bytes() + frames_per_vcpu * vcpus as u64 * crate::memory::FRAME_SIZE) / 1024;
+        (vm.memory.overhead_bytes() + frames_per_vcpu * vcpus.len() as u64 * crate::memory::FRAME_SIZE) / 1024;
     vm.chipset.flush_output();
     report.output_dropped = vm.output.dropped();
     report.input_dropped = vm.chipset.dropped_input();
     report.signals_dropped = vm.chipset.dropped_startup_signals();
     report.unclaimed = vm.chipset.unclaimed();
-    Ok(shared.stop_reason().unwrap_or(Stop::Halted))
-}
-
-/// Runs application processor `index` of a VM on this core: it waits for a
-/// start-up IPI, starts in real mode where the IPI says, goes back to waiting
-/// on INIT, and ends when the VM stops. Halting with interrupts off parks it
-/// (a guest parks CPUs that way before powering off), it does not stop the VM.
-fn run_application_processor(shared: &SharedVm, index: usize) {
-    if !shared.claim_ap(index) {
+    report.stop = shared.stop_reason().unwrap_or(Stop::Halted);
+    // The VM's memory and vCPUs go back to the host before anything starts again.
+    drop(vcpus);
+    drop(shared);
+    if report.stop == Stop::Reset && job.resets < MAX_RESETS {
+        log::info!("vm {}: reset; starting it again", report.name);
+        job.resets += 1;
+        JOBS.lock().push_front(job);
         return;
     }
-    shared.place(index, true);
-    let mut counters = ExitCounters::new();
-    while let Some(vector) = wait_for_startup(shared, index) {
-        let state = GuestState::after_startup_ipi(vector);
-        let started = new_vcpu(index as u32, &state, &shared.vm().memory);
-        let mut vcpu = match started {
-            Ok(vcpu) => vcpu,
-            Err(stop) => {
-                shared.stop(stop);
-                break;
-            }
-        };
-        // INIT left its TSC (and TSC_ADJUST) as they were; the fresh VMCS or
-        // VMCB (current on this core since its set-up) takes them over.
-        vcpu.set_tsc_offset(shared.vm().chipset.vcpu_msrs(index).tsc_offset);
-        let end = loop {
-            match run::run(&mut *vcpu, shared) {
-                RunEnd::Parked => match wait_while_parked(shared, index) {
-                    Some(Unpark::Nmi) => continue,
-                    Some(Unpark::Init) => break RunEnd::Init,
-                    None => break RunEnd::VmStopped,
-                },
-                end => break end,
-            }
-        };
-        counters.add(vcpu.counters());
-        match end {
-            RunEnd::Init | RunEnd::Parked => shared.vm().chipset.reset_lapic(index),
-            RunEnd::Stop(stop) => {
-                shared.stop(stop);
-                break;
-            }
-            RunEnd::VmStopped => break,
-        }
-    }
-    log_vcpu(&shared.vm().name, index, &counters);
-    shared.finish_ap(index, &counters);
+    report_finished(job);
+}
+
+fn report_finished(mut job: VmJob) {
+    let report = &mut job.report;
+    report.elapsed_us = crate::time::micros_since_boot() - report.elapsed_us;
+    log_report(report);
+    REPORTS.lock().push((job.order, job.report));
+    FINISHED.fetch_add(1, Ordering::AcqRel);
+}
+
+/// What the scheduler saw of one vCPU (times in microseconds).
+fn log_scheduling(vm: &str, index: usize, a: &basalt_sched::Accounting) {
+    let us = |ns: u64| ns / 1000;
+    let mean_wake = a.wake_latency_total_ns.checked_div(a.wakeups).unwrap_or(0);
+    log::info!(
+        "vm {vm} vcpu{index} scheduling: run {} us, waiting {} us, blocked {} us, throttled {} us, {} slices, {} migrations, {} wake-ups (latency mean {} us, max {} us)",
+        us(a.run_ns),
+        us(a.wait_ns),
+        us(a.blocked_ns),
+        us(a.throttled_ns),
+        a.slices,
+        a.migrations,
+        a.wakeups,
+        us(mean_wake),
+        us(a.wake_latency_max_ns)
+    );
 }
 
 /// One vCPU's share of an SMP VM's exits (the VM's report has the sum).
 fn log_vcpu(vm: &str, index: usize, counters: &ExitCounters) {
     log::info!("vm {vm} vcpu{index}: {} exits;{}", counters.total(), counters.summary());
-}
-
-enum Unpark {
-    Nmi,
-    Init,
-}
-
-/// A parked application processor waits for what can wake a CPU halted with
-/// interrupts off: an NMI (it runs on and takes it) or an INIT; None when the
-/// VM stops first.
-fn wait_while_parked(shared: &SharedVm, index: usize) -> Option<Unpark> {
-    wait_in_vmm(shared, index, |vm| {
-        while let Some(signal) = vm.chipset.take_signal(index) {
-            if signal == StartupSignal::Init {
-                return Some(Unpark::Init);
-            }
-        }
-        vm.chipset.nmi_pending(index).then_some(Unpark::Nmi)
-    })
-}
-
-/// Waits until vCPU `index` gets a start-up IPI; None when the VM stops first.
-/// An INIT resets its local APIC.
-fn wait_for_startup(shared: &SharedVm, index: usize) -> Option<u8> {
-    wait_in_vmm(shared, index, |vm| {
-        while let Some(signal) = vm.chipset.take_signal(index) {
-            match signal {
-                StartupSignal::Init => vm.chipset.reset_lapic(index),
-                StartupSignal::Startup { vector } => return Some(vector),
-            }
-        }
-        None
-    })
-}
-
-/// Waits in the VMM, halted between looks, until `look` finds what vCPU
-/// `index` is waiting for; None when the VM stops first. Kicks end the HLT.
-fn wait_in_vmm<T>(shared: &SharedVm, index: usize, mut look: impl FnMut(&Vm) -> Option<T>) -> Option<T> {
-    use x86_64::instructions::interrupts;
-    loop {
-        interrupts::disable();
-        shared.rearm_kick(index);
-        if shared.is_stopping() {
-            interrupts::enable();
-            return None;
-        }
-        let vm = shared.vm();
-        vm.chipset.take_wakeup(index);
-        let found = look(vm);
-        if found.is_some() {
-            interrupts::enable();
-            return found;
-        }
-        // A kick sent since `rearm_kick` is pending and ends the HLT at once.
-        interrupts::enable_and_hlt();
-        crate::log::pump();
-    }
 }
 
 /// A bundle entry as the VM is built from it: the entry itself, or what a
@@ -564,17 +672,6 @@ pub fn log_report(r: &VmReport) {
     }
 }
 
-enum Job {
-    /// A VM to build and run; its vCPU 0 runs on the core that takes the job.
-    Vm { order: usize, guest: Box<GuestImages> },
-    /// Another vCPU of a running VM, queued ahead of new VMs.
-    ApplicationProcessor { vm: Arc<SharedVm>, index: usize },
-}
-
-static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
-static REPORTS: Mutex<Vec<(usize, VmReport)>> = Mutex::new(Vec::new());
-static FINISHED: AtomicUsize = AtomicUsize::new(0);
-
 /// Host tick while VMs run: the host keeps control of every core. While a
 /// vCPU is on a core its back end's timer stands in for the tick (the
 /// VMX-preemption timer, or SVM's one-shot APIC timer), set for the VM's next
@@ -582,27 +679,53 @@ static FINISHED: AtomicUsize = AtomicUsize::new(0);
 /// cost no exits for the host's.
 pub(crate) const HOST_TICK_HZ: u64 = 100;
 
-/// Runs queued VMs on the calling CPU until the queue is empty. Every CPU with
-/// VMX on calls this when woken, so VMs spread over the cores.
+/// Runs VMs on the calling core until none is left to start or run: starts
+/// queued VMs, and runs what the scheduler picks for this core, halting
+/// when it picks nothing. Every CPU with VT-x or SVM on calls this when
+/// woken (a kick from the scheduler wakes an idle one).
 pub fn work() {
-    if JOBS.lock().is_empty() {
-        return;
-    }
+    let core = crate::percpu::current_index();
     crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     loop {
-        let Some(job) = JOBS.lock().pop_front() else {
+        let job = JOBS.lock().pop_front();
+        if let Some(job) = job {
+            start_vm(job);
+            continue;
+        }
+        if RUNNING.lock().is_empty() {
             crate::apic::timer_stop();
             return;
-        };
-        match job {
-            Job::Vm { order, guest } => {
-                let report = run_vm(&guest);
-                log_report(&report);
-                REPORTS.lock().push((order, report));
-                FINISHED.fetch_add(1, Ordering::AcqRel);
-            }
-            Job::ApplicationProcessor { vm, index } => run_application_processor(&vm, index),
         }
+        match sched::decide(core) {
+            (Some(entry), until) => run_picked(&entry, until, core),
+            (None, _) => idle(core),
+        }
+    }
+}
+
+/// Nothing to run on this core: it halts with interrupts on until a kick,
+/// the host tick, or the next timer event of a blocked vCPU.
+fn idle(core: u32) {
+    use x86_64::instructions::interrupts;
+    interrupts::disable();
+    if sched::reschedule_requested(core) || !JOBS.lock().is_empty() {
+        interrupts::enable();
+        return;
+    }
+    let now = crate::time::rdtsc();
+    let tick = crate::time::tsc_hz().max(1) / HOST_TICK_HZ;
+    let timer = sched::earliest_timer();
+    let soon = timer.saturating_sub(now) < tick;
+    if soon {
+        let tsc_ticks = timer.saturating_sub(now).max(1);
+        let apic_ticks =
+            (tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / crate::time::tsc_hz().max(1) as u128) as u64;
+        crate::apic::timer_one_shot(apic_ticks.max(1));
+    }
+    interrupts::enable_and_hlt();
+    crate::log::pump();
+    if soon {
+        crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     }
 }
 
@@ -611,10 +734,12 @@ pub fn work() {
 pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
     let total = vms.len();
     FINISHED.store(0, Ordering::Release);
-    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, guest)| Job::Vm { order, guest: Box::new(guest) }));
+    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, guest)| {
+        let report = new_report(&guest.spec);
+        VmJob { order, guest: Box::new(guest), resets: 0, report }
+    }));
     crate::smp::wake_all_aps();
-    // This core keeps taking work too: a VM started elsewhere may queue its
-    // application processors after the queue first ran dry.
+    // This core keeps taking work too.
     while FINISHED.load(Ordering::Acquire) < total {
         work();
         core::hint::spin_loop();

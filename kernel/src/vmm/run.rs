@@ -27,6 +27,34 @@ pub enum RunEnd {
     Init,
     /// An application processor halted with interrupts off (see vmexit's hlt.rs).
     Parked,
+    /// Its slice ended, or its core was asked to decide again.
+    Preempted,
+    /// It halted with nothing pending while another vCPU waits for the
+    /// core; its next timer event is at host TSC `timer`.
+    Blocked { timer: u64 },
+}
+
+/// The scheduler's terms for one run: the core, and when the slice ends
+/// (host TSC; None: not until something else asks).
+#[derive(Clone, Copy)]
+pub struct Slice {
+    pub core: u32,
+    pub until: Option<u64>,
+}
+
+impl Slice {
+    /// Whether the vCPU should leave the core now: its slice is over, its
+    /// core was asked to decide again, or a blocked vCPU's timer came.
+    fn over(&self, now: u64) -> bool {
+        self.until.is_some_and(|until| now >= until)
+            || super::sched::reschedule_requested(self.core)
+            || now >= super::sched::earliest_timer()
+    }
+
+    /// The deadline the back end's timer must also honour.
+    fn end(&self) -> u64 {
+        self.until.unwrap_or(u64::MAX).min(super::sched::earliest_timer())
+    }
 }
 
 /// `profile=loop` (read once at boot): the run loop times its phases.
@@ -47,11 +75,11 @@ pub fn profiling_loop() -> bool {
 ///
 /// The loop exists twice, with and without its profile: decided once here,
 /// so an unprofiled loop carries no timing code at all.
-pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
+pub fn run(vcpu: &mut dyn Backend, shared: &SharedVm, slice: Slice) -> RunEnd {
     if profiling_loop() {
-        run_loop::<true>(vcpu, shared)
+        run_loop::<true>(vcpu, shared, slice)
     } else {
-        run_loop::<false>(vcpu, shared)
+        run_loop::<false>(vcpu, shared, slice)
     }
 }
 
@@ -81,7 +109,7 @@ impl<const ON: bool> Stopwatch<ON> {
     }
 }
 
-fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> RunEnd {
+fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slice: Slice) -> RunEnd {
     let me = vcpu.index();
     x86_64::instructions::interrupts::disable();
     if let Err(stop) = vcpu.switch_in(shared.id) {
@@ -94,9 +122,10 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
     crate::apic::timer_stop();
     let host_tick = time::tsc_hz().max(1) / super::HOST_TICK_HZ;
     // The back end's timer: for `deadline`, but never longer than one host
-    // tick, so the host's own periodic work (console input) goes on.
+    // tick, so the host's own periodic work (console input) goes on, nor
+    // past the slice.
     let arm = |vcpu: &mut dyn Backend, now: u64, deadline: u64| {
-        vcpu.arm_timer(now, deadline.min(now.saturating_add(host_tick)));
+        vcpu.arm_timer(now, deadline.min(now.saturating_add(host_tick)).min(slice.end()));
     };
     let vm = shared.vm();
     let output = &vm.output;
@@ -114,6 +143,9 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             let now = time::rdtsc();
             if now >= shared.deadline {
                 break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
+            }
+            if slice.over(now) {
+                break RunEnd::Preempted;
             }
             shared.rearm_kick(me);
             watch.lap(Phase::Checks);
@@ -135,6 +167,11 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
             watch.lap(Phase::SyncIn);
             shared.wake_others(me);
             watch.lap(Phase::Wake);
+            // Halted with nothing to take: the core goes to another vCPU
+            // if one waits for it; otherwise the vCPU waits on it, halted.
+            if vcpu.halted() && nothing_pending(vcpu, vm, me) && super::sched::others_want(slice.core) {
+                break RunEnd::Blocked { timer: wake };
+            }
         }
         // Console lines waiting for the host's port go out as it takes
         // them, with no VM lock held and without waiting for it.
@@ -163,7 +200,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm) -> R
         // The outcome of an exit the fast path handled (and counted).
         let mut handled = None;
         if fast_candidate(&exit, vcpu) {
-            match fast_path(&exit, vcpu, shared, me, &mut host, (kind, exit_tsc)) {
+            match fast_path(&exit, vcpu, shared, me, &mut host, (kind, exit_tsc), &slice) {
                 Fast::Declined => {}
                 Fast::Handled(outcome) => handled = Some(outcome),
                 Fast::Resume { now, wake } => {
@@ -283,7 +320,7 @@ enum Fast {
 /// a CPUID of a leaf, or a hypercall, that needs nothing of the VM is
 /// handled first, before the view is looked at, and takes the long way
 /// without dispatch (where the absorb is) when the view is not current.
-/// The round is skipped when the exit's outcome is to resume (a device's
+/// The round is skipped (as `Slice::over` also asks) when the exit's outcome is to resume (a device's
 /// request goes the long way) and the view is still current (a port access
 /// that raised an interrupt made the model stale), the VM goes on, within its time limit; no
 /// timer of the platform is due (so `poll` would do nothing; a new TSC
@@ -299,6 +336,7 @@ fn fast_path(
     me: usize,
     host: &mut KernelHost,
     (kind, exit_tsc): (usize, u64),
+    slice: &Slice,
 ) -> Fast {
     const RAX: u8 = 0;
     const PRINT: u64 = 1;
@@ -351,7 +389,12 @@ fn fast_path(
             shared.wake_others(me);
         }
     }
-    if shared.is_stopping() || now >= shared.deadline || vm.chipset.has_wakeup(me) || vm.chipset.poll_due(me, now) {
+    if shared.is_stopping()
+        || now >= shared.deadline
+        || slice.over(now)
+        || vm.chipset.has_wakeup(me)
+        || vm.chipset.poll_due(me, now)
+    {
         return Fast::Handled(Outcome::Resume);
     }
     Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline)) }
@@ -370,6 +413,14 @@ fn report_marker(vm: &Vm, vcpu: &mut dyn Backend, value: u8) {
         c.total(),
         c.summary()
     );
+}
+
+/// Whether a halted vCPU has nothing to take: no event injected or queued,
+/// no interrupt or NMI in the platform for it.
+fn nothing_pending(vcpu: &mut dyn Backend, vm: &Vm, me: usize) -> bool {
+    let queued = vcpu.pending();
+    let (nmi, interrupt) = (queued.nmi, queued.has_interrupt());
+    !vcpu.injection_pending() && !nmi && !interrupt && !vm.chipset.has_interrupt(me) && !vm.chipset.nmi_pending(me)
 }
 
 /// Start-up signals for a running vCPU: an INIT sends an application

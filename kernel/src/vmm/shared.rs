@@ -3,31 +3,21 @@
 //! to stop, and how a vCPU on one core makes another vCPU's core exit so it
 //! sees an interrupt or a start-up IPI meant for it.
 //!
-//! Each vCPU runs on its own core (until the scheduler exists).
+//! Its vCPUs run on whichever cores the scheduler (`sched.rs`) gives them.
 
-use super::counters::ExitCounters;
 use super::vm::{Stop, Vm};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use spin::Mutex;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 const NOT_PLACED: u32 = u32::MAX;
-
-/// Where an application-processor vCPU's job is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-enum ApJob {
-    Queued = 0,
-    Running = 1,
-    Done = 2,
-}
 
 struct Slot {
     /// APIC id of the host core running this vCPU, or NOT_PLACED.
     host_apic_id: AtomicU32,
     /// A wake-up IPI went to this vCPU's core since it last looked for events.
     kicked: AtomicBool,
-    job: AtomicU8,
+    /// Its number in the scheduler, once registered (`NOT_PLACED` before).
+    sched_id: AtomicU32,
 }
 
 /// VM ids are never reused (a new VM may sit where an old one was freed).
@@ -43,8 +33,6 @@ pub struct SharedVm {
     pub deadline: u64,
     pub time_limit_ms: u64,
     slots: Vec<Slot>,
-    /// Exits of the application processors, added as each one finishes.
-    ap_counters: Mutex<ExitCounters>,
 }
 
 impl SharedVm {
@@ -61,10 +49,9 @@ impl SharedVm {
                 .map(|_| Slot {
                     host_apic_id: AtomicU32::new(NOT_PLACED),
                     kicked: AtomicBool::new(false),
-                    job: AtomicU8::new(ApJob::Queued as u8),
+                    sched_id: AtomicU32::new(NOT_PLACED),
                 })
                 .collect(),
-            ap_counters: Mutex::new(ExitCounters::new()),
         }
     }
 
@@ -116,44 +103,31 @@ impl SharedVm {
         }
     }
 
-    /// One IPI per vCPU until it rearms: it exits (external interrupts exit) or,
-    /// waiting for a start-up IPI in the VMM, wakes from HLT.
+    /// Records the vCPU's number in the scheduler.
+    pub fn set_sched_id(&self, index: usize, id: basalt_sched::VcpuId) {
+        self.slots[index].sched_id.store(id.0, Ordering::Release);
+    }
+
+    /// A vCPU on a core gets one IPI until it rearms: it exits (external
+    /// interrupts exit). One off its core is woken in the scheduler, every
+    /// time (it looks for what woke it when it runs, and blocks again if
+    /// nothing did). A vCPU leaving its core as this looks is covered by
+    /// its own look for events after it blocked (`sched::block`'s caller).
     fn kick(&self, index: usize) {
         let slot = &self.slots[index];
+        let apic_id = slot.host_apic_id.load(Ordering::Acquire);
+        if apic_id == NOT_PLACED {
+            let id = slot.sched_id.load(Ordering::Acquire);
+            if id != NOT_PLACED {
+                super::sched::wake(basalt_sched::VcpuId(id));
+            }
+            return;
+        }
         if slot.kicked.swap(true, Ordering::AcqRel) {
             return;
         }
-        let apic_id = slot.host_apic_id.load(Ordering::Acquire);
-        if apic_id != NOT_PLACED && apic_id != crate::apic::id() {
+        if apic_id != crate::apic::id() {
             crate::apic::send_fixed(apic_id, crate::trap::VECTOR_PING);
         }
-    }
-
-    /// An AP's job claims its vCPU; false when the VM stopped before it started.
-    pub fn claim_ap(&self, index: usize) -> bool {
-        self.slots[index]
-            .job
-            .compare_exchange(ApJob::Queued as u8, ApJob::Running as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// An AP's job is over; its exits join the VM's report.
-    pub fn finish_ap(&self, index: usize, counters: &ExitCounters) {
-        self.ap_counters.lock().add(counters);
-        self.place(index, false);
-        self.slots[index].job.store(ApJob::Done as u8, Ordering::Release);
-    }
-
-    /// After `stop`: waits until every AP job that started has finished, and
-    /// cancels those that did not start. Returns the APs' exits.
-    pub fn wait_for_aps(&self) -> ExitCounters {
-        for slot in &self.slots[1..] {
-            let _ =
-                slot.job.compare_exchange(ApJob::Queued as u8, ApJob::Done as u8, Ordering::AcqRel, Ordering::Acquire);
-            while slot.job.load(Ordering::Acquire) != ApJob::Done as u8 {
-                core::hint::spin_loop();
-            }
-        }
-        core::mem::replace(&mut *self.ap_counters.lock(), ExitCounters::new())
     }
 }

@@ -380,6 +380,10 @@ impl Backend for Vcpu {
         }
     }
 
+    fn halted(&self) -> bool {
+        self.halted
+    }
+
     /// The host's local APIC timer, one-shot, brings the core back by the
     /// deadline (the guest exits on the interrupt).
     /// Reprogrammed only when the timer already armed would fire after the

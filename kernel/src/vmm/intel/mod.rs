@@ -354,7 +354,7 @@ impl vmexit::Vcpu for Vcpu {
 
 impl Backend for Vcpu {
     fn switch_in(&mut self, vm_id: u64) -> Result<(), Stop> {
-        self.make_current()?;
+        self.arrive()?;
         self.host = Some(self.switched.switch_in(vm_id));
         Ok(())
     }
@@ -363,6 +363,15 @@ impl Backend for Vcpu {
         if let Some(host) = self.host.take() {
             self.switched.switch_out(host);
         }
+        self.leave();
+    }
+
+    fn release(&mut self) {
+        self.leave();
+    }
+
+    fn halted(&self) -> bool {
+        read(vmcs::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT
     }
 
     /// The VMX-preemption timer counts down at the TSC rate divided by 2^rate.

@@ -46,6 +46,12 @@ pub struct Vcpu {
     /// The guest was put in the HLT activity state since the last mirror.
     pub(super) halt_requested: bool,
     pub(super) launched: bool,
+    /// The core it last ran on: host state is per core (GS base, TR, GDTR,
+    /// IDTR), and translations cached under its VPID on a core it left may
+    /// be stale when it comes back (the guest flushed elsewhere).
+    pub(super) last_core: Option<u32>,
+    /// What `flush_cached_translations` needs: EPTP, VPID, secondary controls.
+    tags: (u64, u16, u32),
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
     /// `profile=loop`: the TSC when the guest last exited.
@@ -124,6 +130,8 @@ impl Vcpu {
             interrupt_status: 0,
             halt_requested: false,
             launched: false,
+            last_core: None,
+            tags: (0, 0, 0),
             regs: GuestRegisters::default(),
             counters: ExitCounters::new(),
             left_guest_at: 0,
@@ -150,6 +158,33 @@ impl Vcpu {
     pub(super) fn make_current(&self) -> Result<(), Stop> {
         // SAFETY: the VMCS region is ours with the revision id written.
         unsafe { vmxi::vmptrld(self.vmcs) }.map_err(|e| Stop::EntryFailed(alloc::format!("VMPTRLD: {e}")))
+    }
+
+    /// Makes the VMCS current on this core; on a core other than the last,
+    /// with this core's host state and no translation cached under its
+    /// tags from an earlier stay here.
+    pub(super) fn arrive(&mut self) -> Result<(), Stop> {
+        self.make_current()?;
+        let core = crate::percpu::current_index();
+        if self.last_core != Some(core) {
+            self.write_host_state();
+            if let Ok(vmx) = cpu::vmx() {
+                let (eptp, vpid, secondary) = self.tags;
+                flush_cached_translations(&vmx.caps, eptp, vpid, secondary);
+            }
+            self.last_core = Some(core);
+        }
+        Ok(())
+    }
+
+    /// VMCLEAR: the VMCS's state goes to memory and it is no longer active
+    /// on this core; the next entry, on any core, is a VMLAUNCH.
+    pub(super) fn leave(&mut self) {
+        // SAFETY: the region is ours and holds a VMCS (set up before).
+        if let Err(e) = unsafe { vmxi::vmclear(self.vmcs) } {
+            log::error!("VMCLEAR failed: {e}");
+        }
+        self.launched = false;
     }
 
     /// Writes the whole VMCS: controls, host state and the guest's initial state.
@@ -207,6 +242,8 @@ impl Vcpu {
         write(vmcs::MSR_BITMAP, self.msr_bitmap);
         write(vmcs::EPT_POINTER, eptp);
         flush_cached_translations(&vmx.caps, eptp, vpid, c.secondary);
+        self.tags = (eptp, vpid, c.secondary);
+        self.last_core = Some(crate::percpu::current_index());
         write(vmcs::VMCS_LINK_POINTER, u64::MAX);
 
         // CR0/CR4 bits VMX pins are owned by Basalt: the guest sees its own value

@@ -1,0 +1,255 @@
+//! The vCPU scheduler's mechanism: every core that runs guests loops here,
+//! asking the policy (`basalt_sched::Eevdf`, pure and host-tested) which vCPU
+//! to run and until when, switching vCPUs on and off the core, and feeding the
+//! policy what happened (a slice ended, a vCPU halted with nothing to do, an
+//! interrupt woke one, a VM stopped).
+//!
+//! - A vCPU runs in `run::run` until its slice ends (`Slice::until`, which the
+//!   back end's timer honours), its core is asked to decide again (a kick:
+//!   `RESCHEDULE` and a host IPI), it halts with nothing pending while another
+//!   vCPU waits for the core (`RunEnd::Blocked`), or its VM stops. A vCPU
+//!   alone on its core has no slice end at all and, halted, stays halted in
+//!   the guest (VT-x's HLT state, SVM's wait in the host), as before the
+//!   scheduler: its core has nothing else to do.
+//! - A blocked vCPU wakes when something arrives for it (the chipset's
+//!   wake-up, turned into `wake` by `SharedVm::kick`) or when its own next
+//!   timer event comes (`timers`; whichever core decides next wakes it, and
+//!   every core's slice or idle wait ends by the earliest of them).
+//! - Moving: a vCPU's control structure is made current on the core it runs
+//!   on each time it comes on (`Backend::switch_in`), and released when it
+//!   leaves (`switch_out`: VMCLEAR on VT-x), so any core may run it next.
+//! - The policy and this table sit behind one lock, taken only to decide
+//!   (never while a guest runs); per-exit work takes none of it.
+
+use super::backend::Backend;
+use super::counters::ExitCounters;
+use super::shared::SharedVm;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use basalt_sched::{CoreId, NotRunnable, Params, Policy, Refused, Tunables, VcpuId};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Mutex;
+
+/// Cores the scheduler can address (the kernel's CPU limit).
+pub const MAX_CORES: usize = 64;
+
+/// What a vCPU waits for while it is not runnable, so that it looks for the
+/// right thing when it runs again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// Nothing: it is runnable (or halted in the guest).
+    Nothing,
+    /// An interrupt or its timer, after a HLT with nothing pending.
+    Interrupt,
+    /// An NMI or INIT: halted with interrupts off (an application processor).
+    Parked,
+    /// A start-up IPI: an application processor before its first, or after INIT.
+    Startup,
+}
+
+/// A vCPU as the scheduler holds it between its runs.
+pub struct VcpuEntry {
+    pub vm: Arc<SharedVm>,
+    pub index: usize,
+    pub id: VcpuId,
+    /// None while an application processor waits for a start-up IPI: its
+    /// back end is built on the core that runs it once one comes.
+    pub backend: Mutex<Option<Box<dyn Backend>>>,
+    /// Exits of the back ends it had before (an application processor after INIT).
+    pub counters: Mutex<ExitCounters>,
+    pub waiting: Mutex<Waiting>,
+    /// The policy's figures, kept when the vCPU leaves it (its VM stopped).
+    pub accounting: Mutex<Option<basalt_sched::Accounting>>,
+}
+
+struct Table {
+    policy: basalt_sched::Eevdf,
+    vcpus: Vec<Option<Arc<VcpuEntry>>>,
+    /// Blocked vCPUs and the host TSC of their next timer event.
+    timers: Vec<(VcpuId, u64)>,
+}
+
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+/// Per core: decide again at the next chance (set before the kick's IPI).
+static RESCHEDULE: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; MAX_CORES];
+/// The earliest timer event of any blocked vCPU (`u64::MAX`: none), so a
+/// running vCPU's loop can end its slice for it without the lock.
+static EARLIEST_TIMER: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The slice from the boot command line (`slice-us=`), 0 for the policy's default.
+static SLICE_US: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_slice_us(micros: u64) {
+    SLICE_US.store(micros, Ordering::Relaxed);
+}
+
+/// Host TSC ticks to the policy's nanoseconds, and back.
+fn to_ns(tsc: u64) -> u64 {
+    (tsc as u128 * 1_000_000_000 / crate::time::tsc_hz().max(1) as u128).min(u64::MAX as u128) as u64
+}
+
+fn to_tsc(ns: u64) -> u64 {
+    (ns as u128 * crate::time::tsc_hz() as u128 / 1_000_000_000).min(u64::MAX as u128) as u64
+}
+
+fn now_ns() -> u64 {
+    to_ns(crate::time::rdtsc())
+}
+
+fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
+    let mut guard = TABLE.lock();
+    let table = guard.get_or_insert_with(|| {
+        let mut tunables = Tunables::default();
+        let slice = SLICE_US.load(Ordering::Relaxed);
+        if slice > 0 {
+            tunables.slice_ns = slice * 1000;
+            tunables.min_run_ns = tunables.min_run_ns.min(tunables.slice_ns / 2);
+        }
+        let cores = crate::percpu::online().count().clamp(1, MAX_CORES);
+        Table { policy: basalt_sched::Eevdf::new(cores, tunables), vcpus: Vec::new(), timers: Vec::new() }
+    });
+    f(table)
+}
+
+/// The cores that run guests, as the policy's affinity set.
+pub fn guest_cores() -> basalt_sched::CpuSet {
+    let mut set = basalt_sched::CpuSet::empty();
+    for cpu in crate::percpu::online().filter(|c| c.runs_guests.load(Ordering::Acquire)) {
+        set.insert(CoreId(cpu.index));
+    }
+    set
+}
+
+/// Registers vCPU `index` of `vm`, not runnable until `wake`; returns it.
+/// The lowest free number is reused, as the policy wants them dense.
+pub fn add(
+    vm: &Arc<SharedVm>,
+    index: usize,
+    backend: Option<Box<dyn Backend>>,
+    params: Params,
+) -> Result<Arc<VcpuEntry>, Refused> {
+    with_table(|t| {
+        let slot = t.vcpus.iter().position(Option::is_none).unwrap_or(t.vcpus.len());
+        let id = VcpuId(slot as u32);
+        t.policy.add(id, params, now_ns())?;
+        let waiting = if backend.is_some() { Waiting::Nothing } else { Waiting::Startup };
+        let entry = Arc::new(VcpuEntry {
+            vm: vm.clone(),
+            index,
+            id,
+            backend: Mutex::new(backend),
+            counters: Mutex::new(ExitCounters::new()),
+            waiting: Mutex::new(waiting),
+            accounting: Mutex::new(None),
+        });
+        if slot == t.vcpus.len() {
+            t.vcpus.push(Some(entry.clone()));
+        } else {
+            t.vcpus[slot] = Some(entry.clone());
+        }
+        Ok(entry)
+    })
+}
+
+/// Takes a vCPU out for good (its VM stopped); returns the policy's figures.
+pub fn remove(id: VcpuId) -> Option<basalt_sched::Accounting> {
+    with_table(|t| {
+        t.timers.retain(|&(v, _)| v != id);
+        publish_earliest(t);
+        let slot = t.vcpus.get_mut(id.0 as usize)?;
+        slot.take();
+        t.policy.remove(id, now_ns()).ok()
+    })
+}
+
+/// The vCPU may run: it is queued, and its core kicked if it should preempt.
+pub fn wake(id: VcpuId) {
+    let kick = with_table(|t| {
+        t.timers.retain(|&(v, _)| v != id);
+        publish_earliest(t);
+        t.policy.wake(id, now_ns())
+    });
+    if let Some(kick) = kick {
+        reschedule(kick.core);
+    }
+}
+
+/// The running vCPU `id` stops being runnable, waiting for `what`; with a
+/// timer event at host TSC `timer`, it wakes by then anyway.
+pub fn block(id: VcpuId, what: Waiting, timer: Option<u64>) {
+    let why = match what {
+        Waiting::Startup => NotRunnable::WaitingForSipi,
+        _ => NotRunnable::Blocked,
+    };
+    with_table(|t| {
+        t.policy.block(id, why, now_ns());
+        if let Some(at) = timer {
+            t.timers.push((id, at));
+            publish_earliest(t);
+        }
+    });
+}
+
+fn publish_earliest(t: &Table) {
+    let earliest = t.timers.iter().map(|&(_, at)| at).min().unwrap_or(u64::MAX);
+    EARLIEST_TIMER.store(earliest, Ordering::Release);
+}
+
+/// Asks `core` to decide again: at once if it is this one (its loop looks
+/// at the flag before the next entry), else by a host IPI.
+pub fn reschedule(core: CoreId) {
+    let Some(flag) = RESCHEDULE.get(core.0 as usize) else { return };
+    flag.store(true, Ordering::Release);
+    let me = crate::percpu::current_index();
+    if core.0 != me {
+        if let Some(cpu) = crate::percpu::online().find(|c| c.index == core.0) {
+            crate::apic::send_fixed(cpu.apic_id, crate::trap::VECTOR_PING);
+        }
+    }
+}
+
+/// Whether this core was asked to decide again (the run loop leaves).
+pub fn reschedule_requested(core: u32) -> bool {
+    RESCHEDULE.get(core as usize).is_some_and(|f| f.load(Ordering::Acquire))
+}
+
+/// The earliest timer event of a blocked vCPU, host TSC.
+pub fn earliest_timer() -> u64 {
+    EARLIEST_TIMER.load(Ordering::Acquire)
+}
+
+/// Whether a vCPU other than the one running on `core` waits for it, so a
+/// halted vCPU there should give the core up rather than wait on it.
+pub fn others_want(core: u32) -> bool {
+    with_table(|t| t.policy.runnable_on(CoreId(core)) > 1)
+}
+
+/// What `core` does next: wakes the vCPUs whose timers came, lets the
+/// policy balance and pick; kicks the core it says. Returns the vCPU to
+/// run and the host TSC its slice ends at.
+pub fn decide(core: u32) -> (Option<Arc<VcpuEntry>>, Option<u64>) {
+    RESCHEDULE[core as usize].store(false, Ordering::Release);
+    let now_tsc = crate::time::rdtsc();
+    let (entry, until, kicks) = with_table(|t| {
+        let now = to_ns(now_tsc);
+        let mut kicks: Vec<CoreId> = Vec::new();
+        let due: Vec<VcpuId> = t.timers.iter().filter(|&&(_, at)| at <= now_tsc).map(|&(id, _)| id).collect();
+        if !due.is_empty() {
+            t.timers.retain(|&(_, at)| at > now_tsc);
+            publish_earliest(t);
+            for id in due {
+                kicks.extend(t.policy.wake(id, now).map(|k| k.core));
+            }
+        }
+        let _ = t.policy.balance(CoreId(core), now);
+        let decision = t.policy.pick(CoreId(core), now);
+        kicks.extend(decision.kick.map(|k| k.core));
+        let entry = decision.run.and_then(|id| t.vcpus.get(id.0 as usize).cloned().flatten());
+        let until = decision.until.map(|ns| to_tsc(ns).max(now_tsc));
+        (entry, until, kicks)
+    });
+    for kick in kicks.into_iter().filter(|k| k.0 != core) {
+        reschedule(kick);
+    }
+    (entry, until)
+}
