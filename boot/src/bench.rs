@@ -43,6 +43,7 @@ fn vm(name: &str, guest: &str, format: &str, mode: Option<&str>) -> GuestVm {
         blank_disks_mib: Vec::new(),
         append: None,
         initrd: None,
+        ..Default::default()
     }
 }
 
@@ -164,6 +165,7 @@ fn linux_guest(console: &Console) -> guests::LinuxGuest {
         blank_disks_mib: Vec::new(),
         host_console: false,
         boot: guests::KernelFile::Vmlinux,
+        ..Default::default()
     }
 }
 

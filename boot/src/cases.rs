@@ -143,6 +143,51 @@ pub struct Case {
     /// Keys typed on the serial console, each once its cue has appeared.
     #[serde(default)]
     pub console_input: Vec<crate::emulator::ConsoleInput>,
+    /// How the scheduler must have shared the CPUs between VMs.
+    #[serde(default)]
+    pub share: Vec<Share>,
+}
+
+/// `[[case.share]]`: the run time each VM's vCPU 0 got, from its report's
+/// `vm NAME vcpu0 scheduling: run N us` line, as a percent of the listed
+/// VMs' total, must be within `tolerance` points of `percent`.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    pub vms: Vec<String>,
+    pub percent: Vec<u32>,
+    pub tolerance: u32,
+}
+
+/// The run time in the serial log's `vm NAME vcpu0 scheduling: run N us` line.
+fn scheduled_run_us(serial: &str, vm: &str) -> Option<u64> {
+    let prefix = format!("vm {vm} vcpu0 scheduling: run ");
+    let line = serial.lines().find_map(|line| line.split_once(&prefix).map(|(_, rest)| rest))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// What is wrong with the shares the scheduler gave the VMs of `share`.
+fn judge_share(share: &Share, serial: &str) -> Vec<String> {
+    let runs: Vec<Option<u64>> = share.vms.iter().map(|vm| scheduled_run_us(serial, vm)).collect();
+    let mut problems: Vec<String> = share
+        .vms
+        .iter()
+        .zip(&runs)
+        .filter(|(_, run)| run.is_none())
+        .map(|(vm, _)| format!("serial lacks VM '{vm}''s scheduling line"))
+        .collect();
+    let total: u64 = runs.iter().flatten().sum();
+    if !problems.is_empty() || total == 0 {
+        problems.extend((total == 0 && problems.is_empty()).then(|| "the VMs ran for no time at all".to_string()));
+        return problems;
+    }
+    for ((vm, run), &want) in share.vms.iter().zip(runs.iter().flatten()).zip(&share.percent) {
+        let got = *run as f64 * 100.0 / total as f64;
+        if (got - want as f64).abs() > share.tolerance as f64 {
+            problems.push(format!("VM '{vm}' got {got:.1}% of the run time, not {want}% ± {} points", share.tolerance));
+        }
+    }
+    problems
 }
 
 /// A case's lines for one of its machines (`[case.on.MACHINE]`), added to
@@ -327,6 +372,14 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
                 crate::guests::split_module_list(list).map_err(|e| at(&format!("VM '{}': initrd: {e}", vm.name)))?;
             }
         }
+        for share in &case.share {
+            if share.vms.len() < 2 || share.vms.len() != share.percent.len() {
+                return Err(at("each share needs two or more vms and one percent for each"));
+            }
+            if share.percent.iter().sum::<u32>() != 100 || share.tolerance > 100 {
+                return Err(at("a share's percents must add up to 100 and its tolerance be 0 to 100"));
+            }
+        }
         if case.console_input.iter().any(|step| step.after.is_empty() || step.send.is_empty()) {
             return Err(at("each console_input step needs a non-empty 'after' cue and 'send' keys"));
         }
@@ -376,6 +429,9 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     if let Some(cue) = &run.cue_never_seen {
         problems.push(format!("console input never typed: '{cue}' did not appear"));
     }
+    for share in &case.share {
+        problems.extend(judge_share(share, &run.serial));
+    }
     problems
 }
 
@@ -383,6 +439,20 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn shares_are_judged_from_the_scheduling_lines() {
+        let serial = "[ 1 cpu0] INFO  vm light vcpu0 scheduling: run 260000 us, waiting 1 us\r\n\
+                      [ 1 cpu0] INFO  vm heavy vcpu0 scheduling: run 740000 us, waiting 1 us\r\n";
+        let share = Share { vms: vec!["light".into(), "heavy".into()], percent: vec![25, 75], tolerance: 10 };
+        assert!(judge_share(&share, serial).is_empty(), "{:?}", judge_share(&share, serial));
+        let tight = Share { tolerance: 0, ..share.clone() };
+        let problems = judge_share(&tight, serial);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("'light' got 26.0%"), "{problems:?}");
+        let missing = Share { vms: vec!["light".into(), "gone".into()], ..share };
+        assert_eq!(judge_share(&missing, serial), vec!["serial lacks VM 'gone''s scheduling line".to_string()]);
+    }
 
     fn case(expect: Expect) -> Case {
         parse(&format!(

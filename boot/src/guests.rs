@@ -57,7 +57,7 @@ pub fn flatten_elf(elf: &[u8]) -> Result<(Vec<u8>, u64), String> {
 }
 
 /// A VM as a test case or the run command describes it.
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestVm {
     pub name: String,
@@ -88,6 +88,19 @@ pub struct GuestVm {
     /// file names relative to the repository root.
     #[serde(default)]
     pub initrd: Option<String>,
+    /// The scheduler's share of a contended CPU, relative to other vCPUs'
+    /// (1 to 65535; 256 when not given).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// At most this percent (1 to 100) of one host CPU per vCPU.
+    #[serde(default)]
+    pub cap: Option<u32>,
+    /// The host CPUs its vCPUs may run on.
+    #[serde(default)]
+    pub cpus: Option<Vec<u32>>,
+    /// Each vCPU owns a host CPU alone (the VM fails to start if none is free).
+    #[serde(default)]
+    pub dedicated: bool,
 }
 
 fn default_memory() -> u32 {
@@ -106,7 +119,7 @@ fn default_time_limit() -> u64 {
 /// the vmlinux unpacked from Debian's bzImage, booted through its PVH entry,
 /// unless `boot = "bzimage"` asks for the bzImage itself (which keeps that
 /// boot path tested: the case `linux-2cpu` does).
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinuxGuest {
     pub name: String,
@@ -132,6 +145,56 @@ pub struct LinuxGuest {
     /// Which of Debian's kernel files it boots.
     #[serde(default)]
     pub boot: KernelFile,
+    /// The scheduler's share of a contended CPU, relative to other vCPUs'
+    /// (1 to 65535; 256 when not given).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// At most this percent (1 to 100) of one host CPU per vCPU.
+    #[serde(default)]
+    pub cap: Option<u32>,
+    /// The host CPUs its vCPUs may run on.
+    #[serde(default)]
+    pub cpus: Option<Vec<u32>>,
+    /// Each vCPU owns a host CPU alone (the VM fails to start if none is free).
+    #[serde(default)]
+    pub dedicated: bool,
+}
+
+/// A VM's scheduling fields, checked; errors name the field.
+pub fn scheduling(
+    weight: Option<u32>,
+    cap: Option<u32>,
+    cpus: Option<&[u32]>,
+    dedicated: bool,
+) -> Result<loader::manifest::Scheduling, String> {
+    use loader::manifest::{Scheduling, MAX_HOST_CPUS, MAX_WEIGHT};
+    let mut out = Scheduling { dedicated, ..Scheduling::default() };
+    if let Some(weight) = weight {
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(format!("weight: {weight} is outside 1 to {MAX_WEIGHT}"));
+        }
+        out.weight = weight;
+    }
+    if let Some(cap) = cap {
+        if !(1..=100).contains(&cap) {
+            return Err(format!("cap: {cap} is outside 1 to 100 (percent of one CPU)"));
+        }
+        out.cap = Some(cap as u8);
+    }
+    if let Some(cpus) = cpus {
+        if cpus.is_empty() {
+            return Err("cpus: the list is empty (leave it out for any CPU)".into());
+        }
+        let mut set = 0u64;
+        for &cpu in cpus {
+            if cpu >= MAX_HOST_CPUS {
+                return Err(format!("cpus: {cpu} is not a host CPU (0 to {})", MAX_HOST_CPUS - 1));
+            }
+            set |= 1 << cpu;
+        }
+        out.affinity = Some(set);
+    }
+    Ok(out)
 }
 
 /// The form of Debian's kernel a Linux guest boots.
@@ -205,6 +268,8 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
         time_limit_ms: guest.time_limit_ms,
         host_console: guest.host_console,
         disks: guest.blank_disks_mib.iter().map(|&mib| vec![0u8; (mib as usize) << 20]).collect(),
+        scheduling: scheduling(guest.weight, guest.cap, guest.cpus.as_deref(), guest.dedicated)
+            .map_err(|e| format!("Linux VM '{}': {e}", guest.name))?,
     })
 }
 
@@ -233,6 +298,7 @@ pub struct LinuxVm {
     pub host_console: bool,
     /// Disk images, each a virtio-blk disk.
     pub disks: Vec<Vec<u8>>,
+    pub scheduling: loader::manifest::Scheduling,
 }
 
 /// `bytes` packed for the boot bundle (`loader::packed`: a header and one
@@ -325,6 +391,8 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 time_limit_ms: vm.time_limit_ms,
                 corrupt_state: vm.corrupt_guest_state,
                 host_console: false,
+                scheduling: scheduling(vm.weight, vm.cap, vm.cpus.as_deref(), vm.dedicated)
+                    .map_err(|e| format!("VM '{}': {e}", vm.name))?,
                 initrd: vm.initrd.as_ref().map(|_| format!("{}.modules", vm.name)),
                 kernel_cmdline: vm.append.as_ref().map(|_| format!("{}.cmdline", vm.name)),
                 disks: (0..vm.blank_disks_mib.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
@@ -399,6 +467,7 @@ fn kernel_vm_spec(vm: &LinuxVm) -> Result<VmSpec, String> {
         time_limit_ms: vm.time_limit_ms,
         corrupt_state: false,
         host_console: vm.host_console,
+        scheduling: vm.scheduling,
         initrd: match vm.format {
             Format::Linux => vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
             _ => (!vm.modules.is_empty()).then(|| format!("{}.modules", vm.name)),
@@ -549,6 +618,7 @@ mod tests {
             time_limit_ms: 1000,
             host_console: true,
             disks: Vec::new(),
+            scheduling: Default::default(),
         }
     }
 

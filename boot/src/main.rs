@@ -163,6 +163,7 @@ fn kernel_vm(path: &str, boot: KernelBoot) -> anyhow::Result<guests::LinuxVm> {
         time_limit_ms: 24 * 3600 * 1000,
         host_console: true,
         disks: boot.disks.iter().map(|p| read(p).context("--disk")).collect::<Result<_, _>>()?,
+        scheduling: Default::default(),
     })
 }
 
@@ -259,6 +260,7 @@ fn default_linux_vm() -> anyhow::Result<guests::LinuxVm> {
         blank_disks_mib: vec![8],
         host_console: true,
         boot: guests::KernelFile::Vmlinux,
+        ..Default::default()
     };
     guests::linux_vm(&guest).map_err(anyhow::Error::msg)
 }
@@ -277,6 +279,7 @@ fn default_bundle(cmdline: &str) -> anyhow::Result<Vec<u8>> {
         blank_disks_mib: Vec::new(),
         append: None,
         initrd: None,
+        ..Default::default()
     };
     guests::bundle(cmdline, &[demo]).map_err(anyhow::Error::msg).context("writing the demo's boot bundle")
 }

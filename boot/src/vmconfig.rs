@@ -9,6 +9,10 @@
 //! initrd = "initrd.cpio"     # optional; Multiboot: modules, "FILE ARGS,FILE2"
 //! cmdline = "quiet"          # optional; Linux: console= is added for `console`
 //! console = "serial"         # Linux: "serial" (ttyS0) or "virtio" (hvc0)
+//! weight = 512               # optional: share of a contended CPU (default 256)
+//! cap = 50                   # optional: at most 50% of one CPU per vCPU
+//! cpus = [0, 1]              # optional: the host CPUs its vCPUs may run on
+//! dedicated = false          # optional: each vCPU owns a host CPU alone
 //! [[disk]]
 //! path = "disk.img"
 //! ```
@@ -37,6 +41,11 @@ struct VmFile {
     console: Option<String>,
     #[serde(default)]
     disk: Vec<Disk>,
+    weight: Option<u32>,
+    cap: Option<u32>,
+    cpus: Option<Vec<u32>>,
+    #[serde(default)]
+    dedicated: bool,
 }
 
 #[derive(Deserialize, Debug)]
@@ -73,6 +82,7 @@ pub struct VmConfig {
     /// name on its command line.
     pub cmdline: String,
     pub disks: Vec<PathBuf>,
+    pub scheduling: loader::manifest::Scheduling,
 }
 
 /// Parses and checks `text` (from `file`); errors name the file and field.
@@ -94,6 +104,8 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         Some("virtio") => "console=hvc0",
         Some(other) => return Err(at("console", format!("must be \"serial\" or \"virtio\", not \"{other}\""))),
     };
+    let scheduling = crate::guests::scheduling(vm.weight, vm.cap, vm.cpus.as_deref(), vm.dedicated)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     if vm.disk.len() > loader::manifest::MAX_DISKS {
         return Err(at("disk", format!("at most {} disks", loader::manifest::MAX_DISKS)));
     }
@@ -165,6 +177,7 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         modules,
         cmdline,
         disks,
+        scheduling,
     })
 }
 
@@ -194,6 +207,7 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
         time_limit_ms: 24 * 3600 * 1000,
         host_console: true,
         disks: config.disks.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
+        scheduling: config.scheduling,
     })
 }
 

@@ -57,6 +57,63 @@ pub struct VmSpec {
     /// goes there unprefixed and unbuffered, and what is typed there reaches
     /// its COM1. At most one VM has it.
     pub host_console: bool,
+    /// How the host's scheduler treats each of its vCPUs.
+    pub scheduling: Scheduling,
+}
+
+/// A VM's scheduling parameters, the same for each of its vCPUs (see
+/// `basalt-sched`'s `Params`; checked here with the same limits, so a bad
+/// value is refused by name before the VM is built).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scheduling {
+    /// `weight=N`: share of a contended core, relative to other vCPUs' (1 to `MAX_WEIGHT`).
+    pub weight: u32,
+    /// `cap=P`: at most P percent (1 to 100) of one core per vCPU.
+    pub cap: Option<u8>,
+    /// `affinity=0,2-3`: the host CPUs its vCPUs may run on, one bit each;
+    /// None: any.
+    pub affinity: Option<u64>,
+    /// `dedicated=1`: each vCPU owns a host CPU alone and never time-shares.
+    pub dedicated: bool,
+}
+
+pub const DEFAULT_WEIGHT: u32 = 256;
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Host CPUs an affinity can name (the kernel's limit).
+pub const MAX_HOST_CPUS: u32 = 64;
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Scheduling { weight: DEFAULT_WEIGHT, cap: None, affinity: None, dedicated: false }
+    }
+}
+
+/// `0,2-3` → bits 0, 2 and 3; None for anything else (empty, a CPU past
+/// `MAX_HOST_CPUS`, a backwards range).
+pub fn parse_affinity(text: &str) -> Option<u64> {
+    let mut set = 0u64;
+    for part in text.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let cpu = part.parse::<u32>().ok()?;
+                (cpu, cpu)
+            }
+        };
+        if first > last || last >= MAX_HOST_CPUS {
+            return None;
+        }
+        for cpu in first..=last {
+            set |= 1 << cpu;
+        }
+    }
+    (set != 0).then_some(set)
+}
+
+/// The affinity's text form, as `parse_affinity` reads it.
+pub fn render_affinity(set: u64) -> String {
+    let cpus: Vec<String> = (0..MAX_HOST_CPUS).filter(|c| set >> c & 1 != 0).map(|c| c.to_string()).collect();
+    cpus.join(",")
 }
 
 /// A VM's RAM, in MiB, whichever way it is described (this VM list or xtask's
@@ -107,6 +164,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             time_limit_ms: 10_000,
             corrupt_state: false,
             host_console: false,
+            scheduling: Scheduling::default(),
             initrd: None,
             kernel_cmdline: None,
             disks: Vec::new(),
@@ -169,6 +227,24 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                 "initrd" => vm.initrd = Some(value.to_string()),
                 "kernel-cmdline" => vm.kernel_cmdline = Some(value.to_string()),
                 "disk" => vm.disks.push(value.to_string()),
+                "weight" => match num(&vm)? {
+                    w @ 1..=0xffff => vm.scheduling.weight = w as u32,
+                    _ => return Err(error(&vm, alloc::format!("weight must be 1 to {MAX_WEIGHT}"))),
+                },
+                "cap" => match num(&vm)? {
+                    p @ 1..=100 => vm.scheduling.cap = Some(p as u8),
+                    _ => return Err(error(&vm, "cap must be 1 to 100 (percent of one CPU)".into())),
+                },
+                "affinity" => match parse_affinity(value) {
+                    Some(set) => vm.scheduling.affinity = Some(set),
+                    None => {
+                        return Err(error(
+                            &vm,
+                            alloc::format!("affinity must list host CPUs 0 to {} as 0,2-3", MAX_HOST_CPUS - 1),
+                        ))
+                    }
+                },
+                "dedicated" => vm.scheduling.dedicated = num(&vm)? != 0,
                 _ => return Err(error(&vm, alloc::format!("unknown key '{key}'"))),
             }
         }
@@ -238,11 +314,57 @@ pub fn render(vm: &VmSpec) -> String {
         + &vm.initrd.as_ref().map(|i| alloc::format!(" initrd={i}")).unwrap_or_default()
         + &vm.kernel_cmdline.as_ref().map(|c| alloc::format!(" kernel-cmdline={c}")).unwrap_or_default()
         + &vm.disks.iter().map(|d| alloc::format!(" disk={d}")).collect::<String>()
+        + &render_scheduling(&vm.scheduling)
+}
+
+fn render_scheduling(s: &Scheduling) -> String {
+    let mut out = String::new();
+    if s.weight != DEFAULT_WEIGHT {
+        out += &alloc::format!(" weight={}", s.weight);
+    }
+    if let Some(cap) = s.cap {
+        out += &alloc::format!(" cap={cap}");
+    }
+    if let Some(set) = s.affinity {
+        out += &alloc::format!(" affinity={}", render_affinity(set));
+    }
+    if s.dedicated {
+        out += " dedicated=1";
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduling_parses_renders_and_refuses_by_name() {
+        let vms = parse_manifest(
+            "name=a image=a format=elf weight=768 cap=20 affinity=0,2-3 dedicated=1\nname=b image=b format=elf\n",
+        )
+        .unwrap();
+        let s = vms[0].scheduling;
+        assert_eq!((s.weight, s.cap, s.affinity, s.dedicated), (768, Some(20), Some(0b1101), true));
+        assert_eq!(vms[1].scheduling, Scheduling::default());
+        assert_eq!(parse_manifest(&render(&vms[0])).unwrap()[0], vms[0]);
+        assert!(!render(&vms[1]).contains("weight"), "defaults are not written");
+        for (line, field) in [
+            ("weight=0", "weight"),
+            ("weight=65536", "weight"),
+            ("cap=0", "cap"),
+            ("cap=101", "cap"),
+            ("affinity=64", "affinity"),
+            ("affinity=3-1", "affinity"),
+            ("affinity=", "affinity"),
+            ("affinity=a", "affinity"),
+        ] {
+            let e = parse_manifest(&alloc::format!("name=x image=x format=elf {line}")).unwrap_err();
+            assert!(e.message.starts_with(field), "{line}: {}", e.message);
+        }
+        assert_eq!(parse_affinity("5"), Some(1 << 5));
+        assert_eq!(render_affinity(0b1101), "0,2,3");
+    }
 
     #[test]
     fn lines_parse_with_defaults_and_round_trip() {

@@ -293,12 +293,15 @@ fn start_vm(mut job: VmJob) {
         Ok(built) => built,
         Err(stop) => return finish_unstarted(job, stop),
     };
+    let params = match scheduling_params(&job.guest.spec) {
+        Ok(params) => params,
+        Err(why) => return finish_unstarted(job, Stop::Unsupported(why)),
+    };
     let count = job.guest.spec.cpus.max(1) as usize;
     let mut vcpus = Vec::with_capacity(count);
     let mut first = Some(vcpu0);
     for index in 0..count {
-        let params = basalt_sched::Params { cpus: sched::guest_cores(), ..basalt_sched::Params::new(sched::MAX_CORES) };
-        match sched::add(&shared, index, first.take(), params) {
+        match sched::add(&shared, index, first.take(), params.clone()) {
             Ok(entry) => {
                 shared.set_sched_id(index, entry.id);
                 vcpus.push(entry);
@@ -315,6 +318,27 @@ fn start_vm(mut job: VmJob) {
     let first = vcpus[0].id;
     RUNNING.lock().push(Running { shared, live: vcpus.len(), vcpus, job });
     sched::wake(first);
+}
+
+/// The policy's parameters for each of a VM's vCPUs, from its VM list
+/// entry (already checked there); its affinity narrowed to the host CPUs
+/// that run guests, which must leave one.
+fn scheduling_params(spec: &VmSpec) -> Result<basalt_sched::Params, String> {
+    let s = spec.scheduling;
+    let guest_cores = sched::guest_cores();
+    let cpus = match s.affinity {
+        None => guest_cores,
+        Some(set) => basalt_sched::CpuSet::from_cores(
+            guest_cores.iter().filter(|core| set >> core.0 & 1 != 0).collect::<Vec<_>>(),
+        ),
+    };
+    if cpus.is_empty() {
+        return Err(alloc::format!(
+            "affinity {} names no host CPU that runs guests",
+            loader::manifest::render_affinity(s.affinity.unwrap_or(0))
+        ));
+    }
+    Ok(basalt_sched::Params { weight: s.weight, cap: s.cap, cpus, dedicated: s.dedicated })
 }
 
 /// A VM that never ran ends with `stop`.
