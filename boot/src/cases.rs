@@ -146,6 +146,51 @@ pub struct Case {
     /// How the scheduler must have shared the CPUs between VMs.
     #[serde(default)]
     pub share: Vec<Share>,
+    /// What the scheduler's figures for one vCPU must show.
+    #[serde(default)]
+    pub vcpu: Vec<VcpuFigures>,
+}
+
+/// `[[case.vcpu]]`: bounds on a vCPU's figures in its VM's report
+/// (`vm NAME vcpuN scheduling: ...`).
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuFigures {
+    pub vm: String,
+    #[serde(default)]
+    pub index: u32,
+    /// Exactly this many moves between CPUs.
+    pub migrations: Option<u64>,
+    /// At most this long runnable but waiting for a CPU (steal).
+    pub max_waiting_us: Option<u64>,
+}
+
+/// The figure before `unit` (", 3 migrations" → 3) in a scheduling line.
+fn figure(line: &str, unit: &str) -> Option<u64> {
+    let before = &line[..line.find(unit)?];
+    before.trim_end().rsplit([' ', ',']).next()?.parse().ok()
+}
+
+fn judge_vcpu(want: &VcpuFigures, serial: &str) -> Vec<String> {
+    let prefix = format!("vm {} vcpu{} scheduling: ", want.vm, want.index);
+    let Some(line) = serial.lines().find_map(|line| line.split_once(&prefix).map(|(_, rest)| rest)) else {
+        return vec![format!("serial lacks '{prefix}'")];
+    };
+    let mut problems = Vec::new();
+    let who = format!("VM '{}' vCPU {}", want.vm, want.index);
+    if let Some(wanted) = want.migrations {
+        match figure(line, " migrations") {
+            Some(got) if got == wanted => {}
+            got => problems.push(format!("{who}: {got:?} migrations, not {wanted}")),
+        }
+    }
+    if let Some(most) = want.max_waiting_us {
+        match figure(line, " us, blocked") {
+            Some(got) if got <= most => {}
+            got => problems.push(format!("{who}: waited {got:?} us for a CPU, more than {most}")),
+        }
+    }
+    problems
 }
 
 /// `[[case.share]]`: the run time each VM's vCPU 0 got, from its report's
@@ -432,6 +477,9 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     for share in &case.share {
         problems.extend(judge_share(share, &run.serial));
     }
+    for vcpu in &case.vcpu {
+        problems.extend(judge_vcpu(vcpu, &run.serial));
+    }
     problems
 }
 
@@ -452,6 +500,18 @@ mod tests {
         assert!(problems[0].contains("'light' got 26.0%"), "{problems:?}");
         let missing = Share { vms: vec!["light".into(), "gone".into()], ..share };
         assert_eq!(judge_share(&missing, serial), vec!["serial lacks VM 'gone''s scheduling line".to_string()]);
+    }
+
+    #[test]
+    fn a_vcpus_figures_are_read_and_bounded() {
+        let serial = "INFO  vm solo vcpu0 scheduling: run 900 us, waiting 12 us, blocked 3 us, throttled 0 us, \
+                      4 slices, 2 migrations, 1 wake-ups (latency mean 5 us, max 5 us)\r\n";
+        let ok = VcpuFigures { vm: "solo".into(), index: 0, migrations: Some(2), max_waiting_us: Some(12) };
+        assert!(judge_vcpu(&ok, serial).is_empty(), "{:?}", judge_vcpu(&ok, serial));
+        let strict = VcpuFigures { migrations: Some(0), max_waiting_us: Some(11), ..ok.clone() };
+        assert_eq!(judge_vcpu(&strict, serial).len(), 2);
+        let other = VcpuFigures { index: 1, ..ok };
+        assert_eq!(judge_vcpu(&other, serial), vec!["serial lacks 'vm solo vcpu1 scheduling: '".to_string()]);
     }
 
     fn case(expect: Expect) -> Case {

@@ -234,6 +234,11 @@ impl Eevdf {
         self.cores.get(core.0 as usize).map_or(0, |c| c.runnable)
     }
 
+    /// Whether a dedicated vCPU owns the core.
+    pub fn is_dedicated(&self, core: CoreId) -> bool {
+        self.cores.get(core.0 as usize).is_some_and(|c| c.dedicated_to.is_some())
+    }
+
     /// The vCPU a core is running, as of its last decision.
     pub fn current(&self, core: CoreId) -> Option<VcpuId> {
         self.cores.get(core.0 as usize)?.current.map(|i| VcpuId(i as u32))

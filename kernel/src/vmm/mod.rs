@@ -310,7 +310,7 @@ fn start_vm(mut job: VmJob) {
                 for entry in &vcpus {
                     sched::remove(entry.id);
                 }
-                let why = alloc::format!("the scheduler refused vCPU {index}: {refused:?}");
+                let why = alloc::format!("vCPU {index} cannot be scheduled: {}", refusal(&refused));
                 return finish_unstarted(job, Stop::Unsupported(why));
             }
         }
@@ -339,6 +339,24 @@ fn scheduling_params(spec: &VmSpec) -> Result<basalt_sched::Params, String> {
         ));
     }
     Ok(basalt_sched::Params { weight: s.weight, cap: s.cap, cpus, dedicated: s.dedicated })
+}
+
+/// Why the policy would not take a vCPU, for the VM's stop reason.
+fn refusal(refused: &basalt_sched::Refused) -> String {
+    use basalt_sched::Refused;
+    match refused {
+        Refused::CoreTaken { core, dedicated_to: Some(_), .. } => {
+            alloc::format!("dedicated, but every CPU it may run on is taken (cpu{} is another vCPU's)", core.0)
+        }
+        Refused::CoreTaken { core, runnable, .. } => {
+            alloc::format!("dedicated, but every CPU it may run on is in use (cpu{} has {runnable} vCPU(s))", core.0)
+        }
+        Refused::NoUsableCore => "every CPU it may run on is dedicated to another VM's vCPU".into(),
+        Refused::WouldStrand { core, vcpu } => {
+            alloc::format!("dedicating cpu{} would leave vCPU #{} with no CPU to run on", core.0, vcpu.0)
+        }
+        other => alloc::format!("{other:?}"),
+    }
 }
 
 /// A VM that never ran ends with `stop`.
@@ -711,7 +729,7 @@ pub fn work() {
     let core = crate::percpu::current_index();
     crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     loop {
-        let job = JOBS.lock().pop_front();
+        let job = if sched::leaves_vm_starts(core) { None } else { JOBS.lock().pop_front() };
         if let Some(job) = job {
             start_vm(job);
             continue;

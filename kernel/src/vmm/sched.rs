@@ -218,6 +218,15 @@ pub fn earliest_timer() -> u64 {
     EARLIEST_TIMER.load(Ordering::Acquire)
 }
 
+/// Whether `core` should leave starting VMs to other cores: a dedicated vCPU
+/// owns it (building a VM there would be that vCPU's steal), and some core
+/// that runs guests is not dedicated.
+pub fn leaves_vm_starts(core: u32) -> bool {
+    with_table(|t| {
+        t.policy.is_dedicated(CoreId(core)) && guest_cores().iter().any(|other| !t.policy.is_dedicated(other))
+    })
+}
+
 /// Whether a vCPU other than the one running on `core` waits for it, so a
 /// halted vCPU there should give the core up rather than wait on it.
 pub fn others_want(core: u32) -> bool {
