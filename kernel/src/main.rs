@@ -153,8 +153,20 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         }
         let online = percpu::online().filter(|c| c.runs_guests.load(core::sync::atomic::Ordering::Acquire)).count();
         info!("vmm: running {} VM(s) on {} CPU(s)", vms.len(), online);
+        let free_before = memory::free_frame_count();
         let reports = vmm::run_all(vms);
-        info!("vmm: all {} VM(s) stopped", reports.len());
+        // Every VM's frames (RAM, nested page tables, control structures,
+        // disks) go back when it ends: a host that starts and stops VMs
+        // for ever must not lose memory to them.
+        let free_after = memory::free_frame_count();
+        let kept = match free_before.checked_sub(free_after) {
+            Some(0) | None => "all given back".into(),
+            Some(lost) => alloc::format!("{lost} not given back"),
+        };
+        info!(
+            "vmm: all {} VM(s) stopped; host frames free: {free_before} before, {free_after} after ({kept})",
+            reports.len()
+        );
     }
     if options.exit.is_some_and(|m| m != platform_exit::ExitMethod::Halt) {
         if options.selftest {

@@ -81,7 +81,7 @@ pub fn report_capabilities() {
 pub fn enable_on_this_cpu() -> Result<(), String> {
     match vendor() {
         Some(Vendor::Intel) => intel::cpu::enable_on_this_cpu().map_err(String::from),
-        Some(Vendor::Amd) => amd::cpu::enable_on_this_cpu(),
+        Some(Vendor::Amd) => amd::cpu::enable_on_this_cpu().and_then(|()| amd::vcpu::make_permission_maps()),
         None => Err("this CPU has neither usable VT-x nor usable SVM with nested paging".into()),
     }
 }

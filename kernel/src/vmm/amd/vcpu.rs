@@ -21,10 +21,17 @@ use vmx::guest_state::GuestState;
 static SWITCHED_MSRS: [u32; 2] = [IA32_TSC_AUX, IA32_SPEC_CTRL];
 
 /// The permission maps every vCPU uses: every port intercepted; every MSR
-/// but the pass-through ones. Made once, never written again, never freed.
+/// but the pass-through ones. Made once, when SVM is turned on for the
+/// first core (`make_permission_maps`), so no VM's start takes host memory
+/// it does not give back; never written again, never freed.
 struct PermissionMaps {
     io: u64,
     msr: u64,
+}
+
+/// Makes the permission maps if they are not made yet.
+pub fn make_permission_maps() -> Result<(), alloc::string::String> {
+    permission_maps().map(|_| ()).map_err(|stop| alloc::format!("{stop}"))
 }
 
 fn permission_maps() -> Result<&'static PermissionMaps, Stop> {
