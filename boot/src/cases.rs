@@ -161,6 +161,8 @@ pub struct VcpuFigures {
     pub index: u32,
     /// Exactly this many moves between CPUs.
     pub migrations: Option<u64>,
+    /// At least this many moves between CPUs.
+    pub min_migrations: Option<u64>,
     /// At most this long runnable but waiting for a CPU (steal).
     pub max_waiting_us: Option<u64>,
 }
@@ -182,6 +184,12 @@ fn judge_vcpu(want: &VcpuFigures, serial: &str) -> Vec<String> {
         match figure(line, " migrations") {
             Some(got) if got == wanted => {}
             got => problems.push(format!("{who}: {got:?} migrations, not {wanted}")),
+        }
+    }
+    if let Some(least) = want.min_migrations {
+        match figure(line, " migrations") {
+            Some(got) if got >= least => {}
+            got => problems.push(format!("{who}: {got:?} migrations, fewer than {least}")),
         }
     }
     if let Some(most) = want.max_waiting_us {
@@ -506,10 +514,12 @@ mod tests {
     fn a_vcpus_figures_are_read_and_bounded() {
         let serial = "INFO  vm solo vcpu0 scheduling: run 900 us, waiting 12 us, blocked 3 us, throttled 0 us, \
                       4 slices, 2 migrations, 1 wake-ups (latency mean 5 us, max 5 us)\r\n";
-        let ok = VcpuFigures { vm: "solo".into(), index: 0, migrations: Some(2), max_waiting_us: Some(12) };
+        let ok = VcpuFigures { vm: "solo".into(), migrations: Some(2), max_waiting_us: Some(12), ..Default::default() };
         assert!(judge_vcpu(&ok, serial).is_empty(), "{:?}", judge_vcpu(&ok, serial));
         let strict = VcpuFigures { migrations: Some(0), max_waiting_us: Some(11), ..ok.clone() };
         assert_eq!(judge_vcpu(&strict, serial).len(), 2);
+        let moved = VcpuFigures { min_migrations: Some(3), ..ok.clone() };
+        assert_eq!(judge_vcpu(&moved, serial), vec!["VM 'solo' vCPU 0: Some(2) migrations, fewer than 3".to_string()]);
         let other = VcpuFigures { index: 1, ..ok };
         assert_eq!(judge_vcpu(&other, serial), vec!["serial lacks 'vm solo vcpu1 scheduling: '".to_string()]);
     }

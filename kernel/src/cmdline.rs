@@ -22,6 +22,10 @@ pub struct Options {
     /// default (500) when not given. Emulators whose guest time runs far
     /// faster per instruction than hardware's want a longer one.
     pub slice_us: Option<u64>,
+    /// Test-configuration only (`migrate=every-slice`): every vCPU moves to
+    /// another CPU at the end of every slice, and a vCPU alone on its CPU
+    /// gets slices too, so the cases prove a vCPU survives any move.
+    pub migrate_every_slice: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,7 @@ pub fn parse(text: &str) -> Options {
             ("apicv", "on") => options.apic_virtualization = ApicVirtualization::Full,
             ("profile", "loop") => options.profile_loop = true,
             ("profile", "off") => options.profile_loop = false,
+            ("migrate", "every-slice") => options.migrate_every_slice = true,
             ("slice-us", n) => match n.parse::<u64>() {
                 Ok(micros @ 100..=1_000_000) => options.slice_us = Some(micros),
                 _ => log::warn!("ignoring '{word}': the slice is 100 to 1000000 microseconds"),

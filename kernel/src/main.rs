@@ -139,6 +139,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if options.inject.is_some() {
         warn!("fault injection is only built into the test configuration; ignoring it");
     }
+    #[cfg(feature = "test-hooks")]
+    if options.migrate_every_slice {
+        warn!("moving every vCPU to another CPU at every slice, as the boot options ask");
+        vmm::migrate_every_slice();
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    if options.migrate_every_slice {
+        warn!("migrate=every-slice is only built into the test configuration; ignoring it");
+    }
 
     if options.selftest && !selftest::run(&memory_map, &smp) {
         platform_exit::exit(Status::Failure);

@@ -15,6 +15,8 @@ mod host;
 pub mod intel;
 pub mod run;
 mod sched;
+#[cfg(feature = "test-hooks")]
+pub use sched::migrate_every_slice;
 pub use sched::set_slice_us;
 mod shared;
 mod switch;
@@ -433,7 +435,7 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
     shared.place(index, false);
     drop(backend);
     match end {
-        RunEnd::Preempted => {}
+        RunEnd::Preempted => sched::after_slice(entry, core),
         RunEnd::Blocked { timer } => block(entry, sched::Waiting::Interrupt, Some(timer)),
         // vCPU 0 neither takes INIT nor parks (exits/hlt.rs).
         RunEnd::Parked if index == 0 => {

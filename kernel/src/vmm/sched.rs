@@ -61,6 +61,8 @@ pub struct VcpuEntry {
     pub waiting: Mutex<Waiting>,
     /// The policy's figures, kept when the vCPU leaves it (its VM stopped).
     pub accounting: Mutex<Option<basalt_sched::Accounting>>,
+    /// Its parameters as its VM's configuration gives them.
+    params: Params,
 }
 
 struct Table {
@@ -78,6 +80,31 @@ static RESCHEDULE: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; 
 static EARLIEST_TIMER: AtomicU64 = AtomicU64::new(u64::MAX);
 /// The slice from the boot command line (`slice-us=`), 0 for the policy's default.
 static SLICE_US: AtomicU64 = AtomicU64::new(0);
+/// `migrate=every-slice` (test configuration): see `after_slice`.
+static MIGRATE_EVERY_SLICE: AtomicBool = AtomicBool::new(false);
+
+#[cfg(feature = "test-hooks")]
+pub fn migrate_every_slice() {
+    MIGRATE_EVERY_SLICE.store(true, Ordering::Relaxed);
+}
+
+/// A vCPU's slice on `core` ended. With `migrate=every-slice` it must move:
+/// its CPUs are narrowed to the next one it may use after `core` (round
+/// robin), which the policy carries out at `core`'s next decision.
+pub fn after_slice(entry: &VcpuEntry, core: u32) {
+    if !MIGRATE_EVERY_SLICE.load(Ordering::Relaxed) || entry.params.dedicated {
+        return;
+    }
+    let allowed: Vec<CoreId> = entry.params.cpus.iter().collect();
+    let Some(&next) = allowed.iter().find(|c| c.0 > core).or(allowed.first()).filter(|c| c.0 != core) else {
+        return;
+    };
+    let params = Params { cpus: basalt_sched::CpuSet::only(next), ..entry.params.clone() };
+    let kick = with_table(|t| t.policy.set_params(entry.id, params, now_ns()).ok().flatten());
+    if let Some(kick) = kick.filter(|k| k.core.0 != core) {
+        reschedule(kick.core);
+    }
+}
 
 pub fn set_slice_us(micros: u64) {
     SLICE_US.store(micros, Ordering::Relaxed);
@@ -131,7 +158,7 @@ pub fn add(
     with_table(|t| {
         let slot = t.vcpus.iter().position(Option::is_none).unwrap_or(t.vcpus.len());
         let id = VcpuId(slot as u32);
-        t.policy.add(id, params, now_ns())?;
+        t.policy.add(id, params.clone(), now_ns())?;
         let waiting = if backend.is_some() { Waiting::Nothing } else { Waiting::Startup };
         let entry = Arc::new(VcpuEntry {
             vm: vm.clone(),
@@ -141,6 +168,7 @@ pub fn add(
             counters: Mutex::new(ExitCounters::new()),
             waiting: Mutex::new(waiting),
             accounting: Mutex::new(None),
+            params,
         });
         if slot == t.vcpus.len() {
             t.vcpus.push(Some(entry.clone()));
@@ -254,7 +282,11 @@ pub fn decide(core: u32) -> (Option<Arc<VcpuEntry>>, Option<u64>) {
         let decision = t.policy.pick(CoreId(core), now);
         kicks.extend(decision.kick.map(|k| k.core));
         let entry = decision.run.and_then(|id| t.vcpus.get(id.0 as usize).cloned().flatten());
-        let until = decision.until.map(|ns| to_tsc(ns).max(now_tsc));
+        let mut until = decision.until.map(|ns| to_tsc(ns).max(now_tsc));
+        if MIGRATE_EVERY_SLICE.load(Ordering::Relaxed) && until.is_none() && entry.is_some() {
+            // Alone on its CPU it would get no slice end, and never move.
+            until = Some(now_tsc + to_tsc(t.policy.tunables().slice_ns));
+        }
         (entry, until, kicks)
     });
     for kick in kicks.into_iter().filter(|k| k.0 != core) {
