@@ -149,6 +149,46 @@ pub struct Case {
     /// What the scheduler's figures for one vCPU must show.
     #[serde(default)]
     pub vcpu: Vec<VcpuFigures>,
+    /// Bounds on numbers the serial output prints.
+    #[serde(default)]
+    pub figure: Vec<Figure>,
+}
+
+/// `[[case.figure]]`: the number right after `after` (a decimal, as in
+/// "93.1%"), on every line that has `after`, must be within `min` and `max`;
+/// at least one line must have it.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Figure {
+    pub after: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+fn judge_figure(want: &Figure, serial: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for line in serial.lines() {
+        let Some((_, rest)) = line.split_once(want.after.as_str()) else { continue };
+        seen += 1;
+        let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        match number.parse::<f64>() {
+            Ok(got) if want.min.is_some_and(|min| got < min) || want.max.is_some_and(|max| got > max) => {
+                problems.push(format!(
+                    "'{}' is followed by {got}, outside {} to {}",
+                    want.after,
+                    want.min.map_or("-".into(), |m| m.to_string()),
+                    want.max.map_or("-".into(), |m| m.to_string())
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => problems.push(format!("'{}' is followed by no number: '{rest}'", want.after)),
+        }
+    }
+    if seen == 0 {
+        problems.push(format!("serial lacks '{}'", want.after));
+    }
+    problems
 }
 
 /// `[[case.vcpu]]`: bounds on a vCPU's figures in its VM's report
@@ -488,6 +528,9 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     for vcpu in &case.vcpu {
         problems.extend(judge_vcpu(vcpu, &run.serial));
     }
+    for figure in &case.figure {
+        problems.extend(judge_figure(figure, &run.serial));
+    }
     problems
 }
 
@@ -508,6 +551,19 @@ mod tests {
         assert!(problems[0].contains("'light' got 26.0%"), "{problems:?}");
         let missing = Share { vms: vec!["light".into(), "gone".into()], ..share };
         assert_eq!(judge_share(&missing, serial), vec!["serial lacks VM 'gone''s scheduling line".to_string()]);
+    }
+
+    #[test]
+    fn figures_after_a_text_are_bounded() {
+        let serial = "halted: cpu0 93.1%, x\r\nticker: worst lateness 1500 us\r\nhalted: cpu0 80.0%\r\n";
+        let halted = Figure { after: "halted: cpu0 ".into(), min: Some(90.0), max: None };
+        assert_eq!(judge_figure(&halted, serial).len(), 1, "the second line is under 90");
+        let late = Figure { after: "worst lateness ".into(), min: None, max: Some(2000.0) };
+        assert!(judge_figure(&late, serial).is_empty());
+        let tight = Figure { max: Some(1000.0), ..late };
+        assert_eq!(judge_figure(&tight, serial), vec!["'worst lateness ' is followed by 1500, outside - to 1000"]);
+        let absent = Figure { after: "nothing ".into(), min: Some(1.0), max: None };
+        assert_eq!(judge_figure(&absent, serial), vec!["serial lacks 'nothing '"]);
     }
 
     #[test]

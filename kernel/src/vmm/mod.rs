@@ -430,6 +430,7 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
         drop(backend);
         return block(entry, sched::Waiting::Startup, None);
     };
+    shared.start_clock();
     shared.place(index, true);
     let end = run::run(&mut **vcpu, shared, run::Slice { core, until });
     shared.place(index, false);
@@ -766,11 +767,27 @@ fn idle(core: u32) {
             (tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / crate::time::tsc_hz().max(1) as u128) as u64;
         crate::apic::timer_one_shot(apic_ticks.max(1));
     }
+    let halted_at = crate::time::rdtsc();
     interrupts::enable_and_hlt();
+    sched::add_halted(core, crate::time::rdtsc() - halted_at);
     crate::log::pump();
     if soon {
         crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     }
+}
+
+/// How much of the VMs' run each core spent halted (idle, or in a guest's
+/// HLT): an idle host should cost next to nothing.
+fn log_halted(run: u64) {
+    let mut line = String::new();
+    for core in sched::guest_cores().iter() {
+        let permille = (sched::halted(core.0) as u128 * 1000 / run.max(1) as u128).min(1000) as u64;
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&alloc::format!("cpu{} {}.{}%", core.0, permille / 10, permille % 10));
+    }
+    log::info!("vmm: cores halted while VMs ran: {line} of {} ms", crate::time::tsc_to_micros(run) / 1000);
 }
 
 /// Runs every VM, using all CPUs that have VMX on; returns the reports in the
@@ -782,12 +799,15 @@ pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
         let report = new_report(&guest.spec);
         VmJob { order, guest: Box::new(guest), resets: 0, report }
     }));
+    sched::reset_halted();
+    let started = crate::time::rdtsc();
     crate::smp::wake_all_aps();
     // This core keeps taking work too.
     while FINISHED.load(Ordering::Acquire) < total {
         work();
         core::hint::spin_loop();
     }
+    log_halted(crate::time::rdtsc() - started);
     let mut reports = core::mem::take(&mut *REPORTS.lock());
     reports.sort_by_key(|(order, _)| *order);
     reports.into_iter().map(|(_, r)| r).collect()

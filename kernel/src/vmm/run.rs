@@ -135,13 +135,16 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
     let mut trip: Option<(usize, u64)> = None;
     // The last exit went the fast way and did what the next entry needs.
     let mut fast = false;
+    // The guest waits in HLT at this entry: the time until its exit is the
+    // core's halted time (the bench and the idle case read it).
+    let mut halted = false;
     let end = loop {
         if !core::mem::take(&mut fast) {
             if shared.is_stopping() {
                 break RunEnd::VmStopped;
             }
             let now = time::rdtsc();
-            if now >= shared.deadline {
+            if now >= shared.deadline() {
                 break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
             }
             if slice.over(now) {
@@ -158,7 +161,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
             // brings the VMM back by the next one (or the time limit).
             vm.chipset.poll(me, now, &mut RamHandle(&vm.memory));
             watch.lap(Phase::Poll);
-            let wake = vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline));
+            let wake = vm.chipset.next_deadline(me).map_or(shared.deadline(), |d| d.min(shared.deadline()));
             arm(vcpu, now, wake);
             watch.lap(Phase::Arm);
             vmexit::events::deliver_pending(vcpu, &vm.chipset);
@@ -169,7 +172,8 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
             watch.lap(Phase::Wake);
             // Halted with nothing to take: the core goes to another vCPU
             // if one waits for it; otherwise the vCPU waits on it, halted.
-            if vcpu.halted() && nothing_pending(vcpu, vm, me) && super::sched::others_want(slice.core) {
+            halted = vcpu.halted() && nothing_pending(vcpu, vm, me);
+            if halted && super::sched::others_want(slice.core) {
                 break RunEnd::Blocked { timer: wake };
             }
         }
@@ -184,11 +188,15 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
                 watch.profile.trip_cycles[kind] += watch.last.wrapping_sub(left);
             }
         }
+        let entered = if halted { time::rdtsc() } else { 0 };
         let exit = match vcpu.enter() {
             Ok(exit) => exit,
             Err(stop) => break RunEnd::Stop(stop),
         };
         let exit_tsc = time::rdtsc();
+        if halted {
+            super::sched::add_halted(slice.core, exit_tsc - entered);
+        }
         let kind = exit.kind();
         if PROFILE {
             // The guest's time is nobody's phase; the exit's translation is.
@@ -209,6 +217,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
                     arm(vcpu, now, wake);
                     watch.lap(Phase::Fast);
                     fast = true;
+                    halted = false;
                     // A print may have filled the port's backlog: paced as below.
                     if output.must_wait() {
                         pace(output, shared);
@@ -286,7 +295,7 @@ fn fast_candidate(exit: &vmexit::Exit, vcpu: &dyn Backend) -> bool {
 /// Waits, with no lock held, while the VM's console output is over the
 /// host port's backlog (or the VM stops or runs out of time).
 fn pace(output: &GuestOutput, shared: &SharedVm) {
-    while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline {
+    while output.over_backlog() && !shared.is_stopping() && time::rdtsc() < shared.deadline() {
         crate::log::pump();
         core::hint::spin_loop();
     }
@@ -390,14 +399,14 @@ fn fast_path(
         }
     }
     if shared.is_stopping()
-        || now >= shared.deadline
+        || now >= shared.deadline()
         || slice.over(now)
         || vm.chipset.has_wakeup(me)
         || vm.chipset.poll_due(me, now)
     {
         return Fast::Handled(Outcome::Resume);
     }
-    Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline, |d| d.min(shared.deadline)) }
+    Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline(), |d| d.min(shared.deadline())) }
 }
 
 /// The bench reads this line: guest time since the VM was built and this

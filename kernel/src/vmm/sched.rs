@@ -78,6 +78,28 @@ static RESCHEDULE: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; 
 /// The earliest timer event of any blocked vCPU (`u64::MAX`: none), so a
 /// running vCPU's loop can end its slice for it without the lock.
 static EARLIEST_TIMER: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Per core: host TSC ticks spent halted while VMs run, idle or in a
+/// guest's HLT (`add_halted`), for the end-of-run line.
+static HALTED: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
+
+/// `core` spent `ticks` halted: idle, or running a vCPU that waited in HLT.
+pub fn add_halted(core: u32, ticks: u64) {
+    if let Some(total) = HALTED.get(core as usize) {
+        total.fetch_add(ticks, Ordering::Relaxed);
+    }
+}
+
+/// Each core's halted ticks so far, from 0 at `reset_halted`.
+pub fn halted(core: u32) -> u64 {
+    HALTED.get(core as usize).map_or(0, |t| t.load(Ordering::Relaxed))
+}
+
+pub fn reset_halted() {
+    for total in &HALTED {
+        total.store(0, Ordering::Relaxed);
+    }
+}
+
 /// The slice from the boot command line (`slice-us=`), 0 for the policy's default.
 static SLICE_US: AtomicU64 = AtomicU64::new(0);
 /// `migrate=every-slice` (test configuration): see `after_slice`.
@@ -129,8 +151,14 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
         let mut tunables = Tunables::default();
         let slice = SLICE_US.load(Ordering::Relaxed);
         if slice > 0 {
+            // The other times scale with the slice: a longer slice is asked
+            // for where the VMM's own work takes longer in guest time (an
+            // emulator), and a shorter request than that work would cut
+            // every wake-up's handler short.
+            let default = Tunables::default();
             tunables.slice_ns = slice * 1000;
-            tunables.min_run_ns = tunables.min_run_ns.min(tunables.slice_ns / 2);
+            tunables.min_run_ns = tunables.slice_ns * default.min_run_ns / default.slice_ns;
+            tunables.min_request_ns = tunables.slice_ns * default.min_request_ns / default.slice_ns;
         }
         let cores = crate::percpu::online().count().clamp(1, MAX_CORES);
         Table { policy: basalt_sched::Eevdf::new(cores, tunables), vcpus: Vec::new(), timers: Vec::new() }

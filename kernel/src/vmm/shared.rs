@@ -29,21 +29,22 @@ pub struct SharedVm {
     vm: Vm,
     stop: spin::Once<Stop>,
     stopping: AtomicBool,
-    /// Host TSC at which the VM's time limit runs out, the same for every vCPU.
-    pub deadline: u64,
+    /// Host TSC at which the VM's time limit runs out, the same for every
+    /// vCPU; `u64::MAX` until its first vCPU first runs (`start_clock`), so
+    /// a VM that waits for a CPU behind others is not charged for the wait.
+    deadline: AtomicU64,
     pub time_limit_ms: u64,
     slots: Vec<Slot>,
 }
 
 impl SharedVm {
     pub fn new(vm: Vm, vcpus: usize, time_limit_ms: u64) -> SharedVm {
-        let tsc_per_ms = (crate::time::tsc_hz() / 1000).max(1);
         SharedVm {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             vm,
             stop: spin::Once::new(),
             stopping: AtomicBool::new(false),
-            deadline: crate::time::rdtsc().saturating_add(time_limit_ms.saturating_mul(tsc_per_ms)),
+            deadline: AtomicU64::new(u64::MAX),
             time_limit_ms,
             slots: (0..vcpus.max(1))
                 .map(|_| Slot {
@@ -52,6 +53,20 @@ impl SharedVm {
                     sched_id: AtomicU32::new(NOT_PLACED),
                 })
                 .collect(),
+        }
+    }
+
+    /// Host TSC at which the VM's time limit runs out.
+    pub fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    /// Its time limit starts: the first time one of its vCPUs runs.
+    pub fn start_clock(&self) {
+        if self.deadline() == u64::MAX {
+            let tsc_per_ms = (crate::time::tsc_hz() / 1000).max(1);
+            let end = crate::time::rdtsc().saturating_add(self.time_limit_ms.saturating_mul(tsc_per_ms));
+            let _ = self.deadline.compare_exchange(u64::MAX, end, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 

@@ -154,3 +154,112 @@ pub fn rdtsc() -> u64 {
 pub fn tsc_per_ms() -> u64 {
     vmcall(3, 0, 0).max(1)
 }
+
+/// A guest that sleeps in HLT between local APIC timer interrupts (TSC-deadline
+/// mode, vector 0x30) on a fixed grid of deadlines, and measures how late
+/// each wake-up came: what a timer-driven workload sees of the host's
+/// scheduling.
+pub mod timer {
+    use crate::{rdtsc, tsc_per_ms};
+    use core::arch::asm;
+
+    core::arch::global_asm!(
+        r#"
+    .global basalt_timer_interrupt
+basalt_timer_interrupt:
+    push rax
+    lock inc qword ptr [rip + BASALT_TIMER_TICKS]
+    mov eax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+"#
+    );
+
+    #[no_mangle]
+    static mut BASALT_TIMER_TICKS: u64 = 0;
+
+    extern "C" {
+        fn basalt_timer_interrupt();
+    }
+
+    const VECTOR: usize = 0x30;
+    const LAPIC: u64 = 0xfee0_0000;
+    const SVR: u64 = 0xf0;
+    const LVT_TIMER: u64 = 0x320;
+    const TSC_DEADLINE_MODE: u32 = 2 << 17;
+    const IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+    static mut IDT: [u64; 512] = [0; 512];
+
+    fn ticks() -> u64 {
+        // SAFETY: written only by the interrupt handler, read whole.
+        unsafe { core::ptr::addr_of!(BASALT_TIMER_TICKS).read_volatile() }
+    }
+
+    fn lapic_write(register: u64, value: u32) {
+        // SAFETY: the local APIC page is identity-mapped (Basalt's set-up
+        // tables map the first 4 GiB).
+        unsafe { ((LAPIC + register) as *mut u32).write_volatile(value) }
+    }
+
+    fn install() {
+        let address = basalt_timer_interrupt as *const () as u64;
+        // A 64-bit interrupt gate in the VMM's code segment (0x10).
+        let low = (address & 0xffff) | (0x10 << 16) | (0x8e00u64 << 32) | ((address >> 16) & 0xffff) << 48;
+        #[repr(C, packed)]
+        struct Pointer {
+            limit: u16,
+            base: u64,
+        }
+        // SAFETY: the guest runs one vCPU and nothing else touches its IDT;
+        // LIDT loads the table just built.
+        unsafe {
+            let idt = &mut *core::ptr::addr_of_mut!(IDT);
+            idt[VECTOR * 2] = low;
+            idt[VECTOR * 2 + 1] = address >> 32;
+            let pointer = Pointer { limit: 256 * 16 - 1, base: core::ptr::addr_of!(IDT) as u64 };
+            asm!("lidt [{}]", in(reg) &pointer);
+        }
+        lapic_write(SVR, 0x1ff);
+        lapic_write(LVT_TIMER, TSC_DEADLINE_MODE | VECTOR as u32);
+    }
+
+    /// How late the wake-ups came, in microseconds.
+    pub struct Lateness {
+        pub worst_us: u64,
+        pub mean_us: u64,
+    }
+
+    /// Sleeps `count` periods of `period_us`, each to its deadline on a fixed
+    /// grid (a deadline already passed moves the grid on).
+    pub fn sleep(period_us: u64, count: u32) -> Lateness {
+        install();
+        let per_ms = tsc_per_ms();
+        let period = (per_ms * period_us / 1000).max(1);
+        let (mut worst, mut total) = (0u64, 0u64);
+        let mut deadline = rdtsc() + period;
+        for _ in 0..count {
+            let before = ticks();
+            let (low, high) = (deadline as u32, (deadline >> 32) as u32);
+            // SAFETY: arms the timer; STI then HLT waits for its interrupt
+            // (STI's one-instruction shadow means none slips in between).
+            unsafe {
+                asm!("wrmsr", in("ecx") IA32_TSC_DEADLINE, in("eax") low, in("edx") high);
+                while ticks() == before {
+                    asm!("sti", "hlt", "cli");
+                }
+            }
+            let late = rdtsc().saturating_sub(deadline);
+            worst = worst.max(late);
+            total += late;
+            deadline += period;
+            let now = rdtsc();
+            if deadline <= now {
+                deadline = now + period;
+            }
+        }
+        let us = |ticks: u64| ticks * 1000 / per_ms;
+        Lateness { worst_us: us(worst), mean_us: us(total / count.max(1) as u64) }
+    }
+}
