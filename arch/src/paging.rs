@@ -111,20 +111,24 @@ pub enum WalkError {
 impl Paging {
     /// IA-32e mode: 4-level or 5-level paging. (LMA without PG cannot
     /// happen on a CPU; it is taken as paging off.)
+    #[inline]
     fn long_mode(&self) -> bool {
         self.efer & EFER_LMA != 0 && self.cr0 & CR0_PG != 0
     }
 
     /// PAE, 4-level or 5-level: 8-byte entries, and XD exists.
+    #[inline]
     fn wide_entries(&self) -> bool {
         self.cr4 & CR4_PAE != 0 || self.long_mode()
     }
 
+    #[inline]
     fn nx(&self) -> bool {
         self.wide_entries() && self.efer & EFER_NXE != 0
     }
 
     /// The physical-address bits an entry may hold (51:12 at most).
+    #[inline]
     fn address_mask(&self) -> u64 {
         let bits = self.max_phys_bits.clamp(32, 52);
         ((1u64 << bits) - 1) & !(PAGE - 1)
@@ -132,16 +136,19 @@ impl Paging {
 
     /// Bits of an 8-byte entry that must be 0 whatever its level: address bits
     /// beyond MAXPHYADDR (up to bit 51), and XD when EFER.NXE is clear.
+    #[inline]
     fn reserved_always(&self) -> u64 {
         let xd = if self.efer & EFER_NXE == 0 { NO_EXECUTE } else { 0 };
         self.beyond_max_phys() | xd
     }
 
+    #[inline]
     fn beyond_max_phys(&self) -> u64 {
         0x000f_ffff_ffff_f000 & !self.address_mask()
     }
 
     /// Linear addresses are 32 bits wide outside IA-32e mode.
+    #[inline]
     fn effective(&self, linear: u64) -> u64 {
         if self.long_mode() {
             linear
@@ -150,6 +157,7 @@ impl Paging {
         }
     }
 
+    #[inline]
     fn canonical(&self, linear: u64) -> bool {
         if !self.long_mode() {
             return true;
@@ -171,6 +179,7 @@ struct Rights {
 impl Rights {
     const ALL: Rights = Rights { user: true, writable: true, no_execute: false };
 
+    #[inline]
     fn narrow(&mut self, entry: u64) {
         self.user &= entry & USER != 0;
         self.writable &= entry & WRITABLE != 0;

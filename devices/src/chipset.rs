@@ -222,6 +222,10 @@ pub struct Chipset {
     pub ports: Mutex<PortBus>,
     /// virtio-mmio devices, slot i at `layout::virtio_slot(i)`.
     virtio: Vec<Mutex<VirtioSlot>>,
+    /// A virtio device broke and `take_broken` has not reported it yet: the
+    /// one thing it looks at first, so the MMIO exits that find nothing to
+    /// report (all but a handful) lock no slot.
+    unreported_breakage: AtomicBool,
     /// Further MMIO devices.
     pub mmio: Mutex<MmioBus>,
     poll_cache: PollCache,
@@ -259,6 +263,7 @@ impl Chipset {
             refused_msrs: Mutex::new(RefusedMsrs { seen: [0; REFUSED_MSRS_LOGGED], count: 0 }),
             ports: Mutex::new(PortBus::new()),
             virtio: Vec::new(),
+            unreported_breakage: AtomicBool::new(false),
             mmio: Mutex::new(MmioBus::new()),
             poll_cache: PollCache::new(),
         }
@@ -277,6 +282,11 @@ impl Chipset {
     /// virtio devices that broke since the last call: (slot, device, why).
     pub fn take_broken(&self) -> Vec<(usize, &'static str, alloc::string::String)> {
         let mut out = Vec::new();
+        // Cleared before the slots are looked at: a device breaking on
+        // another vCPU meanwhile sets it again, for the next call.
+        if !self.unreported_breakage.swap(false, Ordering::AcqRel) {
+            return out;
+        }
         for (slot, virtio) in self.virtio.iter().enumerate() {
             let v = &mut virtio.lock().device;
             if let Some(why) = v.broken.as_ref() {
@@ -317,8 +327,13 @@ impl Chipset {
     }
 
     /// A virtio device's line follows its interrupt status (the slot is
-    /// locked by the caller).
+    /// locked by the caller). Called after everything that may serve its
+    /// queues (a write, a poll), which is also where a device breaks: noted
+    /// for `take_broken`.
     fn update_virtio_line(&self, index: usize, slot: &mut VirtioSlot) {
+        if slot.device.broken.is_some() && !slot.device.broken_reported {
+            self.unreported_breakage.store(true, Ordering::Release);
+        }
         let level = slot.device.irq_line();
         if level != slot.line {
             slot.line = level;
@@ -1329,6 +1344,46 @@ mod tests {
         let mut used = [0u8; 2];
         ram.read(0x3002, &mut used).unwrap();
         assert_eq!(u16::from_le_bytes(used), 1);
+    }
+
+    /// `take_broken` names a device that broke once, whichever call found
+    /// it broken, and nothing on the calls before and after.
+    #[test]
+    fn a_broken_virtio_device_is_reported_once() {
+        use crate::virtio::tests::Ram;
+        let (mut c, _) = chipset(1);
+        for _ in 0..2 {
+            let console = crate::virtio::console::Console::new(alloc::boxed::Box::new(|_: &[u8]| {}));
+            c.add_virtio(alloc::boxed::Box::new(console)).unwrap();
+        }
+        let mut ram = Ram(vec![0; 1 << 20]);
+        let slot = layout::VIRTIO_BASE + layout::VIRTIO_STRIDE;
+        let reg = |c: &mut Chipset, offset: u64, value: u32, ram: &mut Ram| {
+            c.mmio_write(0, slot + offset, 4, value as u64, 0, ram);
+        };
+        for (offset, value) in
+            [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11), (0x30, 1), (0x38, 16), (0x80, 0x1000), (0x90, 0x2000)]
+        {
+            reg(&mut c, offset, value, &mut ram);
+        }
+        for (offset, value) in [(0xa0, 0x3000), (0x44, 1), (0x70, 15)] {
+            reg(&mut c, offset, value, &mut ram);
+        }
+        assert!(c.take_broken().is_empty(), "set up, nothing broken");
+        // A buffer past the end of RAM: the device breaks at the notify.
+        let mut descriptor = [0u8; 16];
+        descriptor[..8].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        descriptor[8..12].copy_from_slice(&64u32.to_le_bytes());
+        ram.write(0x1000, &descriptor).unwrap();
+        ram.write(0x2002, &1u16.to_le_bytes()).unwrap();
+        reg(&mut c, 0x50, 1, &mut ram);
+        let broken = c.take_broken();
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert_eq!((broken[0].0, broken[0].1), (1, "virtio-console"));
+        assert!(c.take_broken().is_empty(), "reported once");
+        reg(&mut c, 0x50, 1, &mut ram);
+        c.poll(0, 0, &mut ram);
+        assert!(c.take_broken().is_empty(), "still broken, already reported");
     }
 
     #[test]

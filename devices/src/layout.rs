@@ -74,11 +74,13 @@ impl RamMap {
     }
 
     /// The RAM above the hole, if the VM has more than fits below it.
+    #[inline]
     pub fn high(&self) -> Option<RamRange> {
         (self.high > 0).then_some(RamRange { guest_phys: HIGH_RAM_BASE, size: self.high, offset: self.low })
     }
 
     /// Low RAM (always, possibly empty), then high RAM if any.
+    #[inline]
     pub fn ranges(&self) -> impl Iterator<Item = RamRange> {
         let low = RamRange { guest_phys: 0, size: self.low, offset: 0 };
         core::iter::once(low).chain(self.high())
@@ -88,11 +90,25 @@ impl RamMap {
     /// are RAM of one range: an access that runs from RAM into the hole, or past
     /// the end, is refused as a whole rather than cut short. An empty access may
     /// sit at a range's end.
+    #[inline]
     pub fn offset_of(&self, guest_phys: u64, len: u64) -> Option<u64> {
         let end = guest_phys.checked_add(len)?;
         self.ranges()
             .find(|r| r.guest_phys <= guest_phys && end <= r.end())
             .map(|r| r.offset + (guest_phys - r.guest_phys))
+    }
+
+    /// The page of RAM (its index in RAM: low RAM's pages, then high RAM's)
+    /// and the offset in it of the `len` bytes at `guest_phys`, when they
+    /// are RAM within one 4 KiB page: a reader may then take them from one
+    /// host frame (a page-table entry, an instruction). None when they are
+    /// not all RAM (as `offset_of`) or cross a page boundary.
+    #[inline]
+    pub fn within_one_page(&self, guest_phys: u64, len: u64) -> Option<(u64, u64)> {
+        const PAGE: u64 = 4096;
+        let offset = self.offset_of(guest_phys, len)?;
+        let in_page = offset % PAGE;
+        (len <= PAGE - in_page).then_some((offset / PAGE, in_page))
     }
 }
 
@@ -160,6 +176,27 @@ mod tests {
         let mut windows = alloc::vec![("LAPIC", LAPIC_BASE, LAPIC_SIZE), ("IOAPIC", IOAPIC_BASE, IOAPIC_SIZE)];
         windows.extend((0..VIRTIO_SLOTS).map(|i| ("virtio", virtio_slot(i).0, VIRTIO_SIZE)));
         windows
+    }
+
+    /// `within_one_page` is `offset_of` split into page and offset, for
+    /// exactly the accesses that stay in one page: at RAM's edges, the
+    /// hole's, page boundaries and the top of the address space.
+    #[test]
+    fn within_one_page_agrees_with_offset_of() {
+        for bytes in [16 * MIB, RAM_HOLE_START, 4096 * MIB + 4096] {
+            let map = RamMap::new(bytes).unwrap();
+            let edges = [0, 4096, map.low_end(), HIGH_RAM_BASE, HIGH_RAM_BASE + 4096, 4 * GIB + map.size(), u64::MAX];
+            for edge in edges {
+                for delta in [-4097i64, -4096, -4095, -16, -9, -8, -7, -1, 0, 1, 7, 8, 4088, 4089, 4095] {
+                    let at = edge.wrapping_add_signed(delta);
+                    for len in [0, 1, 2, 4, 8, 15, 16, 4095, 4096, 4097, u64::MAX] {
+                        let expected =
+                            map.offset_of(at, len).filter(|o| o % 4096 + len <= 4096).map(|o| (o / 4096, o % 4096));
+                        assert_eq!(map.within_one_page(at, len), expected, "{bytes:#x}: {len} at {at:#x}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

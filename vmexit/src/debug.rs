@@ -76,8 +76,12 @@ impl Watch {
     pub fn of(vcpu: &dyn Vcpu) -> Watch {
         let single_step = vcpu.rflags() & RFLAGS_TF != 0;
         let registers = vcpu.debug_registers();
-        let kinds = (0..4).filter_map(|i| debug::breakpoint(registers.dr7, i)).map(|(kind, _)| kind);
         let (mut io_watched, mut data_watched) = (false, false);
+        // With none of DR7's eight enable bits set (as nearly always) no
+        // breakpoint is looked at.
+        let enabled = registers.dr7 & 0xff != 0;
+        let kinds =
+            (0..4).filter(|_| enabled).filter_map(|i| debug::breakpoint(registers.dr7, i)).map(|(kind, _)| kind);
         for kind in kinds {
             io_watched |= kind == Kind::Io;
             data_watched |= matches!(kind, Kind::Write | Kind::ReadWrite);

@@ -49,6 +49,10 @@ pub struct Block {
     store: Box<dyn BlockStore>,
     /// The serial number GET_ID returns (20 bytes, NUL-padded).
     id: [u8; 20],
+    /// The piece data moves through, kept between requests: grown to the
+    /// longest piece moved so far (at most `PIECE`), so a request does not
+    /// allocate and zero a buffer of its length each time.
+    piece: Vec<u8>,
 }
 
 impl Block {
@@ -56,7 +60,7 @@ impl Block {
         let mut id = [0u8; 20];
         let n = serial.len().min(20);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
-        Block { store, id }
+        Block { store, id, piece: Vec::new() }
     }
 
     fn capacity_sectors(&self) -> u64 {
@@ -112,10 +116,12 @@ impl Block {
         let mut done = io.progress().min(len);
         let until = done.saturating_add(io.budget()).min(len);
         let piece_len = usize::try_from(until - done).unwrap_or(usize::MAX).min(PIECE);
-        let mut piece = alloc::vec![0u8; piece_len];
+        if self.piece.len() < piece_len {
+            self.piece.resize(piece_len, 0);
+        }
         while done < until {
             let n = usize::try_from(until - done).unwrap_or(usize::MAX).min(PIECE);
-            transfer(self.store.as_mut(), io, done, &mut piece[..n])?;
+            transfer(self.store.as_mut(), io, done, &mut self.piece[..n])?;
             done += n as u64;
         }
         Ok(if done < len { Step::Unfinished(done) } else { Step::Done(S_OK) })

@@ -197,7 +197,26 @@ impl GuestMemory {
         self.map.offset_of(guest_phys, len as u64).ok_or(OutOfRange { guest_phys })
     }
 
+    /// Where the `len` bytes at `guest_phys` are in the host's physical
+    /// mapping, when they are RAM within one host frame (a page-table entry,
+    /// an instruction, most device DMA): one pointer instead of a walk over
+    /// the frame list. None sends the caller to the general path, which
+    /// checks the range again and copies frame by frame.
+    #[inline]
+    fn within_one_frame(&self, guest_phys: u64, len: usize) -> Option<*mut u8> {
+        let (page, in_page) = self.map.within_one_page(guest_phys, len as u64)?;
+        let frame = *self.frames.get(usize::try_from(page).ok()?)?;
+        Some(memory::phys_to_virt(frame + in_page) as *mut u8)
+    }
+
     pub fn read(&self, guest_phys: u64, out: &mut [u8]) -> Result<(), OutOfRange> {
+        if let Some(host) = self.within_one_frame(guest_phys, out.len()) {
+            // SAFETY: `out.len()` bytes of one of this VM's frames, which it
+            // keeps allocated; a raw copy, as `read_frames` makes (the
+            // guest's vCPUs may be writing them).
+            unsafe { core::ptr::copy_nonoverlapping(host, out.as_mut_ptr(), out.len()) };
+            return Ok(());
+        }
         let offset = self.offset(guest_phys, out.len())?;
         memory::read_frames(&self.frames, offset, out);
         Ok(())
@@ -207,6 +226,11 @@ impl GuestMemory {
     /// emulated instructions) as its guest code does, without a lock; the
     /// frames are reached through raw copies, never Rust references.
     pub fn write(&self, guest_phys: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        if let Some(host) = self.within_one_frame(guest_phys, data.len()) {
+            // SAFETY: as in `read`.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), host, data.len()) };
+            return Ok(());
+        }
         let offset = self.offset(guest_phys, data.len())?;
         memory::write_frames(&self.frames, offset, data);
         Ok(())
@@ -219,10 +243,29 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// A little-endian u64 (a page-table entry), read whole when it lies
+    /// in one frame, as the entries of a page walk always do.
+    #[inline]
     pub fn read_u64(&self, guest_phys: u64) -> Result<u64, OutOfRange> {
+        if let Some(host) = self.within_one_frame(guest_phys, 8) {
+            // SAFETY: 8 bytes of one of this VM's frames (as in `read`).
+            return Ok(u64::from_le(unsafe { host.cast::<u64>().read_unaligned() }));
+        }
         let mut bytes = [0; 8];
         self.read(guest_phys, &mut bytes)?;
         Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// A little-endian u32 (a 32-bit paging entry), as `read_u64`.
+    #[inline]
+    pub fn read_u32(&self, guest_phys: u64) -> Result<u32, OutOfRange> {
+        if let Some(host) = self.within_one_frame(guest_phys, 4) {
+            // SAFETY: 4 bytes of one of this VM's frames (as in `read`).
+            return Ok(u32::from_le(unsafe { host.cast::<u32>().read_unaligned() }));
+        }
+        let mut bytes = [0; 4];
+        self.read(guest_phys, &mut bytes)?;
+        Ok(u32::from_le_bytes(bytes))
     }
 }
 
@@ -253,9 +296,7 @@ impl devices::GuestRam for RamHandle<'_> {
 /// The guest's page tables are read from its RAM (`arch::paging` walks them).
 impl arch::paging::PhysicalMemory for RamHandle<'_> {
     fn read_u32(&self, physical: u64) -> Option<u32> {
-        let mut bytes = [0; 4];
-        self.0.read(physical, &mut bytes).ok()?;
-        Some(u32::from_le_bytes(bytes))
+        self.0.read_u32(physical).ok()
     }
 
     fn read_u64(&self, physical: u64) -> Option<u64> {

@@ -179,19 +179,25 @@ impl vmexit::Vcpu for Vcpu {
 
     /// CR0 and CR4 are the values the CPU uses (not the guest's read shadows:
     /// the bits they differ in are VMX's fixed bits, none of which affect
-    /// paging). With EPT the CPU keeps PAE paging's PDPTEs in the VMCS.
+    /// paging). With EPT the CPU keeps PAE paging's PDPTEs in the VMCS; they
+    /// are read only when PAE paging is what the guest runs (any other mode
+    /// never looks at them, and they are four VMREADs on every MMIO exit).
     fn paging(&self) -> Paging {
+        let (cr0, cr4, efer) = (read(vmcs::GUEST_CR0), read(vmcs::GUEST_CR4), read(vmcs::GUEST_IA32_EFER));
+        let pae_paging = cr0 & cr0::PG != 0 && cr4 & arch::control::cr4::PAE != 0 && efer & efer::LMA == 0;
+        let pdptes = [vmcs::GUEST_PDPTE0, vmcs::GUEST_PDPTE1, vmcs::GUEST_PDPTE2, vmcs::GUEST_PDPTE3].map(|field| {
+            if pae_paging {
+                read(field)
+            } else {
+                0
+            }
+        });
         Paging {
-            cr0: read(vmcs::GUEST_CR0),
+            cr0,
             cr3: read(vmcs::GUEST_CR3),
-            cr4: read(vmcs::GUEST_CR4),
-            efer: read(vmcs::GUEST_IA32_EFER),
-            pdptes: Some([
-                read(vmcs::GUEST_PDPTE0),
-                read(vmcs::GUEST_PDPTE1),
-                read(vmcs::GUEST_PDPTE2),
-                read(vmcs::GUEST_PDPTE3),
-            ]),
+            cr4,
+            efer,
+            pdptes: Some(pdptes),
             max_phys_bits: crate::vmm::host::max_phys_bits(),
         }
     }
