@@ -194,6 +194,105 @@ struct Side {
     linux: Vec<Vec<LinuxRun>>,
     /// The 2-vCPU guest whose vCPUs exit at once.
     smp: anyhow::Result<Vec<Throughput>>,
+    /// Two CPU hogs sharing a CPU, per slice of [`SCHED_SLICES_US`].
+    sched: Vec<anyhow::Result<SchedFigures>>,
+}
+
+/// The slices the scheduler is measured at.
+const SCHED_SLICES_US: [u64; 2] = [1000, 10_000];
+
+/// Two CPU-bound VMs weighted 1:3 on one CPU for three seconds, at one slice.
+#[derive(Debug, PartialEq)]
+pub struct SchedFigures {
+    slice_us: u64,
+    /// The light VM's share of their run time, percent (its due: 25).
+    light_percent: f64,
+    /// The core's time in guests, percent of the run.
+    in_guests_percent: f64,
+    /// vCPU runs (each a switch in and out) on the core.
+    runs: u64,
+    /// Cycles per run neither in a guest nor halted: switches, decisions, exits.
+    vmm_cycles_per_run: u64,
+}
+
+/// Reads a `SchedFigures` out of the run's serial output.
+fn parse_sched(serial: &str, slice_us: u64) -> Option<SchedFigures> {
+    let run_us = |vm: &str| {
+        let prefix = format!("vm {vm} vcpu0 scheduling: run ");
+        let rest = serial.lines().find_map(|l| l.split_once(prefix.as_str()).map(|(_, r)| r.to_string()))?;
+        rest.split_whitespace().next()?.parse::<f64>().ok()
+    };
+    let (light, heavy) = (run_us("light")?, run_us("heavy")?);
+    let line = serial.lines().find_map(|l| l.split_once("vmm: cores while VMs ran: cpu0 ").map(|(_, r)| r))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let in_guests_percent = words.first()?.trim_end_matches('%').parse().ok()?;
+    let runs = words.get(3)?.parse().ok()?;
+    let vmm_cycles_per_run = words.get(6)?.parse().ok()?;
+    Some(SchedFigures {
+        slice_us,
+        light_percent: light * 100.0 / (light + heavy).max(1.0),
+        in_guests_percent,
+        runs,
+        vmm_cycles_per_run,
+    })
+}
+
+/// Two CPU hogs weighted 1:3 on one CPU at `slice_us`: their shares, and
+/// what the switching costs the core.
+fn bench_sched(vendor: Vendor, emulator: Emulator, kernel: &Path, slice_us: u64) -> anyhow::Result<SchedFigures> {
+    let hog = |name: &str, weight: u32| GuestVm {
+        time_limit_ms: 3000,
+        weight: Some(weight),
+        ..vm(name, "runaway", "elf", None)
+    };
+    let vms = [hog("light", 256), hog("heavy", 768)];
+    let dir = workspace_root().join("target/basalt/bench-sched").join(vendor.name()).join(slice_us.to_string());
+    let cmdline = format!("{} slice-us={slice_us}", emulator.exit_option());
+    let bundle = guests::bundle(&cmdline, &vms).map_err(anyhow::Error::msg)?;
+    let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
+    let what = format!("{} on {}: two CPU hogs at a {slice_us} us slice", vendor.name(), emulator.name());
+    let run = timed(&what, || {
+        let machine = Machine { cpus: 1, ..machine(emulator, 256, emulator::BOCHS_IPS) };
+        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
+        let elapsed = run.elapsed;
+        Ok((run, elapsed))
+    })?;
+    parse_sched(&run.serial, slice_us).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the scheduler's figures are missing ({:?}); see {}",
+            run.ending,
+            dir.join("serial.log").display()
+        )
+    })
+}
+
+/// The scheduler, per back end and slice.
+fn render_sched(sides: &[Side]) -> String {
+    let mut rows = vec![vec![
+        "two CPU hogs 1:3 on one CPU".to_string(),
+        "light share".into(),
+        "in guests".into(),
+        "vCPU runs".into(),
+        "VMM cycles per run".into(),
+    ]];
+    for side in sides {
+        for (slice, figures) in SCHED_SLICES_US.iter().zip(&side.sched) {
+            let label = format!("  {} slice {} ms", side.vendor.name(), slice / 1000);
+            rows.push(match figures {
+                Ok(f) => vec![
+                    label,
+                    format!("{:.1}%", f.light_percent),
+                    format!("{:.1}%", f.in_guests_percent),
+                    f.runs.to_string(),
+                    f.vmm_cycles_per_run.to_string(),
+                ],
+                Err(_) => vec![label, dash(), dash(), dash(), dash()],
+            });
+        }
+    }
+    let mut out = layout(&rows);
+    out.push_str("  (light share due: 25%; the rest of the core's time is the VMM's: switches, decisions, exits)\n");
+    out
 }
 
 /// One "throughput DEVICES: one vCPU X exits per million ticks, two vCPUs Y: Rx"
@@ -285,7 +384,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             let smp = bench_smp(vendor, emulator, &kernel);
-            Side { vendor, emulator, guests, linux, smp }
+            let sched = SCHED_SLICES_US.iter().map(|&slice| bench_sched(vendor, emulator, &kernel, slice)).collect();
+            Side { vendor, emulator, guests, linux, smp, sched }
         })
         .collect();
     sides.sort_by_key(|s| Vendor::ALL.iter().position(|&v| v == s.vendor));
@@ -307,6 +407,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     print!("\n{}", render_smp(&sides));
+    print!("\n{}", render_sched(&sides));
 
     let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
     if let (Some(saved), Some(file)) = (&saved, &compare) {
@@ -324,7 +425,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for side in &sides {
         let linux = side.linux.iter().flatten().filter_map(|r| r.figures.as_ref().err());
-        for error in side.guests.as_ref().err().into_iter().chain(linux).chain(side.smp.as_ref().err()) {
+        let sched = side.sched.iter().filter_map(|r| r.as_ref().err());
+        for error in side.guests.as_ref().err().into_iter().chain(linux).chain(side.smp.as_ref().err()).chain(sched) {
             eprintln!("xtask: bench {} on {}: {error:#}", side.vendor.name(), side.emulator.name());
             failed = true;
         }
@@ -793,6 +895,12 @@ fn side_figures(side: &Side) -> Vec<Figure> {
         }
         out.push(figure(format!("{at}.vmm-memory-kib"), f.overhead_kib as f64));
     }
+    for f in side.sched.iter().flatten() {
+        let at = format!("{v}.sched.slice-{}us", f.slice_us);
+        out.push(figure(format!("{at}.light-percent"), f.light_percent));
+        out.push(figure(format!("{at}.in-guests-percent"), f.in_guests_percent));
+        out.push(figure(format!("{at}.vmm-cycles-per-run"), f.vmm_cycles_per_run as f64));
+    }
     for f in side.smp.iter().flatten() {
         let at = format!("{v}.smp.{}", f.devices.replace(' ', "-"));
         out.push(figure(format!("{at}.one"), f.one));
@@ -968,6 +1076,16 @@ mod tests {
             None
         );
         assert_eq!(parse_throughput("vm smp | smp throughput guest: starting vCPU 1"), None);
+    }
+
+    #[test]
+    fn scheduler_figures_are_read_from_the_report_lines() {
+        let serial = "[ 3.1 cpu0] INFO  vm light vcpu0 scheduling: run 750000 us, waiting 2250000 us\r\n\
+                      [ 3.1 cpu0] INFO  vm heavy vcpu0 scheduling: run 2250000 us, waiting 750000 us\r\n\
+                      [ 3.2 cpu0] INFO  vmm: cores while VMs ran: cpu0 97.5% in guests, 1500 vCPU runs, 4200 VMM cycles per run\r\n";
+        let f = parse_sched(serial, 1000).unwrap();
+        assert_eq!((f.light_percent, f.in_guests_percent, f.runs, f.vmm_cycles_per_run), (25.0, 97.5, 1500, 4200));
+        assert_eq!(parse_sched("vm light vcpu0 scheduling: run 1 us", 1000), None);
     }
 
     #[test]

@@ -431,6 +431,7 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
         return block(entry, sched::Waiting::Startup, None);
     };
     shared.start_clock();
+    sched::count_run(core);
     shared.place(index, true);
     let end = run::run(&mut **vcpu, shared, run::Slice { core, until });
     shared.place(index, false);
@@ -776,18 +777,35 @@ fn idle(core: u32) {
     }
 }
 
-/// How much of the VMs' run each core spent halted (idle, or in a guest's
-/// HLT): an idle host should cost next to nothing.
+/// How each core spent the VMs' run: halted (idle, or in a guest's HLT: an
+/// idle host should cost next to nothing), in guests, and how many vCPU runs
+/// (switches) it made, with the cycles per run neither in a guest nor halted
+/// (the VMM's work: switches, decisions, exits).
 fn log_halted(run: u64) {
-    let mut line = String::new();
+    let percent = |ticks: u64| {
+        let permille = (ticks as u128 * 1000 / run.max(1) as u128).min(1000) as u64;
+        alloc::format!("{}.{}%", permille / 10, permille % 10)
+    };
+    let mut halted = String::new();
+    let mut busy = String::new();
     for core in sched::guest_cores().iter() {
-        let permille = (sched::halted(core.0) as u128 * 1000 / run.max(1) as u128).min(1000) as u64;
-        if !line.is_empty() {
-            line.push_str(", ");
+        let (idle, guest, runs) = sched::core_figures(core.0);
+        let vmm = run.saturating_sub(idle).saturating_sub(guest);
+        if !halted.is_empty() {
+            halted.push_str(", ");
+            busy.push_str(", ");
         }
-        line.push_str(&alloc::format!("cpu{} {}.{}%", core.0, permille / 10, permille % 10));
+        halted.push_str(&alloc::format!("cpu{} {}", core.0, percent(idle)));
+        busy.push_str(&alloc::format!(
+            "cpu{} {} in guests, {runs} vCPU runs, {} VMM cycles per run",
+            core.0,
+            percent(guest),
+            vmm / runs.max(1)
+        ));
     }
-    log::info!("vmm: cores halted while VMs ran: {line} of {} ms", crate::time::tsc_to_micros(run) / 1000);
+    let ms = crate::time::tsc_to_micros(run) / 1000;
+    log::info!("vmm: cores halted while VMs ran: {halted} of {ms} ms");
+    log::info!("vmm: cores while VMs ran: {busy}");
 }
 
 /// Runs every VM, using all CPUs that have VMX on; returns the reports in the
@@ -799,7 +817,7 @@ pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
         let report = new_report(&guest.spec);
         VmJob { order, guest: Box::new(guest), resets: 0, report }
     }));
-    sched::reset_halted();
+    sched::reset_figures();
     let started = crate::time::rdtsc();
     crate::smp::wake_all_aps();
     // This core keeps taking work too.

@@ -188,14 +188,18 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
                 watch.profile.trip_cycles[kind] += watch.last.wrapping_sub(left);
             }
         }
-        let entered = if halted { time::rdtsc() } else { 0 };
+        let entered = time::rdtsc();
         let exit = match vcpu.enter() {
             Ok(exit) => exit,
             Err(stop) => break RunEnd::Stop(stop),
         };
         let exit_tsc = time::rdtsc();
+        // The core's time, for the end-of-run figures: waiting in a guest's
+        // HLT, or running guest code (with the entry and exit themselves).
         if halted {
             super::sched::add_halted(slice.core, exit_tsc - entered);
+        } else {
+            super::sched::add_in_guest(slice.core, exit_tsc - entered);
         }
         let kind = exit.kind();
         if PROFILE {

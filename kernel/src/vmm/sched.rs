@@ -89,14 +89,35 @@ pub fn add_halted(core: u32, ticks: u64) {
     }
 }
 
-/// Each core's halted ticks so far, from 0 at `reset_halted`.
-pub fn halted(core: u32) -> u64 {
-    HALTED.get(core as usize).map_or(0, |t| t.load(Ordering::Relaxed))
+/// Per core: host TSC ticks spent in guests (from entry to exit), and how
+/// many times a vCPU was run there (each a switch in and out).
+static IN_GUEST: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
+static RUNS: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
+
+pub fn add_in_guest(core: u32, ticks: u64) {
+    if let Some(total) = IN_GUEST.get(core as usize) {
+        total.fetch_add(ticks, Ordering::Relaxed);
+    }
 }
 
-pub fn reset_halted() {
-    for total in &HALTED {
-        total.store(0, Ordering::Relaxed);
+pub fn count_run(core: u32) {
+    if let Some(runs) = RUNS.get(core as usize) {
+        runs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A core's figures since `reset_figures`: TSC ticks halted (idle or in a
+/// guest's HLT), TSC ticks in guests, vCPU runs.
+pub fn core_figures(core: u32) -> (u64, u64, u64) {
+    let load = |table: &[AtomicU64; MAX_CORES]| table.get(core as usize).map_or(0, |t| t.load(Ordering::Relaxed));
+    (load(&HALTED), load(&IN_GUEST), load(&RUNS))
+}
+
+pub fn reset_figures() {
+    for table in [&HALTED, &IN_GUEST, &RUNS] {
+        for total in table {
+            total.store(0, Ordering::Relaxed);
+        }
     }
 }
 
