@@ -777,7 +777,7 @@ fn idle(core: u32) {
     }
 }
 
-/// How each core spent the VMs' run: halted (idle, or in a guest's HLT: an
+/// How each core spent the VMs' run (from the first vCPU run on): halted (idle, or in a guest's HLT: an
 /// idle host should cost next to nothing), in guests, and how many vCPU runs
 /// (switches) it made, with the cycles per run neither in a guest nor halted
 /// (the VMM's work: switches, decisions, exits).
@@ -818,14 +818,15 @@ pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
         VmJob { order, guest: Box::new(guest), resets: 0, report }
     }));
     sched::reset_figures();
-    let started = crate::time::rdtsc();
     crate::smp::wake_all_aps();
     // This core keeps taking work too.
     while FINISHED.load(Ordering::Acquire) < total {
         work();
         core::hint::spin_loop();
     }
-    log_halted(crate::time::rdtsc() - started);
+    if sched::first_run() != 0 {
+        log_halted(crate::time::rdtsc().saturating_sub(sched::first_run()));
+    }
     let mut reports = core::mem::take(&mut *REPORTS.lock());
     reports.sort_by_key(|(order, _)| *order);
     reports.into_iter().map(|(_, r)| r).collect()

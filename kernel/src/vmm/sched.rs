@@ -100,13 +100,31 @@ pub fn add_in_guest(core: u32, ticks: u64) {
     }
 }
 
+/// Host TSC of the first vCPU run since `reset_figures` (0: none yet): the
+/// figures count from there, so that building the VMs is not in them.
+static FIRST_RUN: AtomicU64 = AtomicU64::new(0);
+
 pub fn count_run(core: u32) {
+    if FIRST_RUN.load(Ordering::Relaxed) == 0
+        && FIRST_RUN.compare_exchange(0, crate::time::rdtsc(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    {
+        for table in [&HALTED, &IN_GUEST] {
+            for total in table {
+                total.store(0, Ordering::Relaxed);
+            }
+        }
+    }
     if let Some(runs) = RUNS.get(core as usize) {
         runs.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// A core's figures since `reset_figures`: TSC ticks halted (idle or in a
+/// When the first vCPU ran since `reset_figures` (host TSC; 0: none did).
+pub fn first_run() -> u64 {
+    FIRST_RUN.load(Ordering::Acquire)
+}
+
+/// A core's figures since the first vCPU run: TSC ticks halted (idle or in a
 /// guest's HLT), TSC ticks in guests, vCPU runs.
 pub fn core_figures(core: u32) -> (u64, u64, u64) {
     let load = |table: &[AtomicU64; MAX_CORES]| table.get(core as usize).map_or(0, |t| t.load(Ordering::Relaxed));
@@ -114,6 +132,7 @@ pub fn core_figures(core: u32) -> (u64, u64, u64) {
 }
 
 pub fn reset_figures() {
+    FIRST_RUN.store(0, Ordering::Release);
     for table in [&HALTED, &IN_GUEST, &RUNS] {
         for total in table {
             total.store(0, Ordering::Relaxed);
