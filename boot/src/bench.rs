@@ -248,15 +248,8 @@ fn bench_sched(vendor: Vendor, emulator: Emulator, kernel: &Path, slice_us: u64)
     let vms = [hog("light", 256), hog("heavy", 768)];
     let dir = workspace_root().join("target/basalt/bench-sched").join(vendor.name()).join(slice_us.to_string());
     let cmdline = format!("{} slice-us={slice_us}", emulator.exit_option());
-    let bundle = guests::bundle(&cmdline, &vms).map_err(anyhow::Error::msg)?;
-    let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let what = format!("{} on {}: two CPU hogs at a {slice_us} us slice", vendor.name(), emulator.name());
-    let run = timed(&what, || {
-        let machine = Machine { cpus: 1, ..machine(emulator, 256, emulator::BOCHS_IPS) };
-        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
-        let elapsed = run.elapsed;
-        Ok((run, elapsed))
-    })?;
+    let run = run_guests(&what, emulator, kernel, &dir, &cmdline, &vms, 1)?;
     parse_sched(&run.serial, slice_us).ok_or_else(|| {
         anyhow::anyhow!(
             "the scheduler's figures are missing ({:?}); see {}",
@@ -515,20 +508,34 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Re
     Ok(figures)
 }
 
+/// Boots `vms` with boot options `cmdline` on a machine of `cpus` CPUs (256
+/// MiB, Bochs at its usual clock), its files in `dir`; the run, timed.
+fn run_guests(
+    what: &str,
+    emulator: Emulator,
+    kernel: &Path,
+    dir: &Path,
+    cmdline: &str,
+    vms: &[GuestVm],
+    cpus: u32,
+) -> anyhow::Result<emulator::RunOutput> {
+    let bundle = guests::bundle(cmdline, vms).map_err(anyhow::Error::msg)?;
+    let image = images::make_image(kernel, dir, &bundle, Firmware::Bios)?;
+    timed(what, || {
+        let machine = Machine { cpus, ..machine(emulator, 256, emulator::BOCHS_IPS) };
+        let run = emulator::run_captured(what, &machine, &image, dir, Duration::from_secs(300), &[])?;
+        let elapsed = run.elapsed;
+        Ok((run, elapsed))
+    })
+}
+
 /// Boots the 2-vCPU smp-throughput guest on a 2-CPU machine: its figures,
 /// one per kind of device.
 fn bench_smp(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Result<Vec<Throughput>> {
     let vm = GuestVm { memory_mib: 32, vcpus: 2, ..vm("smp", "smp-throughput", "elf", None) };
     let dir = workspace_root().join("target/basalt/bench-smp").join(vendor.name());
-    let bundle = guests::bundle(emulator.exit_option(), std::slice::from_ref(&vm)).map_err(anyhow::Error::msg)?;
-    let image = images::make_image(kernel, &dir, &bundle, Firmware::Bios)?;
     let what = format!("{} on {}: two vCPUs exiting at once", vendor.name(), emulator.name());
-    let run = timed(&what, || {
-        let machine = Machine { cpus: 2, ..machine(emulator, 256, emulator::BOCHS_IPS) };
-        let run = emulator::run_captured(&what, &machine, &image, &dir, Duration::from_secs(300), &[])?;
-        let elapsed = run.elapsed;
-        Ok((run, elapsed))
-    })?;
+    let run = run_guests(&what, emulator, kernel, &dir, emulator.exit_option(), std::slice::from_ref(&vm), 2)?;
     let figures: Vec<Throughput> = run.serial.lines().filter_map(parse_throughput).collect();
     if figures.is_empty() {
         bail!(
