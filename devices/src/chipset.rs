@@ -338,7 +338,7 @@ impl Chipset {
         if level != slot.line {
             slot.line = level;
             let gsi = layout::virtio_slot(index).1 as usize;
-            self.route(|routing| routing.ioapic.set_line(gsi, level).into_iter().collect());
+            self.route(|routing| routing.ioapic.set_line(gsi, level));
         }
     }
 
@@ -405,15 +405,15 @@ impl Chipset {
         match port {
             layout::PIC_MASTER | 0x21 => self.route(|r| {
                 r.pic.write(0, port - layout::PIC_MASTER, byte);
-                Vec::new()
+                None
             }),
             layout::PIC_SLAVE | 0xa1 => self.route(|r| {
                 r.pic.write(1, port - layout::PIC_SLAVE, byte);
-                Vec::new()
+                None
             }),
             layout::PIC_ELCR | 0x4d1 => self.route(|r| {
                 r.pic.write_elcr((port - layout::PIC_ELCR) as usize, byte);
-                Vec::new()
+                None
             }),
             0x40..=0x43 => self.pit.lock().write(port - layout::PIT, byte, now),
             layout::SYSTEM_CONTROL => self.pit.lock().write_port61(byte, now),
@@ -488,7 +488,7 @@ impl Chipset {
             }
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
-            self.route(|r| r.ioapic.write(offset & !3, value as u32).into_iter().collect());
+            self.route(|r| r.ioapic.write(offset & !3, value as u32));
             // A pin may be masked or unmasked.
             self.poll_cache.forget();
             return None;
@@ -753,7 +753,7 @@ impl Chipset {
         let mut vector = None;
         self.route(|r| {
             vector = r.pic.acknowledge();
-            Vec::new()
+            None
         });
         vector
     }
@@ -832,14 +832,14 @@ impl Chipset {
     fn set_isa_irq(&self, irq: u8, level: bool) {
         self.route(|r| {
             r.pic.set_line(irq, level);
-            r.ioapic.set_line(layout::gsi_of_isa_irq(irq) as usize, level).into_iter().collect()
+            r.ioapic.set_line(layout::gsi_of_isa_irq(irq) as usize, level)
         });
     }
 
     fn pulse_isa_irq(&self, irq: u8) {
         self.route(|r| {
             r.pic.pulse(irq);
-            r.ioapic.pulse(layout::gsi_of_isa_irq(irq) as usize).into_iter().collect()
+            r.ioapic.pulse(layout::gsi_of_isa_irq(irq) as usize)
         });
     }
 
@@ -847,7 +847,7 @@ impl Chipset {
     /// IOAPIC messages `work` returns, still under it (in order with the
     /// next change of a line); the PIC's output is published for vCPU 0,
     /// which is woken when an ExtINT waits for it.
-    fn route(&self, work: impl FnOnce(&mut Routing) -> Vec<Message>) {
+    fn route<M: IntoIterator<Item = Message>>(&self, work: impl FnOnce(&mut Routing) -> M) {
         let mut routing = self.routing.lock();
         let messages = work(&mut routing);
         let output = routing.pic.interrupt_pending();
