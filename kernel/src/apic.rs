@@ -181,6 +181,12 @@ pub fn timer_one_shot(ticks: u64) {
     write(REG_TIMER_INITIAL, count);
 }
 
+/// `timer_one_shot` after `tsc_ticks` of the host's TSC.
+pub fn timer_one_shot_tsc(tsc_ticks: u64) {
+    let ticks = tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / crate::time::tsc_hz().max(1) as u128;
+    timer_one_shot(ticks.min(u64::MAX as u128) as u64);
+}
+
 pub fn timer_stop() {
     write(REG_LVT_TIMER, TIMER_MASKED | trap::VECTOR_TIMER as u32);
     write(REG_TIMER_INITIAL, 0);

@@ -733,7 +733,9 @@ pub fn work() {
     let core = crate::percpu::current_index();
     crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     loop {
-        let job = if sched::leaves_vm_starts(core) { None } else { JOBS.lock().pop_front() };
+        // The scheduler's lock only when there is a VM to start.
+        let queued = !JOBS.lock().is_empty();
+        let job = if queued && !sched::leaves_vm_starts(core) { JOBS.lock().pop_front() } else { None };
         if let Some(job) = job {
             start_vm(job);
             continue;
@@ -763,10 +765,7 @@ fn idle(core: u32) {
     let timer = sched::earliest_timer();
     let soon = timer.saturating_sub(now) < tick;
     if soon {
-        let tsc_ticks = timer.saturating_sub(now).max(1);
-        let apic_ticks =
-            (tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / crate::time::tsc_hz().max(1) as u128) as u64;
-        crate::apic::timer_one_shot(apic_ticks.max(1));
+        crate::apic::timer_one_shot_tsc(timer.saturating_sub(now));
     }
     let halted_at = crate::time::rdtsc();
     interrupts::enable_and_hlt();

@@ -390,14 +390,12 @@ impl Backend for Vcpu {
     /// new wake-up (or has fired): most exits leave the deadline as it was,
     /// and an earlier expiry only brings one more exit.
     fn arm_timer(&mut self, now: u64, deadline: u64) {
-        let tsc_hz = crate::time::tsc_hz().max(1);
         let tsc_ticks = deadline.saturating_sub(now);
         let wake = now.saturating_add(tsc_ticks);
         if self.timer_fires_at > now && self.timer_fires_at <= wake {
             return;
         }
-        let apic_ticks = (tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / tsc_hz as u128) as u64;
-        crate::apic::timer_one_shot(apic_ticks);
+        crate::apic::timer_one_shot_tsc(tsc_ticks);
         self.timer_fires_at = wake;
     }
 
