@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,9 @@ fn qemu_command(machine: &Machine, image: &Path, dir: &Path, serial: Serial) -> 
         std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("cannot copy {OVMF_VARS} (is ovmf installed?)"))?;
         c.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    if let Some(socket) = monitor_socket(dir) {
+        c.arg("-monitor").arg(format!("unix:{},server=on,wait=off", socket.display()));
     }
     match serial {
         Serial::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
@@ -397,6 +400,10 @@ pub fn run_captured(
             };
         }
         if start.elapsed() >= timeout {
+            if machine.emulator.is_qemu() {
+                // Where each CPU was: what a hang needs first. Best effort.
+                let _ = save_cpus_at_timeout(dir);
+            }
             let _ = child.kill();
             let _ = child.wait();
             break Ending::Timeout;
@@ -423,6 +430,67 @@ pub fn run_captured(
         elapsed,
         cue_never_seen: script.waiting_for().map(str::to_owned),
     })
+}
+
+/// QEMU's monitor socket for a run in `dir` (None where the path is too long
+/// for a Unix socket): the runner asks it for the CPUs' registers when a run
+/// times out.
+fn monitor_socket(dir: &Path) -> Option<PathBuf> {
+    let path = dir.join("monitor.sock");
+    (path.as_os_str().len() < 100).then_some(path)
+}
+
+/// Where a timed-out QEMU run's CPU registers are saved, in its directory.
+pub const CPUS_AT_TIMEOUT: &str = "cpus-at-timeout.txt";
+
+/// Asks the QEMU of the run in `dir`, through its monitor, for every CPU's
+/// registers and saves them as [`CPUS_AT_TIMEOUT`].
+fn save_cpus_at_timeout(dir: &Path) -> anyhow::Result<()> {
+    let socket = monitor_socket(dir).context("no monitor socket")?;
+    let mut monitor = std::os::unix::net::UnixStream::connect(&socket)?;
+    monitor.set_read_timeout(Some(Duration::from_millis(200)))?;
+    monitor.write_all(b"info registers -a\n")?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut text = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The banner's prompt, then the command's output and the next prompt.
+    const PROMPT: &[u8] = b"(qemu) ";
+    while Instant::now() < deadline && text.windows(PROMPT.len()).filter(|w| *w == PROMPT).count() < 2 {
+        match monitor.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buffer[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The monitor speaks to a terminal: drop its escape sequences and CRs.
+    let text = String::from_utf8_lossy(&text).replace('\r', "");
+    let plain = strip_escapes(&text);
+    // From the first CPU on: the monitor's banner and echo are noise.
+    let registers = plain.find("CPU#").map_or(plain.as_str(), |at| &plain[at..]);
+    std::fs::write(dir.join(CPUS_AT_TIMEOUT), registers)?;
+    Ok(())
+}
+
+/// `text` without ANSI escape sequences (ESC, '[', parameters, a final letter).
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The file an emulator's own output goes to, in `dir`.

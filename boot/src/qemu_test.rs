@@ -101,6 +101,7 @@ pub fn main(args: QemuTestArgs) -> anyhow::Result<ExitCode> {
                     let dir = case_dir(run);
                     println!("          serial: {}", dir.join("serial.log").display());
                     print_tail(&dir.join("serial.log"), 15);
+                    print_cpus_at_timeout(&dir, &kernel);
                     failed.push(label);
                 }
                 Err(e) => {
@@ -195,6 +196,55 @@ fn print_tail(path: &std::path::Path, lines: usize) {
     }
 }
 
+/// For a run that timed out in QEMU: where each CPU was (its saved register
+/// dump), with the kernel function when the RIP is in the kernel image.
+fn print_cpus_at_timeout(dir: &std::path::Path, kernel: &std::path::Path) {
+    let path = dir.join(emulator::CPUS_AT_TIMEOUT);
+    let Ok(dump) = std::fs::read_to_string(&path) else { return };
+    let serial = std::fs::read(dir.join("serial.log")).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let image_at = serial.ok().as_deref().and_then(kernel_image_offset);
+    println!("          cpus at the timeout: {}", path.display());
+    for (cpu, rip, halted) in cpu_rips(&dump) {
+        let function = image_at.and_then(|at| rip.checked_sub(at)).and_then(|address| symbol(kernel, address));
+        let halted = if halted { ", halted" } else { "" };
+        println!("          | cpu{cpu} RIP {rip:#x}{halted} {}", function.as_deref().unwrap_or("(no kernel symbol)"));
+    }
+}
+
+/// The kernel's load offset from its boot line "kernel image at 0x...".
+fn kernel_image_offset(serial: &str) -> Option<u64> {
+    let rest = serial.split("kernel image at 0x").nth(1)?;
+    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
+/// Each CPU's number, RIP and whether it is halted (HLT=1), in QEMU's
+/// `info registers -a` output. A CPU in a guest shows the guest's.
+fn cpu_rips(dump: &str) -> Vec<(u32, u64, bool)> {
+    let mut rips = Vec::new();
+    let mut cpu = None;
+    for line in dump.lines() {
+        if let Some(n) = line.trim().strip_prefix("CPU#") {
+            cpu = n.trim().parse().ok();
+        } else if let (Some(n), Some(rest)) = (cpu, line.strip_prefix("RIP=")) {
+            let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            if let Ok(rip) = u64::from_str_radix(&hex, 16) {
+                rips.push((n, rip, line.contains(" HLT=1")));
+            }
+        }
+    }
+    rips
+}
+
+/// The function at `address` of the kernel ELF (binutils' addr2line; the
+/// release kernel has its symbol table, not line tables).
+fn symbol(kernel: &std::path::Path, address: u64) -> Option<String> {
+    let output =
+        Command::new("addr2line").args(["-f", "-C", "-e"]).arg(kernel).arg(format!("{address:#x}")).output().ok()?;
+    let name = String::from_utf8_lossy(&output.stdout).lines().next()?.trim().to_owned();
+    (output.status.success() && name != "??").then_some(name)
+}
+
 /// Runs `cargo test` for the host crates; returns (passed, failed) test counts.
 fn host_unit_tests() -> anyhow::Result<(usize, usize)> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -225,4 +275,25 @@ fn host_unit_tests() -> anyhow::Result<(usize, usize)> {
     }
     println!("  ok      host unit tests: {passed} passed, {failed} failed");
     Ok((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cpu_rip_is_read_from_the_register_dump() {
+        let dump = "(qemu) info registers -a\n\nCPU#0\nRAX=0000000000000000 RBX=0000000000000001\n\
+                    RIP=ffffffff80012345 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\n\
+                    CPU#1\nRIP=0000000000039bd0 RFL=00000046\n(qemu) ";
+        assert_eq!(cpu_rips(dump), vec![(0, 0xffff_ffff_8001_2345, true), (1, 0x39bd0, false)]);
+        assert!(cpu_rips("(qemu) ").is_empty());
+    }
+
+    #[test]
+    fn the_kernel_load_offset_is_read_from_its_boot_line() {
+        let serial = "[   0.000001 cpu0] INFO  Basalt 0.1.0 starting\n[   0.000002 cpu0] INFO  kernel image at 0xffff800000000000\n";
+        assert_eq!(kernel_image_offset(serial), Some(0xffff_8000_0000_0000));
+        assert_eq!(kernel_image_offset("no such line"), None);
+    }
 }

@@ -46,6 +46,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     trap::load_idt();
     let cr0_found = set_control_registers();
     info!("Basalt {} starting (CR0 {:#x} as found)", env!("CARGO_PKG_VERSION"), cr0_found);
+    // Where the kernel's ELF addresses are in memory: what turns a RIP of a
+    // crash report, or of an emulator's register dump, into a symbol.
+    info!("kernel image at {:#x}", boot_info.kernel_image_offset);
 
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
         fail("the bootloader did not map physical memory")
