@@ -3,6 +3,8 @@
 
 use crate::memory::phys_to_virt;
 use crate::trap;
+#[cfg(feature = "test-hooks")]
+use core::sync::atomic::AtomicBool;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use x86_64::registers::model_specific::Msr;
 
@@ -175,16 +177,31 @@ pub fn timer_start_periodic(timer_input_hz: u64, hz: u64) {
 /// one count): how a back end without a preemption timer (SVM) gets the core
 /// back from a guest by a deadline.
 pub fn timer_one_shot(ticks: u64) {
-    let count = (ticks / TIMER_DIVISOR).clamp(1, u32::MAX as u64) as u32;
+    let count = ticks.div_ceil(TIMER_DIVISOR).clamp(1, u32::MAX as u64) as u32;
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
     write(REG_LVT_TIMER, trap::VECTOR_TIMER as u32);
     write(REG_TIMER_INITIAL, count);
 }
 
-/// `timer_one_shot` after `tsc_ticks` of the host's TSC.
+/// `timer_one_shot` after `tsc_ticks` of the host's TSC, rounded up so that
+/// it does not fire before them by the rounding (it still may, by the
+/// calibration's error).
 pub fn timer_one_shot_tsc(tsc_ticks: u64) {
-    let ticks = tsc_ticks as u128 * crate::time::apic_timer_hz() as u128 / crate::time::tsc_hz().max(1) as u128;
+    let ticks =
+        (tsc_ticks as u128 * crate::time::apic_timer_hz() as u128).div_ceil(crate::time::tsc_hz().max(1) as u128);
+    #[cfg(feature = "test-hooks")]
+    let ticks = if EARLY_ONE_SHOTS.load(Ordering::Relaxed) { ticks * 9 / 10 } else { ticks };
     timer_one_shot(ticks.min(u64::MAX as u128) as u64);
+}
+
+/// `one-shot=early` (test configuration): see `fire_one_shots_early`.
+#[cfg(feature = "test-hooks")]
+static EARLY_ONE_SHOTS: AtomicBool = AtomicBool::new(false);
+
+/// From now on every TSC-timed one-shot fires a tenth before its time.
+#[cfg(feature = "test-hooks")]
+pub fn fire_one_shots_early() {
+    EARLY_ONE_SHOTS.store(true, Ordering::Relaxed);
 }
 
 pub fn timer_stop() {

@@ -26,6 +26,10 @@ pub struct Options {
     /// another CPU at the end of every slice, and a vCPU alone on its CPU
     /// gets slices too, so the cases prove a vCPU survives any move.
     pub migrate_every_slice: bool,
+    /// Test-configuration only (`one-shot=early`): the host's one-shot APIC
+    /// timer fires a tenth early, as against a TSC it was calibrated badly
+    /// against, so the cases prove no wait relies on it firing on time.
+    pub early_one_shot: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,7 @@ pub fn parse(text: &str) -> Options {
             ("profile", "loop") => options.profile_loop = true,
             ("profile", "off") => options.profile_loop = false,
             ("migrate", "every-slice") => options.migrate_every_slice = true,
+            ("one-shot", "early") => options.early_one_shot = true,
             ("slice-us", n) => match n.parse::<u64>() {
                 Ok(micros @ 100..=1_000_000) => options.slice_us = Some(micros),
                 _ => log::warn!("ignoring '{word}': the slice is 100 to 1000000 microseconds"),

@@ -151,6 +151,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if options.migrate_every_slice {
         warn!("migrate=every-slice is only built into the test configuration; ignoring it");
     }
+    #[cfg(feature = "test-hooks")]
+    if options.early_one_shot {
+        warn!("the one-shot APIC timer fires a tenth early, as the boot options ask");
+        apic::fire_one_shots_early();
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    if options.early_one_shot {
+        warn!("one-shot=early is only built into the test configuration; ignoring it");
+    }
 
     if options.selftest && !selftest::run(&memory_map, &smp) {
         platform_exit::exit(Status::Failure);

@@ -387,12 +387,16 @@ impl Backend for Vcpu {
     /// The host's local APIC timer, one-shot, brings the core back by the
     /// deadline (the guest exits on the interrupt).
     /// Reprogrammed only when the timer already armed would fire after the
-    /// new wake-up (or has fired): most exits leave the deadline as it was,
-    /// and an earlier expiry only brings one more exit.
+    /// new wake-up, or is no longer counting: most exits leave the deadline
+    /// as it was, and an earlier expiry only brings one more exit. The count
+    /// is looked at, not only the TSC it was armed for: the APIC timer's
+    /// clock and the TSC are calibrated against each other, so it may fire
+    /// a little before that TSC, and a vCPU halted alone on its core would
+    /// then wait in the host with no timer at all.
     fn arm_timer(&mut self, now: u64, deadline: u64) {
         let tsc_ticks = deadline.saturating_sub(now);
         let wake = now.saturating_add(tsc_ticks);
-        if self.timer_fires_at > now && self.timer_fires_at <= wake {
+        if self.timer_fires_at > now && self.timer_fires_at <= wake && crate::apic::timer_current() != 0 {
             return;
         }
         crate::apic::timer_one_shot_tsc(tsc_ticks);
