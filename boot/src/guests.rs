@@ -101,6 +101,15 @@ pub struct GuestVm {
     /// Each vCPU owns a host CPU alone (the VM fails to start if none is free).
     #[serde(default)]
     pub dedicated: bool,
+    /// Started at boot (default), or only from the management shell.
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    /// "stop" (default) or "restart": what follows a crash.
+    #[serde(default)]
+    pub on_crash: Option<String>,
+    /// Crash restarts in a row with on_crash = "restart" (default 3).
+    #[serde(default)]
+    pub restart_limit: Option<u32>,
 }
 
 fn default_memory() -> u32 {
@@ -158,6 +167,37 @@ pub struct LinuxGuest {
     /// Each vCPU owns a host CPU alone (the VM fails to start if none is free).
     #[serde(default)]
     pub dedicated: bool,
+    /// Started at boot (default), or only from the management shell.
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    /// "stop" (default) or "restart": what follows a crash.
+    #[serde(default)]
+    pub on_crash: Option<String>,
+    /// Crash restarts in a row with on_crash = "restart" (default 3).
+    #[serde(default)]
+    pub restart_limit: Option<u32>,
+}
+
+/// A VM's lifecycle fields, checked; errors name the field.
+pub fn lifecycle(
+    autostart: Option<bool>,
+    on_crash: Option<&str>,
+    restart_limit: Option<u32>,
+) -> Result<loader::manifest::Lifecycle, String> {
+    use loader::manifest::{Lifecycle, OnCrash, DEFAULT_RESTART_LIMIT, MAX_RESTART_LIMIT};
+    let limit = restart_limit.unwrap_or(DEFAULT_RESTART_LIMIT);
+    if !(1..=MAX_RESTART_LIMIT).contains(&limit) {
+        return Err(format!("restart_limit: {limit} is outside 1 to {MAX_RESTART_LIMIT}"));
+    }
+    let on_crash = match on_crash {
+        None | Some("stop") if restart_limit.is_some() => {
+            return Err("restart_limit: only with on_crash = \"restart\"".into());
+        }
+        None | Some("stop") => OnCrash::Stop,
+        Some("restart") => OnCrash::Restart { limit },
+        Some(other) => return Err(format!("on_crash: must be \"stop\" or \"restart\", not \"{other}\"")),
+    };
+    Ok(Lifecycle { autostart: autostart.unwrap_or(true), on_crash })
 }
 
 /// A VM's scheduling fields, checked; errors name the field.
@@ -270,6 +310,8 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
         disks: guest.blank_disks_mib.iter().map(|&mib| vec![0u8; (mib as usize) << 20]).collect(),
         scheduling: scheduling(guest.weight, guest.cap, guest.cpus.as_deref(), guest.dedicated)
             .map_err(|e| format!("Linux VM '{}': {e}", guest.name))?,
+        lifecycle: lifecycle(guest.autostart, guest.on_crash.as_deref(), guest.restart_limit)
+            .map_err(|e| format!("Linux VM '{}': {e}", guest.name))?,
     })
 }
 
@@ -299,6 +341,7 @@ pub struct LinuxVm {
     /// Disk images, each a virtio-blk disk.
     pub disks: Vec<Vec<u8>>,
     pub scheduling: loader::manifest::Scheduling,
+    pub lifecycle: loader::manifest::Lifecycle,
 }
 
 /// `bytes` packed for the boot bundle (`loader::packed`: a header and one
@@ -393,6 +436,8 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 host_console: false,
                 scheduling: scheduling(vm.weight, vm.cap, vm.cpus.as_deref(), vm.dedicated)
                     .map_err(|e| format!("VM '{}': {e}", vm.name))?,
+                lifecycle: lifecycle(vm.autostart, vm.on_crash.as_deref(), vm.restart_limit)
+                    .map_err(|e| format!("VM '{}': {e}", vm.name))?,
                 initrd: vm.initrd.as_ref().map(|_| format!("{}.modules", vm.name)),
                 kernel_cmdline: vm.append.as_ref().map(|_| format!("{}.cmdline", vm.name)),
                 disks: (0..vm.blank_disks_mib.len()).map(|i| format!("{}.disk{i}", vm.name)).collect(),
@@ -468,6 +513,7 @@ fn kernel_vm_spec(vm: &LinuxVm) -> Result<VmSpec, String> {
         corrupt_state: false,
         host_console: vm.host_console,
         scheduling: vm.scheduling,
+        lifecycle: vm.lifecycle,
         initrd: match vm.format {
             Format::Linux => vm.initrd.as_ref().map(|_| format!("{}.initrd", vm.name)),
             _ => (!vm.modules.is_empty()).then(|| format!("{}.modules", vm.name)),
@@ -619,6 +665,7 @@ mod tests {
             host_console: true,
             disks: Vec::new(),
             scheduling: Default::default(),
+            lifecycle: Default::default(),
         }
     }
 

@@ -164,6 +164,7 @@ fn kernel_vm(path: &str, boot: KernelBoot) -> anyhow::Result<guests::LinuxVm> {
         host_console: true,
         disks: boot.disks.iter().map(|p| read(p).context("--disk")).collect::<Result<_, _>>()?,
         scheduling: Default::default(),
+        lifecycle: Default::default(),
     })
 }
 

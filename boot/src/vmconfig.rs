@@ -13,6 +13,9 @@
 //! cap = 50                   # optional: at most 50% of one CPU per vCPU
 //! cpus = [0, 1]              # optional: the host CPUs its vCPUs may run on
 //! dedicated = false          # optional: each vCPU owns a host CPU alone
+//! autostart = true           # optional: false starts it only from the shell
+//! on_crash = "stop"          # optional: "restart" starts a crashed VM again,
+//! restart_limit = 3          #   up to restart_limit times in a row
 //! [[disk]]
 //! path = "disk.img"
 //! ```
@@ -46,6 +49,9 @@ struct VmFile {
     cpus: Option<Vec<u32>>,
     #[serde(default)]
     dedicated: bool,
+    autostart: Option<bool>,
+    on_crash: Option<String>,
+    restart_limit: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -83,6 +89,7 @@ pub struct VmConfig {
     pub cmdline: String,
     pub disks: Vec<PathBuf>,
     pub scheduling: loader::manifest::Scheduling,
+    pub lifecycle: loader::manifest::Lifecycle,
 }
 
 /// Parses and checks `text` (from `file`); errors name the file and field.
@@ -105,6 +112,8 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         Some(other) => return Err(at("console", format!("must be \"serial\" or \"virtio\", not \"{other}\""))),
     };
     let scheduling = crate::guests::scheduling(vm.weight, vm.cap, vm.cpus.as_deref(), vm.dedicated)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let lifecycle = crate::guests::lifecycle(vm.autostart, vm.on_crash.as_deref(), vm.restart_limit)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     if vm.disk.len() > loader::manifest::MAX_DISKS {
         return Err(at("disk", format!("at most {} disks", loader::manifest::MAX_DISKS)));
@@ -178,6 +187,7 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         cmdline,
         disks,
         scheduling,
+        lifecycle,
     })
 }
 
@@ -208,6 +218,7 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
         host_console: true,
         disks: config.disks.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
         scheduling: config.scheduling,
+        lifecycle: config.lifecycle,
     })
 }
 

@@ -59,6 +59,35 @@ pub struct VmSpec {
     pub host_console: bool,
     /// How the host's scheduler treats each of its vCPUs.
     pub scheduling: Scheduling,
+    /// When it starts, and what follows a crash.
+    pub lifecycle: Lifecycle,
+}
+
+/// A VM's life on a managed host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// `autostart=0`: defined at boot but started only from the shell.
+    pub autostart: bool,
+    /// `on-crash=restart` (with `restart-limit=N`): a crashed VM (triple
+    /// fault, a guest the VMM cannot run) starts again from its images, up
+    /// to N times in a row; `on-crash=stop` (the default) leaves it crashed.
+    pub on_crash: OnCrash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnCrash {
+    Stop,
+    Restart { limit: u32 },
+}
+
+/// Crash restarts when `on-crash=restart` names no limit, and the most one may.
+pub const DEFAULT_RESTART_LIMIT: u32 = 3;
+pub const MAX_RESTART_LIMIT: u32 = 1000;
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle { autostart: true, on_crash: OnCrash::Stop }
+    }
 }
 
 /// A VM's scheduling parameters, the same for each of its vCPUs (see
@@ -165,11 +194,13 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             corrupt_state: false,
             host_console: false,
             scheduling: Scheduling::default(),
+            lifecycle: Lifecycle::default(),
             initrd: None,
             kernel_cmdline: None,
             disks: Vec::new(),
         };
         let mut seen_format = false;
+        let mut restart_limit = DEFAULT_RESTART_LIMIT;
         let error = |vm: &VmSpec, message: String| ManifestError { line: index + 1, vm: vm.name.clone(), message };
         // The name first, so every error can name the VM.
         if let Some(name) = line.split_whitespace().find_map(|w| w.strip_prefix("name=")) {
@@ -245,6 +276,24 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                     }
                 },
                 "dedicated" => vm.scheduling.dedicated = num(&vm)? != 0,
+                "autostart" => vm.lifecycle.autostart = num(&vm)? != 0,
+                "on-crash" => {
+                    vm.lifecycle.on_crash = match (value, vm.lifecycle.on_crash) {
+                        ("stop", _) => OnCrash::Stop,
+                        ("restart", OnCrash::Restart { limit }) => OnCrash::Restart { limit },
+                        ("restart", OnCrash::Stop) => OnCrash::Restart { limit: restart_limit },
+                        _ => return Err(error(&vm, alloc::format!("on-crash must be stop or restart, not '{value}'"))),
+                    }
+                }
+                "restart-limit" => match num(&vm)? {
+                    n @ 1..=1000 => {
+                        restart_limit = n as u32;
+                        if let OnCrash::Restart { limit } = &mut vm.lifecycle.on_crash {
+                            *limit = restart_limit;
+                        }
+                    }
+                    _ => return Err(error(&vm, alloc::format!("restart-limit must be 1 to {MAX_RESTART_LIMIT}"))),
+                },
                 _ => return Err(error(&vm, alloc::format!("unknown key '{key}'"))),
             }
         }
@@ -315,6 +364,18 @@ pub fn render(vm: &VmSpec) -> String {
         + &vm.kernel_cmdline.as_ref().map(|c| alloc::format!(" kernel-cmdline={c}")).unwrap_or_default()
         + &vm.disks.iter().map(|d| alloc::format!(" disk={d}")).collect::<String>()
         + &render_scheduling(&vm.scheduling)
+        + &render_lifecycle(&vm.lifecycle)
+}
+
+fn render_lifecycle(l: &Lifecycle) -> String {
+    let mut out = String::new();
+    if !l.autostart {
+        out += " autostart=0";
+    }
+    if let OnCrash::Restart { limit } = l.on_crash {
+        out += &alloc::format!(" on-crash=restart restart-limit={limit}");
+    }
+    out
 }
 
 fn render_scheduling(s: &Scheduling) -> String {
@@ -337,6 +398,35 @@ fn render_scheduling(s: &Scheduling) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifecycle_parses_renders_and_refuses_by_name() {
+        let vms = parse_manifest(
+            "name=a image=a format=elf autostart=0 on-crash=restart restart-limit=5\n\
+             name=b image=b format=elf restart-limit=7 on-crash=restart\n\
+             name=c image=c format=elf on-crash=restart\n\
+             name=d image=d format=elf\n",
+        )
+        .unwrap();
+        assert_eq!(vms[0].lifecycle, Lifecycle { autostart: false, on_crash: OnCrash::Restart { limit: 5 } });
+        assert_eq!(vms[1].lifecycle.on_crash, OnCrash::Restart { limit: 7 }, "either order");
+        assert_eq!(vms[2].lifecycle.on_crash, OnCrash::Restart { limit: DEFAULT_RESTART_LIMIT });
+        assert_eq!(vms[3].lifecycle, Lifecycle::default());
+        assert!(vms[3].lifecycle.autostart);
+        for vm in &vms {
+            assert_eq!(&parse_manifest(&render(vm)).unwrap()[0], vm);
+        }
+        assert!(!render(&vms[3]).contains("autostart") && !render(&vms[3]).contains("on-crash"));
+        for (line, field) in [
+            ("on-crash=reboot", "on-crash"),
+            ("restart-limit=0", "restart-limit"),
+            ("restart-limit=1001", "restart-limit"),
+            ("autostart=yes", "autostart"),
+        ] {
+            let e = parse_manifest(&alloc::format!("name=x image=x format=elf {line}")).unwrap_err();
+            assert!(e.message.starts_with(field), "{line}: {}", e.message);
+        }
+    }
 
     #[test]
     fn scheduling_parses_renders_and_refuses_by_name() {
