@@ -25,9 +25,12 @@ const OEM_TABLE_ID: &[u8; 8] = b"BASALTVM";
 const PM1_CNT_SCI_EN: u16 = 1 << 0;
 const PM1_CNT_SLP_EN: u16 = 1 << 13;
 /// Enable bits the guest may set: timer, global lock, power and sleep buttons,
-/// RTC alarm. None of these events ever fires, but ACPI checks the bits stick.
+/// RTC alarm. Only the power button's event ever fires (an operator's
+/// `shutdown`), but ACPI checks the others stick.
 const PM1_ENABLE_BITS: u16 = (1 << 0) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10);
 const PM1_STS_WAK: u16 = 1 << 15;
+/// The fixed-feature power button: its status and enable bits.
+const PM1_PWRBTN: u16 = 1 << 8;
 
 /// PM1a status/enable/control and the PM timer.
 pub struct PowerManagement {
@@ -83,6 +86,19 @@ impl PowerManagement {
             _ => {}
         }
         None
+    }
+}
+
+impl PowerManagement {
+    /// The power button was pressed (an operator's graceful shutdown): its
+    /// status bit is set until the guest clears it.
+    pub fn press_power_button(&mut self) {
+        self.status |= PM1_PWRBTN;
+    }
+
+    /// The SCI's level: an event whose enable bit is set has its status bit set.
+    pub fn sci(&self) -> bool {
+        self.status & self.enable & PM1_PWRBTN != 0
     }
 }
 
@@ -194,10 +210,12 @@ fn facs() -> Vec<u8> {
     f
 }
 
-/// FADT flags: WBINVD works (bit 0), C1 (HLT) on all CPUs (2), no fixed
-/// power or sleep button (4, 5), 32-bit PM timer (8), reset register (10).
-/// Nothing about waking from sleep is claimed (see the module comment).
-const FADT_FLAGS: u32 = (1 << 0) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 10);
+/// FADT flags: WBINVD works (bit 0), C1 (HLT) on all CPUs (2), a fixed
+/// power button (bit 4 clear: the PM1 block's PWRBTN bits, which an
+/// operator's `shutdown` presses) and no sleep button (5), 32-bit PM timer
+/// (8), reset register (10). Nothing about waking from sleep is claimed (see
+/// the module comment).
+const FADT_FLAGS: u32 = (1 << 0) | (1 << 2) | (1 << 5) | (1 << 8) | (1 << 10);
 
 fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
     let mut b = vec![0u8; 276 - 36];
@@ -366,7 +384,7 @@ mod tests {
             }
 
             let flags = u32_at(fadt, 112);
-            assert_eq!(flags, 0x0000_0535);
+            assert_eq!(flags, 0x0000_0525, "bit 4 clear: the power button is a fixed feature");
             for (bit, what) in [
                 (7, "RTC_S4: the RTC wakes from S4"),
                 (9, "DCK_CAP: docking"),
@@ -401,6 +419,22 @@ mod tests {
             pm.write(0, 2, PM1_STS_WAK as u32);
             assert_eq!(pm.read(0, 2, 0), 0);
         }
+    }
+
+    #[test]
+    fn the_power_button_raises_the_sci_while_enabled_and_not_cleared() {
+        let mut pm = PowerManagement::new(1_000_000);
+        pm.press_power_button();
+        assert!(!pm.sci(), "not enabled yet: no SCI");
+        assert_ne!(pm.read(0, 2, 0) as u16 & PM1_PWRBTN, 0, "the status bit is set anyway");
+        pm.write(2, 2, PM1_PWRBTN as u32);
+        assert!(pm.sci());
+        pm.write(0, 2, PM1_PWRBTN as u32);
+        assert!(!pm.sci(), "writing 1 to the status bit clears it, and the SCI");
+        pm.press_power_button();
+        assert!(pm.sci());
+        pm.write(2, 2, 0);
+        assert!(!pm.sci(), "disabled again");
     }
 
     #[test]

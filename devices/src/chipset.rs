@@ -214,6 +214,8 @@ pub struct Chipset {
     pit: Mutex<Pit>,
     rtc: Mutex<Rtc>,
     pm: Mutex<PowerManagement>,
+    /// The SCI's level as last routed.
+    sci_line: AtomicBool,
     com1: Mutex<Com1>,
     /// INITs and SIPIs superseded or ignored in a vCPU's latch.
     dropped_signals: AtomicU64,
@@ -251,6 +253,7 @@ impl Chipset {
             pit: Mutex::new(Pit::new(config.tsc_hz)),
             rtc: Mutex::new(Rtc::new(config.tsc_hz, config.unix_time, config.now)),
             pm: Mutex::new(PowerManagement::new(config.tsc_hz)),
+            sci_line: AtomicBool::new(false),
             com1: Mutex::new(Com1 {
                 uart: if config.com1_unbuffered {
                     Uart16550::unbuffered(config.com1_output)
@@ -351,6 +354,22 @@ impl Chipset {
         self.vcpus[vcpu].state.lock()
     }
 
+    /// An operator pressed the VM's power button (a graceful shutdown): the
+    /// SCI goes up once the guest's ACPI enabled the event.
+    pub fn press_power_button(&self) {
+        self.poll_cache.forget();
+        let mut pm = self.pm.lock();
+        pm.press_power_button();
+        self.update_sci(pm.sci());
+    }
+
+    /// The SCI line follows the PM block's events (the PM block is locked by the caller).
+    fn update_sci(&self, level: bool) {
+        if self.sci_line.swap(level, Ordering::AcqRel) != level {
+            self.set_isa_irq(layout::IRQ_SCI, level);
+        }
+    }
+
     /// Bytes typed for the guest's serial console.
     pub fn com1_input(&self, bytes: &[u8]) {
         self.poll_cache.forget();
@@ -426,7 +445,10 @@ impl Chipset {
                 return request;
             }
             p if (layout::PM_BASE..layout::PM_BASE + layout::PM_SIZE).contains(&p) => {
-                return self.pm.lock().write(p - layout::PM_BASE, size, value);
+                let mut pm = self.pm.lock();
+                let request = pm.write(p - layout::PM_BASE, size, value);
+                self.update_sci(pm.sci());
+                return request;
             }
             layout::RESET_CONTROL => return acpi::reset_control_write(byte),
             _ => return self.ports.lock().write(port, size, value),
