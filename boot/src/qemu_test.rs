@@ -204,7 +204,11 @@ fn print_cpus_at_timeout(dir: &std::path::Path, kernel: &std::path::Path) {
     let serial = std::fs::read(dir.join("serial.log")).map(|b| String::from_utf8_lossy(&b).into_owned());
     let image_at = serial.ok().as_deref().and_then(kernel_image_offset);
     println!("          cpus at the timeout: {}", path.display());
-    for (cpu, rip, halted) in cpu_rips(&dump) {
+    let rips = cpu_rips(&dump);
+    if rips.is_empty() {
+        println!("          | QEMU's monitor gave no registers: its main loop did not answer (an emulator livelock?)");
+    }
+    for (cpu, rip, halted) in rips {
         let function = image_at.and_then(|at| rip.checked_sub(at)).and_then(|address| symbol(kernel, address));
         let halted = if halted { ", halted" } else { "" };
         println!("          | cpu{cpu} RIP {rip:#x}{halted} {}", function.as_deref().unwrap_or("(no kernel symbol)"));

@@ -166,8 +166,14 @@ pub fn timer_current() -> u32 {
 }
 
 /// Periodic timer interrupts at `hz`, given the timer's input frequency.
+/// The timer is stopped first: a change of mode applies to the count
+/// already loaded, and a one-shot's small count (1 for a deadline already
+/// passed) made periodic would interrupt every few nanoseconds until the
+/// new count is written (on QEMU's TCG, for ever: its main loop keeps
+/// firing that timer, and the CPU that would write the count waits for it).
 pub fn timer_start_periodic(timer_input_hz: u64, hz: u64) {
     let count = (timer_input_hz / TIMER_DIVISOR / hz).clamp(1, u32::MAX as u64) as u32;
+    write(REG_TIMER_INITIAL, 0);
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
     write(REG_LVT_TIMER, TIMER_PERIODIC | trap::VECTOR_TIMER as u32);
     write(REG_TIMER_INITIAL, count);

@@ -15,13 +15,14 @@ use core::sync::atomic::Ordering;
 type CheckResult = Result<String, String>;
 
 pub fn run(map: &MapSummary, smp: &SmpResult) -> bool {
-    let checks: [(&str, &dyn Fn() -> CheckResult); 7] = [
+    let checks: [(&str, &dyn Fn() -> CheckResult); 8] = [
         ("boot options", &check_boot_options),
         ("cpus", &|| check_cpus(smp)),
         ("memory map", &|| check_memory_map(map)),
         ("frames", &check_frames),
         ("heap", &check_heap),
         ("timer", &check_timer),
+        ("timer modes", &check_timer_mode_switch),
         ("ipi", &check_ipi),
     ];
     let mut failed = 0;
@@ -170,6 +171,35 @@ fn check_timer() -> CheckResult {
         return Err(format!("{ticks} timer interrupts in {elapsed_ms} ms, wanted {WANTED}"));
     }
     Ok(format!("{ticks} interrupts at {HZ} Hz in {elapsed_ms} ms of TSC time"))
+}
+
+/// The timer goes from a one-shot about to fire (count 1, as a deadline
+/// already passed arms it) to the periodic tick, as a core does when a vCPU
+/// leaves it, many times. It must never be periodic with the small count in
+/// between: an interrupt every few nanoseconds, which on QEMU's TCG keeps
+/// its main loop firing that timer for ever while the CPUs wait for it (two
+/// CI runs hung so). Then the tick runs at its rate, not as a storm.
+fn check_timer_mode_switch() -> CheckResult {
+    let cpu = percpu::current().ok_or("no per-CPU data")?;
+    const HZ: u64 = 100;
+    const SWITCHES: u32 = 2000;
+    x86_64::instructions::interrupts::disable();
+    for _ in 0..SWITCHES {
+        apic::timer_one_shot(1);
+        apic::timer_start_periodic(time::apic_timer_hz(), HZ);
+    }
+    let start = cpu.timer_ticks.load(Ordering::Relaxed);
+    let tsc_start = time::rdtsc();
+    // 50 ms: five ticks at 100 Hz, and the one-shots' last interrupt.
+    while time::rdtsc() < tsc_start + time::tsc_hz() / 20 {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+    apic::timer_stop();
+    let ticks = cpu.timer_ticks.load(Ordering::Relaxed) - start;
+    if ticks > 20 {
+        return Err(format!("{ticks} timer interrupts in 50 ms after {SWITCHES} switches, wanted about 5"));
+    }
+    Ok(format!("{SWITCHES} one-shot to periodic switches, then {ticks} interrupts in 50 ms"))
 }
 
 fn check_ipi() -> CheckResult {
