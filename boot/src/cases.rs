@@ -152,22 +152,63 @@ pub struct Case {
     /// Bounds on numbers the serial output prints.
     #[serde(default)]
     pub figure: Vec<Figure>,
+    /// Lines that must (nearly) not appear between two others.
+    #[serde(default)]
+    pub between: Vec<Between>,
+}
+
+/// `[[case.between]]`: after the first line with `after`, and before the
+/// first line with `before` past it, at most `max` lines (default 0) hold
+/// `forbid`; both lines must be there. (A paused VM prints nothing: `max`
+/// allows for a line already on its way when the pause came.)
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Between {
+    pub after: String,
+    pub before: String,
+    pub forbid: String,
+    #[serde(default)]
+    pub max: usize,
+}
+
+fn judge_between(want: &Between, serial: &str) -> Vec<String> {
+    let Some(start) = serial.find(want.after.as_str()) else {
+        return vec![format!("serial lacks '{}'", want.after)];
+    };
+    let rest = &serial[start + want.after.len()..];
+    let Some(end) = rest.find(want.before.as_str()) else {
+        return vec![format!("serial lacks '{}' after '{}'", want.before, want.after)];
+    };
+    let seen = rest[..end].lines().filter(|line| line.contains(want.forbid.as_str())).count();
+    if seen > want.max {
+        vec![format!(
+            "{seen} line(s) with '{}' between '{}' and '{}' (at most {})",
+            want.forbid, want.after, want.before, want.max
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 /// `[[case.figure]]`: the number right after `after` (a decimal, as in
-/// "93.1%"), on every line that has `after`, must be within `min` and `max`;
-/// at least one line must have it.
+/// "93.1%"), on every line that has `after`, must be within `min` and `max`
+/// and, with `all_equal`, the same on every such line; at least one line
+/// (`count`: exactly that many) must have it.
 #[derive(Deserialize, Clone, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Figure {
     pub after: String,
     pub min: Option<f64>,
     pub max: Option<f64>,
+    #[serde(default)]
+    pub all_equal: bool,
+    pub count: Option<usize>,
 }
 
 fn judge_figure(want: &Figure, serial: &str) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = 0;
+    let mut first: Option<f64> = None;
     for line in serial.lines() {
         let Some((_, rest)) = line.split_once(want.after.as_str()) else { continue };
         seen += 1;
@@ -181,12 +222,21 @@ fn judge_figure(want: &Figure, serial: &str) -> Vec<String> {
                     want.max.map_or("-".into(), |m| m.to_string())
                 ))
             }
-            Ok(_) => {}
+            Ok(got) if want.all_equal && first.is_some_and(|f| f != got) => problems.push(format!(
+                "'{}' is followed by {got}, not {} as on its first line",
+                want.after,
+                first.unwrap_or_default()
+            )),
+            Ok(got) => {
+                first.get_or_insert(got);
+            }
             Err(_) => problems.push(format!("'{}' is followed by no number: '{rest}'", want.after)),
         }
     }
     if seen == 0 {
         problems.push(format!("serial lacks '{}'", want.after));
+    } else if want.count.is_some_and(|count| count != seen) {
+        problems.push(format!("'{}' is on {seen} line(s), not {}", want.after, want.count.unwrap_or_default()));
     }
     problems
 }
@@ -525,6 +575,9 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     for share in &case.share {
         problems.extend(judge_share(share, &run.serial));
     }
+    for between in &case.between {
+        problems.extend(judge_between(between, &run.serial));
+    }
     for vcpu in &case.vcpu {
         problems.extend(judge_vcpu(vcpu, &run.serial));
     }
@@ -538,6 +591,34 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn figures_can_be_required_equal_and_counted() {
+        let want = Figure { after: "free (".into(), all_equal: true, count: Some(2), ..Figure::default() };
+        assert!(judge_figure(&want, "a free (55806 frames)\nb free (55806 frames)\n").is_empty());
+        assert_eq!(
+            judge_figure(&want, "a free (55806 frames)\nb free (55805 frames)\n"),
+            vec!["'free (' is followed by 55805, not 55806 as on its first line".to_string()]
+        );
+        assert_eq!(judge_figure(&want, "a free (1 frames)\n"), vec!["'free (' is on 1 line(s), not 2".to_string()]);
+    }
+
+    #[test]
+    fn lines_between_two_others_are_counted() {
+        let want = Between { after: "paused".into(), before: "resumed".into(), forbid: "vm c |".into(), max: 1 };
+        let serial = "vm c | 1\npaused\nvm c | 2\nvm d | x\nresumed\nvm c | 3\nvm c | 4\n";
+        assert!(judge_between(&want, serial).is_empty());
+        let strict = Between { max: 0, ..want.clone() };
+        assert_eq!(
+            judge_between(&strict, serial),
+            vec!["1 line(s) with 'vm c |' between 'paused' and 'resumed' (at most 0)".to_string()]
+        );
+        assert_eq!(
+            judge_between(&want, "resumed\npaused\n"),
+            vec!["serial lacks 'resumed' after 'paused'".to_string()]
+        );
+        assert_eq!(judge_between(&want, "nothing"), vec!["serial lacks 'paused'".to_string()]);
+    }
 
     #[test]
     fn shares_are_judged_from_the_scheduling_lines() {
@@ -556,13 +637,13 @@ mod tests {
     #[test]
     fn figures_after_a_text_are_bounded() {
         let serial = "halted: cpu0 93.1%, x\r\nticker: worst lateness 1500 us\r\nhalted: cpu0 80.0%\r\n";
-        let halted = Figure { after: "halted: cpu0 ".into(), min: Some(90.0), max: None };
+        let halted = Figure { after: "halted: cpu0 ".into(), min: Some(90.0), max: None, ..Figure::default() };
         assert_eq!(judge_figure(&halted, serial).len(), 1, "the second line is under 90");
-        let late = Figure { after: "worst lateness ".into(), min: None, max: Some(2000.0) };
+        let late = Figure { after: "worst lateness ".into(), min: None, max: Some(2000.0), ..Figure::default() };
         assert!(judge_figure(&late, serial).is_empty());
         let tight = Figure { max: Some(1000.0), ..late };
         assert_eq!(judge_figure(&tight, serial), vec!["'worst lateness ' is followed by 1500, outside - to 1000"]);
-        let absent = Figure { after: "nothing ".into(), min: Some(1.0), max: None };
+        let absent = Figure { after: "nothing ".into(), min: Some(1.0), max: None, ..Figure::default() };
         assert_eq!(judge_figure(&absent, serial), vec!["serial lacks 'nothing '"]);
     }
 

@@ -56,8 +56,10 @@ emulates AMD SVM with nested paging in software and brings the default VM's
 shell up in well under a minute. `--emulator bochs` (or `--vendor vmx` without
 KVM) runs the VT-x back end on Bochs instead, minutes to the shell.
 
-The default VM: Debian's stock Linux with a busybox shell on this terminal;
-`poweroff -f` stops it, and with it the run.";
+The default VM: Debian's stock Linux with a busybox shell on this terminal.
+Ctrl-] gives Basalt's management shell (`help` lists its commands, `console
+linux` goes back to the VM, `quit` ends the run); with --no-shell the
+terminal is the VM's alone and `poweroff -f` in it ends the run.";
 
 /// `run --emulator`.
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -92,12 +94,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub uefi: bool,
     /// Run the VM this TOML file describes (a Linux, Multiboot or ELF kernel;
-    /// see README.md, "VM description files")
+    /// see README.md, "VM description files"). Repeatable: the first has the
+    /// console at start, Ctrl-] gives Basalt's shell, which reaches them all
     #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
-    pub vm: Option<PathBuf>,
+    pub vm: Vec<PathBuf>,
     /// Run the tiny built-in demo guest instead of the default VM (no downloads)
     #[arg(long, conflicts_with_all = ["vm", "kernel"])]
     pub demo: bool,
+    /// Without Basalt's management shell: the console is the VM's alone,
+    /// and the run ends when every VM has stopped
+    #[arg(long)]
+    pub no_shell: bool,
     /// Run this kernel as the VM, as QEMU's -kernel would: a Linux bzImage or
     /// vmlinux (PVH), a Multiboot kernel or an ELF, told apart by its contents.
     /// `debian`: Debian's stock kernel (the vmlinux from its bzImage);
@@ -233,7 +240,16 @@ mod tests {
         let args = run("");
         assert_eq!((args.emulator, args.vendor, args.cpus, args.memory), (EmulatorChoice::Auto, None, 2, 512));
         assert_eq!((args.vm_memory, args.vcpus, args.uefi, args.demo), (256, 1, false, false));
-        assert!(args.vm.is_none() && args.kernel.is_none() && args.disks.is_empty());
+        assert!(args.vm.is_empty() && args.kernel.is_none() && args.disks.is_empty());
+        assert!(!args.no_shell, "the shell is on unless asked otherwise");
+    }
+
+    #[test]
+    fn several_vm_files_run_together_and_not_with_a_kernel() {
+        let args = run("--vm a.toml --vm=b.toml --no-shell");
+        assert_eq!(args.vm, [PathBuf::from("a.toml"), PathBuf::from("b.toml")]);
+        assert!(args.no_shell);
+        assert_eq!(error("run --vm a.toml --kernel debian").0, ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -264,6 +264,10 @@ fn default_append() -> String {
 
 /// Debian's kernel modules for virtio (disk and console) and ext2/3/4, in the
 /// order an /init must load them (the package has no modules.dep).
+/// The ACPI power button's driver and the input events it sends: what an
+/// init needs to shut down when an operator's `shutdown` presses the button.
+pub const POWER_BUTTON_MODULES: [&str; 2] = ["kernel/drivers/input/evdev.ko", "kernel/drivers/acpi/button.ko"];
+
 pub const VIRTIO_AND_EXT4_MODULES: [&str; 10] = [
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",

@@ -59,6 +59,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         uefi,
         vm,
         demo,
+        no_shell,
         kernel: kernel_path,
         initrd,
         append,
@@ -75,26 +76,39 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     setup::ensure(&setup::Needs::for_emulator(emulator)).map_err(anyhow::Error::msg)?;
     let kernel = images::build_kernel(images::Config::Run).context("building the kernel")?;
     let dir = workspace_root().join("target/basalt/run");
-    let linux = match (vm, kernel_path) {
-        (Some(file), _) => Some(vmconfig::load(&file).map_err(anyhow::Error::msg)?),
-        (None, Some(path)) => {
-            let boot = KernelBoot { initrd, append, memory_mib: vm_memory, vcpus, disks };
-            Some(kernel_vm(&path, boot).with_context(|| format!("--kernel {path}"))?)
+    let linux = match (vm.is_empty(), kernel_path) {
+        (false, _) => {
+            let mut vms = vm
+                .iter()
+                .map(|file| vmconfig::load(file).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>, _>>()?;
+            // The first has the console at start; the shell reaches the others.
+            for later in vms.iter_mut().skip(1) {
+                later.host_console = false;
+            }
+            vms
         }
-        (None, None) if demo => None,
-        (None, None) => Some(default_linux_vm().context("building the default Linux VM")?),
+        (true, Some(path)) => {
+            let boot = KernelBoot { initrd, append, memory_mib: vm_memory, vcpus, disks };
+            vec![kernel_vm(&path, boot).with_context(|| format!("--kernel {path}"))?]
+        }
+        (true, None) if demo => Vec::new(),
+        (true, None) => vec![default_linux_vm().context("building the default Linux VM")?],
     };
-    let bundle = match linux {
-        Some(linux) => guests::bundle_with_linux(emulator.exit_option(), &[], &[linux])
+    let cmdline = format!("{}{}", emulator.exit_option(), if no_shell { "" } else { " shell=on" });
+    let bundle = if linux.is_empty() {
+        default_bundle(&cmdline)?
+    } else {
+        guests::bundle_with_linux(&cmdline, &[], &linux)
             .map_err(anyhow::Error::msg)
-            .context("writing the boot bundle")?,
-        None => default_bundle(emulator.exit_option())?,
+            .context("writing the boot bundle")?
     };
     let image = images::make_image(&kernel, &dir, &bundle, firmware).context("writing the disk image")?;
     println!(
-        "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows (Ctrl-A X ends the run{})",
+        "xtask: booting {} on {} with {cpus} CPU(s) and {memory} MiB; serial follows ({}Ctrl-A X ends the run{})",
         image.display(),
         emulator.name(),
+        if no_shell { "" } else { "Ctrl-] gives Basalt's shell; " },
         if emulator == Emulator::Bochs { "; Bochs boots Linux to its shell in a few minutes" } else { "" }
     );
     let machine = emulator::Machine { emulator, firmware, cpus, memory_mib: memory, bochs_ips: emulator::BOCHS_IPS };
@@ -103,7 +117,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("running {} (its files are in {})", emulator.name(), dir.display()))?;
     match end {
         InteractiveEnd::Quit => println!("\r\nxtask: run ended (Ctrl-A X)"),
-        InteractiveEnd::Ended(Ending::Success) => println!("\r\nxtask: run ended: every VM has stopped"),
+        InteractiveEnd::Ended(Ending::Success) if no_shell => println!("\r\nxtask: run ended: every VM has stopped"),
+        InteractiveEnd::Ended(Ending::Success) => println!("\r\nxtask: run ended: the shell's quit stopped Basalt"),
         InteractiveEnd::Ended(Ending::Failure) => bail!("Basalt reported a failure; its log is above"),
         InteractiveEnd::Ended(Ending::Abnormal(why)) => bail!("the run ended abnormally: {why}"),
         InteractiveEnd::Ended(Ending::Timeout) => bail!("the run timed out"),
@@ -257,7 +272,11 @@ fn default_linux_vm() -> anyhow::Result<guests::LinuxVm> {
         vcpus: 1,
         time_limit_ms: 24 * 3600 * 1000,
         append: "console=ttyS0".into(),
-        modules: guests::VIRTIO_AND_EXT4_MODULES.iter().map(|m| m.to_string()).collect(),
+        modules: guests::VIRTIO_AND_EXT4_MODULES
+            .iter()
+            .chain(&guests::POWER_BUTTON_MODULES)
+            .map(|m| m.to_string())
+            .collect(),
         blank_disks_mib: vec![8],
         host_console: true,
         boot: guests::KernelFile::Vmlinux,

@@ -30,6 +30,9 @@ pub struct Options {
     /// timer fires a tenth early, as against a TSC it was calibrated badly
     /// against, so the cases prove no wait relies on it firing on time.
     pub early_one_shot: bool,
+    /// `shell=on`: the management shell has the console (see `shell.rs`);
+    /// the VMs run until the operator's `quit`.
+    pub shell: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,8 @@ pub fn parse(text: &str) -> Options {
             ("profile", "off") => options.profile_loop = false,
             ("migrate", "every-slice") => options.migrate_every_slice = true,
             ("one-shot", "early") => options.early_one_shot = true,
+            ("shell", "on") => options.shell = true,
+            ("shell", "off") => options.shell = false,
             ("slice-us", n) => match n.parse::<u64>() {
                 Ok(micros @ 100..=1_000_000) => options.slice_us = Some(micros),
                 _ => log::warn!("ignoring '{word}': the slice is 100 to 1000000 microseconds"),

@@ -135,12 +135,89 @@ pub fn write_locked(args: core::fmt::Arguments) {
 }
 
 fn enqueue(source: Source, bytes: &[u8]) {
+    if MANAGED.load(Ordering::Acquire) && managed_line(bytes) {
+        return;
+    }
+    queue(source, bytes);
+}
+
+/// Into the port's queue as it is: no hold, not kept among the recent lines.
+fn queue(source: Source, bytes: &[u8]) {
     without_interrupts(|| {
         if QUEUE.lock().push(source, bytes) {
             WAITING.store(true, Ordering::Release);
         }
     });
     pump();
+}
+
+/// With the management shell (`shell=on`), every line (Basalt's own and
+/// VMs' prefixed lines; not a console's raw bytes, not the shell's own
+/// output) is kept among the recent lines for `log`; while an operator is
+/// attached to a VM's console, lines wait in the held ring instead of going
+/// out, so the VM's screen is not interleaved with them. Returns whether the
+/// line was held.
+static MANAGED: AtomicBool = AtomicBool::new(false);
+static HOLDING: AtomicBool = AtomicBool::new(false);
+/// Basalt's recent lines (`log`), and the lines waiting while a console is attached.
+static RECENT: Mutex<Option<basalt_manage::ring::ByteRing>> = Mutex::new(None);
+static HELD: Mutex<Option<basalt_manage::ring::ByteRing>> = Mutex::new(None);
+const RECENT_BYTES: usize = 32 * 1024;
+const HELD_BYTES: usize = 32 * 1024;
+
+fn managed_line(bytes: &[u8]) -> bool {
+    without_interrupts(|| {
+        if let Some(recent) = RECENT.lock().as_mut() {
+            recent.push(bytes);
+        }
+        HOLDING.load(Ordering::Acquire) && {
+            if let Some(held) = HELD.lock().as_mut() {
+                held.push(bytes);
+            }
+            true
+        }
+    })
+}
+
+/// The management shell is on: lines are kept for `log` from now on.
+pub fn start_managing() {
+    without_interrupts(|| {
+        *RECENT.lock() = Some(basalt_manage::ring::ByteRing::new(RECENT_BYTES));
+        *HELD.lock() = Some(basalt_manage::ring::ByteRing::new(HELD_BYTES));
+    });
+    MANAGED.store(true, Ordering::Release);
+}
+
+/// An operator attached to a VM's console: lines wait from now on.
+pub fn hold_lines() {
+    HOLDING.store(true, Ordering::Release);
+}
+
+/// The operator left the console: lines go out again; returns those that
+/// waited (whole lines) and how many bytes were lost past the ring's size.
+pub fn release_lines() -> (alloc::vec::Vec<u8>, u64) {
+    HOLDING.store(false, Ordering::Release);
+    without_interrupts(|| {
+        let mut held = HELD.lock();
+        let Some(ring) = held.as_mut() else { return (alloc::vec::Vec::new(), 0) };
+        let out = (ring.whole_lines(), ring.dropped());
+        ring.clear();
+        out
+    })
+}
+
+/// Basalt's recent lines, whole, oldest first.
+pub fn recent_lines() -> alloc::vec::Vec<u8> {
+    without_interrupts(|| RECENT.lock().as_ref().map(|r| r.whole_lines()).unwrap_or_default())
+}
+
+/// The management shell's own output (prompt, echo, command results): out
+/// at once, as it is, never held nor kept among the recent lines. Long
+/// output goes in pieces the queue takes whole.
+pub fn shell_output(bytes: &[u8]) {
+    for piece in bytes.chunks(devices::output::MAX_LINE) {
+        queue(HOST, piece);
+    }
 }
 
 /// Sends queued bytes while the port can take them without waiting; returns
@@ -207,10 +284,11 @@ impl GuestOutput {
     }
 
     /// Guest console bytes for the host console, as they are (a VM that owns
-    /// the host console: see loader's `host_console`).
+    /// the host console: see loader's `host_console`, or whose console an
+    /// operator attached to): never held, not among the recent lines.
     pub fn raw(&self, bytes: &[u8]) {
         self.wrote.store(true, Ordering::Relaxed);
-        enqueue(self.source, bytes);
+        queue(self.source, bytes);
     }
 
     /// After an exit: whether the VM wrote and now has more output waiting

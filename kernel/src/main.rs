@@ -16,6 +16,7 @@ mod pic;
 mod platform;
 mod platform_exit;
 mod selftest;
+mod shell;
 mod smp;
 mod time;
 mod trap;
@@ -168,14 +169,14 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Ok(vms) => vms.unwrap_or_default(),
         Err(e) => fail_fmt(format_args!("{e}")),
     };
-    if !vms.is_empty() {
+    if !vms.is_empty() || options.shell {
         if !guests_here {
             fail("there are VMs to run but this CPU cannot run guests (see the vmx and svm lines above)");
         }
         let online = percpu::online().filter(|c| c.runs_guests.load(core::sync::atomic::Ordering::Acquire)).count();
         info!("vmm: running {} VM(s) on {} CPU(s)", vms.len(), online);
         let free_before = memory::free_frame_count();
-        let reports = vmm::run_all(vms);
+        let runs = vmm::run_all(vms, options.shell);
         // Every VM's frames (RAM, nested page tables, control structures,
         // disks) go back when it ends: a host that starts and stops VMs
         // for ever must not lose memory to them.
@@ -184,10 +185,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             Some(0) | None => "all given back".into(),
             Some(lost) => alloc::format!("{lost} not given back"),
         };
-        info!(
-            "vmm: all {} VM(s) stopped; host frames free: {free_before} before, {free_after} after ({kept})",
-            reports.len()
-        );
+        info!("vmm: all {runs} VM(s) stopped; host frames free: {free_before} before, {free_after} after ({kept})");
     }
     if options.exit.is_some_and(|m| m != platform_exit::ExitMethod::Halt) {
         if options.selftest {

@@ -176,6 +176,13 @@ pub fn free_frame(frame: u64) {
     }
 }
 
+/// Frames free once the kernel had set itself up: the host's memory for VMs.
+static BOOT_FREE_FRAMES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+pub fn boot_free_frame_count() -> usize {
+    BOOT_FREE_FRAMES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn free_frame_count() -> usize {
     FRAMES.lock().as_ref().map_or(0, |b| b.free)
 }
@@ -266,6 +273,7 @@ pub fn init(phys_offset: u64, regions: &MemoryRegions) -> MapSummary {
     for frame in home / FRAME_SIZE..(home + bitmap_bytes).div_ceil(FRAME_SIZE) {
         bitmap.set(frame as usize, false);
     }
+    BOOT_FREE_FRAMES.store(bitmap.free, core::sync::atomic::Ordering::Relaxed);
     *FRAMES.lock() = Some(bitmap);
 
     let (level4, _) = x86_64::registers::control::Cr3::read();

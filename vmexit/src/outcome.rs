@@ -45,6 +45,20 @@ pub enum Stop {
     EntryFailed(String),
     /// Guest behaviour Basalt does not emulate; says what it was.
     Unsupported(String),
+    /// An operator stopped it from the management shell; says how
+    /// ("powered off from the console", ...).
+    Operator(String),
+    /// An operator reset it from the management shell: it starts again.
+    ResetByOperator,
+}
+
+impl Stop {
+    /// Whether the VM crashed (what its `on-crash` policy acts on), rather
+    /// than ending as asked: by the guest (power-off, exit, a halt for
+    /// good), its time limit, or an operator.
+    pub fn is_crash(&self) -> bool {
+        matches!(self, Stop::TripleFault | Stop::InvalidGuestState(_) | Stop::EntryFailed(_) | Stop::Unsupported(_))
+    }
 }
 
 impl core::fmt::Display for Stop {
@@ -60,6 +74,8 @@ impl core::fmt::Display for Stop {
             Stop::InvalidGuestState(why) => write!(f, "invalid guest state: {why}"),
             Stop::EntryFailed(why) => write!(f, "VM entry failed: {why}"),
             Stop::Unsupported(what) => write!(f, "unsupported guest behaviour: {what}"),
+            Stop::Operator(how) => write!(f, "{how}"),
+            Stop::ResetByOperator => write!(f, "reset from the console"),
         }
     }
 }

@@ -20,6 +20,12 @@ pub trait Backend: vmexit::Vcpu + Send {
     /// VT-x: a VMCS may be loaded on another core only once it is cleared on
     /// the one it was last current on), after its set-up here.
     fn release(&mut self) {}
+    /// Its VM's clock runs `base` host TSC ticks behind the host's (the
+    /// time it spent paused): the guest's TSC offset as `vmexit::Vcpu`
+    /// reads and writes it stays the guest's, and the hardware's is that
+    /// less `base`, so the guest's TSC did not move while it was paused.
+    /// Set after `switch_in`.
+    fn set_time_base(&mut self, base: u64);
     /// The guest waits in the halted state (HLT, interrupts on).
     fn halted(&self) -> bool;
     /// The VMM must be back by host TSC `deadline` (a device timer, the time

@@ -4,11 +4,16 @@
 use super::xstate;
 use vmexit::GuestXstate;
 
-pub struct KernelHost;
+/// `time_base`: host TSC ticks the VM spent paused; its devices' clocks
+/// run that much behind the host's (see `SharedVm::time_base`).
+#[derive(Default)]
+pub struct KernelHost {
+    pub time_base: u64,
+}
 
 impl vmexit::Host for KernelHost {
     fn now(&self) -> u64 {
-        crate::time::rdtsc()
+        crate::time::rdtsc().wrapping_sub(self.time_base)
     }
 
     fn tsc_hz(&self) -> u64 {
@@ -49,7 +54,7 @@ impl vmexit::Host for KernelHost {
 
 /// The CR4 bits guests may set on this host (back ends own the others).
 pub fn guest_cr4_allowed() -> u64 {
-    vmexit::Host::guest_cr4_allowed(&KernelHost)
+    vmexit::Host::guest_cr4_allowed(&KernelHost::default())
 }
 
 /// MAXPHYADDR as guests see it (CPUID 0x80000008 is passed through), asked

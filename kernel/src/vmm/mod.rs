@@ -18,9 +18,11 @@ mod sched;
 #[cfg(feature = "test-hooks")]
 pub use sched::migrate_every_slice;
 pub use sched::set_slice_us;
+pub mod manage;
 mod shared;
 mod switch;
 pub mod vm;
+pub mod vm_console;
 pub(crate) mod xstate;
 
 use alloc::boxed::Box;
@@ -144,10 +146,13 @@ pub struct GuestImages {
 
 /// Builds a VM from its images: the VM, shared, and its vCPU 0 ready to run
 /// (its control structure released, so any core may run it).
-fn build(guest: &GuestImages) -> Result<(Arc<SharedVm>, Box<dyn Backend>), Stop> {
+fn build(
+    guest: &GuestImages,
+    console: Option<&Arc<vm_console::VmConsole>>,
+) -> Result<(Arc<SharedVm>, Box<dyn Backend>), Stop> {
     let spec = &guest.spec;
     let vcpus = spec.cpus.max(1) as usize;
-    let mut vm = Vm::new(spec).map_err(Stop::Unsupported)?;
+    let mut vm = Vm::new(spec, console).map_err(Stop::Unsupported)?;
     // Disks may come packed (a blank one packs to almost nothing): each is
     // unpacked for the copy the VM keeps, then given back.
     let disks = guest.disks.iter().map(|&disk| Unpacked::of(disk)).collect::<Result<Vec<_>, _>>();
@@ -242,8 +247,9 @@ fn build(guest: &GuestImages) -> Result<(Arc<SharedVm>, Box<dyn Backend>), Stop>
 /// reset (a reset starts it again from its images, as a machine reboots; a
 /// guest that keeps resetting is stopped instead of looping forever).
 struct VmJob {
-    order: usize,
-    guest: Box<GuestImages>,
+    /// Its place in the VM list (`manage::DEFINED`).
+    index: usize,
+    guest: Arc<GuestImages>,
     resets: u32,
     report: VmReport,
 }
@@ -259,7 +265,7 @@ struct Running {
 
 static JOBS: Mutex<VecDeque<VmJob>> = Mutex::new(VecDeque::new());
 static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
-static REPORTS: Mutex<Vec<(usize, VmReport)>> = Mutex::new(Vec::new());
+/// Runs of VMs that ended (a restart is a new run).
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
 
 fn new_report(spec: &VmSpec) -> VmReport {
@@ -291,11 +297,12 @@ fn start_vm(mut job: VmJob) {
         job.report.cpu = crate::percpu::current_index();
         job.report.elapsed_us = crate::time::micros_since_boot();
     }
-    let (shared, vcpu0) = match build(&job.guest) {
+    let console = manage::console(job.index);
+    let (shared, vcpu0) = match build(&job.guest, console.as_ref()) {
         Ok(built) => built,
         Err(stop) => return finish_unstarted(job, stop),
     };
-    let params = match scheduling_params(&job.guest.spec) {
+    let params = match scheduling_params(&manage::scheduling(job.index, &job.guest.spec)) {
         Ok(params) => params,
         Err(why) => return finish_unstarted(job, Stop::Unsupported(why)),
     };
@@ -318,6 +325,7 @@ fn start_vm(mut job: VmJob) {
         }
     }
     let first = vcpus[0].id;
+    manage::started(job.index, &shared);
     RUNNING.lock().push(Running { shared, live: vcpus.len(), vcpus, job });
     sched::wake(first);
 }
@@ -325,8 +333,8 @@ fn start_vm(mut job: VmJob) {
 /// The policy's parameters for each of a VM's vCPUs, from its VM list
 /// entry (already checked there); its affinity narrowed to the host CPUs
 /// that run guests, which must leave one.
-fn scheduling_params(spec: &VmSpec) -> Result<basalt_sched::Params, String> {
-    let s = spec.scheduling;
+fn scheduling_params(s: &loader::manifest::Scheduling) -> Result<basalt_sched::Params, String> {
+    let s = *s;
     let guest_cores = sched::guest_cores();
     let cpus = match s.affinity {
         None => guest_cores,
@@ -377,6 +385,9 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
     let index = entry.index;
     if shared.is_stopping() {
         return retire(entry);
+    }
+    if shared.is_paused() {
+        return sched::pause(entry);
     }
     let mut backend = entry.backend.lock();
     let waiting = *entry.waiting.lock();
@@ -435,9 +446,11 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
     shared.place(index, true);
     let end = run::run(&mut **vcpu, shared, run::Slice { core, until });
     shared.place(index, false);
+    *entry.exits.lock() = vcpu.counters().exits;
     drop(backend);
     match end {
         RunEnd::Preempted => sched::after_slice(entry, core),
+        RunEnd::Paused => sched::pause(entry),
         RunEnd::Blocked { timer } => block(entry, sched::Waiting::Interrupt, Some(timer)),
         // vCPU 0 neither takes INIT nor parks (exits/hlt.rs).
         RunEnd::Parked if index == 0 => {
@@ -545,15 +558,47 @@ fn finish(running: Running) {
         JOBS.lock().push_front(job);
         return;
     }
+    if report.stop == Stop::ResetByOperator {
+        log::info!("vm {}: reset from the console; starting it again", report.name);
+        manage::starting_again(job.index);
+        requeue(job);
+        return;
+    }
     report_finished(job);
 }
 
+/// A VM starts again from its images, with a fresh report.
+fn requeue(job: VmJob) {
+    let report = new_report(&job.guest.spec);
+    JOBS.lock().push_front(VmJob { report, ..job });
+}
+
+/// A VM's run ended for good: its report, then what its crash policy says.
 fn report_finished(mut job: VmJob) {
     let report = &mut job.report;
     report.elapsed_us = crate::time::micros_since_boot() - report.elapsed_us;
     log_report(report);
-    REPORTS.lock().push((job.order, job.report));
+    let restart = manage::ended(job.index, report);
     FINISHED.fetch_add(1, Ordering::AcqRel);
+    if restart {
+        requeue(VmJob { resets: 0, ..job });
+        crate::smp::wake_all_aps();
+    }
+}
+
+/// Queues the VM at `index` of the list to start (`manage` calls this).
+fn queue_start(index: usize, guest: Arc<GuestImages>) {
+    let report = new_report(&guest.spec);
+    JOBS.lock().push_back(VmJob { index, guest, resets: 0, report });
+    crate::smp::wake_all_aps();
+}
+
+/// Takes a VM's start off the queue if it has not begun; whether it was there.
+fn unqueue(index: usize) -> bool {
+    let mut jobs = JOBS.lock();
+    let before = jobs.len();
+    jobs.retain(|job| job.index != index);
+    jobs.len() != before
 }
 
 /// What the scheduler saw of one vCPU (times in microseconds).
@@ -723,7 +768,7 @@ pub fn log_report(r: &VmReport) {
 /// VMX-preemption timer, or SVM's one-shot APIC timer), set for the VM's next
 /// deadline and never longer than one tick, so the guest's own timer ticks
 /// cost no exits for the host's.
-pub(crate) const HOST_TICK_HZ: u64 = 100;
+pub const HOST_TICK_HZ: u64 = 100;
 
 /// Runs VMs on the calling core until none is left to start or run: starts
 /// queued VMs, and runs what the scheduler picks for this core, halting
@@ -733,6 +778,7 @@ pub fn work() {
     let core = crate::percpu::current_index();
     crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     loop {
+        crate::shell::run_pending();
         // The scheduler's lock only when there is a VM to start.
         let queued = !JOBS.lock().is_empty();
         let job = if queued && !sched::leaves_vm_starts(core) { JOBS.lock().pop_front() } else { None };
@@ -771,6 +817,7 @@ fn idle(core: u32) {
     interrupts::enable_and_hlt();
     sched::add_halted(core, crate::time::rdtsc() - halted_at);
     crate::log::pump();
+    crate::shell::poll(crate::time::rdtsc());
     if soon {
         crate::apic::timer_start_periodic(crate::time::apic_timer_hz(), HOST_TICK_HZ);
     }
@@ -807,26 +854,94 @@ fn log_halted(run: u64) {
     log::info!("vmm: cores while VMs ran: {busy}");
 }
 
-/// Runs every VM, using all CPUs that have VMX on; returns the reports in the
-/// order the VMs were given.
-pub fn run_all(vms: Vec<GuestImages>) -> Vec<VmReport> {
-    let total = vms.len();
+/// Runs the VMs, using every CPU that runs guests: those marked autostart
+/// at once. Without the management shell it returns once none is left to
+/// run; with it (`managed`), once the operator quits and every VM stopped,
+/// serving the shell meanwhile. Returns how many VM runs ended.
+pub fn run_all(vms: Vec<GuestImages>, managed: bool) -> usize {
     FINISHED.store(0, Ordering::Release);
-    JOBS.lock().extend(vms.into_iter().enumerate().map(|(order, guest)| {
-        let report = new_report(&guest.spec);
-        VmJob { order, guest: Box::new(guest), resets: 0, report }
-    }));
+    manage::define(vms, managed);
+    if managed {
+        crate::shell::start();
+    }
     sched::reset_figures();
     crate::smp::wake_all_aps();
-    // This core keeps taking work too.
-    while FINISHED.load(Ordering::Acquire) < total {
+    loop {
+        // This core keeps taking work too.
         work();
+        // Not "no jobs and nothing running": a VM between its end and its
+        // restart is neither for a moment.
+        let idle = !manage::any_active();
+        if idle && (!managed || crate::shell::quitting()) {
+            break;
+        }
+        if managed {
+            // Nothing to run here: the shell still needs this core.
+            crate::shell::serve_while_idle();
+        }
         core::hint::spin_loop();
     }
     if sched::first_run() != 0 {
         log_halted(crate::time::rdtsc().saturating_sub(sched::first_run()));
     }
-    let mut reports = core::mem::take(&mut *REPORTS.lock());
-    reports.sort_by_key(|(order, _)| *order);
-    reports.into_iter().map(|(_, r)| r).collect()
+    FINISHED.load(Ordering::Acquire)
+}
+
+/// For the shell's `cores`: per core that runs guests, its runnable vCPUs,
+/// the one running ("vm/vcpuN"), and its TSC ticks halted and in guests
+/// since the first vCPU run.
+pub fn core_view() -> Vec<(u32, u32, Option<String>, u64, u64)> {
+    sched::core_view()
+        .into_iter()
+        .map(|(core, runnable, running)| {
+            let (halted, in_guest, _) = sched::core_figures(core);
+            (core, runnable, running, halted, in_guest)
+        })
+        .collect()
+}
+
+/// When the first vCPU ran (host TSC; 0: none yet).
+pub fn first_run() -> u64 {
+    sched::first_run()
+}
+
+/// For the shell's `top`: each vCPU since the last `top` (or its start).
+pub fn top() -> String {
+    use basalt_manage::format::VcpuRow;
+    /// Per vCPU at the last `top`: VM, index, run and wait time, exits by kind.
+    type Sample = (String, usize, u64, u64, [u64; vmexit::Exit::KINDS]);
+    static LAST: Mutex<(u64, Vec<Sample>)> = Mutex::new((0, Vec::new()));
+    let now = crate::time::rdtsc();
+    let views = sched::vcpu_view();
+    let mut last = LAST.lock();
+    let since = if last.0 == 0 { sched::first_run().max(1) } else { last.0 };
+    let elapsed_ns = crate::time::tsc_to_micros(now.saturating_sub(since)).saturating_mul(1000).max(1);
+    let mut rows = Vec::new();
+    let mut sample = Vec::new();
+    for v in views {
+        let before = last.1.iter().find(|(vm, index, ..)| *vm == v.vm && *index == v.index);
+        let (run0, wait0, exits0) = before.map_or((0, 0, [0; vmexit::Exit::KINDS]), |b| (b.2, b.3, b.4));
+        let permille = |ns: u64| (ns.saturating_mul(1000) / elapsed_ns).min(1000) as u32;
+        let mut reasons: Vec<(String, u64)> = vmexit::Exit::KIND_NAMES
+            .iter()
+            .zip(v.exits.iter().zip(exits0.iter()))
+            .map(|(name, (&now, &then))| (String::from(*name), now.saturating_sub(then)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        reasons.sort_by_key(|r| core::cmp::Reverse(r.1));
+        let total: u64 = reasons.iter().map(|(_, n)| n).sum();
+        rows.push(VcpuRow {
+            vm: v.vm.clone(),
+            index: v.index as u32,
+            state: v.state,
+            core: v.core,
+            cpu_permille: permille(v.accounting.run_ns.saturating_sub(run0)),
+            steal_permille: permille(v.accounting.wait_ns.saturating_sub(wait0)),
+            exits_per_s: (total as u128 * 1_000_000_000 / elapsed_ns as u128) as u64,
+            top_reasons: reasons,
+        });
+        sample.push((v.vm, v.index, v.accounting.run_ns, v.accounting.wait_ns, v.exits));
+    }
+    *last = (now, sample);
+    basalt_manage::format::top(&rows, elapsed_ns / 1_000_000)
 }

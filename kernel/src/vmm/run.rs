@@ -29,6 +29,8 @@ pub enum RunEnd {
     Parked,
     /// Its slice ended, or its core was asked to decide again.
     Preempted,
+    /// An operator paused its VM.
+    Paused,
     /// It halted with nothing pending while another vCPU waits for the
     /// core; its next timer event is at host TSC `timer`.
     Blocked { timer: u64 },
@@ -116,6 +118,10 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
         x86_64::instructions::interrupts::enable();
         return RunEnd::Stop(stop);
     }
+    // The VM's clocks run `base` behind the host's (its pauses): the
+    // platform gets the VM's time, the back end's timer the host's.
+    let base = shared.time_base();
+    vcpu.set_time_base(base);
     // While the vCPU is on the core the back end's timer (`arm_timer`, never
     // longer than one host tick) stands in for the host's periodic tick, so
     // a guest's timer ticks cost no exits for the host's.
@@ -129,7 +135,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
     };
     let vm = shared.vm();
     let output = &vm.output;
-    let mut host = KernelHost;
+    let mut host = KernelHost { time_base: base };
     let mut watch = Stopwatch::<PROFILE> { last: time::rdtsc(), profile: LoopProfile::new() };
     // The last exit's kind and when the guest left, for its round trip.
     let mut trip: Option<(usize, u64)> = None;
@@ -142,6 +148,10 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
         if !core::mem::take(&mut fast) {
             if shared.is_stopping() {
                 break RunEnd::VmStopped;
+            }
+            // (A resume that came before this vCPU noticed the pause moved the base.)
+            if shared.is_paused() || shared.time_base() != base {
+                break RunEnd::Paused;
             }
             let now = time::rdtsc();
             if now >= shared.deadline() {
@@ -157,11 +167,15 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
                 break RunEnd::Init;
             }
             vm.poll_host_console(now);
+            // A command for the management shell: the core's loop runs it.
+            if crate::shell::poll(now) {
+                break RunEnd::Preempted;
+            }
             // Timers that expired raise their interrupts; the back end's timer
             // brings the VMM back by the next one (or the time limit).
-            vm.chipset.poll(me, now, &mut RamHandle(&vm.memory));
+            vm.chipset.poll(me, now.wrapping_sub(base), &mut RamHandle(&vm.memory));
             watch.lap(Phase::Poll);
-            let wake = vm.chipset.next_deadline(me).map_or(shared.deadline(), |d| d.min(shared.deadline()));
+            let wake = next_wake(vm, me, base, shared);
             arm(vcpu, now, wake);
             watch.lap(Phase::Arm);
             vmexit::events::deliver_pending(vcpu, &vm.chipset);
@@ -375,9 +389,10 @@ fn fast_path(
         return if early { Fast::Handled(Outcome::Resume) } else { Fast::Declined };
     }
     let now = time::rdtsc();
+    let vm_now = now.wrapping_sub(host.time_base);
     if !early {
         let outcome = match exit {
-            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &vm.chipset, now).then_some(Outcome::Resume),
+            vmexit::Exit::Wrmsr => vmexit::fast_tsc_deadline(vcpu, &vm.chipset, vm_now).then_some(Outcome::Resume),
             vmexit::Exit::Cpuid => vmexit::fast_cpuid(vcpu, Some(&vm.chipset), host).then_some(Outcome::Resume),
             vmexit::Exit::Io(access) => {
                 // The absorb comes first, as on the long way: an interrupt
@@ -403,14 +418,23 @@ fn fast_path(
         }
     }
     if shared.is_stopping()
+        || shared.is_paused()
         || now >= shared.deadline()
         || slice.over(now)
         || vm.chipset.has_wakeup(me)
-        || vm.chipset.poll_due(me, now)
+        || vm.chipset.poll_due(me, vm_now)
     {
         return Fast::Handled(Outcome::Resume);
     }
-    Fast::Resume { now, wake: vm.chipset.next_deadline(me).map_or(shared.deadline(), |d| d.min(shared.deadline())) }
+    Fast::Resume { now, wake: next_wake(vm, me, host.time_base, shared) }
+}
+
+/// When the VMM must be back for vCPU `me` (host TSC): the platform's next
+/// event for it (in the VM's time, `base` behind the host's), or the VM's
+/// time limit.
+fn next_wake(vm: &Vm, me: usize, base: u64, shared: &SharedVm) -> u64 {
+    let limit = shared.deadline();
+    vm.chipset.next_deadline(me).map_or(limit, |d| d.saturating_add(base).min(limit))
 }
 
 /// The bench reads this line: guest time since the VM was built and this

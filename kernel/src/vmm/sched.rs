@@ -25,6 +25,7 @@ use super::backend::Backend;
 use super::counters::ExitCounters;
 use super::shared::SharedVm;
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use basalt_sched::{CoreId, NotRunnable, Params, Policy, Refused, Tunables, VcpuId};
@@ -61,6 +62,9 @@ pub struct VcpuEntry {
     pub waiting: Mutex<Waiting>,
     /// The policy's figures, kept when the vCPU leaves it (its VM stopped).
     pub accounting: Mutex<Option<basalt_sched::Accounting>>,
+    /// Its exits by kind as of its last run's end (the shell's `top` reads
+    /// them without waiting for a running vCPU's back end).
+    pub exits: Mutex<[u64; vmexit::Exit::KINDS]>,
     /// Its parameters as its VM's configuration gives them.
     params: Params,
 }
@@ -236,6 +240,7 @@ pub fn add(
             counters: Mutex::new(ExitCounters::new()),
             waiting: Mutex::new(waiting),
             accounting: Mutex::new(None),
+            exits: Mutex::new([0; vmexit::Exit::KINDS]),
             params,
         });
         if slot == t.vcpus.len() {
@@ -361,4 +366,94 @@ pub fn decide(core: u32) -> (Option<Arc<VcpuEntry>>, Option<u64>) {
         reschedule(kick);
     }
     (entry, until)
+}
+
+/// The vCPU, running, leaves its core for an operator's pause: it waits
+/// until `wake` (`SharedVm::resume`). Looked at again after: a resume that
+/// came while it was leaving must not be lost.
+pub fn pause(entry: &VcpuEntry) {
+    with_table(|t| t.policy.block(entry.id, NotRunnable::Paused, now_ns()));
+    if !entry.vm.is_paused() {
+        wake(entry.id);
+    }
+}
+
+/// New parameters for every vCPU of a running VM (the shell's `set`).
+pub fn set_params_of(vm: &SharedVm, params: &Params) -> Result<(), String> {
+    let mut kicks = Vec::new();
+    let result = with_table(|t| {
+        for id in vm.sched_ids() {
+            match t.policy.set_params(id, params.clone(), now_ns()) {
+                Ok(kick) => kicks.extend(kick.map(|k| k.core)),
+                Err(refused) => return Err(alloc::format!("{refused:?}")),
+            }
+        }
+        Ok(())
+    });
+    for core in kicks {
+        reschedule(core);
+    }
+    result
+}
+
+/// Nanoseconds the VM's vCPUs have run, all together.
+pub fn run_ns_of(vm: &SharedVm) -> u64 {
+    with_table(|t| vm.sched_ids().filter_map(|id| t.policy.accounting(id)).map(|a| a.run_ns).sum())
+}
+
+/// Per core that runs guests: its vCPUs that may run there, and the one
+/// running now ("vm/vcpuN").
+pub fn core_view() -> Vec<(u32, u32, Option<alloc::string::String>)> {
+    with_table(|t| {
+        guest_cores()
+            .iter()
+            .map(|core| {
+                let running = t.policy.current(core).and_then(|id| t.vcpus.get(id.0 as usize).cloned().flatten());
+                let running = running.map(|e| alloc::format!("{}/vcpu{}", e.vm.vm().name, e.index));
+                (core.0, t.policy.runnable_on(core), running)
+            })
+            .collect()
+    })
+}
+
+/// One vCPU as the shell's `top` sees it: its VM, number, state, core, the
+/// policy's figures and its exits by kind.
+pub struct VcpuView {
+    pub vm: String,
+    pub index: usize,
+    pub state: &'static str,
+    pub core: Option<u32>,
+    pub accounting: basalt_sched::Accounting,
+    pub exits: [u64; vmexit::Exit::KINDS],
+}
+
+pub fn vcpu_view() -> Vec<VcpuView> {
+    use basalt_sched::VcpuState;
+    // The entries' own locks are taken after the table's is released.
+    type Seen = (Arc<VcpuEntry>, Option<VcpuState>, Option<CoreId>, Option<basalt_sched::Accounting>);
+    let seen: Vec<Seen> = with_table(|t| {
+        t.vcpus
+            .iter()
+            .flatten()
+            .map(|e| (e.clone(), t.policy.state(e.id), t.policy.core_of(e.id), t.policy.accounting(e.id)))
+            .collect()
+    });
+    seen.into_iter()
+        .map(|(entry, state, core, accounting)| VcpuView {
+            vm: entry.vm.vm().name.clone(),
+            index: entry.index,
+            state: match state {
+                Some(VcpuState::Running) => "running",
+                Some(VcpuState::Runnable) => "runnable",
+                Some(VcpuState::Throttled) => "throttled",
+                Some(VcpuState::Blocked) => "halted",
+                Some(VcpuState::WaitingForSipi) => "wait-sipi",
+                Some(VcpuState::Paused) => "paused",
+                Some(VcpuState::Stopped) | None => "stopped",
+            },
+            core: core.map(|c| c.0),
+            accounting: accounting.unwrap_or_default(),
+            exits: *entry.exits.lock(),
+        })
+        .collect()
 }

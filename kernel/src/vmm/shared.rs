@@ -29,6 +29,14 @@ pub struct SharedVm {
     vm: Vm,
     stop: spin::Once<Stop>,
     stopping: AtomicBool,
+    /// An operator paused it: its vCPUs leave their cores and stay off them.
+    paused: AtomicBool,
+    /// Host TSC when the current pause began.
+    paused_at: AtomicU64,
+    /// Host TSC ticks it spent paused, all pauses together: its clocks (its
+    /// devices' and its vCPUs' TSCs) run that much behind the host's, as a
+    /// paused machine's would stop.
+    time_base: AtomicU64,
     /// Host TSC at which the VM's time limit runs out, the same for every
     /// vCPU; `u64::MAX` until its first vCPU first runs (`start_clock`), so
     /// a VM that waits for a CPU behind others is not charged for the wait.
@@ -44,6 +52,9 @@ impl SharedVm {
             vm,
             stop: spin::Once::new(),
             stopping: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            paused_at: AtomicU64::new(0),
+            time_base: AtomicU64::new(0),
             deadline: AtomicU64::new(u64::MAX),
             time_limit_ms,
             slots: (0..vcpus.max(1))
@@ -79,13 +90,70 @@ impl SharedVm {
     pub fn stop(&self, why: Stop) {
         self.stop.call_once(|| why);
         self.stopping.store(true, Ordering::Release);
+        self.kick_all();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Its vCPUs leave their cores at their next exit (the kick brings it at
+    /// once) and stay off them until `resume`.
+    pub fn pause(&self) {
+        if self.paused.load(Ordering::Acquire) {
+            return;
+        }
+        self.paused_at.store(crate::time::rdtsc(), Ordering::Release);
+        self.paused.store(true, Ordering::Release);
+        self.kick_all();
+    }
+
+    /// Every vCPU may run again: each is woken, and one that waited for
+    /// something before the pause looks for it and waits again. Its clocks
+    /// go on from where they stopped, and the pause does not count against
+    /// its time limit.
+    pub fn resume(&self) {
+        if !self.paused.load(Ordering::Acquire) {
+            return;
+        }
+        let paused_for = crate::time::rdtsc().saturating_sub(self.paused_at.load(Ordering::Acquire));
+        self.time_base.fetch_add(paused_for, Ordering::AcqRel);
+        let deadline = self.deadline();
+        if deadline != u64::MAX {
+            self.deadline.store(deadline.saturating_add(paused_for), Ordering::Release);
+        }
+        self.paused.store(false, Ordering::Release);
+        for slot in &self.slots {
+            let id = slot.sched_id.load(Ordering::Acquire);
+            if id != NOT_PLACED {
+                super::sched::wake(basalt_sched::VcpuId(id));
+            }
+        }
+    }
+
+    /// Host TSC ticks its clocks run behind the host's (the time it spent paused).
+    pub fn time_base(&self) -> u64 {
+        self.time_base.load(Ordering::Acquire)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Every vCPU looks for events now (on its core, or woken in the scheduler).
+    pub fn kick_all(&self) {
         for index in 0..self.slots.len() {
             self.kick(index);
         }
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+    /// The scheduler's numbers of its registered vCPUs.
+    pub fn sched_ids(&self) -> impl Iterator<Item = basalt_sched::VcpuId> + '_ {
+        self.slots
+            .iter()
+            .map(|slot| slot.sched_id.load(Ordering::Acquire))
+            .filter(|&id| id != NOT_PLACED)
+            .map(basalt_sched::VcpuId)
     }
 
     /// Why the VM stopped: the first reason any vCPU gave.

@@ -41,7 +41,8 @@ impl Vm {
     /// prefixed with the VM's name), interrupt controllers, timers, RTC, ACPI,
     /// system control port A, the PCI host bridge, fw_cfg, and the debug-exit
     /// port.
-    pub fn new(spec: &VmSpec) -> Result<Vm, String> {
+    /// With `console` (a managed host), COM1 goes through it (see `vm_console`).
+    pub fn new(spec: &VmSpec, console: Option<&Arc<super::vm_console::VmConsole>>) -> Result<Vm, String> {
         let bytes = spec.memory_mib as u64 * 1024 * 1024;
         let format = match super::vendor() {
             Some(super::Vendor::Amd) => NestedFormat::Npt,
@@ -58,12 +59,13 @@ impl Vm {
             log::warn!("vm {}: no APIC virtualisation (cannot map the APIC-access page)", spec.name);
         }
         let name = spec.name.clone();
+        let managed_console = console.is_some();
         let output = GuestOutput::new();
         let sink = output.clone();
-        let com1_output: devices::uart::LineSink = if spec.host_console {
-            Box::new(move |bytes: &[u8]| sink.raw(bytes))
-        } else {
-            Box::new(move |line: &[u8]| sink.line(format_args!("vm {name}"), line))
+        let com1_output: devices::uart::LineSink = match console {
+            Some(console) => console.sink(sink),
+            None if spec.host_console => Box::new(move |bytes: &[u8]| sink.raw(bytes)),
+            None => Box::new(move |line: &[u8]| sink.line(format_args!("vm {name}"), line)),
         };
         let mut chipset = Chipset::new(ChipsetConfig {
             vcpus: spec.cpus.max(1),
@@ -71,7 +73,7 @@ impl Vm {
             unix_time: crate::time::wall_clock_unix(),
             now: crate::time::rdtsc(),
             com1_output,
-            com1_unbuffered: spec.host_console,
+            com1_unbuffered: spec.host_console || console.is_some(),
         });
         // fw_cfg tells the guest its vCPU count and RAM size (the manifest keeps
         // both far below what the items can hold).
@@ -96,7 +98,7 @@ impl Vm {
             memory,
             chipset,
             started: crate::time::rdtsc(),
-            host_console: spec.host_console,
+            host_console: spec.host_console && !managed_console,
             next_console_poll: AtomicU64::new(0),
             output,
         })

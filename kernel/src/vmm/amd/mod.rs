@@ -272,11 +272,11 @@ impl vmexit::Vcpu for Vcpu {
     /// TSC is intercepted anyway). No clean bits are used, so a change is
     /// loaded at the next VMRUN.
     fn tsc_offset(&self) -> u64 {
-        self.vmcb().control.tsc_offset
+        self.vmcb().control.tsc_offset.wrapping_add(self.time_base)
     }
 
     fn set_tsc_offset(&mut self, offset: u64) {
-        self.vmcb_mut().control.tsc_offset = offset;
+        self.vmcb_mut().control.tsc_offset = offset.wrapping_sub(self.time_base);
     }
 
     /// DR0-DR3 are the guest's on the core while its vCPU runs (vmm::switch);
@@ -378,6 +378,12 @@ impl Backend for Vcpu {
         if let Some(host) = self.host.take() {
             self.switched.switch_out(host);
         }
+    }
+
+    fn set_time_base(&mut self, base: u64) {
+        let offset = vmexit::Vcpu::tsc_offset(self);
+        self.time_base = base;
+        vmexit::Vcpu::set_tsc_offset(self, offset);
     }
 
     fn halted(&self) -> bool {

@@ -114,6 +114,9 @@ pub struct Vcpu {
     /// Host TSC at which the one-shot host APIC timer armed for this vCPU
     /// fires (0: none armed since it came onto the core).
     pub(super) timer_fires_at: u64,
+    /// Host TSC ticks its VM spent paused: the VMCB's TSC offset is the
+    /// guest's (as `tsc_offset` gives it) less this (see `Backend::set_time_base`).
+    pub(super) time_base: u64,
 }
 
 impl Vcpu {
@@ -137,6 +140,7 @@ impl Vcpu {
             halted: false,
             next_rip: None,
             timer_fires_at: 0,
+            time_base: 0,
         })
     }
 

@@ -240,11 +240,11 @@ impl vmexit::Vcpu for Vcpu {
     }
 
     fn tsc_offset(&self) -> u64 {
-        read(vmcs::TSC_OFFSET)
+        read(vmcs::TSC_OFFSET).wrapping_add(self.time_base)
     }
 
     fn set_tsc_offset(&mut self, offset: u64) {
-        write(vmcs::TSC_OFFSET, offset);
+        write(vmcs::TSC_OFFSET, offset.wrapping_sub(self.time_base));
     }
 
     /// DR0-DR3 are the guest's on the core while its vCPU runs (vmm::switch);
@@ -374,6 +374,12 @@ impl Backend for Vcpu {
 
     fn release(&mut self) {
         self.leave();
+    }
+
+    fn set_time_base(&mut self, base: u64) {
+        let offset = vmexit::Vcpu::tsc_offset(self);
+        self.time_base = base;
+        vmexit::Vcpu::set_tsc_offset(self, offset);
     }
 
     fn halted(&self) -> bool {

@@ -29,6 +29,9 @@ static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
 pub struct Vcpu {
     pub index: u32,
+    /// Host TSC ticks its VM spent paused: the hardware TSC offset is the
+    /// guest's (as `tsc_offset` gives it) less this (see `Backend::set_time_base`).
+    pub(super) time_base: u64,
     vmcs: u64,
     msr_bitmap: u64,
     /// APIC virtualisation: this vCPU's virtual-APIC page, when the VMCS uses it.
@@ -120,6 +123,7 @@ impl Vcpu {
         let frame = || memory::alloc_frame().ok_or_else(out_of_memory);
         let vcpu = Vcpu {
             index,
+            time_base: 0,
             vmcs: frame()?,
             msr_bitmap: frame()?,
             virtual_apic: None,
