@@ -308,7 +308,8 @@ fn build() -> anyhow::Result<ExitCode> {
     setup::ensure(&setup::Needs::build_only()).map_err(anyhow::Error::msg)?;
     let kernel = images::build_kernel(images::Config::Run).context("building the kernel")?;
     let dir = workspace_root().join("target/basalt");
-    let bundle = default_bundle("")?;
+    // On a real machine the management shell is on COM1, as in `run`.
+    let bundle = default_bundle("shell=on")?;
     for firmware in [Firmware::Bios, Firmware::Uefi] {
         let image = images::make_image(&kernel, &dir, &bundle, firmware)
             .with_context(|| format!("writing the {} image", firmware.name()))?;

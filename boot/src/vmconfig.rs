@@ -308,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_fields_are_checked_by_name() {
+        use loader::manifest::{Lifecycle, OnCrash};
+        let dir = dir_with(&["k"]);
+        let file = dir.join("vm.toml");
+        let c = parse("name = \"x\"\nkernel = \"k\"", &file).unwrap();
+        assert_eq!(c.lifecycle, Lifecycle::default(), "autostart, and a crash leaves it crashed");
+        let text = "name = \"x\"\nkernel = \"k\"\nautostart = false\non_crash = \"restart\"\nrestart_limit = 5";
+        let c = parse(text, &file).unwrap();
+        assert_eq!(c.lifecycle, Lifecycle { autostart: false, on_crash: OnCrash::Restart { limit: 5 } });
+        let restart = parse("name = \"x\"\nkernel = \"k\"\non_crash = \"restart\"", &file).unwrap();
+        assert_eq!(restart.lifecycle.on_crash, OnCrash::Restart { limit: 3 });
+        let err = |text: &str| parse(text, &file).unwrap_err();
+        assert!(err("name = \"x\"\nkernel = \"k\"\non_crash = \"reboot\"").contains("on_crash: must be"));
+        assert!(err("name = \"x\"\nkernel = \"k\"\nrestart_limit = 2").contains("only with on_crash"));
+        assert!(err("name = \"x\"\nkernel = \"k\"\non_crash = \"restart\"\nrestart_limit = 0")
+            .contains("restart_limit: 0 is outside"));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let dir = dir_with(&["k"]);
         let file = dir.join("vm.toml");

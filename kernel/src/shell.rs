@@ -34,7 +34,12 @@ enum Mode {
     Shell,
     /// Typed bytes go to this VM's COM1 until Ctrl-].
     Attached { vm: String, console: Arc<crate::vmm::vm_console::VmConsole> },
+    /// `top` redraws itself at host TSC `next` until a key is pressed.
+    Top { next: u64 },
 }
+
+/// How often `top` redraws.
+const TOP_REFRESH_MS: u64 = 2000;
 
 static ON: AtomicBool = AtomicBool::new(false);
 static QUITTING: AtomicBool = AtomicBool::new(false);
@@ -102,6 +107,10 @@ pub fn poll(now: u64) -> bool {
                 take_input(&typed[..n]);
             }
             manage::enforce_shutdowns(now);
+            let redraw = matches!(&*MODE.lock(), Mode::Top { next } if now >= *next);
+            if redraw && !HAS_PENDING.load(Ordering::Acquire) {
+                queue(Command::Top);
+            }
         }
     }
     HAS_PENDING.load(Ordering::Acquire)
@@ -109,9 +118,21 @@ pub fn poll(now: u64) -> bool {
 
 fn take_input(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let attached = match &*MODE.lock() {
-            Mode::Attached { vm, .. } => Some(vm.clone()),
-            Mode::Shell => None,
+        let attached = {
+            let mut mode = MODE.lock();
+            match &*mode {
+                Mode::Attached { vm, .. } => Some(vm.clone()),
+                Mode::Shell => None,
+                Mode::Top { .. } => {
+                    // Any key leaves `top`; that key does nothing else.
+                    *mode = Mode::Shell;
+                    drop(mode);
+                    say("\n");
+                    prompt();
+                    bytes = &bytes[1..];
+                    continue;
+                }
+            }
         };
         match attached {
             Some(vm) => {
@@ -286,7 +307,20 @@ fn run(command: Command) -> bool {
             let recent = crate::log::recent_lines();
             crate::log::shell_output(&recent);
         }
-        Command::Top => say(&crate::vmm::top()),
+        Command::Top => {
+            let mut mode = MODE.lock();
+            // A key pressed since the redraw was queued left `top` already.
+            let redraw = matches!(*mode, Mode::Top { .. });
+            if redraw || matches!(*mode, Mode::Shell) {
+                let next = crate::time::rdtsc() + crate::time::tsc_hz() * TOP_REFRESH_MS / 1000;
+                *mode = Mode::Top { next };
+                drop(mode);
+                // Home and clear the screen for a redraw; the first view follows the command.
+                let clear = if redraw { "\x1b[H\x1b[2J" } else { "" };
+                say(&alloc::format!("{clear}{}(any key returns to the shell)\n", crate::vmm::top()));
+                return false;
+            }
+        }
         Command::Quit => {
             QUITTING.store(true, Ordering::Release);
             manage::stop_all();

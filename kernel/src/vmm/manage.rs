@@ -375,6 +375,20 @@ pub fn rows() -> Vec<VmRow> {
 pub fn info(name: &str) -> Result<VmInfo, String> {
     with_vm(name, |_, d| {
         let spec = &d.guest.spec;
+        // A running VM's exits so far; a stopped one's last run's.
+        let (exits, exits_by_reason) = match &d.shared {
+            Some(shared) => {
+                let counts = super::sched::exits_of(shared);
+                let by_reason = vmexit::Exit::KIND_NAMES
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(name, n)| (name.to_string(), n))
+                    .collect();
+                (counts.iter().sum(), by_reason)
+            }
+            None => (d.exits, d.exits_by_reason.clone()),
+        };
         let mut devices: Vec<String> =
             ["COM1 (16550A)", "PIT", "RTC", "ACPI PM", "8259 PICs", "IOAPIC", "local APIC per vCPU", "virtio-console"]
                 .iter()
@@ -402,8 +416,8 @@ pub fn info(name: &str) -> Result<VmInfo, String> {
             autostart: spec.lifecycle.autostart,
             starts: d.starts,
             restarts: d.crash_restarts,
-            exits: d.exits,
-            exits_by_reason: d.exits_by_reason.clone(),
+            exits,
+            exits_by_reason,
         }
     })
 }

@@ -457,3 +457,17 @@ pub fn vcpu_view() -> Vec<VcpuView> {
         })
         .collect()
 }
+
+/// The VM's exits by kind so far, all its vCPUs together (as of each one's
+/// last run's end).
+pub fn exits_of(vm: &Arc<SharedVm>) -> [u64; vmexit::Exit::KINDS] {
+    let entries: Vec<Arc<VcpuEntry>> =
+        with_table(|t| t.vcpus.iter().flatten().filter(|e| Arc::ptr_eq(&e.vm, vm)).cloned().collect());
+    let mut total = [0u64; vmexit::Exit::KINDS];
+    for entry in entries {
+        for (sum, n) in total.iter_mut().zip(entry.exits.lock().iter()) {
+            *sum += n;
+        }
+    }
+    total
+}
