@@ -775,6 +775,22 @@ impl Policy for Eevdf {
         if params.cap != self.vcpu(i).params.cap {
             // A new cap starts a fresh period rather than judging the old one by it.
             let period = self.tunables.cap_period_ns;
+            if self.vcpu(i).place == Place::Throttled {
+                // Held back by the old cap: listed under its old period's
+                // end, which changes. It leaves the list and is queued again
+                // with the new cap's budget.
+                let key = (self.vcpu(i).period_end, i as u32);
+                self.cores[core].throttled.remove(&key);
+                let v = self.vcpu_mut(i);
+                v.stats.throttled_ns += now.saturating_sub(v.since);
+                v.budget_ns = Vcpu::quota(params.cap, period).unwrap_or(0);
+                v.period_end = now + period;
+                v.place = Place::Off;
+                v.params = params;
+                let target = self.place(i).unwrap_or(core);
+                self.join_queue(i, target, now);
+                return Ok(self.should_preempt(target, i).then_some(Kick { core: CoreId(target as u32) }));
+            }
             let v = self.vcpu_mut(i);
             v.budget_ns = Vcpu::quota(params.cap, period).unwrap_or(0);
             v.period_end = now + period;
@@ -857,17 +873,17 @@ impl Policy for Eevdf {
 
     fn block(&mut self, vcpu: VcpuId, why: NotRunnable, now: u64) {
         let Some(i) = self.index(vcpu) else { return };
-        let (place, core) = (self.vcpu(i).place, self.vcpu(i).core);
+        let (was, core) = (self.vcpu(i).place, self.vcpu(i).core);
+        if matches!(was, Place::Running | Place::Pending | Place::Eligible) {
+            self.account(core, now);
+        }
+        // Charging a running vCPU may have throttled it just now (its cap's
+        // budget ran out): then it is on the throttled list, and must leave
+        // that, or the list's refill would queue it while it is blocked.
+        let place = self.vcpu(i).place;
         match place {
             Place::Off => {}
-            Place::Running => {
-                self.account(core, now);
-                self.leave_queue(i, now);
-            }
-            Place::Pending | Place::Eligible => {
-                self.account(core, now);
-                self.leave_queue(i, now);
-            }
+            Place::Running | Place::Pending | Place::Eligible => self.leave_queue(i, now),
             Place::Throttled => {
                 let v = self.vcpu(i);
                 let key = (v.period_end, i as u32);
@@ -878,7 +894,7 @@ impl Policy for Eevdf {
         }
         let min_request = self.tunables.min_request_ns;
         let v = self.vcpu_mut(i);
-        if place == Place::Running || v.run_since_wake > 0 {
+        if was == Place::Running || v.run_since_wake > 0 {
             // A short burst before halting earns a short request next time.
             v.request_ns = ((v.request_ns * 3 + v.run_since_wake) / 4).max(min_request);
         }

@@ -239,6 +239,43 @@ fn states_refusals_yield_and_removal() {
     assert_eq!(policy.pick(CoreId(0), MS).run, None);
 }
 
+/// A vCPU sent to another core at the end of its slice (its request served,
+/// as with `migrate=every-slice`) gets a new request there: a slice of its
+/// own, never one that ends where it starts.
+#[test]
+fn a_vcpu_moved_at_its_slice_end_gets_a_whole_slice_on_its_new_core() {
+    let mut policy = Eevdf::new(2, Tunables::default());
+    let first_core = Params { cpus: CpuSet::only(CoreId(0)), ..Params::new(2) };
+    let a = add(&mut policy, 0, first_core.clone());
+    let b = add(&mut policy, 1, first_core);
+    // Core 1 is busy too, so the mover shares it.
+    let c = add(&mut policy, 2, Params { cpus: CpuSet::only(CoreId(1)), ..Params::new(2) });
+    policy.wake(a, 0);
+    policy.wake(b, 0);
+    policy.wake(c, 0);
+    assert_eq!(policy.pick(CoreId(1), 0).run, Some(c));
+    let decision = policy.pick(CoreId(0), 0);
+    let (running, until) = (decision.run.expect("one runs"), decision.until.expect("contended: a slice end"));
+    // At its slice's end it must move to core 1.
+    let moved = Params { cpus: CpuSet::only(CoreId(1)), ..Params::new(2) };
+    assert_eq!(policy.set_params(running, moved, until), Ok(Some(Kick { core: CoreId(0) })));
+    let decision = policy.pick(CoreId(0), until);
+    assert_eq!(decision.kick, Some(Kick { core: CoreId(1) }));
+    // Whenever core 1 runs it, it runs for a while: never a slice that ends
+    // where it starts.
+    let mut now = until;
+    for _ in 0..8 {
+        let decision = policy.pick(CoreId(1), now);
+        let end = decision.until.expect("two vCPUs share core 1: slices end");
+        assert!(end > now, "a slice that ends at once: {decision:?} at {now}");
+        if decision.run == Some(running) {
+            return;
+        }
+        now = end;
+    }
+    panic!("the moved vCPU never ran on core 1");
+}
+
 #[test]
 fn changed_parameters_take_effect_at_once() {
     let mut policy = Eevdf::new(2, Tunables::default());
@@ -269,4 +306,53 @@ fn changed_parameters_take_effect_at_once() {
         Err(Refused::DedicatedChange)
     );
     assert_eq!(policy.set_params(VcpuId(9), Params::new(2), 13 * MS), Err(Refused::UnknownVcpu(VcpuId(9))));
+}
+
+/// Any sequence of the kernel's calls keeps each core's count of runnable
+/// vCPUs equal to the vCPUs it has running or queued: caps that throttle,
+/// halts, wake-ups, pauses, yields, parameter changes and moves, in random
+/// order (a count that went below zero showed in the shell's `cores`).
+#[test]
+fn runnable_counts_match_the_vcpus_whatever_the_kernel_calls() {
+    let cores = 2;
+    for seed in 0..1000 {
+        let mut rng = sim::Rng::new(seed);
+        let mut policy = Eevdf::new(cores, Tunables::default());
+        let vcpus: Vec<VcpuId> = (0..4).map(|i| add(&mut policy, i, Params::new(cores))).collect();
+        let mut now = 0;
+        for step in 0..400 {
+            now += rng.exp(300 * US);
+            let v = vcpus[rng.below(vcpus.len() as u64) as usize];
+            let core = CoreId(rng.below(cores as u64) as u32);
+            match rng.below(8) {
+                0 | 1 => drop(policy.wake(v, now)),
+                2 => policy.block(v, NotRunnable::Blocked, now),
+                3 => policy.block(v, NotRunnable::Paused, now),
+                4 => policy.yield_now(core, now),
+                5 => {
+                    let mut params = Params::new(cores);
+                    params.cap = [None, Some(20), Some(50)][rng.below(3) as usize];
+                    if rng.below(2) == 0 {
+                        params.cpus = CpuSet::only(CoreId(rng.below(cores as u64) as u32));
+                    }
+                    let _ = policy.set_params(v, params, now);
+                }
+                _ => {
+                    let _ = policy.balance(core, now);
+                    let _ = policy.pick(core, now);
+                }
+            }
+            for c in 0..cores {
+                let core = CoreId(c as u32);
+                let counted = vcpus
+                    .iter()
+                    .filter(|&&v| {
+                        policy.core_of(v) == Some(core)
+                            && matches!(policy.state(v), Some(VcpuState::Running | VcpuState::Runnable))
+                    })
+                    .count() as u32;
+                assert_eq!(policy.runnable_on(core), counted, "seed {seed} step {step}: core {c}");
+            }
+        }
+    }
 }
