@@ -471,8 +471,9 @@ fn random_bytes_never_panic() {
 
 /// The instructions `intercepted_length` claims, by their opcode bytes. The
 /// bare 0F 01 gets a ModRM of the generator's choosing, LMSW's /6 often.
-const INTERCEPTED_OPCODES: [&[u8]; 18] = [
+const INTERCEPTED_OPCODES: [&[u8]; 19] = [
     &[0xf4],
+    &[0xf3, 0x90],
     &[0x0f, 0xa2],
     &[0x0f, 0x32],
     &[0x0f, 0x30],
@@ -577,6 +578,7 @@ fn iced_intercepted(i: &Instruction) -> bool {
     !i.is_invalid()
         && match i.mnemonic() {
             Cpuid | Rdmsr | Wrmsr | Hlt | Vmmcall | Vmcall | Xsetbv | Invd | Wbinvd | Rdpmc | Monitor | Mwait => true,
+            Pause => true,
             Wbnoinvd | Vmgexit | Monitorx | Mwaitx => true,
             Clts | Lmsw | Mov => iced_cr_access(i).is_some(),
             _ => false,

@@ -255,6 +255,14 @@ pub struct VcpuFigures {
     pub min_migrations: Option<u64>,
     /// At most this long runnable but waiting for a CPU (steal).
     pub max_waiting_us: Option<u64>,
+    /// It ran on these host CPUs only (its line's "; on cpuN T us, ..." part).
+    pub cpus: Option<Vec<u32>>,
+}
+
+/// The host CPUs a scheduling line says the vCPU ran on ("; on cpu0 12 us, cpu1 3 us").
+fn ran_on(line: &str) -> Vec<u32> {
+    let Some((_, list)) = line.rsplit_once("; on") else { return Vec::new() };
+    list.split(',').filter_map(|item| item.trim().strip_prefix("cpu")?.split(' ').next()?.parse().ok()).collect()
 }
 
 /// The figure before `unit` (", 3 migrations" → 3) in a scheduling line.
@@ -286,6 +294,16 @@ fn judge_vcpu(want: &VcpuFigures, serial: &str) -> Vec<String> {
         match figure(line, " us, blocked") {
             Some(got) if got <= most => {}
             got => problems.push(format!("{who}: waited {got:?} us for a CPU, more than {most}")),
+        }
+    }
+    if let Some(allowed) = &want.cpus {
+        let cpus = ran_on(line);
+        if cpus.is_empty() {
+            problems.push(format!("{who}: its scheduling line says on no CPU"));
+        }
+        let outside: Vec<u32> = cpus.into_iter().filter(|cpu| !allowed.contains(cpu)).collect();
+        if !outside.is_empty() {
+            problems.push(format!("{who}: ran on cpu(s) {outside:?}, outside {allowed:?}"));
         }
     }
     problems
@@ -601,6 +619,19 @@ mod tests {
             vec!["'free (' is followed by 55805, not 55806 as on its first line".to_string()]
         );
         assert_eq!(judge_figure(&want, "a free (1 frames)\n"), vec!["'free (' is on 1 line(s), not 2".to_string()]);
+    }
+
+    #[test]
+    fn the_cpus_a_vcpu_ran_on_are_checked_against_its_affinity() {
+        let serial = "INFO  vm p vcpu0 scheduling: run 900 us, waiting 12 us, blocked 3 us, throttled 0 us, \
+                      4 slices, 0 migrations, 1 wake-ups (latency mean 1 us, max 1 us); on cpu1 903 us\r\n\
+                      INFO  vm q vcpu0 scheduling: run 900 us, waiting 12 us, blocked 3 us, throttled 0 us, \
+                      4 slices, 2 migrations, 1 wake-ups (latency mean 1 us, max 1 us); on cpu0 5 us, cpu1 903 us\r\n";
+        assert_eq!(ran_on("x; on cpu0 5 us, cpu1 903 us"), vec![0, 1]);
+        let pinned = VcpuFigures { vm: "p".into(), cpus: Some(vec![1]), ..VcpuFigures::default() };
+        assert!(judge_vcpu(&pinned, serial).is_empty());
+        let moved = VcpuFigures { vm: "q".into(), ..pinned };
+        assert_eq!(judge_vcpu(&moved, serial), vec!["VM 'q' vCPU 0: ran on cpu(s) [0], outside [1]".to_string()]);
     }
 
     #[test]

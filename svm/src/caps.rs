@@ -194,6 +194,12 @@ impl SvmCapabilities {
     pub const fn pause_filter(&self) -> bool {
         self.features.contains(SvmFeatures::PAUSE_FILTER)
     }
+
+    /// The filter's count restarts when PAUSEs come further apart than a
+    /// threshold of cycles: only a tight loop exits.
+    pub const fn pause_filter_threshold(&self) -> bool {
+        self.features.contains(SvmFeatures::PAUSE_FILTER_THRESHOLD)
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub fn translate(vmcb: &Vmcb, caps: Option<&SvmCapabilities>, single_stepping: b
         match exit.0 {
             code::CPUID => Exit::Cpuid,
             code::HLT => Exit::Hlt,
+            // Intercepted only with the pause filter: a PAUSE loop.
+            code::PAUSE => Exit::Pause,
             code::IOIO => {
                 // EXITINFO2 holds the next RIP with or without next-RIP save.
                 next_rip = Some(info2);
@@ -196,6 +198,7 @@ mod tests {
         let table: &[(u64, Exit)] = &[
             (code::CPUID, Exit::Cpuid),
             (code::HLT, Exit::Hlt),
+            (code::PAUSE, Exit::Pause),
             (code::XSETBV, Exit::Xsetbv),
             (code::INVD, Exit::CacheFlush),
             (code::WBINVD, Exit::CacheFlush),

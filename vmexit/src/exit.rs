@@ -63,6 +63,10 @@ pub enum Exit {
     UndefinedInstruction,
     /// RDPMC: no performance counters are offered, #GP.
     Rdpmc,
+    /// A PAUSE loop (VT-x's PAUSE-loop exiting, SVM's filtered PAUSE
+    /// intercept): the guest spins waiting for another vCPU, which may be
+    /// waiting for this vCPU's core.
+    Pause,
     /// The CPU refused to enter the guest; says why.
     EntryFailed(String),
     /// An exit Basalt does not handle; names it.
@@ -137,7 +141,7 @@ pub enum CrAccess {
 impl Exit {
     /// Names of the kinds of exit, for counters and logs (`kind` indexes it).
     /// The same on both vendors, so one test expectation fits both.
-    pub const KIND_NAMES: [&'static str; 24] = [
+    pub const KIND_NAMES: [&'static str; 25] = [
         "cpuid",
         "hlt",
         "io",
@@ -160,6 +164,7 @@ impl Exit {
         "shutdown",
         "undefined-instruction",
         "rdpmc",
+        "pause",
         "entry-failed",
         "unhandled",
     ];
@@ -190,8 +195,9 @@ impl Exit {
             Exit::Shutdown => 19,
             Exit::UndefinedInstruction => 20,
             Exit::Rdpmc => 21,
-            Exit::EntryFailed(_) => 22,
-            Exit::Unhandled(_) => 23,
+            Exit::Pause => 22,
+            Exit::EntryFailed(_) => 23,
+            Exit::Unhandled(_) => 24,
         }
     }
 

@@ -15,7 +15,14 @@ pub fn measure(vcpu: &mut dyn Vcpu, vm: &Machine, exit: &Exit) -> Result<(), Out
     // imply next-RIP save) is measured too: its handler skips it.
     let skips = matches!(
         exit,
-        Exit::Cpuid | Exit::Hlt | Exit::Rdmsr | Exit::Wrmsr | Exit::Xsetbv | Exit::CacheFlush | Exit::Hypercall
+        Exit::Cpuid
+            | Exit::Hlt
+            | Exit::Rdmsr
+            | Exit::Wrmsr
+            | Exit::Xsetbv
+            | Exit::CacheFlush
+            | Exit::Hypercall
+            | Exit::Pause
     ) || matches!(exit, Exit::Cr(access) if !matches!(access, CrAccess::Undecoded { .. }));
     if !skips {
         return Ok(());

@@ -138,6 +138,11 @@ pub fn dispatch(exit: Exit, vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &mut dy
             vcpu.inject_exception(GP, Some(0));
             Outcome::Resume
         }
+        Exit::Pause => {
+            // The PAUSE completes (the CPU leaves RIP on it).
+            debug::skip(vcpu);
+            Outcome::Yield
+        }
         Exit::EntryFailed(why) => Outcome::Stop(Stop::InvalidGuestState(why)),
         Exit::Unhandled(what) => {
             Outcome::Stop(Stop::Unsupported(alloc::format!("{what} exit at RIP {:#x}", vcpu.rip())))

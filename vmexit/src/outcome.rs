@@ -13,6 +13,10 @@ pub enum Outcome {
     /// Resume, after the run loop reports this bench marker (the guest's time
     /// so far and this vCPU's exits).
     Marker(u8),
+    /// Resume, but first offer the core to another vCPU: this one spins in a
+    /// PAUSE loop, waiting for something another vCPU (perhaps of its own VM,
+    /// perhaps off its core) must do.
+    Yield,
     Stop(Stop),
 }
 

@@ -252,13 +252,14 @@ impl fmt::Display for VmxCapabilities {
         )?;
         writeln!(
             f,
-            "preemption-timer {} (rate 2^{}) io-bitmaps {} msr-bitmaps {} tpr-shadow {} posted-interrupts {}",
+            "preemption-timer {} (rate 2^{}) io-bitmaps {} msr-bitmaps {} tpr-shadow {} posted-interrupts {} pause-loop-exiting {}",
             yes(self.has_preemption_timer()),
             self.misc.preemption_timer_rate,
             yes(self.proc_based.supports(PROC_USE_IO_BITMAPS)),
             yes(self.proc_based.supports(PROC_USE_MSR_BITMAPS)),
             yes(self.proc_based.supports(PROC_USE_TPR_SHADOW)),
             yes(self.pin_based.supports(PIN_POSTED_INTERRUPTS)),
+            yes(s.contains(SecondaryControls::PAUSE_LOOP_EXITING)),
         )?;
         write!(
             f,

@@ -26,6 +26,8 @@ pub fn translate(read: impl Fn(Field) -> u64, virtual_apic_register: impl Fn(u32
     match exit.basic() {
         reason::CPUID => Exit::Cpuid,
         reason::HLT => Exit::Hlt,
+        // PAUSE-loop exiting: a guest spinning for longer than PLE_Window.
+        reason::PAUSE => Exit::Pause,
         reason::IO_INSTRUCTION => Exit::Io(port_io(&read)),
         reason::EPT_VIOLATION => {
             let violation = EptViolation::decode(read(vmcs::EXIT_QUALIFICATION));
@@ -177,6 +179,7 @@ mod tests {
         let table: &[(u16, Exit)] = &[
             (reason::CPUID, Exit::Cpuid),
             (reason::HLT, Exit::Hlt),
+            (reason::PAUSE, Exit::Pause),
             (reason::TPR_BELOW_THRESHOLD, Exit::TprBelowThreshold),
             (reason::RDMSR, Exit::Rdmsr),
             (reason::WRMSR, Exit::Wrmsr),

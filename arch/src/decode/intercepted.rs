@@ -75,6 +75,7 @@ impl CrInstruction {
 /// | instruction | bytes | notes |
 /// |---|---|---|
 /// | HLT | F4 | |
+/// | PAUSE | F3 90 | NOP with F3 |
 /// | CPUID, RDMSR, WRMSR, RDPMC | 0F A2, 0F 32, 0F 30, 0F 33 | |
 /// | INVD, WBINVD | 0F 08, 0F 09 | F3 0F 09 is WBNOINVD, which the WBINVD intercept also takes |
 /// | VMMCALL | 0F 01 D9 | F2/F3 0F 01 D9 is VMGEXIT, a REP VMMCALL: outside an SEV-ES guest it exits as VMMCALL |
@@ -143,6 +144,12 @@ fn classify_at(c: &mut Cursor<'_>, mode: CodeSize) -> Result<Intercepted, Decode
     let no_mandatory_prefix = || if p.operand16 || p.repeat != 0 { Err(DecodeError::Invalid) } else { Ok(()) };
 
     if first == 0xf4 {
+        unlocked()?;
+        return Ok(Intercepted::Other { opcode: first, length: c.at as u8 });
+    }
+    // PAUSE is NOP with F3 (the last of F2/F3 counts), REX.B or not (as iced
+    // decodes it; XCHG r8, rAX would be as long anyway).
+    if first == 0x90 && p.repeat == 0xf3 {
         unlocked()?;
         return Ok(Intercepted::Other { opcode: first, length: c.at as u8 });
     }
@@ -220,8 +227,9 @@ mod tests {
     const MODES: [CodeSize; 3] = [Bits16, Bits32, Bits64];
 
     /// Every instruction `intercepted_length` claims, without prefixes.
-    const PLAIN: [&[u8]; 16] = [
+    const PLAIN: [&[u8]; 17] = [
         &[0xf4],
+        &[0xf3, 0x90],
         &[0x0f, 0xa2],
         &[0x0f, 0x32],
         &[0x0f, 0x30],

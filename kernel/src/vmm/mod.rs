@@ -379,8 +379,9 @@ fn finish_unstarted(mut job: VmJob, stop: Stop) {
 /// ends or it stops being runnable; then what it waits for goes to the
 /// scheduler. A vCPU that was not runnable first looks for what it waited
 /// for, and blocks again if that is not there (a wake-up may be for
-/// something else).
-fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
+/// something else). `slice`: its length (TSC ticks; None: no end), from
+/// the run's start.
+fn run_picked(entry: &Arc<sched::VcpuEntry>, slice: Option<u64>, core: u32) {
     let shared = &entry.vm;
     let index = entry.index;
     if shared.is_stopping() {
@@ -444,13 +445,19 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, until: Option<u64>, core: u32) {
     shared.start_clock();
     sched::count_run(core);
     shared.place(index, true);
+    let ran_from = crate::time::rdtsc();
+    let until = slice.map(|length| ran_from.saturating_add(length));
     let end = run::run(&mut **vcpu, shared, run::Slice { core, until });
     shared.place(index, false);
     *entry.exits.lock() = vcpu.counters().exits;
+    if let Some(ticks) = entry.ran_on.lock().get_mut(core as usize) {
+        *ticks += crate::time::rdtsc().saturating_sub(ran_from);
+    }
     drop(backend);
     match end {
         RunEnd::Preempted => sched::after_slice(entry, core),
         RunEnd::Paused => sched::pause(entry),
+        RunEnd::Yielded => sched::yield_core(core),
         RunEnd::Blocked { timer } => block(entry, sched::Waiting::Interrupt, Some(timer)),
         // vCPU 0 neither takes INIT nor parks (exits/hlt.rs).
         RunEnd::Parked if index == 0 => {
@@ -525,7 +532,7 @@ fn finish(running: Running) {
             log_vcpu(&job.report.name, entry.index, &own);
         }
         if let Some(figures) = *entry.accounting.lock() {
-            log_scheduling(&job.report.name, entry.index, &figures);
+            log_scheduling(&job.report.name, entry.index, &figures, &entry.ran_on.lock()[..]);
         }
         counters.add(&own);
     }
@@ -602,11 +609,17 @@ fn unqueue(index: usize) -> bool {
 }
 
 /// What the scheduler saw of one vCPU (times in microseconds).
-fn log_scheduling(vm: &str, index: usize, a: &basalt_sched::Accounting) {
+fn log_scheduling(vm: &str, index: usize, a: &basalt_sched::Accounting, ran_on: &[u64]) {
     let us = |ns: u64| ns / 1000;
     let mean_wake = a.wake_latency_total_ns.checked_div(a.wakeups).unwrap_or(0);
+    // Where it ran: every core it spent time on.
+    let mut cores = String::new();
+    for (core, &ticks) in ran_on.iter().enumerate().filter(|(_, &t)| t > 0) {
+        let sep = if cores.is_empty() { "" } else { "," };
+        cores.push_str(&alloc::format!("{sep} cpu{core} {} us", crate::time::tsc_to_micros(ticks)));
+    }
     log::info!(
-        "vm {vm} vcpu{index} scheduling: run {} us, waiting {} us, blocked {} us, throttled {} us, {} slices, {} migrations, {} wake-ups (latency mean {} us, max {} us)",
+        "vm {vm} vcpu{index} scheduling: run {} us, waiting {} us, blocked {} us, throttled {} us, {} slices, {} migrations, {} wake-ups (latency mean {} us, max {} us); on{cores}",
         us(a.run_ns),
         us(a.wait_ns),
         us(a.blocked_ns),
@@ -791,7 +804,7 @@ pub fn work() {
             return;
         }
         match sched::decide(core) {
-            (Some(entry), until) => run_picked(&entry, until, core),
+            (Some(entry), slice) => run_picked(&entry, slice, core),
             (None, _) => idle(core),
         }
     }

@@ -31,6 +31,8 @@ pub enum RunEnd {
     Preempted,
     /// An operator paused its VM.
     Paused,
+    /// It spins in a PAUSE loop while another vCPU waits for the core.
+    Yielded,
     /// It halted with nothing pending while another vCPU waits for the
     /// core; its next timer event is at host TSC `timer`.
     Blocked { timer: u64 },
@@ -157,7 +159,9 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
             if now >= shared.deadline() {
                 break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
             }
-            if slice.over(now) {
+            // A halted vCPU is looked at below, once its events are in.
+            let over = slice.over(now);
+            if over && !vcpu.halted() {
                 break RunEnd::Preempted;
             }
             shared.rearm_kick(me);
@@ -187,8 +191,17 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
             // Halted with nothing to take: the core goes to another vCPU
             // if one waits for it; otherwise the vCPU waits on it, halted.
             halted = vcpu.halted() && nothing_pending(vcpu, vm, me);
-            if halted && super::sched::others_want(slice.core) {
+            // Halted with nothing to take, it is not runnable: when the core
+            // must decide (its slice is over, or another vCPU's timer came)
+            // or another vCPU waits for it, it blocks until its own next
+            // event rather than stay in the queue to be switched back to
+            // only to halt again: one switch per wake-up, not two.
+            if halted && (over || super::sched::others_want(slice.core)) {
                 break RunEnd::Blocked { timer: wake };
+            }
+            if over {
+                // Halted, but an event came for it: it runs, when its turn comes.
+                break RunEnd::Preempted;
             }
         }
         // Console lines waiting for the host's port go out as it takes
@@ -276,6 +289,9 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
         match outcome {
             Outcome::Resume | Outcome::Marker(_) => {}
             Outcome::Park => break RunEnd::Parked,
+            // Alone on its core, a spinning vCPU has no one to give it to.
+            Outcome::Yield if !super::sched::others_want(slice.core) => {}
+            Outcome::Yield => break RunEnd::Yielded,
             Outcome::Stop(stop) => break RunEnd::Stop(stop),
         }
     };

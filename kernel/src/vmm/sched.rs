@@ -65,6 +65,9 @@ pub struct VcpuEntry {
     /// Its exits by kind as of its last run's end (the shell's `top` reads
     /// them without waiting for a running vCPU's back end).
     pub exits: Mutex<[u64; vmexit::Exit::KINDS]>,
+    /// Host TSC ticks it ran on each core (its runs, switches included):
+    /// where it ran, which its affinity must explain.
+    pub ran_on: Mutex<[u64; MAX_CORES]>,
     /// Its parameters as its VM's configuration gives them.
     params: Params,
 }
@@ -241,6 +244,7 @@ pub fn add(
             waiting: Mutex::new(waiting),
             accounting: Mutex::new(None),
             exits: Mutex::new([0; vmexit::Exit::KINDS]),
+            ran_on: Mutex::new([0; MAX_CORES]),
             params,
         });
         if slot == t.vcpus.len() {
@@ -336,36 +340,46 @@ pub fn others_want(core: u32) -> bool {
 
 /// What `core` does next: wakes the vCPUs whose timers came, lets the
 /// policy balance and pick; kicks the core it says. Returns the vCPU to
-/// run and the host TSC its slice ends at.
+/// run and how long its slice is (TSC ticks; None: no end), which the run
+/// counts from its start: the VMM's own work to get the vCPU on the core
+/// (on an emulator, more than a short slice) is not taken from it, so every
+/// run gets some guest time.
 pub fn decide(core: u32) -> (Option<Arc<VcpuEntry>>, Option<u64>) {
     RESCHEDULE[core as usize].store(false, Ordering::Release);
     let now_tsc = crate::time::rdtsc();
-    let (entry, until, kicks) = with_table(|t| {
+    // No allocation on this path (the heap's allocator walks a free list):
+    // the kicks are sent as they come, an IPI being only an APIC write.
+    let kick = |k: basalt_sched::Kick| {
+        if k.core.0 != core {
+            reschedule(k.core);
+        }
+    };
+    with_table(|t| {
         let now = to_ns(now_tsc);
-        let mut kicks: Vec<CoreId> = Vec::new();
-        let due: Vec<VcpuId> = t.timers.iter().filter(|&&(_, at)| at <= now_tsc).map(|&(id, _)| id).collect();
-        if !due.is_empty() {
-            t.timers.retain(|&(_, at)| at > now_tsc);
-            publish_earliest(t);
-            for id in due {
-                kicks.extend(t.policy.wake(id, now).map(|k| k.core));
+        let mut woke = false;
+        while let Some(at) = t.timers.iter().position(|&(_, at)| at <= now_tsc) {
+            let (id, _) = t.timers.swap_remove(at);
+            if let Some(k) = t.policy.wake(id, now) {
+                kick(k);
             }
+            woke = true;
+        }
+        if woke {
+            publish_earliest(t);
         }
         let _ = t.policy.balance(CoreId(core), now);
         let decision = t.policy.pick(CoreId(core), now);
-        kicks.extend(decision.kick.map(|k| k.core));
-        let entry = decision.run.and_then(|id| t.vcpus.get(id.0 as usize).cloned().flatten());
-        let mut until = decision.until.map(|ns| to_tsc(ns).max(now_tsc));
-        if MIGRATE_EVERY_SLICE.load(Ordering::Relaxed) && until.is_none() && entry.is_some() {
-            // Alone on its CPU it would get no slice end, and never move.
-            until = Some(now_tsc + to_tsc(t.policy.tunables().slice_ns));
+        if let Some(k) = decision.kick {
+            kick(k);
         }
-        (entry, until, kicks)
-    });
-    for kick in kicks.into_iter().filter(|k| k.0 != core) {
-        reschedule(kick);
-    }
-    (entry, until)
+        let entry = decision.run.and_then(|id| t.vcpus.get(id.0 as usize).cloned().flatten());
+        let mut length = decision.until.map(|ns| to_tsc(ns).saturating_sub(now_tsc));
+        if MIGRATE_EVERY_SLICE.load(Ordering::Relaxed) && length.is_none() && entry.is_some() {
+            // Alone on its CPU it would get no slice end, and never move.
+            length = Some(to_tsc(t.policy.tunables().slice_ns));
+        }
+        (entry, length)
+    })
 }
 
 /// The vCPU, running, leaves its core for an operator's pause: it waits
@@ -470,4 +484,10 @@ pub fn exits_of(vm: &Arc<SharedVm>) -> [u64; vmexit::Exit::KINDS] {
         }
     }
     total
+}
+
+/// The vCPU running on `core` spins in a PAUSE loop: it goes behind the
+/// others at the core's next decision.
+pub fn yield_core(core: u32) {
+    with_table(|t| t.policy.yield_now(CoreId(core), now_ns()));
 }

@@ -76,6 +76,17 @@ fn cache_flushes_complete_as_no_ops() {
 }
 
 #[test]
+fn a_pause_loop_completes_the_pause_and_offers_the_core() {
+    let (mut vm, mut host) = machine();
+    let mut vcpu = FakeVcpu::flat();
+    let before = vcpu.clone();
+    let outcome = run(Exit::Pause, &mut vcpu, &mut vm, &mut host);
+    assert_eq!(outcome, Outcome::Yield);
+    assert_eq!(vcpu.skipped, 1, "the PAUSE is done: the guest goes on after it");
+    assert_eq!((vcpu.gprs, vcpu.injected), (before.gprs, None));
+}
+
+#[test]
 fn host_interrupts_and_nmis_go_to_the_host() {
     let (mut vm, mut host) = machine();
     let mut vcpu = FakeVcpu::flat();
@@ -149,6 +160,7 @@ fn exit_kinds_and_names_agree() {
         Exit::Shutdown,
         Exit::UndefinedInstruction,
         Exit::Rdpmc,
+        Exit::Pause,
         Exit::EntryFailed(String::new()),
         Exit::Unhandled(String::new()),
     ];

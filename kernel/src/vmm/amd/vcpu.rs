@@ -180,6 +180,14 @@ impl Vcpu {
         // The guest's IF and CR8 act on virtual copies: it cannot mask the
         // host's interrupts, which exit (INTR).
         c.vintr = c.vintr.with_masking(true);
+        // A vCPU spinning in a PAUSE loop gives its core up (`Outcome::Yield`),
+        // where the CPU can tell a loop from a PAUSE: with the pause filter
+        // (KVM's defaults: 3000 PAUSEs, at most 128 cycles apart if it can
+        // time them). Without it every PAUSE would exit, so none does.
+        if caps.pause_filter() {
+            c.pause_filter_count = 3000;
+            c.pause_filter_threshold = if caps.pause_filter_threshold() { 128 } else { 0 };
+        }
 
         let s = &mut vmcb.save;
         let segment =
@@ -227,6 +235,9 @@ impl Vcpu {
         intercepts.cr |= svm::intercepts::CrIntercepts::READ_CR8;
         if self.iret_intercept {
             intercepts.misc1 |= svm::intercepts::Misc1::IRET;
+        }
+        if self.vmcb().control.pause_filter_count != 0 {
+            intercepts.misc1 |= svm::intercepts::Misc1::PAUSE;
         }
         intercepts.write_to(&mut self.vmcb_mut().control);
     }

@@ -109,6 +109,9 @@ fn compute_controls(caps: &VmxCapabilities) -> Result<Controls, alloc::string::S
         // A guest's WBINVD would write back and invalidate every cache of the
         // core, which other VMs share: it exits and does nothing (exits/cache.rs).
         | SecondaryControls::WBINVD_EXITING
+        // A vCPU spinning in a PAUSE loop (waiting for a lock another vCPU
+        // holds, which may be off its core) gives the core up (exits/`Yield`).
+        | SecondaryControls::PAUSE_LOOP_EXITING
         | APIC_VIRTUALIZATION;
     let controls = Controls {
         pin: caps

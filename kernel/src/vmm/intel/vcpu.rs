@@ -232,6 +232,12 @@ impl Vcpu {
         write(vmcs::PIN_BASED_CONTROLS, c.pin as u64);
         write(vmcs::PRIMARY_PROCESSOR_CONTROLS, c.primary as u64);
         write(vmcs::SECONDARY_PROCESSOR_CONTROLS, c.secondary as u64);
+        if c.secondary & vmx::SecondaryControls::PAUSE_LOOP_EXITING.bits() != 0 {
+            // KVM's defaults: PAUSEs at most 128 TSC cycles apart are one loop,
+            // and a loop longer than 4096 cycles exits.
+            write(vmcs::PLE_GAP, 128);
+            write(vmcs::PLE_WINDOW, 4096);
+        }
         write(vmcs::EXIT_CONTROLS, c.exit as u64);
         write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
         write(vmcs::VPID, vpid as u64);

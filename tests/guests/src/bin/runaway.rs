@@ -13,7 +13,10 @@ fn main() -> ! {
     // external-interrupt exiting), and this guest should see the host's tick.
     // SAFETY: Basalt injects nothing here, so no interrupt reaches the guest.
     unsafe { core::arch::asm!("sti") };
+    // A plain loop, not PAUSE: this is a CPU hog, not a vCPU waiting for
+    // another (a PAUSE loop exits to be yielded; see the spinner guest).
     loop {
-        core::hint::spin_loop();
+        // SAFETY: NOP does nothing.
+        unsafe { core::arch::asm!("nop") };
     }
 }
