@@ -165,12 +165,25 @@ static HELD: Mutex<Option<basalt_manage::ring::ByteRing>> = Mutex::new(None);
 const RECENT_BYTES: usize = 32 * 1024;
 const HELD_BYTES: usize = 32 * 1024;
 
+/// A line went out over the shell's prompt since the shell last drew it.
+static OVER_PROMPT: AtomicBool = AtomicBool::new(false);
+
+/// Whether a line went out since the last call (the shell draws its prompt
+/// and the half-typed line again below it).
+pub fn line_went_out() -> bool {
+    OVER_PROMPT.swap(false, Ordering::AcqRel)
+}
+
 fn managed_line(bytes: &[u8]) -> bool {
     without_interrupts(|| {
         if let Some(recent) = RECENT.lock().as_mut() {
             recent.push(bytes);
         }
-        HOLDING.load(Ordering::Acquire) && {
+        let holding = HOLDING.load(Ordering::Acquire);
+        if !holding {
+            OVER_PROMPT.store(true, Ordering::Release);
+        }
+        holding && {
             if let Some(held) = HELD.lock().as_mut() {
                 held.push(bytes);
             }

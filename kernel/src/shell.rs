@@ -88,7 +88,23 @@ fn say(text: &str) {
 }
 
 fn prompt() {
+    crate::log::line_went_out();
     crate::log::shell_output(PROMPT.as_bytes());
+}
+
+/// Basalt's lines went out over the prompt: it and the half-typed line are
+/// drawn again below them (not while a command runs: its output and the
+/// prompt after it come in order anyway).
+fn redraw_prompt() {
+    let idle = !HAS_PENDING.load(Ordering::Acquire) && !RUNNER.load(Ordering::Acquire) && !quitting();
+    if !idle || !matches!(&*MODE.lock(), Mode::Shell) || !crate::log::line_went_out() {
+        return;
+    }
+    let mut echo = Vec::new();
+    if let Some(editor) = EDITOR.lock().as_ref() {
+        editor.redraw(&mut echo);
+    }
+    crate::log::shell_output(&echo);
 }
 
 /// Reads what was typed, if it is time to; returns whether a command waits
@@ -107,6 +123,7 @@ pub fn poll(now: u64) -> bool {
                 take_input(&typed[..n]);
             }
             manage::enforce_shutdowns(now);
+            redraw_prompt();
             let redraw = matches!(&*MODE.lock(), Mode::Top { next } if now >= *next);
             if redraw && !HAS_PENDING.load(Ordering::Acquire) {
                 queue(Command::Top);
@@ -338,6 +355,18 @@ fn attach(vm: &str) {
     crate::log::hold_lines();
     console.set_attached(true);
     *MODE.lock() = Mode::Attached { vm: vm.into(), console };
+}
+
+/// A VM's run ended for good (not a restart): if its console is attached,
+/// the operator is back at the prompt, with its end among the lines shown.
+pub fn vm_stopped(vm: &str) {
+    if !ON.load(Ordering::Acquire) {
+        return;
+    }
+    let attached = matches!(&*MODE.lock(), Mode::Attached { vm: name, .. } if name == vm);
+    if attached {
+        detach();
+    }
 }
 
 /// Back to the prompt, with the lines that waited meanwhile.

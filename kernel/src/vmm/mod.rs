@@ -590,6 +590,8 @@ fn report_finished(mut job: VmJob) {
     if restart {
         requeue(VmJob { resets: 0, ..job });
         crate::smp::wake_all_aps();
+    } else {
+        crate::shell::vm_stopped(&job.report.name);
     }
 }
 
