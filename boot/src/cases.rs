@@ -158,17 +158,19 @@ pub struct Case {
 }
 
 /// `[[case.between]]`: after the first line with `after`, and before the
-/// first line with `before` past it, at most `max` lines (default 0) hold
-/// `forbid`; both lines must be there. (A paused VM prints nothing: `max`
-/// allows for a line already on its way when the pause came.)
+/// first line with `before` past it, the lines that hold `lines_with` are at
+/// least `min` (default 0) and at most `max` (default none) in number; both
+/// lines must be there. (A paused VM prints nothing: `max = 1` allows for a
+/// line already on its way when the pause came.)
 #[derive(Deserialize, Clone, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Between {
     pub after: String,
     pub before: String,
-    pub forbid: String,
+    pub lines_with: String,
     #[serde(default)]
-    pub max: usize,
+    pub min: usize,
+    pub max: Option<usize>,
 }
 
 fn judge_between(want: &Between, serial: &str) -> Vec<String> {
@@ -179,14 +181,16 @@ fn judge_between(want: &Between, serial: &str) -> Vec<String> {
     let Some(end) = rest.find(want.before.as_str()) else {
         return vec![format!("serial lacks '{}' after '{}'", want.before, want.after)];
     };
-    let seen = rest[..end].lines().filter(|line| line.contains(want.forbid.as_str())).count();
-    if seen > want.max {
-        vec![format!(
-            "{seen} line(s) with '{}' between '{}' and '{}' (at most {})",
-            want.forbid, want.after, want.before, want.max
-        )]
-    } else {
-        Vec::new()
+    let seen = rest[..end].lines().filter(|line| line.contains(want.lines_with.as_str())).count();
+    let (after, before, with) = (&want.after, &want.before, &want.lines_with);
+    match want.max {
+        Some(max) if seen > max => {
+            vec![format!("{seen} line(s) with '{with}' between '{after}' and '{before}' (at most {max})")]
+        }
+        _ if seen < want.min => {
+            vec![format!("{seen} line(s) with '{with}' between '{after}' and '{before}' (at least {})", want.min)]
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -636,13 +640,24 @@ mod tests {
 
     #[test]
     fn lines_between_two_others_are_counted() {
-        let want = Between { after: "paused".into(), before: "resumed".into(), forbid: "vm c |".into(), max: 1 };
+        let want = Between {
+            after: "paused".into(),
+            before: "resumed".into(),
+            lines_with: "vm c |".into(),
+            max: Some(1),
+            min: 0,
+        };
         let serial = "vm c | 1\npaused\nvm c | 2\nvm d | x\nresumed\nvm c | 3\nvm c | 4\n";
         assert!(judge_between(&want, serial).is_empty());
-        let strict = Between { max: 0, ..want.clone() };
+        let strict = Between { max: Some(0), ..want.clone() };
         assert_eq!(
             judge_between(&strict, serial),
             vec!["1 line(s) with 'vm c |' between 'paused' and 'resumed' (at most 0)".to_string()]
+        );
+        let wanted = Between { lines_with: "vm d |".into(), min: 2, max: None, ..want.clone() };
+        assert_eq!(
+            judge_between(&wanted, serial),
+            vec!["1 line(s) with 'vm d |' between 'paused' and 'resumed' (at least 2)".to_string()]
         );
         assert_eq!(
             judge_between(&want, "resumed\npaused\n"),
