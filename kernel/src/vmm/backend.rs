@@ -26,6 +26,12 @@ pub trait Backend: vmexit::Vcpu + Send {
     /// less `base`, so the guest's TSC did not move while it was paused.
     /// Set after `switch_in`.
     fn set_time_base(&mut self, base: u64);
+    /// A PAUSE loop exited but no other vCPU waits for the core: as KVM
+    /// does, the loop may spin longer before the next exit (each one is
+    /// pure cost to a vCPU alone on its core).
+    fn spin_alone(&mut self) {}
+    /// A PAUSE loop gave the core to another vCPU: loops exit early again.
+    fn spin_yielded(&mut self) {}
     /// The guest waits in the halted state (HLT, interrupts on).
     fn halted(&self) -> bool;
     /// The VMM must be back by host TSC `deadline` (a device timer, the time

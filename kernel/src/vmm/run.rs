@@ -289,9 +289,13 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
         match outcome {
             Outcome::Resume | Outcome::Marker(_) => {}
             Outcome::Park => break RunEnd::Parked,
-            // Alone on its core, a spinning vCPU has no one to give it to.
-            Outcome::Yield if !super::sched::others_want(slice.core) => {}
-            Outcome::Yield => break RunEnd::Yielded,
+            // Alone on its core, a spinning vCPU has no one to give it to:
+            // its PAUSE loops may run longer before they exit again.
+            Outcome::Yield if !super::sched::others_want(slice.core) => vcpu.spin_alone(),
+            Outcome::Yield => {
+                vcpu.spin_yielded();
+                break RunEnd::Yielded;
+            }
             Outcome::Stop(stop) => break RunEnd::Stop(stop),
         }
     };

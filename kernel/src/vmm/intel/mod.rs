@@ -376,6 +376,14 @@ impl Backend for Vcpu {
         self.leave();
     }
 
+    fn spin_alone(&mut self) {
+        self.set_ple_window(self.ple_window.saturating_mul(2).min(vcpu::PLE_WINDOW_MAX));
+    }
+
+    fn spin_yielded(&mut self) {
+        self.set_ple_window(vcpu::PLE_WINDOW_FIRST);
+    }
+
     fn set_time_base(&mut self, base: u64) {
         let offset = vmexit::Vcpu::tsc_offset(self);
         self.time_base = base;

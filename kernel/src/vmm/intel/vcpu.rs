@@ -27,8 +27,16 @@ const EXCEPTION_AC: u64 = 1 << 17;
 
 static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
+/// PAUSE-loop exiting's window (TSC cycles of spinning before the exit):
+/// KVM's first value, doubled while the vCPU is alone on its core when its
+/// loops exit, up to KVM's limit, and back to the first after a yield.
+pub(super) const PLE_WINDOW_FIRST: u32 = 4096;
+pub(super) const PLE_WINDOW_MAX: u32 = 1 << 30;
+
 pub struct Vcpu {
     pub index: u32,
+    /// Its PAUSE-loop window now (see `PLE_WINDOW_FIRST`).
+    pub(super) ple_window: u32,
     /// Host TSC ticks its VM spent paused: the hardware TSC offset is the
     /// guest's (as `tsc_offset` gives it) less this (see `Backend::set_time_base`).
     pub(super) time_base: u64,
@@ -116,6 +124,14 @@ fn flush_cached_translations(caps: &vmx::VmxCapabilities, eptp: u64, vpid: u16, 
 }
 
 impl Vcpu {
+    /// A new PAUSE-loop window, into the VMCS (current while the vCPU runs).
+    pub(super) fn set_ple_window(&mut self, window: u32) {
+        if window != self.ple_window {
+            self.ple_window = window;
+            write(vmcs::PLE_WINDOW, window as u64);
+        }
+    }
+
     /// A vCPU with its frames, to be set up (`setup`) before it runs.
     pub fn new(index: u32) -> Result<Vcpu, Stop> {
         let vmx = cpu::vmx().map_err(|e| Stop::Unsupported(e.into()))?;
@@ -123,6 +139,7 @@ impl Vcpu {
         let frame = || memory::alloc_frame().ok_or_else(out_of_memory);
         let vcpu = Vcpu {
             index,
+            ple_window: PLE_WINDOW_FIRST,
             time_base: 0,
             vmcs: frame()?,
             msr_bitmap: frame()?,
@@ -236,7 +253,7 @@ impl Vcpu {
             // KVM's defaults: PAUSEs at most 128 TSC cycles apart are one loop,
             // and a loop longer than 4096 cycles exits.
             write(vmcs::PLE_GAP, 128);
-            write(vmcs::PLE_WINDOW, 4096);
+            write(vmcs::PLE_WINDOW, PLE_WINDOW_FIRST as u64);
         }
         write(vmcs::EXIT_CONTROLS, c.exit as u64);
         write(vmcs::ENTRY_CONTROLS, (c.entry | if state.ia32e { ENTRY_IA32E_MODE_GUEST } else { 0 }) as u64);
