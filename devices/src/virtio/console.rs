@@ -218,4 +218,13 @@ mod tests {
         assert_eq!(drv.used(0).2 as usize, got.len());
         assert_eq!(dev.device_mut().dropped_input(), 2);
     }
+
+    #[test]
+    fn a_chain_for_a_queue_the_console_lacks_is_refused() {
+        let mut console = Console::new(Box::new(|_: &[u8]| {}));
+        let chain = crate::virtio::queue::Chain::default();
+        let mut ram = crate::virtio::tests::Ram(Vec::new());
+        let result = console.handle(2, &mut ChainIo::new(&chain, &mut ram));
+        assert_eq!(result.err(), Some(VirtioError::NoQueue { queue: 2 }));
+    }
 }

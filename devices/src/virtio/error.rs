@@ -78,3 +78,53 @@ pub struct Broken {
     pub queue: usize,
     pub error: VirtioError,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    /// Every variant renders as the log line had it when the errors were
+    /// strings: integration logs and readers match on these texts.
+    #[test]
+    fn each_error_renders_its_text_and_numbers() {
+        use VirtioError::*;
+        let cases: [(VirtioError, &str); 20] = [
+            (
+                RingPastAddressSpace { base: 0xffff_ffff_ffff_fff0 },
+                "ring at 0xfffffffffffffff0 runs past the end of the address space",
+            ),
+            (EmptyQueue, "queue of size 0"),
+            (RingOffsetOverflow, "ring offset overflows"),
+            (RingOutsideRam { at: 0x2002 }, "ring address 0x2002 is outside guest RAM"),
+            (
+                AvailableAhead { available: 100, outstanding: 100, size: 16 },
+                "available index 100 runs 100 ahead of a 16-entry queue",
+            ),
+            (DescriptorIndex { index: 17, size: 16 }, "descriptor index 17 outside a 16-entry table"),
+            (DescriptorTableOutsideRam { at: 0x10_0000 }, "descriptor table 0x100000 is outside guest RAM"),
+            (IndirectDescriptor, "indirect descriptor, a feature that was not offered"),
+            (BufferWraps, "buffer wraps the address space"),
+            (BufferOutsideRam { addr: 0xfff_fff0, len: 64 }, "buffer 0xffffff0+0x40 is outside guest RAM"),
+            (ChainTooLong, "chain longer than 16 MiB"),
+            (ReadableAfterWritable, "readable buffer after a writable one"),
+            (ChainLoops { head: 3 }, "descriptor chain from 3 loops or is longer than the queue"),
+            (UsedRingOutsideRam { at: 0x3004 }, "used ring 0x3004 is outside guest RAM"),
+            (UsedIndexOutsideRam, "used ring is outside guest RAM"),
+            (RequestTooShort, "request shorter than its header says"),
+            (ResponseTooLong, "response longer than the driver's buffers"),
+            (StreamOutsideRam, "buffer outside guest RAM"),
+            (BlockRequestMalformed, "block request without a header or a status byte"),
+            (NoQueue { queue: 2 }, "no queue 2"),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_broken_device_names_the_queue_first() {
+        let broken = Broken { queue: 1, error: VirtioError::ChainLoops { head: 0 } };
+        assert_eq!(broken.to_string(), "queue 1: descriptor chain from 0 loops or is longer than the queue");
+    }
+}

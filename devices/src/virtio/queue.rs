@@ -279,7 +279,7 @@ fn for_each_span(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::tests::Ram;
+    use crate::virtio::tests::{Ram, AVAIL, DESC, USED};
 
     #[test]
     fn an_empty_write_claims_no_bytes() {
@@ -293,5 +293,69 @@ mod tests {
         io.write(4, &[1, 2]).unwrap();
         io.write(15, &[]).unwrap();
         assert_eq!(io.written(), 6);
+    }
+
+    /// A ready 16-entry queue with its rings where the transport tests put
+    /// them, descriptors (address, length, flags, next) from entry 0, and
+    /// one chain made available, from `head`.
+    fn queue(ram: &mut Ram, head: u16, descriptors: &[(u64, u32, u16, u16)]) -> Queue {
+        for (at, &(addr, len, flags, next)) in (DESC..).step_by(16).zip(descriptors) {
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..].copy_from_slice(&next.to_le_bytes());
+            ram.write(at, &d).unwrap();
+        }
+        ram.write(AVAIL + 4, &head.to_le_bytes()).unwrap();
+        ram.write(AVAIL + 2, &1u16.to_le_bytes()).unwrap();
+        Queue { size: 16, ready: true, desc: DESC, avail: AVAIL, used: USED, ..Queue::default() }
+    }
+
+    #[test]
+    fn each_violation_in_the_rings_is_reported_with_its_numbers() {
+        const MIB: u32 = 1 << 20;
+        let ram = || Ram(alloc::vec![0; 2 << 20]);
+        let peek = |ram: &mut Ram, q: Queue| q.peek(ram).map(|chain| chain.map(|c| c.head));
+        let mut r = ram();
+        let q = queue(&mut r, 17, &[]);
+        assert_eq!(peek(&mut r, q), Err(VirtioError::DescriptorIndex { index: 17, size: 16 }));
+        let mut r = ram();
+        let q = Queue { avail: 2 << 20, ..queue(&mut r, 0, &[(0x8000, 4, 0, 0)]) };
+        assert_eq!(peek(&mut r, q), Err(VirtioError::RingOutsideRam { at: (2 << 20) + 2 }));
+        let mut r = ram();
+        let q = Queue { desc: (2 << 20) - 8, ..queue(&mut r, 0, &[]) };
+        assert_eq!(peek(&mut r, q), Err(VirtioError::DescriptorTableOutsideRam { at: (2 << 20) - 8 }));
+        let mut r = ram();
+        let q = queue(&mut r, 0, &[(0x8000, 16, DESC_INDIRECT, 0)]);
+        assert_eq!(peek(&mut r, q), Err(VirtioError::IndirectDescriptor));
+        // One 2 MiB buffer chained to itself: too long before it is seen to loop.
+        let mut r = ram();
+        let q = queue(&mut r, 0, &[(0, 2 * MIB, DESC_NEXT, 0)]);
+        assert_eq!(peek(&mut r, q), Err(VirtioError::ChainTooLong));
+        let mut r = ram();
+        let q = queue(&mut r, 0, &[(0x8000, 4, DESC_NEXT, 1), (0x9000, 4, 0, 0)]);
+        assert_eq!(peek(&mut r, q), Ok(Some(0)));
+
+        // Completions: a queue of size 0, a used ring outside guest RAM.
+        let mut r = ram();
+        let mut q = Queue { size: 0, ..queue(&mut r, 0, &[(0x8000, 4, 0, 0)]) };
+        assert_eq!(q.complete(&mut r, 0, 0), Err(VirtioError::EmptyQueue));
+        let mut q = Queue { used: 2 << 20, ..queue(&mut r, 0, &[(0x8000, 4, 0, 0)]) };
+        assert_eq!(q.complete(&mut r, 0, 0), Err(VirtioError::UsedRingOutsideRam { at: (2 << 20) + 4 }));
+    }
+
+    #[test]
+    fn each_violation_in_a_chains_streams_is_reported() {
+        let mut ram = Ram(alloc::vec![0; 0x1000]);
+        let chain = Chain { head: 0, readable: alloc::vec![(0x100, 4)], writable: alloc::vec![(0x200, 4)] };
+        let mut io = ChainIo::new(&chain, &mut ram);
+        assert_eq!(io.read(0, &mut [0; 8]), Err(VirtioError::RequestTooShort));
+        assert_eq!(io.write(0, &[0; 8]), Err(VirtioError::ResponseTooLong));
+        // Chains the queue never let through: past guest RAM, past u64::MAX.
+        let chain = Chain { head: 0, readable: alloc::vec![(0x1000, 4)], writable: alloc::vec![(u64::MAX, 4)] };
+        let mut io = ChainIo::new(&chain, &mut ram);
+        assert_eq!(io.read(0, &mut [0; 4]), Err(VirtioError::StreamOutsideRam));
+        assert_eq!(io.write(1, &[0; 2]), Err(VirtioError::BufferWraps));
     }
 }
