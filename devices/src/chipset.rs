@@ -38,7 +38,7 @@ use crate::pic::PicPair;
 use crate::pit::Pit;
 use crate::rtc::Rtc;
 use crate::uart::{LineSink, Uart16550};
-use crate::virtio::{VirtioDevice, VirtioMmio};
+use crate::virtio::{Broken, VirtioDevice, VirtioMmio};
 use crate::GuestRam;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -283,7 +283,7 @@ impl Chipset {
     }
 
     /// virtio devices that broke since the last call: (slot, device, why).
-    pub fn take_broken(&self) -> Vec<(usize, &'static str, alloc::string::String)> {
+    pub fn take_broken(&self) -> Vec<(usize, &'static str, Broken)> {
         let mut out = Vec::new();
         // Cleared before the slots are looked at: a device breaking on
         // another vCPU meanwhile sets it again, for the next call.
@@ -1402,6 +1402,8 @@ mod tests {
         let broken = c.take_broken();
         assert_eq!(broken.len(), 1, "{broken:?}");
         assert_eq!((broken[0].0, broken[0].1), (1, "virtio-console"));
+        // Queue 1, transmit, as the log line shows it.
+        assert_eq!(broken[0].2.to_string(), "queue 1: buffer 0x200000+0x40 is outside guest RAM");
         assert!(c.take_broken().is_empty(), "reported once");
         reg(&mut c, 0x50, 1, &mut ram);
         c.poll(0, 0, &mut ram);

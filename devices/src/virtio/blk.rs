@@ -9,9 +9,8 @@
 //! last of its data has moved.
 
 use super::queue::ChainIo;
-use super::{Handled, VirtioDevice};
+use super::{Handled, VirtioDevice, VirtioError};
 use alloc::boxed::Box;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 const SECTOR: u64 = 512;
@@ -68,7 +67,7 @@ impl Block {
     }
 
     /// Runs one request, or this call's part of it.
-    fn serve(&mut self, kind: u32, sector: u64, io: &mut ChainIo) -> Result<Step, String> {
+    fn serve(&mut self, kind: u32, sector: u64, io: &mut ChainIo) -> Result<Step, VirtioError> {
         let in_len = io.writable_len() - 1;
         let out_len = io.readable_len() - 16;
         let span = |len: u64| {
@@ -111,8 +110,8 @@ impl Block {
         &mut self,
         io: &mut ChainIo,
         len: u64,
-        mut transfer: impl FnMut(&mut dyn BlockStore, &mut ChainIo, u64, &mut [u8]) -> Result<(), String>,
-    ) -> Result<Step, String> {
+        mut transfer: impl FnMut(&mut dyn BlockStore, &mut ChainIo, u64, &mut [u8]) -> Result<(), VirtioError>,
+    ) -> Result<Step, VirtioError> {
         let mut done = io.progress().min(len);
         let until = done.saturating_add(io.budget()).min(len);
         let piece_len = usize::try_from(until - done).unwrap_or(usize::MAX).min(PIECE);
@@ -153,9 +152,9 @@ impl VirtioDevice for Block {
         // capacity (sectors); the rest of the layout is for features not offered.
         self.capacity_sectors().to_le_bytes().to_vec()
     }
-    fn handle(&mut self, _queue: usize, io: &mut ChainIo) -> Result<Handled, String> {
+    fn handle(&mut self, _queue: usize, io: &mut ChainIo) -> Result<Handled, VirtioError> {
         if io.readable_len() < 16 || io.writable_len() < 1 {
-            return Err("block request without a header or a status byte".into());
+            return Err(VirtioError::BlockRequestMalformed);
         }
         let mut header = [0u8; 16];
         io.read(0, &mut header)?;
@@ -295,6 +294,8 @@ mod tests {
         let (mut dev, mut drv) = disk();
         header(&mut drv.ram, 0x8000, T_IN, 0);
         drv.post(&mut dev, &[(0x8000, 16, false)]);
-        assert!(dev.broken.is_some());
+        let broken = dev.broken.as_ref().unwrap();
+        assert_eq!(broken.error, VirtioError::BlockRequestMalformed);
+        assert_eq!(broken.to_string(), "queue 0: block request without a header or a status byte");
     }
 }

@@ -9,10 +9,9 @@
 //! counted).
 
 use super::queue::ChainIo;
-use super::{Handled, VirtioDevice};
+use super::{Handled, VirtioDevice, VirtioError};
 use crate::uart::{LineBuffer, LineSink};
 use alloc::collections::VecDeque;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 const RECEIVE: usize = 0;
@@ -42,7 +41,7 @@ impl Console {
 
     /// Passes on up to TRANSMIT_PER_CALL bytes of the chain's output from
     /// where the last call left off.
-    fn transmit(&mut self, io: &mut ChainIo) -> Result<Handled, String> {
+    fn transmit(&mut self, io: &mut ChainIo) -> Result<Handled, VirtioError> {
         let total = io.readable_len();
         let start = io.progress().min(total);
         let end = start.saturating_add(TRANSMIT_PER_CALL.min(io.budget())).min(total);
@@ -58,7 +57,7 @@ impl Console {
     }
 
     /// Fills the chain's receive buffers with what input there is.
-    fn receive(&mut self, io: &mut ChainIo) -> Result<Handled, String> {
+    fn receive(&mut self, io: &mut ChainIo) -> Result<Handled, VirtioError> {
         let room = io.writable_len().min(io.budget());
         let n = usize::try_from(room).unwrap_or(usize::MAX).min(self.input.len());
         let (first, second) = self.input.as_slices();
@@ -88,12 +87,12 @@ impl VirtioDevice for Console {
         // this device does not offer.
         alloc::vec![0; 12]
     }
-    fn handle(&mut self, queue: usize, io: &mut ChainIo) -> Result<Handled, String> {
+    fn handle(&mut self, queue: usize, io: &mut ChainIo) -> Result<Handled, VirtioError> {
         match queue {
             TRANSMIT => self.transmit(io),
             RECEIVE if self.input.is_empty() => Ok(Handled::Later),
             RECEIVE => self.receive(io),
-            _ => Err(alloc::format!("no queue {queue}")),
+            _ => Err(VirtioError::NoQueue { queue }),
         }
     }
     fn push_input(&mut self, bytes: &[u8]) {
@@ -218,5 +217,14 @@ mod tests {
         assert!(got.ends_with(b"2367"), "{:?}", &got[got.len() - 4..]);
         assert_eq!(drv.used(0).2 as usize, got.len());
         assert_eq!(dev.device_mut().dropped_input(), 2);
+    }
+
+    #[test]
+    fn a_chain_for_a_queue_the_console_lacks_is_refused() {
+        let mut console = Console::new(Box::new(|_: &[u8]| {}));
+        let chain = crate::virtio::queue::Chain::default();
+        let mut ram = crate::virtio::tests::Ram(Vec::new());
+        let result = console.handle(2, &mut ChainIo::new(&chain, &mut ram));
+        assert_eq!(result.err(), Some(VirtioError::NoQueue { queue: 2 }));
     }
 }

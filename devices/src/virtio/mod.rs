@@ -13,11 +13,13 @@
 
 pub mod blk;
 pub mod console;
+mod error;
 pub mod queue;
+
+pub use error::{Broken, VirtioError};
 
 use crate::GuestRam;
 use alloc::boxed::Box;
-use alloc::string::String;
 use alloc::vec::Vec;
 use queue::{Chain, ChainIo, Queue};
 
@@ -90,7 +92,7 @@ pub trait VirtioDevice: Send {
     fn config(&self) -> Vec<u8>;
     /// Serves one request chain from queue `queue`. An error means the driver
     /// broke the protocol; the device is then marked broken.
-    fn handle(&mut self, queue: usize, io: &mut ChainIo) -> Result<Handled, String>;
+    fn handle(&mut self, queue: usize, io: &mut ChainIo) -> Result<Handled, VirtioError>;
     /// Queues with work the device can do without a notification (input
     /// arrived for a receive queue).
     fn ready_queues(&self) -> Vec<usize> {
@@ -124,7 +126,7 @@ pub struct VirtioMmio {
     queues: Vec<Queue>,
     interrupt_status: u32,
     /// Why the device stopped serving, once it is broken.
-    pub broken: Option<String>,
+    pub broken: Option<Broken>,
     /// Whether the VMM has been told (the chipset reports each breakage once).
     pub broken_reported: bool,
 }
@@ -302,14 +304,14 @@ impl VirtioMmio {
         }
         let served = self.serve_chains(index, ram);
         self.queues[index].backlog = matches!(served, Ok(Served::OutOfBudget));
-        if let Err(why) = served {
-            self.broken = Some(alloc::format!("queue {index}: {why}"));
+        if let Err(error) = served {
+            self.broken = Some(Broken { queue: index, error });
             self.status |= STATUS_DEVICE_NEEDS_RESET;
             self.interrupt_status |= INTERRUPT_CONFIG_CHANGE;
         }
     }
 
-    fn serve_chains(&mut self, index: usize, ram: &mut dyn GuestRam) -> Result<Served, String> {
+    fn serve_chains(&mut self, index: usize, ram: &mut dyn GuestRam) -> Result<Served, VirtioError> {
         let mut moved = 0u64;
         for _ in 0..CHAINS_PER_CALL {
             if moved >= BYTES_PER_CALL {
@@ -461,7 +463,7 @@ pub(crate) mod tests {
         fn config(&self) -> Vec<u8> {
             vec![0xaa, 0xbb, 0xcc, 0xdd]
         }
-        fn handle(&mut self, _queue: usize, io: &mut ChainIo) -> Result<Handled, String> {
+        fn handle(&mut self, _queue: usize, io: &mut ChainIo) -> Result<Handled, VirtioError> {
             let mut data = vec![0u8; io.readable_len() as usize];
             io.read(0, &mut data)?;
             io.write(0, &data)?;
@@ -501,16 +503,16 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_chains_break_the_device_not_the_host() {
-        for bad in [
+        for (bad, error) in [
             // A buffer past the end of guest RAM.
-            vec![(0xfff_fff0, 64, false)],
+            (vec![(0xfff_fff0, 64, false)], VirtioError::BufferOutsideRam { addr: 0xfff_fff0, len: 64 }),
             // Readable after writable.
-            vec![(0x8000, 4, true), (0x8100, 4, false)],
+            (vec![(0x8000, 4, true), (0x8100, 4, false)], VirtioError::ReadableAfterWritable),
         ] {
             let mut dev = VirtioMmio::new(Box::new(Echo));
             let mut drv = Driver::bring_up(&mut dev, 1);
             drv.post(&mut dev, &bad);
-            assert!(dev.broken.is_some(), "{bad:?}");
+            assert_eq!(dev.broken, Some(Broken { queue: 0, error }), "{bad:?}");
             assert_eq!(dev.read(0x70, 4) & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
             assert_eq!(dev.read(0x60, 4) & INTERRUPT_CONFIG_CHANGE, INTERRUPT_CONFIG_CHANGE);
             assert_eq!(drv.used(0).0, 0, "nothing completed");
@@ -537,7 +539,8 @@ pub(crate) mod tests {
             dev.write(low_register, low, &mut drv.ram);
             dev.write(low_register + 4, u32::MAX, &mut drv.ram);
             dev.write(0x50, 0, &mut drv.ram);
-            assert!(dev.broken.as_deref().unwrap().contains("address space"), "{:?}", dev.broken);
+            let base = u64::from(u32::MAX) << 32 | u64::from(low);
+            assert_eq!(dev.broken, Some(Broken { queue: 0, error: VirtioError::RingPastAddressSpace { base } }));
         }
     }
 
@@ -546,7 +549,7 @@ pub(crate) mod tests {
         let mut dev = VirtioMmio::new(Box::new(Echo));
         let mut drv = Driver::bring_up(&mut dev, 1);
         drv.post(&mut dev, &[(u64::MAX - 2, 8, false)]);
-        assert!(dev.broken.as_deref().unwrap().contains("wraps"), "{:?}", dev.broken);
+        assert_eq!(dev.broken, Some(Broken { queue: 0, error: VirtioError::BufferWraps }));
     }
 
     #[test]
@@ -594,12 +597,13 @@ pub(crate) mod tests {
         drv.ram.write(DESC, &d).unwrap();
         drv.ram.write(AVAIL + 2, &1u16.to_le_bytes()).unwrap();
         dev.write(0x50, 0, &mut drv.ram);
-        assert!(dev.broken.as_deref().unwrap().contains("loops"));
+        assert_eq!(dev.broken, Some(Broken { queue: 0, error: VirtioError::ChainLoops { head: 0 } }));
 
         let mut dev = VirtioMmio::new(Box::new(Echo));
         let mut drv = Driver::bring_up(&mut dev, 1);
         drv.ram.write(AVAIL + 2, &100u16.to_le_bytes()).unwrap();
         dev.write(0x50, 0, &mut drv.ram);
-        assert!(dev.broken.as_deref().unwrap().contains("ahead"));
+        let error = VirtioError::AvailableAhead { available: 100, outstanding: 100, size: 16 };
+        assert_eq!(dev.broken, Some(Broken { queue: 0, error }));
     }
 }

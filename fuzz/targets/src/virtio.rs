@@ -201,7 +201,7 @@ pub fn queue(data: &[u8]) -> u64 {
                         continue;
                     }
                     Err(why) => {
-                        feature(&mut signal, kind_of(&why));
+                        feature(&mut signal, kind_of(&why.to_string()));
                         continue;
                     }
                 };
@@ -424,7 +424,7 @@ fn drive(data: &[u8], dev: &mut VirtioMmio, queues: u32, id: u32, output: Option
         assert_eq!(dev.irq_line(), status != 0, "interrupt line and status {status:#x}");
         if let Some(why) = dev.broken.clone() {
             assert_ne!(dev.read(STATUS, 4) & NEEDS_RESET, 0, "broken ({why}) without DEVICE_NEEDS_RESET");
-            feature(&mut signal, kind_of(&why));
+            feature(&mut signal, kind_of(&why.to_string()));
         }
         feature(&mut signal, 0x200 | status as u64);
         if let Some(output) = output {
