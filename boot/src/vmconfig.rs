@@ -226,10 +226,12 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
 mod tests {
     use super::*;
 
-    /// A directory holding `files`: each one a Linux kernel as far as the
-    /// format's detection looks (the boot sector's flag and "HdrS").
-    fn dir_with(files: &[&str]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("basalt-vmconfig-{}-{}", std::process::id(), files.len()));
+    /// A directory of `test`'s own (tests run in parallel, and one that
+    /// rewrites a file another is reading makes it see an empty one) holding
+    /// `files`: each one a Linux kernel as far as the format's detection
+    /// looks (the boot sector's flag and "HdrS").
+    fn dir_with(test: &str, files: &[&str]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("basalt-vmconfig-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut bzimage = [0u8; 1024];
         bzimage[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
@@ -251,8 +253,7 @@ mod tests {
 
     #[test]
     fn a_multiboot_kernel_takes_modules_as_qemu_lists_them() {
-        // Four files: a directory of its own (named by the count).
-        let dir = dir_with(&["m1.bin", "m2.bin", "x", "y"]);
+        let dir = dir_with("multiboot", &["m1.bin", "m2.bin", "x", "y"]);
         std::fs::write(dir.join("mb.elf"), multiboot_kernel()).unwrap();
         let file = dir.join("vm.toml");
         let text = "name = \"mb\"\nkernel = \"mb.elf\"\ncmdline = \"a b\"\ninitrd = \"m1.bin x=1,,2,m2.bin\"\n";
@@ -284,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_full_file_resolves_paths_and_adds_the_console() {
-        let dir = dir_with(&["bzImage", "initrd.cpio", "disk.img"]);
+        let dir = dir_with("full", &["bzImage", "initrd.cpio", "disk.img"]);
         let file = dir.join("vm.toml");
         let text = r#"
             name = "web"
@@ -310,7 +311,7 @@ mod tests {
     #[test]
     fn lifecycle_fields_are_checked_by_name() {
         use loader::manifest::{Lifecycle, OnCrash};
-        let dir = dir_with(&["k"]);
+        let dir = dir_with("lifecycle", &["k"]);
         let file = dir.join("vm.toml");
         let c = parse("name = \"x\"\nkernel = \"k\"", &file).unwrap();
         assert_eq!(c.lifecycle, Lifecycle::default(), "autostart, and a crash leaves it crashed");
@@ -328,7 +329,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let dir = dir_with(&["k"]);
+        let dir = dir_with("errors", &["k"]);
         let file = dir.join("vm.toml");
         let err = |text: &str| parse(text, &file).unwrap_err();
         assert!(err("name = \"x\"\nkernel = \"k\"\ncolour = 1").contains("unknown field `colour`"));
@@ -347,7 +348,7 @@ mod tests {
 
     #[test]
     fn memory_limits_are_the_vm_lists() {
-        let dir = dir_with(&["k"]);
+        let dir = dir_with("memory", &["k"]);
         let file = dir.join("vm.toml");
         for mib in [loader::manifest::MIN_MEMORY_MIB, loader::manifest::MAX_MEMORY_MIB] {
             let config = parse(&format!("name = \"x\"\nkernel = \"k\"\nmemory_mib = {mib}"), &file).unwrap();
