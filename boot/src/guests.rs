@@ -296,7 +296,7 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
     let modules = if wanted.is_empty() {
         Vec::new()
     } else {
-        crate::initramfs::modules(&crate::linux::debian_modules()?, &wanted)?
+        crate::initramfs::modules(&crate::linux::debian_modules(&wanted)?, &wanted)?
     };
     let initrd = crate::initramfs::busybox_initramfs(&init, modules)?;
     Ok(LinuxVm {

@@ -85,6 +85,11 @@ fn imager() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// The files `make_image` writes into its directory.
+pub const BIOS_IMAGE: &str = "basalt-bios.img";
+pub const UEFI_IMAGE: &str = "basalt-uefi.img";
+pub const BUNDLE: &str = "bundle";
+
 /// Writes a disk image of `kernel` for `firmware` into `dir`, with `bundle` (see
 /// guests::bundle) as its ramdisk. Returns the image path.
 pub fn make_image(kernel: &Path, dir: &Path, bundle: &[u8], firmware: Firmware) -> anyhow::Result<PathBuf> {
@@ -93,11 +98,11 @@ pub fn make_image(kernel: &Path, dir: &Path, bundle: &[u8], firmware: Firmware) 
     let imager = IMAGER.get_or_init(|| imager().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let image = dir.join(match firmware {
-        Firmware::Bios => "basalt-bios.img",
-        Firmware::Uefi => "basalt-uefi.img",
+        Firmware::Bios => BIOS_IMAGE,
+        Firmware::Uefi => UEFI_IMAGE,
     });
     let mut command = Command::new(&imager);
-    let file = dir.join("bundle");
+    let file = dir.join(BUNDLE);
     std::fs::write(&file, bundle).with_context(|| format!("cannot write {}", file.display()))?;
     command.arg(firmware.name()).arg(kernel).arg(&image).arg(file);
     command.stdout(std::process::Stdio::null());

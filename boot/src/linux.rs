@@ -46,41 +46,96 @@ fn kernel_package_name(dir: &Path) -> Result<String, String> {
         .ok_or_else(|| "apt names no linux-image-*-amd64 package for linux-image-amd64".into())
 }
 
-/// Downloads `package` with apt-get and unpacks it into `into` (once; the
-/// caller checks for what it needs first).
-fn unpack_package(package: &str, into: &Path) -> Result<(), String> {
-    let dir = into.parent().ok_or("no parent directory")?;
+/// Downloads `package` with apt-get into `dir`; returns the .deb's path.
+fn download_package(package: &str, dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let download = || run("apt-get", &["download", "-q", package], dir);
     if download().is_err() {
         update_lists(dir)?;
         download()?;
     }
-    let deb = std::fs::read_dir(dir)
+    std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
         })
-        .ok_or_else(|| format!("apt-get download left no {package}_*.deb"))?;
+        .ok_or_else(|| format!("apt-get download left no {package}_*.deb"))
+}
+
+/// Downloads `package` with apt-get and unpacks all of it into `into` (once;
+/// the caller checks for what it needs first).
+fn unpack_package(package: &str, into: &Path) -> Result<(), String> {
+    let dir = into.parent().ok_or("no parent directory")?;
+    let deb = download_package(package, dir)?;
     let result = run("dpkg-deb", &["-x", &deb.to_string_lossy(), &into.to_string_lossy()], dir);
     let _ = std::fs::remove_file(&deb);
     result.map(|_| ())
 }
 
-/// The directory holding Debian's current amd64 kernel package, unpacked
-/// (boot/vmlinuz-*, lib/modules/*), downloading it once.
+/// Unpacks only `members` (paths as the package's tar names them, "./boot")
+/// of `deb` into `into`: `dpkg-deb --fsys-tarfile` piped into tar.
+fn unpack_members(deb: &Path, into: &Path, members: &[String]) -> Result<(), String> {
+    use std::process::Stdio;
+    std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
+    let mut package = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run dpkg-deb: {e}"))?;
+    let tarfile = package.stdout.take().ok_or("dpkg-deb gave no output")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .args(members)
+        .stdin(tarfile)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    // tar stops reading once it has all members; dpkg-deb then ends on a broken pipe.
+    let _ = package.wait();
+    if !tar.status.success() {
+        return Err(format!(
+            "unpacking {} from {} failed: {}",
+            members.join(" "),
+            deb.display(),
+            String::from_utf8_lossy(&tar.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Debian's kernel package, kept whole as target/linux/kernel.deb (~70 MB)
+/// while only its boot/ and the modules guests ask for are unpacked: all its
+/// modules would take ~400 MB of disk.
+const KERNEL_DEB: &str = "kernel.deb";
+
+/// The directory holding Debian's current amd64 kernel package, with its
+/// boot/ unpacked, downloading it once.
 fn kernel_package() -> Result<PathBuf, String> {
     let root = workspace_root().join("target/linux");
     let unpacked = root.join("unpacked");
     if find_vmlinuz(&unpacked).is_none() {
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        let package = kernel_package_name(&root)?;
-        println!("xtask: downloading Debian's {package} (about 70 MB, once)");
-        unpack_package(&package, &unpacked)?;
+        let deb = kernel_deb(&root)?;
+        unpack_members(&deb, &unpacked, &["./boot".to_owned()])?;
     }
     Ok(unpacked)
+}
+
+/// target/linux/kernel.deb, downloading it if it is not there.
+fn kernel_deb(root: &Path) -> Result<PathBuf, String> {
+    let deb = root.join(KERNEL_DEB);
+    if !deb.exists() {
+        std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let package = kernel_package_name(root)?;
+        println!("xtask: downloading Debian's {package} (about 70 MB, once)");
+        let downloaded = download_package(&package, root)?;
+        std::fs::rename(&downloaded, &deb).map_err(|e| format!("cannot rename {}: {e}", downloaded.display()))?;
+    }
+    Ok(deb)
 }
 
 fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
@@ -120,14 +175,28 @@ pub fn debian_vmlinux() -> Result<PathBuf, String> {
     Ok(cached)
 }
 
-/// The kernel modules directory (lib/modules/VERSION) of Debian's kernel.
-pub fn debian_modules() -> Result<PathBuf, String> {
-    let unpacked = kernel_package()?;
-    std::fs::read_dir(unpacked.join("lib/modules"))
-        .map_err(|e| format!("Debian's kernel package has no lib/modules: {e}"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .next()
-        .ok_or_else(|| "Debian's kernel package has an empty lib/modules".into())
+/// The kernel modules directory (lib/modules/VERSION) of Debian's kernel,
+/// holding at least `wanted` (paths under it, "kernel/fs/ext4/ext4.ko"):
+/// those not unpacked yet are unpacked from the kept package.
+pub fn debian_modules(wanted: &[&str]) -> Result<PathBuf, String> {
+    let bzimage = debian_kernel()?;
+    let version = bzimage
+        .file_name()
+        .and_then(|n| n.to_string_lossy().strip_prefix("vmlinuz-").map(str::to_owned))
+        .ok_or_else(|| format!("{} is not named vmlinuz-VERSION", bzimage.display()))?;
+    let root = workspace_root().join("target/linux");
+    let unpacked = root.join("unpacked");
+    let modules = unpacked.join("lib/modules").join(&version);
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|relative| !modules.join(relative).exists())
+        .map(|relative| format!("./lib/modules/{version}/{relative}"))
+        .collect();
+    if !missing.is_empty() {
+        unpack_members(&kernel_deb(&root)?, &unpacked, &missing)
+            .map_err(|e| format!("kernel modules not in Debian's {version} package? {e}"))?;
+    }
+    Ok(modules)
 }
 
 /// Debian's statically linked busybox, downloading busybox-static once.

@@ -32,6 +32,7 @@ pub fn main(args: QemuTestArgs) -> anyhow::Result<ExitCode> {
     }
 
     setup::ensure(&setup::Needs::everything()).map_err(anyhow::Error::msg)?;
+    report_free_disk();
     let started = Instant::now();
     let mut passed = 0usize;
     let mut failed = Vec::new();
@@ -87,6 +88,7 @@ pub fn main(args: QemuTestArgs) -> anyhow::Result<ExitCode> {
             match run_case(&kernel, run) {
                 Ok((problems, took)) if problems.is_empty() => {
                     passed += 1;
+                    drop_images(&case_dir(run));
                     println!(
                         "  ok      {label:<34} {:>6.1} s  ({machine} in {:.1} s)",
                         started.elapsed().as_secs_f64(),
@@ -119,6 +121,32 @@ pub fn main(args: QemuTestArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// What a whole run writes under target/ on a fresh clone (the host build,
+/// the kernels, the image builder, Debian's kernel, each case's logs and the
+/// images of the one running), with room to spare.
+const DISK_NEEDED_GB: f64 = 3.0;
+
+/// Says how much disk is free under target/, and warns when a run may not fit:
+/// otherwise a full disk shows up minutes later as cases that "could not run".
+fn report_free_disk() {
+    let target = workspace_root().join("target");
+    let output = Command::new("df").arg("-Pk").arg(&target).output();
+    // `df -P`: a header, then "filesystem blocks used available capacity mount".
+    let free_kib = output.ok().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok()
+    });
+    let Some(free_kib) = free_kib else { return };
+    let free_gb = free_kib as f64 / (1024.0 * 1024.0);
+    println!("qemu-test: {free_gb:.1} GB free on the disk holding {}", target.display());
+    if free_gb < DISK_NEEDED_GB {
+        println!(
+            "qemu-test: warning: a full run needs about {DISK_NEEDED_GB:.0} GB there; \
+             cases may fail with \"No space left on device\""
+        );
+    }
+}
+
 /// What a summary line says the run was on: the back end (for VT-x and SVM
 /// runs) and the emulator, e.g. "svm on QEMU TCG (EPYC, SVM)".
 fn on_what(run: &CaseRun) -> String {
@@ -131,6 +159,15 @@ fn on_what(run: &CaseRun) -> String {
 
 fn case_dir(run: &CaseRun) -> std::path::PathBuf {
     workspace_root().join("target/basalt/cases").join(run.dir())
+}
+
+/// A passed case keeps its logs but not its disk image and bundle: together
+/// they are ~550 MB over the suite, and CI machines may be short of disk. A
+/// failed case keeps everything, to be run again by hand.
+fn drop_images(dir: &std::path::Path) {
+    for name in [images::BIOS_IMAGE, images::UEFI_IMAGE, images::BUNDLE] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
 }
 
 fn run_case(kernel: &std::path::Path, run: &CaseRun) -> anyhow::Result<(Vec<String>, Duration)> {
