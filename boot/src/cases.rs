@@ -359,6 +359,8 @@ fn judge_share(share: &Share, serial: &str) -> Vec<String> {
 /// the common `expect_lines` and `forbid_lines` on that machine's run. In an
 /// ordered case they must appear in order among themselves, as the common
 /// lines must among theirs; the two lists are not ordered against each other.
+/// Its figures (`[[case.on.MACHINE.figure]]`) are checked on that machine's
+/// run only: a bound one emulator's timing can keep and another's cannot.
 #[derive(Deserialize, Clone, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MachineLines {
@@ -366,6 +368,8 @@ pub struct MachineLines {
     pub expect_lines: Vec<String>,
     #[serde(default)]
     pub forbid_lines: Vec<String>,
+    #[serde(default)]
+    pub figure: Vec<Figure>,
 }
 
 fn yes() -> bool {
@@ -603,7 +607,8 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     for vcpu in &case.vcpu {
         problems.extend(judge_vcpu(vcpu, &run.serial));
     }
-    for figure in &case.figure {
+    let machine_figures = machine.map_or(&[][..], |m| &m.figure[..]);
+    for figure in case.figure.iter().chain(machine_figures) {
         problems.extend(judge_figure(figure, &run.serial));
     }
     problems
@@ -918,6 +923,38 @@ format = "elf"
                 "serial has forbidden 'status 1'"
             ]
         );
+    }
+
+    #[test]
+    fn per_machine_figures_bound_that_machines_run_only() {
+        let text = r#"
+            [[case]]
+            name = "late"
+            firmware = "bios"
+            cpus = 1
+            machine = ["vmx", "svm"]
+            expect = "success"
+            timeout_s = 10
+            [[case.figure]]
+            after = "worst "
+            max = 50000
+            [[case.on.vmx.figure]]
+            after = "worst "
+            max = 500
+            [[case.vm]]
+            name = "v"
+            guest = "demo"
+            format = "elf"
+        "#;
+        let c = &parse(text).unwrap()[0];
+        let serial = |worst: u32| format!("worst {worst} us\n");
+        assert!(judge(c, MachineKind::Vmx, &run(Ending::Success, &serial(400))).is_empty());
+        assert_eq!(
+            judge(c, MachineKind::Vmx, &run(Ending::Success, &serial(900))),
+            ["'worst ' is followed by 900, outside - to 500".to_string()]
+        );
+        assert!(judge(c, MachineKind::Svm, &run(Ending::Success, &serial(900))).is_empty());
+        assert_eq!(judge(c, MachineKind::Svm, &run(Ending::Success, &serial(60000))).len(), 1);
     }
 
     #[test]

@@ -446,6 +446,7 @@ fn run_picked(entry: &Arc<sched::VcpuEntry>, slice: Option<u64>, core: u32) {
     sched::count_run(core);
     shared.place(index, true);
     let ran_from = crate::time::rdtsc();
+    entry.timer_wakes.lock().ran(ran_from);
     let until = slice.map(|length| ran_from.saturating_add(length));
     let end = run::run(&mut **vcpu, shared, run::Slice { core, until });
     shared.place(index, false);
@@ -532,7 +533,7 @@ fn finish(running: Running) {
             log_vcpu(&job.report.name, entry.index, &own);
         }
         if let Some(figures) = *entry.accounting.lock() {
-            log_scheduling(&job.report.name, entry.index, &figures, &entry.ran_on.lock()[..]);
+            log_scheduling(&job.report.name, entry, &figures);
         }
         counters.add(&own);
     }
@@ -611,12 +612,13 @@ fn unqueue(index: usize) -> bool {
 }
 
 /// What the scheduler saw of one vCPU (times in microseconds).
-fn log_scheduling(vm: &str, index: usize, a: &basalt_sched::Accounting, ran_on: &[u64]) {
+fn log_scheduling(vm: &str, entry: &sched::VcpuEntry, a: &basalt_sched::Accounting) {
+    let index = entry.index;
     let us = |ns: u64| ns / 1000;
     let mean_wake = a.wake_latency_total_ns.checked_div(a.wakeups).unwrap_or(0);
     // Where it ran: every core it spent time on.
     let mut cores = String::new();
-    for (core, &ticks) in ran_on.iter().enumerate().filter(|(_, &t)| t > 0) {
+    for (core, &ticks) in entry.ran_on.lock().iter().enumerate().filter(|(_, &t)| t > 0) {
         let sep = if cores.is_empty() { "" } else { "," };
         cores.push_str(&alloc::format!("{sep} cpu{core} {} us", crate::time::tsc_to_micros(ticks)));
     }
@@ -632,6 +634,18 @@ fn log_scheduling(vm: &str, index: usize, a: &basalt_sched::Accounting, ran_on: 
         us(mean_wake),
         us(a.wake_latency_max_ns)
     );
+    let timers = *entry.timer_wakes.lock();
+    if timers.count > 0 {
+        let us = crate::time::tsc_to_micros;
+        log::info!(
+            "vm {vm} vcpu{index} timer wake-ups: {}, from the due time to the guest late by mean {} us, max {} us; noticed by max {} us, in the guest max {} us after",
+            timers.count,
+            us(timers.late_total / timers.count),
+            us(timers.late_max),
+            us(timers.noticed_max),
+            us(timers.after_noticed_max)
+        );
+    }
 }
 
 /// One vCPU's share of an SMP VM's exits (the VM's report has the sum).

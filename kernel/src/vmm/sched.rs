@@ -68,8 +68,52 @@ pub struct VcpuEntry {
     /// Host TSC ticks it ran on each core (its runs, switches included):
     /// where it ran, which its affinity must explain.
     pub ran_on: Mutex<[u64; MAX_CORES]>,
+    /// How late it came back on a core after blocking until a timer event.
+    pub timer_wakes: Mutex<TimerWakes>,
     /// Its parameters as its VM's configuration gives them.
     params: Params,
+}
+
+/// A blocked vCPU's timer wake-ups, end to end in host TSC ticks: from the
+/// event's due time to the vCPU's guest entry, and the part of that before
+/// any core noticed it (a running vCPU's exit for it, or an idle core's
+/// wake-up: the timer's own delivery, which on an emulator is the
+/// emulator's). The case `sched-latency-1cpu` reads them.
+#[derive(Clone, Copy, Default)]
+pub struct TimerWakes {
+    /// The due time of the wake-up not yet run (0: none), and when a core
+    /// noticed it.
+    due: u64,
+    noticed: u64,
+    pub count: u64,
+    pub late_total: u64,
+    pub late_max: u64,
+    /// The longest time from the due time to a core's noticing it.
+    pub noticed_max: u64,
+    /// The longest time from a core's noticing it to the guest entry: the
+    /// policy's choice (a running vCPU's minimum run) and the VMM's work.
+    pub after_noticed_max: u64,
+}
+
+impl TimerWakes {
+    /// A core noticed at `now` that the timer event due at `due` came.
+    fn noticed(&mut self, due: u64, now: u64) {
+        self.due = due.max(1);
+        self.noticed = now;
+        self.noticed_max = self.noticed_max.max(now.saturating_sub(due));
+    }
+
+    /// Its run begins at `now`: the lateness of a timer wake-up is counted.
+    pub fn ran(&mut self, now: u64) {
+        let due = core::mem::take(&mut self.due);
+        if due != 0 {
+            let late = now.saturating_sub(due);
+            self.count += 1;
+            self.late_total += late;
+            self.late_max = self.late_max.max(late);
+            self.after_noticed_max = self.after_noticed_max.max(now.saturating_sub(self.noticed));
+        }
+    }
 }
 
 struct Table {
@@ -245,6 +289,7 @@ pub fn add(
             accounting: Mutex::new(None),
             exits: Mutex::new([0; vmexit::Exit::KINDS]),
             ran_on: Mutex::new([0; MAX_CORES]),
+            timer_wakes: Mutex::new(TimerWakes::default()),
             params,
         });
         if slot == t.vcpus.len() {
@@ -358,7 +403,10 @@ pub fn decide(core: u32) -> (Option<Arc<VcpuEntry>>, Option<u64>) {
         let now = to_ns(now_tsc);
         let mut woke = false;
         while let Some(at) = t.timers.iter().position(|&(_, at)| at <= now_tsc) {
-            let (id, _) = t.timers.swap_remove(at);
+            let (id, due) = t.timers.swap_remove(at);
+            if let Some(entry) = t.vcpus.get(id.0 as usize).and_then(Option::as_ref) {
+                entry.timer_wakes.lock().noticed(due, now_tsc);
+            }
             if let Some(k) = t.policy.wake(id, now) {
                 kick(k);
             }

@@ -231,15 +231,19 @@ basalt_timer_interrupt:
         pub mean_us: u64,
     }
 
-    /// Sleeps `count` periods of `period_us`, each to its deadline on a fixed
-    /// grid (a deadline already passed moves the grid on).
+    /// Sleeps `count` periods of `period_us` after a warm-up one, each to its
+    /// deadline on a fixed grid (a deadline already passed moves the grid on).
     pub fn sleep(period_us: u64, count: u32) -> Lateness {
         install();
         let per_ms = tsc_per_ms();
         let period = (per_ms * period_us / 1000).max(1);
         let (mut worst, mut total) = (0u64, 0u64);
         let mut deadline = rdtsc() + period;
-        for _ in 0..count {
+        // Tick 0 is a warm-up, not counted: its deadline is set while the
+        // guest is still starting up, runnable rather than asleep (on an
+        // emulator its first slices run long, and it then waits its turn).
+        // Lateness counts from the first wake-up out of HLT on.
+        for tick in 0..=count {
             let before = ticks();
             let (low, high) = (deadline as u32, (deadline >> 32) as u32);
             // SAFETY: arms the timer; STI then HLT waits for its interrupt
@@ -251,8 +255,10 @@ basalt_timer_interrupt:
                 }
             }
             let late = rdtsc().saturating_sub(deadline);
-            worst = worst.max(late);
-            total += late;
+            if tick > 0 {
+                worst = worst.max(late);
+                total += late;
+            }
             deadline += period;
             let now = rdtsc();
             if deadline <= now {
