@@ -157,6 +157,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
             }
             let now = time::rdtsc();
             if now >= shared.deadline() {
+                log_at_time_limit(vcpu, vm, me, now.wrapping_sub(base));
                 break RunEnd::Stop(Stop::TimeLimit { ms: shared.time_limit_ms });
             }
             // A halted vCPU is looked at below, once its events are in.
@@ -469,6 +470,27 @@ fn report_marker(vm: &Vm, vcpu: &mut dyn Backend, value: u8) {
         vm.name,
         c.total(),
         c.summary()
+    );
+}
+
+/// What a vCPU was doing when its VM's time limit came: a guest that should
+/// have ended by then but waits (for a timer that never came, an interrupt
+/// never raised) shows it here. `vm_now`: the VM's clock.
+fn log_at_time_limit(vcpu: &mut dyn Backend, vm: &Vm, me: usize, vm_now: u64) {
+    let (halted, injecting) = (vcpu.halted(), vcpu.injection_pending());
+    let queued = vcpu.pending();
+    let (queued_interrupt, queued_nmi) = (queued.has_interrupt(), queued.nmi);
+    let timer = match vm.chipset.next_deadline(me) {
+        Some(at) if at > vm_now => alloc::format!("in {} us", time::tsc_to_micros(at - vm_now)),
+        Some(at) => alloc::format!("{} us overdue", time::tsc_to_micros(vm_now - at)),
+        None => "none".into(),
+    };
+    log::info!(
+        "vm {} vcpu{me} at its time limit: halted {}, next timer event {timer}, interrupt pending {}, NMI pending {}",
+        vm.name,
+        halted,
+        injecting || queued_interrupt || vm.chipset.has_interrupt(me),
+        queued_nmi || vm.chipset.nmi_pending(me)
     );
 }
 
