@@ -196,6 +196,89 @@ struct Side {
     smp: anyhow::Result<Vec<Throughput>>,
     /// Two CPU hogs sharing a CPU, per slice of [`SCHED_SLICES_US`].
     sched: Vec<anyhow::Result<SchedFigures>>,
+    /// A 1 kHz timer VM next to two hogs.
+    latency: anyhow::Result<LatencyFigures>,
+}
+
+/// Bochs' clock for the latency run: at its default 10 MIPS a VMM run costs
+/// the ticker ~600 us of guest time, more than its third of the core (see
+/// the case sched-latency-1cpu).
+const LATENCY_BOCHS_IPS: u64 = 100_000_000;
+
+/// A 1 kHz timer VM (the ticker) sharing one CPU with two hogs at the
+/// default slice: how late its wake-ups came, in microseconds.
+#[derive(Debug, PartialEq)]
+pub struct LatencyFigures {
+    /// As the guest saw them: worst and mean over its 1000 ticks.
+    worst_us: u64,
+    mean_us: u64,
+    /// As the VMM saw them: the longest wait before a core noticed a timer
+    /// event (its delivery), and the longest from then to the guest entry
+    /// (the policy and the switch).
+    noticed_us: u64,
+    after_us: u64,
+}
+
+/// Reads a `LatencyFigures` out of the run's serial output.
+fn parse_latency(serial: &str) -> Option<LatencyFigures> {
+    let line = |text: &str| serial.lines().find(|l| l.contains(text));
+    // The number after `text` in `line`.
+    let after = |line: &str, text: &str| {
+        let rest = line.split_once(text)?.1;
+        rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u64>().ok()
+    };
+    let guest = line("ticker: worst lateness ")?;
+    let vmm = line("vm ticker vcpu0 timer wake-ups: ")?;
+    Some(LatencyFigures {
+        worst_us: after(guest, "worst lateness ")?,
+        mean_us: after(guest, " us, mean ")?,
+        noticed_us: after(vmm, "; noticed by max ")?,
+        after_us: after(vmm, " us, in the guest max ")?,
+    })
+}
+
+/// The ticker next to two CPU hogs on one CPU at the default slice.
+fn bench_latency(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Result<LatencyFigures> {
+    let hog = |name: &str| GuestVm { time_limit_ms: 3000, ..vm(name, "runaway", "elf", None) };
+    let ticker = GuestVm { time_limit_ms: 10_000, ..vm("ticker", "ticker", "elf", None) };
+    let vms = [ticker, hog("hog1"), hog("hog2")];
+    let dir = workspace_root().join("target/basalt/bench-latency").join(vendor.name());
+    let what = format!("{} on {}: a 1 kHz timer VM next to two CPU hogs", vendor.name(), emulator.name());
+    let one_cpu = machine(emulator, 256, LATENCY_BOCHS_IPS);
+    let run = run_guests(&what, &one_cpu, kernel, &dir, emulator.exit_option(), &vms)?;
+    parse_latency(&run.serial).ok_or_else(|| {
+        anyhow::anyhow!("the latency figures are missing ({:?}); see {}", run.ending, dir.join("serial.log").display())
+    })
+}
+
+/// The ticker's wake-up latency, per back end.
+fn render_latency(sides: &[Side]) -> String {
+    let mut rows = vec![vec![
+        "1 kHz timer VM next to two hogs, 500 us slice".to_string(),
+        "worst".into(),
+        "mean".into(),
+        "timer delivery (max)".into(),
+        "then to the guest (max)".into(),
+    ]];
+    for side in sides {
+        let label = format!("  {}", side.vendor.name());
+        rows.push(match &side.latency {
+            Ok(f) => vec![
+                label,
+                format!("{} us", f.worst_us),
+                format!("{} us", f.mean_us),
+                format!("{} us", f.noticed_us),
+                format!("{} us", f.after_us),
+            ],
+            Err(_) => vec![label, dash(), dash(), dash(), dash()],
+        });
+    }
+    let mut out = layout(&rows);
+    out.push_str(&format!(
+        "  (bounds: worst one slice, mean 200 us; Bochs at {} MIPS here, where a VMM run costs guest time as on slow hardware)\n",
+        LATENCY_BOCHS_IPS / 1_000_000
+    ));
+    out
 }
 
 /// The slices the scheduler is measured at.
@@ -249,7 +332,8 @@ fn bench_sched(vendor: Vendor, emulator: Emulator, kernel: &Path, slice_us: u64)
     let dir = workspace_root().join("target/basalt/bench-sched").join(vendor.name()).join(slice_us.to_string());
     let cmdline = format!("{} slice-us={slice_us}", emulator.exit_option());
     let what = format!("{} on {}: two CPU hogs at a {slice_us} us slice", vendor.name(), emulator.name());
-    let run = run_guests(&what, emulator, kernel, &dir, &cmdline, &vms, 1)?;
+    let one_cpu = machine(emulator, 256, emulator::BOCHS_IPS);
+    let run = run_guests(&what, &one_cpu, kernel, &dir, &cmdline, &vms)?;
     parse_sched(&run.serial, slice_us).ok_or_else(|| {
         anyhow::anyhow!(
             "the scheduler's figures are missing ({:?}); see {}",
@@ -378,7 +462,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             let smp = bench_smp(vendor, emulator, &kernel);
             let sched = SCHED_SLICES_US.iter().map(|&slice| bench_sched(vendor, emulator, &kernel, slice)).collect();
-            Side { vendor, emulator, guests, linux, smp, sched }
+            let latency = bench_latency(vendor, emulator, &kernel);
+            Side { vendor, emulator, guests, linux, smp, sched, latency }
         })
         .collect();
     sides.sort_by_key(|s| Vendor::ALL.iter().position(|&v| v == s.vendor));
@@ -401,6 +486,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     print!("\n{}", render_smp(&sides));
     print!("\n{}", render_sched(&sides));
+    print!("\n{}", render_latency(&sides));
 
     let figures: Vec<Figure> = sides.iter().flat_map(side_figures).collect();
     if let (Some(saved), Some(file)) = (&saved, &compare) {
@@ -418,7 +504,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for side in &sides {
         let linux = side.linux.iter().flatten().filter_map(|r| r.figures.as_ref().err());
-        let sched = side.sched.iter().filter_map(|r| r.as_ref().err());
+        let sched = side.sched.iter().filter_map(|r| r.as_ref().err()).chain(side.latency.as_ref().err());
         for error in side.guests.as_ref().err().into_iter().chain(linux).chain(side.smp.as_ref().err()).chain(sched) {
             eprintln!("xtask: bench {} on {}: {error:#}", side.vendor.name(), side.emulator.name());
             failed = true;
@@ -512,18 +598,16 @@ fn bench_guests(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Re
 /// MiB, Bochs at its usual clock), its files in `dir`; the run, timed.
 fn run_guests(
     what: &str,
-    emulator: Emulator,
+    machine: &Machine,
     kernel: &Path,
     dir: &Path,
     cmdline: &str,
     vms: &[GuestVm],
-    cpus: u32,
 ) -> anyhow::Result<emulator::RunOutput> {
     let bundle = guests::bundle(cmdline, vms).map_err(anyhow::Error::msg)?;
     let image = images::make_image(kernel, dir, &bundle, Firmware::Bios)?;
     timed(what, || {
-        let machine = Machine { cpus, ..machine(emulator, 256, emulator::BOCHS_IPS) };
-        let run = emulator::run_captured(what, &machine, &image, dir, Duration::from_secs(300), &[])?;
+        let run = emulator::run_captured(what, machine, &image, dir, Duration::from_secs(300), &[])?;
         let elapsed = run.elapsed;
         Ok((run, elapsed))
     })
@@ -535,7 +619,8 @@ fn bench_smp(vendor: Vendor, emulator: Emulator, kernel: &Path) -> anyhow::Resul
     let vm = GuestVm { memory_mib: 32, vcpus: 2, ..vm("smp", "smp-throughput", "elf", None) };
     let dir = workspace_root().join("target/basalt/bench-smp").join(vendor.name());
     let what = format!("{} on {}: two vCPUs exiting at once", vendor.name(), emulator.name());
-    let run = run_guests(&what, emulator, kernel, &dir, emulator.exit_option(), std::slice::from_ref(&vm), 2)?;
+    let two_cpus = Machine { cpus: 2, ..machine(emulator, 256, emulator::BOCHS_IPS) };
+    let run = run_guests(&what, &two_cpus, kernel, &dir, emulator.exit_option(), std::slice::from_ref(&vm))?;
     let figures: Vec<Throughput> = run.serial.lines().filter_map(parse_throughput).collect();
     if figures.is_empty() {
         bail!(
@@ -908,6 +993,13 @@ fn side_figures(side: &Side) -> Vec<Figure> {
         out.push(figure(format!("{at}.in-guests-percent"), f.in_guests_percent));
         out.push(figure(format!("{at}.vmm-cycles-per-run"), f.vmm_cycles_per_run as f64));
     }
+    if let Ok(f) = &side.latency {
+        let at = format!("{v}.sched.latency");
+        out.push(figure(format!("{at}.worst-us"), f.worst_us as f64));
+        out.push(figure(format!("{at}.mean-us"), f.mean_us as f64));
+        out.push(figure(format!("{at}.timer-delivery-us"), f.noticed_us as f64));
+        out.push(figure(format!("{at}.to-the-guest-us"), f.after_us as f64));
+    }
     for f in side.smp.iter().flatten() {
         let at = format!("{v}.smp.{}", f.devices.replace(' ', "-"));
         out.push(figure(format!("{at}.one"), f.one));
@@ -1093,6 +1185,16 @@ mod tests {
         let f = parse_sched(serial, 1000).unwrap();
         assert_eq!((f.light_percent, f.in_guests_percent, f.runs, f.vmm_cycles_per_run), (25.0, 97.5, 1500, 4200));
         assert_eq!(parse_sched("vm light vcpu0 scheduling: run 1 us", 1000), None);
+    }
+
+    #[test]
+    fn latency_figures_are_read_from_the_guest_and_the_vmm() {
+        let serial = "[ 1.1 cpu0] INFO  vm ticker | ticker: worst lateness 368 us, mean 111 us\r\n\
+                      [ 1.2 cpu0] INFO  vm ticker vcpu0 timer wake-ups: 1001, from the due time to the guest \
+                      late by mean 92 us, max 350 us; noticed by max 26 us, in the guest max 328 us after\r\n";
+        let f = parse_latency(serial).unwrap();
+        assert_eq!((f.worst_us, f.mean_us, f.noticed_us, f.after_us), (368, 111, 26, 328));
+        assert_eq!(parse_latency("vm ticker | ticker: worst lateness 368 us, mean 111 us"), None);
     }
 
     #[test]

@@ -750,6 +750,14 @@ impl Chipset {
     }
 
     /// Whether `vcpu` has an interrupt to take when it can.
+    /// `vcpu`'s local APIC: the highest vector requested and in service, and
+    /// its TPR (for reports).
+    pub fn apic_vectors(&self, vcpu: usize) -> (Option<u8>, Option<u8>, u8) {
+        let state = self.vcpu(vcpu);
+        let (requested, in_service) = state.apic.highest_requested_and_in_service();
+        (requested, in_service, state.apic.tpr())
+    }
+
     pub fn has_interrupt(&self, vcpu: usize) -> bool {
         let state = self.vcpu(vcpu);
         state.apic.deliverable().is_some() || self.extint_pending_with(vcpu, &state.apic)

@@ -603,6 +603,12 @@ impl LocalApic {
         self.irr.highest().is_some()
     }
 
+    /// The highest vector requested (IRR) and in service (ISR): what a
+    /// report shows of a vCPU that waits for an interrupt that never comes.
+    pub fn highest_requested_and_in_service(&self) -> (Option<u8>, Option<u8>) {
+        (self.irr.highest(), self.isr.highest())
+    }
+
     /// Writes the registers the CPU reads without exiting into the vCPU's
     /// virtual-APIC page, so what the guest reads there is this model's state.
     ///

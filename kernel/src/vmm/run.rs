@@ -485,12 +485,16 @@ fn log_at_time_limit(vcpu: &mut dyn Backend, vm: &Vm, me: usize, vm_now: u64) {
         Some(at) => alloc::format!("{} us overdue", time::tsc_to_micros(vm_now - at)),
         None => "none".into(),
     };
+    let (requested, in_service, tpr) = vm.chipset.apic_vectors(me);
+    let vector = |v: Option<u8>| v.map_or("none".into(), |v| alloc::format!("{v:#x}"));
     log::info!(
-        "vm {} vcpu{me} at its time limit: halted {}, next timer event {timer}, interrupt pending {}, NMI pending {}",
+        "vm {} vcpu{me} at its time limit: halted {}, next timer event {timer}, interrupt pending {}, NMI pending {}; APIC requested {}, in service {}, TPR {tpr:#x}",
         vm.name,
         halted,
         injecting || queued_interrupt || vm.chipset.has_interrupt(me),
-        queued_nmi || vm.chipset.nmi_pending(me)
+        queued_nmi || vm.chipset.nmi_pending(me),
+        vector(requested),
+        vector(in_service)
     );
 }
 
