@@ -195,12 +195,50 @@ enum Stop {
     Table(u64),
 }
 
+/// The table entries one walk read, in order: where each was and what it held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Path {
+    entries: [(u64, u64); 5],
+    len: usize,
+    /// 4-byte entries (32-bit paging), not 8-byte ones.
+    narrow: bool,
+}
+
+impl Path {
+    #[inline]
+    fn push(&mut self, at: u64, entry: u64) {
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = (at, entry);
+            self.len += 1;
+        }
+    }
+
+    /// Whether every entry still holds what the walk read.
+    fn unchanged(&self, memory: &(impl PhysicalMemory + ?Sized)) -> bool {
+        self.entries[..self.len].iter().all(|&(at, entry)| {
+            let now = if self.narrow { memory.read_u32(at).map(u64::from) } else { memory.read_u64(at) };
+            now == Some(entry)
+        })
+    }
+}
+
 /// The guest-physical address of `linear` for `access`, or why there is none.
 pub fn translate(
     memory: &(impl PhysicalMemory + ?Sized),
     paging: &Paging,
     access: Access,
     linear: u64,
+) -> Result<u64, WalkError> {
+    translate_on_path(memory, paging, access, linear, &mut Path::default())
+}
+
+/// `translate`, noting in `path` the entries the walk read.
+fn translate_on_path(
+    memory: &(impl PhysicalMemory + ?Sized),
+    paging: &Paging,
+    access: Access,
+    linear: u64,
+    path: &mut Path,
 ) -> Result<u64, WalkError> {
     if !paging.canonical(linear) {
         return Err(WalkError::NonCanonical { linear });
@@ -211,11 +249,11 @@ pub fn translate(
     }
     let walked = if paging.long_mode() {
         let levels = if paging.cr4 & CR4_LA57 != 0 { 5 } else { 4 };
-        walk_wide(memory, paging, paging.cr3 & paging.address_mask(), linear, levels)
+        walk_wide(memory, paging, paging.cr3 & paging.address_mask(), linear, levels, path)
     } else if paging.cr4 & CR4_PAE != 0 {
-        walk_pae(memory, paging, linear)
+        walk_pae(memory, paging, linear, path)
     } else {
-        walk_32(memory, paging, linear)
+        walk_32(memory, paging, linear, path)
     };
     let fault =
         |error_code| WalkError::PageFault(PageFault { linear, error_code: error_code | base_code(paging, access) });
@@ -267,12 +305,14 @@ fn walk_wide(
     mut table: u64,
     linear: u64,
     levels: u32,
+    path: &mut Path,
 ) -> Result<(u64, Rights), Stop> {
     let mut rights = Rights::ALL;
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level - 1);
         let at = table | (((linear >> shift) & 0x1ff) * 8);
         let entry = memory.read_u64(at).ok_or(Stop::Table(at))?;
+        path.push(at, entry);
         if entry & PRESENT == 0 {
             return Err(Stop::NotPresent);
         }
@@ -300,13 +340,20 @@ fn walk_wide(
     Err(Stop::NotPresent)
 }
 
-fn walk_pae(memory: &(impl PhysicalMemory + ?Sized), paging: &Paging, linear: u64) -> Result<(u64, Rights), Stop> {
+fn walk_pae(
+    memory: &(impl PhysicalMemory + ?Sized),
+    paging: &Paging,
+    linear: u64,
+    path: &mut Path,
+) -> Result<(u64, Rights), Stop> {
     let index = ((linear >> 30) & 3) as usize;
     let pdpte = match paging.pdptes {
         Some(pdptes) => pdptes[index],
         None => {
             let at = (paging.cr3 & 0xffff_ffe0) + index as u64 * 8;
-            memory.read_u64(at).ok_or(Stop::Table(at))?
+            let pdpte = memory.read_u64(at).ok_or(Stop::Table(at))?;
+            path.push(at, pdpte);
+            pdpte
         }
     };
     if pdpte & PRESENT == 0 {
@@ -317,13 +364,20 @@ fn walk_pae(memory: &(impl PhysicalMemory + ?Sized), paging: &Paging, linear: u6
     if pdpte & reserved != 0 {
         return Err(Stop::Reserved);
     }
-    walk_wide(memory, paging, pdpte & paging.address_mask(), linear, 2)
+    walk_wide(memory, paging, pdpte & paging.address_mask(), linear, 2, path)
 }
 
-fn walk_32(memory: &(impl PhysicalMemory + ?Sized), paging: &Paging, linear: u64) -> Result<(u64, Rights), Stop> {
+fn walk_32(
+    memory: &(impl PhysicalMemory + ?Sized),
+    paging: &Paging,
+    linear: u64,
+    path: &mut Path,
+) -> Result<(u64, Rights), Stop> {
+    path.narrow = true;
     let mut rights = Rights::ALL;
     let at = (paging.cr3 & 0xffff_f000) | (((linear >> 22) & 0x3ff) * 4);
     let pde = u64::from(memory.read_u32(at).ok_or(Stop::Table(at))?);
+    path.push(at, pde);
     if pde & PRESENT == 0 {
         return Err(Stop::NotPresent);
     }
@@ -341,11 +395,55 @@ fn walk_32(memory: &(impl PhysicalMemory + ?Sized), paging: &Paging, linear: u64
     }
     let at = (pde & 0xffff_f000) | (((linear >> 12) & 0x3ff) * 4);
     let pte = u64::from(memory.read_u32(at).ok_or(Stop::Table(at))?);
+    path.push(at, pte);
     if pte & PRESENT == 0 {
         return Err(Stop::NotPresent);
     }
     rights.narrow(pte);
     Ok(((pte & 0xffff_f000) | (linear & 0xfff), rights))
+}
+
+/// One translation of a 4 KiB linear page remembered with the table entries
+/// it came from, as a one-entry TLB: the instruction fetch of an MMIO exit
+/// asks for the same code page again and again (a driver's accessor), and
+/// checking that the entries are unchanged costs a fraction of a walk.
+///
+/// Unlike a CPU's TLB it is never stale: it is used only while the paging
+/// registers, the access and every entry on its path are what they were, in
+/// which case a walk would find the same translation. A guest that edits its
+/// tables (even without INVLPG) gets a fresh walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    paging: Paging,
+    access: Access,
+    /// The linear page (`linear` with its low 12 bits clear, as `Paging::effective` gives it).
+    page: u64,
+    /// The guest-physical page it maps to.
+    physical: u64,
+    path: Path,
+}
+
+/// `translate`, first trying `memo` (a translation of the same page for the
+/// same access under the same paging registers whose entries are unchanged),
+/// and remembering a fresh walk's result there. Faults are not remembered.
+pub fn translate_remembered(
+    memory: &(impl PhysicalMemory + ?Sized),
+    paging: &Paging,
+    access: Access,
+    linear: u64,
+    memo: &mut Option<Remembered>,
+) -> Result<u64, WalkError> {
+    let page = paging.effective(linear) & !(PAGE - 1);
+    if let Some(m) = memo {
+        let same_key = m.page == page && m.access == access && m.paging == *paging && paging.canonical(linear);
+        if same_key && m.path.unchanged(memory) {
+            return Ok(m.physical | (linear & (PAGE - 1)));
+        }
+    }
+    let mut path = Path::default();
+    let physical = translate_on_path(memory, paging, access, linear, &mut path)?;
+    *memo = Some(Remembered { paging: *paging, access, page, physical: physical & !(PAGE - 1), path });
+    Ok(physical)
 }
 
 /// The longest range `translate_range` takes: it then spans at most two pages.

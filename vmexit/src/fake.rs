@@ -57,6 +57,10 @@ pub struct FakeVcpu {
     pub efer: u64,
     pub xcr0: u64,
     pub tsc_offset: u64,
+    /// Whether instruction fetches go through `fetch_memo`, as on both real
+    /// back ends (true unless a test turns it off).
+    pub remember_fetches: bool,
+    pub fetch_memo: crate::FetchMemo,
     /// DR0-DR3, DR6 and DR7.
     pub dr: [u64; 4],
     pub dr6: u64,
@@ -108,6 +112,8 @@ impl FakeVcpu {
             efer: 0,
             xcr0: 1,
             tsc_offset: 0,
+            remember_fetches: true,
+            fetch_memo: crate::FetchMemo::default(),
             dr: [0; 4],
             dr6: 0xffff_0ff0,
             dr7: 0x400,
@@ -191,6 +197,9 @@ impl Vcpu for FakeVcpu {
     }
     fn efer(&self) -> u64 {
         self.efer
+    }
+    fn fetch_memo(&mut self) -> Option<&mut crate::FetchMemo> {
+        self.remember_fetches.then_some(&mut self.fetch_memo)
     }
     fn paging(&self) -> Paging {
         Paging { cr0: self.cr0, cr3: self.cr3, cr4: self.cr4, efer: self.efer, pdptes: None, max_phys_bits: 46 }

@@ -34,6 +34,7 @@ mod xsetbv;
 pub use cpuid::fast_cpuid;
 pub use exit::{CrAccess, Exit, PortIo, SegmentRegister, StringIo};
 pub use io::fast_port_io;
+pub use mmio::FetchMemo;
 pub use msr::fast_tsc_deadline;
 pub use outcome::{Outcome, Stop};
 pub use vcpu::Vcpu;

@@ -74,7 +74,7 @@ pub fn emulate(vcpu: &mut dyn Vcpu, vm: &mut Machine, host: &dyn Host, address: 
         }
         Err(e) => return translation_failed(vcpu, e),
     };
-    let decoded = match (decode::decode(&fetched.bytes[..fetched.len], vcpu.code_size()), fetched.beyond) {
+    let decoded = match (decode_fetched(vcpu, &fetched), fetched.beyond) {
         (Ok(d), _) => d,
         // The instruction runs on into a page the guest's CPU cannot fetch from.
         (Err(DecodeError::Truncated), Some(e)) => return translation_failed(vcpu, e),
@@ -494,6 +494,72 @@ fn unsupported(what: alloc::string::String) -> Outcome {
     Outcome::Stop(Stop::Unsupported(what))
 }
 
+/// A vCPU's last MMIO instructions: the translation of their code page and
+/// the last two as decoded. A driver's register accessors exit from the same
+/// few instructions again and again (an IOAPIC access is a write of the
+/// index, then a read of the data, from one page); both are used again only
+/// when they are exactly what a fresh walk and decode would give (the page's
+/// table entries unchanged, the same bytes in the same mode), so the memo
+/// changes nothing a guest can see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchMemo {
+    translation: Option<paging::Remembered>,
+    decoded: [Option<Decoded>; 2],
+    /// Which of `decoded` the next new instruction replaces.
+    next: usize,
+}
+
+/// An instruction as `decode` gave it, with its own bytes (little-endian,
+/// the rest zero) and the mode it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Decoded {
+    bytes: u128,
+    mode: CodeSize,
+    instruction: MmioInstruction,
+}
+
+/// The first `length` of the fetched bytes as a number (`Decoded::bytes`).
+fn leading_bytes(fetched: &Fetched, length: usize) -> u128 {
+    let mut bytes = [0u8; 16];
+    bytes[..15].copy_from_slice(&fetched.bytes);
+    let all = u128::from_le_bytes(bytes);
+    match length {
+        0..=15 => all & ((1u128 << (8 * length)) - 1),
+        _ => all,
+    }
+}
+
+impl FetchMemo {
+    /// The decoded instruction at the start of `fetched`, if it is one
+    /// remembered: decoding reads only the instruction's own bytes.
+    fn decoded(&self, fetched: &Fetched, mode: CodeSize) -> Option<MmioInstruction> {
+        self.decoded.iter().flatten().find_map(|d| {
+            let length = usize::from(d.instruction.length);
+            let same = d.mode == mode && fetched.len >= length && leading_bytes(fetched, length) == d.bytes;
+            same.then_some(d.instruction)
+        })
+    }
+
+    fn remember(&mut self, fetched: &Fetched, mode: CodeSize, instruction: MmioInstruction) {
+        let bytes = leading_bytes(fetched, usize::from(instruction.length));
+        self.decoded[self.next] = Some(Decoded { bytes, mode, instruction });
+        self.next ^= 1;
+    }
+}
+
+/// `decode` of the fetched bytes, through the vCPU's memo when it has one.
+fn decode_fetched(vcpu: &mut dyn Vcpu, fetched: &Fetched) -> Result<MmioInstruction, DecodeError> {
+    let mode = vcpu.code_size();
+    if let Some(instruction) = vcpu.fetch_memo().and_then(|memo| memo.decoded(fetched, mode)) {
+        return Ok(instruction);
+    }
+    let instruction = decode::decode(&fetched.bytes[..fetched.len], mode)?;
+    if let Some(memo) = vcpu.fetch_memo() {
+        memo.remember(fetched, mode, instruction);
+    }
+    Ok(instruction)
+}
+
 /// The bytes at CS:RIP, fetched as the guest's CPU would fetch them.
 pub struct Fetched {
     pub bytes: [u8; 15],
@@ -508,13 +574,25 @@ pub struct Fetched {
 /// An execute access at the guest's privilege level. A failure on the first
 /// byte means the guest's tables no longer map the instruction that just ran
 /// (another vCPU changed them): the caller raises what the CPU would.
-pub fn fetch_instruction(vcpu: &dyn Vcpu, vm: &Machine) -> Result<Fetched, WalkError> {
+pub fn fetch_instruction(vcpu: &mut dyn Vcpu, vm: &Machine) -> Result<Fetched, WalkError> {
     const MAX: usize = 15;
     let linear = crate::io::effective_base(vcpu, crate::SegmentRegister::Cs).wrapping_add(vcpu.rip());
     let in_first_page = (0x1000 - (linear & 0xfff) as usize).min(MAX);
     let paging = vcpu.paging();
     let rights = access_rights(vcpu, AccessKind::Execute);
     let memory = &*vm.memory;
+    // Within one page (nearly always), through the vCPU's remembered translation.
+    if in_first_page == MAX {
+        if let Some(memo) = vcpu.fetch_memo() {
+            let physical = paging::translate_remembered(memory, &paging, rights, linear, &mut memo.translation)?;
+            let mut fetched = Fetched { bytes: [0; MAX], len: 0, beyond: None };
+            // Not RAM: nothing fetched (the caller says it cannot emulate).
+            if memory.read(physical, &mut fetched.bytes).is_ok() {
+                fetched.len = MAX;
+            }
+            return Ok(fetched);
+        }
+    }
     let (pieces, beyond) = match paging::translate_range(memory, &paging, rights, linear, MAX) {
         Ok(pieces) => (pieces, None),
         // The instruction may end before the page that failed.

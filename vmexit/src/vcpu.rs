@@ -81,6 +81,13 @@ pub trait Vcpu {
     fn efer(&self) -> u64;
     /// How the CPU translates the guest's linear addresses now.
     fn paging(&self) -> Paging;
+    /// Where the vCPU remembers its last MMIO instruction (`FetchMemo`):
+    /// the next one from the same code page checks the page's table entries
+    /// instead of walking them, and the same bytes are not decoded again.
+    /// None: every fetch walks and decodes.
+    fn fetch_memo(&mut self) -> Option<&mut crate::FetchMemo> {
+        None
+    }
     /// Sets the guest's CR0 (already checked); the back end adds what its CPU
     /// requires of the real register and keeps the guest's view.
     fn set_cr0(&mut self, value: u64);

@@ -112,16 +112,90 @@ fn case(name: &'static str, paging: Paging, access: Access, linear: u64, expect:
     Case { name, paging, access, linear, expect }
 }
 
+/// Checks every case with `translate`, and with `translate_remembered` twice
+/// (a fresh walk, then the remembered one) through one memo that the cases
+/// before left behind: a translation remembered for another page, access or
+/// mode must never answer for this one.
 fn run(memory: &Memory, cases: &[Case]) {
     let mut failed = 0;
+    let mut memo = None;
     for c in cases {
         let got = translate(memory, &c.paging, c.access, c.linear);
-        if got != c.expect {
-            std::eprintln!("{}: linear {:#x}: got {:x?}, expected {:x?}", c.name, c.linear, got, c.expect);
+        let first = translate_remembered(memory, &c.paging, c.access, c.linear, &mut memo);
+        let again = translate_remembered(memory, &c.paging, c.access, c.linear, &mut memo);
+        if got != c.expect || first != c.expect || again != c.expect {
+            std::eprintln!(
+                "{}: linear {:#x}: got {:x?} (remembered: {:x?}, {:x?}), expected {:x?}",
+                c.name,
+                c.linear,
+                got,
+                first,
+                again,
+                c.expect
+            );
             failed += 1;
         }
     }
     assert_eq!(failed, 0, "{failed} of {} cases failed", cases.len());
+}
+
+#[test]
+fn a_remembered_translation_follows_every_change_to_its_tables() {
+    let (mut m, p) = four_level();
+    let code = la(0, 0, 0, 0, 0x123);
+    let mut memo = None;
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), ok(0x10123));
+    assert!(memo.is_some());
+    // Another offset in the page: from the memo.
+    assert_eq!(translate_remembered(&m, &p, X, code + 0x10, &mut memo), ok(0x10133));
+    // Each entry on the path, changed in turn, is seen at once (no INVLPG
+    // needed), and a walk's fault is not remembered as a translation.
+    m.set(0x4000, 0x1a000 | P | W | U);
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), ok(0x1a123));
+    m.set(0x3000, 0x4000 | P | W | U | XD);
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), pf(code, 0x11));
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), pf(code, 0x11));
+    m.set(0x3000, 0x4000 | P | W | U);
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), ok(0x1a123));
+    m.set(0x2000, 0x3000 | P | W);
+    assert_eq!(translate_remembered(&m, &p, UX, code, &mut memo), pf(code, 0x15));
+    m.set(0x1000, 0);
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), pf(code, 0x10));
+    // The registers are part of the key: another CR3 walks its own tables.
+    let (m, p) = four_level();
+    let mut memo = None;
+    assert_eq!(translate_remembered(&m, &p, X, code, &mut memo), ok(0x10123));
+    let elsewhere = Paging { cr3: 0x5000 + 0x1000, ..p };
+    assert_eq!(translate_remembered(&m, &elsewhere, X, code, &mut memo), translate(&m, &elsewhere, X, code));
+    // 32-bit paging remembers its 4-byte entries.
+    let (mut m, p) = thirty_two();
+    let mut memo = None;
+    assert_eq!(translate_remembered(&m, &p, R, l32(0, 1, 4), &mut memo), ok(0x31004));
+    m.set32(0xe004, 0x3b000 | (P | W) as u32);
+    assert_eq!(translate_remembered(&m, &p, R, l32(0, 1, 4), &mut memo), ok(0x3b004));
+}
+
+#[test]
+fn remembered_translations_agree_with_walks_through_random_edits() {
+    let mut rng = basalt_fuzz::Rng::new(0x7e3e_3b3e);
+    let (mut m, p) = four_level();
+    let tables = [0x1000u64, 0x2000, 0x3000, 0x4000];
+    let mut memo = None;
+    for step in 0..50_000u32 {
+        if rng.chance(4) {
+            // Rewrite one of the first few entries of a table with an entry
+            // to another table or page, present or not, sometimes large.
+            let table = rng.pick(&tables);
+            let slot = rng.below(4) * 8;
+            let target = rng.pick(&[0x2000u64, 0x3000, 0x4000, 0x10000, 0x11000, 0x20_0000]);
+            let flags = rng.next_u64() & (P | W | U | PS | XD);
+            m.set(table + slot, target | flags | (P * u64::from(rng.chance(2))));
+        }
+        let linear = la(0, rng.below(2), rng.below(2), rng.below(4), rng.below(4096));
+        let access = rng.pick(&[R, WR, X, UR, UW, UX]);
+        let want = translate(&m, &p, access, linear);
+        assert_eq!(translate_remembered(&m, &p, access, linear, &mut memo), want, "step {step}");
+    }
 }
 
 /// 4-level tables at CR3 = 0x1000 (and a PML5 at 0x9000 above them).

@@ -694,9 +694,11 @@ fn random_exits_on_random_state_never_panic_and_keep_their_promises() {
             if !matches!(exit, Exit::Io(_)) && rng.chance(3) {
                 vcpu.length_known = false;
             }
+            // Fetches with and without a remembered translation.
+            vcpu.remember_fetches = rng.chance(2);
             plant(&mut rng, &exit, &vcpu, &mut vm);
             let length = vm
-                .with(|machine| crate::mmio::fetch_instruction(&vcpu, machine))
+                .with(|machine| crate::mmio::fetch_instruction(&mut vcpu, machine))
                 .ok()
                 .and_then(|f| arch::decode::intercepted_length(&f.bytes[..f.len], vcpu.code_size).ok());
             let before = vcpu.clone();

@@ -272,6 +272,33 @@ fn the_fetch_follows_the_guest_page_tables() {
 }
 
 #[test]
+fn a_remapped_or_rewritten_instruction_is_fetched_and_decoded_afresh() {
+    // The vCPU remembers the last fetch's translation; a guest that points
+    // its page table elsewhere (no INVLPG: the VMM sees none) is fetched
+    // from where the tables now say, as a fresh walk would.
+    let (mut vcpu, mut vm, mut host, mut tables) = long_mode_vm();
+    tables.map(&mut vm.memory, 0x40_0000, 0x3000, PRESENT);
+    vm.memory.bytes[0x3000..0x3002].copy_from_slice(&[0x8b, 0x03]); // mov eax, [rbx]
+    vm.memory.bytes[0x5000..0x5003].copy_from_slice(&[0x66, 0x8b, 0x03]); // mov ax, [rbx]
+    for (frame, rax, length) in [(0x3000, 0xffff_ffff, 2), (0x3000, 0xffff_ffff, 2), (0x5000, 0x1_ffff, 3)] {
+        tables.map(&mut vm.memory, 0x40_0000, frame, PRESENT);
+        vcpu.rip = 0x40_0000;
+        vcpu.gprs[RAX as usize] = 0x1_0000;
+        let outcome = run(device_memory(UNCLAIMED), &mut vcpu, &mut vm, &mut host);
+        assert_emulated(&vcpu, &outcome, 0x40_0000, length);
+        assert_eq!(vcpu.gprs[RAX as usize], rax, "fetched from {frame:#x}");
+        assert_ne!(vcpu.fetch_memo, crate::FetchMemo::default());
+    }
+    // Rewritten in place (as by another vCPU): the new bytes are decoded.
+    vm.memory.bytes[0x5000..0x5003].copy_from_slice(&[0x8a, 0x03, 0x90]); // mov al, [rbx]
+    vcpu.rip = 0x40_0000;
+    vcpu.gprs[RAX as usize] = 0x1_0000;
+    let outcome = run(device_memory(UNCLAIMED), &mut vcpu, &mut vm, &mut host);
+    assert_emulated(&vcpu, &outcome, 0x40_0000, 2);
+    assert_eq!(vcpu.gprs[RAX as usize], 0x1_00ff);
+}
+
+#[test]
 fn fetching_from_a_page_the_guest_cannot_execute_is_its_page_fault() {
     const FETCH: u32 = 1 << 4;
     for (flags, cpl, error_code) in [

@@ -226,6 +226,10 @@ impl vmexit::Vcpu for Vcpu {
     }
 
     /// Nested paging loads PAE paging's PDPTEs from guest memory (`None`).
+    fn fetch_memo(&mut self) -> Option<&mut vmexit::FetchMemo> {
+        Some(&mut self.fetch_memo)
+    }
+
     fn paging(&self) -> Paging {
         let s = &self.vmcb().save;
         Paging {

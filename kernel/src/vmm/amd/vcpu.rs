@@ -92,6 +92,8 @@ pub struct Vcpu {
     pub(super) switched: SwitchedState,
     pub(super) host: Option<HostState>,
     pub pending: PendingEvents,
+    /// Its last MMIO instruction's translation and decoding (`vmexit::FetchMemo`).
+    pub(super) fetch_memo: vmexit::FetchMemo,
     /// The intercepts that vary: the interrupt window, and IRET while the
     /// guest's NMI handler runs with another NMI waiting.
     pub(super) wants: Wants,
@@ -132,6 +134,7 @@ impl Vcpu {
             switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),
+            fetch_memo: vmexit::FetchMemo::default(),
             wants: Wants::default(),
             iret_intercept: false,
             nmi_masked: false,

@@ -74,6 +74,8 @@ pub struct Vcpu {
     pub(super) host: Option<crate::vmm::switch::HostState>,
     /// Events waiting to be delivered (vmexit::events::deliver_pending).
     pub pending: PendingEvents,
+    /// Its last MMIO instruction's translation and decoding (`vmexit::FetchMemo`).
+    pub(super) fetch_memo: vmexit::FetchMemo,
 }
 
 /// VMWRITE to the current VMCS. A failure (a read-only field, a field this CPU
@@ -159,6 +161,7 @@ impl Vcpu {
             switched: SwitchedState::new(guest_msrs::switched(&SWITCHED_MSRS)).ok_or_else(out_of_memory)?,
             host: None,
             pending: PendingEvents::default(),
+            fetch_memo: vmexit::FetchMemo::default(),
         };
         // SAFETY: fresh frames owned by this vCPU.
         unsafe {
