@@ -225,6 +225,28 @@ basalt_timer_interrupt:
         lapic_write(LVT_TIMER, TSC_DEADLINE_MODE | VECTOR as u32);
     }
 
+    /// `rounds` times: arms a deadline already passed (its interrupt is
+    /// requested at once, with interrupts off), makes an exit with port 0x80
+    /// so that the next entry starts at its STI, then STI; HLT. The interrupt
+    /// must come after the HLT (STI's one-instruction shadow), waking it; one
+    /// taken before would leave it halted for good, nothing else being armed.
+    pub fn wake_after_sti(rounds: u32) {
+        install();
+        for _ in 0..rounds {
+            let before = ticks();
+            let now = rdtsc();
+            // SAFETY: arms the timer as `sleep` does; port 0x80 is the POST
+            // port (nothing there but the exit); STI; HLT as in `sleep`.
+            unsafe {
+                asm!("wrmsr", in("ecx") IA32_TSC_DEADLINE, in("eax") now as u32, in("edx") (now >> 32) as u32);
+                asm!("out 0x80, al", "sti", "hlt", "cli", in("al") 0u8);
+                while ticks() == before {
+                    asm!("sti", "hlt", "cli");
+                }
+            }
+        }
+    }
+
     /// How late the wake-ups came, in microseconds.
     pub struct Lateness {
         pub worst_us: u64,
