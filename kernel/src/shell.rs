@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 use basalt_manage::command::{self, Command};
 use basalt_manage::format;
 use basalt_manage::line::{Editor, Event, CONSOLE_ESCAPE};
+use basalt_manage::sample::{permille, Sampler};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
@@ -48,8 +49,8 @@ static MODE: Mutex<Mode> = Mutex::new(Mode::Shell);
 static EDITOR: Mutex<Option<Editor>> = Mutex::new(None);
 static PENDING: Mutex<VecDeque<Command>> = Mutex::new(VecDeque::new());
 static HAS_PENDING: AtomicBool = AtomicBool::new(false);
-/// For `cores`: each core's figures at the last `cores`, and when.
-static CORES_SAMPLE: Mutex<(u64, Vec<(u64, u64)>)> = Mutex::new((0, Vec::new()));
+/// For `cores`: each core's halted and in-guest time at the last `cores`.
+static CORES_SAMPLE: Mutex<Sampler<u32, 2>> = Mutex::new(Sampler::new());
 
 /// The shell takes the console: attached to the VM that owns it at boot,
 /// if one does, else at the prompt.
@@ -117,6 +118,10 @@ pub fn poll(now: u64) -> bool {
     if now >= due {
         let next = now + crate::time::tsc_hz() / POLLS_PER_SECOND;
         if NEXT_POLL.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            // Lines that went out since the last poll took the prompt's
+            // place: it comes back before the echo of what was typed, or the
+            // echo would land on a line of its own.
+            redraw_prompt();
             let mut typed = [0u8; 64];
             let n = crate::log::read_input(&mut typed);
             if n > 0 {
@@ -389,24 +394,20 @@ fn cores() -> String {
     let now = crate::time::rdtsc();
     let view = crate::vmm::core_view();
     let mut sample = CORES_SAMPLE.lock();
-    let (at, before) = &*sample;
-    let elapsed = now.saturating_sub(if *at == 0 { crate::vmm::first_run().max(1) } else { *at });
-    let permille = |ticks: u64| (ticks.saturating_mul(1000).checked_div(elapsed).unwrap_or(0)).min(1000) as u32;
-    let mut rows = Vec::new();
-    let mut figures = Vec::new();
-    for (i, (core, runnable, running, halted, in_guest)) in view.into_iter().enumerate() {
-        let (halted_before, guest_before) = before.get(i).copied().unwrap_or((0, 0));
-        rows.push(format::CoreRow {
+    let since = sample.last_look().unwrap_or(crate::vmm::first_run().max(1));
+    let growth = sample.look(now, view.iter().map(|&(core, _, _, halted, in_guest)| (core, since, [halted, in_guest])));
+    let rows: Vec<format::CoreRow> = view
+        .into_iter()
+        .zip(&growth)
+        .map(|((core, runnable, running, ..), g)| format::CoreRow {
             core,
-            guest_permille: permille(in_guest.saturating_sub(guest_before)),
-            halted_permille: permille(halted.saturating_sub(halted_before)),
+            guest_permille: permille(g.by[1], g.elapsed).min(1000),
+            halted_permille: permille(g.by[0], g.elapsed).min(1000),
             runnable,
             running,
-        });
-        figures.push((halted, in_guest));
-    }
-    *sample = (now, figures);
-    format::cores(&rows, crate::time::tsc_to_micros(elapsed) / 1000)
+        })
+        .collect();
+    format::cores(&rows, crate::time::tsc_to_micros(now.saturating_sub(since)) / 1000)
 }
 
 /// The core has nothing to run: it waits for typing (or a kick) with the

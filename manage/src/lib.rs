@@ -9,7 +9,8 @@
 //! - [`format`]: what each command prints, from plain figures the kernel
 //!   gathers;
 //! - [`ring`]: bounded byte rings (a VM's recent console output, Basalt's
-//!   recent log lines) that keep the newest bytes and count what they lost.
+//!   recent log lines) that keep the newest bytes and count what they lost;
+//! - [`sample`]: counters shown as their growth since the last look.
 //!
 //! No clock, no hardware, no locks: the kernel owns those.
 #![cfg_attr(not(test), no_std)]
@@ -21,3 +22,4 @@ pub mod format;
 pub mod lifecycle;
 pub mod line;
 pub mod ring;
+pub mod sample;

@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 use basalt_manage::command::Setting;
 use basalt_manage::format::{MemInfo, VmInfo, VmRow};
 use basalt_manage::lifecycle::{self, AfterStop, Ending, Operation, State};
+use basalt_manage::sample::{permille, Sampler};
 use core::sync::atomic::{AtomicBool, Ordering};
 use loader::manifest::{OnCrash, Scheduling};
 use spin::Mutex;
@@ -46,8 +47,6 @@ struct Defined {
     /// The last run's exits, by kind name.
     exits: u64,
     exits_by_reason: Vec<(String, u64)>,
-    /// For `list`'s CPU column: its run time and the host TSC when last shown.
-    cpu_sample: (u64, u64),
 }
 
 static DEFINED: Mutex<Vec<Defined>> = Mutex::new(Vec::new());
@@ -76,7 +75,6 @@ pub(super) fn define(vms: Vec<GuestImages>, managed: bool) {
             shutdown_by: None,
             exits: 0,
             exits_by_reason: Vec::new(),
-            cpu_sample: (0, 0),
         });
         if autostart {
             let d = defined.last_mut().expect("just pushed");
@@ -103,7 +101,6 @@ pub(super) fn started(index: usize, shared: &Arc<SharedVm>) {
     let Some(d) = defined.get_mut(index) else { return };
     d.shared = Some(shared.clone());
     d.since = crate::time::rdtsc();
-    d.cpu_sample = (d.since, 0);
     if let Some(stop) = d.stop_asked.take() {
         shared.stop(stop);
     }
@@ -340,25 +337,33 @@ pub fn first_console() -> Option<String> {
     DEFINED.lock().iter().find(|d| d.guest.spec.host_console).map(|d| d.guest.spec.name.clone())
 }
 
-/// `list`: each VM's row; its CPU share since the last `list`.
+/// `list`'s last look: each running VM's run time (ns), by name and start.
+static LIST_SAMPLE: Mutex<Sampler<(String, u64), 1>> = Mutex::new(Sampler::new());
+
+/// The VM's current run, while it is running or paused.
+fn running(d: &Defined) -> Option<&Arc<SharedVm>> {
+    d.shared.as_ref().filter(|_| matches!(d.state, State::Running | State::Paused))
+}
+
+/// `list`: each VM's row; its CPU share since the last `list` (or its start).
 pub fn rows() -> Vec<VmRow> {
     let now = crate::time::rdtsc();
-    let mut defined = DEFINED.lock();
+    let defined = DEFINED.lock();
+    let runs = defined.iter().filter_map(|d| {
+        let run_ns = super::sched::run_ns_of(running(d)?);
+        Some(((d.guest.spec.name.clone(), d.since), d.since, [run_ns]))
+    });
+    let shares = LIST_SAMPLE.lock().look(now, runs);
     defined
-        .iter_mut()
+        .iter()
         .map(|d| {
             let spec = &d.guest.spec;
-            let running = d.shared.as_ref().filter(|_| matches!(d.state, State::Running | State::Paused));
-            let cpu_permille = match running {
-                Some(shared) => {
-                    let run_ns = super::sched::run_ns_of(shared);
-                    let (at, before) = d.cpu_sample;
-                    d.cpu_sample = (now, run_ns);
-                    let wall_ns = crate::time::tsc_to_micros(now.saturating_sub(at)).saturating_mul(1000);
-                    (run_ns.saturating_sub(before).saturating_mul(1000).checked_div(wall_ns).unwrap_or(0)) as u32
-                }
-                None => 0,
-            };
+            let running = running(d);
+            let share = shares.iter().find(|g| g.key.0 == spec.name && g.key.1 == d.since);
+            let cpu_permille = share.map_or(0, |g| {
+                let wall_ns = crate::time::tsc_to_micros(g.elapsed).saturating_mul(1000);
+                permille(g.by[0], wall_ns)
+            });
             VmRow {
                 name: spec.name.clone(),
                 state: d.state,

@@ -936,43 +936,50 @@ pub fn first_run() -> u64 {
     sched::first_run()
 }
 
+/// Counters per vCPU for `top`: run and wait time (ns), then exits by kind.
+const TOP_COUNTERS: usize = 2 + vmexit::Exit::KINDS;
+
 /// For the shell's `top`: each vCPU since the last `top` (or its start).
 pub fn top() -> String {
     use basalt_manage::format::VcpuRow;
-    /// Per vCPU at the last `top`: VM, index, run and wait time, exits by kind.
-    type Sample = (String, usize, u64, u64, [u64; vmexit::Exit::KINDS]);
-    static LAST: Mutex<(u64, Vec<Sample>)> = Mutex::new((0, Vec::new()));
+    use basalt_manage::sample::{permille, Sampler};
+    static LAST: Mutex<Sampler<(String, usize), TOP_COUNTERS>> = Mutex::new(Sampler::new());
     let now = crate::time::rdtsc();
     let views = sched::vcpu_view();
     let mut last = LAST.lock();
-    let since = if last.0 == 0 { sched::first_run().max(1) } else { last.0 };
+    let since = last.last_look().unwrap_or(sched::first_run().max(1));
+    let counters = |v: &sched::VcpuView| {
+        let mut c = [0; TOP_COUNTERS];
+        c[0] = v.accounting.run_ns;
+        c[1] = v.accounting.wait_ns;
+        c[2..].copy_from_slice(&v.exits);
+        c
+    };
+    let growth = last.look(now, views.iter().map(|v| ((v.vm.clone(), v.index), since, counters(v))));
     let elapsed_ns = crate::time::tsc_to_micros(now.saturating_sub(since)).saturating_mul(1000).max(1);
-    let mut rows = Vec::new();
-    let mut sample = Vec::new();
-    for v in views {
-        let before = last.1.iter().find(|(vm, index, ..)| *vm == v.vm && *index == v.index);
-        let (run0, wait0, exits0) = before.map_or((0, 0, [0; vmexit::Exit::KINDS]), |b| (b.2, b.3, b.4));
-        let permille = |ns: u64| (ns.saturating_mul(1000) / elapsed_ns).min(1000) as u32;
-        let mut reasons: Vec<(String, u64)> = vmexit::Exit::KIND_NAMES
-            .iter()
-            .zip(v.exits.iter().zip(exits0.iter()))
-            .map(|(name, (&now, &then))| (String::from(*name), now.saturating_sub(then)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        reasons.sort_by_key(|r| core::cmp::Reverse(r.1));
-        let total: u64 = reasons.iter().map(|(_, n)| n).sum();
-        rows.push(VcpuRow {
-            vm: v.vm.clone(),
-            index: v.index as u32,
-            state: v.state,
-            core: v.core,
-            cpu_permille: permille(v.accounting.run_ns.saturating_sub(run0)),
-            steal_permille: permille(v.accounting.wait_ns.saturating_sub(wait0)),
-            exits_per_s: (total as u128 * 1_000_000_000 / elapsed_ns as u128) as u64,
-            top_reasons: reasons,
-        });
-        sample.push((v.vm, v.index, v.accounting.run_ns, v.accounting.wait_ns, v.exits));
-    }
-    *last = (now, sample);
+    let rows = views
+        .into_iter()
+        .zip(growth)
+        .map(|(v, g)| {
+            let mut reasons: Vec<(String, u64)> = vmexit::Exit::KIND_NAMES
+                .iter()
+                .zip(&g.by[2..])
+                .map(|(name, &n)| (String::from(*name), n))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            reasons.sort_by_key(|r| core::cmp::Reverse(r.1));
+            let total: u64 = reasons.iter().map(|(_, n)| n).sum();
+            VcpuRow {
+                vm: v.vm,
+                index: v.index as u32,
+                state: v.state,
+                core: v.core,
+                cpu_permille: permille(g.by[0], elapsed_ns).min(1000),
+                steal_permille: permille(g.by[1], elapsed_ns).min(1000),
+                exits_per_s: (total as u128 * 1_000_000_000 / elapsed_ns as u128) as u64,
+                top_reasons: reasons,
+            }
+        })
+        .collect::<Vec<_>>();
     basalt_manage::format::top(&rows, elapsed_ns / 1_000_000)
 }
