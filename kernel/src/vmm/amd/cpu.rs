@@ -29,27 +29,6 @@ pub fn capabilities() -> Result<&'static SvmCapabilities, &'static str> {
     .map_err(|e| e.as_str())
 }
 
-/// Whether this "CPU" is QEMU's TCG (its hypervisor signature at CPUID
-/// 0x40000000 is "TCGTCGTCGTCG"). QEMU before 9.1 gets the interrupt shadow
-/// wrong at VMRUN: the host's own STI just before it leaks into the guest,
-/// and the VMCB's shadow is not loaded. The first is covered for every CPU
-/// by the run stub; the second only matters there (`Vcpu::request_interrupt_window`).
-pub fn is_qemu_tcg() -> bool {
-    static TCG: spin::Once<bool> = spin::Once::new();
-    *TCG.call_once(|| {
-        const HYPERVISOR: u32 = 1 << 31;
-        if __cpuid(1).ecx & HYPERVISOR == 0 {
-            return false;
-        }
-        let leaf = __cpuid(0x4000_0000);
-        let mut signature = [0u8; 12];
-        for (chunk, word) in signature.chunks_mut(4).zip([leaf.ebx, leaf.ecx, leaf.edx]) {
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        &signature == b"TCGTCGTCGTCG"
-    })
-}
-
 /// Per core: the page VMSAVE fills with the host's FS/GS/TR/LDTR state and
 /// syscall MSRs before a guest's are loaded (indexed by CPU index).
 static HOST_SAVE_AREAS: [AtomicU64; crate::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS];
@@ -108,9 +87,6 @@ pub fn report_capabilities() {
                 yes_no(caps.decode_assists()),
                 yes_no(caps.features.contains(svm::SvmFeatures::FLUSH_BY_ASID)),
             );
-            if is_qemu_tcg() {
-                log::info!("svm: this CPU is QEMU's TCG: interrupt windows stay shut inside an interrupt shadow (its VMRUN ignores the VMCB's)");
-            }
         }
         Err(e) => log::info!("svm: present but unusable: {e}"),
     }

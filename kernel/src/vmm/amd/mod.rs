@@ -345,11 +345,6 @@ impl vmexit::Vcpu for Vcpu {
     /// with VINTR intercepted: the exit comes at that moment, before any
     /// vector is delivered, and the VMM injects the real one.
     fn request_interrupt_window(&mut self, on: bool) {
-        // QEMU's TCG before 9.1 ignores the VMCB's interrupt shadow at VMRUN:
-        // a guest entered between STI and HLT would take V_IRQ before the HLT,
-        // then halt after its wake-up. There the window waits for the guest's
-        // next exit out of the shadow (for STI; HLT, the HLT's own).
-        let on = on && !(self.interrupt_shadow() && cpu::is_qemu_tcg());
         let c = &mut self.vmcb_mut().control;
         c.vintr = if on { c.vintr.with_irq(0, 0xf, true) } else { c.vintr.without_irq() };
         if self.wants.interrupt_window != on {
