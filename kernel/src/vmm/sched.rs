@@ -81,10 +81,8 @@ pub struct VcpuEntry {
 /// emulator's). The case `sched-latency-1cpu` reads them.
 #[derive(Clone, Copy, Default)]
 pub struct TimerWakes {
-    /// The due time of the wake-up not yet run (0: none), and when a core
-    /// noticed it.
-    due: u64,
-    noticed: u64,
+    /// The wake-up not yet run: when it was due, and when a core noticed it.
+    pending: Option<(u64, u64)>,
     pub count: u64,
     pub late_total: u64,
     pub late_max: u64,
@@ -98,20 +96,18 @@ pub struct TimerWakes {
 impl TimerWakes {
     /// A core noticed at `now` that the timer event due at `due` came.
     fn noticed(&mut self, due: u64, now: u64) {
-        self.due = due.max(1);
-        self.noticed = now;
+        self.pending = Some((due, now));
         self.noticed_max = self.noticed_max.max(now.saturating_sub(due));
     }
 
     /// Its run begins at `now`: the lateness of a timer wake-up is counted.
     pub fn ran(&mut self, now: u64) {
-        let due = core::mem::take(&mut self.due);
-        if due != 0 {
+        if let Some((due, noticed)) = self.pending.take() {
             let late = now.saturating_sub(due);
             self.count += 1;
             self.late_total += late;
             self.late_max = self.late_max.max(late);
-            self.after_noticed_max = self.after_noticed_max.max(now.saturating_sub(self.noticed));
+            self.after_noticed_max = self.after_noticed_max.max(now.saturating_sub(noticed));
         }
     }
 }

@@ -225,6 +225,25 @@ basalt_timer_interrupt:
         lapic_write(LVT_TIMER, TSC_DEADLINE_MODE | VECTOR as u32);
     }
 
+    /// Arms the timer for TSC `deadline` (one already passed fires at once).
+    fn arm(deadline: u64) {
+        // SAFETY: IA32_TSC_DEADLINE exists on every CPU Basalt offers the
+        // guest (TSC-deadline mode, set by `install`).
+        unsafe {
+            asm!("wrmsr", in("ecx") IA32_TSC_DEADLINE, in("eax") deadline as u32, in("edx") (deadline >> 32) as u32)
+        };
+    }
+
+    /// Waits in HLT, interrupts on only there, until the tick count moves
+    /// past `before`.
+    fn wait_for_tick(before: u64) {
+        while ticks() == before {
+            // SAFETY: STI then HLT waits for an interrupt (STI's
+            // one-instruction shadow means none slips in between).
+            unsafe { asm!("sti", "hlt", "cli") };
+        }
+    }
+
     /// `rounds` times: arms a deadline already passed (its interrupt is
     /// requested at once, with interrupts off), makes an exit with port 0x80
     /// so that the next entry starts at its STI, then STI; HLT. The interrupt
@@ -234,16 +253,11 @@ basalt_timer_interrupt:
         install();
         for _ in 0..rounds {
             let before = ticks();
-            let now = rdtsc();
-            // SAFETY: arms the timer as `sleep` does; port 0x80 is the POST
-            // port (nothing there but the exit); STI; HLT as in `sleep`.
-            unsafe {
-                asm!("wrmsr", in("ecx") IA32_TSC_DEADLINE, in("eax") now as u32, in("edx") (now >> 32) as u32);
-                asm!("out 0x80, al", "sti", "hlt", "cli", in("al") 0u8);
-                while ticks() == before {
-                    asm!("sti", "hlt", "cli");
-                }
-            }
+            arm(rdtsc());
+            // SAFETY: port 0x80 is the POST port (nothing there but the
+            // exit); then STI; HLT as in `wait_for_tick`.
+            unsafe { asm!("out 0x80, al", "sti", "hlt", "cli", in("al") 0u8) };
+            wait_for_tick(before);
         }
     }
 
@@ -267,15 +281,8 @@ basalt_timer_interrupt:
         // Lateness counts from the first wake-up out of HLT on.
         for tick in 0..=count {
             let before = ticks();
-            let (low, high) = (deadline as u32, (deadline >> 32) as u32);
-            // SAFETY: arms the timer; STI then HLT waits for its interrupt
-            // (STI's one-instruction shadow means none slips in between).
-            unsafe {
-                asm!("wrmsr", in("ecx") IA32_TSC_DEADLINE, in("eax") low, in("edx") high);
-                while ticks() == before {
-                    asm!("sti", "hlt", "cli");
-                }
-            }
+            arm(deadline);
+            wait_for_tick(before);
             let late = rdtsc().saturating_sub(deadline);
             if tick > 0 {
                 worst = worst.max(late);
