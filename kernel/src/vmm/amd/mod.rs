@@ -225,11 +225,11 @@ impl vmexit::Vcpu for Vcpu {
         self.vmcb().save.efer & !svm::caps::EFER_SVME
     }
 
-    /// Nested paging loads PAE paging's PDPTEs from guest memory (`None`).
     fn fetch_memo(&mut self) -> Option<&mut vmexit::FetchMemo> {
         Some(&mut self.fetch_memo)
     }
 
+    /// Nested paging loads PAE paging's PDPTEs from guest memory (`None`).
     fn paging(&self) -> Paging {
         let s = &self.vmcb().save;
         Paging {

@@ -177,15 +177,15 @@ impl vmexit::Vcpu for Vcpu {
         read(vmcs::GUEST_IA32_EFER)
     }
 
+    fn fetch_memo(&mut self) -> Option<&mut vmexit::FetchMemo> {
+        Some(&mut self.fetch_memo)
+    }
+
     /// CR0 and CR4 are the values the CPU uses (not the guest's read shadows:
     /// the bits they differ in are VMX's fixed bits, none of which affect
     /// paging). With EPT the CPU keeps PAE paging's PDPTEs in the VMCS; they
     /// are read only when PAE paging is what the guest runs (any other mode
     /// never looks at them, and they are four VMREADs on every MMIO exit).
-    fn fetch_memo(&mut self) -> Option<&mut vmexit::FetchMemo> {
-        Some(&mut self.fetch_memo)
-    }
-
     fn paging(&self) -> Paging {
         let (cr0, cr4, efer) = (read(vmcs::GUEST_CR0), read(vmcs::GUEST_CR4), read(vmcs::GUEST_IA32_EFER));
         let pae_paging = cr0 & cr0::PG != 0 && cr4 & arch::control::cr4::PAE != 0 && efer & efer::LMA == 0;
