@@ -306,12 +306,6 @@ core::arch::global_asm!(
     // interrupt make the guest exit: it must be set, and GIF = 0 holds every
     // interrupt off until VMRUN sets GIF for the guest.
     "sti",
-    // Not STI right before VMRUN: QEMU's TCG before 9.1 carries an STI's
-    // one-instruction shadow into the guest (its VMRUN neither clears it nor
-    // loads the VMCB's). A guest entered at its own STI then got no shadow
-    // and took a pending interrupt before the HLT after it, and halted after
-    // its wake-up. GIF = 0 holds interrupts off across the NOP.
-    "nop",
     "vmrun rax",
     "cli",
     // #VMEXIT: RSP is the host's again; every other register but RAX holds
