@@ -590,8 +590,9 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
         }
     }
     let machine_forbid = machine.map_or(&[][..], |m| &m.forbid_lines[..]);
-    for line in case.forbid_lines.iter().chain(machine_forbid) {
-        if run.serial.contains(line.as_str()) {
+    let forbidden = case.forbid_lines.iter().chain(machine_forbid).map(String::as_str);
+    for line in forbidden.chain(FORBIDDEN_IN_EVERY_CASE.iter().copied()) {
+        if run.serial.contains(line) {
             problems.push(format!("serial has forbidden '{line}'"));
         }
     }
@@ -613,6 +614,10 @@ pub fn judge(case: &Case, kind: MachineKind, run: &RunOutput) -> Vec<String> {
     }
     problems
 }
+
+/// Lines that fail any case: host memory a VM kept after it ended (the
+/// kernel's end-of-run accounting) is a leak whatever the case tests.
+const FORBIDDEN_IN_EVERY_CASE: &[&str] = &["not given back", "memories still held"];
 
 #[cfg(test)]
 mod tests {
@@ -923,6 +928,20 @@ format = "elf"
                 "serial has forbidden 'status 1'"
             ]
         );
+    }
+
+    #[test]
+    fn host_memory_kept_after_the_vms_fails_every_case() {
+        let c = case_on_two_machines(true);
+        let vmx = "common 1\nexits: hypercall=7/9\ncommon 2\nstopped: bad TSS\n";
+        let leaked = format!("{vmx}vmm: all 1 VM(s) stopped; host frames free: 9 before, 7 after (2 not given back)\n");
+        assert_eq!(
+            judge(&c, MachineKind::Vmx, &run(Ending::Success, &leaked)),
+            ["serial has forbidden 'not given back'"]
+        );
+        let given_back =
+            format!("{vmx}vmm: all 1 VM(s) stopped; host frames free: 9 before, 9 after (all given back)\n");
+        assert!(judge(&c, MachineKind::Vmx, &run(Ending::Success, &given_back)).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::memory::{self, FRAME_SIZE};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use devices::layout::RamMap;
 use ept::{Ept, EptError, Mapping, MemoryType, Npt, PageSize, Perms, TableMemory};
 
@@ -63,6 +64,15 @@ impl TableMemory for HostTables {
     }
 }
 
+/// How many VMs' memories exist: a VM's memory goes back when the last core
+/// lets go of the VM, which can be a moment after its end is reported.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// VM memories not yet given back to the host.
+pub fn live() -> usize {
+    LIVE.load(Ordering::Acquire)
+}
+
 pub struct GuestMemory {
     map: RamMap,
     /// Host frame of each page of RAM, by offset in RAM (low RAM, then high).
@@ -99,6 +109,7 @@ impl GuestMemory {
             nested,
             apic_access_page: None,
         };
+        LIVE.fetch_add(1, Ordering::AcqRel);
         // One entry per page (8 MiB for 4 GiB, half the kernel heap): reserved
         // exactly and up front, so a large VM fails cleanly here instead of the
         // heap running out while the list grows.
@@ -276,6 +287,7 @@ impl Drop for GuestMemory {
         for frame in chunk_frames.chain(others) {
             memory::free_frame(frame);
         }
+        LIVE.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

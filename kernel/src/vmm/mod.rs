@@ -910,12 +910,27 @@ pub fn run_all(vms: Vec<GuestImages>, managed: bool) -> usize {
         }
         core::hint::spin_loop();
     }
+    await_memory_given_back();
     // The run's figures cover the VMs' time; a managed host idles in its
     // shell between them (the shell's `cores` gives the figures live).
     if !managed && sched::first_run() != 0 {
         log_halted(crate::time::rdtsc().saturating_sub(sched::first_run()));
     }
     FINISHED.load(Ordering::Acquire)
+}
+
+/// A VM's memory goes back when the last core lets go of it, which can be a
+/// moment after the VM's end was reported on another core: waits for that
+/// (at most a second), so that the host's free memory afterwards is true.
+fn await_memory_given_back() {
+    let deadline = crate::time::deadline_after_us(1_000_000);
+    while guest_memory::live() != 0 {
+        if crate::time::rdtsc() >= deadline {
+            log::warn!("vmm: {} VM memories still held a second after their VMs ended", guest_memory::live());
+            return;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// For the shell's `cores`: per core that runs guests, its runnable vCPUs,
