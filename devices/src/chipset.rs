@@ -40,6 +40,7 @@ use crate::rtc::Rtc;
 use crate::uart::{LineSink, Uart16550};
 use crate::virtio::{Broken, VirtioDevice, VirtioMmio};
 use crate::GuestRam;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, MutexGuard};
@@ -205,9 +206,23 @@ struct RefusedMsrs {
     count: usize,
 }
 
+/// A copy of the IOAPIC's register window where the guest reads it without
+/// an exit: IOREGSEL at offset 0 and IOWIN at 0x10 of a page the VMM maps
+/// read-only at the IOAPIC's address (writes still exit and come here). Each
+/// read of IOWIN on an emulated page is an exit after the exit of the index
+/// write: Linux reads every redirection entry several times while it sets the
+/// IOAPIC up. The copy is kept under the routing lock, after anything that
+/// changed the IOAPIC (a select, an entry, remote IRR and delivery status).
+pub trait IoApicWindow: Send + Sync {
+    fn show(&self, select: u32, window: u32);
+}
+
 pub struct Chipset {
     vcpus: Vec<VcpuSlot>,
     routing: Mutex<Routing>,
+    /// The page the guest reads the IOAPIC's window from (None: every
+    /// access exits).
+    ioapic_window: Option<Box<dyn IoApicWindow>>,
     /// The 8259 pair's INTR output as the routing lock last left it, so that
     /// vCPU 0 sees whether an ExtINT waits without taking that lock.
     pic_output: AtomicBool,
@@ -249,6 +264,7 @@ impl Chipset {
         Chipset {
             vcpus: (0..vcpus).map(slot).collect(),
             routing: Mutex::new(Routing { ioapic: IoApic::new(vcpus as u8), pic: PicPair::new() }),
+            ioapic_window: None,
             pic_output: AtomicBool::new(false),
             pit: Mutex::new(Pit::new(config.tsc_hz)),
             rtc: Mutex::new(Rtc::new(config.tsc_hz, config.unix_time, config.now)),
@@ -270,6 +286,14 @@ impl Chipset {
             mmio: Mutex::new(MmioBus::new()),
             poll_cache: PollCache::new(),
         }
+    }
+
+    /// From now on the guest reads the IOAPIC's window from `window` (see
+    /// `IoApicWindow`); it shows the current one at once.
+    pub fn mirror_ioapic_window(&mut self, window: Box<dyn IoApicWindow>) {
+        let (select, value) = self.routing.get_mut().ioapic.window();
+        window.show(select, value);
+        self.ioapic_window = Some(window);
     }
 
     /// Plugs a virtio device into the next free slot; returns the slot.
@@ -510,6 +534,13 @@ impl Chipset {
             }
         }
         if let Some(offset) = offset_in(address, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            if offset & !3 == 0 {
+                // IOREGSEL: half of the IOAPIC's writes, and they route nothing.
+                let mut routing = self.routing.lock();
+                routing.ioapic.write(0, value as u32);
+                self.show_ioapic_window(&routing.ioapic);
+                return None;
+            }
             self.route(|r| r.ioapic.write(offset & !3, value as u32));
             // A pin may be masked or unmasked.
             self.poll_cache.forget();
@@ -880,6 +911,7 @@ impl Chipset {
     fn route<M: IntoIterator<Item = Message>>(&self, work: impl FnOnce(&mut Routing) -> M) {
         let mut routing = self.routing.lock();
         let messages = work(&mut routing);
+        self.show_ioapic_window(&routing.ioapic);
         let output = routing.pic.interrupt_pending();
         self.pic_output.store(output, Ordering::Release);
         for message in messages {
@@ -888,6 +920,15 @@ impl Chipset {
         // The PIC's INTR goes to vCPU 0 only.
         if output && self.vcpu(0).apic.accepts_extint() {
             self.vcpus[0].wakeup.store(true, Ordering::Release);
+        }
+    }
+
+    /// Keeps the guest's copy of the IOAPIC window (if any) true; called
+    /// with the routing lock held, after a change.
+    fn show_ioapic_window(&self, ioapic: &IoApic) {
+        if let Some(window) = &self.ioapic_window {
+            let (select, value) = ioapic.window();
+            window.show(select, value);
         }
     }
 
@@ -1298,6 +1339,43 @@ mod tests {
         c.port_read(0x3f8, 1, 0);
         lapic_write(&mut c, 0, reg::EOI, 0, 0);
         assert_eq!(c.take_interrupt(0), None);
+    }
+
+    /// The guest's copy of the IOAPIC window, as a page would hold it.
+    #[derive(Clone, Default)]
+    struct WindowCopy(Arc<Mutex<(u32, u32)>>);
+
+    impl IoApicWindow for WindowCopy {
+        fn show(&self, select: u32, window: u32) {
+            *self.0.lock().unwrap() = (select, window);
+        }
+    }
+
+    #[test]
+    fn the_guests_copy_of_the_ioapic_window_follows_every_change() {
+        let (mut c, _) = chipset(1);
+        let copy = WindowCopy::default();
+        c.mirror_ioapic_window(Box::new(copy.clone()));
+        let shown = || *copy.0.lock().unwrap();
+        assert_eq!(shown(), (0, 1 << 24), "at reset the ID register (APIC ID 1, after the vCPUs') is selected");
+        let read = |c: &Chipset, offset: u64| c.mmio_read(0, layout::IOAPIC_BASE + offset, 4, 0) as u32;
+        c.mmio_write(0, layout::IOAPIC_BASE, 4, 1, 0, &mut NoRam);
+        assert_eq!(shown(), (1, read(&c, 0x10)), "a select shows the version register");
+        assert_eq!(shown().1 & 0xff, 0x11);
+        // An entry written shows as written; the remote IRR that a level
+        // line sets and the EOI clears shows too, with no access by the guest.
+        enable_apic(&mut c, 0);
+        ioapic_route(&mut c, 4, 0x8000 | 0x34, 0);
+        assert_eq!(shown(), (0x18, 0x8034));
+        c.port_write(0x3fc, 1, 0x08, 0);
+        c.com1_input(b"a");
+        c.port_write(0x3f9, 1, 0x01, 0);
+        assert_eq!(shown(), (0x18, 0x8034 | 1 << 14), "remote IRR while the vCPU handles it");
+        assert_eq!(c.take_interrupt(0), Some(0x34));
+        c.port_read(0x3f8, 1, 0);
+        lapic_write(&mut c, 0, reg::EOI, 0, 0);
+        assert_eq!(shown(), (0x18, 0x8034), "the EOI cleared it");
+        assert_eq!((read(&c, 0), read(&c, 0x10)), shown(), "the copy is what an exit would read");
     }
 
     #[test]

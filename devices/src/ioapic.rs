@@ -49,6 +49,11 @@ impl IoApic {
         None
     }
 
+    /// What the guest would read now at IOREGSEL and at IOWIN.
+    pub fn window(&self) -> (u32, u32) {
+        (self.select, self.read_register(self.select))
+    }
+
     fn read_register(&self, index: u32) -> u32 {
         match index {
             0 => self.id,

@@ -36,7 +36,7 @@ pub trait GuestRam {
 pub use bus::{
     BusError, MmioBus, MmioDevice, PortBus, PortDevice, Request, Unclaimed, UnclaimedAddress, UnclaimedAddresses,
 };
-pub use chipset::{Chipset, ChipsetConfig, StartupSignal};
+pub use chipset::{Chipset, ChipsetConfig, IoApicWindow, StartupSignal};
 pub use fw_cfg::FwCfg;
 pub use pci::PciHost;
 pub use pending::PendingEvents;

@@ -84,6 +84,9 @@ pub struct GuestMemory {
     nested: NestedTables,
     /// APIC virtualisation: the frame mapped where the guest's local APIC is.
     apic_access_page: Option<u64>,
+    /// A page the guest reads a device's registers from without an exit
+    /// (the IOAPIC's window), kept by the device model.
+    device_window_page: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +111,7 @@ impl GuestMemory {
             tables,
             nested,
             apic_access_page: None,
+            device_window_page: None,
         };
         LIVE.fetch_add(1, Ordering::AcqRel);
         // One entry per page (8 MiB for 4 GiB, half the kernel heap): reserved
@@ -193,13 +197,40 @@ impl GuestMemory {
         Some(frame)
     }
 
+    /// Maps a zeroed frame read-only at `guest_phys` (a device's page whose
+    /// reads need no exit; writes still exit) and returns it, or None when
+    /// out of memory or already done.
+    pub fn map_device_window_page(&mut self, guest_phys: u64) -> Option<u64> {
+        if self.device_window_page.is_some() {
+            return None;
+        }
+        let frame = memory::alloc_frame()?;
+        memory::zero_frames(&[frame], 0, FRAME_SIZE as usize);
+        let mapping = Mapping {
+            guest_phys,
+            host_phys: frame,
+            size: FRAME_SIZE,
+            page_size: PageSize::Size4K,
+            perms: Perms::READ,
+            memory_type: MemoryType::WriteBack,
+        };
+        if self.nested.map(&mut self.tables, &mapping).is_err() {
+            memory::free_frame(frame);
+            return None;
+        }
+        self.device_window_page = Some(frame);
+        Some(frame)
+    }
+
     pub fn apic_access_page(&self) -> Option<u64> {
         self.apic_access_page
     }
 
-    /// Host memory used beyond the guest's RAM (EPT tables, the APIC-access page).
+    /// Host memory used beyond the guest's RAM (EPT tables, the APIC-access
+    /// and device-window pages).
     pub fn overhead_bytes(&self) -> u64 {
-        (self.tables.frames.len() as u64 + self.apic_access_page.is_some() as u64) * FRAME_SIZE
+        let pages = [self.apic_access_page, self.device_window_page].iter().flatten().count() as u64;
+        (self.tables.frames.len() as u64 + pages) * FRAME_SIZE
     }
 
     /// The offset in RAM of the `len` bytes at `guest_phys`: an access touching
@@ -283,7 +314,8 @@ impl GuestMemory {
 impl Drop for GuestMemory {
     fn drop(&mut self) {
         let chunk_frames = self.large_chunks.iter().flat_map(|&c| (0..512).map(move |i| c + i * FRAME_SIZE));
-        let others = self.single_frames.iter().chain(&self.tables.frames).chain(&self.apic_access_page).copied();
+        let pages = self.apic_access_page.iter().chain(&self.device_window_page);
+        let others = self.single_frames.iter().chain(&self.tables.frames).chain(pages).copied();
         for frame in chunk_frames.chain(others) {
             memory::free_frame(frame);
         }

@@ -22,8 +22,10 @@ pub type ConsoleLine = Box<dyn Fn(&[u8]) + Send + Sync>;
 /// change once the VM runs.
 pub struct Vm {
     pub name: String,
-    pub memory: GuestMemory,
+    /// Before `memory`, so dropped first: it writes into a page of it (see
+    /// `IoApicWindowPage`).
     pub chipset: Chipset,
+    pub memory: GuestMemory,
     /// TSC when the VM was built: bench markers measure from here.
     pub started: u64,
     /// Owns the host console (see `poll_host_console`).
@@ -34,6 +36,27 @@ pub struct Vm {
     pub output: Arc<GuestOutput>,
     /// One line of the print hypercall, in that queue as "vm NAME | ...".
     pub console: ConsoleLine,
+}
+
+/// The page at the IOAPIC's address, mapped read-only in the VM: the
+/// chipset keeps IOREGSEL and IOWIN there, so the guest's IOAPIC reads do not
+/// exit (`devices::IoApicWindow`).
+struct IoApicWindowPage {
+    /// The VM's `GuestMemory` owns it and outlives the chipset, which owns this.
+    frame: u64,
+}
+
+impl devices::IoApicWindow for IoApicWindowPage {
+    fn show(&self, select: u32, window: u32) {
+        let page = crate::memory::phys_to_virt(self.frame) as *mut u32;
+        // SAFETY: the frame is a whole page of the VM's, mapped at the
+        // physical-memory offset, alive while the chipset is (see `frame`);
+        // the guest only reads it. Volatile: a vCPU on another core reads it.
+        unsafe {
+            page.write_volatile(select);
+            page.add(4).write_volatile(window);
+        }
+    }
 }
 
 impl Vm {
@@ -75,6 +98,11 @@ impl Vm {
             com1_output,
             com1_unbuffered: spec.host_console || console.is_some(),
         });
+        match memory.map_device_window_page(layout::IOAPIC_BASE) {
+            Some(frame) => chipset.mirror_ioapic_window(Box::new(IoApicWindowPage { frame })),
+            // Every IOAPIC access exits instead.
+            None => log::warn!("vm {}: no frame for the IOAPIC's window page", spec.name),
+        }
         // fw_cfg tells the guest its vCPU count and RAM size (the manifest keeps
         // both far below what the items can hold).
         let cpus = u16::try_from(spec.cpus.max(1)).unwrap_or(u16::MAX);
@@ -95,8 +123,8 @@ impl Vm {
         Ok(Vm {
             console,
             name: spec.name.clone(),
-            memory,
             chipset,
+            memory,
             started: crate::time::rdtsc(),
             host_console: spec.host_console && !managed_console,
             next_console_poll: AtomicU64::new(0),
