@@ -136,14 +136,29 @@ fn test_vms() -> Vec<GuestVm> {
 pub struct Console {
     pub key: &'static str,
     pub append: &'static str,
+    /// The vmlinux's entry: PVH, or the 64-bit boot protocol.
+    pub boot: guests::KernelFile,
+}
+
+impl Console {
+    /// How the bench's output names the runs.
+    fn title(&self) -> String {
+        match self.boot {
+            guests::KernelFile::Vmlinux64Bit => format!("{}, 64-bit entry", self.append),
+            _ => self.append.to_string(),
+        }
+    }
 }
 
 /// The initramfs carries no virtio modules and /init loads none before the
 /// marker, so with hvc0 Linux boots to init with no console at all, as it
 /// would with virtio-console built in and `quiet`: no UART output to exit on.
-pub const CONSOLES: [Console; 2] = [
-    Console { key: "linux-ttyS0", append: "console=ttyS0" },
-    Console { key: "linux-hvc0", append: "console=hvc0 quiet" },
+/// The last boots the vmlinux at its 64-bit entry instead of the PVH one,
+/// where Linux does not look for Xen first.
+pub const CONSOLES: [Console; 3] = [
+    Console { key: "linux-ttyS0", append: "console=ttyS0", boot: guests::KernelFile::Vmlinux },
+    Console { key: "linux-hvc0", append: "console=hvc0 quiet", boot: guests::KernelFile::Vmlinux },
+    Console { key: "linux-hvc0-64bit", append: "console=hvc0 quiet", boot: guests::KernelFile::Vmlinux64Bit },
 ];
 
 /// The second Bochs clock for the Linux runs: four times the cases' rate, so
@@ -164,7 +179,7 @@ fn linux_guest(console: &Console) -> guests::LinuxGuest {
         modules: Vec::new(),
         blank_disks_mib: Vec::new(),
         host_console: false,
-        boot: guests::KernelFile::Vmlinux,
+        boot: console.boot,
         ..Default::default()
     }
 }
@@ -437,7 +452,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "bench: {}; the test guests on 1 CPU, then Debian Linux (1 vCPU, 128 MiB) to its /init marker and \
          power-off, with {}",
         on.join(", "),
-        CONSOLES.iter().map(|c| c.append).collect::<Vec<_>>().join(" and with ")
+        CONSOLES.iter().map(Console::title).collect::<Vec<_>>().join(" and with ")
     );
     println!("{}", tsc_note(&machines));
     for &(vendor, emulator) in &machines {
@@ -479,7 +494,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         for side in &sides {
             let runs: Vec<(Option<u64>, Option<&LinuxFigures>)> =
                 side.linux[index].iter().map(|r| (r.ips, r.figures.as_ref().ok())).collect();
-            let title = format!("linux {} on {}", console.append, side.vendor.name());
+            let title = format!("linux {} on {}", console.title(), side.vendor.name());
             print!("\n{}", render_linux(&title, &runs));
         }
     }
@@ -678,7 +693,7 @@ fn bench_linux(
         "{} on {}: Debian Linux, {}{clock}, to /init and power-off",
         vendor.name(),
         emulator.name(),
-        console.append
+        console.title()
     );
     let run = timed(&what, || {
         let machine = machine(emulator, 512, ips.unwrap_or(emulator::BOCHS_IPS));

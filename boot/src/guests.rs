@@ -3,6 +3,7 @@
 
 use crate::setup;
 use crate::workspace_root;
+use loader::linux::VmlinuxEntry;
 use loader::manifest::{Format, Mode, VmSpec};
 use std::path::PathBuf;
 
@@ -245,6 +246,10 @@ pub enum KernelFile {
     /// in the guest, which under Bochs is most of the boot.
     #[default]
     Vmlinux,
+    /// The uncompressed kernel through Linux's 64-bit boot protocol
+    /// (`linux-entry=64bit`), as any vmlinux boots, PVH note or not.
+    #[serde(rename = "vmlinux-64bit")]
+    Vmlinux64Bit,
     /// The bzImage through its 64-bit entry, decompressing itself.
     Bzimage,
 }
@@ -285,7 +290,7 @@ pub const VIRTIO_AND_EXT4_MODULES: [&str; 10] = [
 /// (cached), packs the initramfs.
 pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
     let kernel_path = match guest.boot {
-        KernelFile::Vmlinux => crate::linux::debian_vmlinux()?,
+        KernelFile::Vmlinux | KernelFile::Vmlinux64Bit => crate::linux::debian_vmlinux()?,
         KernelFile::Bzimage => crate::linux::debian_kernel()?,
     };
     let kernel = std::fs::read(&kernel_path).map_err(|e| format!("cannot read {}: {e}", kernel_path.display()))?;
@@ -304,6 +309,10 @@ pub fn linux_vm(guest: &LinuxGuest) -> Result<LinuxVm, String> {
         format: Format::Linux,
         kernel,
         kernel_name: kernel_path.display().to_string(),
+        vmlinux_entry: match guest.boot {
+            KernelFile::Vmlinux64Bit => VmlinuxEntry::Boot64,
+            _ => VmlinuxEntry::Preferred,
+        },
         initrd: Some(initrd),
         modules: Vec::new(),
         append: guest.append.clone(),
@@ -331,6 +340,8 @@ pub struct LinuxVm {
     /// command line's first word, which QEMU makes the file name), through
     /// the name of its bundle entry.
     pub kernel_name: String,
+    /// A vmlinux's entry (see `loader::linux::VmlinuxEntry`).
+    pub vmlinux_entry: VmlinuxEntry,
     /// Linux only.
     pub initrd: Option<Vec<u8>>,
     /// Multiboot only: (string, bytes) per module, in order.
@@ -438,6 +449,7 @@ pub fn bundle_with_linux(cmdline: &str, vms: &[GuestVm], linux: &[LinuxVm]) -> R
                 time_limit_ms: vm.time_limit_ms,
                 corrupt_state: vm.corrupt_guest_state,
                 host_console: false,
+                vmlinux_entry: VmlinuxEntry::Preferred,
                 scheduling: scheduling(vm.weight, vm.cap, vm.cpus.as_deref(), vm.dedicated)
                     .map_err(|e| format!("VM '{}': {e}", vm.name))?,
                 lifecycle: lifecycle(vm.autostart, vm.on_crash.as_deref(), vm.restart_limit)
@@ -516,6 +528,7 @@ fn kernel_vm_spec(vm: &LinuxVm) -> Result<VmSpec, String> {
         time_limit_ms: vm.time_limit_ms,
         corrupt_state: false,
         host_console: vm.host_console,
+        vmlinux_entry: vm.vmlinux_entry,
         scheduling: vm.scheduling,
         lifecycle: vm.lifecycle,
         initrd: match vm.format {
@@ -660,6 +673,7 @@ mod tests {
             format,
             kernel,
             kernel_name: "dir/my kernel.elf".into(),
+            vmlinux_entry: Default::default(),
             initrd: None,
             modules,
             append: append.into(),

@@ -170,6 +170,7 @@ fn kernel_vm(path: &str, boot: KernelBoot) -> anyhow::Result<guests::LinuxVm> {
         format,
         kernel,
         kernel_name: path.into(),
+        vmlinux_entry: Default::default(),
         initrd,
         modules,
         append: boot.append.unwrap_or_else(|| default_append.into()),

@@ -5,7 +5,9 @@
 //! name = "web"
 //! memory_mib = 256
 //! vcpus = 1
-//! kernel = "debian"          # or a kernel file: bzImage, vmlinux (PVH), Multiboot or ELF
+//! kernel = "debian"          # or a kernel file: bzImage, vmlinux, Multiboot or ELF
+//! linux_entry = "64bit"      # optional, vmlinux: "pvh" (default where it has the note)
+//!                            #   or "64bit"; an ELF without the note is a vmlinux with it
 //! initrd = "initrd.cpio"     # optional; Multiboot: modules, "FILE ARGS,FILE2"
 //! cmdline = "quiet"          # optional; Linux: console= is added for `console`
 //! console = "serial"         # Linux: "serial" (ttyS0) or "virtio" (hvc0)
@@ -24,6 +26,7 @@
 //! Relative paths are relative to the TOML file.
 
 use crate::guests::LinuxVm;
+use loader::linux::VmlinuxEntry;
 use loader::Format;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ struct VmFile {
     #[serde(default = "one")]
     vcpus: u32,
     kernel: String,
+    linux_entry: Option<String>,
     initrd: Option<String>,
     #[serde(default)]
     cmdline: String,
@@ -75,8 +79,9 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// None: Debian's kernel.
     pub kernel: Option<PathBuf>,
-    /// The kernel's boot protocol, from its contents.
+    /// The kernel's boot protocol, from its contents (and `linux_entry`).
     pub format: Format,
+    pub vmlinux_entry: VmlinuxEntry,
     /// `kernel` as written: a Multiboot kernel's argv[0], as QEMU passes the
     /// path it was given.
     pub kernel_name: String,
@@ -129,12 +134,28 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         }
     };
     let kernel = if vm.kernel == "debian" { None } else { Some(existing("kernel", &vm.kernel)?) };
-    let format = match &kernel {
-        None => Format::Linux,
+    let vmlinux_entry = match vm.linux_entry.as_deref() {
+        None => VmlinuxEntry::Preferred,
+        Some("pvh") => VmlinuxEntry::Pvh,
+        Some("64bit") => VmlinuxEntry::Boot64,
+        Some(other) => return Err(at("linux_entry", format!("must be \"pvh\" or \"64bit\", not \"{other}\""))),
+    };
+    let (format, is_elf) = match &kernel {
+        None => (Format::Linux, true),
         Some(path) => {
             let bytes =
                 std::fs::read(path).map_err(|e| at("kernel", format!("cannot read {}: {e}", path.display())))?;
-            crate::guests::kernel_format(&bytes, path).map_err(|e| at("kernel", e))?
+            let format = crate::guests::kernel_format(&bytes, path).map_err(|e| at("kernel", e))?;
+            (format, bytes.starts_with(b"\x7fELF"))
+        }
+    };
+    // Only a vmlinux has a choice of entry; an ELF file without the PVH note
+    // is one when the file says how to enter it.
+    let format = match (format, vm.linux_entry.is_some()) {
+        (_, false) => format,
+        (Format::Linux | Format::Elf, true) if is_elf => Format::Linux,
+        (_, true) => {
+            return Err(at("linux_entry", format!("is for a vmlinux (an ELF kernel); {} is not one", vm.kernel)))
         }
     };
     let disks = vm
@@ -181,6 +202,7 @@ pub fn parse(text: &str, file: &Path) -> Result<VmConfig, String> {
         vcpus: vm.vcpus,
         kernel,
         format,
+        vmlinux_entry,
         kernel_name: vm.kernel,
         initrd,
         modules,
@@ -205,6 +227,7 @@ pub fn load(file: &Path) -> Result<LinuxVm, String> {
         format: config.format,
         kernel: read(&kernel_path)?,
         kernel_name: config.kernel_name,
+        vmlinux_entry: config.vmlinux_entry,
         initrd: config.initrd.as_deref().map(read).transpose()?,
         modules: config
             .modules
@@ -306,6 +329,26 @@ mod tests {
         assert_eq!(c.vcpus, 2);
         let debian = parse("name = \"d\"\nkernel = \"debian\"\ncmdline = \"console=ttyS1\"", &file).unwrap();
         assert_eq!((debian.kernel, debian.cmdline.as_str(), debian.memory_mib), (None, "console=ttyS1", 256));
+    }
+
+    #[test]
+    fn a_vmlinux_entry_is_chosen_by_name_and_makes_a_noteless_elf_a_vmlinux() {
+        let dir = dir_with("linux-entry", &["bzImage"]);
+        std::fs::write(dir.join("mb.elf"), multiboot_kernel()).unwrap();
+        std::fs::write(dir.join("vmlinux"), b"\x7fELF").unwrap();
+        let file = dir.join("vm.toml");
+        let entry = |kernel: &str, choice: &str| {
+            parse(&format!("name = \"v\"\nkernel = \"{kernel}\"\nlinux_entry = \"{choice}\""), &file)
+        };
+        let c = entry("vmlinux", "64bit").unwrap();
+        assert_eq!((c.format, c.vmlinux_entry), (Format::Linux, VmlinuxEntry::Boot64));
+        assert_eq!(c.cmdline, "console=ttyS0", "a Linux VM's console");
+        assert_eq!(entry("debian", "pvh").unwrap().vmlinux_entry, VmlinuxEntry::Pvh);
+        let plain = parse("name = \"v\"\nkernel = \"vmlinux\"", &file).unwrap();
+        assert_eq!((plain.format, plain.vmlinux_entry), (Format::Elf, VmlinuxEntry::Preferred));
+        assert!(entry("vmlinux", "32bit").unwrap_err().contains("linux_entry: must be \"pvh\" or \"64bit\""));
+        assert!(entry("bzImage", "64bit").unwrap_err().contains("linux_entry: is for a vmlinux"));
+        assert!(entry("mb.elf", "pvh").unwrap_err().contains("linux_entry: is for a vmlinux"));
     }
 
     #[test]

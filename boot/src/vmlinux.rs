@@ -193,7 +193,8 @@ fn compact(elf: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Whether two vmlinux files put the same bytes at the same addresses
-/// (counting zero fill as zeros) and enter at the same place.
+/// (counting zero fill as zeros) and enter at the same places (PVH and
+/// 64-bit).
 fn loads_the_same(a: &loader::pvh::Vmlinux, b: &loader::pvh::Vmlinux) -> bool {
     let same_segment = |x: &loader::ElfSegment, y: &loader::ElfSegment| {
         let (long, short) = if x.data.len() >= y.data.len() { (x.data, y.data) } else { (y.data, x.data) };
@@ -202,7 +203,7 @@ fn loads_the_same(a: &loader::pvh::Vmlinux, b: &loader::pvh::Vmlinux) -> bool {
             && long.starts_with(short)
             && long[short.len()..].iter().all(|&byte| byte == 0)
     };
-    a.entry == b.entry
+    (a.entry, a.elf.entry) == (b.entry, b.elf.entry)
         && a.elf.segments.len() == b.elf.segments.len()
         && a.elf.segments.iter().zip(&b.elf.segments).all(|(x, y)| same_segment(x, y))
 }
@@ -372,12 +373,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_kernel_without_the_pvh_note_is_refused_naming_it() {
+    fn a_kernel_without_the_pvh_note_is_unpacked_for_its_64_bit_entry() {
         let mut elf = vmlinux();
         // The note's type: 18 (PHYS32_ENTRY) becomes 1 (ENTRY, Xen PV's).
         let note = 64 + 2 * 56 + 8;
         elf[note + 8] = 1;
-        let err = extract(&bzimage(&xz(&elf), 0)).unwrap_err();
-        assert!(err.starts_with("the kernel in the XZ payload: an ELF kernel without a PVH entry note"), "{err}");
+        let unpacked = extract(&bzimage(&xz(&elf), 0)).unwrap();
+        let parsed = loader::pvh::parse(&unpacked).unwrap();
+        assert_eq!(parsed.entry, None, "no PVH entry");
+        assert_eq!(parsed.elf.entry, loader::pvh::parse(&elf).unwrap().elf.entry, "the ELF entry kept");
     }
 }

@@ -514,7 +514,8 @@ mod pvh {
 
     #[test]
     fn vmlinux_mutants_never_panic_and_plans_stay_inside() {
-        let vm = spec(Format::Linux);
+        let preferred = spec(Format::Linux);
+        let boot64 = manifest::VmSpec { vmlinux_entry: crate::linux::VmlinuxEntry::Boot64, ..preferred.clone() };
         let initrd_bytes = vec![0x55u8; 0x3000];
         let long_line = "x".repeat(3000);
         let eight_byte_entry =
@@ -526,8 +527,14 @@ mod pvh {
             let cmdline = rng.pick(&["", "console=ttyS0", &long_line]);
             let extras = Extras { initrd, cmdline, rsdp: Some(0xe_0000), ..Extras::default() };
             let entry = crate::pvh::entry_note(bytes);
-            if let Ok(plan) = load(bytes, &vm, GuestRam::low(memory), extras) {
+            let vm = [&preferred, &boot64][rng.index(2)];
+            if let Ok(plan) = load(bytes, vm, GuestRam::low(memory), extras) {
                 check_plan(&plan, memory, &[bytes, &initrd_bytes]);
+                if vm.vmlinux_entry == crate::linux::VmlinuxEntry::Boot64 || entry == Ok(None) {
+                    assert_eq!(plan.entry, parse_elf(bytes).unwrap().entry, "entered at the ELF entry");
+                    crate::plan_check::check_zero_page(&plan, cmdline, initrd);
+                    return;
+                }
                 assert_eq!(plan.mode, EntryMode::Protected);
                 assert_eq!(Ok(Some(plan.entry as u32)), entry, "entered where the note says");
                 let block = plan.segments.iter().find(|s| s.guest_phys == plan.rbx).expect("a block at EBX");

@@ -104,8 +104,8 @@ pub enum ImageError {
         entry: u64,
     },
     NotBzImage(&'static str),
-    /// An ELF file given as a Linux kernel (a vmlinux) without Xen's PVH
-    /// entry note, the only entry Basalt boots a vmlinux through.
+    /// A vmlinux to boot through its PVH entry (`linux-entry=pvh`) has no
+    /// PVH entry note.
     NoPvhNote,
     /// The PVH entry note is there but unusable (the text says why).
     BadPvhNote(&'static str),
@@ -151,8 +151,8 @@ impl fmt::Display for ImageError {
             ImageError::NotBzImage(why) => write!(f, "not a usable bzImage: {why}"),
             ImageError::NoPvhNote => write!(
                 f,
-                "an ELF kernel without a PVH entry note (Xen's XEN_ELFNOTE_PHYS32_ENTRY, type 18, in a PT_NOTE \
-                 segment): Basalt boots a vmlinux only through that entry; boot its bzImage instead"
+                "linux-entry=pvh, but the kernel has no PVH entry note (Xen's XEN_ELFNOTE_PHYS32_ENTRY, type 18, \
+                 in a PT_NOTE segment): boot it at its 64-bit entry instead (linux-entry=64bit)"
             ),
             ImageError::BadPvhNote(why) => write!(f, "unusable PVH entry note: {why}"),
             ImageError::CommandLineTooLong { length, max } => {
@@ -288,11 +288,9 @@ pub fn load<'a>(image: &'a [u8], vm: &VmSpec, ram: GuestRam, extras: Extras<'a>)
                 rsdp: extras.rsdp,
                 acpi_tables: None,
             };
-            // One format, two boot protocols: the file says which.
-            match crate::linux::parse_kernel(image)? {
-                crate::linux::Kernel::BzImage(bz) => crate::linux::plan(&bz, &boot)?,
-                crate::linux::Kernel::Vmlinux(vmlinux) => crate::pvh::plan(&vmlinux, &boot)?,
-            }
+            // One format, three boot protocols: the file says which kind of
+            // kernel it is, and a vmlinux's entry is the VM's choice.
+            crate::linux::plan_kernel(&crate::linux::parse_kernel(image)?, vm.vmlinux_entry, &boot)?
         }
     };
     let mut ranges = Vec::with_capacity(plan.segments.len());

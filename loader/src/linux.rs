@@ -14,6 +14,7 @@
 //! memory is an error, never a panic.
 
 use crate::image::{bytes_at, EntryMode, GuestRam, ImageError, LoadPlan, Segment, SegmentData};
+use crate::place::BootItem;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -163,12 +164,43 @@ pub fn parse(image: &[u8]) -> Result<BzImage<'_>, ImageError> {
 pub enum Kernel<'a> {
     /// The compressed kernel with its real-mode setup, booted at its 64-bit entry.
     BzImage(BzImage<'a>),
-    /// The uncompressed ELF kernel, booted at its PVH entry.
+    /// The uncompressed ELF kernel, booted at its PVH entry or its 64-bit
+    /// one (`VmlinuxEntry`).
     Vmlinux(crate::pvh::Vmlinux<'a>),
 }
 
-/// Which Linux kernel `image` is: an ELF file is a vmlinux and must carry the
-/// PVH entry note; anything else must be a bzImage.
+/// Which entry a vmlinux boots through (`linux-entry=` in the manifest); a
+/// bzImage always boots at its 64-bit entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VmlinuxEntry {
+    /// The PVH entry where the kernel has the note, as Firecracker and
+    /// cloud-hypervisor prefer it; else the 64-bit one.
+    #[default]
+    Preferred,
+    /// The PVH entry (`linux-entry=pvh`): a kernel without the note is refused.
+    Pvh,
+    /// The 64-bit boot protocol at the ELF entry (`linux-entry=64bit`). Linux
+    /// entered through PVH looks for Xen first, 256 more CPUID exits.
+    Boot64,
+}
+
+/// Plans the boot of a Linux kernel of either kind through the entry `entry`
+/// picks.
+pub fn plan_kernel<'a>(
+    kernel: &Kernel<'a>,
+    entry: VmlinuxEntry,
+    boot: &LinuxBoot<'a>,
+) -> Result<LoadPlan<'a>, ImageError> {
+    match (kernel, entry) {
+        (Kernel::BzImage(bz), _) => plan(bz, boot),
+        (Kernel::Vmlinux(vmlinux), VmlinuxEntry::Boot64) => plan_vmlinux(vmlinux, boot),
+        (Kernel::Vmlinux(vmlinux), VmlinuxEntry::Preferred) if vmlinux.entry.is_none() => plan_vmlinux(vmlinux, boot),
+        (Kernel::Vmlinux(vmlinux), _) => crate::pvh::plan(vmlinux, boot),
+    }
+}
+
+/// Which Linux kernel `image` is: an ELF file is a vmlinux; anything else
+/// must be a bzImage.
 pub fn parse_kernel(image: &[u8]) -> Result<Kernel<'_>, ImageError> {
     if image.starts_with(&elf::abi::ELFMAGIC) {
         crate::pvh::parse(image).map(Kernel::Vmlinux)
@@ -218,9 +250,7 @@ pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, 
     let header_end = (HEADER + usize::from(u8_at(bz.image, JUMP + 1))).min(ZERO_PAGE_SIZE);
     let header = bz.image.get(SETUP_SECTS..header_end).ok_or(ImageError::Truncated("the setup header"))?;
     put(&mut zero_page, SETUP_SECTS, header);
-    zero_page[TYPE_OF_LOADER] = 0xff;
-    put32(&mut zero_page, CMD_LINE_PTR, COMMAND_LINE as u32);
-    put32(&mut zero_page, EXT_CMD_LINE_PTR, (COMMAND_LINE >> 32) as u32);
+    let mut initrd_at = None;
     if let Some(initrd) = boot.initrd {
         // As high as possible below the kernel's limit and the end of RAM, page aligned.
         let limit = bz.initrd_max.saturating_add(1).min(memory);
@@ -233,28 +263,77 @@ pub fn plan<'a>(bz: &BzImage<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, 
                 memory: limit,
             });
         };
-        put32(&mut zero_page, RAMDISK_IMAGE, start as u32);
-        put32(&mut zero_page, EXT_RAMDISK_IMAGE, (start >> 32) as u32);
-        put32(&mut zero_page, RAMDISK_SIZE, size as u32);
-        put32(&mut zero_page, EXT_RAMDISK_SIZE, (size >> 32) as u32);
         segments.push(Segment { guest_phys: start, data: SegmentData::Borrowed(initrd), zero_fill: 0 });
+        initrd_at = Some((start, size));
     }
-    if let Some(rsdp) = boot.rsdp {
-        put(&mut zero_page, ACPI_RSDP_ADDR, &rsdp.to_le_bytes());
-    }
-    let map = e820(&boot.ram, boot.acpi_tables);
-    zero_page[E820_ENTRIES] = map.len() as u8;
-    for (i, (base, size, kind)) in map.iter().enumerate() {
-        let at = E820_TABLE + i * 20;
-        put(&mut zero_page, at, &base.to_le_bytes());
-        put(&mut zero_page, at + 8, &size.to_le_bytes());
-        put32(&mut zero_page, at + 16, *kind);
-    }
+    fill_boot_params(&mut zero_page, COMMAND_LINE, initrd_at, boot);
     segments.push(Segment { guest_phys: ZERO_PAGE, data: SegmentData::Owned(zero_page.to_vec()), zero_fill: 0 });
     let mut line = cmdline.to_vec();
     line.push(0);
     segments.push(Segment { guest_phys: COMMAND_LINE, data: SegmentData::Owned(line), zero_fill: 0 });
     Ok(LoadPlan { segments, entry, mode: EntryMode::Long, rax: 0, rbx: 0, rsi: ZERO_PAGE })
+}
+
+/// What a boot loader writes into the zero page besides the setup header:
+/// who loaded the kernel, where its command line and initrd are, the ACPI
+/// RSDP and the memory map.
+fn fill_boot_params(zero_page: &mut [u8; ZERO_PAGE_SIZE], cmdline: u64, initrd: Option<(u64, u64)>, boot: &LinuxBoot) {
+    zero_page[TYPE_OF_LOADER] = 0xff;
+    put32(zero_page, CMD_LINE_PTR, cmdline as u32);
+    put32(zero_page, EXT_CMD_LINE_PTR, (cmdline >> 32) as u32);
+    if let Some((start, size)) = initrd {
+        put32(zero_page, RAMDISK_IMAGE, start as u32);
+        put32(zero_page, EXT_RAMDISK_IMAGE, (start >> 32) as u32);
+        put32(zero_page, RAMDISK_SIZE, size as u32);
+        put32(zero_page, EXT_RAMDISK_SIZE, (size >> 32) as u32);
+    }
+    if let Some(rsdp) = boot.rsdp {
+        put(zero_page, ACPI_RSDP_ADDR, &rsdp.to_le_bytes());
+    }
+    let map = e820(&boot.ram, boot.acpi_tables);
+    zero_page[E820_ENTRIES] = map.len() as u8;
+    for (i, (base, size, kind)) in map.iter().enumerate() {
+        let at = E820_TABLE + i * 20;
+        put(zero_page, at, &base.to_le_bytes());
+        put(zero_page, at + 8, &size.to_le_bytes());
+        put32(zero_page, at + 16, *kind);
+    }
+}
+
+/// The setup-header version a vmlinux's zero page claims: 2.15, the
+/// current one, whose fields (64-bit command line and initrd addresses)
+/// Basalt fills in.
+const VMLINUX_HEADER_VERSION: u16 = 0x020f;
+
+/// Plans a boot of `kernel` (a vmlinux) through the 64-bit boot protocol, as
+/// a bzImage's decompressor hands over to the kernel it unpacked: the
+/// segments at their physical addresses, the entry at the ELF entry point
+/// (`startup_64`) in long mode, RSI at a zero page. A vmlinux has no setup
+/// header to copy, so the zero page gets one written here with what the
+/// kernel itself reads of it (the boot flag, the "HdrS" magic and version,
+/// the loader type, the command-line limit) and the boot loader's fields.
+/// Any vmlinux boots this way, with or without the PVH note. The zero page
+/// and the command line go together where the PVH start info would.
+pub fn plan_vmlinux<'a>(kernel: &crate::pvh::Vmlinux<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, ImageError> {
+    let crate::pvh::Placed { mut segments, mut taken, windows, top, initrd } =
+        crate::pvh::place_kernel_and_initrd(kernel, boot)?;
+    let cmdline = boot.cmdline.as_bytes();
+    // The command line follows the zero page; its length was checked.
+    let size = (ZERO_PAGE_SIZE + cmdline.len() + 1) as u64;
+    let base = crate::place::place(&mut taken, size, &windows, top, crate::place::End::Low, BootItem::ZeroPage)?;
+    let mut zero_page = [0u8; ZERO_PAGE_SIZE];
+    put(&mut zero_page, BOOT_FLAG, &0xaa55u16.to_le_bytes());
+    put(&mut zero_page, HEADER, b"HdrS");
+    put(&mut zero_page, VERSION, &VMLINUX_HEADER_VERSION.to_le_bytes());
+    zero_page[LOADFLAGS] = LOADED_HIGH;
+    put32(&mut zero_page, CMDLINE_SIZE, crate::pvh::COMMAND_LINE_MAX as u32);
+    // Below 4 GiB (`top`), with its command line: no overflow.
+    fill_boot_params(&mut zero_page, base + ZERO_PAGE_SIZE as u64, initrd, boot);
+    let mut block = zero_page.to_vec();
+    block.extend_from_slice(cmdline);
+    block.push(0);
+    segments.push(Segment { guest_phys: base, data: SegmentData::Owned(block), zero_fill: 0 });
+    Ok(LoadPlan { segments, entry: kernel.elf.entry, mode: EntryMode::Long, rax: 0, rbx: 0, rsi: base })
 }
 
 /// The guest's memory map: conventional memory, the legacy BIOS/VGA hole,

@@ -42,6 +42,9 @@ pub struct VmSpec {
     pub cpus: u32,
     /// Wall-clock budget of guest time; the VM is stopped when it runs out.
     pub time_limit_ms: u64,
+    /// Linux: which entry a vmlinux boots through (`linux-entry=pvh|64bit`;
+    /// without it, PVH where the kernel has the note).
+    pub vmlinux_entry: crate::linux::VmlinuxEntry,
     /// Linux and Multiboot: bundle entries holding the initrd (Multiboot:
     /// the modules, packed by `multiboot::pack_modules`) and the kernel
     /// command line (Multiboot: what follows the image's name on it).
@@ -193,6 +196,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
             time_limit_ms: 10_000,
             corrupt_state: false,
             host_console: false,
+            vmlinux_entry: crate::linux::VmlinuxEntry::Preferred,
             scheduling: Scheduling::default(),
             lifecycle: Lifecycle::default(),
             initrd: None,
@@ -246,6 +250,13 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
                                 alloc::format!("mode must be real, protected or long, not '{value}'"),
                             ))
                         }
+                    }
+                }
+                "linux-entry" => {
+                    vm.vmlinux_entry = match value {
+                        "pvh" => crate::linux::VmlinuxEntry::Pvh,
+                        "64bit" => crate::linux::VmlinuxEntry::Boot64,
+                        _ => return Err(error(&vm, alloc::format!("linux-entry must be pvh or 64bit, not '{value}'"))),
                     }
                 }
                 "load" => vm.load = num(&vm)?,
@@ -360,6 +371,11 @@ pub fn render(vm: &VmSpec) -> String {
         vm.time_limit_ms,
         if vm.corrupt_state { " corrupt-guest-state=1" } else { "" }
     ) + if vm.host_console { " host-console=1" } else { "" }
+        + match vm.vmlinux_entry {
+            crate::linux::VmlinuxEntry::Preferred => "",
+            crate::linux::VmlinuxEntry::Pvh => " linux-entry=pvh",
+            crate::linux::VmlinuxEntry::Boot64 => " linux-entry=64bit",
+        }
         + &vm.initrd.as_ref().map(|i| alloc::format!(" initrd={i}")).unwrap_or_default()
         + &vm.kernel_cmdline.as_ref().map(|c| alloc::format!(" kernel-cmdline={c}")).unwrap_or_default()
         + &vm.disks.iter().map(|d| alloc::format!(" disk={d}")).collect::<String>()

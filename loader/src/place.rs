@@ -28,6 +28,8 @@ pub enum BootItem {
     StartInfo,
     /// PVH: the initrd (the kernel's first and only module).
     Initrd,
+    /// Linux's 64-bit boot protocol: the zero page and the command line.
+    ZeroPage,
 }
 
 impl fmt::Display for BootItem {
@@ -39,6 +41,7 @@ impl fmt::Display for BootItem {
             BootItem::Information => write!(f, "the Multiboot information"),
             BootItem::StartInfo => write!(f, "the PVH start info (with memory map and command line)"),
             BootItem::Initrd => write!(f, "the initrd"),
+            BootItem::ZeroPage => write!(f, "the zero page (boot_params) and command line"),
         }
     }
 }

@@ -39,3 +39,31 @@ pub fn check_plan(plan: &LoadPlan<'_>, memory: u64, inputs: &[&[u8]]) {
     }
     assert!(ranges.iter().any(|r| (r.0..r.1).contains(&plan.entry)), "entry {:#x} outside the segments", plan.entry);
 }
+
+/// A 64-bit boot of a vmlinux (`linux::plan_vmlinux`): long mode, RSI at
+/// an owned block of the zero page (boot flag, "HdrS", loader 0xff) with
+/// `cmdline` and its NUL right after it, below 4 GiB; the initrd fields
+/// point at a page-aligned segment of `initrd`'s bytes (empty: none).
+pub fn check_zero_page(plan: &LoadPlan<'_>, cmdline: &str, initrd: Option<&[u8]>) {
+    use crate::image::EntryMode;
+    assert_eq!((plan.mode, plan.rax, plan.rbx), (EntryMode::Long, 0, 0));
+    let at_rsi = |s: &&crate::image::Segment| s.guest_phys == plan.rsi && matches!(s.data, SegmentData::Owned(_));
+    let block = plan.segments.iter().find(at_rsi).expect("a zero page at RSI");
+    assert!(plan.rsi >= 0x1000 && block.end() <= 1 << 32, "zero page at {:#x}", plan.rsi);
+    let block = block.data.bytes();
+    assert_eq!(block.len(), 4096 + cmdline.len() + 1, "the zero page, then the command line");
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes(block[at..at + 4].try_into().unwrap()));
+    assert_eq!((&block[0x1fe..0x200], &block[0x202..0x206], block[0x210]), (&[0x55, 0xaa][..], &b"HdrS"[..], 0xff));
+    assert_eq!(u32_at(0x228) | u32_at(0xc8) << 32, plan.rsi + 4096, "the command line's address");
+    assert_eq!(&block[4096..], [cmdline.as_bytes(), &[0]].concat());
+    let (start, size) = (u32_at(0x218) | u32_at(0xc0) << 32, u32_at(0x21c) | u32_at(0xc4) << 32);
+    match initrd.filter(|i| !i.is_empty()) {
+        Some(initrd) => {
+            assert!(start.is_multiple_of(0x1000) && size == initrd.len() as u64, "initrd {start:#x}+{size:#x}");
+            assert!(start + size <= 1 << 32, "the initrd past 4 GiB");
+            let segment = plan.segments.iter().find(|s| s.guest_phys == start && !s.data.bytes().is_empty());
+            assert_eq!(segment.expect("the initrd's segment").data.bytes(), initrd);
+        }
+        None => assert_eq!((start, size), (0, 0), "no initrd"),
+    }
+}

@@ -82,8 +82,9 @@ const _: () = assert!(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vmlinux<'a> {
     pub elf: ElfImage<'a>,
-    /// From the PVH note; a 32-bit physical address.
-    pub entry: u32,
+    /// From the PVH note (a 32-bit physical address); None: the kernel has
+    /// no PVH entry and boots at its ELF entry (`crate::linux::plan_vmlinux`).
+    pub entry: Option<u32>,
 }
 
 /// The ELF file `image`'s PVH entry point, from the first note of type
@@ -148,17 +149,36 @@ fn entry_from(desc: &[u8]) -> Result<u32, ImageError> {
     }
 }
 
-/// Checks a vmlinux: an x86 ELF executable with loadable segments and the
-/// PVH entry note.
+/// Checks a vmlinux: an x86 ELF executable with loadable segments, and its
+/// PVH entry note if it has one.
 pub fn parse(image: &[u8]) -> Result<Vmlinux<'_>, ImageError> {
     let elf = parse_elf(image)?;
-    let entry = entry_note(image)?.ok_or(ImageError::NoPvhNote)?;
+    let entry = entry_note(image)?;
     Ok(Vmlinux { elf, entry })
 }
 
-/// Plans the PVH boot of `kernel` with `boot`. `boot.rsdp` is passed on as
-/// it is; every other address in the start info is one placed here.
-pub fn plan<'a>(kernel: &Vmlinux<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, ImageError> {
+/// A vmlinux's segments and initrd placed in guest RAM, with what they take,
+/// for either of its boot protocols to place its boot data around them.
+pub(crate) struct Placed<'a> {
+    pub segments: Vec<Segment<'a>>,
+    pub taken: Vec<crate::place::Taken>,
+    /// Where boot data may go, in order of preference: conventional memory,
+    /// above the kernel, anywhere in extended memory.
+    pub windows: [(u64, u64); 3],
+    /// Below 4 GiB: every address Linux keeps from boot data is 32 bits wide
+    /// (the zero page's initrd fields have high halves, the start info's not).
+    pub top: u64,
+    /// The initrd's (address, bytes).
+    pub initrd: Option<(u64, u64)>,
+}
+
+/// Checks the command line's length and places the kernel's segments, then
+/// the initrd as high in low RAM as it fits (page-aligned, above the kernel
+/// where there is room), as Linux boot loaders place it.
+pub(crate) fn place_kernel_and_initrd<'a>(
+    kernel: &Vmlinux<'a>,
+    boot: &LinuxBoot<'a>,
+) -> Result<Placed<'a>, ImageError> {
     let cmdline = boot.cmdline.as_bytes();
     if cmdline.len() > COMMAND_LINE_MAX {
         return Err(ImageError::CommandLineTooLong { length: cmdline.len(), max: COMMAND_LINE_MAX });
@@ -171,7 +191,7 @@ pub fn plan<'a>(kernel: &Vmlinux<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'
     let above_kernel = (kernel_end.max(EXTENDED_START), top);
     let extended = (EXTENDED_START, top);
 
-    // An empty initrd is no initrd: Linux would find a module of no bytes.
+    // An empty initrd is no initrd: Linux would find one of no bytes.
     let initrd = boot.initrd.filter(|bytes| !bytes.is_empty());
     let initrd = match initrd {
         Some(bytes) => {
@@ -182,13 +202,22 @@ pub fn plan<'a>(kernel: &Vmlinux<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'
         }
         None => None,
     };
+    Ok(Placed { segments, taken, windows: [CONVENTIONAL, above_kernel, extended], top, initrd })
+}
+
+/// Plans the PVH boot of `kernel` with `boot` (the kernel must have the
+/// entry note). `boot.rsdp` is passed on as it is; every other address in
+/// the start info is one placed here.
+pub fn plan<'a>(kernel: &Vmlinux<'a>, boot: &LinuxBoot<'a>) -> Result<LoadPlan<'a>, ImageError> {
+    let entry = kernel.entry.ok_or(ImageError::NoPvhNote)?;
+    let Placed { mut segments, mut taken, windows, top, initrd } = place_kernel_and_initrd(kernel, boot)?;
+    let cmdline = boot.cmdline.as_bytes();
     let map = e820(&boot.ram, boot.acpi_tables);
     let layout = Layout::new(initrd.is_some(), map.len(), cmdline.len());
-    let windows = [CONVENTIONAL, above_kernel, extended];
     let base = place(&mut taken, layout.size as u64, &windows, top, End::Low, BootItem::StartInfo)?;
     let block = layout.write(base, &map, initrd, cmdline, boot.rsdp);
     segments.push(Segment { guest_phys: base, data: SegmentData::Owned(block), zero_fill: 0 });
-    Ok(LoadPlan { segments, entry: u64::from(kernel.entry), mode: EntryMode::Protected, rax: 0, rbx: base, rsi: 0 })
+    Ok(LoadPlan { segments, entry: u64::from(entry), mode: EntryMode::Protected, rax: 0, rbx: base, rsi: 0 })
 }
 
 /// Where each part of the start-info block lies, as offsets in it: the
@@ -286,8 +315,9 @@ pub(crate) mod tests {
         f[4..7].copy_from_slice(&[2, 1, 1]);
         f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
         f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-                                                         // e_entry: the 64-bit entry's virtual address, as Linux links it; unused here.
-        f[24..32].copy_from_slice(&0xffff_ffff_8100_0000u64.to_le_bytes());
+                                                         // e_entry: the 64-bit entry's physical address (Linux links its
+                                                         // vmlinux with ENTRY(phys_startup_64)), at the start of the code.
+        f[24..32].copy_from_slice(&paddr.to_le_bytes());
         f[32..40].copy_from_slice(&64u64.to_le_bytes());
         f[54..56].copy_from_slice(&56u16.to_le_bytes());
         f[56..58].copy_from_slice(&2u16.to_le_bytes());
@@ -412,15 +442,68 @@ pub(crate) mod tests {
         assert!(matches!(crate::linux::parse_kernel(&bz), Ok(crate::linux::Kernel::BzImage(_))));
     }
 
+    fn boot_through<'a>(
+        image: &'a [u8],
+        entry: crate::linux::VmlinuxEntry,
+        extras: Extras<'a>,
+    ) -> Result<LoadPlan<'a>, ImageError> {
+        let vm = crate::manifest::VmSpec { vmlinux_entry: entry, ..spec(Format::Linux) };
+        load(image, &vm, GuestRam::low(64 * MIB), extras)
+    }
+
     #[test]
-    fn an_elf_without_the_note_is_refused_by_name() {
+    fn without_the_note_a_vmlinux_boots_at_its_64_bit_entry_and_pvh_is_refused_by_name() {
+        use crate::linux::VmlinuxEntry::{Preferred, Pvh};
         let bare = vmlinux_with(0x100_0000, &[0xf4; 16], 0, &note(b"Xen", 1, &[0; 8]));
-        let err = boot(&bare, 64 * MIB, Extras::default()).unwrap_err();
+        let plan = boot_through(&bare, Preferred, Extras::default()).unwrap();
+        assert_eq!((plan.mode, plan.entry), (EntryMode::Long, 0x100_0000), "the 64-bit entry");
+        let err = boot_through(&bare, Pvh, Extras::default()).unwrap_err();
         assert_eq!(err, ImageError::NoPvhNote);
         assert!(err.to_string().contains("XEN_ELFNOTE_PHYS32_ENTRY, type 18"), "{err}");
+        assert!(err.to_string().contains("linux-entry=64bit"), "{err}");
         // The right type under another name is not it either.
         let other = vmlinux_with(0x100_0000, &[0xf4; 16], 0, &note(b"Xem", 18, &[0; 4]));
-        assert_eq!(boot(&other, 64 * MIB, Extras::default()).unwrap_err(), ImageError::NoPvhNote);
+        assert_eq!(boot_through(&other, Pvh, Extras::default()).unwrap_err(), ImageError::NoPvhNote);
+    }
+
+    #[test]
+    fn the_64_bit_entry_gets_a_zero_page_written_whole_with_the_command_line_after_it() {
+        use crate::linux::{VmlinuxEntry::Boot64, E820_RAM};
+        let initrd = vec![9u8; 0x2345];
+        let extras =
+            Extras { initrd: Some(&initrd), cmdline: "console=hvc0 quiet", rsdp: Some(0xe_0000), ..Extras::default() };
+        // A kernel with the PVH note, booted at its 64-bit entry all the same.
+        let image = vmlinux();
+        let plan = boot_through(&image, Boot64, extras).unwrap();
+        assert_eq!((plan.mode, plan.entry, plan.rbx), (EntryMode::Long, 0x100_0000, 0));
+        assert_eq!(plan.rsi, 0x1000, "in conventional memory, like the PVH start info");
+        let block = plan.segments.iter().find(|s| s.guest_phys == plan.rsi).unwrap().data.bytes();
+        let u16_at = |at: usize| u16::from_le_bytes(block[at..at + 2].try_into().unwrap());
+        let u32_at = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().unwrap());
+        let u64_at = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+        assert_eq!((u16_at(0x1fe), &block[0x202..0x206], u16_at(0x206)), (0xaa55, &b"HdrS"[..], 0x020f));
+        assert_eq!((block[0x210], block[0x211], u32_at(0x238)), (0xff, 1, 2047), "loader, LOADED_HIGH, limit");
+        assert_eq!((u32_at(0x228), u32_at(0xc8)), (0x2000, 0), "the command line, right after the zero page");
+        assert_eq!(&block[0x1000..], b"console=hvc0 quiet\0");
+        let initrd_at = u64::from(u32_at(0x218));
+        assert_eq!((u32_at(0x21c), u32_at(0xc0), u32_at(0xc4)), (0x2345, 0, 0));
+        assert_eq!(initrd_at, (64 * MIB - 0x2345) & !0xfff, "as high as it fits");
+        assert!(plan.segments.iter().any(|s| s.guest_phys == initrd_at && s.data.bytes() == &initrd[..]));
+        assert_eq!(u64_at(0x70), 0xe_0000, "the RSDP");
+        let entries = block[0x1e8] as usize;
+        assert!(entries >= 3);
+        let last = 0x2d0 + (entries - 1) * 20;
+        assert_eq!((u64_at(last), u64_at(last + 8), u32_at(last + 16)), (0x10_0000, 63 * MIB, E820_RAM));
+        // A command line as long as Linux takes still fits; one byte more is refused.
+        let longest = "x".repeat(COMMAND_LINE_MAX);
+        let extras = Extras { cmdline: &longest, ..Extras::default() };
+        assert!(boot_through(&image, Boot64, extras).is_ok());
+        let longer = "x".repeat(COMMAND_LINE_MAX + 1);
+        let extras = Extras { cmdline: &longer, ..Extras::default() };
+        assert_eq!(
+            boot_through(&image, Boot64, extras).unwrap_err(),
+            ImageError::CommandLineTooLong { length: COMMAND_LINE_MAX + 1, max: COMMAND_LINE_MAX }
+        );
     }
 
     #[test]

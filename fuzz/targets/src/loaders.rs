@@ -8,7 +8,7 @@ use devices::layout::{RamMap, RAM_HOLE_START};
 use loader::image::{Segment, SegmentData, MULTIBOOT_BOOTLOADER_MAGIC};
 use loader::linux::{self, Kernel, LinuxBoot, ZERO_PAGE};
 use loader::manifest::{self, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
-use loader::plan_check::{check_plan, inside};
+use loader::plan_check::{check_plan, check_zero_page, inside};
 use loader::pvh;
 use loader::{
     load, parse_elf, parse_manifest, Bundle, ElfClass, EntryMode, Extras, GuestRam, LoadPlan, Module, VmSpec,
@@ -216,6 +216,12 @@ pub fn bzimage(data: &[u8]) -> u64 {
         if let Ok(plan) = plan {
             check_start_info(&plan, &boot);
         }
+        let plan = linux::plan_vmlinux(vmlinux, &boot);
+        outcome(&mut signal, &plan);
+        if let Ok(plan) = plan {
+            assert_eq!(plan.entry, vmlinux.elf.entry, "the ELF entry");
+            check_zero_page(&plan, cmdline, initrd);
+        }
     }
     let extras = Extras { initrd, cmdline, rsdp, ..Extras::default() };
     let plan = load(image, &spec("linux"), ram, extras);
@@ -228,8 +234,12 @@ pub fn bzimage(data: &[u8]) -> u64 {
                 assert_eq!((plan.mode, plan.rsi), (EntryMode::Long, ZERO_PAGE));
                 assert_eq!(plan.entry, plan.segments[0].guest_phys + 0x200, "the 64-bit entry");
             }
+            Kernel::Vmlinux(vmlinux) if vmlinux.entry.is_none() => {
+                assert_eq!(plan.entry, vmlinux.elf.entry, "no PVH note: the 64-bit entry");
+                check_zero_page(&plan, cmdline, initrd);
+            }
             Kernel::Vmlinux(vmlinux) => {
-                assert_eq!(plan.entry, u64::from(vmlinux.entry), "the PVH entry");
+                assert_eq!(Some(plan.entry), vmlinux.entry.map(u64::from), "the PVH entry");
                 // load() hands the loader no ACPI table range.
                 check_start_info(&plan, &LinuxBoot { ram, cmdline, initrd, rsdp, acpi_tables: None });
                 feature(&mut signal, 0x400 | u64::from(initrd.is_some_and(|i| !i.is_empty())));

@@ -193,6 +193,13 @@ fn build(
     let extras = loader::Extras { initrd: initrd_bytes, cmdline: &cmdline, rsdp, name: &spec.image, modules: &modules };
     let image = unpack(guest.image, "image")?;
     let plan = loader::load(image.bytes(), spec, ram, extras).map_err(cannot_load)?;
+    // Which entry a kernel was given (a vmlinux has two) shows in its mode.
+    let mode_name = match plan.mode {
+        EntryMode::Real => "real",
+        EntryMode::Protected => "protected",
+        EntryMode::Long => "long",
+    };
+    log::info!("vm {}: {} entered at {:#x} in {mode_name} mode", spec.name, spec.image, plan.entry);
     for segment in &plan.segments {
         let bytes = segment.data.bytes();
         vm.memory.write(segment.guest_phys, bytes).map_err(|_| Stop::Unsupported("image outside RAM".into()))?;
