@@ -310,8 +310,11 @@ impl Chipset {
     pub fn take_broken(&self) -> Vec<(usize, &'static str, Broken)> {
         let mut out = Vec::new();
         // Cleared before the slots are looked at: a device breaking on
-        // another vCPU meanwhile sets it again, for the next call.
-        if !self.unreported_breakage.swap(false, Ordering::AcqRel) {
+        // another vCPU meanwhile sets it again, for the next call. Looked at
+        // first without a write: every MMIO exit asks, and nearly always
+        // nothing broke.
+        if !self.unreported_breakage.load(Ordering::Acquire) || !self.unreported_breakage.swap(false, Ordering::AcqRel)
+        {
             return out;
         }
         for (slot, virtio) in self.virtio.iter().enumerate() {

@@ -494,17 +494,22 @@ fn unsupported(what: alloc::string::String) -> Outcome {
     Outcome::Stop(Stop::Unsupported(what))
 }
 
+/// How many decoded MMIO instructions a vCPU remembers: a driver's accessors
+/// cycle through a few (Linux's IOAPIC code: the index write of a read, and
+/// the index and data writes of a write, since the data reads no longer
+/// exit), and a memo shorter than the cycle never hits.
+const DECODED: usize = 4;
+
 /// A vCPU's last MMIO instructions: the translation of their code page and
-/// the last two as decoded. A driver's register accessors exit from the same
-/// few instructions again and again (an IOAPIC access is a write of the
-/// index, then a read of the data, from one page); both are used again only
+/// the last `DECODED` as decoded. A driver's register accessors exit from the
+/// same few instructions again and again, from one page; both are used again only
 /// when they are exactly what a fresh walk and decode would give (the page's
 /// table entries unchanged, the same bytes in the same mode), so the memo
 /// changes nothing a guest can see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FetchMemo {
     translation: Option<paging::Remembered>,
-    decoded: [Option<Decoded>; 2],
+    decoded: [Option<Decoded>; DECODED],
     /// Which of `decoded` the next new instruction replaces.
     next: usize,
 }
@@ -543,7 +548,39 @@ impl FetchMemo {
     fn remember(&mut self, fetched: &Fetched, mode: CodeSize, instruction: MmioInstruction) {
         let bytes = leading_bytes(fetched, usize::from(instruction.length));
         self.decoded[self.next] = Some(Decoded { bytes, mode, instruction });
-        self.next ^= 1;
+        self.next = (self.next + 1) % DECODED;
+    }
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    fn fetched(code: &[u8]) -> Fetched {
+        let mut bytes = [0x90; 15];
+        bytes[..code.len()].copy_from_slice(code);
+        Fetched { bytes, len: 15, beyond: None }
+    }
+
+    #[test]
+    fn a_cycle_of_three_accessors_is_decoded_once_each() {
+        // Linux's IOAPIC accesses: the index write (read and write paths
+        // have their own) and the data write.
+        let code: [&[u8]; 3] = [&[0x89, 0x0a], &[0x89, 0x3a], &[0x89, 0x72, 0x10]];
+        let mut memo = FetchMemo::default();
+        for c in code {
+            let instruction = decode::decode(&fetched(c).bytes, CodeSize::Bits64).unwrap();
+            assert_eq!(memo.decoded(&fetched(c), CodeSize::Bits64), None);
+            memo.remember(&fetched(c), CodeSize::Bits64, instruction);
+        }
+        for round in 0..3 {
+            for c in code {
+                let fresh = decode::decode(&fetched(c).bytes, CodeSize::Bits64).unwrap();
+                assert_eq!(memo.decoded(&fetched(c), CodeSize::Bits64), Some(fresh), "round {round}");
+            }
+        }
+        // The same bytes in another mode are another instruction.
+        assert_eq!(memo.decoded(&fetched(code[0]), CodeSize::Bits32), None);
     }
 }
 
