@@ -302,6 +302,13 @@ fn run(command: Command) -> bool {
     let answer = |result: Result<String, String>| match result {
         Ok(done) | Err(done) => say(&alloc::format!("{done}\n")),
     };
+    // Said by the command before it acts (see `manage::start`).
+    let announce = |what: &str| say(&alloc::format!("{what}\n"));
+    let refused = |result: Result<(), String>| {
+        if let Err(why) = result {
+            say(&alloc::format!("{why}\n"));
+        }
+    };
     match command {
         Command::Help => say(command::HELP),
         Command::List => say(&format::list(&manage::rows())),
@@ -309,12 +316,12 @@ fn run(command: Command) -> bool {
             Ok(info) => say(&format::info(&info)),
             Err(error) => say(&alloc::format!("{error}\n")),
         },
-        Command::Start(vm) => answer(manage::start(&vm)),
-        Command::Shutdown { vm, timeout_s } => answer(manage::shutdown(&vm, timeout_s)),
-        Command::Poweroff(vm) => answer(manage::poweroff(&vm)),
-        Command::Reset(vm) => answer(manage::reset(&vm)),
+        Command::Start(vm) => refused(manage::start(&vm, &announce)),
+        Command::Shutdown { vm, timeout_s } => refused(manage::shutdown(&vm, timeout_s, &announce)),
+        Command::Poweroff(vm) => refused(manage::poweroff(&vm, &announce)),
+        Command::Reset(vm) => refused(manage::reset(&vm, &announce)),
         Command::Pause(vm) => answer(manage::pause(&vm)),
-        Command::Resume(vm) => answer(manage::resume(&vm)),
+        Command::Resume(vm) => refused(manage::resume(&vm, &announce)),
         Command::Set { vm, setting } => answer(manage::set(&vm, setting)),
         Command::Console(vm) => match manage::console_of(&vm) {
             Ok(_) => {

@@ -188,15 +188,21 @@ fn allowed(op: Operation, name: &str, d: &Defined) -> Result<(), String> {
     lifecycle::check(op, d.state).map_err(|e| e.describe(name))
 }
 
-pub fn start(name: &str) -> Result<String, String> {
+/// The commands below that set something going (a VM starting, stopping,
+/// pressing its button) say so through `announce` before they do it, under
+/// the VM list's lock: what it causes (the VM's output, its stop line) can
+/// come at once on another core, and the operator's answer comes first.
+/// Refusals are the `Err`, said by the caller.
+pub fn start(name: &str, announce: &dyn Fn(&str)) -> Result<(), String> {
     with_vm(name, |index, d| {
         allowed(Operation::Start, name, d)?;
+        announce(&format!("starting {name}"));
         d.state = State::Running;
         d.starts += 1;
         d.crash_restarts = 0;
         d.stop = None;
         super::queue_start(index, d.guest.clone());
-        Ok(format!("starting {name}"))
+        Ok(())
     })?
 }
 
@@ -215,19 +221,21 @@ fn stop_run(index: usize, d: &mut Defined, stop: Stop) {
     }
 }
 
-pub fn poweroff(name: &str) -> Result<String, String> {
+pub fn poweroff(name: &str, announce: &dyn Fn(&str)) -> Result<(), String> {
     with_vm(name, |index, d| {
         allowed(Operation::Poweroff, name, d)?;
+        announce(&format!("powering {name} off"));
         stop_run(index, d, Stop::Operator("powered off from the console".into()));
-        Ok(format!("powering {name} off"))
+        Ok(())
     })?
 }
 
-pub fn reset(name: &str) -> Result<String, String> {
+pub fn reset(name: &str, announce: &dyn Fn(&str)) -> Result<(), String> {
     with_vm(name, |index, d| {
         allowed(Operation::Reset, name, d)?;
+        announce(&format!("resetting {name}"));
         stop_run(index, d, Stop::ResetByOperator);
-        Ok(format!("resetting {name}"))
+        Ok(())
     })?
 }
 
@@ -241,30 +249,32 @@ pub fn pause(name: &str) -> Result<String, String> {
     })?
 }
 
-pub fn resume(name: &str) -> Result<String, String> {
+pub fn resume(name: &str, announce: &dyn Fn(&str)) -> Result<(), String> {
     with_vm(name, |_, d| {
         allowed(Operation::Resume, name, d)?;
+        announce(&format!("{name} resumed"));
         if let Some(shared) = &d.shared {
             shared.resume();
         }
         d.state = State::Running;
-        Ok(format!("{name} resumed"))
+        Ok(())
     })?
 }
 
 /// Presses the VM's ACPI power button; powers it off if it is still running
 /// `timeout_s` seconds later (`enforce_shutdowns`).
-pub fn shutdown(name: &str, timeout_s: Option<u32>) -> Result<String, String> {
+pub fn shutdown(name: &str, timeout_s: Option<u32>, announce: &dyn Fn(&str)) -> Result<(), String> {
     const DEFAULT_TIMEOUT_S: u32 = 30;
     with_vm(name, |_, d| {
         allowed(Operation::Shutdown, name, d)?;
         let Some(shared) = &d.shared else { return Err(format!("'{name}' is still starting; try again")) };
         let seconds = timeout_s.unwrap_or(DEFAULT_TIMEOUT_S);
+        announce(&format!("pressed {name}'s power button; powering it off if it still runs in {seconds} s"));
         shared.vm().chipset.press_power_button();
         let by = crate::time::rdtsc().saturating_add(crate::time::tsc_hz().saturating_mul(seconds as u64));
         d.shutdown_by = Some((by, seconds));
         d.state = State::Stopping;
-        Ok(format!("pressed {name}'s power button; powering it off if it still runs in {seconds} s"))
+        Ok(())
     })?
 }
 
