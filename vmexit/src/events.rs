@@ -3,14 +3,20 @@
 //! otherwise the back end is asked for the window exit that comes the moment
 //! it can. Exceptions Basalt intercepts go back to the guest.
 
+use crate::exit::SegmentRegister;
 use crate::vcpu::RFLAGS_IF;
-use crate::{Outcome, Stop, Vcpu, AC, DB};
+use crate::{access_rights, Outcome, Stop, Vcpu, AC, DB};
+use arch::paging::{self, AccessKind, PhysicalMemory};
 use devices::Chipset;
+
+const RFLAGS_TF: u64 = 1 << 8;
+const HLT: u8 = 0xf4;
 
 /// Called before every entry: injects one pending event if the guest can take
 /// it now, or asks for the window exit that says when it can. Events come from
 /// the VM's interrupt controllers and from the vCPU's own queue (hypercalls).
-pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset) {
+/// `memory` is the guest's RAM, for one case: see `halt_in_shadow`.
+pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn PhysicalMemory) {
     let index = vcpu.index();
     if chipset.take_nmi(index) {
         vcpu.pending().nmi = true;
@@ -52,6 +58,7 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset) {
         vcpu.request_nmi_window(true);
     }
     if own || from_chipset {
+        let shadow = shadow && !halt_in_shadow(vcpu, memory);
         if vcpu.rflags() & RFLAGS_IF != 0 && !shadow {
             let from_chipset = if by_cpu { chipset.take_extint(index) } else { chipset.take_interrupt(index) };
             if let Some(vector) = from_chipset.or_else(|| vcpu.pending().take_highest()) {
@@ -66,6 +73,32 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset) {
             vcpu.request_interrupt_window(true);
         }
     }
+}
+
+/// An interrupt waits, the guest has IF set, and the instruction its STI
+/// (or MOV SS) shadow covers is HLT (`sti; hlt`, the idle loop's wait): the
+/// CPU would run the HLT, then wake at once for the interrupt, which returns
+/// to the instruction after the HLT. That is done here, HLT completed (RIP
+/// past it, the shadow over), so the interrupt goes in at this entry. Asking
+/// for an interrupt window instead relies on the CPU keeping the shadow
+/// across the entry, which QEMU's TCG before 9.1 does not: it would take the
+/// interrupt before the HLT, whose wake-up is then lost. Only at CPL 0 (HLT
+/// is #GP elsewhere) and without single-stepping (whose #DB after the HLT
+/// comes first); false with nothing changed otherwise.
+fn halt_in_shadow(vcpu: &mut dyn Vcpu, memory: &dyn PhysicalMemory) -> bool {
+    if vcpu.rflags() & (RFLAGS_IF | RFLAGS_TF) != RFLAGS_IF || vcpu.cpl() != 0 {
+        return false;
+    }
+    let linear = crate::io::effective_base(vcpu, SegmentRegister::Cs).wrapping_add(vcpu.rip());
+    let rights = access_rights(vcpu, AccessKind::Execute);
+    let Ok(physical) = paging::translate(memory, &vcpu.paging(), rights, linear) else { return false };
+    let byte = memory.read_u32(physical & !3).map(|word| (word >> (8 * (physical & 3))) as u8);
+    if byte != Some(HLT) {
+        return false;
+    }
+    // set_rip ends the shadow, as the HLT's completion does.
+    vcpu.set_rip(vcpu.rip().wrapping_add(1));
+    true
 }
 
 /// Virtual-interrupt delivery: the guest ended a level-triggered interrupt

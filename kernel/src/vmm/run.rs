@@ -183,7 +183,7 @@ fn run_loop<const PROFILE: bool>(vcpu: &mut dyn Backend, shared: &SharedVm, slic
             let wake = next_wake(vm, me, base, shared);
             arm(vcpu, now, wake);
             watch.lap(Phase::Arm);
-            vmexit::events::deliver_pending(vcpu, &vm.chipset);
+            vmexit::events::deliver_pending(vcpu, &vm.chipset, &RamHandle(&vm.memory));
             watch.lap(Phase::Deliver);
             vcpu.sync_to_guest(&vm.chipset);
             watch.lap(Phase::SyncIn);

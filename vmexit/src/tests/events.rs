@@ -22,7 +22,7 @@ const NMI: u32 = 4 << 8;
 fn nothing_pending_asks_for_nothing() {
     let (vm, _) = machine();
     let mut vcpu = FakeVcpu::flat();
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!((vcpu.injected, vcpu.interrupt_window, vcpu.nmi_window), (None, false, false));
 }
 
@@ -31,23 +31,23 @@ fn with_virtual_interrupt_delivery_apic_vectors_are_left_to_the_cpu() {
     let (mut vm, _) = machine();
     self_ipi(&mut vm, 0, FIXED | 0x41);
     let mut vcpu = FakeVcpu { apic_delivery: true, ..FakeVcpu::flat() };
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     // Neither injected nor waited for: the vector stays requested in the
     // APIC, for the back end to post (RVI) and the CPU to deliver.
     assert_eq!((vcpu.injected, vcpu.interrupt_window), (None, false));
     assert_eq!(vm.chipset.lapic_interrupt_status(0), 0x0041);
     // With IF clear the CPU waits by itself: still no window exit.
     let mut vcpu = FakeVcpu { apic_delivery: true, rflags: 0x2, ..FakeVcpu::flat() };
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!((vcpu.injected, vcpu.interrupt_window), (None, false));
     // The vCPU's own (hypercall) interrupts are still injected.
     let mut vcpu = FakeVcpu { apic_delivery: true, ..FakeVcpu::flat() };
     vcpu.pending.raise(0x50);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x50)));
     // Outside xAPIC mode the model delivers as before.
     let mut vcpu = FakeVcpu { apic_delivery: false, ..FakeVcpu::flat() };
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x41)));
 }
 
@@ -68,7 +68,7 @@ fn an_nmi_goes_before_interrupts_which_wait_for_their_window() {
     let mut vcpu = FakeVcpu::flat();
     vcpu.pending.nmi = true;
     vcpu.pending.raise(0x40);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Nmi));
     assert!(!vcpu.pending.nmi);
     assert!(vcpu.pending.has_interrupt(), "the interrupt is still pending");
@@ -83,7 +83,7 @@ fn an_nmi_from_the_chipset_is_taken_and_injected() {
     self_ipi(&mut vm, 0, NMI);
     assert!(vm.chipset.nmi_pending(0));
     let mut vcpu = FakeVcpu { rflags: 0x2, ..FakeVcpu::flat() };
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Nmi), "NMIs ignore IF");
     assert!(!vm.chipset.nmi_pending(0));
 }
@@ -93,13 +93,13 @@ fn a_blocked_nmi_waits_for_the_nmi_window_and_interrupts_may_go_first() {
     let (vm, _) = machine();
     let mut vcpu = FakeVcpu { nmi_blocked: true, ..FakeVcpu::flat() };
     vcpu.pending.nmi = true;
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, None);
     assert!(vcpu.nmi_window && vcpu.pending.nmi);
     assert!(!vcpu.interrupt_window, "no interrupt is pending");
 
     vcpu.pending.raise(0x33);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x33)));
     assert!(vcpu.nmi_window && vcpu.pending.nmi);
 }
@@ -109,7 +109,7 @@ fn an_nmi_in_an_interrupt_shadow_waits() {
     let (vm, _) = machine();
     let mut vcpu = FakeVcpu { interrupt_shadow: true, ..FakeVcpu::flat() };
     vcpu.pending.nmi = true;
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, None);
     assert!(vcpu.nmi_window && vcpu.pending.nmi);
 }
@@ -121,11 +121,39 @@ fn interrupts_wait_while_if_is_clear_or_in_a_shadow() {
         let mut vcpu = FakeVcpu { rflags, interrupt_shadow: shadow, ..FakeVcpu::flat() };
         vcpu.pending.raise(0x41);
         self_ipi(&mut vm, 0, FIXED | 0x51);
-        deliver_pending(&mut vcpu, &vm.chipset);
+        deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
         assert_eq!(vcpu.injected, None, "IF {} shadow {shadow}", rflags & RFLAGS_IF != 0);
         assert!(vcpu.interrupt_window);
         assert!(!vcpu.nmi_window);
         assert!(vcpu.pending.has_interrupt() && vm.chipset.has_interrupt(0), "nothing taken");
+    }
+}
+
+#[test]
+fn an_interrupt_waiting_on_the_hlt_an_sti_shadows_completes_the_hlt_and_goes_in() {
+    // sti; hlt entered between the two with the interrupt waiting: the CPU
+    // would halt and wake at once, the handler returning after the HLT.
+    let (mut vm, _) = machine();
+    let mut vcpu = FakeVcpu { interrupt_shadow: true, ..FakeVcpu::flat() };
+    vm.memory.bytes[0x1000] = 0xf4;
+    vcpu.pending.raise(0x41);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
+    assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x41)));
+    assert_eq!((vcpu.rip, vcpu.interrupt_shadow, vcpu.interrupt_window), (0x1001, false, false));
+    // Not when the HLT would fault (CPL 3), when single-stepping (its #DB
+    // comes first), with IF clear, or when RIP is not at a HLT: the window.
+    const TF: u64 = 1 << 8;
+    for (rflags, cpl, byte) in [(0x202, 3, 0xf4), (0x202 | TF, 0, 0xf4), (0x2, 0, 0xf4), (0x202, 0, 0x90)] {
+        let (mut vm, _) = machine();
+        let mut vcpu = FakeVcpu { interrupt_shadow: true, rflags, cpl, ..FakeVcpu::flat() };
+        vm.memory.bytes[0x1000] = byte;
+        vcpu.pending.raise(0x41);
+        deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
+        assert_eq!(
+            (vcpu.injected, vcpu.rip, vcpu.interrupt_window),
+            (None, 0x1000, true),
+            "{rflags:#x} {cpl} {byte:#x}"
+        );
     }
 }
 
@@ -136,7 +164,7 @@ fn a_handler_already_injecting_gets_windows_and_no_second_event() {
     let first = Injected::Exception { vector: GP, error_code: Some(0) };
     let mut vcpu = FakeVcpu { injected: Some(first), ..FakeVcpu::flat() };
     vcpu.pending.raise(0x40);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(first));
     assert!(vcpu.interrupt_window);
     assert!(vcpu.pending.has_interrupt());
@@ -145,14 +173,14 @@ fn a_handler_already_injecting_gets_windows_and_no_second_event() {
     // while the guest keeps IF clear.
     let mut vcpu = FakeVcpu { injected: Some(first), rflags: 0x2, ..FakeVcpu::flat() };
     vcpu.pending.nmi = true;
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(first));
     assert!(vcpu.nmi_window && vcpu.pending.nmi);
 
     // From the chipset: nothing is acknowledged.
     let mut vcpu = FakeVcpu { injected: Some(first), ..FakeVcpu::flat() };
     self_ipi(&mut vm, 0, FIXED | 0x60);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(first));
     assert_eq!(vm.chipset.take_interrupt(0), Some(0x60), "still there");
 }
@@ -167,7 +195,7 @@ fn own_vectors_go_highest_first() {
     let mut order = Vec::new();
     for _ in 0..6 {
         vcpu.injected = None;
-        deliver_pending(&mut vcpu, &vm.chipset);
+        deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
         if let Some(Injected::Interrupt(v)) = vcpu.injected {
             order.push(v);
         }
@@ -181,13 +209,13 @@ fn more_vectors_left_after_an_injection_ask_for_the_window() {
     let mut vcpu = FakeVcpu::flat();
     vcpu.pending.raise(0x30);
     vcpu.pending.raise(0x31);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x31)));
     assert!(vcpu.interrupt_window, "0x30 goes in as soon as the guest can take it");
 
     let mut vcpu = FakeVcpu::flat();
     vcpu.pending.raise(0x30);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x30)));
     assert!(!vcpu.interrupt_window, "nothing left: no window");
 }
@@ -197,7 +225,7 @@ fn a_chipset_interrupt_is_acknowledged_when_injected() {
     let (mut vm, _) = machine();
     self_ipi(&mut vm, 0, FIXED | 0x55);
     let mut vcpu = FakeVcpu::flat();
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Interrupt(0x55)));
     assert!(!vm.chipset.has_interrupt(0));
     let isr = vm.chipset.mmio_read(0, LAPIC_BASE + 0x100 + 0x10 * (0x55 / 32), 4, 0);
@@ -209,10 +237,10 @@ fn interrupts_are_per_vcpu() {
     let mut vm = FakeVm::new(2, RAM);
     self_ipi(&mut vm, 1, FIXED | 0x70);
     let mut vcpu0 = FakeVcpu::flat();
-    deliver_pending(&mut vcpu0, &vm.chipset);
+    deliver_pending(&mut vcpu0, &vm.chipset, &vm.memory);
     assert_eq!((vcpu0.injected, vcpu0.interrupt_window), (None, false));
     let mut vcpu1 = FakeVcpu { index: 1, ..FakeVcpu::flat() };
-    deliver_pending(&mut vcpu1, &vm.chipset);
+    deliver_pending(&mut vcpu1, &vm.chipset, &vm.memory);
     assert_eq!(vcpu1.injected, Some(Injected::Interrupt(0x70)));
 }
 
@@ -221,7 +249,7 @@ fn an_injected_interrupt_ends_hlt() {
     let (vm, _) = machine();
     let mut vcpu = FakeVcpu { halted: true, ..FakeVcpu::flat() };
     vcpu.pending.raise(0x40);
-    deliver_pending(&mut vcpu, &vm.chipset);
+    deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert!(!vcpu.halted);
 }
 

@@ -1007,7 +1007,7 @@ fn event_delivery_never_injects_what_the_guest_cannot_take_nor_forgets_an_event(
             vcpu.pending.raise(32 + rng.below(224) as u8);
         }
         let before = vcpu.clone();
-        deliver_pending(&mut vcpu, &vm.chipset);
+        deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
         let can_take_nmi = !before.nmi_blocked && !before.interrupt_shadow && already.is_none();
         let can_take_interrupt = before.rflags & RFLAGS_IF != 0 && !before.interrupt_shadow && already.is_none();
         match vcpu.injected {

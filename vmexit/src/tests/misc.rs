@@ -58,7 +58,7 @@ fn hlt_with_if_clear_and_an_nmi_waiting_in_the_chipset_halts_too() {
     let outcome = hlt(&mut vcpu, &mut vm);
     assert_done(&vcpu, &outcome, 0x1000);
     assert!(vcpu.halted);
-    crate::events::deliver_pending(&mut vcpu, &vm.chipset);
+    crate::events::deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
     assert_eq!(vcpu.injected, Some(Injected::Nmi));
     assert!(!vcpu.halted, "the NMI ends the HLT");
 }

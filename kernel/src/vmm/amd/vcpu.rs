@@ -284,6 +284,14 @@ core::arch::global_asm!(
     "push rdx",
     "push rsi",
     "clgi",
+    // With V_INTR_MASKING the host's IF at VMRUN is what lets a physical
+    // interrupt make the guest exit: it must be set, and GIF = 0 holds every
+    // interrupt off until VMRUN sets GIF for the guest. Set here, well before
+    // VMRUN: QEMU's TCG before 9.1 carries an STI's one-instruction shadow
+    // into the guest (its VMRUN neither clears it nor loads the VMCB's), and
+    // a guest entered at its own STI would then get no shadow of its own.
+    // (A guest entered inside its own shadow is `events::halt_in_shadow`'s.)
+    "sti",
     "mov rax, rdx",
     "vmsave rax",
     "mov rax, rsi",
@@ -302,10 +310,6 @@ core::arch::global_asm!(
     "mov r14, [rdi + 96]",
     "mov r15, [rdi + 104]",
     "mov rdi, [rdi + 32]",
-    // With V_INTR_MASKING the host's IF at VMRUN is what lets a physical
-    // interrupt make the guest exit: it must be set, and GIF = 0 holds every
-    // interrupt off until VMRUN sets GIF for the guest.
-    "sti",
     "vmrun rax",
     "cli",
     // #VMEXIT: RSP is the host's again; every other register but RAX holds
