@@ -180,19 +180,7 @@ impl GuestMemory {
         if let Some(frame) = self.apic_access_page {
             return Some(frame);
         }
-        let frame = memory::alloc_frame()?;
-        let mapping = Mapping {
-            guest_phys,
-            host_phys: frame,
-            size: FRAME_SIZE,
-            page_size: PageSize::Size4K,
-            perms: Perms::READ | Perms::WRITE,
-            memory_type: MemoryType::Uncacheable,
-        };
-        if self.nested.map(&mut self.tables, &mapping).is_err() {
-            memory::free_frame(frame);
-            return None;
-        }
+        let frame = self.map_own_frame(guest_phys, Perms::READ | Perms::WRITE, MemoryType::Uncacheable)?;
         self.apic_access_page = Some(frame);
         Some(frame)
     }
@@ -204,21 +192,23 @@ impl GuestMemory {
         if self.device_window_page.is_some() {
             return None;
         }
+        let frame = self.map_own_frame(guest_phys, Perms::READ, MemoryType::WriteBack)?;
+        self.device_window_page = Some(frame);
+        Some(frame)
+    }
+
+    /// A fresh zeroed frame mapped at `guest_phys` (4 KiB), or None (with
+    /// nothing kept) when the host has no frame or table for it. The caller
+    /// keeps it, for `drop` to free.
+    fn map_own_frame(&mut self, guest_phys: u64, perms: Perms, memory_type: MemoryType) -> Option<u64> {
         let frame = memory::alloc_frame()?;
         memory::zero_frames(&[frame], 0, FRAME_SIZE as usize);
-        let mapping = Mapping {
-            guest_phys,
-            host_phys: frame,
-            size: FRAME_SIZE,
-            page_size: PageSize::Size4K,
-            perms: Perms::READ,
-            memory_type: MemoryType::WriteBack,
-        };
+        let mapping =
+            Mapping { guest_phys, host_phys: frame, size: FRAME_SIZE, page_size: PageSize::Size4K, perms, memory_type };
         if self.nested.map(&mut self.tables, &mapping).is_err() {
             memory::free_frame(frame);
             return None;
         }
-        self.device_window_page = Some(frame);
         Some(frame)
     }
 
