@@ -552,38 +552,6 @@ impl FetchMemo {
     }
 }
 
-#[cfg(test)]
-mod memo_tests {
-    use super::*;
-
-    fn fetched(code: &[u8]) -> Fetched {
-        let mut bytes = [0x90; 15];
-        bytes[..code.len()].copy_from_slice(code);
-        Fetched { bytes, len: 15, beyond: None }
-    }
-
-    #[test]
-    fn a_cycle_of_three_accessors_is_decoded_once_each() {
-        // Linux's IOAPIC accesses: the index write (read and write paths
-        // have their own) and the data write.
-        let code: [&[u8]; 3] = [&[0x89, 0x0a], &[0x89, 0x3a], &[0x89, 0x72, 0x10]];
-        let mut memo = FetchMemo::default();
-        for c in code {
-            let instruction = decode::decode(&fetched(c).bytes, CodeSize::Bits64).unwrap();
-            assert_eq!(memo.decoded(&fetched(c), CodeSize::Bits64), None);
-            memo.remember(&fetched(c), CodeSize::Bits64, instruction);
-        }
-        for round in 0..3 {
-            for c in code {
-                let fresh = decode::decode(&fetched(c).bytes, CodeSize::Bits64).unwrap();
-                assert_eq!(memo.decoded(&fetched(c), CodeSize::Bits64), Some(fresh), "round {round}");
-            }
-        }
-        // The same bytes in another mode are another instruction.
-        assert_eq!(memo.decoded(&fetched(code[0]), CodeSize::Bits32), None);
-    }
-}
-
 /// `decode` of the fetched bytes, through the vCPU's memo when it has one.
 fn decode_fetched(vcpu: &mut dyn Vcpu, fetched: &Fetched) -> Result<MmioInstruction, DecodeError> {
     let mode = vcpu.code_size();
@@ -646,4 +614,36 @@ pub fn fetch_instruction(vcpu: &mut dyn Vcpu, vm: &Machine) -> Result<Fetched, W
         fetched.len += piece.len;
     }
     Ok(fetched)
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    fn fetched(code: &[u8]) -> Fetched {
+        let mut bytes = [0x90; 15];
+        bytes[..code.len()].copy_from_slice(code);
+        Fetched { bytes, len: 15, beyond: None }
+    }
+
+    #[test]
+    fn a_cycle_of_three_accessors_is_decoded_once_each() {
+        // Linux's IOAPIC accesses: the index write (read and write paths
+        // have their own) and the data write.
+        let code: [&[u8]; 3] = [&[0x89, 0x0a], &[0x89, 0x3a], &[0x89, 0x72, 0x10]];
+        let mut memo = FetchMemo::default();
+        for c in code {
+            let instruction = decode::decode(&fetched(c).bytes, CodeSize::Bits64).unwrap();
+            assert_eq!(memo.decoded(&fetched(c), CodeSize::Bits64), None);
+            memo.remember(&fetched(c), CodeSize::Bits64, instruction);
+        }
+        for round in 0..3 {
+            for c in code {
+                let fresh = decode::decode(&fetched(c).bytes, CodeSize::Bits64).unwrap();
+                assert_eq!(memo.decoded(&fetched(c), CodeSize::Bits64), Some(fresh), "round {round}");
+            }
+        }
+        // The same bytes in another mode are another instruction.
+        assert_eq!(memo.decoded(&fetched(code[0]), CodeSize::Bits32), None);
+    }
 }
