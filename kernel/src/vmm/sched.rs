@@ -74,6 +74,15 @@ pub struct VcpuEntry {
     params: Params,
 }
 
+impl Drop for VcpuEntry {
+    /// The back end (VMCS or VMCB, bitmaps, XSAVE area) goes back before the
+    /// VM does: the end-of-run report waits only for the VM's memory
+    /// (`guest_memory::live`), which the `vm` field may be the last to hold.
+    fn drop(&mut self) {
+        self.backend.get_mut().take();
+    }
+}
+
 /// A blocked vCPU's timer wake-ups, end to end in host TSC ticks: from the
 /// event's due time to the vCPU's guest entry, and the part of that before
 /// any core noticed it (a running vCPU's exit for it, or an idle core's
