@@ -15,7 +15,7 @@ const HLT: u8 = 0xf4;
 /// Called before every entry: injects one pending event if the guest can take
 /// it now, or asks for the window exit that says when it can. Events come from
 /// the VM's interrupt controllers and from the vCPU's own queue (hypercalls).
-/// `memory` is the guest's RAM, for one case: see `halt_in_shadow`.
+/// `memory` is the guest's RAM, for one case: see `complete_shadowed_hlt`.
 pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn PhysicalMemory) {
     let index = vcpu.index();
     if chipset.take_nmi(index) {
@@ -43,7 +43,7 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn Phys
         }
         return;
     }
-    let shadow = vcpu.interrupt_shadow();
+    let shadow = vcpu.interrupt_shadow() && !((own || from_chipset) && complete_shadowed_hlt(vcpu, memory));
     if nmi {
         if !vcpu.nmi_blocked() && !shadow {
             vcpu.pending().nmi = false;
@@ -58,7 +58,6 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn Phys
         vcpu.request_nmi_window(true);
     }
     if own || from_chipset {
-        let shadow = shadow && !halt_in_shadow(vcpu, memory);
         if vcpu.rflags() & RFLAGS_IF != 0 && !shadow {
             let from_chipset = if by_cpu { chipset.take_extint(index) } else { chipset.take_interrupt(index) };
             if let Some(vector) = from_chipset.or_else(|| vcpu.pending().take_highest()) {
@@ -78,14 +77,15 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn Phys
 /// An interrupt waits, the guest has IF set, and the instruction its STI
 /// (or MOV SS) shadow covers is HLT (`sti; hlt`, the idle loop's wait): the
 /// CPU would run the HLT, then wake at once for the interrupt, which returns
-/// to the instruction after the HLT. That is done here, HLT completed (RIP
-/// past it, the shadow over), so the interrupt goes in at this entry. Asking
-/// for an interrupt window instead relies on the CPU keeping the shadow
-/// across the entry, which QEMU's TCG before 9.1 does not: it would take the
-/// interrupt before the HLT, whose wake-up is then lost. Only at CPL 0 (HLT
-/// is #GP elsewhere) and without single-stepping (whose #DB after the HLT
-/// comes first); false with nothing changed otherwise.
-fn halt_in_shadow(vcpu: &mut dyn Vcpu, memory: &dyn PhysicalMemory) -> bool {
+/// to the instruction after the HLT. That is done here: the HLT completed
+/// (RIP past it, the shadow over, the vCPU halted until an event goes in),
+/// so the events waiting go in at this entry, an NMI first as after a real
+/// HLT. Asking for an interrupt window instead relies on the CPU keeping
+/// the shadow across the entry, which QEMU's TCG before 9.1 does not: it
+/// would take the interrupt before the HLT, whose wake-up is then lost.
+/// Only at CPL 0 (HLT is #GP elsewhere) and without single-stepping (whose
+/// #DB after the HLT comes first); false with nothing changed otherwise.
+fn complete_shadowed_hlt(vcpu: &mut dyn Vcpu, memory: &dyn PhysicalMemory) -> bool {
     if vcpu.rflags() & (RFLAGS_IF | RFLAGS_TF) != RFLAGS_IF || vcpu.cpl() != 0 {
         return false;
     }
@@ -96,8 +96,10 @@ fn halt_in_shadow(vcpu: &mut dyn Vcpu, memory: &dyn PhysicalMemory) -> bool {
     if byte != Some(HLT) {
         return false;
     }
-    // set_rip ends the shadow, as the HLT's completion does.
+    // set_rip ends the shadow, as the HLT's completion does; halted, the
+    // vCPU stays so if the interrupt is gone by the time it would go in.
     vcpu.set_rip(vcpu.rip().wrapping_add(1));
+    vcpu.halt();
     true
 }
 

@@ -977,8 +977,15 @@ fn random_mmio_instructions_are_emulated_as_the_decoder_reads_them() {
 #[test]
 fn event_delivery_never_injects_what_the_guest_cannot_take_nor_forgets_an_event() {
     let mut rng = Rng::new(0xe7e7);
+    let mut completed = 0;
     for case in 0..20_000 {
-        let mut vm = FakeVm::new(2, 0x1000);
+        // RAM under RIP (0x1000), sometimes a HLT there: an STI shadow over
+        // a HLT is completed (`complete_shadowed_hlt`).
+        let mut vm = FakeVm::new(2, 0x2000);
+        let hlt_at_rip = rng.chance(2);
+        if hlt_at_rip {
+            vm.memory.bytes[0x1000] = 0xf4;
+        }
         let index = rng.index(2);
         if rng.chance(2) {
             vm.chipset.mmio_write(index, layout::LAPIC_BASE + 0xf0, 4, 0x1ff, 0, &mut vm.memory);
@@ -994,9 +1001,11 @@ fn event_delivery_never_injects_what_the_guest_cannot_take_nor_forgets_an_event(
             vm.chipset.mmio_write(index, layout::LAPIC_BASE + 0x300, 4, icr, 0, &mut vm.memory);
         }
         let already = rng.chance(5).then_some(Injected::Exception { vector: GP, error_code: Some(0) });
+        const TF: u64 = 1 << 8;
         let mut vcpu = FakeVcpu {
             index,
-            rflags: if rng.chance(2) { 0x202 } else { 0x2 },
+            rflags: [0x2, 0x202, 0x202, 0x202 | TF][rng.index(4)],
+            cpl: if rng.chance(4) { 3 } else { 0 },
             interrupt_shadow: rng.chance(4),
             nmi_blocked: rng.chance(4),
             injected: already,
@@ -1007,9 +1016,25 @@ fn event_delivery_never_injects_what_the_guest_cannot_take_nor_forgets_an_event(
             vcpu.pending.raise(32 + rng.below(224) as u8);
         }
         let before = vcpu.clone();
+        let interrupt_waiting = vcpu.pending.has_interrupt() || vm.chipset.has_interrupt(index);
         deliver_pending(&mut vcpu, &vm.chipset, &vm.memory);
-        let can_take_nmi = !before.nmi_blocked && !before.interrupt_shadow && already.is_none();
-        let can_take_interrupt = before.rflags & RFLAGS_IF != 0 && !before.interrupt_shadow && already.is_none();
+        // The HLT an STI shadow covers completes only at CPL 0, with IF set
+        // and TF clear, nothing being injected already and an interrupt
+        // waiting; then the shadow is over for both kinds of event.
+        let completes = before.interrupt_shadow
+            && hlt_at_rip
+            && before.cpl == 0
+            && before.rflags & (RFLAGS_IF | TF) == RFLAGS_IF
+            && already.is_none()
+            && interrupt_waiting;
+        assert_eq!(vcpu.rip, before.rip + u64::from(completes), "case {case}: RIP moved wrongly from {before:?}");
+        if completes {
+            assert!(vcpu.halted || vcpu.injected.is_some(), "case {case}: past the HLT, neither halted nor woken");
+            completed += 1;
+        }
+        let shadow = before.interrupt_shadow && !completes;
+        let can_take_nmi = !before.nmi_blocked && !shadow && already.is_none();
+        let can_take_interrupt = before.rflags & RFLAGS_IF != 0 && !shadow && already.is_none();
         match vcpu.injected {
             i if i == already => {}
             Some(Injected::Nmi) => assert!(can_take_nmi, "case {case}: NMI into {before:?}"),
@@ -1027,4 +1052,5 @@ fn event_delivery_never_injects_what_the_guest_cannot_take_nor_forgets_an_event(
         }
         assert!(!vm.chipset.nmi_pending(index), "case {case}: the chipset's NMI was not taken over");
     }
+    assert!(completed > 100, "only {completed} cases completed a shadowed HLT");
 }

@@ -290,7 +290,7 @@ core::arch::global_asm!(
     // VMRUN: QEMU's TCG before 9.1 carries an STI's one-instruction shadow
     // into the guest (its VMRUN neither clears it nor loads the VMCB's), and
     // a guest entered at its own STI would then get no shadow of its own.
-    // (A guest entered inside its own shadow is `events::halt_in_shadow`'s.)
+    // (A guest entered inside its own shadow is `events::complete_shadowed_hlt`'s.)
     "sti",
     "mov rax, rdx",
     "vmsave rax",
