@@ -333,6 +333,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<VmSpec>, ManifestError> {
         if !takes_boot_data && (vm.initrd.is_some() || vm.kernel_cmdline.is_some()) {
             return Err(error(&vm, "initrd and kernel-cmdline are for format=linux or multiboot only".into()));
         }
+        if vm.format != Format::Linux && vm.vmlinux_entry != crate::linux::VmlinuxEntry::Preferred {
+            return Err(error(&vm, "linux-entry is for format=linux only".into()));
+        }
         if vm.disks.len() > MAX_DISKS {
             return Err(error(&vm, alloc::format!("at most {MAX_DISKS} disks")));
         }
@@ -474,9 +477,11 @@ mod tests {
 
     #[test]
     fn lines_parse_with_defaults_and_round_trip() {
-        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1 host-console=1\n").unwrap();
+        let vms = parse_manifest("# test\nname=a image=a.bin format=flat load=0x1000\n\nname=b image=b.elf format=elf memory=64 cpus=2 time-limit-ms=500 corrupt-guest-state=1\nname=l image=vmlinuz format=linux initrd=l.initrd kernel-cmdline=l.cmdline disk=d0 disk=d1 host-console=1\nname=p image=vmlinux format=linux linux-entry=pvh\nname=q image=vmlinux format=linux linux-entry=64bit\n").unwrap();
         assert!(vms[2].host_console && !vms[0].host_console);
-        assert_eq!(vms.len(), 3);
+        assert_eq!(vms.len(), 5);
+        use crate::linux::VmlinuxEntry::{Boot64, Preferred, Pvh};
+        assert_eq!([vms[2].vmlinux_entry, vms[3].vmlinux_entry, vms[4].vmlinux_entry], [Preferred, Pvh, Boot64]);
         assert_eq!(vms[2].disks, vec!["d0".to_string(), "d1".to_string()]);
         assert_eq!((vms[2].initrd.as_deref(), vms[2].kernel_cmdline.as_deref()), (Some("l.initrd"), Some("l.cmdline")));
         assert_eq!((vms[0].load, vms[0].entry, vms[0].mode), (0x1000, 0x1000, Mode::Real));
@@ -502,6 +507,11 @@ mod tests {
         );
         assert!(err("name=x image=i format=flat initrd=r").contains("for format=linux or multiboot only"));
         assert!(err("name=x image=i format=elf kernel-cmdline=c").contains("for format=linux or multiboot only"));
+        assert_eq!(
+            err("name=x image=i format=linux linux-entry=32bit"),
+            "VM list line 1 (vm 'x'): linux-entry must be pvh or 64bit, not '32bit'"
+        );
+        assert!(err("name=x image=i format=elf linux-entry=64bit").contains("linux-entry is for format=linux only"));
         let multiboot =
             &parse_manifest("name=m image=k format=multiboot initrd=m.modules kernel-cmdline=m.cmdline").unwrap()[0];
         assert_eq!(
