@@ -1,6 +1,6 @@
-//! The uncompressed kernel inside a bzImage: what xtask boots through the PVH
-//! entry instead of the bzImage, so the guest skips its decompressor (most of
-//! an emulated Linux boot before init).
+//! The uncompressed kernel inside a bzImage: what xtask boots (through its
+//! PVH entry, or its 64-bit one) instead of the bzImage, so the guest skips
+//! its decompressor (most of an emulated Linux boot before init).
 //!
 //! A bzImage is the real-mode setup, then the protected-mode part: the
 //! decompressor with the compressed kernel as its payload. The setup header
@@ -86,8 +86,9 @@ fn payload(bzimage: &[u8]) -> Result<&[u8], String> {
     })
 }
 
-/// The vmlinux ELF file compressed into `bzimage`, checked to carry the PVH
-/// entry note Basalt boots it through.
+/// The vmlinux ELF file compressed into `bzimage`, checked to load as one
+/// (with or without the PVH entry note: without it, it boots at its 64-bit
+/// entry).
 pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
     let payload = payload(bzimage)?;
     let (_, name, compression) = FORMATS

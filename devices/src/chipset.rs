@@ -212,7 +212,7 @@ struct RefusedMsrs {
 /// read of IOWIN on an emulated page is an exit after the exit of the index
 /// write: Linux reads every redirection entry several times while it sets the
 /// IOAPIC up. The copy is kept under the routing lock, after anything that
-/// changed the IOAPIC (a select, an entry, remote IRR and delivery status).
+/// changed the IOAPIC (a select, an entry, remote IRR).
 pub trait IoApicWindow: Send + Sync {
     fn show(&self, select: u32, window: u32);
 }

@@ -186,11 +186,11 @@ impl GuestMemory {
     }
 
     /// Maps a zeroed frame read-only at `guest_phys` (a device's page whose
-    /// reads need no exit; writes still exit) and returns it, or None when
-    /// out of memory or already done.
+    /// reads need no exit; writes still exit) and returns it (the one mapped
+    /// before, if any), or None when the host is out of memory.
     pub fn map_device_window_page(&mut self, guest_phys: u64) -> Option<u64> {
-        if self.device_window_page.is_some() {
-            return None;
+        if let Some(frame) = self.device_window_page {
+            return Some(frame);
         }
         let frame = self.map_own_frame(guest_phys, Perms::READ, MemoryType::WriteBack)?;
         self.device_window_page = Some(frame);
