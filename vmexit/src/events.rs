@@ -43,7 +43,7 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn Phys
         }
         return;
     }
-    let shadow = vcpu.interrupt_shadow() && !((own || from_chipset) && complete_shadowed_hlt(vcpu, memory));
+    let shadow = vcpu.interrupt_shadow();
     if nmi {
         if !vcpu.nmi_blocked() && !shadow {
             vcpu.pending().nmi = false;
@@ -58,6 +58,7 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn Phys
         vcpu.request_nmi_window(true);
     }
     if own || from_chipset {
+        let shadow = shadow && !complete_shadowed_hlt(vcpu, memory);
         if vcpu.rflags() & RFLAGS_IF != 0 && !shadow {
             let from_chipset = if by_cpu { chipset.take_extint(index) } else { chipset.take_interrupt(index) };
             if let Some(vector) = from_chipset.or_else(|| vcpu.pending().take_highest()) {
@@ -78,11 +79,15 @@ pub fn deliver_pending(vcpu: &mut dyn Vcpu, chipset: &Chipset, memory: &dyn Phys
 /// (or MOV SS) shadow covers is HLT (`sti; hlt`, the idle loop's wait): the
 /// CPU would run the HLT, then wake at once for the interrupt, which returns
 /// to the instruction after the HLT. That is done here: the HLT completed
-/// (RIP past it, the shadow over, the vCPU halted until an event goes in),
-/// so the events waiting go in at this entry, an NMI first as after a real
-/// HLT. Asking for an interrupt window instead relies on the CPU keeping
-/// the shadow across the entry, which QEMU's TCG before 9.1 does not: it
-/// would take the interrupt before the HLT, whose wake-up is then lost.
+/// (RIP past it, the shadow over), so the interrupt goes in at this entry.
+/// Asking for an interrupt window instead relies on the CPU keeping the
+/// shadow across the entry, which QEMU's TCG before 9.1 does not: it would
+/// take the interrupt before the HLT, whose wake-up is then lost. (The vCPU
+/// is not marked halted: should the interrupt be gone by the time it would
+/// go in, the guest runs on past its HLT, a spurious wake-up idle loops
+/// allow for. Halting it there, and moving this before the NMI decision,
+/// was tried and a Linux SMP boot on SVM hung once in CI; not understood,
+/// so left out.)
 /// Only at CPL 0 (HLT is #GP elsewhere) and without single-stepping (whose
 /// #DB after the HLT comes first); false with nothing changed otherwise.
 fn complete_shadowed_hlt(vcpu: &mut dyn Vcpu, memory: &dyn PhysicalMemory) -> bool {
@@ -96,10 +101,8 @@ fn complete_shadowed_hlt(vcpu: &mut dyn Vcpu, memory: &dyn PhysicalMemory) -> bo
     if byte != Some(HLT) {
         return false;
     }
-    // set_rip ends the shadow, as the HLT's completion does; halted, the
-    // vCPU stays so if the interrupt is gone by the time it would go in.
+    // set_rip ends the shadow, as the HLT's completion does.
     vcpu.set_rip(vcpu.rip().wrapping_add(1));
-    vcpu.halt();
     true
 }
 
