@@ -315,8 +315,9 @@ pub(crate) mod tests {
         f[4..7].copy_from_slice(&[2, 1, 1]);
         f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
         f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-                                                         // e_entry: the 64-bit entry's physical address (Linux links its
-                                                         // vmlinux with ENTRY(phys_startup_64)), at the start of the code.
+
+        // e_entry: the 64-bit entry's physical address (Linux links its
+        // vmlinux with ENTRY(phys_startup_64)), at the start of the code.
         f[24..32].copy_from_slice(&paddr.to_le_bytes());
         f[32..40].copy_from_slice(&64u64.to_le_bytes());
         f[54..56].copy_from_slice(&56u16.to_le_bytes());

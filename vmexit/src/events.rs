@@ -4,12 +4,11 @@
 //! it can. Exceptions Basalt intercepts go back to the guest.
 
 use crate::exit::SegmentRegister;
-use crate::vcpu::RFLAGS_IF;
+use crate::vcpu::{RFLAGS_IF, RFLAGS_TF};
 use crate::{access_rights, Outcome, Stop, Vcpu, AC, DB};
 use arch::paging::{self, AccessKind, PhysicalMemory};
 use devices::Chipset;
 
-const RFLAGS_TF: u64 = 1 << 8;
 const HLT: u8 = 0xf4;
 
 /// Called before every entry: injects one pending event if the guest can take
